@@ -1,0 +1,56 @@
+from aisle.common.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RetrieveRequest(_message.Message):
+    __slots__ = ("subject", "surface", "context", "history", "anchor_item_ids", "k", "sources", "exclusions", "exclude_history", "consent")
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUSIONS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_FIELD_NUMBER: _ClassVar[int]
+    subject: _common_pb2.Subject
+    surface: _common_pb2.Surface
+    context: _common_pb2.RequestContext
+    history: _containers.RepeatedCompositeFieldContainer[_common_pb2.Interaction]
+    anchor_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    k: int
+    sources: _containers.RepeatedScalarFieldContainer[_common_pb2.CandidateSource]
+    exclusions: _common_pb2.Exclusions
+    exclude_history: bool
+    consent: bool
+    def __init__(self, subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., surface: _Optional[_Union[_common_pb2.Surface, str]] = ..., context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., history: _Optional[_Iterable[_Union[_common_pb2.Interaction, _Mapping]]] = ..., anchor_item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[_common_pb2.CandidateSource, str]]] = ..., exclusions: _Optional[_Union[_common_pb2.Exclusions, _Mapping]] = ..., exclude_history: _Optional[bool] = ..., consent: _Optional[bool] = ...) -> None: ...
+
+class Candidate(_message.Message):
+    __slots__ = ("item_id", "score", "source", "source_rank", "anchor_item_id")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_RANK_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    score: float
+    source: _common_pb2.CandidateSource
+    source_rank: int
+    anchor_item_id: str
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[_Union[_common_pb2.CandidateSource, str]] = ..., source_rank: _Optional[int] = ..., anchor_item_id: _Optional[str] = ...) -> None: ...
+
+class RetrieveResponse(_message.Message):
+    __slots__ = ("candidates", "index_version", "degradations")
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEGRADATIONS_FIELD_NUMBER: _ClassVar[int]
+    candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
+    index_version: _common_pb2.ArtifactVersion
+    degradations: _containers.RepeatedCompositeFieldContainer[_common_pb2.Degradation]
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., index_version: _Optional[_Union[_common_pb2.ArtifactVersion, _Mapping]] = ..., degradations: _Optional[_Iterable[_Union[_common_pb2.Degradation, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,47 @@
+"""The body of every service's ``__main__``: settings, logging, tracing, then run the host until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry
+
+from services.core.logs import configure_logging
+from services.core.server import Application, ServiceHost
+from services.core.settings import ServiceSettings, SettingsError, load_settings
+from services.core.telemetry import configure_tracing, shutdown_tracing
+
+S = TypeVar("S", bound=ServiceSettings)
+
+#: Exit code for bad settings (the message names the setting).
+EXIT_BAD_SETTINGS = 2
+#: Exit code when the service could not load what it needs to answer.
+EXIT_LOAD_FAILED = 3
+
+
+def serve_main(
+    settings_cls: type[S],
+    build: Callable[[S, CollectorRegistry], Application],
+    overrides: Mapping[str, Any] | None = None,
+) -> int:
+    try:
+        settings = load_settings(settings_cls, overrides)
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    configure_logging(settings.log_level, settings.service_label)
+    configure_tracing(f"aisle-{settings.service_label}")
+    registry = CollectorRegistry()
+    try:
+        host = ServiceHost(settings, build(settings, registry), registry)
+        asyncio.run(host.run())
+    except Exception as error:  # start-up failures end here, with the reason in the log
+        logging.getLogger(__name__).error("%s did not start: %s", settings.service_label, error)
+        return EXIT_LOAD_FAILED
+    finally:
+        shutdown_tracing()
+    return 0

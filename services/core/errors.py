@@ -1,0 +1,117 @@
+"""Errors as ``google.rpc.Status`` with details, one mapping for every service.
+
+Servicers raise :class:`ServiceError` subclasses; :func:`status_for` turns any exception into a ``grpc.Status``
+carrying an ``ErrorInfo`` (machine-readable reason) and, for bad input, a ``BadRequest`` listing each field.
+The server's error interceptor applies it, so no servicer builds statuses by hand.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+#: ``ErrorInfo.domain`` of every error Aisle raises.
+ERROR_DOMAIN = "aisle.dev"
+
+
+class ServiceError(Exception):
+    """An error a caller should see with a specific status code and reason."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        self.metadata = dict(metadata or {})
+
+
+class InvalidArgument(ServiceError):
+    """The request is malformed. ``violations`` maps a field path ("history[3].item_id") to what is wrong."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: dict[str, str]):
+        if not violations:
+            raise ValueError("InvalidArgument needs at least one field violation")
+        self.violations = dict(violations)
+        message = "; ".join(f"{field}: {description}" for field, description in self.violations.items())
+        super().__init__(f"invalid request: {message}")
+
+
+class NotReady(ServiceError):
+    """The service cannot answer yet (model or index not loaded)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "NOT_READY"
+
+
+class DependencyUnavailable(ServiceError):
+    """A service this one depends on failed and no degraded answer was possible."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "DEPENDENCY_UNAVAILABLE"
+
+
+class BudgetExhausted(ServiceError):
+    """The caller's deadline left too little time to produce an answer."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_TOO_SHORT"
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+def status_for(error: BaseException) -> grpc.Status:
+    """The ``grpc.Status`` (with rich details in the trailing metadata) that a caller gets for ``error``."""
+    if isinstance(error, ServiceError):
+        code, reason, message, metadata = error.code, error.reason, error.message, error.metadata
+    else:
+        # Internal details stay in the server log; the caller gets a generic message.
+        code, reason, message, metadata = grpc.StatusCode.INTERNAL, "INTERNAL", "internal error", {}
+    details = [_packed(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata))]
+    if isinstance(error, InvalidArgument):
+        request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+                for field, description in error.violations.items()
+            ]
+        )
+        details.append(_packed(request))
+    status = status_pb2.Status(code=_code_number(code), message=message, details=details)
+    return rpc_status.to_status(status)
+
+
+def details_of(error: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, dict[str, str]]:
+    """Reads back (ErrorInfo, {field: description}) from a failed call; for clients and tests."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    info, violations = None, {}
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            request = error_details_pb2.BadRequest()
+            detail.Unpack(request)
+            violations.update({v.field: v.description for v in request.field_violations})
+    return info, violations
+
+
+def _packed(message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _code_number(code: grpc.StatusCode) -> int:
+    number = code.value[0]
+    assert code_pb2.Code.Name(number) == code.name
+    return number

@@ -1,0 +1,65 @@
+"""Server interceptors shared by every service."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from services.core.errors import ServiceError, status_for
+
+log = logging.getLogger(__name__)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns exceptions raised by servicers into ``google.rpc.Status`` answers (see :mod:`services.core.errors`).
+
+    :class:`ServiceError` keeps its code and reason; anything else is logged with its traceback and answered as
+    INTERNAL without internal details.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behavior = handler.unary_unary
+        method = handler_call_details.method
+
+        async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behavior(request, context)
+            except ServiceError as error:
+                log.info("%s -> %s (%s): %s", method, error.code.name, error.reason, error.message)
+                await _abort(context, error)
+            except grpc.aio.AbortError:
+                raise
+            except grpc.aio.AioRpcError as error:
+                # A downstream call failed and the servicer did not handle it: pass its code on, not INTERNAL.
+                log.warning("%s: downstream call failed: %s %s", method, error.code().name, error.details())
+                await _abort(context, _downstream(error))
+            except Exception as error:
+                log.exception("%s failed", method)
+                await _abort(context, error)
+
+        return grpc.unary_unary_rpc_method_handler(
+            mapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _downstream(error: grpc.aio.AioRpcError) -> ServiceError:
+    mapped = ServiceError(f"downstream call failed: {error.code().name}", reason="DEPENDENCY_FAILED")
+    mapped.code = error.code() if error.code() != grpc.StatusCode.OK else grpc.StatusCode.INTERNAL
+    return mapped
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
+    status = status_for(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)

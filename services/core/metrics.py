@@ -1,0 +1,89 @@
+"""Prometheus metrics: per-RPC request counts and latency histograms, served on a /metrics port.
+
+Each server gets its own ``CollectorRegistry`` so several servers can live in one process (tests) without
+clashing; services register their own metrics (stage latencies, degradations) in the same registry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+#: Buckets in seconds, fine below 10 ms where the services' budgets live.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+)
+
+
+class RpcMetrics:
+    """The server-side RPC metrics of one service."""
+
+    def __init__(self, registry: CollectorRegistry, service_label: str):
+        self.service = service_label
+        self.requests = Counter(
+            "aisle_grpc_server_handled",
+            "RPCs completed by the server, by method and status code.",
+            ["service", "method", "code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "aisle_grpc_server_handling_seconds",
+            "Time from receiving an RPC to sending its answer, by method.",
+            ["service", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(self.service, method, code).inc()
+        self.latency.labels(self.service, method).observe(seconds)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every unary RPC, whatever its outcome."""
+
+    def __init__(self, metrics: RpcMetrics):
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        behavior = handler.unary_unary
+        metrics = self._metrics
+
+        async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            failed = True
+            try:
+                response = await behavior(request, context)
+                failed = False
+                return response
+            finally:
+                code = context.code()
+                if code is None:
+                    code_name = "UNKNOWN" if failed else "OK"
+                else:
+                    code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                metrics.observe(method, code_name, time.perf_counter() - started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            timed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def start_metrics_server(port: int, host: str, registry: CollectorRegistry):
+    """Serves ``registry`` on http://host:port/metrics in a thread; returns (server, bound port)."""
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server, server.server_port

@@ -1,0 +1,163 @@
+"""The one way every Aisle service runs a gRPC server.
+
+:class:`ServiceHost` builds a ``grpc.aio`` server with the standard health service (SERVING only after the
+application's ``load`` step has finished), server reflection, metrics and error interceptors, a Prometheus
+endpoint, and graceful shutdown: on SIGTERM health flips to NOT_SERVING, new calls are refused and in-flight calls
+get ``grace_period_s`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import OVERALL_HEALTH
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from services.core.interceptors import ErrorInterceptor
+from services.core.metrics import MetricsInterceptor, RpcMetrics, start_metrics_server
+from services.core.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Application:
+    """What a service contributes to its server: the gRPC services it serves and its life-cycle hooks.
+
+    ``register(server)`` adds the servicers; ``service_names`` are their full names (for health and reflection).
+    ``load`` prepares everything needed to answer (models, indexes) and raises if it cannot; health turns SERVING
+    only after it returns. ``close`` releases resources after the server has stopped.
+    """
+
+    service_names: Sequence[str]
+    register: Callable[[grpc.aio.Server], None]
+    load: Hook | None = None
+    close: Hook | None = None
+    extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = field(default_factory=tuple)
+
+
+class ServiceHost:
+    """Runs one :class:`Application` behind a gRPC server. Usable from ``__main__`` and from tests."""
+
+    def __init__(
+        self, settings: ServiceSettings, app: Application, registry: CollectorRegistry | None = None
+    ):
+        self.settings = settings
+        self.app = app
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.health = health_aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._metrics_server = None
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    async def start(self) -> int:
+        """Binds and starts the server with health NOT_SERVING; returns the bound port."""
+        metrics = RpcMetrics(self.registry, self.settings.service_label)
+        server = grpc.aio.server(
+            interceptors=[MetricsInterceptor(metrics), ErrorInterceptor(), *self.app.extra_interceptors],
+            options=[
+                ("grpc.max_receive_message_length", self.settings.max_message_bytes),
+                ("grpc.max_send_message_length", self.settings.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.app.register(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [*self.app.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            server,
+        )
+        address = f"{self.settings.host}:{self.settings.port}"
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise RuntimeError(f"could not bind the gRPC server to {address}")
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
+        self.server, self.port = server, port
+        if self.settings.metrics_port is not None:
+            self._metrics_server, self.metrics_port = start_metrics_server(
+                self.settings.metrics_port, self.settings.host, self.registry
+            )
+        log.info(
+            "%s listening on %s:%d (metrics port %s), NOT_SERVING until loaded",
+            self.settings.service_label, self.settings.host, port, self.metrics_port,
+        )
+        return port
+
+    async def load(self) -> None:
+        """Runs the application's ``load`` step, then marks every service SERVING."""
+        if self.app.load is not None:
+            await self.app.load()
+        if self._stopping:
+            return
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("%s is SERVING", self.settings.service_label)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING first, then refuse new calls and let in-flight ones finish within the grace period."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self.settings.grace_period_s if grace is None else grace
+        log.info("%s shutting down (grace %.1fs)", self.settings.service_label, grace)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            if self.server is not None:
+                await self.server.stop(grace)
+        finally:
+            if self.app.close is not None:
+                await self.app.close()
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
+                self._metrics_server.server_close()
+            self._stopped.set()
+            log.info("%s stopped", self.settings.service_label)
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT start a graceful stop (call from the running event loop)."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        asyncio.get_running_loop().create_task(self.stop())
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def run(self) -> None:
+        """Start, load, serve until SIGTERM/SIGINT, stop. Raises if loading fails (after stopping)."""
+        await self.start()
+        self.install_signal_handlers()
+        try:
+            await self.load()
+        except BaseException:
+            log.exception("%s failed to load; stopping", self.settings.service_label)
+            await self.stop(grace=0)
+            raise
+        await self.wait_stopped()
+
+    async def _set_health(self, status: int) -> None:
+        for name in (OVERALL_HEALTH, *self.app.service_names):
+            await self.health.set(name, status)

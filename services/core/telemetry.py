@@ -1,0 +1,84 @@
+"""OpenTelemetry tracing, configured from the standard ``OTEL_*`` environment variables.
+
+Every service installs an SDK tracer provider, so trace ids exist and cross each gRPC hop. Spans are exported with
+OTLP/gRPC only when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set and
+``OTEL_TRACES_EXPORTER`` is not ``none``; otherwise nothing leaves the process. ``OTEL_SDK_DISABLED=true`` turns
+tracing off. Sampling follows ``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG`` as the SDK defines them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_grpc_instrumented = False
+
+
+def otlp_endpoint_configured(environ: dict[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+        return False
+    return bool(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+
+
+def configure_tracing(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider | None:
+    """Installs the process's tracer provider and gRPC instrumentation; returns the provider (None if disabled).
+
+    ``exporter`` is for tests (an in-memory exporter, spans exported synchronously). A provider can be set only
+    once per process; later calls reuse it and only add the given exporter.
+    """
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        log.info("tracing disabled by OTEL_SDK_DISABLED")
+        return None
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
+        provider = TracerProvider(resource=Resource.create(attributes))
+        trace.set_tracer_provider(provider)
+        if exporter is None and otlp_endpoint_configured():
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            log.info("exporting traces with OTLP to %s", _endpoint())
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    instrument_grpc()
+    return provider
+
+
+def instrument_grpc() -> None:
+    """Adds OpenTelemetry server and client interceptors to every ``grpc.aio`` server and channel made after."""
+    global _grpc_instrumented
+    with _lock:
+        if _grpc_instrumented:
+            return
+        from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
+
+        GrpcAioInstrumentorServer().instrument()
+        GrpcAioInstrumentorClient().instrument()
+        _grpc_instrumented = True
+
+
+def current_trace_id() -> str:
+    """The W3C trace id of the current span as 32 hex digits, or "" when there is none."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else ""
+
+
+def shutdown_tracing() -> None:
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.force_flush(timeout_millis=2000)
+
+
+def _endpoint() -> str:
+    return os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")

@@ -1,0 +1,138 @@
+"""``aisle demo`` / ``make demo``: the main job end to end, on a fresh machine, with no network and no GPU.
+
+Trains small models on a seeded synthetic shop, starts the three services as processes, sends requests through
+the generated stub, prints what came back, shows a degraded answer with ranking stopped, and stops everything.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import grpc
+
+from aisle.common.v1 import common_pb2 as common
+from aisle.recommendation.v1 import recommendation_service_pb2 as pb
+from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
+from services.core.errors import details_of
+from services.demo.stack import LocalStack
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+MODEL_NAME = "ranker"
+DEMO_SHOP = {"users": 1500, "items": 800, "seed": 7}
+DEADLINE_S = 0.5
+
+
+def prepare_models(workdir: Path, retrain: bool):
+    """Trains into ``workdir`` (its own model repository and index), unless reusing a previous run's."""
+    from training.pipeline import train_synthetic
+    from training.train_tiny import TrainConfig
+
+    repository, index = workdir / "model_repository", workdir / "index"
+    if not retrain and any((repository / MODEL_NAME).glob("*/model.onnx")) and any(index.glob("*/metadata.json")):
+        print(f"reusing models in {workdir}")
+        return
+    shutil.rmtree(repository, ignore_errors=True)
+    shutil.rmtree(index, ignore_errors=True)
+    template = PROJECT_ROOT / "model_repository" / MODEL_NAME / "config.pbtxt"
+    (repository / MODEL_NAME).mkdir(parents=True)
+    shutil.copy(template, repository / MODEL_NAME / "config.pbtxt")
+    print("== training the ranker on a synthetic shop ==")
+    artifacts = train_synthetic(
+        workdir, repository, model_name=MODEL_NAME, users=DEMO_SHOP["users"], items=DEMO_SHOP["items"],
+        config=TrainConfig(epochs=2, seed=DEMO_SHOP["seed"]),
+    )
+    metrics = artifacts.result.metrics
+    print(f"exported {artifacts.model_version_dir} and {artifacts.index_dir}")
+    print("hold-out (last interaction per user): " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+
+
+def demo_requests(workdir: Path) -> list[tuple[str, pb.RecommendRequest]]:
+    from training.synthetic import EVENT_PURCHASE, generate_shop
+
+    shop = generate_shop(n_users=DEMO_SHOP["users"], n_items=DEMO_SHOP["items"], seed=DEMO_SHOP["seed"])
+    sequence = max(shop.sequences(), key=len)[-6:]
+    history = [common.Interaction(item_id=shop.catalog.item_ids[row], event_type=common.EVENT_TYPE_VIEW)
+               for row in sequence]
+    history[-1].event_type = common.EVENT_TYPE_PURCHASE if EVENT_PURCHASE else common.EVENT_TYPE_VIEW
+    anchor = shop.catalog.item_ids[int(sequence[-1])]
+    context = common.RequestContext(region="GB", device=common.DEVICE_MOBILE)
+    return [
+        ("home page, signed-in customer with history", pb.RecommendRequest(
+            subject=common.Subject(user_id="customer-42"), surface=common.SURFACE_HOME, context=context,
+            consent=True, history=history, k=5)),
+        ("product page (similar items)", pb.RecommendRequest(
+            subject=common.Subject(session_id="guest-7"), surface=common.SURFACE_PRODUCT_PAGE, context=context,
+            consent=True, anchor_item_ids=[anchor], k=5)),
+        ("home page, guest without consent (context only)", pb.RecommendRequest(
+            subject=common.Subject(session_id="guest-8"), surface=common.SURFACE_HOME, context=context,
+            consent=False, history=history, k=5)),
+    ]
+
+
+def show(title: str, response: pb.RecommendResponse, catalog: dict, elapsed_ms: float) -> None:
+    print(f"\n-- {title} --")
+    print(f"   trace id {response.trace_id or '-'}   tracking token {response.tracking_token}")
+    versions = ", ".join(f"{v.kind} {v.name}@{v.version}" for v in response.versions)
+    print(f"   versions: {versions}")
+    for item in response.items:
+        info = catalog.get(item.item_id, {})
+        sources = "+".join(common.CandidateSource.Name(s).removeprefix("CANDIDATE_SOURCE_").lower()
+                           for s in item.sources)
+        reason = item.reasons[0].text if item.reasons else ""
+        print(f"   {item.position + 1}. {item.item_id} {info.get('title', ''):<22} score {item.score:.3f} "
+              f"[{sources}] {reason}")
+    stages = "  ".join(f"{s.stage} {s.duration_ms:.1f} ms" for s in response.stage_latencies)
+    print(f"   stages: {stages}  (client round trip {elapsed_ms:.1f} ms)")
+    for degradation in response.degradations:
+        print(f"   DEGRADED: {common.DegradationReason.Name(degradation.reason)} at {degradation.stage}: "
+              f"{degradation.detail}")
+
+
+def call(stub, request) -> tuple[pb.RecommendResponse, float]:
+    started = time.perf_counter()
+    response = stub.Recommend(request, timeout=DEADLINE_S)
+    return response, (time.perf_counter() - started) * 1000
+
+
+def run_demo(workdir: Path, retrain: bool = True) -> int:
+    workdir.mkdir(parents=True, exist_ok=True)
+    prepare_models(workdir, retrain)
+    catalog = json.loads((workdir / "catalog.json").read_text(encoding="utf-8"))
+    stack = LocalStack(workdir, {
+        "retrieval": {"index_path": str(workdir / "index")},
+        "ranking": {"model_repository": str(workdir / "model_repository"), "model_name": MODEL_NAME},
+    })
+    print("\n== starting retrieval, ranking and gateway as separate processes ==")
+    stack.start()
+    for service in stack.services.values():
+        print(f"   {service.name:<9} grpc {service.target}  metrics http://127.0.0.1:{service.metrics_port}/metrics"
+              f"  log {service.log_path}")
+    try:
+        with grpc.insecure_channel(stack.gateway_target) as channel:
+            stub = pb_grpc.RecommendationServiceStub(channel)
+            for title, request in demo_requests(workdir):
+                response, elapsed = call(stub, request)
+                show(title, response, catalog, elapsed)
+
+            print("\n-- an invalid request (k = 1,000,000) --")
+            bad = pb.RecommendRequest(subject=common.Subject(user_id="x"), surface=common.SURFACE_HOME, k=1_000_000)
+            try:
+                stub.Recommend(bad, timeout=DEADLINE_S)
+                print("   unexpectedly accepted")
+                return 1
+            except grpc.RpcError as error:
+                _, violations = details_of(error)
+                print(f"   {error.code().name}: {violations}")
+
+            print("\n== stopping ranking (SIGTERM) to show a degraded answer ==")
+            stack.stop_service("ranking")
+            title, request = demo_requests(workdir)[0]
+            response, elapsed = call(stub, request)
+            show(title + ", ranking down", response, catalog, elapsed)
+    finally:
+        codes = stack.stop()
+    print(f"\nall services stopped; exit codes {codes}")
+    return 0 if all(code == 0 for code in codes.values()) else 1

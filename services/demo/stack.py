@@ -1,0 +1,143 @@
+"""Starts retrieval, ranking and gateway as separate processes on free local ports, as production runs them.
+
+Each process is configured only through its ``AISLE_<SERVICE>_*`` environment variables, logs to its own file,
+and is stopped with SIGTERM (graceful shutdown), then SIGKILL if it overstays.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+#: Start order: the gateway waits for retrieval, so it goes last.
+ORDER = ("retrieval", "ranking", "gateway")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    metrics_port: int
+    log_path: Path
+    env: dict[str, str]
+    process: subprocess.Popen | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass
+class LocalStack:
+    """``settings[service]`` holds extra settings (without prefix, e.g. ``{"index_path": ...}``)."""
+
+    workdir: Path
+    settings: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    python: str = sys.executable
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ports = {name: (free_port(), free_port()) for name in ORDER}
+        for name in ORDER:
+            prefix = f"AISLE_{name.upper()}_"
+            port, metrics_port = ports[name]
+            values = {"port": str(port), "metrics_port": str(metrics_port), "grace_period_s": "5",
+                      **self.settings.get(name, {})}
+            if name == "gateway":
+                values.setdefault("retrieval_target", f"127.0.0.1:{ports['retrieval'][0]}")
+                values.setdefault("ranking_target", f"127.0.0.1:{ports['ranking'][0]}")
+            env = {prefix + key.upper(): str(value) for key, value in values.items()}
+            self.services[name] = ServiceProcess(name, port, metrics_port, self.workdir / "logs" / f"{name}.log", env)
+
+    @property
+    def gateway_target(self) -> str:
+        return self.services["gateway"].target
+
+    def start(self, timeout: float = 120.0) -> None:
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("AISLE_")}
+        try:
+            for name in ORDER:
+                self.start_service(name, base_env)
+            for name in ORDER:
+                self.wait_serving(name, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_service(self, name: str, base_env: Mapping[str, str] | None = None) -> None:
+        service = self.services[name]
+        env = {**(base_env if base_env is not None else os.environ), **service.env}
+        with service.log_path.open("ab") as log:
+            service.process = subprocess.Popen(
+                [self.python, "-m", f"services.{name}"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def wait_serving(self, name: str, timeout: float) -> None:
+        service = self.services[name]
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(service.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if service.process is not None and service.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited with code {service.process.returncode}; see {service.log_path}:\n"
+                        + tail(service.log_path)
+                    )
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} not SERVING after {timeout:.0f}s; see {service.log_path}")
+                time.sleep(0.1)
+
+    def stop_service(self, name: str, grace: float = 15.0) -> int | None:
+        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL. Returns the exit code."""
+        process = self.services[name].process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(grace)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def stop(self) -> dict[str, int | None]:
+        return {name: self.stop_service(name) for name in reversed(ORDER)}
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

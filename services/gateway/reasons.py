@@ -1,0 +1,39 @@
+"""Human-readable reasons for each recommended item, from the sources that proposed it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aisle.common.v1 import common_pb2 as common
+from services.gateway.merge import MergedCandidate
+
+_VERBS = {
+    common.EVENT_TYPE_PURCHASE: "bought",
+    common.EVENT_TYPE_ADD_TO_CART: "added",
+    common.EVENT_TYPE_RETURN: "returned",
+}
+
+
+def reasons_for(
+    candidate: MergedCandidate, history_events: Mapping[str, int], region: str
+) -> list[common.Reason]:
+    """One reason per source, most specific first. ``history_events`` maps item id -> last event type."""
+    reasons = []
+    for source in candidate.sources:
+        anchor = candidate.anchors.get(source, "")
+        if source == common.CANDIDATE_SOURCE_TWO_TOWER:
+            if anchor:
+                verb = _VERBS.get(history_events.get(anchor, common.EVENT_TYPE_VIEW), "viewed")
+                text = f"Because you {verb} {anchor}"
+            else:
+                text = "Picked for you"
+            reasons.append(common.Reason(code=common.REASON_CODE_SIMILAR_TO_HISTORY, text=text, related_item_id=anchor))
+        elif source == common.CANDIDATE_SOURCE_ITEM_TO_ITEM:
+            reasons.append(
+                common.Reason(code=common.REASON_CODE_BOUGHT_TOGETHER, text=f"Goes well with {anchor}",
+                              related_item_id=anchor)
+            )
+        elif source in (common.CANDIDATE_SOURCE_POPULARITY, common.CANDIDATE_SOURCE_FALLBACK_CACHE):
+            where = f" in {region}" if region else ""
+            reasons.append(common.Reason(code=common.REASON_CODE_POPULAR_IN_REGION, text=f"Popular{where}"))
+    return reasons

@@ -1,0 +1,1 @@
+"""Ranking service: scores candidates for a subject with the sequence ranking model."""

@@ -1,0 +1,1 @@
+"""Retrieval service: narrows the catalog to a few hundred candidates per request."""

@@ -1,0 +1,66 @@
+"""``aisle train``: synthetic shop -> trained ranker -> model repository version + retrieval index + catalog."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.export import export_index, export_ranker
+from training.synthetic import SyntheticShop, generate_shop
+from training.train_tiny import TrainConfig, TrainResult, train_tiny_ranker
+
+log = logging.getLogger(__name__)
+
+CATALOG_FILE = "catalog.json"
+
+
+@dataclass(frozen=True)
+class TrainedArtifacts:
+    model_version_dir: Path
+    index_dir: Path
+    catalog_path: Path
+    result: TrainResult
+
+
+def write_catalog(shop: SyntheticShop, path: Path) -> None:
+    """Item titles and attributes, for people reading the demo's answers."""
+    catalog = shop.catalog
+    items = {
+        item_id: {"title": title, "category": category, "brand": brand, "price": float(price)}
+        for item_id, title, category, brand, price in zip(
+            catalog.item_ids, catalog.titles, catalog.categories, catalog.brands, catalog.prices, strict=True
+        )
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(items), encoding="utf-8")
+
+
+def train_synthetic(
+    out_dir: Path,
+    model_repository: Path,
+    *,
+    model_name: str = "ranker",
+    users: int = 2000,
+    items: int = 1000,
+    config: TrainConfig = TrainConfig(),
+    progress: bool = True,
+) -> TrainedArtifacts:
+    shop = generate_shop(n_users=users, n_items=items, seed=config.seed)
+    log.info("synthetic shop: %d users, %d items, %d events", users, items, len(shop.events.user))
+    result = train_tiny_ranker(shop.sequences(), len(shop.catalog), config, progress=progress)
+    catalog = shop.catalog
+    metadata = {
+        "data": {"source": "synthetic", "users": users, "items": items, "seed": config.seed,
+                 "events": int(len(shop.events.user))},
+        **result.summary(),
+    }
+    version_dir = export_ranker(result.model, model_repository / model_name, catalog.item_ids, metadata)
+    index_dir = export_index(
+        result.model, out_dir / "index", catalog.item_ids, result.popularity, catalog.categories, catalog.brands,
+        model_name, version_dir.name,
+    )
+    catalog_path = out_dir / CATALOG_FILE
+    write_catalog(shop, catalog_path)
+    return TrainedArtifacts(version_dir, index_dir, catalog_path, result)
