@@ -69,15 +69,27 @@ for _service in SERVICES:
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("artifacts"), show_default=True,
-              help="Folder for the retrieval index (out/index/<version>) and the item catalog.")
-@click.option("--model-repository", type=click.Path(path_type=Path), default=Path("model_repository"),
-              show_default=True, help="Triton-layout repository; a new version folder is added to its ranker.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("artifacts"),
+    show_default=True,
+    help="Folder for the retrieval index (out/index/<version>) and the item catalog.",
+)
+@click.option(
+    "--model-repository",
+    type=click.Path(path_type=Path),
+    default=Path("model_repository"),
+    show_default=True,
+    help="Triton-layout repository; a new version folder is added to its ranker.",
+)
 @click.option("--model-name", default="ranker", show_default=True, help="Model folder in the repository.")
-@click.option("--users", type=click.IntRange(10, 1_000_000), default=2000, show_default=True,
-              help="Synthetic shop: customers.")
-@click.option("--items", type=click.IntRange(20, 1_000_000), default=1000, show_default=True,
-              help="Synthetic shop: catalog size.")
+@click.option(
+    "--users", type=click.IntRange(10, 1_000_000), default=2000, show_default=True, help="Synthetic shop: customers."
+)
+@click.option(
+    "--items", type=click.IntRange(20, 1_000_000), default=1000, show_default=True, help="Synthetic shop: catalog size."
+)
 @click.option("--epochs", type=click.IntRange(1, 100), default=3, show_default=True, help="Training epochs.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data, sampling and weights.")
 def train(out: Path, model_repository: Path, model_name: str, users: int, items: int, epochs: int, seed: int) -> None:
@@ -93,7 +105,11 @@ def train(out: Path, model_repository: Path, model_name: str, users: int, items:
             "whose model folder has its config.pbtxt (the project's model_repository/ has one)"
         )
     artifacts = train_synthetic(
-        out, model_repository, model_name=model_name, users=users, items=items,
+        out,
+        model_repository,
+        model_name=model_name,
+        users=users,
+        items=items,
         config=TrainConfig(epochs=epochs, seed=seed),
     )
     metrics = artifacts.result.metrics
@@ -104,10 +120,19 @@ def train(out: Path, model_repository: Path, model_name: str, users: int, items:
 
 
 @main.command()
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path("artifacts/demo"), show_default=True,
-              help="Where the demo keeps its model repository, index and service logs.")
-@click.option("--retrain/--reuse", default=True, show_default=True,
-              help="Train fresh models, or reuse the ones a previous demo left in --workdir.")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=Path("artifacts/demo"),
+    show_default=True,
+    help="Where the demo keeps its model repository, index and service logs.",
+)
+@click.option(
+    "--retrain/--reuse",
+    default=True,
+    show_default=True,
+    help="Train fresh models, or reuse the ones a previous demo left in --workdir.",
+)
 def demo(workdir: Path, retrain: bool) -> None:
     """The main job end to end: train small models, start the three services, send requests, print answers."""
     from services.demo.run import run_demo

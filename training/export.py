@@ -6,10 +6,13 @@ ONNX Runtime vs torch parity), then renamed into place, so a server never sees h
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,7 +117,28 @@ def export_index(
     )
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter logs every graph pass; keep errors, drop the chatter."""
+    loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def _export_onnx(model: TinySequenceRanker, path: Path) -> None:
+    with _quiet_exporter():
+        _export_dynamo(model, path)
+
+
+def _export_dynamo(model: TinySequenceRanker, path: Path) -> None:
     history = torch.zeros(2, model.history_length, dtype=torch.int64)
     candidates = torch.ones(2, 8, dtype=torch.int64)
     batch, count = torch.export.Dim("batch"), torch.export.Dim("candidates")

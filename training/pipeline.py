@@ -52,14 +52,25 @@ def train_synthetic(
     result = train_tiny_ranker(shop.sequences(), len(shop.catalog), config, progress=progress)
     catalog = shop.catalog
     metadata = {
-        "data": {"source": "synthetic", "users": users, "items": items, "seed": config.seed,
-                 "events": int(len(shop.events.user))},
+        "data": {
+            "source": "synthetic",
+            "users": users,
+            "items": items,
+            "seed": config.seed,
+            "events": int(len(shop.events.user)),
+        },
         **result.summary(),
     }
     version_dir = export_ranker(result.model, model_repository / model_name, catalog.item_ids, metadata)
     index_dir = export_index(
-        result.model, out_dir / "index", catalog.item_ids, result.popularity, catalog.categories, catalog.brands,
-        model_name, version_dir.name,
+        result.model,
+        out_dir / "index",
+        catalog.item_ids,
+        result.popularity,
+        catalog.categories,
+        catalog.brands,
+        model_name,
+        version_dir.name,
     )
     catalog_path = out_dir / CATALOG_FILE
     write_catalog(shop, catalog_path)

@@ -79,7 +79,9 @@ def generate_shop(
     brand_of = category_of * brands_per_category + rng.integers(0, brands_per_category, size=n_items)
     catalog = Catalog(
         item_ids=[f"SKU{i:06d}" for i in range(n_items)],
-        titles=[f"{_COLOURS[rng.integers(len(_COLOURS))]} {_NOUNS[c % len(_NOUNS)]} {i}" for i, c in enumerate(category_of)],
+        titles=[
+            f"{_COLOURS[rng.integers(len(_COLOURS))]} {_NOUNS[c % len(_NOUNS)]} {i}" for i, c in enumerate(category_of)
+        ],
         categories=[f"category-{c:02d}" for c in category_of],
         brands=[f"brand-{b:03d}" for b in brand_of],
         prices=prices,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from services.ranking.features import encode_history
 from training.tiny_ranker import TinySequenceRanker
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,6 @@ class TrainResult:
         return {"config": asdict(self.config), "metrics": self.metrics, "final_loss": self.losses[-1]}
 
 
-def left_pad(tokens: np.ndarray, length: int) -> np.ndarray:
-    out = np.zeros(length, dtype=np.int64)
-    tail = tokens[-length:]
-    if tail.size:
-        out[length - tail.size :] = tail
-    return out
-
-
 def split_last(sequences: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[tuple[np.ndarray, int]]]:
     """(training sequences, [(history, held-out target)]) with each user's last interaction held out."""
     train, test = [], []
@@ -67,11 +60,14 @@ def split_last(sequences: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[
 def make_examples(
     sequences: Sequence[np.ndarray], history_length: int, max_examples: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(histories [N, L] of tokens, targets [N] of tokens) from every prefix of every sequence."""
+    """(histories [N, L] of tokens, targets [N] of tokens) from every prefix of every sequence.
+
+    Histories are encoded by the ranking service's own ``encode_history``, so training and serving agree.
+    """
     pairs = [(u, i) for u, rows in enumerate(sequences) for i in range(1, len(rows))]
     if len(pairs) > max_examples:
         pairs = [pairs[j] for j in rng.choice(len(pairs), size=max_examples, replace=False)]
-    histories = np.stack([left_pad(sequences[u][:i] + 1, history_length) for u, i in pairs])
+    histories = np.stack([encode_history(sequences[u][:i] + 1, history_length) for u, i in pairs])
     targets = np.array([sequences[u][i] + 1 for u, i in pairs], dtype=np.int64)
     return histories, targets
 
@@ -108,9 +104,9 @@ def train_tiny_ranker(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            result.losses.append(float(loss))
+            result.losses.append(loss.item())
             bar.update()
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
     bar.close()
     model.eval()
     result.metrics = evaluate(model, test[: config.eval_users], popularity, config.history_length)
@@ -120,13 +116,16 @@ def train_tiny_ranker(
 
 @torch.no_grad()
 def evaluate(
-    model: TinySequenceRanker, test: Sequence[tuple[np.ndarray, int]], popularity: np.ndarray, history_length: int,
+    model: TinySequenceRanker,
+    test: Sequence[tuple[np.ndarray, int]],
+    popularity: np.ndarray,
+    history_length: int,
     k: int = 10,
 ) -> dict[str, float]:
     """Full-ranking hit rate @k of the model and of training popularity on held-out last interactions."""
     if not test:
         return {}
-    histories = torch.from_numpy(np.stack([left_pad(h + 1, history_length) for h, _ in test]))
+    histories = torch.from_numpy(np.stack([encode_history(h + 1, history_length) for h, _ in test]))
     targets = np.array([t for _, t in test])
     everything = torch.arange(1, model.num_items + 1)[None].expand(len(test), -1)
     scores = model.logits(histories, everything).numpy()

@@ -49,9 +49,7 @@ class Application:
 class ServiceHost:
     """Runs one :class:`Application` behind a gRPC server. Usable from ``__main__`` and from tests."""
 
-    def __init__(
-        self, settings: ServiceSettings, app: Application, registry: CollectorRegistry | None = None
-    ):
+    def __init__(self, settings: ServiceSettings, app: Application, registry: CollectorRegistry | None = None):
         self.settings = settings
         self.app = app
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -77,8 +75,11 @@ class ServiceHost:
         self.app.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            [*self.app.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME],
+            [
+                *self.app.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
             server,
         )
         address = f"{self.settings.host}:{self.settings.port}"
@@ -94,7 +95,10 @@ class ServiceHost:
             )
         log.info(
             "%s listening on %s:%d (metrics port %s), NOT_SERVING until loaded",
-            self.settings.service_label, self.settings.host, port, self.metrics_port,
+            self.settings.service_label,
+            self.settings.host,
+            port,
+            self.metrics_port,
         )
         return port
 
@@ -107,16 +111,20 @@ class ServiceHost:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("%s is SERVING", self.settings.service_label)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING first, then refuse new calls and let in-flight ones finish within the grace period."""
+    async def stop(self, grace: float | None = None, drain: float | None = None) -> None:
+        """NOT_SERVING first; after ``drain`` seconds (still answering, so load balancers can notice) new calls
+        are refused and in-flight ones get ``grace`` seconds to finish. Defaults come from the settings."""
         if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
         grace = self.settings.grace_period_s if grace is None else grace
-        log.info("%s shutting down (grace %.1fs)", self.settings.service_label, grace)
+        drain = self.settings.drain_delay_s if drain is None else drain
+        log.info("%s shutting down (drain %.1fs, grace %.1fs)", self.settings.service_label, drain, grace)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
+            if drain > 0:
+                await asyncio.sleep(drain)
             if self.server is not None:
                 await self.server.stop(grace)
         finally:
@@ -154,7 +162,7 @@ class ServiceHost:
             await self.load()
         except BaseException:
             log.exception("%s failed to load; stopping", self.settings.service_label)
-            await self.stop(grace=0)
+            await self.stop(grace=0, drain=0)
             raise
         await self.wait_stopped()
 

@@ -45,6 +45,9 @@ class ServiceSettings(BaseSettings):
     grace_period_s: float = Field(
         10.0, ge=0, le=300, description="Seconds in-flight calls get to finish after SIGTERM."
     )
+    drain_delay_s: float = Field(
+        0.0, ge=0, le=60, description="Seconds between NOT_SERVING and refusing new calls, so balancers notice."
+    )
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
     max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest gRPC message accepted."
@@ -89,9 +92,7 @@ def _describe(cls: type[ServiceSettings], exc: ValidationError) -> str:
         field = str(error["loc"][0]) if error["loc"] else "?"
         value = error.get("input")
         shown = f" (got {value!r})" if field in cls.model_fields and not isinstance(value, dict) else ""
-        lines.append(
-            f"  {cls.env_name(field)} / {cls.flag_name(field)}: {error['msg']}{shown}"
-        )
+        lines.append(f"  {cls.env_name(field)} / {cls.flag_name(field)}: {error['msg']}{shown}")
     return "\n".join(lines)
 
 

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import grpc
-
 from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
+
 from services.core.errors import details_of
 from services.demo.stack import LocalStack
 
@@ -41,7 +41,11 @@ def prepare_models(workdir: Path, retrain: bool):
     shutil.copy(template, repository / MODEL_NAME / "config.pbtxt")
     print("== training the ranker on a synthetic shop ==")
     artifacts = train_synthetic(
-        workdir, repository, model_name=MODEL_NAME, users=DEMO_SHOP["users"], items=DEMO_SHOP["items"],
+        workdir,
+        repository,
+        model_name=MODEL_NAME,
+        users=DEMO_SHOP["users"],
+        items=DEMO_SHOP["items"],
         config=TrainConfig(epochs=2, seed=DEMO_SHOP["seed"]),
     )
     metrics = artifacts.result.metrics
@@ -50,25 +54,50 @@ def prepare_models(workdir: Path, retrain: bool):
 
 
 def demo_requests(workdir: Path) -> list[tuple[str, pb.RecommendRequest]]:
-    from training.synthetic import EVENT_PURCHASE, generate_shop
+    from training.synthetic import generate_shop
 
     shop = generate_shop(n_users=DEMO_SHOP["users"], n_items=DEMO_SHOP["items"], seed=DEMO_SHOP["seed"])
     sequence = max(shop.sequences(), key=len)[-6:]
-    history = [common.Interaction(item_id=shop.catalog.item_ids[row], event_type=common.EVENT_TYPE_VIEW)
-               for row in sequence]
-    history[-1].event_type = common.EVENT_TYPE_PURCHASE if EVENT_PURCHASE else common.EVENT_TYPE_VIEW
+    history = [
+        common.Interaction(item_id=shop.catalog.item_ids[row], event_type=common.EVENT_TYPE_VIEW) for row in sequence
+    ]
+    history[-1].event_type = common.EVENT_TYPE_PURCHASE
     anchor = shop.catalog.item_ids[int(sequence[-1])]
     context = common.RequestContext(region="GB", device=common.DEVICE_MOBILE)
     return [
-        ("home page, signed-in customer with history", pb.RecommendRequest(
-            subject=common.Subject(user_id="customer-42"), surface=common.SURFACE_HOME, context=context,
-            consent=True, history=history, k=5)),
-        ("product page (similar items)", pb.RecommendRequest(
-            subject=common.Subject(session_id="guest-7"), surface=common.SURFACE_PRODUCT_PAGE, context=context,
-            consent=True, anchor_item_ids=[anchor], k=5)),
-        ("home page, guest without consent (context only)", pb.RecommendRequest(
-            subject=common.Subject(session_id="guest-8"), surface=common.SURFACE_HOME, context=context,
-            consent=False, history=history, k=5)),
+        (
+            "home page, signed-in customer with history",
+            pb.RecommendRequest(
+                subject=common.Subject(user_id="customer-42"),
+                surface=common.SURFACE_HOME,
+                context=context,
+                consent=True,
+                history=history,
+                k=5,
+            ),
+        ),
+        (
+            "product page (similar items)",
+            pb.RecommendRequest(
+                subject=common.Subject(session_id="guest-7"),
+                surface=common.SURFACE_PRODUCT_PAGE,
+                context=context,
+                consent=True,
+                anchor_item_ids=[anchor],
+                k=5,
+            ),
+        ),
+        (
+            "home page, guest without consent (context only)",
+            pb.RecommendRequest(
+                subject=common.Subject(session_id="guest-8"),
+                surface=common.SURFACE_HOME,
+                context=context,
+                consent=False,
+                history=history,
+                k=5,
+            ),
+        ),
     ]
 
 
@@ -79,16 +108,21 @@ def show(title: str, response: pb.RecommendResponse, catalog: dict, elapsed_ms: 
     print(f"   versions: {versions}")
     for item in response.items:
         info = catalog.get(item.item_id, {})
-        sources = "+".join(common.CandidateSource.Name(s).removeprefix("CANDIDATE_SOURCE_").lower()
-                           for s in item.sources)
+        sources = "+".join(
+            common.CandidateSource.Name(s).removeprefix("CANDIDATE_SOURCE_").lower() for s in item.sources
+        )
         reason = item.reasons[0].text if item.reasons else ""
-        print(f"   {item.position + 1}. {item.item_id} {info.get('title', ''):<22} score {item.score:.3f} "
-              f"[{sources}] {reason}")
+        print(
+            f"   {item.position + 1}. {item.item_id} {info.get('title', ''):<22} score {item.score:.3f} "
+            f"[{sources}] {reason}"
+        )
     stages = "  ".join(f"{s.stage} {s.duration_ms:.1f} ms" for s in response.stage_latencies)
     print(f"   stages: {stages}  (client round trip {elapsed_ms:.1f} ms)")
     for degradation in response.degradations:
-        print(f"   DEGRADED: {common.DegradationReason.Name(degradation.reason)} at {degradation.stage}: "
-              f"{degradation.detail}")
+        print(
+            f"   DEGRADED: {common.DegradationReason.Name(degradation.reason)} at {degradation.stage}: "
+            f"{degradation.detail}"
+        )
 
 
 def call(stub, request) -> tuple[pb.RecommendResponse, float]:
@@ -101,15 +135,20 @@ def run_demo(workdir: Path, retrain: bool = True) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     prepare_models(workdir, retrain)
     catalog = json.loads((workdir / "catalog.json").read_text(encoding="utf-8"))
-    stack = LocalStack(workdir, {
-        "retrieval": {"index_path": str(workdir / "index")},
-        "ranking": {"model_repository": str(workdir / "model_repository"), "model_name": MODEL_NAME},
-    })
+    stack = LocalStack(
+        workdir,
+        {
+            "retrieval": {"index_path": str(workdir / "index")},
+            "ranking": {"model_repository": str(workdir / "model_repository"), "model_name": MODEL_NAME},
+        },
+    )
     print("\n== starting retrieval, ranking and gateway as separate processes ==")
     stack.start()
     for service in stack.services.values():
-        print(f"   {service.name:<9} grpc {service.target}  metrics http://127.0.0.1:{service.metrics_port}/metrics"
-              f"  log {service.log_path}")
+        print(
+            f"   {service.name:<9} grpc {service.target}  metrics http://127.0.0.1:{service.metrics_port}/metrics"
+            f"  log {service.log_path}"
+        )
     try:
         with grpc.insecure_channel(stack.gateway_target) as channel:
             stub = pb_grpc.RecommendationServiceStub(channel)

@@ -57,8 +57,12 @@ class LocalStack:
         for name in ORDER:
             prefix = f"AISLE_{name.upper()}_"
             port, metrics_port = ports[name]
-            values = {"port": str(port), "metrics_port": str(metrics_port), "grace_period_s": "5",
-                      **self.settings.get(name, {})}
+            values = {
+                "port": str(port),
+                "metrics_port": str(metrics_port),
+                "grace_period_s": "5",
+                **self.settings.get(name, {}),
+            }
             if name == "gateway":
                 values.setdefault("retrieval_target", f"127.0.0.1:{ports['retrieval'][0]}")
                 values.setdefault("ranking_target", f"127.0.0.1:{ports['ranking'][0]}")
@@ -86,7 +90,10 @@ class LocalStack:
         env = {**(base_env if base_env is not None else os.environ), **service.env}
         with service.log_path.open("ab") as log:
             service.process = subprocess.Popen(
-                [self.python, "-m", f"services.{name}"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                [self.python, "-m", f"services.{name}"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
 

@@ -6,15 +6,15 @@ import asyncio
 import logging
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry
-
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
 from aisle.ranking.v1 import ranking_service_pb2_grpc as ranking_grpc
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+
 from services.core.channels import create_channel
 from services.core.server import Application
 from services.gateway.servicer import GatewayMetrics, RecommendationServicer
@@ -57,9 +57,11 @@ class Downstream:
             await channel.close()
 
 
-def build_application(settings: GatewaySettings, registry: CollectorRegistry | None = None) -> Application:
+def build_application(
+    settings: GatewaySettings, registry: CollectorRegistry | None = None, downstream: Downstream | None = None
+) -> Application:
     registry = registry if registry is not None else CollectorRegistry()
-    downstream = Downstream(settings)
+    downstream = downstream if downstream is not None else Downstream(settings)
     servicer = RecommendationServicer(settings, downstream, GatewayMetrics(registry))
     return Application(
         service_names=[SERVICE_NAME],

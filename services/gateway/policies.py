@@ -18,9 +18,7 @@ class SurfacePolicy:
 
 
 POLICIES: dict[int, SurfacePolicy] = {
-    common.SURFACE_HOME: SurfacePolicy(
-        "home", (common.CANDIDATE_SOURCE_TWO_TOWER, common.CANDIDATE_SOURCE_POPULARITY)
-    ),
+    common.SURFACE_HOME: SurfacePolicy("home", (common.CANDIDATE_SOURCE_TWO_TOWER, common.CANDIDATE_SOURCE_POPULARITY)),
     common.SURFACE_PRODUCT_PAGE: SurfacePolicy(
         "product_page", (common.CANDIDATE_SOURCE_ITEM_TO_ITEM, common.CANDIDATE_SOURCE_TWO_TOWER)
     ),

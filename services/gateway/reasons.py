@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aisle.common.v1 import common_pb2 as common
+
 from services.gateway.merge import MergedCandidate
 
 _VERBS = {
@@ -14,14 +15,17 @@ _VERBS = {
 }
 
 
-def reasons_for(
-    candidate: MergedCandidate, history_events: Mapping[str, int], region: str
-) -> list[common.Reason]:
+def reasons_for(candidate: MergedCandidate, history_events: Mapping[str, int], region: str) -> list[common.Reason]:
     """One reason per source, most specific first. ``history_events`` maps item id -> last event type."""
     reasons = []
     for source in candidate.sources:
         anchor = candidate.anchors.get(source, "")
         if source == common.CANDIDATE_SOURCE_TWO_TOWER:
+            if anchor == candidate.item_id:
+                event = history_events.get(anchor, common.EVENT_TYPE_VIEW)
+                text = "Buy it again" if event == common.EVENT_TYPE_PURCHASE else "You looked at this recently"
+                reasons.append(common.Reason(code=common.REASON_CODE_BUY_AGAIN, text=text, related_item_id=anchor))
+                continue
             if anchor:
                 verb = _VERBS.get(history_events.get(anchor, common.EVENT_TYPE_VIEW), "viewed")
                 text = f"Because you {verb} {anchor}"
@@ -30,8 +34,9 @@ def reasons_for(
             reasons.append(common.Reason(code=common.REASON_CODE_SIMILAR_TO_HISTORY, text=text, related_item_id=anchor))
         elif source == common.CANDIDATE_SOURCE_ITEM_TO_ITEM:
             reasons.append(
-                common.Reason(code=common.REASON_CODE_BOUGHT_TOGETHER, text=f"Goes well with {anchor}",
-                              related_item_id=anchor)
+                common.Reason(
+                    code=common.REASON_CODE_BOUGHT_TOGETHER, text=f"Goes well with {anchor}", related_item_id=anchor
+                )
             )
         elif source in (common.CANDIDATE_SOURCE_POPULARITY, common.CANDIDATE_SOURCE_FALLBACK_CACHE):
             where = f" in {region}" if region else ""

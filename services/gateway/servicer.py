@@ -8,14 +8,14 @@ import uuid
 from typing import Protocol
 
 import grpc
-from opentelemetry import trace
-from prometheus_client import CollectorRegistry, Counter, Histogram
-
 from aisle.common.v1 import common_pb2 as common
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
 from services.core.errors import BudgetExhausted, DependencyUnavailable
 from services.core.metrics import LATENCY_BUCKETS
 from services.core.telemetry import current_trace_id
@@ -40,12 +40,13 @@ class Downstream(Protocol):
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry):
         self.stage = Histogram(
-            "aisle_gateway_stage_seconds", "Time per Recommend stage.", ["stage"], buckets=LATENCY_BUCKETS,
+            "aisle_gateway_stage_seconds",
+            "Time per Recommend stage.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.degraded = Counter(
-            "aisle_gateway_degraded", "Degraded answers, by reason.", ["reason"], registry=registry
-        )
+        self.degraded = Counter("aisle_gateway_degraded", "Degraded answers, by reason.", ["reason"], registry=registry)
 
 
 class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
@@ -99,7 +100,8 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                     item.purchase_probability = candidate.purchase_probability
             if len(response.items) < k:
                 response.degradations.add(
-                    reason=common.DEGRADATION_REASON_SHORT_ANSWER, stage="selection",
+                    reason=common.DEGRADATION_REASON_SHORT_ANSWER,
+                    stage="selection",
                     detail=f"{len(response.items)} of {k} items after filters",
                 )
         response.versions.add(kind="policy", name=policy.name, version=POLICY_VERSION)
@@ -180,7 +182,10 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         check.history("history", request.history, limit=settings.max_history)
         check.ids("anchor_item_ids", request.anchor_item_ids, limit=settings.max_anchors)
         if request.surface in (common.SURFACE_PRODUCT_PAGE, common.SURFACE_CART) and not request.anchor_item_ids:
-            check.add("anchor_item_ids", f"must name the page's product or the cart's items for {SURFACE_NAMES[request.surface]}")
+            check.add(
+                "anchor_item_ids",
+                f"must name the page's product or the cart's items for {SURFACE_NAMES[request.surface]}",
+            )
         check.k("k", request.k, limit=settings.max_k)
         exclusions = request.exclusions
         total = len(exclusions.item_ids) + len(exclusions.brands) + len(exclusions.categories)

@@ -22,9 +22,7 @@ class GatewaySettings(ServiceSettings):
     )
     retrieval_share: float = Field(0.35, gt=0, lt=1, description="Share of the budget retrieval may use.")
     ranking_share: float = Field(0.45, gt=0, lt=1, description="Share of the budget ranking may use.")
-    min_stage_ms: float = Field(
-        2.0, ge=0, le=1000, description="Below this much time left, a stage is not started."
-    )
+    min_stage_ms: float = Field(2.0, ge=0, le=1000, description="Below this much time left, a stage is not started.")
     default_k: int = Field(10, ge=1, le=1000, description="Items returned when a request says k=0.")
     max_k: int = Field(200, ge=1, le=1000, description="Largest k a request may ask for.")
     candidates_per_source: int = Field(100, ge=1, le=5000, description="Candidates asked of each source.")

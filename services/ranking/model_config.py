@@ -125,7 +125,5 @@ def resolve_version(model_dir: Path, requested: str = "") -> tuple[str, Path]:
             )
         return requested, model_dir / requested
     if not versions:
-        raise ModelConfigError(
-            f"{model_dir}: no version folder with {MODEL_FILE}; export one with `aisle train` first"
-        )
+        raise ModelConfigError(f"{model_dir}: no version folder with {MODEL_FILE}; export one with `aisle train` first")
     return str(versions[-1]), model_dir / str(versions[-1])

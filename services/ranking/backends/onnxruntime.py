@@ -75,7 +75,12 @@ class OnnxRuntimeBackend:
         self.model_version, self.history_length = version, contract.history_length
         log.info(
             "loaded %s version %s from %s with %s (%s), %d items",
-            self.model_name, version, folder, self.providers[0], distribution, len(vocabulary),
+            self.model_name,
+            version,
+            folder,
+            self.providers[0],
+            distribution,
+            len(vocabulary),
         )
 
     def tokens(self, item_ids: list[str]) -> np.ndarray:
@@ -134,6 +139,8 @@ def _warm_up(folder: Path, session, contract: ModelContract, vocabulary_size: in
         if values is None:
             continue
         if values.shape != candidates.shape:
-            raise ModelConfigError(f"{folder}: warm-up {name} scores have shape {values.shape}, want {candidates.shape}")
+            raise ModelConfigError(
+                f"{folder}: warm-up {name} scores have shape {values.shape}, want {candidates.shape}"
+            )
         if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
             raise ModelConfigError(f"{folder}: warm-up {name} scores are not probabilities in [0, 1]")

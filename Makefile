@@ -1,0 +1,64 @@
+# Aisle: every day-to-day command. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.aisle-installed
+export BUF_CACHE_DIR ?= $(CURDIR)/.cache/buf
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test test-unit test-integration test-e2e lint format proto proto-check check train clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## Create .venv and install aisle with the cpu, train and dev extras (quick when nothing changed)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	set -o pipefail; $(BIN)/pip install --quiet --disable-pip-version-check -e '.[cpu,train,dev]' 2>&1 \
+	  | { grep -v 'is ignored' || true; }
+	@$(BIN)/python -c "import services.cli, torch, onnxruntime" || { echo "setup failed: see pip output above"; exit 1; }
+	$(BIN)/pip check
+	@touch $(STAMP)
+
+demo: setup ## The main job end to end: train small models, start the three services, send requests, stop
+	$(BIN)/aisle demo
+
+test: setup ## Run the whole test suite (unit, integration, end-to-end)
+	$(BIN)/python -m pytest
+
+test-unit: setup ## Unit tests only (seconds)
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: setup ## In-process gRPC servers on port 0 with real models
+	$(BIN)/python -m pytest tests/integration
+
+test-e2e: setup ## The services as separate processes, and the demo
+	$(BIN)/python -m pytest tests/e2e
+
+train: setup ## Train on the synthetic shop and export into model_repository/ and artifacts/index
+	$(BIN)/aisle train
+
+proto: setup ## Regenerate the Python stubs in gen/python from protos/
+	PYTHON=$(CURDIR)/$(BIN)/python scripts/gen_protos.sh
+
+proto-check: setup ## Fail if gen/python is stale against protos/
+	@tmp=$$(mktemp -d) && PYTHON=$(CURDIR)/$(BIN)/python scripts/gen_protos.sh "$$tmp" && \
+	  diff -r -q "$$tmp/aisle" gen/python/aisle -x __pycache__ && echo "generated stubs are up to date" || \
+	  { echo "gen/python is stale: run 'make proto' and commit the result"; rm -rf "$$tmp"; exit 1; }
+
+lint: setup ## ruff on the code, buf lint (STANDARD) on the protos
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/buf lint
+
+format: setup ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+check: lint proto-check ## Everything CI checks besides the tests
+
+clean: ## Remove generated artefacts (not the venv)
+	rm -rf artifacts .pytest_cache .ruff_cache .cache
+	find model_repository -mindepth 2 -maxdepth 2 -type d \( -regex '.*/[0-9]+' -o -name '.staging-*' \) -exec rm -rf {} +

@@ -1,0 +1,163 @@
+"""Gateway -> retrieval -> ranking on real in-process servers with the trained tiny models."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from aisle.common.v1 import common_pb2 as common
+from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
+from aisle.ranking.v1 import ranking_service_pb2_grpc as ranking_grpc
+from aisle.recommendation.v1 import recommendation_service_pb2 as pb
+from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
+from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
+from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
+
+from services.core.errors import details_of
+from tests.integration.conftest import stack
+from tests.integration.requests import home_request
+
+
+def history_of(trained, length: int = 5) -> list[str]:
+    sequence = max(trained.sequences, key=len)
+    return [trained.item_ids[row] for row in sequence[-length:]]
+
+
+async def recommend(port: int, request: pb.RecommendRequest, timeout: float = 5.0) -> pb.RecommendResponse:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return await pb_grpc.RecommendationServiceStub(channel).Recommend(request, timeout=timeout)
+
+
+async def test_home_answer_is_ranked_and_explained(trained):
+    async with stack(trained) as hosts:
+        response = await recommend(hosts["gateway"].port, home_request(history_of(trained), k=7))
+    assert len(response.items) == 7
+    assert [item.position for item in response.items] == list(range(7))
+    probabilities = [item.purchase_probability for item in response.items]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert all(item.HasField("purchase_probability") and item.sources and item.reasons for item in response.items)
+    assert len({item.item_id for item in response.items}) == 7
+    kinds = {v.kind: v for v in response.versions}
+    assert kinds["model"].name == "ranker" and kinds["model"].version == "1"
+    assert kinds["index"].version and kinds["policy"].name == "home"
+    assert not response.degradations
+    assert len(response.tracking_token) == 32 and len(response.trace_id) == 32
+    assert {s.stage for s in response.stage_latencies} == {"retrieval", "ranking", "selection", "total"}
+
+
+async def test_product_page_excludes_the_anchor_and_uses_item_to_item(trained):
+    anchor = trained.item_ids[0]
+    request = pb.RecommendRequest(
+        subject=common.Subject(session_id="s-1"), surface=common.SURFACE_PRODUCT_PAGE, anchor_item_ids=[anchor], k=10
+    )
+    async with stack(trained) as hosts:
+        response = await recommend(hosts["gateway"].port, request)
+    assert anchor not in {item.item_id for item in response.items}
+    assert any(common.CANDIDATE_SOURCE_ITEM_TO_ITEM in item.sources for item in response.items)
+    related = {r.related_item_id for item in response.items for r in item.reasons if r.related_item_id}
+    assert related == {anchor}
+
+
+async def test_without_consent_history_is_not_used(trained):
+    history = history_of(trained)
+    async with stack(trained) as hosts:
+        response = await recommend(hosts["gateway"].port, home_request(history, k=10, consent=False))
+    assert response.items
+    assert all(item.sources == [common.CANDIDATE_SOURCE_POPULARITY] for item in response.items)
+
+
+async def test_exclusions_are_respected(trained):
+    async with stack(trained) as hosts:
+        first = await recommend(hosts["gateway"].port, home_request(history_of(trained), k=5))
+        banned = [item.item_id for item in first.items[:3]]
+        request = home_request(history_of(trained), k=5)
+        request.exclusions.item_ids.extend(banned)
+        second = await recommend(hosts["gateway"].port, request)
+    assert not set(banned) & {item.item_id for item in second.items}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda r: r.ClearField("subject"), "subject"),
+        (lambda r: setattr(r, "k", 1_000_000), "k"),
+        (lambda r: setattr(r, "surface", common.SURFACE_UNSPECIFIED), "surface"),
+        (lambda r: setattr(r, "surface", 99), "surface"),
+        (lambda r: r.history.add(item_id="x" * 10_000), "history[5].item_id"),
+        (lambda r: r.history.add(item_id=""), "history[5].item_id"),
+        (lambda r: setattr(r.context, "region", "not a region!"), "context.region"),
+        (lambda r: setattr(r, "surface", common.SURFACE_CART), "anchor_item_ids"),
+    ],
+)
+async def test_invalid_recommend_request_names_the_field(trained, mutate, field):
+    request = home_request(history_of(trained))
+    mutate(request)
+    async with stack(trained) as hosts:
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await recommend(hosts["gateway"].port, request)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info, violations = details_of(failure.value)
+    assert info is not None and info.reason == "INVALID_ARGUMENT" and info.domain == "aisle.dev"
+    assert field in violations, violations
+
+
+async def test_retrieval_and_ranking_name_bad_fields_too(trained):
+    async with stack(trained) as hosts:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['retrieval'].port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await retrieval_grpc.RetrievalServiceStub(channel).Retrieve(
+                    retrieval_pb.RetrieveRequest(k=5, sources=[common.CANDIDATE_SOURCE_EXPLORATION]), timeout=2
+                )
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "sources[0]" in details_of(failure.value)[1]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['ranking'].port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await ranking_grpc.RankingServiceStub(channel).Rank(ranking_pb.RankRequest(), timeout=2)
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "candidate_item_ids" in details_of(failure.value)[1]
+
+
+async def test_ranking_scores_unknown_candidates_with_the_documented_default(trained):
+    async with stack(trained) as hosts:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['ranking'].port}") as channel:
+            reply = await ranking_grpc.RankingServiceStub(channel).Rank(
+                ranking_pb.RankRequest(candidate_item_ids=[trained.item_ids[0], "NOT-IN-CATALOG"]), timeout=2
+            )
+    assert [s.item_id for s in reply.scored_items] == [trained.item_ids[0], "NOT-IN-CATALOG"]
+    assert 0 < reply.scored_items[0].purchase_probability < 1
+    assert reply.scored_items[1].purchase_probability == 0.0
+
+
+async def test_a_deadline_shorter_than_the_work_gives_deadline_exceeded(trained):
+    async with stack(trained) as hosts:
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await recommend(hosts["gateway"].port, home_request(history_of(trained)), timeout=0.0005)
+    assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_a_budget_too_small_for_any_stage_is_refused_before_work_starts(trained):
+    # The configured budget (0.5 ms) is below the minimum stage time (2 ms): the gateway says so itself.
+    async with stack(trained, gateway_extra={"total_budget_ms": 0.5}) as hosts:
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await recommend(hosts["gateway"].port, home_request(history_of(trained)))
+    assert failure.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    info, _ = details_of(failure.value)
+    assert info is not None and info.reason == "DEADLINE_TOO_SHORT"
+
+
+async def test_ranking_down_gives_a_flagged_retrieval_order_answer(trained):
+    async with stack(trained) as hosts:
+        await hosts["ranking"].stop(grace=0, drain=0)
+        response = await recommend(hosts["gateway"].port, home_request(history_of(trained), k=5))
+    assert len(response.items) == 5
+    assert [d.reason for d in response.degradations] == [common.DEGRADATION_REASON_RANKING_UNAVAILABLE]
+    assert not any(item.HasField("purchase_probability") for item in response.items)
+    assert "model" not in {v.kind for v in response.versions}
+
+
+async def test_retrieval_down_is_unavailable_with_a_reason(trained):
+    async with stack(trained) as hosts:
+        await hosts["retrieval"].stop(grace=0, drain=0)
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await recommend(hosts["gateway"].port, home_request(history_of(trained)))
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert details_of(failure.value)[0].reason == "RETRIEVAL_UNAVAILABLE"

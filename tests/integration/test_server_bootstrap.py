@@ -1,0 +1,89 @@
+"""The shared server factory: health follows readiness, reflection lists the services, metrics are served."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import grpc
+import pytest
+from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
+from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from services.core.server import ServiceHost
+from services.retrieval.app import SERVICE_NAME as RETRIEVAL_SERVICE
+from services.retrieval.app import build_application as build_retrieval
+from tests.integration.conftest import health_status, retrieval_settings, serving
+
+SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_health_turns_serving_only_after_the_index_is_loaded(trained):
+    settings = retrieval_settings(trained)
+    app = build_retrieval(settings)
+    release = asyncio.Event()
+    real_load = app.load
+
+    async def gated_load():
+        await release.wait()
+        await real_load()
+
+    app.load = gated_load
+    host = ServiceHost(settings, app)
+    port = await host.start()
+    loading = asyncio.create_task(host.load())
+    try:
+        assert await health_status(port) == NOT_SERVING
+        assert await health_status(port, RETRIEVAL_SERVICE) == NOT_SERVING
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await retrieval_grpc.RetrievalServiceStub(channel).Retrieve(retrieval_pb.RetrieveRequest(), timeout=2)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        release.set()
+        await asyncio.wait_for(loading, 10)
+        assert await health_status(port) == SERVING
+        assert await health_status(port, RETRIEVAL_SERVICE) == SERVING
+    finally:
+        release.set()
+        await host.stop(grace=0, drain=0)
+
+
+async def test_a_service_that_cannot_load_never_turns_serving(trained, tmp_path):
+    settings = retrieval_settings(trained).model_copy(update={"index_path": tmp_path / "missing"})
+    host = ServiceHost(settings, build_retrieval(settings))
+    port = await host.start()
+    try:
+        with pytest.raises(ValueError, match="does not exist"):
+            await host.load()
+        assert await health_status(port) == NOT_SERVING
+    finally:
+        await host.stop(grace=0, drain=0)
+
+
+async def test_reflection_lists_the_services(trained):
+    settings = retrieval_settings(trained)
+    async with serving(ServiceHost(settings, build_retrieval(settings))) as host:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            call = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            names = set()
+            async for reply in call:
+                names |= {s.name for s in reply.list_services_response.service}
+    assert {RETRIEVAL_SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+async def test_metrics_endpoint_counts_rpcs_by_method_and_code(trained):
+    settings = retrieval_settings(trained)
+    async with serving(ServiceHost(settings, build_retrieval(settings))) as host:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+            stub = retrieval_grpc.RetrievalServiceStub(channel)
+            await stub.Retrieve(retrieval_pb.RetrieveRequest(k=5), timeout=2)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Retrieve(retrieval_pb.RetrieveRequest(k=-1), timeout=2)
+        url = f"http://127.0.0.1:{host.metrics_port}/metrics"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    assert 'aisle_grpc_server_handled_total{code="OK",method="Retrieve",service="retrieval"} 1.0' in body
+    assert 'aisle_grpc_server_handled_total{code="INVALID_ARGUMENT",method="Retrieve",service="retrieval"} 1.0' in body
+    assert 'aisle_grpc_server_handling_seconds_count{method="Retrieve",service="retrieval"} 2.0' in body

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from services.core.errors import (
+    ERROR_DOMAIN,
+    BudgetExhausted,
+    DependencyUnavailable,
+    InvalidArgument,
+    NotReady,
+    status_for,
+)
+
+
+def decoded(status: grpc.Status) -> status_pb2.Status:
+    [(key, value)] = status.trailing_metadata
+    assert key == "grpc-status-details-bin"
+    return status_pb2.Status.FromString(value)
+
+
+def unpack(status: status_pb2.Status, kind):
+    found = [d for d in status.details if d.Is(kind.DESCRIPTOR)]
+    if not found:
+        return None
+    message = kind()
+    found[0].Unpack(message)
+    return message
+
+
+def test_invalid_argument_carries_each_field_violation():
+    status = status_for(InvalidArgument({"k": "too big", "history[2].item_id": "empty"}))
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+    rich = decoded(status)
+    assert rich.code == 3 and "k: too big" in rich.message
+    request = unpack(rich, error_details_pb2.BadRequest)
+    assert {(v.field, v.description) for v in request.field_violations} == {
+        ("k", "too big"),
+        ("history[2].item_id", "empty"),
+    }
+    info = unpack(rich, error_details_pb2.ErrorInfo)
+    assert info.reason == "INVALID_ARGUMENT" and info.domain == ERROR_DOMAIN
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "reason"),
+    [
+        (NotReady("loading"), grpc.StatusCode.UNAVAILABLE, "NOT_READY"),
+        (
+            DependencyUnavailable("x", reason="RETRIEVAL_UNAVAILABLE"),
+            grpc.StatusCode.UNAVAILABLE,
+            "RETRIEVAL_UNAVAILABLE",
+        ),
+        (BudgetExhausted("late"), grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_TOO_SHORT"),
+    ],
+)
+def test_service_errors_keep_code_and_reason(error, code, reason):
+    status = status_for(error)
+    assert status.code == code
+    rich = decoded(status)
+    assert unpack(rich, error_details_pb2.ErrorInfo).reason == reason
+    assert unpack(rich, error_details_pb2.BadRequest) is None
+
+
+def test_unexpected_errors_hide_internals():
+    status = status_for(KeyError("secret path /etc/shadow"))
+    assert status.code == grpc.StatusCode.INTERNAL
+    assert "secret" not in status.details and status.details == "internal error"
+
+
+def test_invalid_argument_needs_a_violation():
+    with pytest.raises(ValueError):
+        InvalidArgument({})

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+
+from services.core.settings import SettingsError, describe_settings, load_settings
+from services.gateway.settings import GatewaySettings
+from services.ranking.settings import RankingSettings
+from services.retrieval.settings import RetrievalSettings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("AISLE_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_load():
+    settings = load_settings(RetrievalSettings)
+    assert settings.port == 50061 and settings.metrics_port == 9461
+
+
+def test_environment_is_read_with_the_service_prefix(monkeypatch):
+    monkeypatch.setenv("AISLE_RANKING_PORT", "6000")
+    monkeypatch.setenv("AISLE_RANKING_METRICS_PORT", "none")
+    settings = load_settings(RankingSettings)
+    assert settings.port == 6000 and settings.metrics_port is None
+
+
+def test_flags_override_the_environment(monkeypatch):
+    monkeypatch.setenv("AISLE_GATEWAY_DEFAULT_K", "7")
+    assert load_settings(GatewaySettings, {"default_k": "9", "port": None}).default_k == 9
+
+
+def test_a_bad_value_names_the_variable_and_the_flag(monkeypatch):
+    monkeypatch.setenv("AISLE_RETRIEVAL_PORT", "seventy")
+    with pytest.raises(SettingsError) as error:
+        load_settings(RetrievalSettings)
+    message = str(error.value)
+    assert "AISLE_RETRIEVAL_PORT / --port" in message and "'seventy'" in message
+
+
+def test_every_bad_setting_is_listed():
+    with pytest.raises(SettingsError) as error:
+        load_settings(GatewaySettings, {"port": "99999", "total_budget_ms": "-1"})
+    assert "--port" in str(error.value) and "--total-budget-ms" in str(error.value)
+
+
+def test_cross_field_rule_is_checked():
+    with pytest.raises(SettingsError, match="retrieval_share"):
+        load_settings(GatewaySettings, {"retrieval_share": "0.6", "ranking_share": "0.5"})
+
+
+def test_a_misspelt_variable_is_refused_rather_than_ignored(monkeypatch):
+    monkeypatch.setenv("AISLE_RETRIEVAL_PROT", "1")
+    with pytest.raises(SettingsError, match="AISLE_RETRIEVAL_PROT"):
+        load_settings(RetrievalSettings)
+
+
+def test_unknown_override_is_refused():
+    with pytest.raises(SettingsError, match="colour"):
+        load_settings(RankingSettings, {"colour": "blue"})
+
+
+def test_model_version_must_be_numeric():
+    with pytest.raises(SettingsError, match="AISLE_RANKING_MODEL_VERSION"):
+        load_settings(RankingSettings, {"model_version": "latest"})
+
+
+def test_describe_lists_every_setting_with_its_variable():
+    rows = describe_settings(RetrievalSettings)
+    assert ("AISLE_RETRIEVAL_INDEX_PATH", "--index-path") in {(r[0], r[1]) for r in rows}
+    assert all(description for *_, description in rows)

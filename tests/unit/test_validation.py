@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import pytest
+from aisle.common.v1 import common_pb2 as common
+
+from services.core.errors import InvalidArgument
+from services.core.validation import MAX_ID_LENGTH, Violations
+
+
+def violations_of(check: Violations) -> dict[str, str]:
+    with pytest.raises(InvalidArgument) as error:
+        check.raise_if_any()
+    return error.value.violations
+
+
+def test_nothing_wrong_raises_nothing():
+    check = Violations()
+    check.id("item", "SKU1")
+    check.k("k", 10, limit=100)
+    check.subject("subject", common.Subject(user_id="u"))
+    check.raise_if_any()
+
+
+def test_ids_are_checked_one_by_one_with_their_index():
+    check = Violations()
+    check.ids("anchor_item_ids", ["ok", "", "x" * (MAX_ID_LENGTH + 1), "tab\there"], limit=10)
+    found = violations_of(check)
+    assert set(found) == {"anchor_item_ids[1]", "anchor_item_ids[2]", "anchor_item_ids[3]"}
+
+
+def test_too_many_ids_is_one_violation_not_thousands():
+    check = Violations()
+    check.ids("exclusions.item_ids", ["a"] * 11, limit=10)
+    assert violations_of(check) == {"exclusions.item_ids": "must have at most 10 entries, got 11"}
+
+
+def test_subject_must_be_set_when_required():
+    check = Violations()
+    check.subject("subject", common.Subject())
+    assert "subject" in violations_of(check)
+    optional = Violations()
+    optional.subject("subject", common.Subject(), required=False)
+    optional.raise_if_any()
+
+
+def test_history_checks_ids_and_quantities():
+    history = [common.Interaction(item_id="a"), common.Interaction(item_id="b", quantity=-2)]
+    check = Violations()
+    check.history("history", history, limit=5)
+    assert set(violations_of(check)) == {"history[1].quantity"}
+
+
+@pytest.mark.parametrize("value", [-1, 101])
+def test_k_out_of_range(value):
+    check = Violations()
+    check.k("k", value, limit=100)
+    assert "k" in violations_of(check)
+
+
+def test_enum_lists_the_allowed_names():
+    check = Violations()
+    names = {v: n for n, v in common.Surface.items()}
+    check.enum("surface", 42, [common.SURFACE_HOME], names)
+    assert violations_of(check)["surface"] == "must be one of SURFACE_HOME, got 42"
+
+
+@pytest.mark.parametrize(
+    ("region", "ok"), [("GB", True), ("en-GB", True), ("", True), ("G B", False), ("X" * 40, False)]
+)
+def test_region(region, ok):
+    check = Violations()
+    check.region("context.region", region)
+    assert bool(check) is not ok
