@@ -50,5 +50,10 @@ def create_channel(
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_permit_without_calls", 1),
+        # gRPC's default reconnect backoff starts at 1 s and grows to 120 s: far longer than a request budget.
+        # A restarted dependency should be used again within about a second.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
     ]
     return grpc.aio.insecure_channel(target, options=options)

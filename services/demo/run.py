@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import grpc
+
 from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
-
 from services.core.errors import details_of
 from services.demo.stack import LocalStack
 

@@ -45,10 +45,12 @@ class ServiceProcess:
 
 @dataclass
 class LocalStack:
-    """``settings[service]`` holds extra settings (without prefix, e.g. ``{"index_path": ...}``)."""
+    """``settings[service]`` holds extra settings (without prefix, e.g. ``{"index_path": ...}``); ``env`` holds
+    other variables every process gets (``OTEL_*``, for instance)."""
 
     workdir: Path
     settings: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
     python: str = sys.executable
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
@@ -75,12 +77,15 @@ class LocalStack:
 
     def start(self, timeout: float = 120.0) -> None:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith("AISLE_")}
+        base_env = {**{k: v for k, v in os.environ.items() if not k.startswith("AISLE_")}, **self.env}
         try:
-            for name in ORDER:
+            # Dependencies first, in parallel; the gateway once they serve, as a rollout would order them.
+            for name in ORDER[:-1]:
                 self.start_service(name, base_env)
-            for name in ORDER:
+            for name in ORDER[:-1]:
                 self.wait_serving(name, timeout)
+            self.start_service(ORDER[-1], base_env)
+            self.wait_serving(ORDER[-1], timeout)
         except BaseException:
             self.stop()
             raise

@@ -6,15 +6,15 @@ import asyncio
 import logging
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
 from aisle.ranking.v1 import ranking_service_pb2_grpc as ranking_grpc
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry
-
 from services.core.channels import create_channel
 from services.core.server import Application
 from services.gateway.servicer import GatewayMetrics, RecommendationServicer
@@ -47,9 +47,15 @@ class Downstream:
         self._channels = [retrieval_channel, ranking_channel]
         self.retrieval = retrieval_grpc.RetrievalServiceStub(retrieval_channel)
         self.ranking = ranking_grpc.RankingServiceStub(ranking_channel)
-        # Without retrieval there is nothing to answer with; without ranking the gateway can still degrade.
+        # Without retrieval there is nothing to answer with: wait for it. Without ranking the gateway can still
+        # answer (degraded), so ranking gets a bounded wait.
         await wait_until_serving(retrieval_channel, RETRIEVAL_SERVICE, settings.dependency_wait_log_s)
-        if not await is_serving(ranking_channel, RANKING_SERVICE):
+        try:
+            await asyncio.wait_for(
+                wait_until_serving(ranking_channel, RANKING_SERVICE, settings.dependency_wait_log_s),
+                settings.ranking_wait_s,
+            )
+        except TimeoutError:
             log.warning("ranking at %s is not SERVING yet; answers degrade until it is", settings.ranking_target)
 
     async def close(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aisle.common.v1 import common_pb2 as common
-
 from services.gateway.merge import MergedCandidate
 
 _VERBS = {

@@ -8,14 +8,14 @@ import uuid
 from typing import Protocol
 
 import grpc
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
 from aisle.common.v1 import common_pb2 as common
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
-from opentelemetry import trace
-from prometheus_client import CollectorRegistry, Counter, Histogram
-
 from services.core.errors import BudgetExhausted, DependencyUnavailable
 from services.core.metrics import LATENCY_BUCKETS
 from services.core.telemetry import current_trace_id

@@ -32,6 +32,9 @@ class GatewaySettings(ServiceSettings):
     dependency_wait_log_s: float = Field(
         5.0, gt=0, le=600, description="How often start-up logs that it still waits for retrieval."
     )
+    ranking_wait_s: float = Field(
+        10.0, ge=0, le=600, description="How long start-up waits for ranking before serving degraded answers."
+    )
 
     @model_validator(mode="after")
     def _shares_fit(self) -> GatewaySettings:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from aisle.ranking.v1 import ranking_service_pb2 as pb
-from aisle.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
 from prometheus_client import CollectorRegistry
 
+from aisle.ranking.v1 import ranking_service_pb2 as pb
+from aisle.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
 from services.core.server import Application
 from services.ranking.backends.base import RankingBackend
 from services.ranking.backends.onnxruntime import OnnxRuntimeBackend

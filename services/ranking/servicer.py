@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+
 from aisle.common.v1 import common_pb2
 from aisle.ranking.v1 import ranking_service_pb2 as pb
 from aisle.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
-
 from services.core.errors import NotFound, NotReady
 from services.core.validation import Violations
 from services.ranking.backends.base import RankingBackend

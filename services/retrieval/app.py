@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from aisle.retrieval.v1 import retrieval_service_pb2 as pb
-from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from prometheus_client import CollectorRegistry
 
+from aisle.retrieval.v1 import retrieval_service_pb2 as pb
+from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.core.server import Application
 from services.retrieval.servicer import IndexHolder, RetrievalServicer
 from services.retrieval.settings import RetrievalSettings

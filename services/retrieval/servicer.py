@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from opentelemetry import trace
+
 from aisle.common.v1 import common_pb2
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
-from opentelemetry import trace
-
 from services.core.errors import NotReady
 from services.core.validation import Violations
 from services.retrieval.index import ExactIndex, IndexArtifact, latest_version, load_index

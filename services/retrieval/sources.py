@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from aisle.common.v1 import common_pb2
 
+from aisle.common.v1 import common_pb2
 from services.retrieval.index import ExactIndex, IndexArtifact, top_k
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 
+from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from services.demo.stack import LocalStack
 from tests.integration.requests import home_request
 

@@ -12,12 +12,12 @@ import signal
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
+
 from aisle.common.v1 import common_pb2 as common
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
-from grpc_health.v1 import health_pb2
-
 from services.core.server import ServiceHost
 from services.gateway.app import build_application
 from services.gateway.settings import GatewaySettings

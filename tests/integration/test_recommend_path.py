@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
+
 from aisle.common.v1 import common_pb2 as common
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
 from aisle.ranking.v1 import ranking_service_pb2_grpc as ranking_grpc
@@ -11,9 +14,10 @@ from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
-
 from services.core.errors import details_of
-from tests.integration.conftest import stack
+from services.core.server import ServiceHost
+from services.ranking.app import build_application as build_ranking
+from tests.integration.conftest import ranking_settings, serving, stack
 from tests.integration.requests import home_request
 
 
@@ -161,3 +165,20 @@ async def test_retrieval_down_is_unavailable_with_a_reason(trained):
             await recommend(hosts["gateway"].port, home_request(history_of(trained)))
     assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
     assert details_of(failure.value)[0].reason == "RETRIEVAL_UNAVAILABLE"
+
+
+async def test_answers_recover_when_ranking_comes_back_without_restarting_the_gateway(trained):
+    async with stack(trained) as hosts:
+        port = hosts["ranking"].port
+        await hosts["ranking"].stop(grace=0, drain=0)
+        degraded = await recommend(hosts["gateway"].port, home_request(history_of(trained)))
+        assert degraded.degradations
+        settings = ranking_settings(trained).model_copy(update={"port": port})
+        async with serving(ServiceHost(settings, build_ranking(settings))):
+            for _ in range(50):  # the gateway's channel reconnects within its (short) backoff
+                recovered = await recommend(hosts["gateway"].port, home_request(history_of(trained)))
+                if not recovered.degradations:
+                    break
+                await asyncio.sleep(0.1)
+    assert not recovered.degradations
+    assert all(item.HasField("purchase_probability") for item in recovered.items)

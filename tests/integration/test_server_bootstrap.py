@@ -7,11 +7,11 @@ import urllib.request
 
 import grpc
 import pytest
-from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
-from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
+from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
 from services.core.server import ServiceHost
 from services.retrieval.app import SERVICE_NAME as RETRIEVAL_SERVICE
 from services.retrieval.app import build_application as build_retrieval

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
-
 from services.gateway.merge import MergedCandidate, by_ranking, by_retrieval, merge_candidates
 from services.gateway.reasons import reasons_for
 

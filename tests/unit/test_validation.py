@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from aisle.common.v1 import common_pb2 as common
 
+from aisle.common.v1 import common_pb2 as common
 from services.core.errors import InvalidArgument
 from services.core.validation import MAX_ID_LENGTH, Violations
 
