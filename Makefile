@@ -7,7 +7,7 @@ STAMP := $(VENV)/.aisle-installed
 export BUF_CACHE_DIR ?= $(CURDIR)/.cache/buf
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-integration test-e2e lint format proto proto-check check train clean
+.PHONY: help setup demo test test-unit test-integration test-e2e lint format proto proto-check k8s-check check train triton clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -25,7 +25,10 @@ $(STAMP): pyproject.toml
 demo: setup ## The main job end to end: train small models, start the three services, send requests, stop
 	$(BIN)/aisle demo
 
-test: setup ## Run the whole test suite (unit, integration, end-to-end)
+triton: ## Install the local Triton server (python backend) the Triton tests start, under .cache/triton
+	PYTHON=$(PYTHON) scripts/install_triton.sh
+
+test: setup triton ## Run the whole test suite (unit, integration, end-to-end)
 	$(BIN)/python -m pytest
 
 test-unit: setup ## Unit tests only (seconds)
@@ -57,7 +60,10 @@ format: setup ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-check: lint proto-check ## Everything CI checks besides the tests
+k8s-check: setup ## Render every kustomize overlay/component combination and validate it offline
+	PATH=$(CURDIR)/$(BIN):$$PATH scripts/k8s_check.sh
+
+check: lint proto-check k8s-check ## Everything CI checks besides the tests
 
 clean: ## Remove generated artefacts (not the venv)
 	rm -rf artifacts .pytest_cache .ruff_cache .cache
