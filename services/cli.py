@@ -92,11 +92,13 @@ def demo(workdir: Path, retrain: bool) -> None:
 def _register_lazy_commands() -> None:
     """Commands owned by other packages; their modules import heavy dependencies (torch) only when run."""
     from services.ranking.models_cli import models
+    from services.retrieval.index_cli import index
     from training.cli import evaluate, train
 
     main.add_command(train)
     main.add_command(evaluate)
     main.add_command(models)
+    main.add_command(index)
 
 
 _register_lazy_commands()

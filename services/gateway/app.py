@@ -6,7 +6,6 @@ import asyncio
 import logging
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
@@ -16,6 +15,7 @@ from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
 from services.core.channels import create_channel
+from services.core.health import wait_until_serving
 from services.core.server import Application
 from services.gateway.servicer import GatewayMetrics, RecommendationServicer
 from services.gateway.settings import GatewaySettings
@@ -75,23 +75,3 @@ def build_application(
         load=downstream.connect,
         close=downstream.close,
     )
-
-
-async def is_serving(channel: grpc.aio.Channel, service: str, timeout: float = 1.0) -> bool:
-    try:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=timeout
-        )
-    except grpc.aio.AioRpcError:
-        return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-async def wait_until_serving(channel: grpc.aio.Channel, service: str, log_every_s: float) -> None:
-    waited = 0.0
-    while not await is_serving(channel, service):
-        if waited >= log_every_s:
-            log.info("waiting for %s to be SERVING", service)
-            waited = 0.0
-        await asyncio.sleep(0.1)
-        waited += 0.1

@@ -1,4 +1,4 @@
-"""Wires the retrieval service's parts into an :class:`~services.core.server.Application`."""
+"""Wires the retrieval service: an index server, or a router over index shards when shard targets are set."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from prometheus_client import CollectorRegistry
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.core.server import Application
-from services.retrieval.servicer import IndexHolder, RetrievalServicer
+from services.retrieval.router import ShardRouter
+from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.settings import RetrievalSettings
+from services.retrieval.state import IndexHolder, IndexWatcher
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RetrievalService"].full_name
 
@@ -16,14 +18,43 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RetrievalService"].full_name
 def build_application(
     settings: RetrievalSettings, registry: CollectorRegistry | None = None, holder: IndexHolder | None = None
 ) -> Application:
-    holder = holder if holder is not None else IndexHolder()
+    if settings.shards:
+        return build_router(settings)
+    holder = (
+        holder
+        if holder is not None
+        else IndexHolder(
+            exact_threshold=settings.exact_search_below,
+            min_recall=settings.min_spot_check_recall,
+            threads=settings.query_threads,
+        )
+    )
     servicer = RetrievalServicer(settings, holder)
+    watcher = IndexWatcher(holder, settings.index_path, settings.index_poll_s)
 
     async def load() -> None:
         await holder.load_latest(settings.index_path)
+        watcher.start()
 
     return Application(
         service_names=[SERVICE_NAME],
         register=lambda server: pb_grpc.add_RetrievalServiceServicer_to_server(servicer, server),
         load=load,
+        close=watcher.stop,
+    )
+
+
+def build_router(settings: RetrievalSettings) -> Application:
+    router = ShardRouter(
+        settings.shards,
+        settings.shard_timeout_ms / 1000,
+        settings.max_message_bytes,
+        settings.index_path,
+        settings.query_threads,
+    )
+    return Application(
+        service_names=[SERVICE_NAME],
+        register=lambda server: pb_grpc.add_RetrievalServiceServicer_to_server(router, server),
+        load=router.connect,
+        close=router.close,
     )

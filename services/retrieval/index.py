@@ -1,16 +1,20 @@
-"""The retrieval index artefact and exact (brute-force) search over it.
-
-An index version is a folder, written by training/export code and read here::
+"""The retrieval index artefact: one immutable, versioned folder per index build.
 
     <index root>/<version>/
-        metadata.json          format, version, model, dimension, item_count, metric, checksums (the contract)
-        item_ids.txt           one item id per line; row i of the matrices below
-        item_embeddings.npy    float32 [item_count, dimension]
-        item_popularity.npy    float32 [item_count]   purchases in the training window
+        metadata.json          format, version, model, dimension, item_count, regions, build parameters and a
+                               sha256 for every other file (the contract; checked on every load)
+        item_ids.txt           one item id per line; row i of every matrix below (token i + 1 in query_tower.onnx)
+        item_embeddings.npy    float32 [items, dimension]
+        item_table.npz         popularity [items], trending [items], stock [items], sold_in [items, regions],
+                               region_popularity [regions, items]
         item_attributes.json   {"category": [...], "brand": [...]} aligned with item_ids.txt
+        regions.txt            region codes, one per line (column j of sold_in, row j of region_popularity)
+        query_tower.onnx       optional: history_item_ids INT64 [batch, L] -> query_embedding FP32 [batch, D]
+        scann/                 optional: the ScaNN searcher (tree + asymmetric hashing + reordering)
 
-A folder is refused (with a message saying which check failed) unless every file is present, every checksum
-matches and shapes agree with the metadata. ScaNN comes behind the same :class:`ExactIndex` search interface.
+Writers (training export, ``aisle index build``) go through :func:`save_index`, which writes into a hidden staging
+folder and renames it into place, so a reader never sees half a version. :func:`load_index` refuses a folder unless
+every file is present, every checksum matches and every shape agrees with the metadata.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,9 +35,12 @@ FORMAT = "aisle-index/1"
 METADATA_FILE = "metadata.json"
 IDS_FILE = "item_ids.txt"
 EMBEDDINGS_FILE = "item_embeddings.npy"
-POPULARITY_FILE = "item_popularity.npy"
+TABLE_FILE = "item_table.npz"
 ATTRIBUTES_FILE = "item_attributes.json"
-DATA_FILES = (IDS_FILE, EMBEDDINGS_FILE, POPULARITY_FILE, ATTRIBUTES_FILE)
+REGIONS_FILE = "regions.txt"
+QUERY_TOWER_FILE = "query_tower.onnx"
+SCANN_DIR = "scann"
+REQUIRED_FILES = (IDS_FILE, EMBEDDINGS_FILE, TABLE_FILE, ATTRIBUTES_FILE, REGIONS_FILE)
 
 
 class InvalidIndex(ValueError):
@@ -42,7 +49,7 @@ class InvalidIndex(ValueError):
 
 @dataclass(frozen=True)
 class IndexArtifact:
-    """A loaded, verified index version."""
+    """A loaded, verified index version. Arrays are read-only: availability changes live elsewhere."""
 
     path: Path
     version: str
@@ -51,8 +58,18 @@ class IndexArtifact:
     item_ids: list[str]
     embeddings: np.ndarray
     popularity: np.ndarray
+    trending: np.ndarray
+    stock: np.ndarray
+    sold_in: np.ndarray  # bool [items, regions]
+    region_popularity: np.ndarray  # [regions, items]
+    regions: list[str]
     categories: list[str]
     brands: list[str]
+    build: dict = field(default_factory=dict)
+    #: When the version was written (seconds since the epoch); availability updates older than this are stale.
+    created_at: float = 0.0
+    query_tower: Path | None = None
+    scann_dir: Path | None = None
 
     @property
     def dimension(self) -> int:
@@ -61,6 +78,12 @@ class IndexArtifact:
     def __len__(self) -> int:
         return len(self.item_ids)
 
+    def region_column(self, region: str) -> int | None:
+        try:
+            return self.regions.index(region)
+        except ValueError:
+            return None
+
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -68,6 +91,10 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != METADATA_FILE)
 
 
 def save_index(
@@ -81,41 +108,70 @@ def save_index(
     model_name: str,
     model_version: str,
     version: str | None = None,
+    regions: Sequence[str] = (),
+    sold_in: np.ndarray | None = None,
+    region_popularity: np.ndarray | None = None,
+    trending: np.ndarray | None = None,
+    stock: np.ndarray | None = None,
+    query_tower: Path | None = None,
+    build_ann: Callable[[np.ndarray, Path], dict] | None = None,
 ) -> Path:
-    """Writes a complete index version under ``root`` atomically (temp folder, then rename); returns its path."""
+    """Writes a complete index version under ``root`` atomically; returns its path.
+
+    Optional data defaults to: sold everywhere, region popularity = overall popularity, trending = popularity,
+    stock = 1. ``query_tower`` is an ONNX file copied in. ``build_ann(embeddings, folder)`` writes an ANN
+    structure into ``folder`` (see :mod:`services.retrieval.build`) and returns its parameters for the metadata.
+    """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-    popularity = np.ascontiguousarray(popularity, dtype=np.float32)
     count = len(item_ids)
-    if embeddings.ndim != 2 or embeddings.shape[0] != count:
-        raise ValueError(f"embeddings must be [{count}, dim], got {embeddings.shape}")
-    if popularity.shape != (count,) or len(categories) != count or len(brands) != count:
-        raise ValueError("popularity, categories and brands must have one entry per item")
-    if len(set(item_ids)) != count or any(not item or "\n" in item for item in item_ids):
-        raise ValueError("item ids must be unique, non-empty and single-line")
-    if not np.isfinite(embeddings).all():
-        raise ValueError("embeddings contain NaN or infinite values")
+    regions = list(regions)
+    popularity = np.asarray(popularity, dtype=np.float32)
+    sold_in = np.ones((count, len(regions)), dtype=bool) if sold_in is None else np.asarray(sold_in, dtype=bool)
+    if region_popularity is None:
+        region_popularity = np.tile(popularity, (len(regions), 1))
+    region_popularity = np.asarray(region_popularity, dtype=np.float32).reshape(len(regions), count)
+    trending = popularity.copy() if trending is None else np.asarray(trending, dtype=np.float32)
+    stock = np.ones(count, dtype=np.int64) if stock is None else np.asarray(stock, dtype=np.int64)
+    _check_inputs(item_ids, embeddings, popularity, categories, brands, regions, sold_in, trending, stock)
     version = version or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     root.mkdir(parents=True, exist_ok=True)
     final = root / version
     if final.exists():
-        raise FileExistsError(f"index version {final} already exists")
+        raise FileExistsError(f"index version {final} already exists; versions are immutable")
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
     try:
         (staging / IDS_FILE).write_text("\n".join(item_ids) + "\n", encoding="utf-8")
         np.save(staging / EMBEDDINGS_FILE, embeddings)
-        np.save(staging / POPULARITY_FILE, popularity)
+        with (staging / TABLE_FILE).open("wb") as handle:
+            np.savez(
+                handle,
+                popularity=popularity,
+                trending=trending,
+                stock=stock,
+                sold_in=sold_in,
+                region_popularity=region_popularity,
+            )
         (staging / ATTRIBUTES_FILE).write_text(
             json.dumps({"category": list(categories), "brand": list(brands)}), encoding="utf-8"
         )
+        (staging / REGIONS_FILE).write_text("".join(f"{r}\n" for r in regions), encoding="utf-8")
+        if query_tower is not None:
+            shutil.copyfile(query_tower, staging / QUERY_TOWER_FILE)
+        build = {"ann": "exact"}
+        if build_ann is not None:
+            (staging / SCANN_DIR).mkdir()
+            build = build_ann(embeddings, staging / SCANN_DIR)
         metadata = {
             "format": FORMAT,
             "version": version,
             "model": {"name": model_name, "version": model_version},
             "dimension": int(embeddings.shape[1]),
             "item_count": count,
+            "regions": regions,
             "metric": "dot_product",
+            "build": build,
             "created_at": datetime.now(UTC).isoformat(),
-            "checksums": {name: _sha256(staging / name) for name in DATA_FILES},
+            "checksums": {name: _sha256(staging / name) for name in _files(staging)},
         }
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
         os.replace(staging, final)
@@ -125,21 +181,51 @@ def save_index(
     return final
 
 
+def _check_inputs(item_ids, embeddings, popularity, categories, brands, regions, sold_in, trending, stock):
+    count = len(item_ids)
+    if embeddings.ndim != 2 or embeddings.shape[0] != count or embeddings.shape[1] < 1:
+        raise ValueError(f"embeddings must be [{count}, dim], got {embeddings.shape}")
+    for name, values in (("popularity", popularity), ("trending", trending), ("stock", stock)):
+        if values.shape != (count,):
+            raise ValueError(f"{name} must have one entry per item, got shape {values.shape}")
+    if len(categories) != count or len(brands) != count:
+        raise ValueError("categories and brands must have one entry per item")
+    if sold_in.shape != (count, len(regions)):
+        raise ValueError(f"sold_in must be [{count}, {len(regions)}], got {sold_in.shape}")
+    if len(set(regions)) != len(regions) or any(not r or "\n" in r for r in regions):
+        raise ValueError("regions must be unique, non-empty and single-line")
+    if len(set(item_ids)) != count or any(not item or "\n" in item for item in item_ids):
+        raise ValueError("item ids must be unique, non-empty and single-line")
+    if not np.isfinite(embeddings).all():
+        raise ValueError("embeddings contain NaN or infinite values")
+
+
+def index_versions(root: Path) -> list[Path]:
+    """Complete version folders under ``root`` (names sort by time), oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / METADATA_FILE).is_file()
+    )
+
+
 def latest_version(root: Path) -> Path:
-    """The newest complete version folder under ``root`` (names sort by time), or ``root`` itself if it is one."""
+    """The newest complete version folder under ``root``, or ``root`` itself if it is one."""
     if (root / METADATA_FILE).is_file():
         return root
     if not root.is_dir():
         raise InvalidIndex(f"index path {root} does not exist; build one with `aisle train` (or set the path)")
-    versions = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    versions = [p for p in versions if (p / METADATA_FILE).is_file()]
+    versions = index_versions(root)
     if not versions:
         raise InvalidIndex(f"no index version (a folder with {METADATA_FILE}) under {root}")
     return versions[-1]
 
 
-def load_index(path: Path) -> IndexArtifact:
-    """Loads and verifies one index version folder. Raises :class:`InvalidIndex` on any mismatch."""
+def load_index(path: Path, mmap: bool = False) -> IndexArtifact:
+    """Loads and verifies one index version folder. Raises :class:`InvalidIndex` on any mismatch.
+
+    ``mmap`` maps the embeddings instead of reading them: pages are loaded as rows are used (a shard router
+    looks up only the rows of the request's history and anchors)."""
     try:
         metadata = json.loads((path / METADATA_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -147,21 +233,50 @@ def load_index(path: Path) -> IndexArtifact:
     if metadata.get("format") != FORMAT:
         raise InvalidIndex(f"{path}: format {metadata.get('format')!r} is not {FORMAT!r}")
     checksums = metadata.get("checksums", {})
-    for name in DATA_FILES:
-        file = path / name
-        if not file.is_file():
+    for name in REQUIRED_FILES:
+        if name not in checksums:
+            raise InvalidIndex(f"{path}: metadata has no checksum for {name}")
+    present = set(_files(path))
+    for name, expected in checksums.items():
+        if name not in present:
             raise InvalidIndex(f"{path}: missing {name}")
-        if checksums.get(name) != _sha256(file):
+        if _sha256(path / name) != expected:
             raise InvalidIndex(f"{path}: checksum mismatch for {name} (corrupt or partly copied)")
+    if extra := present - set(checksums):
+        raise InvalidIndex(f"{path}: files not in the metadata: {sorted(extra)[:5]}")
+    try:
+        return _read(path, metadata, mmap)
+    except (OSError, ValueError, KeyError) as exc:
+        if isinstance(exc, InvalidIndex):
+            raise
+        raise InvalidIndex(f"{path}: unreadable: {exc}") from None
+
+
+def _read(path: Path, metadata: dict, mmap: bool) -> IndexArtifact:
     item_ids = (path / IDS_FILE).read_text(encoding="utf-8").splitlines()
-    embeddings = np.load(path / EMBEDDINGS_FILE, allow_pickle=False)
-    popularity = np.load(path / POPULARITY_FILE, allow_pickle=False)
+    embeddings = np.load(path / EMBEDDINGS_FILE, allow_pickle=False, mmap_mode="r" if mmap else None)
+    with np.load(path / TABLE_FILE, allow_pickle=False) as table:
+        columns = {name: table[name] for name in table.files}
     attributes = json.loads((path / ATTRIBUTES_FILE).read_text(encoding="utf-8"))
+    regions = (path / REGIONS_FILE).read_text(encoding="utf-8").splitlines()
     count, dimension = metadata.get("item_count"), metadata.get("dimension")
-    if len(item_ids) != count or embeddings.shape != (count, dimension) or popularity.shape != (count,):
+    expected = {
+        "popularity": (count,),
+        "trending": (count,),
+        "stock": (count,),
+        "sold_in": (count, len(regions)),
+        "region_popularity": (len(regions), count),
+    }
+    shapes = {name: columns[name].shape for name in expected}
+    if (
+        len(item_ids) != count
+        or embeddings.shape != (count, dimension)
+        or shapes != expected
+        or regions != metadata.get("regions")
+    ):
         raise InvalidIndex(
             f"{path}: shapes disagree with metadata (ids {len(item_ids)}, embeddings {embeddings.shape}, "
-            f"popularity {popularity.shape}; metadata says {count} x {dimension})"
+            f"table {shapes}, regions {regions}; metadata says {count} x {dimension})"
         )
     if embeddings.dtype != np.float32 or not np.isfinite(embeddings).all():
         raise InvalidIndex(f"{path}: embeddings must be finite float32")
@@ -175,33 +290,23 @@ def load_index(path: Path) -> IndexArtifact:
         model_version=str(model.get("version", "")),
         item_ids=item_ids,
         embeddings=embeddings,
-        popularity=popularity,
+        popularity=columns["popularity"].astype(np.float32),
+        trending=columns["trending"].astype(np.float32),
+        stock=columns["stock"],
+        sold_in=columns["sold_in"].astype(bool),
+        region_popularity=columns["region_popularity"].astype(np.float32),
+        regions=regions,
         categories=list(attributes["category"]),
         brands=list(attributes["brand"]),
+        build=dict(metadata.get("build", {})),
+        created_at=_timestamp(metadata.get("created_at")),
+        query_tower=path / QUERY_TOWER_FILE if (path / QUERY_TOWER_FILE).is_file() else None,
+        scann_dir=path / SCANN_DIR if (path / SCANN_DIR).is_dir() else None,
     )
 
 
-class ExactIndex:
-    """Top-k by exact dot product. The reference every approximate index is measured against."""
-
-    def __init__(self, embeddings: np.ndarray):
-        self._embeddings = embeddings
-
-    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, scores) of the ``k`` best items, best first; ``allowed`` is a boolean mask over rows."""
-        scores = self._embeddings @ query.astype(np.float32, copy=False)
-        return top_k(scores, k, allowed)
-
-
-def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of the ``k`` highest scores among ``allowed`` rows, sorted best first (ties by row)."""
-    if allowed is not None:
-        scores = np.where(allowed, scores, -np.inf)
-        k = min(k, int(allowed.sum()))
-    k = min(k, scores.shape[0])
-    if k <= 0:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
-    rows = np.argpartition(-scores, k - 1)[:k]
-    order = np.lexsort((rows, -scores[rows]))
-    rows = rows[order]
-    return rows.astype(np.int64), scores[rows].astype(np.float32)
+def _timestamp(value: object) -> float:
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        return 0.0

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from opentelemetry import trace
@@ -15,69 +13,63 @@ from aisle.retrieval.v1 import retrieval_service_pb2 as pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.core.errors import NotReady
 from services.core.validation import Violations
-from services.retrieval.index import ExactIndex, IndexArtifact, latest_version, load_index
 from services.retrieval.settings import RetrievalSettings
-from services.retrieval.sources import (
-    HistoryEmbeddingSource,
-    ItemToItemSource,
-    PopularitySource,
-    Query,
-    Source,
-)
+from services.retrieval.sources import Query, Source, default_sources
+from services.retrieval.state import IndexHolder, ServingIndex
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 SOURCE_NAMES = {value: name for name, value in common_pb2.CandidateSource.items()}
-
-
-class IndexHolder:
-    """The index version being served. Swapping is one reference assignment, so readers never see half of one."""
-
-    def __init__(self) -> None:
-        self.artifact: IndexArtifact | None = None
-        self.search: ExactIndex | None = None
-        self.rows: dict[str, int] = {}
-
-    def serve(self, artifact: IndexArtifact) -> None:
-        rows = {item: row for row, item in enumerate(artifact.item_ids)}
-        self.artifact, self.search, self.rows = artifact, ExactIndex(artifact.embeddings), rows
-
-    async def load_latest(self, root: Path) -> None:
-        path = latest_version(root)
-        artifact = await asyncio.to_thread(load_index, path)
-        self.serve(artifact)
-        log.info(
-            "serving index %s (%d items x %d dims) from %s", artifact.version, len(artifact), artifact.dimension, path
-        )
+#: What a request that names no source gets: personal sources with history, context-only ones without.
+PERSONAL_DEFAULT = (common_pb2.CANDIDATE_SOURCE_TWO_TOWER, common_pb2.CANDIDATE_SOURCE_POPULARITY)
+ANONYMOUS_DEFAULT = (common_pb2.CANDIDATE_SOURCE_COLD_START,)
+MAX_AVAILABILITY_UPDATES = 10_000
 
 
 class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     def __init__(self, settings: RetrievalSettings, holder: IndexHolder, sources: Sequence[Source] | None = None):
         self.settings = settings
         self.holder = holder
-        self.sources = {s.source: s for s in (sources or default_sources())}
+        self.sources = {s.source: s for s in (sources if sources is not None else default_sources())}
+
+    def _serving(self) -> ServingIndex:
+        index = self.holder.current
+        if index is None:
+            raise NotReady("no index loaded yet")
+        return index
 
     async def Retrieve(self, request: pb.RetrieveRequest, context) -> pb.RetrieveResponse:  # noqa: N802
-        self.validate(request)
-        artifact, search = self.holder.artifact, self.holder.search
-        if artifact is None or search is None:
-            raise NotReady("no index loaded yet")
-        rows = self.holder.rows
-        personalised = request.consent
-        history_rows = [rows[i.item_id] for i in request.history if i.item_id in rows] if personalised else []
+        index = self._serving()  # one version for the whole request, even if a swap happens meanwhile
+        region_column = self.validate(request, index)
+        rows = index.rows
+        history = [i for i in request.history if i.item_id in rows] if request.consent else []
+        history_rows = [rows[i.item_id] for i in history]
         anchor_rows = [rows[item] for item in request.anchor_item_ids if item in rows]
-        allowed = self.allowed_mask(request, artifact, rows, history_rows, anchor_rows)
-        query = Query(history_rows, anchor_rows, allowed, request.k or self.settings.default_k)
-        wanted = list(request.sources) or list(self.sources)
+        allowed, allowed_count = self.allowed_mask(request, index, region_column, history, anchor_rows)
+        history_vector = self.history_vector(request, index, history_rows)
+        query = Query(
+            history_rows,
+            history_vector,
+            self.anchors(request, index),
+            region_column,
+            allowed,
+            allowed_count,
+            request.k,
+        )
+        wanted = list(request.sources) or list(PERSONAL_DEFAULT if history_vector is not None else ANONYMOUS_DEFAULT)
+        artifact = index.artifact
         response = pb.RetrieveResponse(
             index_version=common_pb2.ArtifactVersion(kind="index", name="items", version=artifact.version)
         )
+        span = trace.get_current_span()
+        span.set_attribute("aisle.index_version", artifact.version)
+        span.set_attribute("aisle.allowed_items", allowed_count)
         for source_id in dict.fromkeys(wanted):
             source = self.sources[source_id]
-            with tracer.start_as_current_span(source.name) as span:
-                found = source.retrieve(artifact, search, query)
-                span.set_attribute("aisle.candidates", len(found))
+            with tracer.start_as_current_span(source.name) as source_span:
+                found = source.retrieve(index, query)
+                source_span.set_attribute("aisle.candidates", len(found))
             for rank, candidate in enumerate(found):
                 response.candidates.append(
                     pb.Candidate(
@@ -85,21 +77,52 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                         score=candidate.score,
                         source=candidate.source,
                         source_rank=rank,
-                        anchor_item_id=artifact.item_ids[candidate.anchor_row]
-                        if candidate.anchor_row is not None
-                        else "",
+                        anchor_item_id=candidate.anchor,
                     )
                 )
         return response
 
-    def validate(self, request: pb.RetrieveRequest) -> None:
+    @staticmethod
+    def history_vector(request: pb.RetrieveRequest, index: ServingIndex, history_rows: list[int]):
+        """The query for the personal sources: a router's precomputed vector, else the encoded history."""
+        if not request.consent:
+            return None
+        if request.history_query_vector:
+            return np.asarray(request.history_query_vector, dtype=np.float32)
+        return index.encoder.encode(history_rows) if history_rows else None
+
+    @staticmethod
+    def anchors(request: pb.RetrieveRequest, index: ServingIndex) -> list[tuple[str, np.ndarray]]:
+        """(id, vector) per anchor: a router's vectors, else this index's vectors of the anchors it holds."""
+        if request.anchor_vectors:
+            return [(a.item_id, np.asarray(a.vector, dtype=np.float32)) for a in request.anchor_vectors]
+        rows, embeddings = index.rows, index.artifact.embeddings
+        return [(item, embeddings[rows[item]]) for item in request.anchor_item_ids if item in rows]
+
+    async def UpdateAvailability(  # noqa: N802
+        self, request: pb.UpdateAvailabilityRequest, context
+    ) -> pb.UpdateAvailabilityResponse:
+        index = self._serving()
+        check = Violations()
+        check.count("updates", request.updates, limit=MAX_AVAILABILITY_UPDATES)
+        for i, update in enumerate(request.updates[:MAX_AVAILABILITY_UPDATES]):
+            check.id(f"updates[{i}].item_id", update.item_id)
+            for j, region in enumerate(update.sold_in_regions):
+                if region not in index.artifact.regions:
+                    check.add(f"updates[{i}].sold_in_regions[{j}]", f"unknown region {region[:32]!r}")
+        check.raise_if_any()
+        applied, unknown = self.holder.apply_availability(request.updates)
+        return pb.UpdateAvailabilityResponse(applied_count=applied, unknown_item_ids=unknown)
+
+    def validate(self, request: pb.RetrieveRequest, index: ServingIndex) -> int | None:
+        """Raises InvalidArgument naming each bad field; returns the request region's column (None: any)."""
         settings = self.settings
         check = Violations()
         check.subject("subject", request.subject, required=False)
-        check.region("context.region", request.context.region)
         check.history("history", request.history, limit=settings.max_history)
         check.ids("anchor_item_ids", request.anchor_item_ids, limit=settings.max_anchors)
-        check.k("k", request.k, limit=settings.max_k)
+        if request.k < 1 or request.k > settings.max_k:
+            check.add("k", f"must be between 1 and {settings.max_k}, got {request.k}")
         for i, source in enumerate(request.sources):
             check.enum(f"sources[{i}]", source, list(self.sources), SOURCE_NAMES)
         exclusions = request.exclusions
@@ -108,31 +131,50 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             check.add("exclusions", f"must have at most {settings.max_exclusions} entries in all, got {total}")
         else:
             check.ids("exclusions.item_ids", exclusions.item_ids, limit=settings.max_exclusions)
+        dimension = index.artifact.dimension
+        if request.history_query_vector and len(request.history_query_vector) != dimension:
+            check.add("history_query_vector", f"must have {dimension} values, got {len(request.history_query_vector)}")
+        check.count("anchor_vectors", request.anchor_vectors, limit=settings.max_anchors)
+        for i, anchor in enumerate(request.anchor_vectors[: settings.max_anchors]):
+            if len(anchor.vector) != dimension:
+                check.add(f"anchor_vectors[{i}].vector", f"must have {dimension} values, got {len(anchor.vector)}")
+        region = request.context.region
+        column = index.artifact.region_column(region) if region else None
+        # An index built without regional data serves every region alike.
+        if region and column is None and index.artifact.regions:
+            shown = ", ".join(index.artifact.regions[:50]) or "none"
+            check.add("context.region", f"unknown region {region[:32]!r}; this index knows: {shown}")
         check.raise_if_any()
+        return column
 
     @staticmethod
     def allowed_mask(
         request: pb.RetrieveRequest,
-        artifact: IndexArtifact,
-        rows: dict[str, int],
-        history_rows: list[int],
+        index: ServingIndex,
+        region_column: int | None,
+        history: list,
         anchor_rows: list[int],
-    ) -> np.ndarray:
-        allowed = np.ones(len(artifact), dtype=bool)
+    ) -> tuple[np.ndarray, int]:
+        """Items that pass the business filters, and how many. Shares the cached base mask when it can."""
+        base, count = index.availability.base_mask(region_column, request.include_out_of_stock)
+        rows = index.rows
         excluded = [rows[item] for item in request.exclusions.item_ids if item in rows]
         # The product on the page and the cart's items are never their own recommendation.
         excluded += anchor_rows
         if request.exclude_history:
-            excluded += history_rows
+            excluded += [rows[i.item_id] for i in history]
+        elif request.exclude_purchased:
+            excluded += [rows[i.item_id] for i in history if i.event_type == common_pb2.EVENT_TYPE_PURCHASE]
+        brands = [index.brand_vocabulary[b] for b in request.exclusions.brands if b in index.brand_vocabulary]
+        categories = [
+            index.category_vocabulary[c] for c in request.exclusions.categories if c in index.category_vocabulary
+        ]
+        if not excluded and not brands and not categories:
+            return base, count
+        allowed = base.copy()
         allowed[excluded] = False
-        if request.exclusions.brands:
-            banned = set(request.exclusions.brands)
-            allowed &= np.fromiter((b not in banned for b in artifact.brands), dtype=bool, count=len(artifact))
-        if request.exclusions.categories:
-            banned = set(request.exclusions.categories)
-            allowed &= np.fromiter((c not in banned for c in artifact.categories), dtype=bool, count=len(artifact))
-        return allowed
-
-
-def default_sources() -> list[Source]:
-    return [HistoryEmbeddingSource(), ItemToItemSource(), PopularitySource()]
+        if brands:
+            allowed &= ~np.isin(index.brand_codes, brands)
+        if categories:
+            allowed &= ~np.isin(index.category_codes, categories)
+        return allowed, int(allowed.sum())

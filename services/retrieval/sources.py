@@ -1,27 +1,33 @@
-"""Candidate sources: each turns a request into scored candidates from one index, tagged with its source.
+"""Candidate sources: each turns a request into scored candidates from one signal, tagged with its source.
 
-A source never filters by business rules itself; it searches within the ``allowed`` mask the servicer builds.
+Sources search within the ``allowed`` mask the servicer builds (business filters); they never filter themselves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from aisle.common.v1 import common_pb2
-from services.retrieval.index import ExactIndex, IndexArtifact, top_k
+from services.retrieval.state import ServingIndex
+
+#: Anchors (page product, cart items) searched per request: the most recent ones.
+MAX_SEARCHED_ANCHORS = 10
 
 
 @dataclass(frozen=True)
 class Query:
-    """What the sources need from a request, already mapped to index rows."""
+    """What the sources need from a request, already resolved against the index."""
 
-    history_rows: Sequence[int]  # oldest first; unknown items already dropped
-    anchor_rows: Sequence[int]
+    history_rows: Sequence[int]  # oldest first, consented items this index holds
+    history_vector: np.ndarray | None  # the encoded query (None without usable history)
+    anchors: Sequence[tuple[str, np.ndarray]]  # (item id, vector) of the page's product / the cart's items
+    region_column: int | None
     allowed: np.ndarray  # boolean mask over index rows
+    allowed_count: int
     k: int
 
 
@@ -30,7 +36,7 @@ class SourcedCandidate:
     row: int
     score: float
     source: int  # common_pb2.CandidateSource value
-    anchor_row: int | None = None
+    anchor: str = ""  # the history or anchor item id that led here
 
 
 class Source(Protocol):
@@ -39,75 +45,130 @@ class Source(Protocol):
     name: str
     source: int
 
-    def retrieve(self, index: IndexArtifact, search: ExactIndex, query: Query) -> list[SourcedCandidate]: ...
+    def retrieve(self, index: ServingIndex, query: Query) -> list[SourcedCandidate]: ...
 
 
-def recency_weights(length: int, decay: float) -> np.ndarray:
-    """Weights for a history of ``length`` items, oldest first: the newest weighs 1, each older one ``decay``x."""
-    return decay ** np.arange(length - 1, -1, -1, dtype=np.float32)
+def ranked_rows(index: ServingIndex, key: str, scores: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows by descending score, scores) for a static score vector, computed once per index version."""
+    cached = index.orders.get(key)
+    if cached is None:
+        values = scores().astype(np.float32)
+        order = np.lexsort((np.arange(values.size), -values))
+        cached = index.orders[key] = (order, values)
+    return cached
 
 
-def _anchor_for(index: IndexArtifact, rows: np.ndarray, anchors: Sequence[int]) -> list[int | None]:
-    """For each candidate row, the anchor (history) row it is most similar to."""
-    if not anchors or rows.size == 0:
-        return [None] * int(rows.size)
-    similarity = index.embeddings[rows] @ index.embeddings[list(anchors)].T
-    best = similarity.argmax(axis=1)
-    return [int(anchors[i]) for i in best]
+def first_allowed(order: np.ndarray, values: np.ndarray, allowed: np.ndarray, k: int):
+    """The first ``k`` allowed rows of a precomputed order, scanning only as far as needed."""
+    found: list[np.ndarray] = []
+    needed, start, step = k, 0, max(4 * k, 1024)
+    while needed > 0 and start < order.size:
+        chunk = order[start : start + step]
+        keep = chunk[allowed[chunk]][:needed]
+        found.append(keep)
+        needed -= keep.size
+        start += step
+        step *= 4
+    rows = np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+    return rows.astype(np.int64), values[rows]
 
 
-class HistoryEmbeddingSource:
-    """Nearest items to the recency-weighted mean embedding of the subject's history.
+def nearest_history_item(index: ServingIndex, rows: np.ndarray, history_rows: Sequence[int]) -> list[str]:
+    """For each candidate row, the history item (held by this index) its vector is closest to."""
+    history = list(dict.fromkeys(history_rows))
+    if not history or rows.size == 0:
+        return [""] * int(rows.size)
+    embeddings = index.artifact.embeddings
+    best = (embeddings[rows] @ embeddings[history].T).argmax(axis=1)
+    return [index.artifact.item_ids[history[i]] for i in best]
 
-    The skeleton encodes the query from the item embeddings themselves; the query tower takes over in the
-    retrieval issue, behind the same source.
-    """
 
-    name = "HistoryEmbeddingSource"
+class TwoTowerSource:
+    """Nearest items to the query tower's vector for the subject's history (ANN, filtered)."""
+
+    name = "TwoTowerSource"
     source = common_pb2.CANDIDATE_SOURCE_TWO_TOWER
 
-    def __init__(self, decay: float = 0.85):
-        self.decay = decay
-
-    def retrieve(self, index: IndexArtifact, search: ExactIndex, query: Query) -> list[SourcedCandidate]:
-        if not query.history_rows:
+    def retrieve(self, index: ServingIndex, query: Query) -> list[SourcedCandidate]:
+        if query.history_vector is None:
             return []
-        rows = list(query.history_rows)
-        weights = recency_weights(len(rows), self.decay)
-        vector = (index.embeddings[rows] * weights[:, None]).sum(axis=0) / weights.sum()
-        found, scores = search.search(vector, query.k, query.allowed)
-        anchors = _anchor_for(index, found, list(dict.fromkeys(rows)))
+        rows, scores = index.search.search(query.history_vector, query.k, query.allowed, query.allowed_count)
+        anchors = nearest_history_item(index, rows, query.history_rows)
         return [
-            SourcedCandidate(int(r), float(s), self.source, a) for r, s, a in zip(found, scores, anchors, strict=True)
+            SourcedCandidate(int(r), float(s), self.source, a) for r, s, a in zip(rows, scores, anchors, strict=True)
         ]
 
 
 class ItemToItemSource:
-    """Neighbours of the anchor items (the product on the page, the cart), best match over all anchors."""
+    """Neighbours of the anchor items (the product on the page, the cart): best score over anchors."""
 
     name = "ItemToItemSource"
     source = common_pb2.CANDIDATE_SOURCE_ITEM_TO_ITEM
 
-    def retrieve(self, index: IndexArtifact, search: ExactIndex, query: Query) -> list[SourcedCandidate]:
-        anchors = list(dict.fromkeys(query.anchor_rows))
-        if not anchors:
-            return []
-        similarity = index.embeddings @ index.embeddings[anchors].T  # [items, anchors]
-        best = similarity.max(axis=1)
-        found, scores = top_k(best, query.k, query.allowed)
-        which = similarity[found].argmax(axis=1) if found.size else np.empty(0, dtype=np.int64)
-        return [
-            SourcedCandidate(int(r), float(s), self.source, anchors[int(w)])
-            for r, s, w in zip(found, scores, which, strict=True)
-        ]
+    def retrieve(self, index: ServingIndex, query: Query) -> list[SourcedCandidate]:
+        anchors = list(dict(query.anchors).items())[-MAX_SEARCHED_ANCHORS:]
+        best: dict[int, tuple[float, str]] = {}
+        for anchor, vector in anchors:
+            rows, scores = index.search.search(vector, query.k, query.allowed, query.allowed_count)
+            for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
+                if row not in best or score > best[row][0]:
+                    best[row] = (score, anchor)
+        ordered = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[: query.k]
+        return [SourcedCandidate(row, score, self.source, anchor) for row, (score, anchor) in ordered]
 
 
 class PopularitySource:
-    """The most bought items in the training window (per-region popularity comes with the retrieval issue)."""
+    """Most bought items in the training window, in the request's region when it has one."""
 
     name = "PopularitySource"
     source = common_pb2.CANDIDATE_SOURCE_POPULARITY
 
-    def retrieve(self, index: IndexArtifact, search: ExactIndex, query: Query) -> list[SourcedCandidate]:
-        found, scores = top_k(index.popularity, query.k, query.allowed)
-        return [SourcedCandidate(int(r), float(s), self.source) for r, s in zip(found, scores, strict=True)]
+    def retrieve(self, index: ServingIndex, query: Query) -> list[SourcedCandidate]:
+        region = query.region_column
+        artifact = index.artifact
+        if region is None:
+            order, values = ranked_rows(index, "popularity", lambda: artifact.popularity)
+        else:
+            order, values = ranked_rows(index, f"popularity:{region}", lambda: artifact.region_popularity[region])
+        rows, scores = first_allowed(order, values, query.allowed, query.k)
+        return [SourcedCandidate(int(r), float(s), self.source) for r, s in zip(rows, scores, strict=True)]
+
+
+class TrendingSource:
+    """Items whose recent sales outgrow their long-run level (scores computed when the index was built)."""
+
+    name = "TrendingSource"
+    source = common_pb2.CANDIDATE_SOURCE_TRENDING
+
+    def retrieve(self, index: ServingIndex, query: Query) -> list[SourcedCandidate]:
+        order, values = ranked_rows(index, "trending", lambda: index.artifact.trending)
+        rows, scores = first_allowed(order, values, query.allowed, query.k)
+        return [SourcedCandidate(int(r), float(s), self.source) for r, s in zip(rows, scores, strict=True)]
+
+
+class ColdStartSource:
+    """For subjects without usable history: regional popularity blended with what is trending."""
+
+    name = "ColdStartSource"
+    source = common_pb2.CANDIDATE_SOURCE_COLD_START
+
+    def __init__(self, trending_weight: float = 0.3):
+        self.trending_weight = trending_weight
+
+    def retrieve(self, index: ServingIndex, query: Query) -> list[SourcedCandidate]:
+        artifact, region = index.artifact, query.region_column
+
+        def blend() -> np.ndarray:
+            popular = artifact.popularity if region is None else artifact.region_popularity[region]
+            # Log counts, not shares of this index's maximum, so shards of one catalog score alike.
+            return (1 - self.trending_weight) * np.log1p(np.maximum(popular, 0)) + self.trending_weight * np.log1p(
+                np.maximum(artifact.trending, 0)
+            )
+
+        order, values = ranked_rows(index, f"cold_start:{region}", blend)
+        rows, scores = first_allowed(order, values, query.allowed, query.k)
+        return [SourcedCandidate(int(r), float(s), self.source) for r, s in zip(rows, scores, strict=True)]
+
+
+def default_sources() -> list[Source]:
+    return [TwoTowerSource(), ItemToItemSource(), PopularitySource(), TrendingSource(), ColdStartSource()]

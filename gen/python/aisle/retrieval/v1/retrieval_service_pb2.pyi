@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RetrieveRequest(_message.Message):
-    __slots__ = ("subject", "surface", "context", "history", "anchor_item_ids", "k", "sources", "exclusions", "exclude_history", "consent")
+    __slots__ = ("subject", "surface", "context", "history", "anchor_item_ids", "k", "sources", "exclusions", "exclude_history", "consent", "exclude_purchased", "include_out_of_stock", "history_query_vector", "anchor_vectors")
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     SURFACE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,10 @@ class RetrieveRequest(_message.Message):
     EXCLUSIONS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_HISTORY_FIELD_NUMBER: _ClassVar[int]
     CONSENT_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_PURCHASED_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_OUT_OF_STOCK_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_VECTORS_FIELD_NUMBER: _ClassVar[int]
     subject: _common_pb2.Subject
     surface: _common_pb2.Surface
     context: _common_pb2.RequestContext
@@ -29,7 +33,19 @@ class RetrieveRequest(_message.Message):
     exclusions: _common_pb2.Exclusions
     exclude_history: bool
     consent: bool
-    def __init__(self, subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., surface: _Optional[_Union[_common_pb2.Surface, str]] = ..., context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., history: _Optional[_Iterable[_Union[_common_pb2.Interaction, _Mapping]]] = ..., anchor_item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[_common_pb2.CandidateSource, str]]] = ..., exclusions: _Optional[_Union[_common_pb2.Exclusions, _Mapping]] = ..., exclude_history: _Optional[bool] = ..., consent: _Optional[bool] = ...) -> None: ...
+    exclude_purchased: bool
+    include_out_of_stock: bool
+    history_query_vector: _containers.RepeatedScalarFieldContainer[float]
+    anchor_vectors: _containers.RepeatedCompositeFieldContainer[AnchorVector]
+    def __init__(self, subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., surface: _Optional[_Union[_common_pb2.Surface, str]] = ..., context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., history: _Optional[_Iterable[_Union[_common_pb2.Interaction, _Mapping]]] = ..., anchor_item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[_common_pb2.CandidateSource, str]]] = ..., exclusions: _Optional[_Union[_common_pb2.Exclusions, _Mapping]] = ..., exclude_history: _Optional[bool] = ..., consent: _Optional[bool] = ..., exclude_purchased: _Optional[bool] = ..., include_out_of_stock: _Optional[bool] = ..., history_query_vector: _Optional[_Iterable[float]] = ..., anchor_vectors: _Optional[_Iterable[_Union[AnchorVector, _Mapping]]] = ...) -> None: ...
+
+class AnchorVector(_message.Message):
+    __slots__ = ("item_id", "vector")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Candidate(_message.Message):
     __slots__ = ("item_id", "score", "source", "source_rank", "anchor_item_id")
@@ -54,3 +70,29 @@ class RetrieveResponse(_message.Message):
     index_version: _common_pb2.ArtifactVersion
     degradations: _containers.RepeatedCompositeFieldContainer[_common_pb2.Degradation]
     def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., index_version: _Optional[_Union[_common_pb2.ArtifactVersion, _Mapping]] = ..., degradations: _Optional[_Iterable[_Union[_common_pb2.Degradation, _Mapping]]] = ...) -> None: ...
+
+class AvailabilityUpdate(_message.Message):
+    __slots__ = ("item_id", "stock", "sold_in_regions", "set_regions")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    STOCK_FIELD_NUMBER: _ClassVar[int]
+    SOLD_IN_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    SET_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    stock: int
+    sold_in_regions: _containers.RepeatedScalarFieldContainer[str]
+    set_regions: bool
+    def __init__(self, item_id: _Optional[str] = ..., stock: _Optional[int] = ..., sold_in_regions: _Optional[_Iterable[str]] = ..., set_regions: _Optional[bool] = ...) -> None: ...
+
+class UpdateAvailabilityRequest(_message.Message):
+    __slots__ = ("updates",)
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    updates: _containers.RepeatedCompositeFieldContainer[AvailabilityUpdate]
+    def __init__(self, updates: _Optional[_Iterable[_Union[AvailabilityUpdate, _Mapping]]] = ...) -> None: ...
+
+class UpdateAvailabilityResponse(_message.Message):
+    __slots__ = ("applied_count", "unknown_item_ids")
+    APPLIED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    applied_count: int
+    unknown_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, applied_count: _Optional[int] = ..., unknown_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -40,6 +40,11 @@ class RetrievalServiceStub:
                 request_serializer=aisle_dot_retrieval_dot_v1_dot_retrieval__service__pb2.RetrieveRequest.SerializeToString,
                 response_deserializer=aisle_dot_retrieval_dot_v1_dot_retrieval__service__pb2.RetrieveResponse.FromString,
                 _registered_method=True)
+        self.UpdateAvailability = channel.unary_unary(
+                '/aisle.retrieval.v1.RetrievalService/UpdateAvailability',
+                request_serializer=aisle_dot_retrieval_dot_v1_dot_retrieval__service__pb2.UpdateAvailabilityRequest.SerializeToString,
+                response_deserializer=aisle_dot_retrieval_dot_v1_dot_retrieval__service__pb2.UpdateAvailabilityResponse.FromString,
+                _registered_method=True)
 
 
 class RetrievalServiceServicer:
@@ -53,6 +58,14 @@ class RetrievalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateAvailability(self, request, context):
+        """Applies stock and regional availability changes at once, without rebuilding the index. Pushed by the
+        inventory system; the changes outlive index swaps until an index built after them replaces the data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrievalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +73,11 @@ def add_RetrievalServiceServicer_to_server(servicer, server):
                     servicer.Retrieve,
                     request_deserializer=aisle_dot_retrieval_dot_v1_dot_retrieval__service__pb2.RetrieveRequest.FromString,
                     response_serializer=aisle_dot_retrieval_dot_v1_dot_retrieval__service__pb2.RetrieveResponse.SerializeToString,
+            ),
+            'UpdateAvailability': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAvailability,
+                    request_deserializer=aisle_dot_retrieval_dot_v1_dot_retrieval__service__pb2.UpdateAvailabilityRequest.FromString,
+                    response_serializer=aisle_dot_retrieval_dot_v1_dot_retrieval__service__pb2.UpdateAvailabilityResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +108,33 @@ class RetrievalService:
             '/aisle.retrieval.v1.RetrievalService/Retrieve',
             aisle_dot_retrieval_dot_v1_dot_retrieval__service__pb2.RetrieveRequest.SerializeToString,
             aisle_dot_retrieval_dot_v1_dot_retrieval__service__pb2.RetrieveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAvailability(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aisle.retrieval.v1.RetrievalService/UpdateAvailability',
+            aisle_dot_retrieval_dot_v1_dot_retrieval__service__pb2.UpdateAvailabilityRequest.SerializeToString,
+            aisle_dot_retrieval_dot_v1_dot_retrieval__service__pb2.UpdateAvailabilityResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,13 +8,12 @@ import pytest
 from services.retrieval.index import (
     EMBEDDINGS_FILE,
     METADATA_FILE,
-    ExactIndex,
     InvalidIndex,
     latest_version,
     load_index,
     save_index,
-    top_k,
 )
+from services.retrieval.search import ExactSearcher, top_k
 
 
 def write(root, count=20, dim=4, version=None, seed=0):
@@ -107,7 +106,7 @@ def test_exact_search_matches_brute_force():
     rng = np.random.default_rng(1)
     embeddings = rng.normal(size=(500, 8)).astype(np.float32)
     query = rng.normal(size=8).astype(np.float32)
-    rows, scores = ExactIndex(embeddings).search(query, 10)
+    rows, scores = ExactSearcher(embeddings).search(query, 10)
     expected = np.argsort(-(embeddings @ query))[:10]
     assert rows.tolist() == expected.tolist()
     assert np.allclose(scores, (embeddings @ query)[expected])
@@ -124,3 +123,35 @@ def test_top_k_respects_the_allowed_mask_and_small_sets():
 def test_top_k_breaks_ties_by_row():
     rows, _ = top_k(np.array([1.0, 2.0, 2.0, 2.0]), 2)
     assert rows.tolist() == [1, 2]
+
+
+def test_regional_data_and_scann_survive_the_atomic_rename(tmp_path):
+    from tests.support.retrieval import REGIONS, write_index
+
+    path = write_index(tmp_path, count=2000, scann=True, version="v2")
+    loaded = load_index(path)
+    assert loaded.regions == REGIONS and loaded.sold_in.shape == (2000, 3)
+    assert loaded.scann_dir is not None and loaded.build["ann"] == "scann"
+    assert loaded.region_column("DE") == 1 and loaded.region_column("XX") is None
+    # ScaNN's assets are stored with relative paths: the folder loads from where it was renamed to.
+    from services.retrieval.build import searcher_for
+
+    rows, _ = searcher_for(loaded).search(loaded.embeddings[7], 5)
+    expected, _ = ExactSearcher(loaded.embeddings).search(loaded.embeddings[7], 5)
+    assert len(set(rows.tolist()) & set(expected.tolist())) >= 4
+
+
+def test_an_unexpected_file_is_refused(tmp_path):
+    path = write(tmp_path)
+    (path / "stray.bin").write_bytes(b"x")
+    with pytest.raises(InvalidIndex, match="not in the metadata"):
+        load_index(path)
+
+
+def test_a_missing_scann_asset_is_refused(tmp_path):
+    from tests.support.retrieval import write_index
+
+    path = write_index(tmp_path, count=1000, scann=True)
+    next((path / "scann").glob("*.npy")).unlink()
+    with pytest.raises(InvalidIndex, match="missing scann/"):
+        load_index(path)

@@ -1,0 +1,140 @@
+"""``aisle index``: build ScaNN index versions (optionally sharded) from an exported embedding index."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import click
+import numpy as np
+
+
+def shard_of(item_id: str, shards: int) -> int:
+    """Stable shard assignment: the same item lands on the same shard in every build."""
+    return zlib.crc32(item_id.encode("utf-8")) % shards
+
+
+@click.group()
+def index() -> None:
+    """Build retrieval index versions (ScaNN or exact, whole or sharded)."""
+
+
+@index.command()
+@click.argument("source", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Index root to add the new version to (with --shards, shard-<i>/ folders under it).",
+)
+@click.option(
+    "--ann",
+    type=click.Choice(["auto", "scann", "exact"]),
+    default="auto",
+    show_default=True,
+    help="auto: ScaNN above 20,000 items, exact search below.",
+)
+@click.option(
+    "--shards",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Split the catalog across this many shards (separate retrieval replicas + a router).",
+)
+@click.option("--leaves", type=click.IntRange(2, 1_000_000), default=None, help="ScaNN tree leaves [2 sqrt(N)].")
+@click.option(
+    "--search-fraction",
+    type=click.FloatRange(0.001, 1.0),
+    default=0.1,
+    show_default=True,
+    help="Share of the leaves searched per query.",
+)
+@click.option(
+    "--pre-reorder",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="Neighbours kept for exact re-scoring.",
+)
+def build(
+    source: Path, out: Path, ann: str, shards: int, leaves: int | None, search_fraction: float, pre_reorder: int
+) -> None:
+    """Build a new index version from SOURCE, an index version folder (as `aisle train` exports them)."""
+    from tqdm.auto import tqdm
+
+    from services.retrieval.build import EXACT_BELOW_ITEMS, ScannConfig, build_scann
+    from services.retrieval.index import InvalidIndex, latest_version, load_index, save_index
+
+    try:
+        artifact = load_index(latest_version(source))
+    except InvalidIndex as exc:
+        raise click.ClickException(f"cannot read the source index: {exc}") from None
+    ids = np.array(artifact.item_ids)
+    assignment = (
+        np.array([shard_of(item, shards) for item in artifact.item_ids]) if shards > 1 else np.zeros(len(ids), int)
+    )
+    if shards > 1:
+        # The router's global query data: every item's vector and the query tower, searched by no one.
+        router = save_index(
+            out / "router",
+            item_ids=artifact.item_ids,
+            embeddings=artifact.embeddings,
+            popularity=artifact.popularity,
+            categories=artifact.categories,
+            brands=artifact.brands,
+            model_name=artifact.model_name,
+            model_version=artifact.model_version,
+            regions=artifact.regions,
+            sold_in=artifact.sold_in,
+            region_popularity=artifact.region_popularity,
+            trending=artifact.trending,
+            stock=artifact.stock,
+            query_tower=artifact.query_tower,
+        )
+        click.echo(f"wrote {router} (router query data, {len(artifact)} items)")
+    with tqdm(total=shards, desc="building index", unit="shard") as bar:
+        for shard in range(shards):
+            rows = np.flatnonzero(assignment == shard)
+            use_scann = ann == "scann" or (ann == "auto" and rows.size > EXACT_BELOW_ITEMS)
+            build_ann = None
+            if use_scann:
+                config = ScannConfig.for_items(rows.size, search_fraction)
+                if leaves:
+                    config = ScannConfig(
+                        **{
+                            **config.__dict__,
+                            "num_leaves": min(leaves, rows.size),
+                            "leaves_to_search": max(1, int(min(leaves, rows.size) * search_fraction)),
+                        }
+                    )
+                config = ScannConfig(
+                    **{
+                        **config.__dict__,
+                        "pre_reorder_num_neighbors": pre_reorder,
+                        "reorder_num_neighbors": pre_reorder,
+                    }
+                )
+
+                def build_ann(embeddings, folder, config=config):
+                    return build_scann(embeddings, folder, config)
+
+            bar.set_postfix(shard=shard, items=rows.size, ann="scann" if use_scann else "exact")
+            path = save_index(
+                out / f"shard-{shard}" if shards > 1 else out,
+                item_ids=list(ids[rows]),
+                embeddings=artifact.embeddings[rows],
+                popularity=artifact.popularity[rows],
+                categories=[artifact.categories[r] for r in rows],
+                brands=[artifact.brands[r] for r in rows],
+                model_name=artifact.model_name,
+                model_version=artifact.model_version,
+                regions=artifact.regions,
+                sold_in=artifact.sold_in[rows],
+                region_popularity=artifact.region_popularity[:, rows],
+                trending=artifact.trending[rows],
+                stock=artifact.stock[rows],
+                query_tower=artifact.query_tower,
+                build_ann=build_ann,
+            )
+            bar.update()
+            click.echo(f"wrote {path} ({rows.size} items, {'scann' if use_scann else 'exact'})")

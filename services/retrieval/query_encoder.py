@@ -1,0 +1,84 @@
+"""Turns a subject's recent items into a query vector, in-process, so callers send history, not vectors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from services.core.onnx_runtime import check_onnxruntime_install
+from services.retrieval.index import InvalidIndex
+
+log = logging.getLogger(__name__)
+
+HISTORY_INPUT = "history_item_ids"
+QUERY_OUTPUT = "query_embedding"
+
+
+class QueryEncoder(Protocol):
+    name: str
+
+    def encode(self, history_rows: list[int]) -> np.ndarray:
+        """A float32 [dimension] query for a history of index rows (oldest first, at least one)."""
+
+
+class MeanEmbeddingEncoder:
+    """Recency-weighted mean of the history's item vectors: the fallback for indexes without a query tower."""
+
+    name = "mean_embedding"
+
+    def __init__(self, embeddings: np.ndarray, decay: float = 0.85):
+        self.embeddings, self.decay = embeddings, decay
+
+    def encode(self, history_rows: list[int]) -> np.ndarray:
+        weights = self.decay ** np.arange(len(history_rows) - 1, -1, -1, dtype=np.float32)
+        return (self.embeddings[history_rows] * weights[:, None]).sum(axis=0) / weights.sum()
+
+
+class OnnxQueryTower:
+    """The two-tower model's query tower, exported to ONNX and shipped inside the index version.
+
+    Contract: input ``history_item_ids`` INT64 [batch, L] (index row + 1, 0 = padding, left-padded, oldest
+    first); output ``query_embedding`` FP32 [batch, dimension]. Checked and warmed up on load.
+    """
+
+    name = "query_tower"
+
+    def __init__(self, path: Path, dimension: int, item_count: int, threads: int = 1):
+        check_onnxruntime_install()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own types for invalid files
+            raise InvalidIndex(f"{path}: ONNX Runtime cannot load the query tower: {exc}") from None
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        outputs = {o.name: o for o in self._session.get_outputs()}
+        history = inputs.get(HISTORY_INPUT)
+        if history is None or history.type != "tensor(int64)" or len(history.shape) != 2:
+            raise InvalidIndex(f"{path}: query tower needs input {HISTORY_INPUT!r} INT64 [batch, length]")
+        if not isinstance(history.shape[1], int):
+            raise InvalidIndex(f"{path}: query tower's history length must be fixed, got {history.shape[1]!r}")
+        if QUERY_OUTPUT not in outputs:
+            raise InvalidIndex(f"{path}: query tower has no output {QUERY_OUTPUT!r}")
+        if set(inputs) != {HISTORY_INPUT}:
+            raise InvalidIndex(f"{path}: unsupported query tower inputs {sorted(inputs)}")
+        self.length = int(history.shape[1])
+        self.dimension = dimension
+        warm = self._run(np.array([min(1, item_count)] * 2, dtype=np.int64))
+        if warm.shape != (dimension,) or not np.isfinite(warm).all():
+            raise InvalidIndex(f"{path}: query tower gives {warm.shape} vectors, the index has {dimension} dims")
+
+    def _run(self, tokens: np.ndarray) -> np.ndarray:
+        history = np.zeros((1, self.length), dtype=np.int64)
+        tail = tokens[-self.length :]
+        history[0, self.length - tail.size :] = tail
+        return self._session.run([QUERY_OUTPUT], {HISTORY_INPUT: history})[0][0]
+
+    def encode(self, history_rows: list[int]) -> np.ndarray:
+        return self._run(np.asarray(history_rows, dtype=np.int64) + 1)

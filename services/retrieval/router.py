@@ -1,0 +1,171 @@
+"""A thin retrieval front for a sharded catalog: fans each request out to every shard and merges top-k.
+
+Each shard is an ordinary retrieval service serving a slice of the catalog (``aisle index build --shards N``
+writes ``shard-<i>/`` folders and a ``router/`` folder with every item's vector and the query tower, which the
+router memory-maps to encode queries; its ``index_path`` points there).
+Scores within one source are comparable across shards (same query vector, same popularity counts), so the merge
+is a top-k by score per source. A shard that fails or runs late is dropped and the answer flagged; only when no
+shard answers does the call fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from aisle.common.v1 import common_pb2
+from aisle.retrieval.v1 import retrieval_service_pb2 as pb
+from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
+from services.core.channels import create_channel
+from services.core.errors import DependencyUnavailable, NotReady
+from services.core.health import wait_until_serving
+from services.retrieval.index import latest_version, load_index
+from services.retrieval.query_encoder import MeanEmbeddingEncoder, OnnxQueryTower
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RetrievalService"].full_name
+
+
+def merge_shard_responses(responses: list[pb.RetrieveResponse], k: int) -> pb.RetrieveResponse:
+    """Top-k per source by score (ties by item id) over every shard's candidates."""
+    by_source: dict[int, list[pb.Candidate]] = defaultdict(list)
+    order: list[int] = []
+    for response in responses:
+        for candidate in response.candidates:
+            if candidate.source not in by_source:
+                order.append(candidate.source)
+            by_source[candidate.source].append(candidate)
+    merged = pb.RetrieveResponse()
+    for source in order:
+        best = sorted(by_source[source], key=lambda c: (-c.score, c.item_id))[:k]
+        for rank, candidate in enumerate(best):
+            copy = merged.candidates.add()
+            copy.CopyFrom(candidate)
+            copy.source_rank = rank
+    versions = sorted({r.index_version.version for r in responses})
+    merged.index_version.CopyFrom(common_pb2.ArtifactVersion(kind="index", name="items", version="+".join(versions)))
+    for response in responses:
+        merged.degradations.extend(response.degradations)
+    return merged
+
+
+class QueryResolver:
+    """The router's global view for encoding: every item's vector (memory-mapped) and the query tower.
+
+    Shards hold only their slice, so the router encodes the whole history once and sends the vectors down;
+    it also names, for each two-tower candidate, the history item it is closest to.
+    """
+
+    def __init__(self, path: Path, threads: int = 1):
+        self.artifact = load_index(path, mmap=True)
+        self.rows = {item: row for row, item in enumerate(self.artifact.item_ids)}
+        if self.artifact.query_tower is not None:
+            self.encoder = OnnxQueryTower(
+                self.artifact.query_tower, self.artifact.dimension, len(self.artifact), threads
+            )
+        else:
+            self.encoder = MeanEmbeddingEncoder(self.artifact.embeddings)
+
+    def resolve(self, request: pb.RetrieveRequest) -> pb.RetrieveRequest:
+        """The request with ``history_query_vector`` and ``anchor_vectors`` filled in."""
+        resolved = pb.RetrieveRequest()
+        resolved.CopyFrom(request)
+        history_rows = [self.rows[i.item_id] for i in request.history if i.item_id in self.rows]
+        if request.consent and history_rows:
+            resolved.history_query_vector[:] = self.encoder.encode(history_rows).tolist()
+        for item in request.anchor_item_ids:
+            if item in self.rows:
+                resolved.anchor_vectors.add(item_id=item, vector=self.artifact.embeddings[self.rows[item]].tolist())
+        return resolved
+
+    def name_history_anchors(self, request: pb.RetrieveRequest, response: pb.RetrieveResponse) -> None:
+        history = list(dict.fromkeys(self.rows[i.item_id] for i in request.history if i.item_id in self.rows))
+        two_tower = [c for c in response.candidates if c.source == common_pb2.CANDIDATE_SOURCE_TWO_TOWER]
+        if not history or not two_tower or not request.consent:
+            return
+        embeddings = self.artifact.embeddings
+        vectors = np.stack([embeddings[self.rows[c.item_id]] for c in two_tower])
+        best = (vectors @ np.asarray(embeddings[history]).T).argmax(axis=1)
+        for candidate, choice in zip(two_tower, best, strict=True):
+            candidate.anchor_item_id = self.artifact.item_ids[history[int(choice)]]
+
+
+class ShardRouter(pb_grpc.RetrievalServiceServicer):
+    def __init__(
+        self, targets: list[str], timeout_s: float, max_message_bytes: int, query_path: Path, threads: int = 1
+    ):
+        self.targets, self.timeout_s, self.max_message_bytes = targets, timeout_s, max_message_bytes
+        self.query_path, self.threads = query_path, threads
+        self.resolver: QueryResolver | None = None
+        self.stubs: list[pb_grpc.RetrievalServiceStub] = []
+        self._channels: list[grpc.aio.Channel] = []
+
+    async def connect(self, log_every_s: float = 5.0) -> None:
+        """Loads the global query data, opens a channel per shard and waits until every shard is SERVING."""
+        self.resolver = await asyncio.to_thread(QueryResolver, latest_version(self.query_path), self.threads)
+        for target in self.targets:
+            channel = create_channel(target, [SERVICE_NAME], max_message_bytes=self.max_message_bytes)
+            self._channels.append(channel)
+            self.stubs.append(pb_grpc.RetrievalServiceStub(channel))
+        for target, channel in zip(self.targets, self._channels, strict=True):
+            await wait_until_serving(channel, SERVICE_NAME, log_every_s, what=f"index shard {target}")
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+    async def _fan_out(self, method: str, request, context):
+        remaining = context.time_remaining()
+        timeout = self.timeout_s if remaining is None else min(self.timeout_s, remaining)
+        calls = [getattr(stub, method)(request, timeout=timeout) for stub in self.stubs]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    async def Retrieve(self, request: pb.RetrieveRequest, context) -> pb.RetrieveResponse:  # noqa: N802
+        if self.resolver is None:
+            raise NotReady("router not connected to its shards yet")
+        results = await self._fan_out("Retrieve", self.resolver.resolve(request), context)
+        answered, dropped = [], []
+        for target, result in zip(self.targets, results, strict=True):
+            if isinstance(result, grpc.aio.AioRpcError):
+                if result.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    # Every shard validates alike: pass the caller's error on with its details.
+                    await context.abort(result.code(), result.details(), result.trailing_metadata())
+                dropped.append((target, result.code().name))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                answered.append(result)
+        if not answered:
+            raise DependencyUnavailable(
+                f"no index shard answered: {', '.join(f'{t} {c}' for t, c in dropped)}", reason="SHARDS_UNAVAILABLE"
+            )
+        merged = merge_shard_responses(answered, request.k)
+        self.resolver.name_history_anchors(request, merged)
+        for target, code in dropped:
+            log.warning("shard %s dropped: %s", target, code)
+            merged.degradations.add(
+                reason=common_pb2.DEGRADATION_REASON_SOURCE_DROPPED, stage=f"shard {target}", detail=code
+            )
+        return merged
+
+    async def UpdateAvailability(  # noqa: N802
+        self, request: pb.UpdateAvailabilityRequest, context
+    ) -> pb.UpdateAvailabilityResponse:
+        results = await self._fan_out("UpdateAvailability", request, context)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            error = failed[0]
+            if isinstance(error, grpc.aio.AioRpcError):
+                await context.abort(error.code(), error.details(), error.trailing_metadata())
+            raise error
+        unknown = set.intersection(*(set(r.unknown_item_ids) for r in results)) if results else set()
+        return pb.UpdateAvailabilityResponse(
+            applied_count=sum(r.applied_count for r in results),
+            unknown_item_ids=[u.item_id for u in request.updates if u.item_id in unknown],
+        )

@@ -1,0 +1,235 @@
+"""What the retrieval service serves: an index version with its searcher, query encoder and live availability.
+
+:class:`IndexHolder` swaps a whole :class:`ServingIndex` in one assignment, so a request sees one version from
+start to end. A new version is validated (checksums, shapes, query tower, a recall spot-check against exact
+search) before it replaces the old one; a bad one is refused with a log line and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aisle.retrieval.v1 import retrieval_service_pb2 as pb
+from services.retrieval.build import searcher_for, spot_check_recall
+from services.retrieval.index import IndexArtifact, InvalidIndex, latest_version, load_index
+from services.retrieval.query_encoder import MeanEmbeddingEncoder, OnnxQueryTower, QueryEncoder
+from services.retrieval.search import ExactSearcher, FilteredSearch
+
+log = logging.getLogger(__name__)
+
+
+class Availability:
+    """Stock and sold-in regions for one index version, changed in place by availability updates.
+
+    Base masks (in stock and sold in a region) are cached per region and rebuilt only after an update.
+    """
+
+    def __init__(self, artifact: IndexArtifact):
+        self.stock = artifact.stock.copy()
+        self.sold_in = artifact.sold_in.copy()
+        self._masks: dict[tuple[int | None, bool], tuple[np.ndarray, int]] = {}
+
+    def apply(self, row: int, stock: int, region_columns: list[int] | None) -> None:
+        self.stock[row] = stock
+        if region_columns is not None:
+            self.sold_in[row] = False
+            self.sold_in[row, region_columns] = True
+        self._masks.clear()
+
+    def base_mask(self, region_column: int | None, include_out_of_stock: bool) -> tuple[np.ndarray, int]:
+        """(read-only mask, allowed count) of items sold in the region and (unless asked otherwise) in stock."""
+        key = (region_column, include_out_of_stock)
+        cached = self._masks.get(key)
+        if cached is None:
+            mask = np.ones(len(self.stock), dtype=bool) if include_out_of_stock else self.stock > 0
+            if region_column is not None:
+                mask &= self.sold_in[:, region_column]
+            mask.flags.writeable = False
+            cached = self._masks[key] = (mask, int(mask.sum()))
+        return cached
+
+
+@dataclass
+class ServingIndex:
+    artifact: IndexArtifact
+    rows: dict[str, int]
+    search: FilteredSearch
+    encoder: QueryEncoder
+    availability: Availability
+    brand_codes: np.ndarray
+    brand_vocabulary: dict[str, int]
+    category_codes: np.ndarray
+    category_vocabulary: dict[str, int]
+    loaded_at: float
+    #: Precomputed descending orders of static scores (popularity per region, trending), filled on first use.
+    orders: dict = field(default_factory=dict)
+
+    @property
+    def version(self) -> str:
+        return self.artifact.version
+
+
+def _codes(values: list[str]) -> tuple[np.ndarray, dict[str, int]]:
+    vocabulary: dict[str, int] = {}
+    codes = np.fromiter((vocabulary.setdefault(v, len(vocabulary)) for v in values), dtype=np.int32, count=len(values))
+    return codes, vocabulary
+
+
+def open_index(path: Path, exact_threshold: int, min_recall: float, threads: int = 1) -> ServingIndex:
+    """Loads and validates one version (blocking: run it in a thread)."""
+    artifact = load_index(path)
+    exact = ExactSearcher(artifact.embeddings)
+    try:
+        searcher = searcher_for(artifact)
+    except Exception as exc:  # ScaNN raises RuntimeError on unreadable assets
+        raise InvalidIndex(f"{path}: cannot load the ScaNN searcher: {exc}") from None
+    recall = spot_check_recall(searcher, artifact.embeddings) if searcher is not exact else 1.0
+    if recall < min_recall:
+        raise InvalidIndex(f"{path}: recall spot-check {recall:.3f} is below {min_recall:.3f}")
+    if artifact.query_tower is not None:
+        encoder: QueryEncoder = OnnxQueryTower(artifact.query_tower, artifact.dimension, len(artifact), threads)
+    else:
+        encoder = MeanEmbeddingEncoder(artifact.embeddings)
+    brand_codes, brands = _codes(artifact.brands)
+    category_codes, categories = _codes(artifact.categories)
+    log.info(
+        "index %s ok: %d items x %d dims, %s search (spot-check recall@10 %.3f), %s queries",
+        artifact.version,
+        len(artifact),
+        artifact.dimension,
+        searcher.name,
+        recall,
+        encoder.name,
+    )
+    return ServingIndex(
+        artifact=artifact,
+        rows={item: row for row, item in enumerate(artifact.item_ids)},
+        search=FilteredSearch(searcher, exact, exact_threshold=exact_threshold),
+        encoder=encoder,
+        availability=Availability(artifact),
+        brand_codes=brand_codes,
+        brand_vocabulary=brands,
+        category_codes=category_codes,
+        category_vocabulary=categories,
+        loaded_at=time.time(),
+    )
+
+
+@dataclass(frozen=True)
+class _Update:
+    stock: int
+    regions: tuple[str, ...] | None
+    at: float
+
+
+class IndexHolder:
+    """The index being served, its swaps, and the availability updates that outlive swaps."""
+
+    def __init__(self, exact_threshold: int = 20_000, min_recall: float = 0.8, threads: int = 1):
+        self.exact_threshold, self.min_recall, self.threads = exact_threshold, min_recall, threads
+        self.current: ServingIndex | None = None
+        self.refused: set[Path] = set()
+        self._updates: dict[str, _Update] = {}
+        self._swap_lock = asyncio.Lock()
+
+    async def load_latest(self, root: Path) -> None:
+        """Serves the newest version under ``root``; raises if it cannot (the start-up path)."""
+        path = latest_version(root)
+        if not await self.swap(path):
+            raise InvalidIndex(f"{path} was refused; see the log line above")
+
+    async def swap(self, path: Path) -> bool:
+        """Validates ``path`` and serves it. False (old version keeps serving) when it is refused."""
+        async with self._swap_lock:
+            try:
+                candidate = await asyncio.to_thread(
+                    open_index, path, self.exact_threshold, self.min_recall, self.threads
+                )
+            except InvalidIndex as exc:
+                self.refused.add(path)
+                serving = self.current.version if self.current else "nothing"
+                log.error("refused index %s: %s; still serving %s", path, exc, serving)
+                return False
+            self._reapply_updates(candidate)
+            self.current = candidate
+            log.info("now serving index %s from %s", candidate.version, path)
+            return True
+
+    def apply_availability(self, updates: Iterable[pb.AvailabilityUpdate]) -> tuple[int, list[str]]:
+        """Applies updates to the serving index and remembers them for later versions."""
+        serving = self.current
+        applied, unknown = 0, []
+        now = time.time()
+        for update in updates:
+            regions = tuple(update.sold_in_regions) if update.set_regions else None
+            row = serving.rows.get(update.item_id) if serving else None
+            if row is None:
+                unknown.append(update.item_id)
+                continue
+            self._updates[update.item_id] = _Update(int(update.stock), regions, now)
+            _apply(serving, row, self._updates[update.item_id])
+            applied += 1
+        return applied, unknown
+
+    def _reapply_updates(self, index: ServingIndex) -> None:
+        """Updates newer than the version's build carry over; older ones are superseded by its data."""
+        created = index.artifact.created_at
+        for item, update in list(self._updates.items()):
+            if update.at <= created:
+                del self._updates[item]
+            elif (row := index.rows.get(item)) is not None:
+                _apply(index, row, update)
+
+
+def _apply(index: ServingIndex, row: int, update: _Update) -> None:
+    columns = None
+    if update.regions is not None:
+        columns = [c for c in (index.artifact.region_column(r) for r in update.regions) if c is not None]
+    index.availability.apply(row, update.stock, columns)
+
+
+class IndexWatcher:
+    """Polls the index root and swaps in newer versions as they appear (each is tried once)."""
+
+    def __init__(self, holder: IndexHolder, root: Path, interval_s: float):
+        self.holder, self.root, self.interval_s = holder, root, interval_s
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        if self.interval_s > 0 and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="index-watcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def check_once(self) -> bool:
+        """Swaps in the newest version if it is new and not refused before; True if a swap happened."""
+        try:
+            newest = latest_version(self.root)
+        except InvalidIndex:
+            return False
+        serving = self.holder.current
+        if newest in self.holder.refused or (serving is not None and serving.artifact.path == newest):
+            return False
+        return await self.holder.swap(newest)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.check_once()
+            except Exception:  # the watcher must outlive any one bad version
+                log.exception("index watcher: check failed")

@@ -1,0 +1,193 @@
+"""The retrieval service on real in-process gRPC servers: validation, filters, availability, hot swap, shards."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import grpc
+import numpy as np
+import pytest
+
+from aisle.common.v1 import common_pb2 as common
+from aisle.retrieval.v1 import retrieval_service_pb2 as pb
+from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
+from services.core.errors import details_of
+from services.core.server import ServiceHost
+from services.retrieval.app import build_application
+from services.retrieval.index import METADATA_FILE, latest_version
+from services.retrieval.index_cli import index as index_cli
+from services.retrieval.settings import RetrievalSettings
+from tests.integration.conftest import serving
+from tests.support.retrieval import write_index
+
+TWO_TOWER, POPULAR, I2I = (
+    common.CANDIDATE_SOURCE_TWO_TOWER, common.CANDIDATE_SOURCE_POPULARITY, common.CANDIDATE_SOURCE_ITEM_TO_ITEM,
+)
+
+
+def settings_for(path, **extra) -> RetrievalSettings:
+    values = {"host": "127.0.0.1", "port": 0, "metrics_port": None, "index_path": path, "index_poll_s": 0, **extra}
+    return RetrievalSettings(**values)
+
+
+@contextlib.asynccontextmanager
+async def retrieval(path, **extra):
+    settings = settings_for(path, **extra)
+    async with serving(ServiceHost(settings, build_application(settings))) as host:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+            yield host, pb_grpc.RetrievalServiceStub(channel)
+
+
+def request(k=20, sources=(TWO_TOWER, POPULAR), history=("I00010", "I00020"), **fields) -> pb.RetrieveRequest:
+    message = pb.RetrieveRequest(
+        k=k, sources=list(sources), consent=True,
+        history=[common.Interaction(item_id=i, event_type=common.EVENT_TYPE_VIEW) for i in history],
+    )
+    for name, value in fields.items():
+        if name == "region":
+            message.context.region = value
+        else:
+            setattr(message, name, value)
+    return message
+
+
+def candidate_keys(response: pb.RetrieveResponse) -> list[tuple]:
+    return [(c.item_id, c.source, c.source_rank, round(c.score, 4), c.anchor_item_id) for c in response.candidates]
+
+
+@pytest.fixture(scope="module")
+def index_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("retrieval")
+    write_index(root, version="20260101T000000Z")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda r: setattr(r, "k", 0), "k"),
+        (lambda r: setattr(r, "k", -5), "k"),
+        (lambda r: setattr(r, "k", 2001), "k"),
+        (lambda r: setattr(r.context, "region", "ZZ"), "context.region"),
+        (lambda r: r.history.extend([common.Interaction(item_id="I00001")] * 201), "history"),
+        (lambda r: r.sources.append(common.CANDIDATE_SOURCE_FALLBACK_CACHE), "sources[2]"),
+        (lambda r: r.anchor_item_ids.append("x" * 300), "anchor_item_ids[0]"),
+    ],
+)
+async def test_invalid_requests_name_the_field(index_root, mutate, field):
+    message = request()
+    mutate(message)
+    async with retrieval(index_root) as (_, stub):
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await stub.Retrieve(message, timeout=5)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in details_of(failure.value)[1]
+
+
+async def test_filters_region_stock_brands_categories_and_purchases(index_root):
+    async with retrieval(index_root) as (host, stub):
+        holder_index = host.app  # noqa: F841 (the host keeps the app alive)
+        message = request(k=200, sources=(TWO_TOWER, POPULAR, I2I), region="FR")
+        message.anchor_item_ids.append("I00030")
+        message.exclusions.brands.append("b3")
+        message.exclusions.categories.append("c1")
+        message.exclude_purchased = True
+        message.history.add(item_id="I00001", event_type=common.EVENT_TYPE_PURCHASE)
+        reply = await stub.Retrieve(message, timeout=5)
+    artifact_dir = latest_version(index_root)
+    from services.retrieval.index import load_index
+
+    artifact = load_index(artifact_dir)
+    rows = {item: row for row, item in enumerate(artifact.item_ids)}
+    assert {c.source for c in reply.candidates} == {TWO_TOWER, POPULAR, I2I}
+    for candidate in reply.candidates:
+        row = rows[candidate.item_id]
+        assert artifact.sold_in[row, artifact.region_column("FR")], candidate.item_id
+        assert artifact.stock[row] > 0
+        assert artifact.brands[row] != "b3" and artifact.categories[row] != "c1"
+        assert candidate.item_id not in {"I00001", "I00030"}
+    assert sum(c.source == POPULAR for c in reply.candidates) == 200
+
+
+async def test_availability_update_applies_without_rebuild(index_root):
+    async with retrieval(index_root) as (_, stub):
+        before = await stub.Retrieve(request(k=5, sources=(POPULAR,)), timeout=5)
+        top = before.candidates[0].item_id
+        update = await stub.UpdateAvailability(
+            pb.UpdateAvailabilityRequest(updates=[pb.AvailabilityUpdate(item_id=top, stock=0),
+                                                  pb.AvailabilityUpdate(item_id="ghost", stock=3)]),
+            timeout=5,
+        )
+        assert update.applied_count == 1 and list(update.unknown_item_ids) == ["ghost"]
+        after = await stub.Retrieve(request(k=5, sources=(POPULAR,)), timeout=5)
+        assert top not in {c.item_id for c in after.candidates}
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await stub.UpdateAvailability(
+                pb.UpdateAvailabilityRequest(updates=[pb.AvailabilityUpdate(item_id=top, set_regions=True,
+                                                                            sold_in_regions=["Mars"])]),
+                timeout=5,
+            )
+        assert "updates[0].sold_in_regions[0]" in details_of(failure.value)[1]
+
+
+async def test_hot_swap_under_concurrent_requests_with_zero_failed_calls(tmp_path):
+    write_index(tmp_path, version="20260101T000000Z", seed=0)
+    async with retrieval(tmp_path, index_poll_s=0.05) as (_, stub):
+        versions: set[str] = set()
+        failures: list[BaseException] = []
+        stop = asyncio.Event()
+
+        async def client():
+            while not stop.is_set():
+                try:
+                    reply = await stub.Retrieve(request(k=50), timeout=5)
+                    assert len(reply.candidates) == 100
+                    versions.add(reply.index_version.version)
+                except Exception as error:  # every failure counts
+                    failures.append(error)
+
+        clients = [asyncio.create_task(client()) for _ in range(4)]
+        await asyncio.sleep(0.2)
+        # A corrupt version appears first: refused, the old one keeps serving.
+        bad = write_index(tmp_path, version="20260102T000000Z", seed=1)
+        (bad / "item_embeddings.npy").write_bytes(b"garbage")
+        await asyncio.sleep(0.5)
+        assert versions == {"20260101T000000Z"}
+        write_index(tmp_path, version="20260103T000000Z", seed=2)
+        for _ in range(100):
+            if "20260103T000000Z" in versions:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        stop.set()
+        await asyncio.gather(*clients)
+    assert not failures, failures[:3]
+    assert versions == {"20260101T000000Z", "20260103T000000Z"}
+
+
+async def test_two_shards_behind_a_router_equal_the_unsharded_index(tmp_path):
+    whole = tmp_path / "whole"
+    write_index(whole, count=4000, version="20260101T000000Z")
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(index_cli, ["build", str(whole), "--out", str(tmp_path / "sharded"), "--shards", "2",
+                                            "--ann", "exact"])
+    assert result.exit_code == 0, result.output
+    messages = [request(k=30, sources=(TWO_TOWER, POPULAR)), request(k=25, sources=(I2I,), region="DE"),
+                request(k=10, sources=(common.CANDIDATE_SOURCE_COLD_START,), history=())]
+    messages[1].anchor_item_ids.extend(["I00003", "I00400"])
+    async with retrieval(whole) as (_, single), \
+            retrieval(tmp_path / "sharded" / "shard-0") as (shard0, _), \
+            retrieval(tmp_path / "sharded" / "shard-1") as (shard1, _):
+        targets = f"127.0.0.1:{shard0.port},127.0.0.1:{shard1.port}"
+        async with retrieval(tmp_path / "sharded" / "router", shard_targets=targets) as (_, router):
+            for message in messages:
+                want = await single.Retrieve(message, timeout=5)
+                got = await router.Retrieve(message, timeout=5)
+                assert candidate_keys(got) == candidate_keys(want)
+                assert not got.degradations
+            sizes = [len(json.loads((latest_version(tmp_path / "sharded" / f"shard-{i}") / METADATA_FILE)
+                                    .read_text())["checksums"]) for i in range(2)]
+            assert all(sizes)
