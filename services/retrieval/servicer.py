@@ -70,16 +70,11 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             with tracer.start_as_current_span(source.name) as source_span:
                 found = source.retrieve(index, query)
                 source_span.set_attribute("aisle.candidates", len(found))
-            for rank, candidate in enumerate(found):
-                response.candidates.append(
-                    pb.Candidate(
-                        item_id=artifact.item_ids[candidate.row],
-                        score=candidate.score,
-                        source=candidate.source,
-                        source_rank=rank,
-                        anchor_item_id=candidate.anchor,
-                    )
-                )
+            add = response.candidates.add
+            anchors = found.anchors or [""] * len(found)
+            items = index.item_id_array[found.rows].tolist()
+            for rank, (item, score, anchor) in enumerate(zip(items, found.scores.tolist(), anchors, strict=True)):
+                add(item_id=item, score=score, source=source_id, source_rank=rank, anchor_item_id=anchor)
         return response
 
     @staticmethod

@@ -32,11 +32,19 @@ class Query:
 
 
 @dataclass(frozen=True)
-class SourcedCandidate:
-    row: int
-    score: float
+class Sourced:
+    """One source's candidates, best first: index rows, scores, and (optionally) the item that led to each."""
+
     source: int  # common_pb2.CandidateSource value
-    anchor: str = ""  # the history or anchor item id that led here
+    rows: np.ndarray
+    scores: np.ndarray
+    anchors: list[str] | None = None
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def anchor(self, i: int) -> str:
+        return self.anchors[i] if self.anchors is not None else ""
 
 
 class Source(Protocol):
@@ -45,7 +53,7 @@ class Source(Protocol):
     name: str
     source: int
 
-    def retrieve(self, index: ServingIndex, query: Query) -> list[SourcedCandidate]: ...
+    def retrieve(self, index: ServingIndex, query: Query) -> Sourced: ...
 
 
 def ranked_rows(index: ServingIndex, key: str, scores: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -89,14 +97,11 @@ class TwoTowerSource:
     name = "TwoTowerSource"
     source = common_pb2.CANDIDATE_SOURCE_TWO_TOWER
 
-    def retrieve(self, index: ServingIndex, query: Query) -> list[SourcedCandidate]:
+    def retrieve(self, index: ServingIndex, query: Query) -> Sourced:
         if query.history_vector is None:
-            return []
+            return _empty(self.source)
         rows, scores = index.search.search(query.history_vector, query.k, query.allowed, query.allowed_count)
-        anchors = nearest_history_item(index, rows, query.history_rows)
-        return [
-            SourcedCandidate(int(r), float(s), self.source, a) for r, s, a in zip(rows, scores, anchors, strict=True)
-        ]
+        return Sourced(self.source, rows, scores, nearest_history_item(index, rows, query.history_rows))
 
 
 class ItemToItemSource:
@@ -105,7 +110,7 @@ class ItemToItemSource:
     name = "ItemToItemSource"
     source = common_pb2.CANDIDATE_SOURCE_ITEM_TO_ITEM
 
-    def retrieve(self, index: ServingIndex, query: Query) -> list[SourcedCandidate]:
+    def retrieve(self, index: ServingIndex, query: Query) -> Sourced:
         anchors = list(dict(query.anchors).items())[-MAX_SEARCHED_ANCHORS:]
         best: dict[int, tuple[float, str]] = {}
         for anchor, vector in anchors:
@@ -114,7 +119,12 @@ class ItemToItemSource:
                 if row not in best or score > best[row][0]:
                     best[row] = (score, anchor)
         ordered = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[: query.k]
-        return [SourcedCandidate(row, score, self.source, anchor) for row, (score, anchor) in ordered]
+        return Sourced(
+            self.source,
+            np.array([row for row, _ in ordered], dtype=np.int64),
+            np.array([score for _, (score, _) in ordered], dtype=np.float32),
+            [anchor for _, (_, anchor) in ordered],
+        )
 
 
 class PopularitySource:
@@ -123,15 +133,14 @@ class PopularitySource:
     name = "PopularitySource"
     source = common_pb2.CANDIDATE_SOURCE_POPULARITY
 
-    def retrieve(self, index: ServingIndex, query: Query) -> list[SourcedCandidate]:
+    def retrieve(self, index: ServingIndex, query: Query) -> Sourced:
         region = query.region_column
         artifact = index.artifact
         if region is None:
             order, values = ranked_rows(index, "popularity", lambda: artifact.popularity)
         else:
             order, values = ranked_rows(index, f"popularity:{region}", lambda: artifact.region_popularity[region])
-        rows, scores = first_allowed(order, values, query.allowed, query.k)
-        return [SourcedCandidate(int(r), float(s), self.source) for r, s in zip(rows, scores, strict=True)]
+        return Sourced(self.source, *first_allowed(order, values, query.allowed, query.k))
 
 
 class TrendingSource:
@@ -140,10 +149,9 @@ class TrendingSource:
     name = "TrendingSource"
     source = common_pb2.CANDIDATE_SOURCE_TRENDING
 
-    def retrieve(self, index: ServingIndex, query: Query) -> list[SourcedCandidate]:
+    def retrieve(self, index: ServingIndex, query: Query) -> Sourced:
         order, values = ranked_rows(index, "trending", lambda: index.artifact.trending)
-        rows, scores = first_allowed(order, values, query.allowed, query.k)
-        return [SourcedCandidate(int(r), float(s), self.source) for r, s in zip(rows, scores, strict=True)]
+        return Sourced(self.source, *first_allowed(order, values, query.allowed, query.k))
 
 
 class ColdStartSource:
@@ -155,7 +163,7 @@ class ColdStartSource:
     def __init__(self, trending_weight: float = 0.3):
         self.trending_weight = trending_weight
 
-    def retrieve(self, index: ServingIndex, query: Query) -> list[SourcedCandidate]:
+    def retrieve(self, index: ServingIndex, query: Query) -> Sourced:
         artifact, region = index.artifact, query.region_column
 
         def blend() -> np.ndarray:
@@ -166,8 +174,11 @@ class ColdStartSource:
             )
 
         order, values = ranked_rows(index, f"cold_start:{region}", blend)
-        rows, scores = first_allowed(order, values, query.allowed, query.k)
-        return [SourcedCandidate(int(r), float(s), self.source) for r, s in zip(rows, scores, strict=True)]
+        return Sourced(self.source, *first_allowed(order, values, query.allowed, query.k))
+
+
+def _empty(source: int) -> Sourced:
+    return Sourced(source, np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32))
 
 
 def default_sources() -> list[Source]:

@@ -68,6 +68,8 @@ class ServingIndex:
     category_codes: np.ndarray
     category_vocabulary: dict[str, int]
     loaded_at: float
+    #: Item ids as a numpy array, for turning result rows into ids in one step.
+    item_id_array: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
     #: Precomputed descending orders of static scores (popularity per region, trending), filled on first use.
     orders: dict = field(default_factory=dict)
 
@@ -119,6 +121,7 @@ def open_index(path: Path, exact_threshold: int, min_recall: float, threads: int
         category_codes=category_codes,
         category_vocabulary=categories,
         loaded_at=time.time(),
+        item_id_array=np.array(artifact.item_ids, dtype=object),
     )
 
 

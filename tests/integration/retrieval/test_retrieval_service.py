@@ -7,7 +7,6 @@ import contextlib
 import json
 
 import grpc
-import numpy as np
 import pytest
 
 from aisle.common.v1 import common_pb2 as common
@@ -23,7 +22,9 @@ from tests.integration.conftest import serving
 from tests.support.retrieval import write_index
 
 TWO_TOWER, POPULAR, I2I = (
-    common.CANDIDATE_SOURCE_TWO_TOWER, common.CANDIDATE_SOURCE_POPULARITY, common.CANDIDATE_SOURCE_ITEM_TO_ITEM,
+    common.CANDIDATE_SOURCE_TWO_TOWER,
+    common.CANDIDATE_SOURCE_POPULARITY,
+    common.CANDIDATE_SOURCE_ITEM_TO_ITEM,
 )
 
 
@@ -42,7 +43,9 @@ async def retrieval(path, **extra):
 
 def request(k=20, sources=(TWO_TOWER, POPULAR), history=("I00010", "I00020"), **fields) -> pb.RetrieveRequest:
     message = pb.RetrieveRequest(
-        k=k, sources=list(sources), consent=True,
+        k=k,
+        sources=list(sources),
+        consent=True,
         history=[common.Interaction(item_id=i, event_type=common.EVENT_TYPE_VIEW) for i in history],
     )
     for name, value in fields.items():
@@ -116,8 +119,9 @@ async def test_availability_update_applies_without_rebuild(index_root):
         before = await stub.Retrieve(request(k=5, sources=(POPULAR,)), timeout=5)
         top = before.candidates[0].item_id
         update = await stub.UpdateAvailability(
-            pb.UpdateAvailabilityRequest(updates=[pb.AvailabilityUpdate(item_id=top, stock=0),
-                                                  pb.AvailabilityUpdate(item_id="ghost", stock=3)]),
+            pb.UpdateAvailabilityRequest(
+                updates=[pb.AvailabilityUpdate(item_id=top, stock=0), pb.AvailabilityUpdate(item_id="ghost", stock=3)]
+            ),
             timeout=5,
         )
         assert update.applied_count == 1 and list(update.unknown_item_ids) == ["ghost"]
@@ -125,8 +129,9 @@ async def test_availability_update_applies_without_rebuild(index_root):
         assert top not in {c.item_id for c in after.candidates}
         with pytest.raises(grpc.aio.AioRpcError) as failure:
             await stub.UpdateAvailability(
-                pb.UpdateAvailabilityRequest(updates=[pb.AvailabilityUpdate(item_id=top, set_regions=True,
-                                                                            sold_in_regions=["Mars"])]),
+                pb.UpdateAvailabilityRequest(
+                    updates=[pb.AvailabilityUpdate(item_id=top, set_regions=True, sold_in_regions=["Mars"])]
+                ),
                 timeout=5,
             )
         assert "updates[0].sold_in_regions[0]" in details_of(failure.value)[1]
@@ -172,15 +177,21 @@ async def test_two_shards_behind_a_router_equal_the_unsharded_index(tmp_path):
     write_index(whole, count=4000, version="20260101T000000Z")
     from click.testing import CliRunner
 
-    result = CliRunner().invoke(index_cli, ["build", str(whole), "--out", str(tmp_path / "sharded"), "--shards", "2",
-                                            "--ann", "exact"])
+    result = CliRunner().invoke(
+        index_cli, ["build", str(whole), "--out", str(tmp_path / "sharded"), "--shards", "2", "--ann", "exact"]
+    )
     assert result.exit_code == 0, result.output
-    messages = [request(k=30, sources=(TWO_TOWER, POPULAR)), request(k=25, sources=(I2I,), region="DE"),
-                request(k=10, sources=(common.CANDIDATE_SOURCE_COLD_START,), history=())]
+    messages = [
+        request(k=30, sources=(TWO_TOWER, POPULAR)),
+        request(k=25, sources=(I2I,), region="DE"),
+        request(k=10, sources=(common.CANDIDATE_SOURCE_COLD_START,), history=()),
+    ]
     messages[1].anchor_item_ids.extend(["I00003", "I00400"])
-    async with retrieval(whole) as (_, single), \
-            retrieval(tmp_path / "sharded" / "shard-0") as (shard0, _), \
-            retrieval(tmp_path / "sharded" / "shard-1") as (shard1, _):
+    async with (
+        retrieval(whole) as (_, single),
+        retrieval(tmp_path / "sharded" / "shard-0") as (shard0, _),
+        retrieval(tmp_path / "sharded" / "shard-1") as (shard1, _),
+    ):
         targets = f"127.0.0.1:{shard0.port},127.0.0.1:{shard1.port}"
         async with retrieval(tmp_path / "sharded" / "router", shard_targets=targets) as (_, router):
             for message in messages:
@@ -188,6 +199,35 @@ async def test_two_shards_behind_a_router_equal_the_unsharded_index(tmp_path):
                 got = await router.Retrieve(message, timeout=5)
                 assert candidate_keys(got) == candidate_keys(want)
                 assert not got.degradations
-            sizes = [len(json.loads((latest_version(tmp_path / "sharded" / f"shard-{i}") / METADATA_FILE)
-                                    .read_text())["checksums"]) for i in range(2)]
+            sizes = [
+                len(
+                    json.loads((latest_version(tmp_path / "sharded" / f"shard-{i}") / METADATA_FILE).read_text())[
+                        "checksums"
+                    ]
+                )
+                for i in range(2)
+            ]
             assert all(sizes)
+
+
+async def test_a_shard_that_is_down_is_dropped_and_flagged(tmp_path):
+    whole = tmp_path / "whole"
+    write_index(whole, count=2000, version="20260101T000000Z")
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(index_cli, ["build", str(whole), "--out", str(tmp_path / "s"), "--shards", "2"])
+    assert result.exit_code == 0, result.output
+    async with (
+        retrieval(tmp_path / "s" / "shard-0") as (shard0, _),
+        retrieval(tmp_path / "s" / "shard-1") as (
+            shard1,
+            _,
+        ),
+    ):
+        targets = f"127.0.0.1:{shard0.port},127.0.0.1:{shard1.port}"
+        async with retrieval(tmp_path / "s" / "router", shard_targets=targets) as (_, router):
+            await shard1.stop(grace=0, drain=0)
+            reply = await router.Retrieve(request(k=10, sources=(POPULAR,)), timeout=5)
+    assert len(reply.candidates) == 10
+    [degradation] = reply.degradations
+    assert degradation.reason == common.DEGRADATION_REASON_SOURCE_DROPPED and str(shard1.port) in degradation.stage

@@ -45,18 +45,19 @@ def test_first_allowed_scans_a_precomputed_order():
 def test_popularity_is_regional(index):
     de = PopularitySource().retrieve(index, query(index, region=1))
     expected = np.argsort(-index.artifact.region_popularity[1], kind="stable")[:10]
-    assert [c.row for c in de] == expected.tolist()
+    assert de.rows.tolist() == expected.tolist()
     overall = PopularitySource().retrieve(index, query(index))
-    assert [c.row for c in overall] == list(range(10))  # popularity decreases with row
-    assert all(c.source == common.CANDIDATE_SOURCE_POPULARITY for c in de)
+    assert overall.rows.tolist() == list(range(10))  # popularity decreases with row
+    assert de.source == common.CANDIDATE_SOURCE_POPULARITY
 
 
 def test_trending_and_cold_start(index):
     trending = TrendingSource().retrieve(index, query(index, k=3))
-    assert [c.row for c in trending] == [2999, 2998, 2997]
+    assert trending.rows.tolist() == [2999, 2998, 2997]
     cold = ColdStartSource(trending_weight=0.0).retrieve(index, query(index, k=5, region=0))
-    assert [c.row for c in cold] == np.argsort(-index.artifact.region_popularity[0], kind="stable")[:5].tolist()
-    assert all(c.source == common.CANDIDATE_SOURCE_COLD_START for c in cold)
+    expected = np.argsort(-np.log1p(index.artifact.region_popularity[0]), kind="stable")[:5]
+    assert cold.rows.tolist() == expected.tolist()
+    assert cold.source == common.CANDIDATE_SOURCE_COLD_START
 
 
 def test_sources_respect_the_allowed_mask(index):
@@ -64,23 +65,23 @@ def test_sources_respect_the_allowed_mask(index):
     allowed[1000:1100] = True
     for source in (PopularitySource(), TrendingSource(), ColdStartSource(), TwoTowerSource(), ItemToItemSource()):
         found = source.retrieve(index, query(index, k=20, history=[5, 6], anchors=[7], allowed=allowed))
-        assert found and all(allowed[c.row] for c in found), source.name
+        assert len(found) and allowed[found.rows].all(), source.name
 
 
 def test_two_tower_needs_history_and_names_an_anchor(index):
-    assert TwoTowerSource().retrieve(index, query(index)) == []
+    assert len(TwoTowerSource().retrieve(index, query(index))) == 0
     found = TwoTowerSource().retrieve(index, query(index, history=[10, 20, 30]))
-    assert len(found) == 10 and {c.anchor for c in found} <= {"I00010", "I00020", "I00030"}
-    scores = [c.score for c in found]
-    assert scores == sorted(scores, reverse=True)
+    assert len(found) == 10 and set(found.anchors) <= {"I00010", "I00020", "I00030"}
+    assert (np.diff(found.scores) <= 0).all()
 
 
 def test_item_to_item_takes_the_best_anchor_for_each_item(index):
     found = ItemToItemSource().retrieve(index, query(index, k=15, anchors=[1, 2]))
     embeddings = index.artifact.embeddings
-    for candidate in found:
-        best = max((1, 2), key=lambda a: float(embeddings[candidate.row] @ embeddings[a]))
-        assert candidate.anchor == index.artifact.item_ids[best]
+    assert len(found) == 15
+    for i, row in enumerate(found.rows.tolist()):
+        best = max((1, 2), key=lambda a: float(embeddings[row] @ embeddings[a]))
+        assert found.anchor(i) == index.artifact.item_ids[best]
 
 
 def test_availability_updates_change_the_base_mask(index):
@@ -141,8 +142,10 @@ def test_router_merge_is_top_k_per_source_across_shards():
 
     two, pop = common.CANDIDATE_SOURCE_TWO_TOWER, common.CANDIDATE_SOURCE_POPULARITY
     merged = merge_shard_responses(
-        [response("a", ("x", 0.9, two), ("y", 0.5, two), ("p", 10, pop)),
-         response("b", ("z", 0.7, two), ("q", 20, pop))],
+        [
+            response("a", ("x", 0.9, two), ("y", 0.5, two), ("p", 10, pop)),
+            response("b", ("z", 0.7, two), ("q", 20, pop)),
+        ],
         k=2,
     )
     assert [(c.item_id, c.source_rank) for c in merged.candidates if c.source == two] == [("x", 0), ("z", 1)]
