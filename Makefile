@@ -7,7 +7,7 @@ STAMP := $(VENV)/.aisle-installed
 export BUF_CACHE_DIR ?= $(CURDIR)/.cache/buf
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-integration test-e2e lint format proto proto-check k8s-check check train triton clean
+.PHONY: help setup demo test test-unit test-integration test-e2e lint format proto proto-check k8s-check check train triton bench-retrieval clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ test-integration: setup ## In-process gRPC servers on port 0 with real models
 
 test-e2e: setup ## The services as separate processes, and the demo
 	$(BIN)/python -m pytest tests/e2e
+
+bench-retrieval: setup ## Retrieval benchmark (1M x 64): ScaNN vs exact vs faiss, filters, Retrieve RPC at 200/s
+	$(BIN)/python bench/retrieval.py
 
 train: setup ## Train on the synthetic shop and export into model_repository/ and artifacts/index
 	$(BIN)/aisle train
