@@ -65,6 +65,17 @@ class BudgetExhausted(ServiceError):
     reason = "DEADLINE_TOO_SHORT"
 
 
+class ResourceExhausted(ServiceError):
+    """The service is overloaded; the caller should retry after ``retry_after_s`` (sent as RetryInfo)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "OVERLOADED"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class NotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
     reason = "NOT_FOUND"
@@ -86,6 +97,10 @@ def status_for(error: BaseException) -> grpc.Status:
             ]
         )
         details.append(_packed(request))
+    if isinstance(error, ResourceExhausted):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(int(error.retry_after_s * 1000))
+        details.append(_packed(retry))
     status = status_pb2.Status(code=_code_number(code), message=message, details=details)
     return rpc_status.to_status(status)
 

@@ -70,6 +70,9 @@ class ServiceHost:
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                 ("grpc.max_send_message_length", self.settings.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # Recycle client connections now and then, so clients spread onto pods added by a scale-up.
+                ("grpc.max_connection_age_ms", 300_000),
+                ("grpc.max_connection_age_grace_ms", 30_000),
             ],
         )
         self.app.register(server)

@@ -140,6 +140,10 @@ def run_demo(workdir: Path, retrain: bool = True) -> int:
         {
             "retrieval": {"index_path": str(workdir / "index")},
             "ranking": {"model_repository": str(workdir / "model_repository"), "model_name": MODEL_NAME},
+            "gateway": {
+                "catalog_path": str(workdir / "catalog.json"),
+                "event_log_path": str(workdir / "events" / "events.jsonl"),
+            },
         },
     )
     print("\n== starting retrieval, ranking and gateway as separate processes ==")
@@ -155,6 +159,39 @@ def run_demo(workdir: Path, retrain: bool = True) -> int:
             for title, request in demo_requests(workdir):
                 response, elapsed = call(stub, request)
                 show(title, response, catalog, elapsed)
+
+            print("\n== a guest buys two items (TrackEvents); the next answer follows ==")
+            guest = common.Subject(session_id="guest-9")
+            first_request = pb.RecommendRequest(
+                subject=guest,
+                surface=common.SURFACE_HOME,
+                consent=True,
+                k=5,
+                context=common.RequestContext(region="GB"),
+                experiment_variant_override="control",
+            )
+            before, elapsed = call(stub, first_request)
+            show("guest before any event", before, catalog, elapsed)
+            bought = [i.item_id for i in demo_requests(workdir)[0][1].history][-2:]
+            stub.TrackEvents(
+                pb.TrackEventsRequest(
+                    events=[
+                        pb.TrackedEvent(
+                            subject=guest,
+                            event_type=common.EVENT_TYPE_PURCHASE,
+                            item_id=item,
+                            quantity=1,
+                            consent=True,
+                            tracking_token=before.tracking_token,
+                        )
+                        for item in bought
+                    ]
+                ),
+                timeout=DEADLINE_S,
+            )
+            print(f"   tracked purchases of {', '.join(bought)}")
+            after, elapsed = call(stub, first_request)
+            show("guest after buying", after, catalog, elapsed)
 
             print("\n-- an invalid request (k = 1,000,000) --")
             bad = pb.RecommendRequest(subject=common.Subject(user_id="x"), surface=common.SURFACE_HOME, k=1_000_000)

@@ -8,6 +8,7 @@ import logging
 import grpc
 from prometheus_client import CollectorRegistry
 
+from aisle.common.v1 import common_pb2
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
 from aisle.ranking.v1 import ranking_service_pb2_grpc as ranking_grpc
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
@@ -17,7 +18,16 @@ from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
 from services.core.channels import create_channel
 from services.core.health import wait_until_serving
 from services.core.server import Application
-from services.gateway.servicer import GatewayMetrics, RecommendationServicer
+from services.gateway.cache import AnonymousCache
+from services.gateway.catalog import ItemCatalog
+from services.gateway.components.base import Dependencies
+from services.gateway.components.selectors import FeedbackStats
+from services.gateway.components.sources import PopularCache
+from services.gateway.events import EventSink, JsonlEventSink, NullEventSink
+from services.gateway.pipeline import PipelineMetrics
+from services.gateway.policies import load_policies
+from services.gateway.servicer import RecommendationServicer
+from services.gateway.sessions import InMemorySessionStore, SessionStore
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -64,14 +74,82 @@ class Downstream:
 
 
 def build_application(
-    settings: GatewaySettings, registry: CollectorRegistry | None = None, downstream: Downstream | None = None
+    settings: GatewaySettings,
+    registry: CollectorRegistry | None = None,
+    downstream: Downstream | None = None,
+    sessions: SessionStore | None = None,
+    events: EventSink | None = None,
 ) -> Application:
+    """Loads the catalog and the policies (refusing bad ones with a message saying where) and wires the servicer."""
     registry = registry if registry is not None else CollectorRegistry()
     downstream = downstream if downstream is not None else Downstream(settings)
-    servicer = RecommendationServicer(settings, downstream, GatewayMetrics(registry))
+    catalog = ItemCatalog.load(settings.catalog_path)
+    sessions = sessions if sessions is not None else build_session_store(settings)
+    events = events if events is not None else build_event_sink(settings)
+    deps = Dependencies(
+        downstream=downstream,
+        sessions=sessions,
+        feedback=FeedbackStats(),
+        popular_cache=PopularCache(),
+        events=events,
+    )
+    policies = load_policies(settings.policy_file, catalog, deps)
+    log.info(
+        "policies %s: %s; catalog %s with %d items and features %s",
+        policies.version,
+        ", ".join(sorted(policies.pipelines)),
+        settings.catalog_path,
+        len(catalog.items),
+        sorted(catalog.features),
+    )
+    servicer = RecommendationServicer(
+        settings, policies, catalog, deps, PipelineMetrics(registry), AnonymousCache(settings.anonymous_cache_ttl_s)
+    )
+
+    async def load() -> None:
+        await events.start()
+        await downstream.connect()
+        await warm_popular_cache(downstream, deps.popular_cache)
+
+    async def close() -> None:
+        await downstream.close()
+        await events.close()
+        await sessions.close()
+
     return Application(
         service_names=[SERVICE_NAME],
         register=lambda server: pb_grpc.add_RecommendationServiceServicer_to_server(servicer, server),
-        load=downstream.connect,
-        close=downstream.close,
+        load=load,
+        close=close,
     )
+
+
+def build_session_store(settings: GatewaySettings) -> SessionStore:
+    if settings.session_store == "redis":
+        from services.gateway.redis_store import RedisSessionStore
+
+        return RedisSessionStore(settings.redis_url, settings.session_ttl_s, settings.session_max_events)
+    return InMemorySessionStore(settings.session_ttl_s, settings.session_max_events)
+
+
+def build_event_sink(settings: GatewaySettings) -> EventSink:
+    if settings.event_log == "jsonl":
+        return JsonlEventSink(settings.event_log_path, settings.event_log_max_pending)
+    if settings.event_log == "redis":
+        from services.gateway.redis_store import RedisStreamEventSink
+
+        return RedisStreamEventSink(settings.redis_url, settings.event_log_max_pending)
+    return NullEventSink()
+
+
+async def warm_popular_cache(downstream: Downstream, cache: PopularCache, k: int = 100) -> None:
+    """Fills the fallback cache once at start-up, so even the first requests after a retrieval outage have an
+    answer. Later successful popularity answers keep it fresh per region."""
+    try:
+        reply = await downstream.retrieval.Retrieve(
+            retrieval_pb.RetrieveRequest(k=k, sources=[common_pb2.CANDIDATE_SOURCE_POPULARITY]), timeout=2.0
+        )
+    except grpc.aio.AioRpcError as error:
+        log.warning("could not warm the popular-items cache: %s", error.code().name)
+        return
+    cache.store("", [c.item_id for c in reply.candidates])

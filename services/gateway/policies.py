@@ -1,31 +1,241 @@
-"""Which candidate sources each surface uses. (Declarative, composable policies come with the gateway issue.)"""
+"""Policies: which components run for a surface (and per experiment variant), as data validated at start-up.
+
+A policy file (YAML) names policies, maps each surface to one, and may define an A/B/n experiment whose variants
+swap policies per surface. Start-up refuses a file with an unknown component, a bad parameter, a component whose
+catalog features are missing, a surface without a policy, or a variant naming an unknown policy, and says where.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aisle.common.v1 import common_pb2 as common
+from services.gateway.catalog import ItemCatalog
+from services.gateway.components.base import ComponentBase, Dependencies
+from services.gateway.components.filters import (
+    ComplianceFilter,
+    InStockFilter,
+    RecentlyBoughtFilter,
+    RequestExclusionFilter,
+)
+from services.gateway.components.scorers import ExpectedProfitScorer, RankingScorer
+from services.gateway.components.selectors import (
+    BrandQuotaSelector,
+    ExplorationSelector,
+    ExposureCapSelector,
+    MMRDiversitySelector,
+    SortSelector,
+    TruncateSelector,
+)
+from services.gateway.components.side_effects import ExposureLogger
+from services.gateway.components.sources import CachedPopularSource, RetrievalSource
+from services.gateway.pipeline import Pipeline
 
-POLICY_VERSION = "skeleton-1"
+DEFAULT_POLICY_FILE = Path(__file__).with_name("policies.yaml")
+
+#: Component classes by the name a policy file uses, and the step each may appear in.
+COMPONENTS: dict[str, type[ComponentBase]] = {
+    cls.__name__: cls
+    for cls in (
+        RetrievalSource,
+        CachedPopularSource,
+        RequestExclusionFilter,
+        ComplianceFilter,
+        RecentlyBoughtFilter,
+        InStockFilter,
+        RankingScorer,
+        ExpectedProfitScorer,
+        SortSelector,
+        ExposureCapSelector,
+        MMRDiversitySelector,
+        BrandQuotaSelector,
+        ExplorationSelector,
+        TruncateSelector,
+        ExposureLogger,
+    )
+}
+STEPS = {
+    "sources": "source",
+    "fallback": "source",
+    "filters": "filter",
+    "scorers": "scorer",
+    "selectors": "selector",
+    "side_effects": "side_effect",
+}
+SURFACES = {
+    "home": common.SURFACE_HOME,
+    "product_page": common.SURFACE_PRODUCT_PAGE,
+    "cart": common.SURFACE_CART,
+    "email": common.SURFACE_EMAIL,
+}
+
+
+class PolicyError(ValueError):
+    """The policy file is unusable; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ComponentSpec(_Strict):
+    component: str
+    #: Name in logs, spans and metrics; defaults to the component's class name.
+    name: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PolicySpec(_Strict):
+    sources: list[ComponentSpec]
+    fallback: list[ComponentSpec] = []
+    filters: list[ComponentSpec] = []
+    scorers: list[ComponentSpec] = []
+    selectors: list[ComponentSpec] = []
+    side_effects: list[ComponentSpec] = []
+    candidate_limit: int = Field(500, ge=1, le=5000)
+
+
+class VariantSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9_-]{1,32}$")
+    weight: float = Field(gt=0)
+    #: surface -> policy, overriding the default mapping for this variant.
+    surfaces: dict[str, str] = {}
+
+
+class ExperimentSpec(_Strict):
+    name: str
+    salt: str
+    variants: list[VariantSpec]
+
+    @model_validator(mode="after")
+    def _unique(self) -> ExperimentSpec:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names) or not names:
+            raise ValueError("variant names must be unique and at least one variant is needed")
+        return self
+
+
+class PolicyFile(_Strict):
+    version: str
+    policies: dict[str, PolicySpec]
+    surfaces: dict[str, str]
+    experiment: ExperimentSpec | None = None
 
 
 @dataclass(frozen=True)
-class SurfacePolicy:
-    name: str
-    sources: tuple[int, ...]
-    #: Drop items the subject already interacted with.
-    exclude_history: bool = False
+class PolicySet:
+    """Built pipelines, the surface mapping per variant, and the experiment's assignment."""
+
+    version: str
+    pipelines: dict[str, Pipeline]
+    surfaces: dict[int, str]  # surface enum -> policy name (control)
+    experiment: ExperimentSpec | None
+
+    def variant_for(self, subject_key: str, override: str = "") -> str:
+        """Deterministic A/B/n assignment by hashing the (already hashed) subject key with the salt."""
+        if self.experiment is None:
+            return ""
+        names = [v.name for v in self.experiment.variants]
+        if override:
+            if override not in names:
+                raise KeyError(override)
+            return override
+        digest = hashlib.sha256(f"{self.experiment.salt}:{subject_key}".encode()).digest()
+        point = int.from_bytes(digest[:8], "big") / 2**64 * sum(v.weight for v in self.experiment.variants)
+        for variant in self.experiment.variants:
+            point -= variant.weight
+            if point < 0:
+                return variant.name
+        return names[-1]
+
+    def pipeline_for(self, surface: int, variant: str) -> Pipeline:
+        name = self.surfaces[surface]
+        if self.experiment is not None and variant:
+            spec = next(v for v in self.experiment.variants if v.name == variant)
+            surface_name = next(k for k, v in SURFACES.items() if v == surface)
+            name = spec.surfaces.get(surface_name, name)
+        return self.pipelines[name]
 
 
-POLICIES: dict[int, SurfacePolicy] = {
-    common.SURFACE_HOME: SurfacePolicy("home", (common.CANDIDATE_SOURCE_TWO_TOWER, common.CANDIDATE_SOURCE_POPULARITY)),
-    common.SURFACE_PRODUCT_PAGE: SurfacePolicy(
-        "product_page", (common.CANDIDATE_SOURCE_ITEM_TO_ITEM, common.CANDIDATE_SOURCE_TWO_TOWER)
-    ),
-    common.SURFACE_CART: SurfacePolicy(
-        "cart", (common.CANDIDATE_SOURCE_ITEM_TO_ITEM, common.CANDIDATE_SOURCE_POPULARITY), exclude_history=True
-    ),
-    common.SURFACE_EMAIL: SurfacePolicy(
-        "email", (common.CANDIDATE_SOURCE_TWO_TOWER, common.CANDIDATE_SOURCE_POPULARITY), exclude_history=True
-    ),
-}
+def load_policies(path: Path, catalog: ItemCatalog, deps: Dependencies) -> PolicySet:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PolicyError(f"cannot read policy file {path}: {exc}") from None
+    return build_policies(raw, catalog, deps, source=str(path))
+
+
+def build_policies(raw: Any, catalog: ItemCatalog, deps: Dependencies, source: str = "policies") -> PolicySet:
+    try:
+        spec = PolicyFile.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PolicyError(f"{source}: {problems}") from None
+    problems: list[str] = []
+    for surface, policy in spec.surfaces.items():
+        if surface not in SURFACES:
+            problems.append(f"surfaces.{surface}: unknown surface (known: {', '.join(SURFACES)})")
+        if policy not in spec.policies:
+            problems.append(f"surfaces.{surface}: unknown policy {policy!r}")
+    for surface in SURFACES:
+        if surface not in spec.surfaces:
+            problems.append(f"surfaces: no policy for {surface}")
+    if spec.experiment is not None:
+        for variant in spec.experiment.variants:
+            for surface, policy in variant.surfaces.items():
+                if surface not in SURFACES or policy not in spec.policies:
+                    problems.append(f"experiment.variants.{variant.name}.surfaces.{surface}: unknown {policy!r}")
+    pipelines = {}
+    for name, policy in spec.policies.items():
+        pipeline, errors = _build_pipeline(name, spec.version, policy, catalog, deps)
+        problems += errors
+        pipelines[name] = pipeline
+    if problems:
+        raise PolicyError(f"{source}: " + "; ".join(problems))
+    surfaces = {SURFACES[s]: p for s, p in spec.surfaces.items()}
+    return PolicySet(spec.version, pipelines, surfaces, spec.experiment)
+
+
+def _build_pipeline(name: str, version: str, policy: PolicySpec, catalog: ItemCatalog, deps: Dependencies):
+    errors: list[str] = []
+    steps: dict[str, list] = {}
+    for step, kind in STEPS.items():
+        built = []
+        for i, component_spec in enumerate(getattr(policy, step)):
+            where = f"policies.{name}.{step}[{i}]"
+            cls = COMPONENTS.get(component_spec.component)
+            if cls is None:
+                errors.append(f"{where}: unknown component {component_spec.component!r}")
+                continue
+            if cls.kind != kind:
+                errors.append(f"{where}: {cls.__name__} is a {cls.kind}, not a {kind}")
+                continue
+            if missing := catalog.missing(cls.requires):
+                errors.append(f"{where}: {cls.__name__} needs catalog feature(s) {missing}, which the catalog lacks")
+                continue
+            try:
+                params = cls.Params.model_validate(component_spec.params)
+            except ValidationError as exc:
+                detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'params'}: {e['msg']}" for e in exc.errors())
+                errors.append(f"{where} ({cls.__name__}): {detail}")
+                continue
+            built.append(cls(component_spec.name or cls.__name__, params, deps))
+        steps[step] = built
+    pipeline = Pipeline(
+        name=name,
+        version=version,
+        sources=steps["sources"],
+        fallback=steps["fallback"],
+        filters=steps["filters"],
+        scorers=steps["scorers"],
+        selectors=steps["selectors"],
+        side_effects=steps["side_effects"],
+        candidate_limit=policy.candidate_limit,
+    )
+    return pipeline, errors

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aisle.common.v1 import common_pb2 as common
-from services.gateway.merge import MergedCandidate
+from services.gateway.catalog import ItemCatalog
+from services.gateway.pipeline import Candidate
 
 _VERBS = {
     common.EVENT_TYPE_PURCHASE: "bought",
@@ -14,9 +15,12 @@ _VERBS = {
 }
 
 
-def reasons_for(candidate: MergedCandidate, history_events: Mapping[str, int], region: str) -> list[common.Reason]:
+def reasons_for(
+    candidate: Candidate, history_events: Mapping[str, int], region: str, catalog: ItemCatalog | None = None
+) -> list[common.Reason]:
     """One reason per source, most specific first. ``history_events`` maps item id -> last event type."""
-    reasons = []
+    catalog = catalog or ItemCatalog({})
+    reasons = list(candidate.reasons)
     for source in candidate.sources:
         anchor = candidate.anchors.get(source, "")
         if source == common.CANDIDATE_SOURCE_TWO_TOWER:
@@ -27,17 +31,27 @@ def reasons_for(candidate: MergedCandidate, history_events: Mapping[str, int], r
                 continue
             if anchor:
                 verb = _VERBS.get(history_events.get(anchor, common.EVENT_TYPE_VIEW), "viewed")
-                text = f"Because you {verb} {anchor}"
+                text = f"Because you {verb} {catalog.title(anchor)}"
             else:
                 text = "Picked for you"
             reasons.append(common.Reason(code=common.REASON_CODE_SIMILAR_TO_HISTORY, text=text, related_item_id=anchor))
         elif source == common.CANDIDATE_SOURCE_ITEM_TO_ITEM:
             reasons.append(
                 common.Reason(
-                    code=common.REASON_CODE_BOUGHT_TOGETHER, text=f"Goes well with {anchor}", related_item_id=anchor
+                    code=common.REASON_CODE_BOUGHT_TOGETHER,
+                    text=f"Goes well with {catalog.title(anchor)}",
+                    related_item_id=anchor,
                 )
             )
-        elif source in (common.CANDIDATE_SOURCE_POPULARITY, common.CANDIDATE_SOURCE_FALLBACK_CACHE):
+        elif source in (
+            common.CANDIDATE_SOURCE_POPULARITY,
+            common.CANDIDATE_SOURCE_FALLBACK_CACHE,
+            common.CANDIDATE_SOURCE_COLD_START,
+        ):
             where = f" in {region}" if region else ""
             reasons.append(common.Reason(code=common.REASON_CODE_POPULAR_IN_REGION, text=f"Popular{where}"))
+        elif source == common.CANDIDATE_SOURCE_TRENDING:
+            reasons.append(common.Reason(code=common.REASON_CODE_TRENDING, text="Trending now"))
+    if catalog.get(candidate.item_id, "new", False) and not candidate.exploration:
+        reasons.append(common.Reason(code=common.REASON_CODE_NEW_ARRIVAL, text="New arrival"))
     return reasons

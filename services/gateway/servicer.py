@@ -1,182 +1,179 @@
-"""RecommendationService: retrieve -> merge -> rank -> select top-k, within the request's time budget."""
+"""RecommendationService: runs the surface's policy pipeline within the request's budget; ingests events."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from typing import Protocol
 
-import grpc
 from opentelemetry import trace
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from aisle.common.v1 import common_pb2 as common
-from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
-from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
-from services.core.errors import BudgetExhausted, DependencyUnavailable
-from services.core.metrics import LATENCY_BUCKETS
+from services.core.errors import DependencyUnavailable, InvalidArgument, ResourceExhausted
 from services.core.telemetry import current_trace_id
 from services.core.validation import Violations
 from services.gateway.budget import RequestBudget
-from services.gateway.merge import MergedCandidate, by_ranking, by_retrieval, merge_candidates
-from services.gateway.policies import POLICIES, POLICY_VERSION
+from services.gateway.cache import AnonymousCache
+from services.gateway.catalog import ItemCatalog
+from services.gateway.components.base import Dependencies
+from services.gateway.events import EventLogFull
+from services.gateway.pipeline import Candidate, PipelineMetrics, RequestState
+from services.gateway.policies import SURFACES, PolicySet
 from services.gateway.reasons import reasons_for
+from services.gateway.sessions import subject_key
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer(__name__)
 
 SURFACE_NAMES = {value: name for name, value in common.Surface.items()}
-
-
-class Downstream(Protocol):
-    retrieval: object  # RetrievalServiceStub
-    ranking: object  # RankingServiceStub
-
-
-class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry):
-        self.stage = Histogram(
-            "aisle_gateway_stage_seconds",
-            "Time per Recommend stage.",
-            ["stage"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.degraded = Counter("aisle_gateway_degraded", "Degraded answers, by reason.", ["reason"], registry=registry)
+EVENT_NAMES = {value: name for name, value in common.EventType.items()}
+#: Events that count as a success for the exploration bandit.
+SUCCESS_EVENTS = {common.EVENT_TYPE_CLICK, common.EVENT_TYPE_ADD_TO_CART, common.EVENT_TYPE_PURCHASE}
 
 
 class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
     def __init__(
         self,
         settings: GatewaySettings,
-        downstream: Downstream,
-        metrics: GatewayMetrics,
+        policies: PolicySet,
+        catalog: ItemCatalog,
+        deps: Dependencies,
+        metrics: PipelineMetrics,
+        cache: AnonymousCache | None = None,
     ):
-        """``downstream`` has ``retrieval`` and ``ranking`` stubs (set once it has connected)."""
-        self.settings = settings
-        self.downstream = downstream
-        self.metrics = metrics
+        self.settings, self.policies, self.catalog, self.deps, self.metrics = settings, policies, catalog, deps, metrics
+        self.cache = cache or AnonymousCache(0)
+        self._background: set[asyncio.Task] = set()
 
     async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:  # noqa: N802
         started = time.perf_counter()
         self.validate(request)
         settings = self.settings
-        budget = RequestBudget(settings.total_budget_ms / 1000, context.time_remaining(), settings.min_stage_ms / 1000)
-        policy = POLICIES[request.surface]
+        key = subject_key(request.subject)
+        variant = self.policies.variant_for(key, request.experiment_variant_override)
+        pipeline = self.policies.pipeline_for(request.surface, variant)
         k = request.k or settings.default_k
-        response = pb.RecommendResponse(tracking_token=uuid.uuid4().hex, trace_id=current_trace_id())
         span = trace.get_current_span()
-        span.set_attribute("aisle.surface", policy.name)
-        span.set_attribute("aisle.k", k)
-        # Without consent nothing about the shopper is used: context (region, page, cart) only.
-        history = list(request.history) if request.consent else []
-
-        with self._stage("retrieval", response):
-            retrieved = await self._retrieve(request, history, policy, budget)
-        response.versions.append(retrieved.index_version)
-        response.degradations.extend(retrieved.degradations)
-        candidates = merge_candidates(retrieved.candidates, limit=settings.candidates_per_source * len(policy.sources))
-
-        with self._stage("ranking", response):
-            ordered = await self._rank(request, history, candidates, budget, response)
-
-        with self._stage("selection", response):
-            events = {i.item_id: i.event_type for i in history}
-            for position, candidate in enumerate(ordered[:k]):
-                item = response.items.add(
-                    item_id=candidate.item_id,
-                    score=candidate.purchase_probability
-                    if candidate.purchase_probability is not None
-                    else 1.0 / (1 + position),
-                    sources=candidate.sources,
-                    reasons=reasons_for(candidate, events, request.context.region),
-                    position=position,
-                )
-                if candidate.purchase_probability is not None:
-                    item.purchase_probability = candidate.purchase_probability
-            if len(response.items) < k:
-                response.degradations.add(
-                    reason=common.DEGRADATION_REASON_SHORT_ANSWER,
-                    stage="selection",
-                    detail=f"{len(response.items)} of {k} items after filters",
-                )
-        response.versions.add(kind="policy", name=policy.name, version=POLICY_VERSION)
-        total_ms = (time.perf_counter() - started) * 1000
-        response.stage_latencies.add(stage="total", duration_ms=total_ms)
+        span.set_attribute("aisle.surface", SURFACE_NAMES[request.surface])
+        span.set_attribute("aisle.policy", pipeline.name)
+        span.set_attribute("aisle.variant", variant)
+        span.set_attribute("aisle.subject", key)  # hashed: never the id in clear
+        # Without consent nothing about the shopper is used or stored: context (region, page, cart) only.
+        history, exposures = [], {}
+        if request.consent:
+            stored = await self.deps.sessions.history(key)
+            history = (stored + list(request.history))[-settings.max_history :]
+            exposures = await self.deps.sessions.exposures(key)
+        segment = self.cache.segment(request, variant, k) if not history else None
+        if segment is not None and (cached := self.cache.get(segment)) is not None:
+            response = pb.RecommendResponse()
+            response.CopyFrom(cached)
+            response.tracking_token, response.trace_id = uuid.uuid4().hex, current_trace_id()
+            span.set_attribute("aisle.cache_hit", True)
+            return response
+        budget = RequestBudget(settings.total_budget_ms / 1000, context.time_remaining(), settings.min_stage_ms / 1000)
+        state = RequestState(request, key, history, k, budget, self.catalog, variant, exposures)
+        items = await pipeline.run(state, self.metrics)
+        if not items and any(d.reason == common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE for d in state.degradations):
+            raise DependencyUnavailable(
+                "retrieval is down and no cached popular items are available yet", reason="RETRIEVAL_UNAVAILABLE"
+            )
+        response = self._response(state, items, pipeline, variant)
+        response.stage_latencies.add(stage="total", duration_ms=(time.perf_counter() - started) * 1000)
         for degradation in response.degradations:
             self.metrics.degraded.labels(common.DegradationReason.Name(degradation.reason)).inc()
         span.set_attribute("aisle.degraded", len(response.degradations) > 0)
+        if segment is not None and not response.degradations:
+            self.cache.put(segment, response)
+        self._after(pipeline.after_response(state, items, response, self.metrics))
         return response
 
-    async def _retrieve(self, request, history, policy, budget: RequestBudget) -> retrieval_pb.RetrieveResponse:
-        timeout = budget.stage_timeout("retrieval", self.settings.retrieval_share)
-        try:
-            return await self.downstream.retrieval.Retrieve(
-                retrieval_pb.RetrieveRequest(
-                    subject=request.subject,
-                    surface=request.surface,
-                    context=request.context,
-                    history=history,
-                    anchor_item_ids=request.anchor_item_ids,
-                    k=self.settings.candidates_per_source,
-                    sources=policy.sources,
-                    exclusions=request.exclusions,
-                    exclude_history=policy.exclude_history,
-                    consent=request.consent,
-                ),
-                timeout=timeout,
+    def _response(self, state: RequestState, items: list[Candidate], pipeline, variant: str) -> pb.RecommendResponse:
+        response = pb.RecommendResponse(
+            tracking_token=uuid.uuid4().hex, trace_id=current_trace_id(), experiment_variant=variant
+        )
+        events = {e.item_id: e.event_type for e in state.history}
+        region = state.region
+        for position, candidate in enumerate(items):
+            item = response.items.add(
+                item_id=candidate.item_id,
+                score=candidate.final,
+                sources=candidate.sources,
+                reasons=reasons_for(candidate, events, region, self.catalog),
+                position=position,
             )
-        except grpc.aio.AioRpcError as error:
-            if budget.remaining() <= 0:
-                raise BudgetExhausted("the deadline passed while retrieving candidates") from None
-            raise DependencyUnavailable(
-                f"retrieval failed: {error.code().name}", reason="RETRIEVAL_UNAVAILABLE"
-            ) from None
+            if "purchase" in candidate.scores:
+                item.purchase_probability = candidate.scores["purchase"]
+        if len(items) < state.k:
+            state.degrade(common.DEGRADATION_REASON_SHORT_ANSWER, "selection", f"{len(items)} of {state.k} items")
+        response.versions.extend(state.versions)
+        response.versions.add(kind="policy", name=pipeline.name, version=pipeline.version)
+        response.degradations.extend(state.degradations)
+        for stage, ms in state.stage_ms.items():
+            response.stage_latencies.add(stage=stage, duration_ms=ms)
+        self.cache.observe_versions([v for v in response.versions if v.kind in ("model", "index")])
+        return response
 
-    async def _rank(
-        self, request, history, candidates: list[MergedCandidate], budget: RequestBudget, response
-    ) -> list[MergedCandidate]:
-        if not candidates:
-            return []
-        try:
-            timeout = budget.stage_timeout("ranking", self.settings.ranking_share)
-            ranked = await self.downstream.ranking.Rank(
-                ranking_pb.RankRequest(
-                    subject=request.subject,
-                    surface=request.surface,
-                    context=request.context,
-                    history=history,
-                    candidate_item_ids=[c.item_id for c in candidates],
-                ),
-                timeout=timeout,
-            )
-        except (grpc.aio.AioRpcError, BudgetExhausted) as error:
-            late = isinstance(error, BudgetExhausted) or error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            reason = (
-                common.DEGRADATION_REASON_RANKING_TIMEOUT if late else common.DEGRADATION_REASON_RANKING_UNAVAILABLE
-            )
-            detail = str(error) if isinstance(error, BudgetExhausted) else error.code().name
-            response.degradations.add(reason=reason, stage="ranking", detail=detail)
-            log.warning("ranking degraded: %s", detail)
-            return by_retrieval(candidates)
-        response.versions.append(ranked.model_version)
-        response.degradations.extend(ranked.degradations)
-        for candidate, scored in zip(candidates, ranked.scored_items, strict=True):
-            candidate.purchase_probability = scored.purchase_probability
-        return by_ranking(candidates)
+    def _after(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
-    def _stage(self, name: str, response: pb.RecommendResponse):
-        return _Stage(name, response, self.metrics)
+    async def TrackEvents(self, request: pb.TrackEventsRequest, context) -> pb.TrackEventsResponse:  # noqa: N802
+        check = Violations()
+        check.count("events", request.events, limit=self.settings.max_events_per_call)
+        if not request.events:
+            check.add("events", "must contain at least one event")
+        for i, event in enumerate(request.events[: self.settings.max_events_per_call]):
+            check.subject(f"events[{i}].subject", event.subject)
+            check.id(f"events[{i}].item_id", event.item_id)
+            check.id(f"events[{i}].tracking_token", event.tracking_token, required=False)
+            check.enum(f"events[{i}].event_type", event.event_type, list(EVENT_NAMES)[1:], EVENT_NAMES)
+            if event.quantity < 0:
+                check.add(f"events[{i}].quantity", f"must not be negative, got {event.quantity}")
+        check.raise_if_any()
+        consented = [e for e in request.events if e.consent]
+        records = [
+            {
+                "type": EVENT_NAMES[e.event_type].removeprefix("EVENT_TYPE_").lower(),
+                "at": time.time(),
+                "subject": subject_key(e.subject),
+                "item_id": e.item_id,
+                "quantity": e.quantity,
+                "unit_price": e.unit_price,
+                "tracking_token": e.tracking_token,
+                "region": e.context.region,
+            }
+            for e in consented
+        ]
+        try:
+            await self.deps.events.write(records)
+        except EventLogFull as error:
+            raise ResourceExhausted(f"event log is full ({error}); retry shortly", retry_after_s=1.0) from None
+        by_subject: dict[str, list[common.Interaction]] = {}
+        for event in consented:
+            interaction = common.Interaction(
+                item_id=event.item_id, event_type=event.event_type, quantity=event.quantity
+            )
+            if event.HasField("event_time"):
+                interaction.event_time.CopyFrom(event.event_time)
+            by_subject.setdefault(subject_key(event.subject), []).append(interaction)
+        for key, interactions in by_subject.items():
+            await self.deps.sessions.append(key, interactions)
+        # Aggregate feedback for the bandit is kept with or without consent: it says nothing about the shopper.
+        for event in request.events:
+            if event.event_type in SUCCESS_EVENTS:
+                self.deps.feedback.succeeded(event.item_id)
+        return pb.TrackEventsResponse(accepted_count=len(request.events), rejected_count=0)
 
     def validate(self, request: pb.RecommendRequest) -> None:
         settings = self.settings
         check = Violations()
         check.subject("subject", request.subject)
-        check.enum("surface", request.surface, list(POLICIES), SURFACE_NAMES)
+        check.enum("surface", request.surface, list(SURFACES.values()), SURFACE_NAMES)
         check.region("context.region", request.context.region)
         check.count("context.attributes", request.context.attributes, limit=32)
         check.history("history", request.history, limit=settings.max_history)
@@ -193,23 +190,12 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             check.add("exclusions", f"must have at most {settings.max_exclusions} entries in all, got {total}")
         else:
             check.ids("exclusions.item_ids", exclusions.item_ids, limit=settings.max_exclusions)
+        if request.experiment_variant_override:
+            try:
+                self.policies.variant_for("", request.experiment_variant_override)
+            except KeyError:
+                check.add("experiment_variant_override", "is not a variant of the running experiment")
         check.raise_if_any()
 
 
-class _Stage:
-    """Times one stage into the response, the stage histogram and a child span."""
-
-    def __init__(self, name: str, response: pb.RecommendResponse, metrics: GatewayMetrics):
-        self.name, self.response, self.metrics = name, response, metrics
-
-    def __enter__(self):
-        self._span = tracer.start_as_current_span(self.name)
-        self._span.__enter__()
-        self._started = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc_info):
-        seconds = time.perf_counter() - self._started
-        self.metrics.stage.labels(self.name).observe(seconds)
-        self.response.stage_latencies.add(stage=self.name, duration_ms=seconds * 1000)
-        return self._span.__exit__(*exc_info)
+__all__ = ["RecommendationServicer", "InvalidArgument"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from services.core.settings import ServiceSettings, settings_config
+
+DEFAULT_POLICY_FILE = Path(__file__).with_name("policies.yaml")
 
 
 class GatewaySettings(ServiceSettings):
@@ -15,29 +18,49 @@ class GatewaySettings(ServiceSettings):
 
     port: int = Field(50060, ge=0, le=65535, description="gRPC port; 0 picks a free port.")
     metrics_port: int | None = Field(9460, ge=0, le=65535, description="Prometheus port; 0 picks, none disables.")
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest gRPC message accepted (above the validators' limits, so oversized fields get "
+        "INVALID_ARGUMENT naming the field rather than a transport error).",
+    )
     retrieval_target: str = Field("127.0.0.1:50061", min_length=1, description="gRPC target of retrieval.")
     ranking_target: str = Field("127.0.0.1:50062", min_length=1, description="gRPC target of ranking.")
+    policy_file: Path = Field(DEFAULT_POLICY_FILE, description="Policies (YAML): components per surface/variant.")
+    catalog_path: Path | None = Field(
+        Path("artifacts/catalog.json"),
+        description="Item catalog snapshot (JSON) the re-ranking components read; none runs without one.",
+    )
     total_budget_ms: float = Field(
         120.0, gt=0, le=10_000, description="Time budget of one Recommend call when the caller's deadline is longer."
     )
-    retrieval_share: float = Field(0.35, gt=0, lt=1, description="Share of the budget retrieval may use.")
-    ranking_share: float = Field(0.45, gt=0, lt=1, description="Share of the budget ranking may use.")
     min_stage_ms: float = Field(2.0, ge=0, le=1000, description="Below this much time left, a stage is not started.")
     default_k: int = Field(10, ge=1, le=1000, description="Items returned when a request says k=0.")
     max_k: int = Field(200, ge=1, le=1000, description="Largest k a request may ask for.")
-    candidates_per_source: int = Field(100, ge=1, le=5000, description="Candidates asked of each source.")
     max_history: int = Field(200, ge=1, le=10_000, description="Longest history a request may carry.")
     max_anchors: int = Field(50, ge=1, le=1000, description="Most anchor items a request may carry.")
     max_exclusions: int = Field(5000, ge=0, le=100_000, description="Most exclusion entries per request.")
+    max_events_per_call: int = Field(1000, ge=1, le=100_000, description="Most events one TrackEvents call may carry.")
+    session_store: Literal["memory", "redis"] = Field(
+        "memory", description="Where session events live: this process, or Redis shared by every replica."
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the session store / event stream.")
+    session_ttl_s: float = Field(1800, gt=0, le=30 * 86400, description="Idle time after which a session is dropped.")
+    session_max_events: int = Field(200, ge=1, le=10_000, description="Events kept per session.")
+    event_log: Literal["off", "jsonl", "redis"] = Field(
+        "jsonl", description="Where exposures and tracked events go: nowhere, a JSON-lines file, or a Redis stream."
+    )
+    event_log_path: Path = Field(Path("artifacts/events/events.jsonl"), description="The JSON-lines event log.")
+    event_log_max_pending: int = Field(
+        10_000, ge=1, le=10_000_000, description="Events buffered before TrackEvents answers RESOURCE_EXHAUSTED."
+    )
+    anonymous_cache_ttl_s: float = Field(
+        30.0, ge=0, le=3600, description="Cache of answers for anonymous traffic per segment; 0 disables."
+    )
     dependency_wait_log_s: float = Field(
         5.0, gt=0, le=600, description="How often start-up logs that it still waits for retrieval."
     )
     ranking_wait_s: float = Field(
         10.0, ge=0, le=600, description="How long start-up waits for ranking before serving degraded answers."
     )
-
-    @model_validator(mode="after")
-    def _shares_fit(self) -> GatewaySettings:
-        if self.retrieval_share + self.ranking_share >= 1:
-            raise ValueError("retrieval_share + ranking_share must leave part of the budget for re-ranking")
-        return self

@@ -24,6 +24,7 @@ def test_processes_answer_and_stop_cleanly(trained, tmp_path):
         {
             "retrieval": {"index_path": str(trained.index_root)},
             "ranking": {"model_repository": str(trained.model_repository)},
+            "gateway": {"catalog_path": str(trained.root / "catalog.json"), "event_log": "off"},
         },
     )
     with stack:
@@ -33,7 +34,8 @@ def test_processes_answer_and_stop_cleanly(trained, tmp_path):
         assert len(response.items) == 8 and not response.degradations
         metrics_port = stack.services["gateway"].metrics_port
         body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-        assert 'aisle_gateway_stage_seconds_count{stage="ranking"} 1.0' in body
+        assert 'aisle_gateway_stage_seconds_count{stage="scoring"} 1.0' in body
+        assert 'aisle_gateway_component_seconds_count{component="RankingScorer",policy="home"} 1.0' in body
         # The client call README.md shows works as written (pointed at this stack's gateway).
         readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
         snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
@@ -57,5 +59,6 @@ def test_make_demo_runs_end_to_end(tmp_path):
     assert "home page, signed-in customer with history" in out and "product page (similar items)" in out
     assert "INVALID_ARGUMENT: {'k':" in out
     assert "DEGRADED: DEGRADATION_REASON_RANKING_UNAVAILABLE" in out
+    assert "guest after buying" in out and "tracked purchases of" in out
     assert "trace id " in out and "stages: retrieval" in out
     assert "exit codes {'gateway': 0, 'ranking': 0, 'retrieval': 0}" in out

@@ -46,6 +46,7 @@ def test_spans_reach_the_otlp_endpoint_with_one_trace_id(trained, tmp_path):
             {
                 "retrieval": {"index_path": str(trained.index_root)},
                 "ranking": {"model_repository": str(trained.model_repository)},
+                "gateway": {"catalog_path": str(trained.root / "catalog.json"), "event_log": "off"},
             },
             env={
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",

@@ -27,10 +27,16 @@ def ranking_settings(trained, **extra) -> RankingSettings:
     return RankingSettings(**LOCAL, model_repository=trained.model_repository, **extra)
 
 
-def gateway_settings(retrieval_port: int, ranking_port: int, **extra) -> GatewaySettings:
-    return GatewaySettings(
-        **LOCAL, retrieval_target=f"127.0.0.1:{retrieval_port}", ranking_target=f"127.0.0.1:{ranking_port}", **extra
-    )
+def gateway_settings(trained, retrieval_port: int, ranking_port: int, **extra) -> GatewaySettings:
+    values = {
+        "retrieval_target": f"127.0.0.1:{retrieval_port}",
+        "ranking_target": f"127.0.0.1:{ranking_port}",
+        "catalog_path": trained.root / "catalog.json",
+        "event_log": "off",
+        "anonymous_cache_ttl_s": 0,
+        **extra,
+    }
+    return GatewaySettings(**LOCAL, **values)
 
 
 @contextlib.asynccontextmanager
@@ -50,7 +56,7 @@ async def stack(trained, gateway_extra: dict | None = None) -> AsyncIterator[dic
     retrieval = ServiceHost(settings := retrieval_settings(trained), build_retrieval(settings))
     ranking = ServiceHost(rsettings := ranking_settings(trained), build_ranking(rsettings))
     async with serving(retrieval), serving(ranking):
-        gsettings = gateway_settings(retrieval.port, ranking.port, **(gateway_extra or {}))
+        gsettings = gateway_settings(trained, retrieval.port, ranking.port, **(gateway_extra or {}))
         async with serving(ServiceHost(gsettings, build_gateway(gsettings))) as gateway:
             yield {"retrieval": retrieval, "ranking": ranking, "gateway": gateway}
 

@@ -23,7 +23,7 @@ async def test_one_trace_id_spans_all_three_services(trained, span_exporter):
     client_spans = {s.name for s in spans if s.kind == SpanKind.CLIENT}
     assert {"/aisle.retrieval.v1.RetrievalService/Retrieve", "/aisle.ranking.v1.RankingService/Rank"} <= client_spans
     internal = {s.name for s in spans if s.kind == SpanKind.INTERNAL}
-    assert {"retrieval", "ranking", "selection", "TwoTowerSource"} <= internal
+    assert {"retrieval", "scoring", "selection", "TwoTower", "RankingScorer", "TwoTowerSource"} <= internal
     # Nothing from this request leaked into another trace.
     others = [s for s in span_exporter.get_finished_spans() if s not in spans and s.kind == SpanKind.SERVER]
     assert not others

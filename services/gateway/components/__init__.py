@@ -1,0 +1,1 @@
+"""Pipeline components, registered by name for policies (see :mod:`services.gateway.policies`)."""

@@ -1,0 +1,40 @@
+"""Side effects run after the answer is built and never fail the request."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import ClassVar
+
+from services.gateway.components.base import ComponentBase
+from services.gateway.pipeline import Candidate, RequestState
+
+
+class ExposureLogger(ComponentBase):
+    """Records what was shown: one exposure record in the event log (with variant and tracking token), the
+    subject's exposure counts in the session store, and the bandit's exposure counts. Without consent only the
+    aggregate counts are kept: nothing about the subject."""
+
+    kind: ClassVar[str] = "side_effect"
+
+    async def run(self, state: RequestState, items: Sequence[Candidate], response) -> None:
+        item_ids = [c.item_id for c in items]
+        self.deps.feedback.exposed(item_ids)
+        if not state.request.consent:
+            return
+        await self.deps.sessions.add_exposures(state.subject_key, item_ids)
+        await self.deps.events.write(
+            [
+                {
+                    "type": "exposure",
+                    "at": time.time(),
+                    "subject": state.subject_key,
+                    "tracking_token": response.tracking_token,
+                    "variant": state.variant,
+                    "surface": state.request.surface,
+                    "items": [
+                        {"item_id": c.item_id, "position": i, "exploration": c.exploration} for i, c in enumerate(items)
+                    ],
+                }
+            ]
+        )

@@ -1,0 +1,253 @@
+"""The request pipeline: named components of five kinds, run in a fixed order by one executor.
+
+- **sources** propose candidates (run concurrently, each within its own deadline slice; fail-open or -closed);
+- **filters** keep or remove candidates, never reorder;
+- **scorers** add scores in input order, never drop;
+- **selectors** alone sort and truncate;
+- **side effects** run after the answer is built, fire-and-forget (exposure logging).
+
+A policy (see :mod:`services.gateway.policies`) names the components of each step. Every component gets a span and
+a latency histogram under its name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from aisle.common.v1 import common_pb2 as common
+from aisle.recommendation.v1 import recommendation_service_pb2 as pb
+from services.core.metrics import LATENCY_BUCKETS
+from services.gateway.budget import RequestBudget
+from services.gateway.catalog import ItemCatalog
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
+
+
+@dataclass
+class Candidate:
+    """One item on its way through the pipeline."""
+
+    item_id: str
+    sources: list[int] = field(default_factory=list)
+    anchors: dict[int, str] = field(default_factory=dict)  # source -> the item that led to it
+    source_rank: int = 0  # best position within any source
+    scores: dict[str, float] = field(default_factory=dict)  # "purchase", "return", "relevance", "final", ...
+    reasons: list[common.Reason] = field(default_factory=list)
+    exploration: bool = False
+
+    @property
+    def final(self) -> float:
+        return self.scores.get("final", self.scores.get("relevance", 0.0))
+
+
+@dataclass
+class RequestState:
+    """Everything a component may read about one request (and the little it may write)."""
+
+    request: pb.RecommendRequest
+    subject_key: str  # hashed subject id: never the id in clear
+    history: list[common.Interaction]  # request history merged with the session store (empty without consent)
+    k: int
+    budget: RequestBudget
+    catalog: ItemCatalog
+    variant: str = ""
+    #: Times each item was already shown to the subject (empty without consent).
+    exposures: dict[str, int] = field(default_factory=dict)
+    degradations: list[common.Degradation] = field(default_factory=list)
+    versions: list[common.ArtifactVersion] = field(default_factory=list)
+    stage_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def region(self) -> str:
+        return self.request.context.region
+
+    def degrade(self, reason: int, stage: str, detail: str) -> None:
+        self.degradations.append(common.Degradation(reason=reason, stage=stage, detail=detail))
+        trace.get_current_span().set_attribute(f"aisle.degraded.{stage}", common.DegradationReason.Name(reason))
+
+
+class Component(Protocol):
+    kind: ClassVar[str]
+    name: str
+    #: Catalog fields the component reads; a policy using it is refused when the catalog lacks one.
+    requires: ClassVar[frozenset[str]]
+
+
+class SourceComponent(Component, Protocol):
+    fail_open: bool
+    share: float  # share of the request budget this source may use
+
+    async def fetch(self, state: RequestState, timeout: float) -> list[Candidate]: ...
+
+
+class FilterComponent(Component, Protocol):
+    def apply(self, state: RequestState, candidates: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
+        """(kept, removed), both in input order."""
+
+
+class ScorerComponent(Component, Protocol):
+    async def score(self, state: RequestState, candidates: list[Candidate]) -> None:
+        """Adds scores to each candidate; never reorders or drops."""
+
+
+class SelectorComponent(Component, Protocol):
+    def select(self, state: RequestState, candidates: list[Candidate]) -> list[Candidate]: ...
+
+
+class SideEffectComponent(Component, Protocol):
+    async def run(self, state: RequestState, items: Sequence[Candidate], response: pb.RecommendResponse) -> None: ...
+
+
+class SourceFailed(Exception):
+    """A source could not answer; ``reason`` is the degradation to report."""
+
+    def __init__(self, message: str, reason: int = common.DEGRADATION_REASON_SOURCE_DROPPED):
+        super().__init__(message)
+        self.reason = reason
+
+
+class PipelineMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.component = Histogram(
+            "aisle_gateway_component_seconds",
+            "Time per pipeline component.",
+            ["policy", "component"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.removed = Counter(
+            "aisle_gateway_filtered", "Candidates removed, by filter.", ["policy", "component"], registry=registry
+        )
+        self.stage = Histogram(
+            "aisle_gateway_stage_seconds",
+            "Time per Recommend stage.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.degraded = Counter("aisle_gateway_degraded", "Degraded answers, by reason.", ["reason"], registry=registry)
+
+
+@dataclass
+class Pipeline:
+    """One policy's components, ready to run."""
+
+    name: str
+    version: str
+    sources: Sequence[SourceComponent]
+    fallback: Sequence[SourceComponent]
+    filters: Sequence[FilterComponent]
+    scorers: Sequence[ScorerComponent]
+    selectors: Sequence[SelectorComponent]
+    side_effects: Sequence[SideEffectComponent]
+    candidate_limit: int = 500
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    async def run(self, state: RequestState, metrics: PipelineMetrics) -> list[Candidate]:
+        with self._stage("retrieval", state, metrics):
+            candidates = await self._fetch(self.sources, state, metrics)
+            retrieval_down = any(
+                d.reason == common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE for d in state.degradations
+            )
+            if not candidates and retrieval_down and self.fallback:
+                candidates = await self._fetch(self.fallback, state, metrics)
+        with self._stage("filtering", state, metrics):
+            for component in self.filters:
+                with self._component(component, metrics):
+                    candidates, removed = component.apply(state, candidates)
+                if removed:
+                    metrics.removed.labels(self.name, component.name).inc(len(removed))
+        with self._stage("scoring", state, metrics):
+            for component in self.scorers:
+                with self._component(component, metrics):
+                    await component.score(state, candidates)
+        with self._stage("selection", state, metrics):
+            for component in self.selectors:
+                with self._component(component, metrics):
+                    candidates = component.select(state, candidates)
+        return candidates
+
+    async def _fetch(
+        self, sources: Sequence[SourceComponent], state: RequestState, metrics: PipelineMetrics
+    ) -> list[Candidate]:
+        async def one(source: SourceComponent) -> list[Candidate]:
+            timeout = state.budget.stage_timeout(source.name, source.share)
+            with self._component(source, metrics):
+                try:
+                    return await asyncio.wait_for(source.fetch(state, timeout), timeout)
+                except (TimeoutError, SourceFailed) as error:
+                    late = isinstance(error, TimeoutError)
+                    reason = common.DEGRADATION_REASON_SOURCE_DROPPED if late else error.reason
+                    detail = f"no answer within {timeout * 1000:.0f} ms" if late else str(error)
+                    if not source.fail_open:
+                        raise
+                    state.degrade(reason, source.name, detail)
+                    return []
+
+        results = await asyncio.gather(*(one(s) for s in sources))
+        return merge(results, self.candidate_limit)
+
+    def _component(self, component: Component, metrics: PipelineMetrics):
+        return _Timed(component.name, metrics.component.labels(self.name, component.name))
+
+    def _stage(self, name: str, state: RequestState, metrics: PipelineMetrics):
+        return _Timed(name, metrics.stage.labels(name), state.stage_ms)
+
+    async def after_response(
+        self, state: RequestState, items: Sequence[Candidate], response, metrics: PipelineMetrics
+    ) -> None:
+        for effect in self.side_effects:
+            try:
+                with self._component(effect, metrics):
+                    await effect.run(state, items, response)
+            except Exception:  # a side effect never fails the request that triggered it
+                log.exception("side effect %s failed", effect.name)
+
+
+def merge(results: Sequence[Sequence[Candidate]], limit: int) -> list[Candidate]:
+    """De-duplicates by item keeping every source, interleaving sources by rank, at most ``limit`` items."""
+    merged: dict[str, Candidate] = {}
+    ordered = sorted(
+        ((c.source_rank, i, c) for i, result in enumerate(results) for c in result), key=lambda t: (t[0], t[1])
+    )
+    for rank, _, candidate in ordered:
+        entry = merged.get(candidate.item_id)
+        if entry is None:
+            if len(merged) >= limit:
+                continue
+            entry = merged[candidate.item_id] = Candidate(candidate.item_id, source_rank=rank)
+            entry.scores.update(candidate.scores)
+        for source in candidate.sources:
+            if source not in entry.sources:
+                entry.sources.append(source)
+        for source, anchor in candidate.anchors.items():
+            entry.anchors.setdefault(source, anchor)
+    return list(merged.values())
+
+
+class _Timed:
+    def __init__(self, name: str, histogram, sink: dict[str, float] | None = None):
+        self.name, self.histogram, self.sink = name, histogram, sink
+
+    def __enter__(self):
+        self._span = tracer.start_as_current_span(self.name)
+        self._span.__enter__()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc_info):
+        seconds = time.perf_counter() - self._started
+        if self.histogram is not None:
+            self.histogram.observe(seconds)
+        if self.sink is not None:
+            self.sink[self.name] = self.sink.get(self.name, 0.0) + seconds * 1000
+        return self._span.__exit__(*exc_info)

@@ -1,0 +1,132 @@
+"""TrackEvents against the real stack: events change the next answer, consent off stores nothing, overload is
+RESOURCE_EXHAUSTED, and hostile requests get INVALID_ARGUMENT naming the field."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from aisle.common.v1 import common_pb2 as common
+from aisle.recommendation.v1 import recommendation_service_pb2 as pb
+from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
+from services.core.errors import details_of
+from services.gateway.events import read_events
+from tests.integration.conftest import stack
+from tests.integration.test_recommend_path import history_of
+
+
+def tracked(item: str, user: str = "shopper-1", consent: bool = True, kind=common.EVENT_TYPE_PURCHASE):
+    return pb.TrackedEvent(
+        subject=common.Subject(user_id=user),
+        event_type=kind,
+        item_id=item,
+        quantity=1,
+        consent=consent,
+        context=common.RequestContext(region="GB"),
+    )
+
+
+def home(user: str = "shopper-1", consent: bool = True, k: int = 8) -> pb.RecommendRequest:
+    return pb.RecommendRequest(
+        subject=common.Subject(user_id=user),
+        surface=common.SURFACE_HOME,
+        consent=consent,
+        context=common.RequestContext(region="GB"),
+        k=k,
+        experiment_variant_override="control",
+    )
+
+
+async def test_tracked_events_change_the_next_recommendation(trained, tmp_path):
+    log = tmp_path / "events.jsonl"
+    async with stack(trained, gateway_extra={"event_log": "jsonl", "event_log_path": log}) as hosts:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['gateway'].port}") as channel:
+            stub = pb_grpc.RecommendationServiceStub(channel)
+            before = await stub.Recommend(home(), timeout=5)
+            assert not any(common.CANDIDATE_SOURCE_TWO_TOWER in i.sources for i in before.items)
+            bought = history_of(trained, 4)
+            reply = await stub.TrackEvents(pb.TrackEventsRequest(events=[tracked(i) for i in bought]), timeout=5)
+            assert (reply.accepted_count, reply.rejected_count) == (4, 0)
+            after = await stub.Recommend(home(), timeout=5)
+        await hosts["gateway"].app.close()  # flushes the event log
+    assert any(common.CANDIDATE_SOURCE_TWO_TOWER in i.sources for i in after.items)
+    assert [i.item_id for i in after.items] != [i.item_id for i in before.items]
+    records = list(read_events(log))
+    assert [r["item_id"] for r in records if r["type"] == "purchase"] == bought
+    exposures = [r for r in records if r["type"] == "exposure"]
+    assert exposures and all(r["variant"] == "control" and r["subject"] != "shopper-1" for r in exposures)
+    assert "shopper-1" not in log.read_text()  # ids are hashed
+
+
+async def test_without_consent_nothing_is_stored_or_logged(trained, tmp_path):
+    log = tmp_path / "events.jsonl"
+    async with stack(trained, gateway_extra={"event_log": "jsonl", "event_log_path": log}) as hosts:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['gateway'].port}") as channel:
+            stub = pb_grpc.RecommendationServiceStub(channel)
+            reply = await stub.TrackEvents(
+                pb.TrackEventsRequest(events=[tracked(i, consent=False) for i in history_of(trained, 3)]), timeout=5
+            )
+            assert reply.accepted_count == 3
+            answer = await stub.Recommend(home(consent=False), timeout=5)
+            assert not any(common.CANDIDATE_SOURCE_TWO_TOWER in i.sources for i in answer.items)
+        await hosts["gateway"].app.close()
+    assert not log.exists() or log.read_text() == ""
+
+
+async def test_event_log_overload_is_resource_exhausted_with_retry_info(trained, tmp_path):
+    extra = {"event_log": "jsonl", "event_log_path": tmp_path / "e.jsonl", "event_log_max_pending": 5}
+    async with stack(trained, gateway_extra=extra) as hosts:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['gateway'].port}") as channel:
+            stub = pb_grpc.RecommendationServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await stub.TrackEvents(pb.TrackEventsRequest(events=[tracked(f"I{i}") for i in range(6)]), timeout=5)
+    assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(failure.value)
+    retry = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    assert retry, "RetryInfo tells the caller when to come back"
+
+
+@pytest.mark.parametrize(
+    ("request_factory", "field"),
+    [
+        (
+            lambda: pb.RecommendRequest(subject=common.Subject(user_id=""), surface=common.SURFACE_HOME),
+            "subject.user_id",
+        ),
+        (
+            lambda: pb.RecommendRequest(subject=common.Subject(user_id="x" * 10_000_000), surface=common.SURFACE_HOME),
+            "subject.user_id",
+        ),
+        (lambda: pb.RecommendRequest(subject=common.Subject(user_id="u"), surface=common.SURFACE_HOME, k=10**6), "k"),
+        (lambda: pb.RecommendRequest(subject=common.Subject(user_id="u"), surface=77), "surface"),
+        (
+            lambda: pb.RecommendRequest(
+                subject=common.Subject(user_id="u"), surface=common.SURFACE_HOME, experiment_variant_override="nope"
+            ),
+            "experiment_variant_override",
+        ),
+    ],
+)
+async def test_hostile_requests_name_the_field(trained, request_factory, field):
+    async with stack(trained) as hosts:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{hosts['gateway'].port}", options=[("grpc.max_send_message_length", 64 * 2**20)]
+        ) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await pb_grpc.RecommendationServiceStub(channel).Recommend(request_factory(), timeout=5)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in details_of(failure.value)[1]
+
+
+async def test_invalid_events_name_the_field(trained):
+    async with stack(trained) as hosts:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['gateway'].port}") as channel:
+            bad = tracked("I1")
+            bad.event_type = common.EVENT_TYPE_UNSPECIFIED
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await pb_grpc.RecommendationServiceStub(channel).TrackEvents(
+                    pb.TrackEventsRequest(events=[tracked("I0"), bad]), timeout=5
+                )
+    assert "events[1].event_type" in details_of(failure.value)[1]

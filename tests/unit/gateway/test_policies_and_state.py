@@ -1,0 +1,166 @@
+"""Policy validation, the deadline split, variant assignment, sessions, the event log and the cache."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aisle.common.v1 import common_pb2 as common
+from aisle.recommendation.v1 import recommendation_service_pb2 as pb
+from services.gateway.cache import AnonymousCache
+from services.gateway.catalog import ItemCatalog
+from services.gateway.components.base import ComponentBase, Params
+from services.gateway.events import EventLogFull, JsonlEventSink, read_events
+from services.gateway.pipeline import Candidate, Pipeline, PipelineMetrics
+from services.gateway.policies import DEFAULT_POLICY_FILE, PolicyError, build_policies, load_policies
+from services.gateway.sessions import InMemorySessionStore, subject_key
+from tests.unit.gateway.helpers import CATALOG, deps, state
+
+RAW = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
+
+
+def test_the_shipped_policies_load_and_cover_every_surface():
+    policies = load_policies(DEFAULT_POLICY_FILE, CATALOG, deps())
+    assert set(policies.pipelines) >= {"home", "home_diverse", "product_page", "cart", "email"}
+    assert policies.pipeline_for(common.SURFACE_HOME, "diverse").name == "home_diverse"
+    assert policies.pipeline_for(common.SURFACE_HOME, "control").name == "home"
+    assert policies.pipeline_for(common.SURFACE_CART, "diverse").name == "cart"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda r: r["policies"]["home"]["filters"].append({"component": "NoSuchFilter"}),
+            "policies.home.filters[2]: unknown component 'NoSuchFilter'",
+        ),
+        (
+            lambda r: r["policies"]["home"]["selectors"][1].update(params={"max_exposures": "lots"}),
+            "policies.home.selectors[1] (ExposureCapSelector): max_exposures",
+        ),
+        (
+            lambda r: r["policies"]["home"]["selectors"][1].update(params={"colour": 1}),
+            "colour: Extra inputs are not permitted",
+        ),
+        (
+            lambda r: r["policies"]["home"]["filters"].append({"component": "SortSelector"}),
+            "SortSelector is a selector, not a filter",
+        ),
+        (lambda r: r["surfaces"].pop("email"), "surfaces: no policy for email"),
+        (
+            lambda r: r["experiment"]["variants"][1]["surfaces"].update(home="nope"),
+            "experiment.variants.diverse.surfaces.home: unknown 'nope'",
+        ),
+        (
+            lambda r: r["policies"]["home"]["sources"][0]["params"].update(source="telepathy"),
+            "policies.home.sources[0] (RetrievalSource): source",
+        ),
+    ],
+)
+def test_a_bad_policy_stops_start_up_saying_where(edit, message):
+    raw = copy.deepcopy(RAW)
+    edit(raw)
+    with pytest.raises(PolicyError) as error:
+        build_policies(raw, CATALOG, deps())
+    assert message in str(error.value)
+
+
+def test_a_component_needing_a_missing_catalog_feature_is_refused():
+    no_brands = ItemCatalog({"a": {"category": "c"}})
+    with pytest.raises(PolicyError, match=r"BrandQuotaSelector needs catalog feature\(s\) \['brand'\]"):
+        build_policies(copy.deepcopy(RAW), no_brands, deps())
+
+
+def test_variant_assignment_is_stable_and_balanced():
+    policies = load_policies(DEFAULT_POLICY_FILE, CATALOG, deps())
+    keys = [subject_key(common.Subject(user_id=f"user-{i}")) for i in range(10_000)]
+    first = [policies.variant_for(k) for k in keys]
+    assert first == [policies.variant_for(k) for k in keys]
+    share = first.count("control") / len(first)
+    assert 0.47 <= share <= 0.53, share
+    assert policies.variant_for(keys[0], override="diverse") == "diverse"
+    with pytest.raises(KeyError):
+        policies.variant_for(keys[0], override="nope")
+
+
+class SlowSource(ComponentBase):
+    kind = "source"
+    share = 0.2
+    fail_open = True
+
+    async def fetch(self, state, timeout):
+        await asyncio.sleep(5)
+        return []
+
+
+class QuickSource(ComponentBase):
+    kind = "source"
+    share = 0.2
+    fail_open = True
+
+    async def fetch(self, state, timeout):
+        return [Candidate("i1", sources=[common.CANDIDATE_SOURCE_POPULARITY])]
+
+
+async def test_a_slow_source_is_cut_at_its_slice_and_the_answer_comes_in_budget():
+    from prometheus_client import CollectorRegistry
+
+    pipeline = Pipeline(
+        "p", "1", [SlowSource("Slow", Params(), deps()), QuickSource("Quick", Params(), deps())], [], [], [], [], []
+    )
+    request_state = state(budget_s=0.1)
+    started = time.perf_counter()
+    items = await pipeline.run(request_state, PipelineMetrics(CollectorRegistry()))
+    elapsed = time.perf_counter() - started
+    assert [c.item_id for c in items] == ["i1"]
+    assert elapsed < 0.1  # the slow source had 20 ms (0.2 x 100 ms)
+    [degradation] = request_state.degradations
+    assert degradation.reason == common.DEGRADATION_REASON_SOURCE_DROPPED and degradation.stage == "Slow"
+
+
+async def test_session_store_bounds_events_and_expires():
+    now = [0.0]
+    store = InMemorySessionStore(ttl_s=10, max_events=3, max_sessions=2, clock=lambda: now[0])
+    await store.append("a", [common.Interaction(item_id=str(i)) for i in range(5)])
+    assert [e.item_id for e in await store.history("a")] == ["2", "3", "4"]
+    await store.append("b", [common.Interaction(item_id="x")])
+    await store.append("c", [common.Interaction(item_id="y")])
+    assert await store.history("a") == [] and len(store) == 2  # least recently used went first
+    now[0] = 11.0
+    assert await store.history("b") == []
+
+
+def test_subject_keys_hide_ids():
+    key = subject_key(common.Subject(user_id="alice@example.com"))
+    assert "alice" not in key and len(key) == 32
+    assert key != subject_key(common.Subject(session_id="alice@example.com"))
+
+
+async def test_jsonl_event_log_round_trip_and_overload(tmp_path: Path):
+    sink = JsonlEventSink(tmp_path / "events.jsonl", max_pending=3)
+    await sink.start()
+    await sink.write([{"type": "click", "item_id": "a"}, {"type": "purchase", "item_id": "b"}])
+    await sink.flush()
+    with pytest.raises(EventLogFull):
+        await sink.write([{"n": i} for i in range(4)])
+    await sink.close()
+    assert [e["item_id"] for e in read_events(tmp_path / "events.jsonl")] == ["a", "b"]
+
+
+def test_anonymous_cache_segments_and_invalidation():
+    cache = AnonymousCache(ttl_s=60)
+    request = pb.RecommendRequest(subject=common.Subject(session_id="s"), surface=common.SURFACE_HOME)
+    segment = cache.segment(request, "control", 10)
+    assert segment is not None
+    signed_in = pb.RecommendRequest(subject=common.Subject(user_id="u"), consent=True)
+    assert cache.segment(signed_in, "control", 10) is None
+    cache.put(segment, pb.RecommendResponse(tracking_token="t"))
+    cache.observe_versions([common.ArtifactVersion(kind="model", name="ranker", version="1")])
+    assert cache.get(segment) is not None
+    cache.observe_versions([common.ArtifactVersion(kind="model", name="ranker", version="2")])
+    assert cache.get(segment) is None
