@@ -62,11 +62,15 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         span.set_attribute("aisle.variant", variant)
         span.set_attribute("aisle.subject", key)  # hashed: never the id in clear
         # Without consent nothing about the shopper is used or stored: context (region, page, cart) only.
-        history, exposures = [], {}
+        history, exposures, session_error = [], {}, ""
         if request.consent:
-            stored = await self.deps.sessions.history(key)
+            try:
+                stored = await self.deps.sessions.history(key)
+                exposures = await self.deps.sessions.exposures(key)
+            except Exception as error:  # a session store outage costs personalisation, not the answer
+                log.warning("session store unavailable: %s", error)
+                stored, session_error = [], f"session store unavailable: {type(error).__name__}"
             history = (stored + list(request.history))[-settings.max_history :]
-            exposures = await self.deps.sessions.exposures(key)
         segment = self.cache.segment(request, variant, k) if not history else None
         if segment is not None and (cached := self.cache.get(segment)) is not None:
             response = pb.RecommendResponse()
@@ -76,6 +80,8 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             return response
         budget = RequestBudget(settings.total_budget_ms / 1000, context.time_remaining(), settings.min_stage_ms / 1000)
         state = RequestState(request, key, history, k, budget, self.catalog, variant, exposures)
+        if session_error:
+            state.degrade(common.DEGRADATION_REASON_SOURCE_DROPPED, "sessions", session_error)
         items = await pipeline.run(state, self.metrics)
         if not items and any(d.reason == common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE for d in state.degradations):
             raise DependencyUnavailable(
@@ -161,8 +167,14 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             if event.HasField("event_time"):
                 interaction.event_time.CopyFrom(event.event_time)
             by_subject.setdefault(subject_key(event.subject), []).append(interaction)
-        for key, interactions in by_subject.items():
-            await self.deps.sessions.append(key, interactions)
+        try:
+            for key, interactions in by_subject.items():
+                await self.deps.sessions.append(key, interactions)
+        except Exception as error:
+            # The log already has the events: a retry may duplicate them there (at-least-once), never lose them.
+            raise DependencyUnavailable(
+                f"session store unavailable ({type(error).__name__}); retry", reason="SESSIONS_UNAVAILABLE"
+            ) from None
         # Aggregate feedback for the bandit is kept with or without consent: it says nothing about the shopper.
         for event in request.events:
             if event.event_type in SUCCESS_EVENTS:

@@ -1,0 +1,106 @@
+"""Redis-backed session store and event stream: what several gateway replicas share in production.
+
+Sessions: ``aisle:session:<hashed subject>:events`` is a list of serialized ``Interaction`` messages (trimmed to
+``max_events``) and ``...:exposures`` a hash of item -> times shown; both expire ``ttl_s`` after the last write.
+Events: one Redis Stream (``aisle:events``) of JSON records, read back by training with XRANGE/XREAD; it is
+never trimmed by the gateway, so nothing is dropped silently (retention is the operator's, via XTRIM).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as redis
+
+from aisle.common.v1 import common_pb2 as common
+from services.gateway.events import EventLogFull
+
+EVENTS_STREAM = "aisle:events"
+
+
+def _events_key(key: str) -> str:
+    return f"aisle:session:{key}:events"
+
+
+def _exposures_key(key: str) -> str:
+    return f"aisle:session:{key}:exposures"
+
+
+class RedisSessionStore:
+    def __init__(self, url: str, ttl_s: float, max_events: int):
+        self.client = redis.Redis.from_url(url, socket_timeout=0.05, socket_connect_timeout=1.0)
+        self.ttl_ms, self.max_events = int(ttl_s * 1000), max_events
+
+    async def history(self, key: str) -> list[common.Interaction]:
+        raw = await self.client.lrange(_events_key(key), 0, -1)
+        return [common.Interaction.FromString(item) for item in raw]
+
+    async def append(self, key: str, events: Sequence[common.Interaction]) -> None:
+        if not events:
+            return
+        name = _events_key(key)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.rpush(name, *[event.SerializeToString() for event in events])
+            pipe.ltrim(name, -self.max_events, -1)
+            pipe.pexpire(name, self.ttl_ms)
+            await pipe.execute()
+
+    async def exposures(self, key: str) -> dict[str, int]:
+        raw = await self.client.hgetall(_exposures_key(key))
+        return {item.decode(): int(count) for item, count in raw.items()}
+
+    async def add_exposures(self, key: str, item_ids: Sequence[str]) -> None:
+        if not item_ids:
+            return
+        name = _exposures_key(key)
+        async with self.client.pipeline(transaction=True) as pipe:
+            for item in item_ids:
+                pipe.hincrby(name, item, 1)
+            pipe.pexpire(name, self.ttl_ms)
+            await pipe.execute()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class RedisStreamEventSink:
+    """Appends event records to a Redis Stream; refuses (EventLogFull) when too many writes are in flight."""
+
+    def __init__(self, url: str, max_pending: int, stream: str = EVENTS_STREAM):
+        self.client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.stream, self.max_pending = stream, max_pending
+        self._pending = 0
+
+    async def start(self) -> None:
+        await self.client.ping()
+
+    async def write(self, records: Sequence[dict[str, Any]]) -> None:
+        if not records:
+            return
+        if self._pending + len(records) > self.max_pending:
+            raise EventLogFull(f"{self._pending} events in flight to Redis")
+        self._pending += len(records)
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for record in records:
+                    pipe.xadd(self.stream, {"event": json.dumps(record, separators=(",", ":"))})
+                await pipe.execute()
+        except redis.RedisError as error:
+            raise EventLogFull(f"Redis did not take the events: {error}") from None
+        finally:
+            self._pending -= len(records)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+async def read_stream(url: str, stream: str = EVENTS_STREAM) -> list[dict[str, Any]]:
+    """Every record in the stream, oldest first (for training and tests)."""
+    client = redis.Redis.from_url(url)
+    try:
+        entries = await client.xrange(stream)
+        return [json.loads(fields[b"event"]) for _, fields in entries]
+    finally:
+        await client.aclose()

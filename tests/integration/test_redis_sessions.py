@@ -1,0 +1,93 @@
+"""The Redis session store and event stream against a real Redis server: two gateways share one session."""
+
+from __future__ import annotations
+
+import contextlib
+
+import grpc
+import pytest
+
+from aisle.common.v1 import common_pb2 as common
+from aisle.recommendation.v1 import recommendation_service_pb2 as pb
+from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
+from services.core.server import ServiceHost
+from services.gateway.app import build_application as build_gateway
+from services.gateway.redis_store import RedisSessionStore, RedisStreamEventSink, read_stream
+from services.ranking.app import build_application as build_ranking
+from services.retrieval.app import build_application as build_retrieval
+from tests.integration.conftest import gateway_settings, ranking_settings, retrieval_settings, serving
+from tests.integration.test_events_and_consent import home, tracked
+from tests.integration.test_recommend_path import history_of
+from tests.support.redis import redis_server
+
+
+@pytest.fixture
+def redis_url():
+    with redis_server() as url:
+        yield url
+
+
+async def test_store_round_trip_bounds_and_exposures(redis_url):
+    store = RedisSessionStore(redis_url, ttl_s=60, max_events=3)
+    await store.append("k", [common.Interaction(item_id=str(i), quantity=i) for i in range(5)])
+    assert [(e.item_id, e.quantity) for e in await store.history("k")] == [("2", 2), ("3", 3), ("4", 4)]
+    await store.add_exposures("k", ["a", "b", "a"])
+    assert await store.exposures("k") == {"a": 2, "b": 1}
+    assert await store.history("other") == []
+    await store.close()
+
+
+async def test_stream_sink_keeps_every_event_and_refuses_when_overloaded(redis_url):
+    sink = RedisStreamEventSink(redis_url, max_pending=10)
+    await sink.start()
+    await sink.write([{"type": "click", "item_id": "a"}, {"type": "purchase", "item_id": "b"}])
+    assert [e["item_id"] for e in await read_stream(redis_url)] == ["a", "b"]
+    from services.gateway.events import EventLogFull
+
+    with pytest.raises(EventLogFull):
+        await sink.write([{"n": i} for i in range(11)])
+    await sink.close()
+
+
+async def test_two_gateways_share_one_session_through_redis(trained, redis_url):
+    retrieval = ServiceHost(s := retrieval_settings(trained), build_retrieval(s))
+    ranking = ServiceHost(r := ranking_settings(trained), build_ranking(r))
+    async with serving(retrieval), serving(ranking), contextlib.AsyncExitStack() as stack:
+        ports = []
+        for _ in range(2):  # separate apps, separate Redis clients: only Redis is shared
+            settings = gateway_settings(
+                trained, retrieval.port, ranking.port, session_store="redis", redis_url=redis_url, event_log="redis"
+            )
+            host = await stack.enter_async_context(serving(ServiceHost(settings, build_gateway(settings))))
+            ports.append(host.port)
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{ports[0]}") as first,
+            grpc.aio.insecure_channel(f"127.0.0.1:{ports[1]}") as second,
+        ):
+            bought = history_of(trained, 3)
+            await pb_grpc.RecommendationServiceStub(first).TrackEvents(
+                pb.TrackEventsRequest(events=[tracked(i, user="shared") for i in bought]), timeout=5
+            )
+            answer = await pb_grpc.RecommendationServiceStub(second).Recommend(home(user="shared"), timeout=5)
+    assert any(common.CANDIDATE_SOURCE_TWO_TOWER in i.sources for i in answer.items)
+    recorded = await read_stream(redis_url)
+    assert [e["item_id"] for e in recorded if e["type"] == "purchase"] == bought
+
+
+async def test_a_redis_outage_costs_personalisation_not_the_answer(trained, redis_url):
+    async with (
+        serving(ServiceHost(s := retrieval_settings(trained), build_retrieval(s))) as retrieval,
+        serving(ServiceHost(r := ranking_settings(trained), build_ranking(r))) as ranking,
+    ):
+        settings = gateway_settings(
+            trained, retrieval.port, ranking.port, session_store="redis", redis_url="redis://127.0.0.1:1/0"
+        )
+        async with serving(ServiceHost(settings, build_gateway(settings))) as gateway:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+                answer = await pb_grpc.RecommendationServiceStub(channel).Recommend(home(), timeout=5)
+                with pytest.raises(grpc.aio.AioRpcError) as failure:
+                    await pb_grpc.RecommendationServiceStub(channel).TrackEvents(
+                        pb.TrackEventsRequest(events=[tracked("I1")]), timeout=5
+                    )
+    assert answer.items and any(d.stage == "sessions" for d in answer.degradations)
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
