@@ -155,10 +155,12 @@ class Pipeline:
     async def run(self, state: RequestState, metrics: PipelineMetrics) -> list[Candidate]:
         with self._stage("retrieval", state, metrics):
             candidates = await self._fetch(self.sources, state, metrics)
-            retrieval_down = any(
-                d.reason == common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE for d in state.degradations
+            # Retrieval down or too slow (a source was dropped) and nothing came back: serve the fallback.
+            sources_failed = any(
+                d.reason in (common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE, common.DEGRADATION_REASON_SOURCE_DROPPED)
+                for d in state.degradations
             )
-            if not candidates and retrieval_down and self.fallback:
+            if not candidates and sources_failed and self.fallback:
                 candidates = await self._fetch(self.fallback, state, metrics)
         with self._stage("filtering", state, metrics):
             for component in self.filters:

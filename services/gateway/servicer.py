@@ -83,9 +83,11 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         if session_error:
             state.degrade(common.DEGRADATION_REASON_SOURCE_DROPPED, "sessions", session_error)
         items = await pipeline.run(state, self.metrics)
-        if not items and any(d.reason == common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE for d in state.degradations):
+        failed = {common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE, common.DEGRADATION_REASON_SOURCE_DROPPED}
+        if not items and any(d.reason in failed for d in state.degradations):
             raise DependencyUnavailable(
-                "retrieval is down and no cached popular items are available yet", reason="RETRIEVAL_UNAVAILABLE"
+                "retrieval is down or too slow and no cached popular items are available yet",
+                reason="RETRIEVAL_UNAVAILABLE",
             )
         response = self._response(state, items, pipeline, variant)
         response.stage_latencies.add(stage="total", duration_ms=(time.perf_counter() - started) * 1000)
