@@ -129,6 +129,8 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         dimension = index.artifact.dimension
         if request.history_query_vector and len(request.history_query_vector) != dimension:
             check.add("history_query_vector", f"must have {dimension} values, got {len(request.history_query_vector)}")
+        elif request.history_query_vector and not np.isfinite(request.history_query_vector).all():
+            check.add("history_query_vector", "must hold finite numbers")
         check.count("anchor_vectors", request.anchor_vectors, limit=settings.max_anchors)
         for i, anchor in enumerate(request.anchor_vectors[: settings.max_anchors]):
             if len(anchor.vector) != dimension:
