@@ -21,8 +21,14 @@ def clustered_embeddings(count: int, dimension: int = 16, clusters: int = 20, se
 
 
 def write_index(
-    root: Path, count: int = 3000, dimension: int = 16, seed: int = 0, version: str | None = None,
-    scann: bool = False, ids: list[str] | None = None, query_tower: Path | None = None,
+    root: Path,
+    count: int = 3000,
+    dimension: int = 16,
+    seed: int = 0,
+    version: str | None = None,
+    scann: bool = False,
+    ids: list[str] | None = None,
+    query_tower: Path | None = None,
 ) -> Path:
     """An index version: items I00000.., 3 regions (items sold in 1-3 of them), 5% out of stock,
     brands b0-b9 and categories c0-c4 by row, popularity decreasing with row, trending the reverse."""
