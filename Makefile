@@ -7,7 +7,7 @@ STAMP := $(VENV)/.aisle-installed
 export BUF_CACHE_DIR ?= $(CURDIR)/.cache/buf
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-integration test-e2e lint format proto proto-check k8s-check check train triton bench-retrieval clean
+.PHONY: help setup demo test test-unit test-integration test-e2e lint format proto proto-check k8s-check check train triton bench-retrieval bench-e2e clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ test-e2e: setup ## The services as separate processes, and the demo
 
 bench-retrieval: setup ## Retrieval benchmark (1M x 64): ScaNN vs exact vs faiss, filters, Retrieve RPC at 200/s
 	$(BIN)/python bench/retrieval.py
+
+bench-e2e: setup ## End-to-end open-loop load: three service processes vs a bare echo chain, latency vs rate
+	$(BIN)/python bench/e2e.py
 
 train: setup ## Train on the synthetic shop and export into model_repository/ and artifacts/index
 	$(BIN)/aisle train

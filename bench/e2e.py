@@ -1,0 +1,260 @@
+"""End-to-end load benchmark: the three services as separate processes under an open-loop load, against a bare
+grpc.aio echo chain with the same hops measured in the same run.
+
+    .venv/bin/python bench/e2e.py [--items 100000] [--rates 50,100,200,300,400] [--seconds 10]
+    (make bench-e2e)
+
+Open loop: requests are sent at fixed arrival times and latency is measured from the intended send time, so a slow
+answer cannot hide the queueing it causes (no coordinated omission). Writes bench/results/e2e.json (summary keys
+p99_ms_at_200rps, saturation_rps, overhead_per_hop_ms, error_rate_at_200rps) and bench/results/e2e_latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+
+from aisle.common.v1 import common_pb2 as common  # noqa: E402
+from aisle.recommendation.v1 import recommendation_service_pb2 as pb  # noqa: E402
+from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc  # noqa: E402
+from services.demo.stack import LocalStack, free_port  # noqa: E402
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+async def open_loop(send, make_request, rate: float, seconds: float) -> dict:
+    """Sends ``rate`` requests per second for ``seconds`` at fixed times; latency from the intended time."""
+    count = int(rate * seconds)
+    requests = [make_request(i) for i in range(count)]
+    latencies: list[float] = []
+    errors = degraded = 0
+    stage_ms: dict[str, list[float]] = {}
+    start = time.perf_counter() + 0.1
+
+    async def one(i: int) -> None:
+        nonlocal errors, degraded
+        intended = start + i / rate
+        await asyncio.sleep(max(0.0, intended - time.perf_counter()))
+        try:
+            response = await send(requests[i])
+        except grpc.aio.AioRpcError:
+            errors += 1
+            response = None
+        latencies.append((time.perf_counter() - intended) * 1000)
+        if response is not None and hasattr(response, "degradations"):
+            degraded += bool(response.degradations)
+            for stage in response.stage_latencies:
+                stage_ms.setdefault(stage.stage, []).append(stage.duration_ms)
+
+    began = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    elapsed = time.perf_counter() - began
+    ms = np.array(latencies)
+    return {
+        "offered_rps": rate,
+        "achieved_rps": count / elapsed,
+        "requests": count,
+        "errors": errors,
+        "error_rate": errors / count,
+        "degraded_rate": degraded / count,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "max_ms": float(ms.max()),
+        "stages_p99_ms": {s: float(np.percentile(v, 99)) for s, v in stage_ms.items()},
+        "stages_p50_ms": {s: float(np.percentile(v, 50)) for s, v in stage_ms.items()},
+    }
+
+
+def saturated(row: dict) -> bool:
+    return row["achieved_rps"] < 0.95 * row["offered_rps"] or row["p99_ms"] > 100 or row["error_rate"] > 0.01
+
+
+async def measure_aisle(stack: LocalStack, item_ids: list[str], rates: list[float], seconds: float) -> list[dict]:
+    rng = np.random.default_rng(0)
+    async with grpc.aio.insecure_channel(stack.gateway_target) as channel:
+        stub = pb_grpc.RecommendationServiceStub(channel)
+
+        def make(i: int) -> pb.RecommendRequest:
+            history = [
+                common.Interaction(item_id=item_ids[j], event_type=common.EVENT_TYPE_VIEW)
+                for j in rng.integers(0, len(item_ids), size=10)
+            ]
+            return pb.RecommendRequest(
+                subject=common.Subject(user_id=f"u{i % 5000}"),
+                surface=common.SURFACE_HOME,
+                consent=True,
+                history=history,
+                k=10,
+                context=common.RequestContext(region="GB"),
+            )
+
+        async def send(request):
+            return await stub.Recommend(request, timeout=1.0)
+
+        for i in range(100):
+            await send(make(i))  # warm-up
+        rows = []
+        for rate in rates:
+            row = await open_loop(send, make, rate, seconds)
+            rows.append(row)
+            log(
+                f"  aisle {rate:.0f}/s: p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} ms, "
+                f"errors {row['errors']}, degraded {row['degraded_rate']:.1%}"
+            )
+            if saturated(row):
+                break
+        return rows
+
+
+async def measure_echo(rates: list[float], seconds: float) -> list[dict]:
+    ports = [free_port() for _ in range(3)]
+    script = str(ROOT / "bench" / "echo_chain.py")
+    processes = [subprocess.Popen([sys.executable, script, "back", str(p)]) for p in ports[1:]]  # noqa: ASYNC220
+    processes.append(
+        subprocess.Popen([sys.executable, script, "front", str(ports[0]), *[f"127.0.0.1:{p}" for p in ports[1:]]])  # noqa: ASYNC220
+    )
+    try:
+        await asyncio.sleep(1.5)
+        payload = b"x" * 600  # about the size of a Recommend request
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
+            call = channel.unary_unary(
+                "/bench.Echo/Call", request_serializer=lambda b: b, response_deserializer=lambda b: b
+            )
+
+            async def send(request):
+                return await call(request, timeout=1.0)
+
+            for _ in range(100):
+                await send(payload)
+            rows = []
+            for rate in rates:
+                row = await open_loop(send, lambda i: payload, rate, seconds)
+                rows.append(row)
+                log(f"  echo {rate:.0f}/s: p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} ms")
+                if saturated(row):
+                    break
+            return rows
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(10)
+
+
+def train_artifacts(workdir: Path, items: int) -> None:
+    from services.demo.run import PROJECT_ROOT
+    from training.pipeline import train_synthetic
+    from training.train_tiny import TrainConfig
+
+    repository = workdir / "model_repository" / "ranker"
+    repository.mkdir(parents=True)
+    (repository / "config.pbtxt").write_text((PROJECT_ROOT / "model_repository/ranker/config.pbtxt").read_text())
+    train_synthetic(
+        workdir,
+        workdir / "model_repository",
+        users=max(2000, items // 20),
+        items=items,
+        config=TrainConfig(epochs=1, max_examples=100_000),
+        progress=False,
+    )
+
+
+def plot(aisle: list[dict], echo: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for rows, label, style in ((aisle, "aisle", "-"), (echo, "echo chain", "--")):
+        rates = [r["offered_rps"] for r in rows]
+        for key, marker in (("p50_ms", "o"), ("p99_ms", "s")):
+            axis.plot(rates, [r[key] for r in rows], style, marker=marker, label=f"{label} {key[:3]}")
+    axis.set_xlabel("offered rate (requests/s, open loop)")
+    axis.set_ylabel("latency (ms)")
+    axis.set_yscale("log")
+    axis.grid(True, alpha=0.3)
+    axis.legend()
+    axis.set_title("Recommend latency vs offered rate")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--rates", default="50,100,200,300,400,500")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "e2e.json")
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="aisle-e2e-") as temp:
+        workdir = Path(temp)
+        log(f"training a ranker and an index for {args.items} items")
+        train_artifacts(workdir, args.items)
+        item_ids = (next((workdir / "index").iterdir()) / "item_ids.txt").read_text().split()
+        stack = LocalStack(
+            workdir,
+            {
+                "retrieval": {"index_path": str(workdir / "index"), "index_poll_s": "0"},
+                "ranking": {"model_repository": str(workdir / "model_repository")},
+                "gateway": {
+                    "catalog_path": str(workdir / "catalog.json"),
+                    "event_log": "off",
+                    "anonymous_cache_ttl_s": "0",
+                },
+            },
+            env={"OTEL_TRACES_SAMPLER": "always_on"},
+        )
+        log("aisle: three processes, tracing on (no exporter)")
+        with stack:
+            aisle = asyncio.run(measure_aisle(stack, item_ids, rates, args.seconds))
+        log("baseline: bare grpc.aio echo chain, same hops")
+        echo = asyncio.run(measure_echo(rates, args.seconds))
+    at = {r["offered_rps"]: r for r in aisle}
+    echo_at = {r["offered_rps"]: r for r in echo}
+    common_rates = [r for r in at if r in echo_at and not saturated(at[r])]
+    overhead = (
+        float(np.median([(at[r]["p50_ms"] - echo_at[r]["p50_ms"]) / 3 for r in common_rates])) if common_rates else None
+    )
+    unsaturated = [r["offered_rps"] for r in aisle if not saturated(r)]
+    summary = {
+        "p99_ms_at_200rps": at.get(200.0, {}).get("p99_ms"),
+        "saturation_rps": max(unsaturated) if unsaturated else 0.0,
+        "overhead_per_hop_ms": overhead,
+        "error_rate_at_200rps": at.get(200.0, {}).get("error_rate"),
+        "echo_p99_ms_at_200rps": echo_at.get(200.0, {}).get("p99_ms"),
+    }
+    result = {
+        "summary": summary,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "items": args.items,
+        "cpus": os.cpu_count(),
+        "aisle": aisle,
+        "echo_chain": echo,
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(aisle, echo, args.out.with_name("e2e_latency.png"))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
