@@ -42,7 +42,7 @@ class ScannConfig:
         )
 
     def search_params(self) -> ScannSearchParams:
-        return ScannSearchParams(self.leaves_to_search, self.pre_reorder_num_neighbors)
+        return ScannSearchParams(self.leaves_to_search, self.pre_reorder_num_neighbors, self.num_leaves)
 
 
 def build_scann(embeddings: np.ndarray, directory: Path, config: ScannConfig) -> dict:

@@ -59,6 +59,7 @@ class ExactSearcher:
 class ScannSearchParams:
     leaves_to_search: int
     pre_reorder_num_neighbors: int
+    num_leaves: int = 0  # of the tree; 0 if unknown
 
 
 class ScannSearcher:
@@ -72,12 +73,19 @@ class ScannSearcher:
         self._searcher = scann.scann_ops_pybind.load_searcher(str(directory))
         self.params = params
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, query: np.ndarray, k: int, widen: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """``widen`` > 1 searches proportionally more leaves (for deep over-fetches, whose tail needs them)."""
+        leaves = self.params.leaves_to_search
+        if widen > 1:
+            leaves = int(leaves * widen)
+            if self.params.num_leaves:
+                leaves = min(leaves, self.params.num_leaves)
         rows, scores = self._searcher.search(
             query.astype(np.float32, copy=False),
             final_num_neighbors=k,
-            pre_reorder_num_neighbors=max(k, self.params.pre_reorder_num_neighbors),
-            leaves_to_search=self.params.leaves_to_search,
+            # An over-fetch re-scores twice what it keeps: the quantised scores are least reliable in the tail.
+            pre_reorder_num_neighbors=max(k if widen <= 1 else 2 * k, self.params.pre_reorder_num_neighbors),
+            leaves_to_search=leaves,
         )
         return rows.astype(np.int64), scores.astype(np.float32)
 
@@ -126,7 +134,12 @@ class FilteredSearch:
             return self.exact.search_rows(query, np.flatnonzero(allowed), k)
         fetch = int(min(total, max(2 * k, k * total / allowed_count * self.overfetch)))
         while True:
-            rows, scores = self.searcher.search(query, min(fetch, total))
+            # A deep over-fetch reaches far-away neighbours: search more leaves in proportion (sqrt keeps it cheap).
+            widen = (fetch / k) ** 0.5
+            if isinstance(self.searcher, ScannSearcher):
+                rows, scores = self.searcher.search(query, min(fetch, total), widen=widen)
+            else:
+                rows, scores = self.searcher.search(query, min(fetch, total))
             keep = allowed[rows]
             if keep.sum() >= k or fetch >= total:
                 return rows[keep][:k], scores[keep][:k]
