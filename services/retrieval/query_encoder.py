@@ -14,6 +14,8 @@ from services.retrieval.index import InvalidIndex
 log = logging.getLogger(__name__)
 
 HISTORY_INPUT = "history_item_ids"
+#: Newest items a query tower with a dynamic history length is given.
+MAX_DYNAMIC_LENGTH = 200
 QUERY_OUTPUT = "query_embedding"
 
 
@@ -41,7 +43,7 @@ class OnnxQueryTower:
     """The two-tower model's query tower, exported to ONNX and shipped inside the index version.
 
     Contract: input ``history_item_ids`` INT64 [batch, L] (index row + 1, 0 = padding, left-padded, oldest
-    first); output ``query_embedding`` FP32 [batch, dimension]. Checked and warmed up on load.
+    first; L fixed or dynamic); output ``query_embedding`` FP32 [batch, dimension]. Checked and warmed up on load.
     """
 
     name = "query_tower"
@@ -62,22 +64,22 @@ class OnnxQueryTower:
         history = inputs.get(HISTORY_INPUT)
         if history is None or history.type != "tensor(int64)" or len(history.shape) != 2:
             raise InvalidIndex(f"{path}: query tower needs input {HISTORY_INPUT!r} INT64 [batch, length]")
-        if not isinstance(history.shape[1], int):
-            raise InvalidIndex(f"{path}: query tower's history length must be fixed, got {history.shape[1]!r}")
         if QUERY_OUTPUT not in outputs:
             raise InvalidIndex(f"{path}: query tower has no output {QUERY_OUTPUT!r}")
         if set(inputs) != {HISTORY_INPUT}:
             raise InvalidIndex(f"{path}: unsupported query tower inputs {sorted(inputs)}")
-        self.length = int(history.shape[1])
+        # A fixed length means left-pad/truncate to it; a dynamic one takes the newest items as they are.
+        self.length = int(history.shape[1]) if isinstance(history.shape[1], int) else None
         self.dimension = dimension
         warm = self._run(np.array([min(1, item_count)] * 2, dtype=np.int64))
         if warm.shape != (dimension,) or not np.isfinite(warm).all():
             raise InvalidIndex(f"{path}: query tower gives {warm.shape} vectors, the index has {dimension} dims")
 
     def _run(self, tokens: np.ndarray) -> np.ndarray:
-        history = np.zeros((1, self.length), dtype=np.int64)
-        tail = tokens[-self.length :]
-        history[0, self.length - tail.size :] = tail
+        length = self.length or min(len(tokens), MAX_DYNAMIC_LENGTH)
+        history = np.zeros((1, length), dtype=np.int64)
+        tail = tokens[-length:]
+        history[0, length - tail.size :] = tail
         return self._session.run([QUERY_OUTPUT], {HISTORY_INPUT: history})[0][0]
 
     def encode(self, history_rows: list[int]) -> np.ndarray:

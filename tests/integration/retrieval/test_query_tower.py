@@ -33,7 +33,7 @@ class TinyQueryTower(torch.nn.Module):
         return self.project(mean)
 
 
-def export(model: torch.nn.Module, path) -> None:
+def export(model: torch.nn.Module, path, dynamic_length: bool = False) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -42,7 +42,12 @@ def export(model: torch.nn.Module, path) -> None:
             str(path),
             input_names=["history_item_ids"],
             output_names=["query_embedding"],
-            dynamic_shapes={"history_item_ids": {0: torch.export.Dim("batch")}},
+            dynamic_shapes={
+                "history_item_ids": {
+                    0: torch.export.Dim("batch"),
+                    **({1: torch.export.Dim("length")} if dynamic_length else {}),
+                }
+            },
             dynamo=True,
             opset_version=18,
             verbose=False,
@@ -77,3 +82,14 @@ def test_a_tower_that_does_not_fit_the_index_is_refused(tmp_path):
     export(wrong, path)
     with pytest.raises(InvalidIndex, match="4,\\) vectors, the index has 16 dims"):
         open_index(write_index(tmp_path / "idx", count=ITEMS, query_tower=path), 20_000, 0.8)
+
+
+def test_a_tower_with_a_dynamic_history_length_takes_the_history_as_it_is(tmp_path):
+    path = tmp_path / "dynamic.onnx"
+    export(TinyQueryTower(), path, dynamic_length=True)
+    index = open_index(write_index(tmp_path / "idx", count=ITEMS, query_tower=path), 20_000, 0.8)
+    assert index.encoder.length is None
+    history = [5, 17, 2999]
+    with torch.no_grad():
+        expected = TinyQueryTower()(torch.tensor([history]) + 1)[0].numpy()
+    assert abs(index.encoder.encode(history) - expected).max() < 1e-4
