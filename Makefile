@@ -7,7 +7,7 @@ STAMP := $(VENV)/.aisle-installed
 export BUF_CACHE_DIR ?= $(CURDIR)/.cache/buf
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-integration test-e2e lint format proto proto-check k8s-check check train triton bench-retrieval bench-e2e clean
+.PHONY: help setup demo test test-unit test-integration test-e2e lint format proto proto-check k8s-check check train train-online-retail evaluate triton bench-retrieval bench-e2e models-check bench-ranking clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -40,14 +40,27 @@ test-integration: setup ## In-process gRPC servers on port 0 with real models
 test-e2e: setup ## The services as separate processes, and the demo
 	$(BIN)/python -m pytest tests/e2e
 
+models-check: setup ## Validate every model in model_repository/ (layout, configs, ONNX graphs, parity)
+	$(BIN)/aisle models validate model_repository
+
+bench-ranking: setup triton ## Ranking benchmark: Rank RPC embedded (batched/unbatched) vs local Triton vs torch eager
+	$(BIN)/python bench/ranking.py
+
 bench-retrieval: setup ## Retrieval benchmark (1M x 64): ScaNN vs exact vs faiss, filters, Retrieve RPC at 200/s
 	$(BIN)/python bench/retrieval.py
 
 bench-e2e: setup ## End-to-end open-loop load: three service processes vs a bare echo chain, latency vs rate
 	$(BIN)/python bench/e2e.py
 
-train: setup ## Train on the synthetic shop and export into model_repository/ and artifacts/index
+train: setup ## Train two-tower + sequence ranker on the synthetic shop into model_repository/ and artifacts/
 	$(BIN)/aisle train
+
+train-online-retail: setup ## Train on Online Retail ($$AISLE_ONLINE_RETAIL) into model_repository/sequence_ranker and artifacts/online_retail
+	@test -n "$$AISLE_ONLINE_RETAIL" || { echo "set AISLE_ONLINE_RETAIL to the Online Retail parquet file"; exit 2; }
+	$(BIN)/aisle train --data "$$AISLE_ONLINE_RETAIL" --out artifacts/online_retail --seed 0
+
+evaluate: setup ## Offline evaluation of artifacts/online_retail (JSON, Markdown, plots)
+	$(BIN)/aisle evaluate --artifacts artifacts/online_retail --out artifacts/online_retail/evaluation.json
 
 proto: setup ## Regenerate the Python stubs in gen/python from protos/
 	PYTHON=$(CURDIR)/$(BIN)/python scripts/gen_protos.sh
@@ -69,8 +82,8 @@ format: setup ## Apply ruff's fixes and formatting
 k8s-check: setup ## Render every kustomize overlay/component combination and validate it offline
 	PATH=$(CURDIR)/$(BIN):$$PATH scripts/k8s_check.sh
 
-check: lint proto-check k8s-check ## Everything CI checks besides the tests
+check: lint proto-check k8s-check models-check ## Everything CI checks besides the tests
 
 clean: ## Remove generated artefacts (not the venv)
 	rm -rf artifacts .pytest_cache .ruff_cache .cache
-	find model_repository -mindepth 2 -maxdepth 2 -type d \( -regex '.*/[0-9]+' -o -name '.staging-*' \) -exec rm -rf {} +
+	find model_repository -mindepth 2 -maxdepth 2 -type d \( -regex '.*/[0-9]+' -o -name '.staging-*' -o -name '.retired-*' \) -exec rm -rf {} +

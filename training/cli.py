@@ -10,43 +10,129 @@ from pathlib import Path
 
 import click
 
+_FORMATS = ("auto", "online-retail", "events", "sequences")
+
 
 @click.command()
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Shop data: Online Retail (.parquet/.csv), an events file in the documented schema (.parquet/.csv) or "
+    "plain-text sequences (.txt). Default: the seeded synthetic shop.",
+)
+@click.option("--format", "data_format", type=click.Choice(_FORMATS), default="auto", show_default=True)
+@click.option(
+    "--catalog",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Item catalog (.parquet/.csv) for an events file.",
+)
+@click.option("--strict", is_flag=True, help="Stop at the first malformed row instead of skipping and counting it.")
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
     default=Path("artifacts"),
     show_default=True,
-    help="Folder for the retrieval index (out/index/<version>) and the item catalog.",
+    help="Folder for the retrieval index (out/index/<version>), the query tower, the catalog and the run record.",
 )
 @click.option(
     "--model-repository",
     type=click.Path(path_type=Path),
     default=Path("model_repository"),
     show_default=True,
-    help="Triton-layout repository; a new version folder is added to its ranker.",
+    help="Triton-layout repository; a new version folder is added to the model's folder.",
 )
-@click.option("--model-name", default="ranker", show_default=True, help="Model folder in the repository.")
+@click.option(
+    "--model-name",
+    default=None,
+    help="Model folder in the repository [default: sequence_ranker; ranker with --skeleton].",
+)
+@click.option(
+    "--skeleton",
+    is_flag=True,
+    help="Train the walking skeleton's tiny ranker on the synthetic shop instead (what `aisle demo` uses).",
+)
 @click.option(
     "--users", type=click.IntRange(10, 1_000_000), default=2000, show_default=True, help="Synthetic shop: customers."
 )
 @click.option(
     "--items", type=click.IntRange(20, 1_000_000), default=1000, show_default=True, help="Synthetic shop: catalog size."
 )
-@click.option("--epochs", type=click.IntRange(1, 100), default=3, show_default=True, help="Training epochs.")
+@click.option("--epochs", type=click.IntRange(1, 100), default=None, help="Epochs for each model [default: per model].")
+@click.option("--dim", type=click.IntRange(8, 512), default=64, show_default=True, help="Embedding size.")
+@click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True, help="Torch CPU threads.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data, sampling and weights.")
-def train(out: Path, model_repository: Path, model_name: str, users: int, items: int, epochs: int, seed: int) -> None:
-    """Train the ranker on a synthetic shop and export it (ONNX) and its item index."""
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
+def train(
+    data: Path | None,
+    data_format: str,
+    catalog: Path | None,
+    strict: bool,
+    out: Path,
+    model_repository: Path,
+    model_name: str | None,
+    skeleton: bool,
+    users: int,
+    items: int,
+    epochs: int | None,
+    dim: int,
+    threads: int,
+    seed: int,
+    progress: bool,
+) -> None:
+    """Train the two-tower retriever and the sequence ranker, export them (ONNX, index), record the run."""
     from services.core.logs import configure_logging
+
+    configure_logging("INFO", "train")
+    model_name = model_name or ("ranker" if skeleton else "sequence_ranker")
+    config_path = model_repository / model_name / "config.pbtxt"
+    if not config_path.is_file():
+        raise click.UsageError(
+            f"{config_path} not found: point --model-repository at a repository "
+            "whose model folder has its config.pbtxt (the project's model_repository/ has one)"
+        )
+    if skeleton:
+        _train_skeleton(out, model_repository, model_name, users, items, epochs or 3, seed)
+        return
+    import torch
+
+    from training.data.schema import DataError
+    from training.fit import FitConfig
+    from training.run import train_and_export
+
+    torch.set_num_threads(threads)
+    if data is None:
+        spec = {"format": "synthetic", "users": users, "items": items, "seed": seed}
+    else:
+        if not data.is_file():
+            raise click.BadParameter(f"{data}: no such file", param_hint="--data")
+        spec = {"format": data_format, "path": str(data.resolve()), "strict": strict}
+        if catalog:
+            spec["catalog"] = str(catalog.resolve())
+    config = FitConfig(seed=seed, dim=dim, threads=threads)
+    if epochs:
+        config = FitConfig(seed=seed, dim=dim, threads=threads, tower_epochs=epochs, ranker_epochs=epochs)
+    try:
+        run = train_and_export(spec, out, model_repository, model_name, config, progress=progress)
+    except DataError as exc:
+        raise click.ClickException(str(exc)) from None
+    validation = run.fitted.validation
+    click.echo(f"model version: {run.ranker_dir}")
+    click.echo(f"index:         {run.index_dir}")
+    click.echo(f"query tower:   {run.query_tower_dir}")
+    click.echo(f"run record:    {run.run_file}")
+    click.echo(
+        "validation:    "
+        + ", ".join(f"{k}={validation[k]:.4f}" for k in ("ndcg@10", "hr@10", "recall@100") if k in validation)
+    )
+    click.echo(f"next:          aisle evaluate --artifacts {out} --out {out / 'evaluation.json'}")
+
+
+def _train_skeleton(out: Path, model_repository: Path, model_name: str, users: int, items: int, epochs: int, seed: int):
     from training.pipeline import train_synthetic
     from training.train_tiny import TrainConfig
 
-    configure_logging("INFO", "train")
-    if not (model_repository / model_name / "config.pbtxt").is_file():
-        raise click.UsageError(
-            f"{model_repository / model_name / 'config.pbtxt'} not found: point --model-repository at a repository "
-            "whose model folder has its config.pbtxt (the project's model_repository/ has one)"
-        )
     artifacts = train_synthetic(
         out,
         model_repository,
@@ -63,6 +149,49 @@ def train(out: Path, model_repository: Path, model_name: str, users: int, items:
 
 
 @click.command()
-def evaluate() -> None:
-    """Offline evaluation (full-ranking NDCG@K, HR@K, coverage) against baselines. Not written yet."""
-    raise click.ClickException("offline evaluation arrives with the training issue; nothing to run yet")
+@click.option(
+    "--artifacts",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("artifacts"),
+    show_default=True,
+    help="The --out folder of `aisle train` (holds training_run.json).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="JSON report; the Markdown report and PNG plots go beside it [default: ARTIFACTS/evaluation.json].",
+)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="The training data, if it moved since training (its fingerprint must match).",
+)
+@click.option("--bootstrap", type=click.IntRange(100, 100_000), default=2000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
+@click.option("--plots/--no-plots", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
+def evaluate(
+    artifacts: Path, out: Path | None, data: Path | None, bootstrap: int, seed: int, plots: bool, progress: bool
+) -> None:
+    """Full-ranking offline evaluation of a training run's exported models against baselines (both protocols)."""
+    from services.core.logs import configure_logging
+    from training.data.schema import DataError
+    from training.evaluation.report import PROTOCOLS, ArtifactError, evaluate_artifacts
+
+    configure_logging("INFO", "evaluate")
+    out = out or artifacts / "evaluation.json"
+    try:
+        report = evaluate_artifacts(artifacts, out, data, bootstrap, seed, progress=progress, plots=plots)
+    except (ArtifactError, DataError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for protocol in PROTOCOLS:
+        section = report["protocols"][protocol]
+        click.echo(f"{protocol} ({section['users']} customers):")
+        for name, metrics in section["models"].items():
+            click.echo(
+                f"  {name:<13} ndcg@10={metrics['ndcg@10']:.4f} hr@10={metrics['hr@10']:.4f} "
+                f"recall@100={metrics['recall@100']:.4f} coverage={metrics['coverage']:.3f}"
+            )
+    click.echo(f"report: {out} and {out.with_suffix('.md')}")

@@ -1,7 +1,11 @@
-"""Exports a trained ranker into the model repository and its item embeddings into a retrieval index.
+"""Exports trained models: rankers into the model repository, item embeddings into a retrieval index, and the
+two-tower's query tower as ONNX.
 
 A model version is written into a hidden staging folder, checked (ONNX checker, the ``config.pbtxt`` contract,
-ONNX Runtime vs torch parity), then renamed into place, so a server never sees half a version.
+ONNX Runtime vs torch parity), then renamed into place, so a server never sees half a version. Rankers whose
+``config.pbtxt`` declares ``candidate_features`` (the sequence ranker) are exported with that third input and the
+version carries the :class:`ItemFeatureSnapshot` as ``item_features.npz``; a declared ``return_probability``
+output must come out of the model as its second output.
 """
 
 from __future__ import annotations
@@ -22,20 +26,24 @@ import onnx
 import torch
 
 from services.ranking.backends.onnxruntime import check_graph
+from services.ranking.features import FEATURES_FILE, ItemFeatureSnapshot, candidate_features
 from services.ranking.model_config import (
     CANDIDATES_INPUT,
     HISTORY_INPUT,
     MODEL_FILE,
     PURCHASE_OUTPUT,
+    RETURN_OUTPUT,
     VOCABULARY_FILE,
     model_versions,
     read_model_config,
 )
 from services.retrieval.index import save_index
-from training.tiny_ranker import TinySequenceRanker
 
 #: Largest |ONNX Runtime - torch| accepted on the parity check.
 PARITY_TOLERANCE = 1e-4
+FEATURES_INPUT = "candidate_features"
+QUERY_TOWER_FILE = "query_tower.onnx"
+QUERY_OUTPUT = "query_embedding"
 
 
 class ExportError(RuntimeError):
@@ -43,13 +51,18 @@ class ExportError(RuntimeError):
 
 
 def export_ranker(
-    model: TinySequenceRanker,
+    model: torch.nn.Module,
     model_dir: Path,
     item_ids: Sequence[str],
     metadata: dict,
     version: int | None = None,
+    snapshot: ItemFeatureSnapshot | None = None,
 ) -> Path:
-    """Writes ``model_dir/<version>/`` (next free version unless given); returns the folder."""
+    """Writes ``model_dir/<version>/`` (next free version unless given); returns the folder.
+
+    ``model(history, candidates[, features])`` returns P(purchase), or (P(purchase), P(return)) when the config
+    declares ``return_probability``. ``snapshot`` is required when the config declares ``candidate_features``.
+    """
     config_path = model_dir / "config.pbtxt"
     if not config_path.is_file():
         raise ExportError(
@@ -60,6 +73,11 @@ def export_ranker(
         raise ExportError(
             f"{config_path} says history length {contract.history_length}, the model has {model.history_length}"
         )
+    with_features = FEATURES_INPUT in contract.inputs
+    if with_features and snapshot is None:
+        raise ExportError(f"{config_path} declares {FEATURES_INPUT!r}: pass the item feature snapshot")
+    if with_features and snapshot is not None and len(snapshot) != len(item_ids):
+        raise ExportError(f"the feature snapshot has {len(snapshot)} items, the vocabulary {len(item_ids)}")
     version = version if version is not None else max(model_versions(model_dir), default=0) + 1
     final = model_dir / str(version)
     if final.exists():
@@ -68,10 +86,12 @@ def export_ranker(
     try:
         model.eval()
         onnx_path = staging / MODEL_FILE
-        _export_onnx(model, onnx_path)
+        _export_onnx(model, onnx_path, contract)
         onnx.checker.check_model(str(onnx_path), full_check=True)
         (staging / VOCABULARY_FILE).write_text("\n".join(item_ids) + "\n", encoding="utf-8")
-        parity = _parity(model, onnx_path, contract)
+        if with_features:
+            snapshot.save(staging / FEATURES_FILE)
+        parity = _parity(model, onnx_path, contract, snapshot if with_features else None)
         (staging / "metadata.json").write_text(
             json.dumps(
                 {
@@ -96,7 +116,7 @@ def export_ranker(
 
 
 def export_index(
-    model: TinySequenceRanker,
+    model: torch.nn.Module,
     index_root: Path,
     item_ids: Sequence[str],
     popularity: np.ndarray,
@@ -104,17 +124,82 @@ def export_index(
     brands: Sequence[str],
     model_name: str,
     model_version: str,
+    embeddings: np.ndarray | None = None,
 ) -> Path:
+    """A retrieval index version: ``embeddings`` [items, dim] (default: the model's ``item_vectors()``)."""
+    if embeddings is None:
+        embeddings = model.item_vectors().numpy()
     return save_index(
         index_root,
         item_ids=item_ids,
-        embeddings=model.item_vectors().numpy(),
+        embeddings=embeddings,
         popularity=popularity,
         categories=categories,
         brands=brands,
         model_name=model_name,
         model_version=model_version,
     )
+
+
+def export_query_tower(query_tower: torch.nn.Module, folder: Path, num_items: int, metadata: dict) -> Path:
+    """Writes ``folder/query_tower.onnx`` (input ``history_item_ids`` INT64 [batch, L] tokens = index row + 1,
+    0 = padding, left-padded; output ``query_embedding`` FP32 [batch, D]) and ``metadata.json``, atomically and
+    parity-checked. ``folder`` must not exist yet; returns it."""
+    if folder.exists():
+        raise ExportError(f"{folder} already exists; query tower versions are immutable")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{folder.name}-", dir=folder.parent))
+    try:
+        query_tower.eval()
+        path = staging / QUERY_TOWER_FILE
+        length = query_tower.history_length
+        with _quiet_exporter():
+            torch.onnx.export(
+                query_tower,
+                (torch.zeros(2, length, dtype=torch.int64),),
+                str(path),
+                input_names=[HISTORY_INPUT],
+                output_names=[QUERY_OUTPUT],
+                dynamic_shapes={HISTORY_INPUT: {0: torch.export.Dim("batch"), 1: torch.export.Dim("length")}},
+                dynamo=True,
+                opset_version=18,
+                external_data=False,
+                verbose=False,
+            )
+        onnx.checker.check_model(str(path), full_check=True)
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(1)
+        history = rng.integers(0, num_items + 1, size=(3, length), dtype=np.int64)
+        history[0, :-1] = 0
+        history[1, :] = 0
+        got = session.run([QUERY_OUTPUT], {HISTORY_INPUT: history})[0]
+        with torch.no_grad():
+            want = query_tower(torch.from_numpy(history)).numpy()
+        diff = _check_parity(got, want)
+        (staging / "metadata.json").write_text(
+            json.dumps(
+                {
+                    **metadata,
+                    "inputs": {HISTORY_INPUT: ["batch", "length"]},
+                    "outputs": {QUERY_OUTPUT: ["batch", int(want.shape[1])]},
+                    "tokens": "index row + 1 (item_ids.txt line), 0 = padding, left-padded",
+                    "exported_at": datetime.now(UTC).isoformat(),
+                    "parity_max_abs_diff": diff,
+                    "torch": torch.__version__,
+                    "onnx": onnx.__version__,
+                },
+                indent=2,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
 
 
 @contextlib.contextmanager
@@ -133,22 +218,28 @@ def _quiet_exporter():
             logger.setLevel(level)
 
 
-def _export_onnx(model: TinySequenceRanker, path: Path) -> None:
+def _export_onnx(model: torch.nn.Module, path: Path, contract) -> None:
     with _quiet_exporter():
-        _export_dynamo(model, path)
+        _export_dynamo(model, path, contract)
 
 
-def _export_dynamo(model: TinySequenceRanker, path: Path) -> None:
-    history = torch.zeros(2, model.history_length, dtype=torch.int64)
-    candidates = torch.ones(2, 8, dtype=torch.int64)
+def _export_dynamo(model: torch.nn.Module, path: Path, contract) -> None:
     batch, count = torch.export.Dim("batch"), torch.export.Dim("candidates")
+    inputs = [torch.zeros(2, model.history_length, dtype=torch.int64), torch.ones(2, 8, dtype=torch.int64)]
+    names = [HISTORY_INPUT, CANDIDATES_INPUT]
+    shapes = {HISTORY_INPUT: {0: batch}, CANDIDATES_INPUT: {0: batch, 1: count}}
+    if FEATURES_INPUT in contract.inputs:
+        width = contract.inputs[FEATURES_INPUT].shape[-1]
+        inputs.append(torch.zeros(2, 8, width, dtype=torch.float32))
+        names.append(FEATURES_INPUT)
+        shapes[FEATURES_INPUT] = {0: batch, 1: count}
     torch.onnx.export(
         model,
-        (history, candidates),
+        tuple(inputs),
         str(path),
-        input_names=[HISTORY_INPUT, CANDIDATES_INPUT],
-        output_names=[PURCHASE_OUTPUT],
-        dynamic_shapes={HISTORY_INPUT: {0: batch}, CANDIDATES_INPUT: {0: batch, 1: count}},
+        input_names=names,
+        output_names=_outputs(contract),
+        dynamic_shapes=shapes,
         dynamo=True,
         opset_version=18,
         external_data=False,
@@ -156,7 +247,21 @@ def _export_dynamo(model: TinySequenceRanker, path: Path) -> None:
     )
 
 
-def _parity(model: TinySequenceRanker, path: Path, contract) -> float:
+def _outputs(contract) -> list[str]:
+    return [PURCHASE_OUTPUT] + ([RETURN_OUTPUT] if contract.has_return_head else [])
+
+
+def _check_parity(got: np.ndarray, want: np.ndarray) -> float:
+    if got.shape != want.shape:
+        raise ExportError(f"ONNX Runtime output shape {got.shape} differs from torch's {want.shape}")
+    diff = float(np.abs(got - want).max())
+    if not diff <= PARITY_TOLERANCE:
+        raise ExportError(f"ONNX Runtime and torch disagree by {diff:.2e} (> {PARITY_TOLERANCE:.0e})")
+    return diff
+
+
+def _parity(model: torch.nn.Module, path: Path, contract, snapshot: ItemFeatureSnapshot | None) -> float:
+    """Largest |ORT - torch| over every output, on a batch of 3 (one one-item history) x 37 candidates."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -165,10 +270,18 @@ def _parity(model: TinySequenceRanker, path: Path, contract) -> float:
     history = rng.integers(0, model.num_items + 1, size=(3, model.history_length), dtype=np.int64)
     history[0, :-1] = 0  # a one-item history
     candidates = rng.integers(1, model.num_items + 1, size=(3, 37), dtype=np.int64)
-    got = session.run([PURCHASE_OUTPUT], {HISTORY_INPUT: history, CANDIDATES_INPUT: candidates})[0]
+    candidates[1, :5] = history[1, -5:]  # repeat candidates exercise the history features
+    feeds = {HISTORY_INPUT: history, CANDIDATES_INPUT: candidates}
+    args = [torch.from_numpy(history), torch.from_numpy(candidates)]
+    if snapshot is not None:
+        features = candidate_features(snapshot, history, candidates)
+        feeds[FEATURES_INPUT] = features
+        args.append(torch.from_numpy(features))
+    names = _outputs(contract)
+    got = session.run(names, feeds)
     with torch.no_grad():
-        want = model(torch.from_numpy(history), torch.from_numpy(candidates)).numpy()
-    diff = float(np.abs(got - want).max())
-    if not diff <= PARITY_TOLERANCE:
-        raise ExportError(f"ONNX Runtime and torch disagree by {diff:.2e} (> {PARITY_TOLERANCE:.0e})")
-    return diff
+        want = model(*args)
+    want = [w.numpy() for w in (want if isinstance(want, tuple | list) else (want,))]
+    if len(want) < len(names):
+        raise ExportError(f"config.pbtxt declares outputs {names}, the model returns {len(want)}")
+    return max(_check_parity(g, w) for g, w in zip(got, want[: len(names)], strict=True))

@@ -43,6 +43,8 @@ class Events:
     kind: np.ndarray  # object: view / add_to_cart / purchase / return
     timestamp: np.ndarray  # int64 seconds
     quantity: np.ndarray  # int32
+    #: Shopping session per event, numbered per user from 0 (a session's purchases form one basket).
+    session: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,13 @@ def generate_shop(
     weights = [popularity[m] / popularity[m].sum() for m in members]
 
     user_regions = [REGIONS[i] for i in rng.choice(len(REGIONS), size=n_users, p=[0.6, 0.1, 0.1, 0.1, 0.1])]
-    columns: dict[str, list] = {"user": [], "item": [], "kind": [], "timestamp": [], "quantity": []}
+    columns: dict[str, list] = {"user": [], "item": [], "kind": [], "timestamp": [], "quantity": [], "session": []}
     start = 1_700_000_000
 
+    session = 0
+
     def emit(user: int, item: int, kind: str, when: int, quantity: int = 1) -> None:
+        columns["session"].append(session)
         columns["user"].append(user)
         columns["item"].append(item)
         columns["kind"].append(kind)
@@ -108,7 +113,7 @@ def generate_shop(
         liked = rng.choice(n_categories, size=rng.integers(1, 4), replace=False)
         when = start + int(rng.integers(0, 30 * 86400))
         intent = int(rng.choice(liked))
-        for _ in range(max(1, rng.poisson(sessions_per_user))):
+        for session in range(max(1, rng.poisson(sessions_per_user))):  # noqa: B007 (read by emit)
             when += int(rng.exponential(5 * 86400))
             for _ in range(int(rng.integers(2, 8))):
                 item = int(rng.choice(members[intent], p=weights[intent]))
@@ -131,5 +136,6 @@ def generate_shop(
         kind=np.asarray(columns["kind"], dtype=object)[order],
         timestamp=np.asarray(columns["timestamp"], dtype=np.int64)[order],
         quantity=np.asarray(columns["quantity"], dtype=np.int32)[order],
+        session=np.asarray(columns["session"], dtype=np.int32)[order],
     )
     return SyntheticShop(catalog, [f"user-{u:05d}" for u in range(n_users)], user_regions, events)

@@ -60,6 +60,8 @@ class RequestState:
     budget: RequestBudget
     catalog: ItemCatalog
     variant: str = ""
+    #: Ranking model name and version the variant asks for ("" = the served default).
+    model: tuple[str, str] = ("", "")
     #: Times each item was already shown to the subject (empty without consent).
     exposures: dict[str, int] = field(default_factory=dict)
     degradations: list[common.Degradation] = field(default_factory=list)

@@ -106,6 +106,9 @@ class VariantSpec(_Strict):
     weight: float = Field(gt=0)
     #: surface -> policy, overriding the default mapping for this variant.
     surfaces: dict[str, str] = {}
+    #: Ranking model (and version) this variant asks for; empty: whatever the ranking service serves.
+    model_name: str = ""
+    model_version: str = Field("", pattern=r"^[0-9]*$")
 
 
 class ExperimentSpec(_Strict):
@@ -153,6 +156,13 @@ class PolicySet:
             if point < 0:
                 return variant.name
         return names[-1]
+
+    def model_for(self, variant: str) -> tuple[str, str]:
+        """(model name, model version) the variant's ranking calls name; empty strings mean the served default."""
+        if self.experiment is None or not variant:
+            return "", ""
+        spec = next(v for v in self.experiment.variants if v.name == variant)
+        return spec.model_name, spec.model_version
 
     def pipeline_for(self, surface: int, variant: str) -> Pipeline:
         name = self.surfaces[surface]

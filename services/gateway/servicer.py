@@ -79,7 +79,9 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             span.set_attribute("aisle.cache_hit", True)
             return response
         budget = RequestBudget(settings.total_budget_ms / 1000, context.time_remaining(), settings.min_stage_ms / 1000)
-        state = RequestState(request, key, history, k, budget, self.catalog, variant, exposures)
+        state = RequestState(
+            request, key, history, k, budget, self.catalog, variant, self.policies.model_for(variant), exposures
+        )
         if session_error:
             state.degrade(common.DEGRADATION_REASON_SOURCE_DROPPED, "sessions", session_error)
         items = await pipeline.run(state, self.metrics)

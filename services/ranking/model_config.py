@@ -5,6 +5,7 @@ versions being positive integers. The ranking service requires these tensors (se
 
 - input ``history_item_ids``   INT64 [batch, history_length]   item tokens, oldest first, left-padded with 0
 - input ``candidate_item_ids`` INT64 [batch, candidates]       item tokens to score
+- optional input ``candidate_features`` FP32 [batch, candidates, 7]  ``features.CANDIDATE_FEATURES``
 - output ``purchase_probability`` FP32 [batch, candidates]
 - optional output ``return_probability`` FP32 [batch, candidates]
 """
@@ -18,12 +19,20 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from services.ranking.features import CANDIDATE_FEATURES
+
 HISTORY_INPUT = "history_item_ids"
 CANDIDATES_INPUT = "candidate_item_ids"
+FEATURES_INPUT = "candidate_features"
 PURCHASE_OUTPUT = "purchase_probability"
 RETURN_OUTPUT = "return_probability"
 MODEL_FILE = "model.onnx"
 VOCABULARY_FILE = "item_vocabulary.txt"
+CONFIG_FILE = "config.pbtxt"
+#: Alternative configs Triton picks with ``--model-config-name=<name>`` (``configs/<name>.pbtxt``).
+CONFIGS_DIR = "configs"
+#: Features per candidate in ``candidate_features``.
+CANDIDATE_FEATURE_COUNT = len(CANDIDATE_FEATURES)
 
 _DTYPES = {
     model_config_pb2.TYPE_INT64: np.dtype(np.int64),
@@ -50,10 +59,17 @@ class ModelContract:
     max_batch_size: int
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
+    #: ``dynamic_batching.max_queue_delay_microseconds`` (None without dynamic batching); the embedded
+    #: backend's micro-batcher uses it unless a setting overrides it.
+    max_queue_delay_us: int | None = None
 
     @property
     def history_length(self) -> int:
         return self.inputs[HISTORY_INPUT].shape[-1]
+
+    @property
+    def has_candidate_features(self) -> bool:
+        return FEATURES_INPUT in self.inputs
 
     @property
     def has_return_head(self) -> bool:
@@ -80,7 +96,8 @@ def read_model_config(path: Path) -> ModelContract:
 
     inputs = {t.name: spec(t, "input") for t in config.input}
     outputs = {t.name: spec(t, "output") for t in config.output}
-    contract = ModelContract(config.name or path.parent.name, config.max_batch_size, inputs, outputs)
+    delay = config.dynamic_batching.max_queue_delay_microseconds if config.HasField("dynamic_batching") else None
+    contract = ModelContract(config.name or path.parent.name, config.max_batch_size, inputs, outputs, delay)
     _check_contract(path, contract)
     return contract
 
@@ -93,6 +110,8 @@ def _check_contract(path: Path, contract: ModelContract) -> None:
     }
     if contract.has_return_head:
         expected[RETURN_OUTPUT] = (contract.outputs, np.float32, 2)
+    if contract.has_candidate_features:
+        expected[FEATURES_INPUT] = (contract.inputs, np.float32, 3)
     for name, (where, dtype, rank) in expected.items():
         tensor = where.get(name)
         if tensor is None:
@@ -104,6 +123,16 @@ def _check_contract(path: Path, contract: ModelContract) -> None:
             )
     if contract.history_length <= 0:
         raise ModelConfigError(f"{path}: {HISTORY_INPUT!r} needs a fixed history length, got -1")
+    if contract.has_candidate_features and contract.inputs[FEATURES_INPUT].shape[-1] != CANDIDATE_FEATURE_COUNT:
+        raise ModelConfigError(
+            f"{path}: {FEATURES_INPUT!r} must end in {CANDIDATE_FEATURE_COUNT} features "
+            f"(services.ranking.features.CANDIDATE_FEATURES), got {list(contract.inputs[FEATURES_INPUT].shape)}"
+        )
+    unknown = sorted(set(contract.inputs) - {HISTORY_INPUT, CANDIDATES_INPUT, FEATURES_INPUT})
+    if unknown:
+        raise ModelConfigError(
+            f"{path}: inputs {unknown} are not part of the ranking contract; the service cannot fill them"
+        )
 
 
 def model_versions(model_dir: Path) -> list[int]:

@@ -1,13 +1,127 @@
 """``aisle models``: the model repository workflow for ML engineers (validate, publish, roll back).
 
 Imported by ``services/cli.py`` for every ``aisle`` call: keep imports light at module level.
+Exit codes: 0 done, 1 refused (the message says why; nothing changed), 2 usage error.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
+
+_TRITON_HELP = (
+    "Triton gRPC address (host:port) to tell to load the change (explicit model control); repeat for each server. "
+    "Embedded servers pick changes up with their repository watch (AISLE_RANKING_WATCH_INTERVAL_S)."
+)
 
 
 @click.group()
 def models() -> None:
     """Validate, publish and roll back ranking model versions in a Triton-layout model repository."""
+
+
+@models.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def validate(path: Path) -> None:
+    """Check PATH (a repository, a model folder or one version folder) before anything serves it.
+
+    Layout (numbered versions), configs (config.pbtxt and configs/*.pbtxt parse as Triton ModelConfig and declare
+    the same tensors), and per version: files, onnx.checker, graph against config, sample-input probabilities,
+    batch/padding parity and, when present, parity_sample.npz.
+    """
+    from services.ranking.repository import validate_path
+
+    report = validate_path(path)
+    for line in report.checked:
+        click.echo(f"ok      {line}")
+    for line in report.notes:
+        click.echo(f"note    {line}")
+    for line in report.problems:
+        click.echo(f"FAILED  {line}", err=True)
+    if not report.ok:
+        click.echo(f"{len(report.problems)} problem(s): nothing under {path} may be served as it is", err=True)
+        sys.exit(1)
+    click.echo(f"{path}: valid")
+
+
+def _model_dir(repository: Path, model: str) -> Path:
+    model_dir = repository / model
+    if not (model_dir / "config.pbtxt").is_file():
+        raise click.UsageError(f"{model_dir / 'config.pbtxt'} not found: is --repository the model repository?")
+    return model_dir
+
+
+@models.command()
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repository", type=click.Path(path_type=Path), default=Path("model_repository"), show_default=True)
+@click.option("--model", default="ranker", show_default=True, help="Model folder in the repository.")
+@click.option("--version", type=click.IntRange(min=1), default=None, help="Version number (default: the next one).")
+@click.option("--triton", "triton_targets", multiple=True, metavar="HOST:PORT", help=_TRITON_HELP)
+def publish(source: Path, repository: Path, model: str, version: int | None, triton_targets: tuple[str, ...]) -> None:
+    """Add SOURCE (a folder with model.onnx, item_vocabulary.txt, ...) as a new version.
+
+    Copied into a hidden staging folder, validated there, renamed into place (atomic), then loaded by the given
+    Triton servers. A version that fails validation is never renamed in; one a Triton server cannot load is
+    retired again, so the previous version keeps serving.
+    """
+    from services.ranking.model_config import ModelConfigError
+    from services.ranking.repository import publish as publish_version
+    from services.ranking.repository import retire, tell_triton
+
+    model_dir = _model_dir(repository, model)
+    try:
+        published = publish_version(source, model_dir, version)
+    except (ModelConfigError, OSError) as error:
+        click.echo(f"refused: {error}", err=True)
+        sys.exit(1)
+    for line in published.checked:
+        click.echo(f"ok      {line}")
+    click.echo(f"published {model} version {published.version} at {published.folder}")
+    problems = tell_triton(triton_targets, model, published.version)
+    if problems:
+        retired = retire(model_dir, published.version)
+        for line in problems:
+            click.echo(f"FAILED  {line}", err=True)
+        click.echo(f"version {published.version} retired to {retired}; reloading the previous version", err=True)
+        previous = _newest(model_dir)
+        for line in tell_triton(triton_targets, model, previous) if previous else []:
+            click.echo(f"FAILED  {line}", err=True)
+        sys.exit(1)
+    for target in triton_targets:
+        click.echo(f"Triton at {target} serves version {published.version}")
+
+
+@models.command()
+@click.option("--repository", type=click.Path(path_type=Path), default=Path("model_repository"), show_default=True)
+@click.option("--model", default="ranker", show_default=True, help="Model folder in the repository.")
+@click.option("--to", "to", type=click.IntRange(min=1), default=None, help="Version to serve (default: the previous).")
+@click.option("--triton", "triton_targets", multiple=True, metavar="HOST:PORT", help=_TRITON_HELP)
+def rollback(repository: Path, model: str, to: int | None, triton_targets: tuple[str, ...]) -> None:
+    """Serve an earlier version again: newer versions are retired (kept on disk as .retired-*), never deleted."""
+    from services.ranking.model_config import ModelConfigError
+    from services.ranking.repository import rollback as roll_back
+    from services.ranking.repository import tell_triton
+
+    model_dir = _model_dir(repository, model)
+    try:
+        serving, retired = roll_back(model_dir, to)
+    except (ModelConfigError, OSError) as error:
+        click.echo(f"refused: {error}", err=True)
+        sys.exit(1)
+    click.echo(f"retired {', '.join(map(str, retired))}; {model} version {serving} is now the newest")
+    problems = tell_triton(triton_targets, model, serving)
+    for line in problems:
+        click.echo(f"FAILED  {line}", err=True)
+    if problems:
+        sys.exit(1)
+    for target in triton_targets:
+        click.echo(f"Triton at {target} serves version {serving}")
+
+
+def _newest(model_dir: Path) -> int:
+    from services.ranking.model_config import model_versions
+
+    versions = model_versions(model_dir)
+    return versions[-1] if versions else 0

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from services.core.settings import ServiceSettings, settings_config
 
@@ -19,8 +19,73 @@ class RankingSettings(ServiceSettings):
     model_repository: Path = Field(Path("model_repository"), description="Triton-layout model repository.")
     model_name: str = Field("ranker", min_length=1, description="Model folder in the repository.")
     model_version: str = Field(
-        "", pattern=r"^[0-9]*$", description="Version to serve; empty serves the newest version."
+        "", pattern=r"^[0-9]*$", description="Version to serve; empty serves the newest version (and follows it)."
     )
     max_candidates: int = Field(2000, ge=1, le=100_000, description="Most candidates one request may send.")
     max_history: int = Field(500, ge=1, le=10_000, description="Longest history a request may carry.")
     intra_op_threads: int = Field(1, ge=0, le=64, description="ONNX Runtime threads per inference (0 = all).")
+
+    backend: Literal["onnxruntime", "triton"] = Field(
+        "onnxruntime", description="Where the model runs: onnxruntime (embedded, in-process) or triton (servers)."
+    )
+    triton_targets: str = Field(
+        "",
+        validate_default=True,
+        description=(
+            "Triton gRPC addresses, comma-separated host:port (used round-robin), or one dns:///name:port of a "
+            "headless Service (round-robin over its addresses). Required with backend=triton."
+        ),
+    )
+    triton_timeout_s: float = Field(
+        1.0, gt=0, le=60, description="Per-call Triton timeout when the caller set no deadline (else the deadline)."
+    )
+    triton_ready_timeout_s: float = Field(
+        30.0, ge=0, le=600, description="How long start-up waits for Triton to report the model ready."
+    )
+    fallback_to_embedded: bool = Field(
+        False,
+        description="With backend=triton: answer with embedded ONNX Runtime when Triton is unavailable (flagged).",
+    )
+    batching: bool = Field(True, description="Micro-batch concurrent requests in the embedded backend.")
+    max_batch_size: int = Field(
+        0, ge=0, le=1024, description="Most requests per embedded batch; 0 uses config.pbtxt's max_batch_size."
+    )
+    max_queue_delay_us: int | None = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "Longest wait (us) for an embedded batch to fill. 0: no wait, a batch is what queued while the previous "
+            "one ran (best on CPU, see docs/benchmarks.md); none: config.pbtxt's dynamic_batching delay."
+        ),
+    )
+    max_batch_cells: int = Field(
+        65_536,
+        ge=1,
+        le=10_000_000,
+        description="Most candidate slots (requests x the widest request, padding included) in one embedded batch.",
+    )
+    inference_instances: int = Field(
+        1, ge=1, le=64, description="Embedded batches run at once (like Triton's instance_group count)."
+    )
+    watch_interval_s: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="Seconds between checks for a newly published or rolled-back version; 0 turns the watch off.",
+    )
+
+    @field_validator("triton_targets")
+    @classmethod
+    def _targets_for_triton(cls, value: str, info: ValidationInfo) -> str:
+        targets = [t.strip() for t in value.split(",") if t.strip()]
+        if info.data.get("backend") == "triton" and not targets:
+            raise ValueError("backend=triton needs at least one Triton address (host:port)")
+        for target in targets:
+            if not target.startswith("dns:") and ":" not in target:
+                raise ValueError(f"{target!r} is not host:port")
+        return ",".join(targets)
+
+    @property
+    def triton_target_list(self) -> list[str]:
+        return [t for t in self.triton_targets.split(",") if t]

@@ -31,6 +31,7 @@ class SlowDownstream:
 
     def __init__(self) -> None:
         self.entered, self.release = asyncio.Event(), asyncio.Event()
+        self.armed = False
         self.retrieval, self.ranking = self, self
 
     async def connect(self) -> None:
@@ -40,8 +41,9 @@ class SlowDownstream:
         return None
 
     async def Retrieve(self, request, timeout):  # noqa: N802
-        self.entered.set()
-        await self.release.wait()
+        if self.armed:  # start-up (the popular-cache warm-up) passes straight through
+            self.entered.set()
+            await self.release.wait()
         return retrieval_pb.RetrieveResponse(
             candidates=[
                 retrieval_pb.Candidate(
@@ -76,6 +78,7 @@ async def test_sigterm_lets_the_in_flight_call_finish_and_refuses_new_ones(tmp_p
     host = ServiceHost(settings, build_application(settings, downstream=downstream))
     port = await host.start()
     await host.load()
+    downstream.armed = True
     host.install_signal_handlers()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

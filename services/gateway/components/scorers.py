@@ -39,6 +39,8 @@ class RankingScorer(ComponentBase):
                     context=request.context,
                     history=state.history,
                     candidate_item_ids=[c.item_id for c in candidates],
+                    model_name=state.model[0],
+                    model_version=state.model[1],
                 ),
                 timeout=timeout,
             )

@@ -1,11 +1,22 @@
-"""The interface every ranking backend implements."""
+"""The interface every ranking backend implements, and the errors they raise.
+
+A backend turns (history ids, candidate ids) into probabilities with the model version it serves now:
+:class:`~services.ranking.backends.onnxruntime.OnnxRuntimeBackend` in-process with micro-batching,
+:class:`~services.ranking.backends.triton.TritonBackend` against Triton servers, and
+:class:`~services.ranking.backends.fallback.FallbackBackend` (Triton first, embedded when Triton is unavailable).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import grpc
 import numpy as np
+
+from services.core.errors import DependencyUnavailable, NotReady, ServiceError
+from services.ranking.served_model import ModelInputs, ServedModel
 
 
 @dataclass(frozen=True)
@@ -14,22 +25,73 @@ class Scores:
     returns: np.ndarray | None = None  # float32 [batch, candidates], when the model has the head
 
 
-class ModelNotReady(RuntimeError):
-    pass
+@dataclass(frozen=True)
+class Ranking:
+    """One request's answer: probabilities per candidate, in the request's order, and who produced them."""
+
+    model_name: str
+    model_version: str
+    purchase: np.ndarray  # float32 [C]; 0 for unknown candidates (the documented default)
+    returns: np.ndarray | None  # float32 [C] when the model has the head (meaningless where ``unknown``)
+    unknown: np.ndarray  # bool [C]
+    backend: str
+    #: True when the configured backend was unavailable and another one answered.
+    fallback: bool = False
+
+    @classmethod
+    def of(cls, model: ServedModel, inputs: ModelInputs, scores: Scores, backend: str) -> Ranking:
+        purchase = np.where(inputs.unknown, np.float32(0), scores.purchase[0]).astype(np.float32, copy=False)
+        returns = scores.returns[0] if scores.returns is not None else None
+        return cls(model.name, model.version, purchase, returns, inputs.unknown, backend)
+
+
+class ModelNotReady(NotReady):
+    """No model version is loaded (or the one asked for is not ready on the inference server)."""
+
+    reason = "MODEL_NOT_READY"
+
+
+class BackendUnavailable(DependencyUnavailable):
+    """The inference server cannot be reached or answers UNAVAILABLE: the fallback backend may answer instead."""
+
+    reason = "INFERENCE_SERVER_UNAVAILABLE"
+
+
+class InferenceTimeout(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "INFERENCE_TIMEOUT"
+
+
+class InferenceFailed(ServiceError):
+    """The inference server refused or failed a request it should have answered."""
+
+    code = grpc.StatusCode.INTERNAL
+    reason = "INFERENCE_FAILED"
 
 
 class RankingBackend(Protocol):
+    #: "onnxruntime" or "triton", for logs and responses.
+    kind: str
     model_name: str
-    model_version: str
-    history_length: int
+
+    @property
+    def model(self) -> ServedModel | None:
+        """The version being served now (None until loaded)."""
+
+    @property
+    def model_version(self) -> str:
+        """The version being served now ("" until loaded)."""
 
     async def load(self) -> None:
         """Loads, checks and warms up the model; raises if it must not serve."""
 
-    async def score(self, history: np.ndarray, candidates: np.ndarray) -> Scores:
-        """Scores int64 ``candidates`` [batch, C] for int64 ``history`` [batch, history_length]."""
+    async def rank(self, history_ids: Sequence[str], candidate_ids: Sequence[str], timeout: float | None) -> Ranking:
+        """Scores ``candidate_ids`` for a subject with ``history_ids`` (oldest first) within ``timeout`` seconds."""
 
-    def tokens(self, item_ids: list[str]) -> np.ndarray:
-        """Item ids to the model's tokens (0 for unknown)."""
+    async def refresh(self) -> bool:
+        """Serves the repository's (or server's) current version if it changed; True when it switched.
+
+        A version that fails its checks or warm-up is not served: the previous one keeps serving.
+        """
 
     async def close(self) -> None: ...

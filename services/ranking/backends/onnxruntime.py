@@ -1,59 +1,197 @@
-"""Embedded backend: ONNX Runtime in-process, reading the same ``config.pbtxt`` contract as Triton."""
+"""Embedded backend: ONNX Runtime in-process, reading the same ``config.pbtxt`` contract as Triton.
+
+Concurrent requests are micro-batched (:mod:`services.ranking.batching`). A version is served only after it passed
+every check (config contract, graph inputs/outputs, item files, a warm-up inference giving probabilities); a
+refresh that finds a newer (or, after a rollback, an older) version loads it beside the current one and swaps only
+when it is ready, so requests never see a half-loaded model and a broken version never serves.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from services.core.onnx_runtime import GPU_DISTRIBUTION, check_onnxruntime_install
-from services.ranking.backends.base import ModelNotReady, Scores
-from services.ranking.features import ItemVocabulary
+from services.ranking.backends.base import ModelNotReady, Ranking, Scores
+from services.ranking.batching import BatcherClosed, MicroBatcher
 from services.ranking.model_config import (
     CANDIDATES_INPUT,
-    HISTORY_INPUT,
+    CONFIG_FILE,
+    FEATURES_INPUT,
     MODEL_FILE,
     PURCHASE_OUTPUT,
     RETURN_OUTPUT,
-    VOCABULARY_FILE,
     ModelConfigError,
     ModelContract,
     read_model_config,
     resolve_version,
 )
+from services.ranking.served_model import ServedModel
 
 log = logging.getLogger(__name__)
 
 _ORT_TYPES = {"tensor(int64)": np.dtype(np.int64), "tensor(float)": np.dtype(np.float32)}
+#: Queue delay when neither the settings nor config.pbtxt's dynamic_batching give one (Triton's usual start).
+DEFAULT_QUEUE_DELAY_US = 500
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    """Micro-batching of the embedded backend; ``None`` fields come from ``config.pbtxt``."""
+
+    enabled: bool = True
+    max_batch_size: int | None = None
+    max_queue_delay_us: int | None = None
+    max_cells: int = 65_536
+    instances: int = 1
+    #: Called with each batch's size (rows), for metrics.
+    on_batch: Callable[[int], None] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class _Loaded:
+    model: ServedModel
+    session: object
+    providers: tuple[str, ...]
+    #: (mtime_ns, size) of model.onnx when loaded: a refresh reloads a version whose file was replaced.
+    stamp: tuple[int, int]
 
 
 class OnnxRuntimeBackend:
-    """Loads ``<repository>/<model>/<version>/model.onnx``; checks it against ``config.pbtxt`` and warms it up."""
+    """Serves ``<repository>/<model>/<version>/model.onnx``, checked against ``config.pbtxt`` and warmed up."""
 
-    def __init__(self, repository: Path, model_name: str, version: str = "", intra_op_threads: int = 1):
+    kind = "onnxruntime"
+
+    def __init__(
+        self,
+        repository: Path,
+        model_name: str,
+        version: str = "",
+        intra_op_threads: int = 1,
+        batching: BatchingOptions | None = None,
+    ):
         self.repository = repository
         self.model_name = model_name
         self.requested_version = version
         self.intra_op_threads = intra_op_threads
-        self.model_version = ""
-        self.history_length = 0
-        self.contract: ModelContract | None = None
+        self.batching = batching if batching is not None else BatchingOptions()
         self.providers: list[str] = []
-        self._session = None
-        self._vocabulary: ItemVocabulary | None = None
+        self._loaded: _Loaded | None = None
+        self._refused: dict[str, tuple[int, int]] = {}  # version -> stamp of a model.onnx that failed to load
+        self._executor = ThreadPoolExecutor(max_workers=self.batching.instances, thread_name_prefix="ort")
+        self._batcher: MicroBatcher | None = None
+        self._lock = asyncio.Lock()
 
+    # --- what is served -------------------------------------------------------------------------------------
+    @property
+    def model(self) -> ServedModel | None:
+        loaded = self._loaded
+        return loaded.model if loaded is not None else None
+
+    @property
+    def model_version(self) -> str:
+        loaded = self._loaded
+        return loaded.model.version if loaded is not None else ""
+
+    @property
+    def history_length(self) -> int:
+        loaded = self._loaded
+        return loaded.model.history_length if loaded is not None else 0
+
+    @property
+    def contract(self) -> ModelContract | None:
+        loaded = self._loaded
+        return loaded.model.contract if loaded is not None else None
+
+    # --- life cycle -------------------------------------------------------------------------------------------
     async def load(self) -> None:
-        await asyncio.to_thread(self._load)
+        async with self._lock:
+            model_dir = self.repository / self.model_name
+            version, folder = resolve_version(model_dir, self.requested_version)
+            loaded = await asyncio.to_thread(self._open, version, folder)
+            self._install(loaded)
 
-    def _load(self) -> None:
+    async def refresh(self) -> bool:
+        """Follows the repository: serves its newest complete version if that is not the one served now."""
+        if self.requested_version or self._loaded is None:
+            return False
+        async with self._lock:
+            model_dir = self.repository / self.model_name
+            try:
+                version, folder = resolve_version(model_dir)
+            except ModelConfigError as error:
+                log.warning("keeping version %s: %s", self.model_version, error)
+                return False
+            stamp = _stamp(folder)
+            current = self._loaded
+            if current is not None and version == current.model.version and stamp == current.stamp:
+                return False
+            if self._refused.get(version) == stamp:
+                return False  # already refused in this form; it will not pass now
+            try:
+                loaded = await asyncio.to_thread(self._open, version, folder)
+            except (ModelConfigError, OSError) as error:
+                self._refused[version] = stamp
+                log.error(
+                    "version %s of %s refused, still serving %s: %s",
+                    version,
+                    self.model_name,
+                    self.model_version or "nothing",
+                    error,
+                )
+                return False
+            previous = self.model_version
+            self._install(loaded)
+            log.info("now serving %s version %s (was %s)", self.model_name, version, previous)
+            return True
+
+    async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
+        self._loaded = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _install(self, loaded: _Loaded) -> None:
+        self._loaded = loaded
+        self.providers = list(loaded.providers)
+        if self.batching.enabled and self._batcher is None:
+            contract = loaded.model.contract
+            size = self.batching.max_batch_size or contract.max_batch_size or 1
+            delay_us = self.batching.max_queue_delay_us
+            if delay_us is None:
+                delay_us = (
+                    contract.max_queue_delay_us if contract.max_queue_delay_us is not None else DEFAULT_QUEUE_DELAY_US
+                )
+            self._batcher = MicroBatcher(
+                _run_loaded,
+                self._executor,
+                padded=(CANDIDATES_INPUT, FEATURES_INPUT),
+                max_batch_size=size,
+                max_delay_s=delay_us / 1e6,
+                max_cells=self.batching.max_cells,
+                instances=self.batching.instances,
+                on_batch=self.batching.on_batch,
+            )
+            log.info(
+                "micro-batching up to %d requests, %d us queue delay, %d instance(s)",
+                size,
+                delay_us,
+                self.batching.instances,
+            )
+
+    def _open(self, version: str, folder: Path) -> _Loaded:
+        """Loads and checks one version; raises :class:`ModelConfigError` with the reason if it must not serve."""
         distribution = check_onnxruntime_install()
         import onnxruntime as ort
 
-        model_dir = self.repository / self.model_name
-        contract = read_model_config(model_dir / "config.pbtxt")
-        version, folder = resolve_version(model_dir, self.requested_version)
+        stamp = _stamp(folder)
+        contract = read_model_config(self.repository / self.model_name / CONFIG_FILE)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = 1
@@ -65,42 +203,77 @@ class OnnxRuntimeBackend:
         except Exception as exc:  # ORT raises its own exception types for corrupt or invalid files
             raise ModelConfigError(f"{folder / MODEL_FILE}: ONNX Runtime cannot load it: {exc}") from None
         check_graph(folder / MODEL_FILE, session, contract)
-        if not (folder / VOCABULARY_FILE).is_file():
-            raise ModelConfigError(f"{folder}: missing {VOCABULARY_FILE} (the model's item tokens)")
-        vocabulary = ItemVocabulary.read(folder / VOCABULARY_FILE)
-        _warm_up(folder, session, contract, len(vocabulary))
+        model = ServedModel.read(self.model_name, version, folder, contract)
+        _warm_up(folder, session, model)
         # get_available_providers() lists CUDA even where it cannot load; the session knows what it got.
-        self.providers = list(session.get_providers())
-        self._session, self._vocabulary, self.contract = session, vocabulary, contract
-        self.model_version, self.history_length = version, contract.history_length
+        providers = tuple(session.get_providers())
         log.info(
-            "loaded %s version %s from %s with %s (%s), %d items",
+            "loaded %s version %s from %s with %s (%s), %d items%s",
             self.model_name,
             version,
             folder,
-            self.providers[0],
+            providers[0],
             distribution,
-            len(vocabulary),
+            len(model.vocabulary),
+            ", candidate features joined from the item feature snapshot" if model.features is not None else "",
         )
+        return _Loaded(model, session, providers, stamp)
 
-    def tokens(self, item_ids: list[str]) -> np.ndarray:
-        if self._vocabulary is None:
-            raise ModelNotReady("model not loaded")
-        return self._vocabulary.tokens(item_ids)
+    # --- scoring ----------------------------------------------------------------------------------------------
+    async def rank(self, history_ids: Sequence[str], candidate_ids: Sequence[str], timeout: float | None) -> Ranking:
+        loaded = self._current()
+        inputs = loaded.model.inputs(history_ids, candidate_ids)
+        scores = await self._infer(loaded, inputs.tensors, inputs.candidate_count)
+        return Ranking.of(loaded.model, inputs, scores, self.kind)
 
     async def score(self, history: np.ndarray, candidates: np.ndarray) -> Scores:
-        session, contract = self._session, self.contract
-        if session is None or contract is None:
-            raise ModelNotReady("model not loaded")
-        return await asyncio.to_thread(_run, session, contract, history, candidates)
+        """Scores token arrays with the current version (features joined when the model declares them)."""
+        loaded = self._current()
+        tensors = loaded.model.tensors(history, candidates)
+        if history.shape[0] == 1:
+            return await self._infer(loaded, tensors, candidates.shape[1])
+        return await asyncio.get_running_loop().run_in_executor(self._executor, _scores, loaded, tensors)
 
-    async def close(self) -> None:
-        self._session = None
+    def tokens(self, item_ids: Sequence[str]) -> np.ndarray:
+        return self._current().model.tokens(item_ids)
+
+    def _current(self) -> _Loaded:
+        loaded = self._loaded
+        if loaded is None:
+            raise ModelNotReady(f"model {self.model_name!r} is not loaded yet")
+        return loaded
+
+    async def _infer(self, loaded: _Loaded, tensors: dict[str, np.ndarray], width: int) -> Scores:
+        if self._batcher is None:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, _scores, loaded, tensors)
+        try:
+            purchase, returns = await self._batcher.submit(loaded, tensors, width)
+        except BatcherClosed as error:
+            raise ModelNotReady(str(error)) from None
+        return Scores(purchase=purchase, returns=returns)
 
 
-def _run(session, contract: ModelContract, history: np.ndarray, candidates: np.ndarray) -> Scores:
+def _stamp(folder: Path) -> tuple[int, int]:
+    try:
+        stat = (folder / MODEL_FILE).stat()
+    except OSError:
+        return (0, 0)
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+def _run_loaded(key: object, tensors: dict[str, np.ndarray]) -> list[np.ndarray | None]:
+    assert isinstance(key, _Loaded)
+    scores = run_session(key.session, key.model.contract, tensors)
+    return [scores.purchase, scores.returns]
+
+
+def _scores(loaded: _Loaded, tensors: dict[str, np.ndarray]) -> Scores:
+    return run_session(loaded.session, loaded.model.contract, tensors)
+
+
+def run_session(session, contract: ModelContract, tensors: dict[str, np.ndarray]) -> Scores:
     names = [PURCHASE_OUTPUT] + ([RETURN_OUTPUT] if contract.has_return_head else [])
-    outputs = session.run(names, {HISTORY_INPUT: history, CANDIDATES_INPUT: candidates})
+    outputs = session.run(names, tensors)
     return Scores(purchase=outputs[0], returns=outputs[1] if len(outputs) > 1 else None)
 
 
@@ -126,21 +299,35 @@ def check_graph(path: Path, session, contract: ModelContract) -> None:
                 )
 
 
-def _warm_up(folder: Path, session, contract: ModelContract, vocabulary_size: int) -> None:
-    """One real inference before serving; a model that gives wrong shapes or non-finite scores is refused."""
-    rng = np.random.default_rng(0)
-    history = rng.integers(0, vocabulary_size + 1, size=(2, contract.history_length), dtype=np.int64)
-    candidates = rng.integers(1, vocabulary_size + 1, size=(2, 16), dtype=np.int64)
-    try:
-        scores = _run(session, contract, history, candidates)
-    except Exception as exc:
-        raise ModelConfigError(f"{folder}: warm-up inference failed: {exc}") from None
+def warm_up_inputs(model: ServedModel, rows: int = 2, candidates: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
+    """A small random request batch over the model's vocabulary (history and candidates), features joined."""
+    rng = np.random.default_rng(seed)
+    size = len(model.vocabulary)
+    history = rng.integers(0, size + 1, size=(rows, model.history_length), dtype=np.int64)
+    tokens = (
+        rng.integers(1, size + 1, size=(rows, candidates), dtype=np.int64)
+        if size
+        else np.zeros((rows, candidates), dtype=np.int64)
+    )
+    return model.tensors(history, tokens)
+
+
+def check_probabilities(folder: Path, scores: Scores, shape: tuple[int, ...], what: str = "warm-up") -> None:
+    """Scores of the right shape that are finite probabilities, or :class:`ModelConfigError`."""
     for name, values in (("purchase", scores.purchase), ("return", scores.returns)):
         if values is None:
             continue
-        if values.shape != candidates.shape:
-            raise ModelConfigError(
-                f"{folder}: warm-up {name} scores have shape {values.shape}, want {candidates.shape}"
-            )
+        if values.shape != shape:
+            raise ModelConfigError(f"{folder}: {what} {name} scores have shape {values.shape}, want {shape}")
         if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
-            raise ModelConfigError(f"{folder}: warm-up {name} scores are not probabilities in [0, 1]")
+            raise ModelConfigError(f"{folder}: {what} {name} scores are not probabilities in [0, 1]")
+
+
+def _warm_up(folder: Path, session, model: ServedModel) -> None:
+    """One real inference before serving; a model that gives wrong shapes or non-finite scores is refused."""
+    tensors = warm_up_inputs(model)
+    try:
+        scores = run_session(session, model.contract, tensors)
+    except Exception as exc:
+        raise ModelConfigError(f"{folder}: warm-up inference failed: {exc}") from None
+    check_probabilities(folder, scores, tensors[CANDIDATES_INPUT].shape)

@@ -162,3 +162,26 @@ def test_exploration_takes_bounded_slots_for_new_items_and_marks_them():
 
 def test_the_catalog_fixture_has_the_features_components_need():
     assert {"price", "margin", "category", "brand", "stock"} <= CATALOG.features
+
+
+async def test_ranking_asks_for_the_variants_model_version():
+    from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
+
+    seen = []
+
+    class Ranking:
+        async def Rank(self, request, timeout):  # noqa: N802
+            seen.append(request)
+            return ranking_pb.RankResponse(
+                scored_items=[
+                    ranking_pb.ScoredItem(item_id=i, purchase_probability=0.5) for i in request.candidate_item_ids
+                ]
+            )
+
+    class Downstream:
+        ranking = Ranking()
+
+    request_state = state()
+    request_state.model = ("sequence_ranker", "7")
+    await RankingScorer("Ranking", RankingParams(), deps(Downstream())).score(request_state, candidates("i1"))
+    assert (seen[0].model_name, seen[0].model_version) == ("sequence_ranker", "7")

@@ -30,6 +30,17 @@ def test_the_shipped_policies_load_and_cover_every_surface():
     assert policies.pipeline_for(common.SURFACE_HOME, "diverse").name == "home_diverse"
     assert policies.pipeline_for(common.SURFACE_HOME, "control").name == "home"
     assert policies.pipeline_for(common.SURFACE_CART, "diverse").name == "cart"
+    assert policies.model_for("control") == ("", "")
+
+
+def test_a_variant_can_name_a_ranking_model_version():
+    raw = copy.deepcopy(RAW)
+    raw["experiment"]["variants"][1].update(model_name="sequence_ranker", model_version="3")
+    policies = build_policies(raw, CATALOG, deps())
+    assert policies.model_for("diverse") == ("sequence_ranker", "3")
+    raw["experiment"]["variants"][1]["model_version"] = "latest"
+    with pytest.raises(PolicyError, match="model_version"):
+        build_policies(raw, CATALOG, deps())
 
 
 @pytest.mark.parametrize(

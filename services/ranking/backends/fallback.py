@@ -1,0 +1,74 @@
+"""Triton first; the embedded backend answers when Triton is unavailable, and the answer says so.
+
+The embedded backend is loaded and warmed at start-up so a fallback costs no loading time. Triton failing to load
+at start-up does not stop the service (every call falls back, flagged) and the watch keeps trying to reach it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from services.ranking.backends.base import BackendUnavailable, ModelNotReady, Ranking, RankingBackend
+from services.ranking.served_model import ServedModel
+
+log = logging.getLogger(__name__)
+
+
+class FallbackBackend:
+    def __init__(
+        self, primary: RankingBackend, fallback: RankingBackend, on_fallback: Callable[[], None] | None = None
+    ):
+        self.primary = primary
+        self.fallback = fallback
+        self._on_fallback = on_fallback
+        self.kind = f"{primary.kind}+{fallback.kind}"
+        self.model_name = primary.model_name
+
+    @property
+    def model(self) -> ServedModel | None:
+        return self.primary.model or self.fallback.model
+
+    @property
+    def model_version(self) -> str:
+        return self.primary.model_version or self.fallback.model_version
+
+    async def load(self) -> None:
+        await self.fallback.load()
+        try:
+            await self.primary.load()
+        except (BackendUnavailable, ModelNotReady) as error:
+            log.warning(
+                "%s not ready at start-up, answering with %s until it is: %s",
+                self.primary.kind,
+                self.fallback.kind,
+                error.message,
+            )
+
+    async def rank(self, history_ids: Sequence[str], candidate_ids: Sequence[str], timeout: float | None) -> Ranking:
+        try:
+            return await self.primary.rank(history_ids, candidate_ids, timeout)
+        except (BackendUnavailable, ModelNotReady) as error:
+            log.warning("%s unavailable, falling back to %s: %s", self.primary.kind, self.fallback.kind, error.message)
+            if self._on_fallback is not None:
+                self._on_fallback()
+        ranking = await self.fallback.rank(history_ids, candidate_ids, timeout)
+        return replace(ranking, fallback=True)
+
+    async def refresh(self) -> bool:
+        changed = await self.fallback.refresh()
+        if self.primary.model is None:
+            try:
+                await self.primary.load()
+                return True
+            except (BackendUnavailable, ModelNotReady) as error:
+                log.debug("%s still not ready: %s", self.primary.kind, error.message)
+                return changed
+        return await self.primary.refresh() or changed
+
+    async def close(self) -> None:
+        try:
+            await self.primary.close()
+        finally:
+            await self.fallback.close()

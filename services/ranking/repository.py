@@ -1,0 +1,437 @@
+"""The model repository workflow behind ``aisle models``: validate, publish, roll back.
+
+- **validate** checks a repository, one model folder or one version folder: the layout (numbered version folders
+  only), every config (``config.pbtxt`` and ``configs/*.pbtxt``, parsed as Triton's ``ModelConfig``, with the same
+  tensors), and each version: its files, ``onnx.checker``, the graph against the config, a warm-up giving
+  probabilities, and parity runs (batched and padded rows score as they do alone, which the micro-batcher relies
+  on; and, when the version carries ``parity_sample.npz``, the training framework's outputs on its sample input).
+- **publish** copies a version into a hidden staging folder beside the versions, validates it there, renames it
+  into place (atomic: a server never sees half a version) and asks Triton servers to load it (explicit model
+  control). Embedded servers pick it up with their repository watch. A Triton that cannot load it gets the
+  version retired again, so the previous version keeps serving.
+- **rollback** retires versions newer than the target (renamed to ``.retired-<version>-<time>``, kept on disk,
+  never reused) and asks Triton servers to reload; embedded servers follow with their watch.
+
+``onnx`` comes with the ``train`` extra; it is imported only here (never by the serving code).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from services.ranking.backends.onnxruntime import (
+    check_graph,
+    check_probabilities,
+    run_session,
+    warm_up_inputs,
+)
+from services.ranking.batching import stack_rows
+from services.ranking.model_config import (
+    CANDIDATES_INPUT,
+    CONFIG_FILE,
+    CONFIGS_DIR,
+    FEATURES_INPUT,
+    MODEL_FILE,
+    PURCHASE_OUTPUT,
+    RETURN_OUTPUT,
+    VOCABULARY_FILE,
+    ModelConfigError,
+    ModelContract,
+    model_versions,
+    read_model_config,
+)
+from services.ranking.served_model import ServedModel
+
+#: Largest score difference accepted between a row scored alone and the same row in a padded batch.
+BATCH_PARITY_TOLERANCE = 1e-5
+#: Largest difference accepted against the outputs recorded in ``parity_sample.npz``.
+SAMPLE_PARITY_TOLERANCE = 1e-4
+#: Optional file in a version: inputs (``history_item_ids``, ``candidate_item_ids``, ...) and the training
+#: framework's outputs (``purchase_probability``, ``return_probability``) on them.
+PARITY_SAMPLE_FILE = "parity_sample.npz"
+STAGING_PREFIX = ".staging-"
+RETIRED_PREFIX = ".retired-"
+
+
+@dataclass
+class Report:
+    """What validate found: ``checked`` lines for what passed, ``problems`` for what failed (each one sentence),
+    ``notes`` for what is worth knowing but not wrong (a model folder with no versions yet)."""
+
+    checked: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# --- validate ---------------------------------------------------------------------------------------------------
+def validate_path(path: Path) -> Report:
+    """Validates a repository (every model folder in it), a model folder, or one version folder."""
+    report = Report()
+    path = Path(path)
+    if not path.exists():
+        report.problems.append(f"{path}: does not exist")
+    elif (path / CONFIG_FILE).is_file():
+        validate_model_dir(path, report)
+    elif path.name.isdigit() and (path.parent / CONFIG_FILE).is_file():
+        contract = _contract(path.parent, report)
+        if contract is not None:
+            _version(path.parent, path, contract, report)
+    elif path.is_dir() and any((child / CONFIG_FILE).is_file() for child in path.iterdir()):
+        for child in sorted(path.iterdir()):
+            if child.is_dir() and not child.name.startswith("."):
+                if (child / CONFIG_FILE).is_file():
+                    validate_model_dir(child, report)
+                else:
+                    report.problems.append(f"{child}: a model folder needs {CONFIG_FILE}")
+    else:
+        report.problems.append(
+            f"{path}: not a model repository, a model folder (with {CONFIG_FILE}) or a version folder (a number)"
+        )
+    return report
+
+
+def validate_model_dir(model_dir: Path, report: Report) -> None:
+    contract = _contract(model_dir, report)
+    if contract is None:
+        return
+    _alternative_configs(model_dir, report)
+    versions = []
+    for entry in sorted(model_dir.iterdir()):
+        if entry.name.startswith(".") or entry.name in (CONFIG_FILE, CONFIGS_DIR):
+            continue  # staging and retired folders, the configs
+        if not entry.is_dir():
+            report.problems.append(
+                f"{entry}: unexpected file; a model folder holds {CONFIG_FILE}, configs/ and versions"
+            )
+        elif not _is_version_name(entry.name):
+            report.problems.append(
+                f"{entry}: not a version folder: versions are positive integers without leading zeros (1, 2, 10)"
+            )
+        else:
+            versions.append(entry)
+    if not versions:
+        report.notes.append(f"{model_dir}: no versions yet (export one with `aisle train` or `aisle models publish`)")
+    for folder in sorted(versions, key=lambda p: int(p.name)):
+        _version(model_dir, folder, contract, report)
+
+
+def validate_version(model_dir: Path, folder: Path, contract: ModelContract | None = None) -> list[str]:
+    """Checks one version folder (which may be a staging folder); returns what passed, raises with what failed."""
+    contract = contract if contract is not None else read_model_config(model_dir / CONFIG_FILE)
+    try:
+        import onnx
+    except ImportError:
+        raise ModelConfigError("validating a model needs the onnx package: pip install 'aisle[train]'") from None
+    import onnxruntime as ort
+
+    checked = []
+    for name in (MODEL_FILE, VOCABULARY_FILE):  # the feature snapshot is checked (and named) when read
+        if not (folder / name).is_file():
+            raise ModelConfigError(f"{folder}: missing {name}")
+    try:
+        onnx.checker.check_model(str(folder / MODEL_FILE), full_check=True)
+    except Exception as exc:  # onnx raises ValidationError, DecodeError, InferenceError...
+        raise ModelConfigError(f"{folder / MODEL_FILE}: onnx.checker refuses it: {_first_line(exc)}") from None
+    checked.append("onnx.checker passed")
+    try:
+        session = ort.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelConfigError(f"{folder / MODEL_FILE}: ONNX Runtime cannot load it: {_first_line(exc)}") from None
+    check_graph(folder / MODEL_FILE, session, contract)
+    checked.append("graph inputs/outputs match config.pbtxt")
+    model = ServedModel.read(model_dir.name, folder.name, folder, contract)
+    checked.append(
+        f"{len(model.vocabulary)} items"
+        + (f", feature snapshot with {len(model.features)} rows" if model.features is not None else "")
+    )
+    tensors = warm_up_inputs(model, rows=3, candidates=16)
+    try:
+        scores = run_session(session, contract, tensors)
+    except Exception as exc:
+        raise ModelConfigError(f"{folder}: inference on sample input failed: {_first_line(exc)}") from None
+    check_probabilities(folder, scores, tensors[CANDIDATES_INPUT].shape, "sample-input")
+    checked.append("sample input gives probabilities in [0, 1]")
+    difference = batch_parity(session, model)
+    if not difference <= BATCH_PARITY_TOLERANCE:
+        raise ModelConfigError(
+            f"{folder}: a candidate's score changes by {difference:.2e} when other candidates share its row or batch "
+            "(padding); the micro-batcher needs each candidate scored independently"
+        )
+    checked.append(f"batched and padded rows match rows alone (max diff {difference:.1e})")
+    if (folder / PARITY_SAMPLE_FILE).is_file():
+        difference = sample_parity(session, contract, folder / PARITY_SAMPLE_FILE)
+        checked.append(f"{PARITY_SAMPLE_FILE}: ONNX Runtime matches the recorded outputs (max diff {difference:.1e})")
+    metadata = folder / "metadata.json"
+    if metadata.is_file():
+        try:
+            json.loads(metadata.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelConfigError(f"{metadata}: not valid JSON: {exc}") from None
+    return checked
+
+
+def batch_parity(session, model: ServedModel) -> float:
+    """Largest change of a score between a row alone and the same row inside a padded batch of mixed widths."""
+    widths = [11, 3, 7, 1]
+    full = warm_up_inputs(model, rows=len(widths), candidates=max(widths), seed=7)
+    history, candidates = full["history_item_ids"], full[CANDIDATES_INPUT]
+    history[1, :] = 0  # an empty history too
+    rows = [model.tensors(history[i : i + 1], candidates[i : i + 1, :w]) for i, w in enumerate(widths)]
+    padded = (CANDIDATES_INPUT, FEATURES_INPUT)
+    merged = {
+        name: stack_rows([row[name] for row in rows], max(widths) if name in padded else None) for name in rows[0]
+    }
+    together = run_session(session, model.contract, merged)
+    worst = 0.0
+    for i, (row, width) in enumerate(zip(rows, widths, strict=True)):
+        alone = run_session(session, model.contract, row)
+        for mine, batched in ((alone.purchase, together.purchase), (alone.returns, together.returns)):
+            if mine is not None and batched is not None:
+                worst = max(worst, float(np.abs(mine[0] - batched[i, :width]).max()))
+    return worst
+
+
+def sample_parity(session, contract: ModelContract, path: Path) -> float:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            sample = {name: data[name] for name in data.files}
+    except (OSError, ValueError) as exc:
+        raise ModelConfigError(f"{path}: cannot read: {exc}") from None
+    missing = sorted((set(contract.inputs) | {PURCHASE_OUTPUT}) - set(sample))
+    if missing:
+        raise ModelConfigError(f"{path}: lacks {missing}")
+    scores = run_session(session, contract, {name: sample[name] for name in contract.inputs})
+    worst = 0.0
+    for name, got in ((PURCHASE_OUTPUT, scores.purchase), (RETURN_OUTPUT, scores.returns)):
+        if got is None or name not in sample:
+            continue
+        if got.shape != sample[name].shape:
+            raise ModelConfigError(f"{path}: {name} has shape {got.shape}, the sample recorded {sample[name].shape}")
+        worst = max(worst, float(np.abs(got - sample[name]).max()))
+    if not worst <= SAMPLE_PARITY_TOLERANCE:
+        raise ModelConfigError(
+            f"{path}: ONNX Runtime differs from the recorded outputs by {worst:.2e} (> {SAMPLE_PARITY_TOLERANCE:.0e})"
+        )
+    return worst
+
+
+def _contract(model_dir: Path, report: Report) -> ModelContract | None:
+    try:
+        contract = read_model_config(model_dir / CONFIG_FILE)
+    except ModelConfigError as error:
+        report.problems.append(str(error))
+        return None
+    if contract.name != model_dir.name:
+        report.problems.append(
+            f"{model_dir / CONFIG_FILE}: name {contract.name!r} differs from its folder {model_dir.name!r} "
+            "(Triton requires them equal)"
+        )
+        return None
+    problem = _warmup_problem(model_dir / CONFIG_FILE)
+    if problem:
+        report.problems.append(problem)
+        return None
+    report.checked.append(f"{model_dir / CONFIG_FILE}: parses and meets the ranking contract")
+    return contract
+
+
+def _warmup_problem(path: Path) -> str | None:
+    """Triton refuses to load a model whose ``model_warmup`` sample lacks (or adds) an input."""
+    config = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+    declared = sorted(t.name for t in config.input)
+    for sample in config.model_warmup:
+        given = sorted(sample.inputs)
+        if given != declared:
+            return f"{path}: model_warmup {sample.name!r} gives inputs {given}, the model declares {declared}"
+    return None
+
+
+def _alternative_configs(model_dir: Path, report: Report) -> None:
+    """``configs/*.pbtxt`` must declare exactly the tensors of ``config.pbtxt`` (one repository, two configs)."""
+    main = _tensors(model_dir / CONFIG_FILE)
+    for path in sorted((model_dir / CONFIGS_DIR).glob("*.pbtxt")):
+        try:
+            read_model_config(path)
+            config = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+        except ModelConfigError as error:
+            report.problems.append(str(error))
+            continue
+        if _tensors(path) != main:
+            report.problems.append(
+                f"{path}: inputs/outputs/max_batch_size differ from {CONFIG_FILE}; both configs must declare the same "
+                "tensors"
+            )
+            continue
+        problem = _warmup_problem(path)
+        if problem:
+            report.problems.append(problem)
+            continue
+        if config.name and config.name != model_dir.name:
+            report.problems.append(f"{path}: name {config.name!r} differs from the model folder {model_dir.name!r}")
+            continue
+        if config.backend == "python":
+            script = config.default_model_filename or "model.py"
+            # Triton resolves it inside each version folder; a relative path may point out of it.
+            probe = Path(os.path.normpath(model_dir / "1" / script))
+            if "/" in script and not probe.is_file():
+                report.problems.append(f"{path}: default_model_filename {script!r} does not resolve to a file")
+                continue
+        report.checked.append(f"{path}: parses, same tensors as {CONFIG_FILE}")
+
+
+def _tensors(path: Path) -> tuple:
+    config = text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+
+    def spec(tensors) -> tuple:
+        return tuple(sorted((t.name, t.data_type, tuple(t.dims)) for t in tensors))
+
+    return spec(config.input), spec(config.output), config.max_batch_size
+
+
+def _version(model_dir: Path, folder: Path, contract: ModelContract, report: Report) -> None:
+    try:
+        checked = validate_version(model_dir, folder, contract)
+    except ModelConfigError as error:
+        report.problems.append(str(error))
+    else:
+        report.checked.append(f"{folder}: " + "; ".join(checked))
+
+
+def _is_version_name(name: str) -> bool:
+    return name.isdigit() and not name.startswith("0")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# --- publish and rollback ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Published:
+    version: int
+    folder: Path
+    checked: list[str]
+
+
+def next_version(model_dir: Path) -> int:
+    """One more than any version ever used here, retired and incomplete ones included (numbers are never reused)."""
+    used = [0]
+    for entry in model_dir.iterdir():
+        name = entry.name
+        if _is_version_name(name):
+            used.append(int(name))
+        elif name.startswith((RETIRED_PREFIX, STAGING_PREFIX)):
+            number = name.split("-")[1] if name.count("-") >= 2 else ""
+            if number.isdigit():
+                used.append(int(number))
+    return max(used) + 1
+
+
+def publish(source: Path, model_dir: Path, version: int | None = None) -> Published:
+    """Copies ``source`` (a folder with model.onnx, item_vocabulary.txt, ...) in as a new version, atomically."""
+    contract = read_model_config(model_dir / CONFIG_FILE)
+    if not source.is_dir():
+        raise ModelConfigError(f"{source}: not a folder (publish takes a version folder with {MODEL_FILE})")
+    version = version if version is not None else next_version(model_dir)
+    final = model_dir / str(version)
+    if final.exists():
+        raise ModelConfigError(f"{final} already exists; versions are immutable, publish a new one")
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=model_dir))
+    try:
+        for item in source.iterdir():
+            if item.is_file():
+                shutil.copy2(item, staging / item.name)
+        _sync(staging)
+        checked = validate_version(model_dir, staging, contract)
+        if final.exists():
+            raise ModelConfigError(f"{final} appeared while publishing; versions are immutable")
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Published(version, final, checked)
+
+
+def retire(model_dir: Path, version: int) -> Path:
+    """Moves a version out of the serving set (kept on disk as ``.retired-<version>-<unix time>``)."""
+    target = model_dir / f"{RETIRED_PREFIX}{version}-{time.time_ns()}"
+    os.rename(model_dir / str(version), target)
+    return target
+
+
+def rollback(model_dir: Path, to: int | None = None) -> tuple[int, list[int]]:
+    """Retires every version newer than ``to`` (default: the one before the newest); returns (serving, retired)."""
+    versions = model_versions(model_dir)
+    if not versions:
+        raise ModelConfigError(f"{model_dir}: no versions to roll back")
+    if to is None:
+        if len(versions) < 2:
+            raise ModelConfigError(f"{model_dir}: only version {versions[0]} exists; nothing to roll back to")
+        to = versions[-2]
+    if to not in versions:
+        raise ModelConfigError(f"{model_dir}: version {to} is not available (available: {versions})")
+    newer = [v for v in versions if v > to]
+    if not newer:
+        raise ModelConfigError(f"{model_dir}: version {to} is already the newest")
+    # The target must be servable before anything is moved out of its way.
+    validate_version(model_dir, model_dir / str(to))
+    for version in sorted(newer, reverse=True):
+        retire(model_dir, version)
+    return to, sorted(newer)
+
+
+def _sync(folder: Path) -> None:
+    """Flushes the staged files, so the rename publishes complete files even after a crash."""
+    for item in folder.iterdir():
+        with open(item, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+# --- telling Triton ---------------------------------------------------------------------------------------------
+class TritonLoadError(RuntimeError):
+    pass
+
+
+def triton_load(target: str, model_name: str, expect_version: int, timeout_s: float = 60.0) -> None:
+    """Explicit model control: Triton re-reads the model folder and loads its newest version per version_policy;
+    the old version serves until the new one is ready. Raises unless ``expect_version`` ends up READY."""
+    from tritonclient.grpc import InferenceServerClient
+    from tritonclient.utils import InferenceServerException
+
+    client = InferenceServerClient(url=target)
+    try:
+        try:
+            client.load_model(model_name, client_timeout=timeout_s)
+        except InferenceServerException as error:
+            raise TritonLoadError(f"Triton at {target} could not load {model_name!r}: {_first_line(error)}") from None
+        if not client.is_model_ready(model_name, str(expect_version), client_timeout=10):
+            raise TritonLoadError(f"Triton at {target}: {model_name!r} version {expect_version} is not ready")
+    finally:
+        client.close()
+
+
+def tell_triton(targets: Sequence[str], model_name: str, version: int) -> list[str]:
+    """Loads the model on every target; returns one problem per target that did not end up serving ``version``."""
+    problems = []
+    for target in targets:
+        try:
+            triton_load(target, model_name, version)
+        except TritonLoadError as error:
+            problems.append(str(error))
+    return problems

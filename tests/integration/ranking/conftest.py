@@ -1,0 +1,318 @@
+"""Fixtures for the ranking service's integration tests: a small torch ranker with candidate features and a return
+head (exported to ONNX like training exports), copies of model repositories, and a real Triton server.
+
+The Triton server is the one ``scripts/install_triton.sh`` (``make triton``) installs under ``.cache/triton``. Where
+it is not installed the Triton tests skip, naming the reason; with ``AISLE_TRITON_REQUIRED=1`` they fail instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.ranking.features import ItemFeatureSnapshot, candidate_features
+from tests.conftest import PROJECT_ROOT
+
+PROJECT_MODEL = PROJECT_ROOT / "model_repository" / "ranker"
+TRITON_HOME = Path(os.environ.get("AISLE_TRITON_HOME", PROJECT_ROOT / ".cache" / "triton"))
+TRITON_LAUNCHER = TRITON_HOME / "bin" / "tritonserver"
+
+FEATURE_INPUT_TEXT = """  {
+    name: "candidate_features"
+    data_type: TYPE_FP32
+    dims: [ -1, 7 ]
+  }
+"""
+WARMUP_FEATURES_TEXT = """    inputs: {
+      key: "candidate_features"
+      value: { data_type: TYPE_FP32, dims: [ 16, 7 ], zero_data: true }
+    }
+"""
+RETURN_OUTPUT_TEXT = """,
+  {
+    name: "return_probability"
+    data_type: TYPE_FP32
+    dims: [ -1 ]
+  }
+"""
+
+
+def with_features(config_text: str) -> str:
+    """A ranker config (GPU or local) that also declares ``candidate_features`` and ``return_probability``."""
+    head, _, tail = config_text.partition('    name: "candidate_item_ids"')
+    block_end = tail.index("  }\n") + len("  }")
+    tail = tail[:block_end] + ",\n" + FEATURE_INPUT_TEXT + tail[block_end + 1 :]
+    text = head + '    name: "candidate_item_ids"' + tail
+    output_start = text.index('    name: "purchase_probability"')
+    output_end = text.index("  }", output_start) + len("  }")
+    text = text[:output_end] + RETURN_OUTPUT_TEXT.rstrip("\n") + text[output_end:]
+    # The warm-up sample must carry every input, the features too.
+    warmup = text.index('key: "candidate_item_ids"', text.index("model_warmup"))
+    after = text.index("    }\n", warmup) + len("    }\n")
+    return text[:after] + WARMUP_FEATURES_TEXT + text[after:]
+
+
+def copy_model_repository(source: Path, target: Path, *, local_config: bool = True) -> Path:
+    """A copy of ``source`` (a repository) with the project's ``configs/`` (local config, python model) added."""
+    shutil.copytree(source, target)
+    if local_config:
+        for model_dir in target.iterdir():
+            configs = model_dir / "configs"
+            if not configs.exists():
+                shutil.copytree(PROJECT_MODEL / "configs", configs)
+    return target
+
+
+# --- a small torch ranker with candidate features and a return head ----------------------------------------------
+@dataclass(frozen=True)
+class FeatureModel:
+    repository: Path
+    item_ids: list[str]
+    snapshot: ItemFeatureSnapshot
+    module: object  # the torch module, for reference scores
+
+    def reference(self, history: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Torch's scores for token arrays, with the features built by the shared feature code."""
+        import torch
+
+        features = candidate_features(self.snapshot, history, candidates)
+        with torch.no_grad():
+            purchase, returns = self.module(
+                torch.from_numpy(history), torch.from_numpy(candidates), torch.from_numpy(features)
+            )
+        return purchase.numpy(), returns.numpy()
+
+
+def _feature_ranker(num_items: int):
+    import torch
+    from torch import nn
+
+    class FeatureRanker(nn.Module):
+        """Mean of the history's item vectors against each candidate's vector plus a projection of its features."""
+
+        def __init__(self):
+            super().__init__()
+            self.items = nn.Embedding(num_items + 1, 16, padding_idx=0)
+            self.features = nn.Linear(7, 16)
+            self.bias = nn.Linear(7, 1)
+            self.returns = nn.Linear(16 + 7, 1)
+
+        def forward(self, history_item_ids, candidate_item_ids, candidate_features):
+            mask = (history_item_ids != 0).to(torch.float32)[:, :, None]
+            user = (self.items(history_item_ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            items = self.items(candidate_item_ids) + self.features(candidate_features)
+            logits = (items * user[:, None, :]).sum(-1) + self.bias(candidate_features).squeeze(-1)
+            returns = self.returns(torch.cat([items, candidate_features], dim=-1)).squeeze(-1)
+            return torch.sigmoid(logits), torch.sigmoid(returns)
+
+    torch.manual_seed(11)
+    return FeatureRanker().eval()
+
+
+def export_feature_model(module, path: Path, num_items: int) -> None:
+    import torch
+
+    history = torch.zeros(2, 50, dtype=torch.int64)
+    candidates = torch.ones(2, 8, dtype=torch.int64)
+    features = torch.zeros(2, 8, 7)
+    batch, count = torch.export.Dim("batch"), torch.export.Dim("candidates")
+    with _quiet():
+        torch.onnx.export(
+            module,
+            (history, candidates, features),
+            str(path),
+            input_names=["history_item_ids", "candidate_item_ids", "candidate_features"],
+            output_names=["purchase_probability", "return_probability"],
+            dynamic_shapes={
+                "history_item_ids": {0: batch},
+                "candidate_item_ids": {0: batch, 1: count},
+                "candidate_features": {0: batch, 1: count},
+            },
+            dynamo=True,
+            opset_version=18,
+            external_data=False,
+            verbose=False,
+        )
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The dynamo exporter logs every graph pass and warns a lot; keep errors only."""
+    names = ("onnx_ir", "onnxscript", "torch.onnx", "torch.export")
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def feature_model(tmp_path_factory: pytest.TempPathFactory) -> FeatureModel:
+    """Repository ``ranker`` (GPU config + local config, both with features and the return head), version 1."""
+    rng = np.random.default_rng(5)
+    num_items = 60
+    item_ids = [f"sku-{i:03d}" for i in range(num_items)]
+    snapshot = ItemFeatureSnapshot.from_catalog(
+        prices=rng.uniform(1, 200, num_items),
+        margins=rng.uniform(0.05, 0.6, num_items),
+        popularity=rng.integers(0, 500, num_items),
+        return_rates=rng.uniform(0, 0.4, num_items),
+        in_stock=(rng.uniform(size=num_items) > 0.2).astype(int),
+    )
+    module = _feature_ranker(num_items)
+    repository = tmp_path_factory.mktemp("feature-model") / "model_repository"
+    model_dir = repository / "ranker"
+    (model_dir / "configs").mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(with_features((PROJECT_MODEL / "config.pbtxt").read_text()))
+    (model_dir / "configs" / "local.pbtxt").write_text(
+        with_features((PROJECT_MODEL / "configs" / "local.pbtxt").read_text())
+    )
+    shutil.copy(PROJECT_MODEL / "configs" / "onnx_python_model.py", model_dir / "configs")
+    version = model_dir / "1"
+    version.mkdir()
+    export_feature_model(module, version / "model.onnx", num_items)
+    (version / "item_vocabulary.txt").write_text("\n".join(item_ids) + "\n")
+    snapshot.save(version / "item_features.npz")
+    model = FeatureModel(repository, item_ids, snapshot, module)
+    history = rng.integers(0, num_items + 1, size=(3, 50)).astype(np.int64)
+    candidates = rng.integers(1, num_items + 1, size=(3, 9)).astype(np.int64)
+    purchase, returns = model.reference(history, candidates)
+    np.savez(
+        version / "parity_sample.npz",
+        history_item_ids=history,
+        candidate_item_ids=candidates,
+        candidate_features=candidate_features(snapshot, history, candidates),
+        purchase_probability=purchase,
+        return_probability=returns,
+    )
+    return model
+
+
+# --- a real Triton server -----------------------------------------------------------------------------------------
+def triton_missing() -> str | None:
+    """Why the Triton tests cannot run here (None when the installed server is there)."""
+    if TRITON_LAUNCHER.is_file() and (TRITON_HOME / "installed").is_file():
+        return None
+    failed = TRITON_HOME / "install-failed"
+    reason = failed.read_text().strip() if failed.is_file() else f"nothing at {TRITON_LAUNCHER}"
+    return f"Triton server not installed ({reason}); run `make triton` (scripts/install_triton.sh)"
+
+
+#: Marks the tests that start Triton: they skip where it is missing, unless AISLE_TRITON_REQUIRED=1 (then they fail).
+needs_triton = pytest.mark.skipif(
+    triton_missing() is not None and os.environ.get("AISLE_TRITON_REQUIRED") != "1", reason=str(triton_missing())
+)
+
+
+def triton_launcher() -> Path:
+    """The installed launcher, or skip (fail with AISLE_TRITON_REQUIRED=1) saying why it is missing."""
+    missing = triton_missing()
+    if missing is None:
+        return TRITON_LAUNCHER
+    if os.environ.get("AISLE_TRITON_REQUIRED") == "1":
+        pytest.fail(missing)
+    pytest.skip(missing)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass(frozen=True)
+class TritonServer:
+    grpc_target: str
+    http_url: str
+    log_path: Path
+    process: subprocess.Popen
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def triton_server(repository: Path, log_path: Path, *, models: tuple[str, ...] = ("ranker",)) -> Iterator[TritonServer]:
+    """Runs Triton on free local ports with explicit model control and the local config; stops it on exit."""
+    launcher = triton_launcher()
+    grpc_port, http_port, metrics_port = free_ports(3)
+    command = [
+        str(launcher),
+        f"--model-repository={repository}",
+        "--model-control-mode=explicit",
+        *[f"--load-model={model}" for model in models],
+        "--model-config-name=local",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={grpc_port}",
+        "--http-address=127.0.0.1",
+        f"--http-port={http_port}",
+        "--metrics-address=127.0.0.1",
+        f"--metrics-port={metrics_port}",
+        "--allow-gpu-metrics=false",
+        "--pinned-memory-pool-byte-size=0",
+        "--exit-timeout-secs=5",
+    ]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = TritonServer(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", log_path, process)
+    try:
+        _wait_ready(server, timeout=90)
+        yield server
+    finally:
+        _stop(process)
+
+
+def _wait_ready(server: TritonServer, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"Triton exited with {server.process.returncode}:\n{server.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{server.http_url}/v2/health/ready", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"Triton not ready after {timeout:.0f} s:\n{server.log_tail()}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM (Triton stops its python backend stubs), then SIGKILL to the whole process group if it hangs."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)  # the stubs, if any outlived the server
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)

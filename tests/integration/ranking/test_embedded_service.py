@@ -1,0 +1,81 @@
+"""The ranking service with the embedded ONNX Runtime backend, on a real in-process server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+import numpy as np
+import pytest
+
+from services.core.errors import details_of
+from services.ranking.features import encode_history
+from tests.integration.ranking.helpers import rank, rank_request, ranking_server, settings_for
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda ids: rank_request(ids[:3], []), "candidate_item_ids"),
+        (lambda ids: rank_request(ids[:3], [f"c-{i}" for i in range(100_000)]), "candidate_item_ids"),
+        (lambda ids: rank_request([ids[0]] * 501, ids[:5]), "history"),
+        (lambda ids: rank_request(ids[:3], [ids[0], ""]), "candidate_item_ids[1]"),
+    ],
+    ids=["no-candidates", "100k-candidates", "history-over-the-limit", "empty-id"],
+)
+async def test_invalid_requests_are_invalid_argument(feature_model, build, field):
+    async with ranking_server(settings_for(feature_model.repository)) as (host, _):
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await rank(host.port, build(feature_model.item_ids), timeout=10)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info, violations = details_of(failure.value)
+    assert info.reason == "INVALID_ARGUMENT" and field in violations, violations
+
+
+async def test_the_provider_comes_from_the_session_and_is_logged(trained, caplog):
+    caplog.set_level(logging.INFO, logger="services.ranking.backends.onnxruntime")
+    async with ranking_server(settings_for(trained.model_repository)) as (_, backend):
+        assert backend.providers == ["CPUExecutionProvider"]
+    assert any("with CPUExecutionProvider (onnxruntime)" in r.getMessage() for r in caplog.records)
+
+
+async def test_feature_model_scores_are_torchs_on_the_joined_features(feature_model):
+    ids = feature_model.item_ids
+    history = [ids[3], ids[7], ids[3], ids[12]]
+    out_of_stock = next(i for i, row in enumerate(feature_model.snapshot.values[1:]) if row[4] == 0)
+    candidates = [ids[3], "NOT-IN-CATALOG", ids[out_of_stock], ids[40], ids[7]]
+    async with ranking_server(settings_for(feature_model.repository)) as (host, _):
+        reply = await rank(host.port, rank_request(history, candidates))
+    tokens = np.array([[4, 0, out_of_stock + 1, 41, 8]])
+    purchase, returns = feature_model.reference(encode_history(np.array([4, 8, 4, 13]), 50)[None, :], tokens)
+    got = [s.purchase_probability for s in reply.scored_items]
+    assert [s.item_id for s in reply.scored_items] == candidates
+    assert reply.model_version.name == "ranker" and reply.model_version.version == "1"
+    assert got[1] == 0.0 and not reply.scored_items[1].HasField("return_probability")
+    known = [0, 2, 3, 4]
+    assert np.allclose([got[i] for i in known], purchase[0, known], atol=1e-5)
+    assert np.allclose([reply.scored_items[i].return_probability for i in known], returns[0, known], atol=1e-5)
+
+
+async def test_concurrent_requests_are_batched_and_each_gets_its_own_scores(feature_model):
+    ids = feature_model.item_ids
+    rng = np.random.default_rng(3)
+    requests = []
+    for _ in range(24):
+        history = list(rng.choice(ids, size=rng.integers(0, 12)))
+        candidates = list(rng.choice(ids, size=rng.integers(1, 40)))
+        requests.append(rank_request(history, candidates))
+    settings = settings_for(feature_model.repository, max_queue_delay_us=20_000)
+    async with ranking_server(settings) as (host, backend):
+        alone = [await rank(host.port, request) for request in requests]
+        together = await asyncio.gather(*(rank(host.port, request) for request in requests))
+        sizes = backend._batcher.batch_sizes
+    assert max(sizes) > 1
+    for single, batched in zip(alone, together, strict=True):
+        assert [s.item_id for s in single.scored_items] == [s.item_id for s in batched.scored_items]
+        assert np.allclose(
+            [s.purchase_probability for s in single.scored_items],
+            [s.purchase_probability for s in batched.scored_items],
+            atol=1e-6,
+        )

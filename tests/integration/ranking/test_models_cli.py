@@ -1,0 +1,113 @@
+"""``aisle models validate / publish / rollback`` on real exported models."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from services.cli import main
+from services.ranking.model_config import model_versions
+from tests.integration.ranking.breakers import poison_weights, rename_input, truncate
+from tests.integration.ranking.conftest import copy_model_repository
+
+
+def aisle(*args: str):
+    return CliRunner().invoke(main, ["models", *map(str, args)])
+
+
+@pytest.fixture
+def repository(feature_model, tmp_path):
+    return copy_model_repository(feature_model.repository, tmp_path / "repo")
+
+
+def test_a_good_repository_validates(repository):
+    result = aisle("validate", repository)
+    assert result.exit_code == 0, result.output
+    assert "configs/local.pbtxt: parses, same tensors as config.pbtxt" in result.output
+    assert "onnx.checker passed" in result.output and "parity_sample.npz: ONNX Runtime matches" in result.output
+    assert "batched and padded rows match rows alone" in result.output
+    assert aisle("validate", repository / "ranker" / "1").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("breaker", "message"),
+    [
+        (rename_input, "graph inputs ['candidate_features', 'candidate_item_ids', 'history'] differ"),
+        (poison_weights, "sample-input purchase scores are not probabilities in [0, 1]"),
+        (truncate, "onnx.checker refuses it"),
+        (lambda path: (path.parent / "item_features.npz").unlink(), "has no item_features.npz"),
+        (lambda path: (path.parent / "item_vocabulary.txt").unlink(), "missing item_vocabulary.txt"),
+    ],
+    ids=["wrong-input-name", "nan-output", "corrupt-file", "no-feature-snapshot", "no-vocabulary"],
+)
+def test_a_broken_version_is_refused_with_a_specific_message(repository, breaker, message):
+    breaker(repository / "ranker" / "1" / "model.onnx")
+    result = aisle("validate", repository)
+    assert result.exit_code == 1
+    assert message in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    ("breaker", "message"),
+    [
+        (lambda model: (model / "v2").mkdir(), "not a version folder"),
+        (lambda model: (model / "01").mkdir(), "not a version folder"),
+        (lambda model: (model / "notes.txt").write_text("x"), "unexpected file"),
+        (
+            lambda model: (model / "configs" / "local.pbtxt").write_text(
+                (model / "configs" / "local.pbtxt").read_text().replace("dims: [ -1, 7 ]", "dims: [ -1, 6 ]")
+            ),
+            "configs/local.pbtxt: 'candidate_features' must end in 7 features",
+        ),
+        (
+            lambda model: (model / "config.pbtxt").write_text(
+                (model / "config.pbtxt").read_text().replace("return_probability", "return_prob")
+            ),
+            "inputs/outputs/max_batch_size differ from config.pbtxt",
+        ),
+        (lambda model: (model / "config.pbtxt").write_text("name: 'ranker'\nbogus: 1\n"), "not a valid Triton model"),
+        (
+            lambda model: (model / "config.pbtxt").write_text(
+                (model / "config.pbtxt").read_text().replace('name: "ranker"', 'name: "other"')
+            ),
+            "differs from its folder",
+        ),
+    ],
+    ids=["named-folder", "leading-zero", "stray-file", "local-config-shape", "configs-differ", "unparsable", "name"],
+)
+def test_layout_and_config_problems_are_named(repository, breaker, message):
+    breaker(repository / "ranker")
+    result = aisle("validate", repository)
+    assert result.exit_code == 1
+    assert message in result.output, result.output
+
+
+def test_publish_validates_then_renames_into_place_and_rollback_retires(repository, tmp_path):
+    model_dir = repository / "ranker"
+    source = tmp_path / "new-version"
+    shutil.copytree(model_dir / "1", source)
+
+    result = aisle("publish", source, "--repository", repository)
+    assert result.exit_code == 0, result.output
+    assert "published ranker version 2" in result.output and model_versions(model_dir) == [1, 2]
+
+    broken = tmp_path / "broken"
+    shutil.copytree(source, broken)
+    poison_weights(broken / "model.onnx")
+    result = aisle("publish", broken, "--repository", repository)
+    assert result.exit_code == 1 and "refused:" in result.output and "not probabilities" in result.output
+    assert model_versions(model_dir) == [1, 2]
+    assert not [p for p in model_dir.iterdir() if p.name.startswith(".staging-")]
+
+    result = aisle("rollback", "--repository", repository)
+    assert result.exit_code == 0, result.output
+    assert model_versions(model_dir) == [1]
+    assert [p.name.split("-")[:2] for p in model_dir.iterdir() if p.name.startswith(".retired-")] == [[".retired", "2"]]
+    # Version numbers are never reused: the next publish is 3, and a taken number is refused.
+    assert "published ranker version 3" in aisle("publish", source, "--repository", repository).output
+    result = aisle("publish", source, "--repository", repository, "--version", "3")
+    assert result.exit_code == 1 and "immutable" in result.output
+    assert aisle("rollback", "--repository", repository, "--to", "9").exit_code == 1
+    assert aisle("validate", repository).exit_code == 0

@@ -1,0 +1,191 @@
+"""Train -> export -> evaluate on a tiny synthetic shop: ONNX parity, the no-skew feature check, the ranking
+service loading the exported ranker, determinism, and the evaluation report's shape."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from services.ranking.features import ItemFeatureSnapshot, ItemVocabulary, candidate_features, encode_history
+from services.retrieval.index import latest_version, load_index
+from training.data.loaders import synthetic_dataset
+from training.export import FEATURES_INPUT, QUERY_OUTPUT, QUERY_TOWER_FILE
+from training.features import ranker_inputs
+from training.fit import FitConfig, fit
+from training.models.two_tower import QueryTower
+from training.run import TrainingRun, train_and_export
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+CONFIG = PROJECT_ROOT / "model_repository" / "sequence_ranker" / "config.pbtxt"
+SHOP = {"format": "synthetic", "users": 300, "items": 120, "seed": 4}
+TINY = FitConfig(
+    seed=4,
+    dim=16,
+    tower_epochs=1,
+    ranker_epochs=1,
+    ranker_layers=1,
+    tower_batch=128,
+    ranker_batch=64,
+    ranker_candidates=16,
+    positives=6,
+    retrieve=40,
+    validation_users=100,
+)
+
+
+@dataclass(frozen=True)
+class Trained:
+    root: Path
+    repository: Path
+    run: TrainingRun
+
+
+def new_repository(root: Path) -> Path:
+    repository = root / "model_repository"
+    (repository / "sequence_ranker").mkdir(parents=True)
+    shutil.copy(CONFIG, repository / "sequence_ranker" / "config.pbtxt")
+    return repository
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    root = tmp_path_factory.mktemp("sequence_ranker")
+    repository = new_repository(root)
+    run = train_and_export(SHOP, root / "artifacts", repository, config=TINY, progress=False)
+    return Trained(root, repository, run)
+
+
+def test_export_layout_and_recorded_parity(trained):
+    version = trained.run.ranker_dir
+    assert version == trained.repository / "sequence_ranker" / "1"
+    assert sorted(p.name for p in version.iterdir()) == [
+        "item_features.npz",
+        "item_vocabulary.txt",
+        "metadata.json",
+        "model.onnx",
+    ]
+    metadata = json.loads((version / "metadata.json").read_text())
+    assert metadata["parity_max_abs_diff"] <= 1e-4
+    assert metadata["data"]["fingerprint"] == "synthetic:300:120:4" and "validation" in metadata["training"]
+    assert not [p for p in version.parent.iterdir() if p.name.startswith(".")]
+    query = json.loads((trained.run.query_tower_dir / "metadata.json").read_text())
+    assert query["parity_max_abs_diff"] <= 1e-4 and (trained.run.query_tower_dir / QUERY_TOWER_FILE).is_file()
+    index = load_index(latest_version(trained.root / "artifacts" / "index"))
+    assert index.model_version == "1" and index.dimension == 16 and len(index.item_ids) == 120
+
+
+def test_onnx_matches_torch_with_dynamic_batch_and_candidates(trained):
+    fitted = trained.run.fitted
+    session = ort.InferenceSession(str(trained.run.ranker_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for batch, count in ((1, 1), (5, 300)):
+        history = rng.integers(0, 121, size=(batch, 50), dtype=np.int64)
+        candidates = rng.integers(1, 121, size=(batch, count), dtype=np.int64)
+        features = candidate_features(fitted.snapshot, history, candidates)
+        got = session.run(
+            None, {"history_item_ids": history, "candidate_item_ids": candidates, FEATURES_INPUT: features}
+        )
+        with torch.no_grad():
+            want = fitted.ranker(*(torch.from_numpy(a) for a in (history, candidates, features)))
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == (batch, count) and np.abs(g - w.numpy()).max() <= 1e-4
+    query = ort.InferenceSession(
+        str(trained.run.query_tower_dir / QUERY_TOWER_FILE), providers=["CPUExecutionProvider"]
+    )
+    tower = QueryTower(fitted.two_tower).eval()
+    for batch, length in ((1, 50), (3, 7)):
+        history = rng.integers(0, 121, size=(batch, length), dtype=np.int64)
+        (got,) = query.run([QUERY_OUTPUT], {"history_item_ids": history})
+        with torch.no_grad():
+            want = tower(torch.from_numpy(history)).numpy()
+        assert got.shape == (batch, 16) and np.abs(got - want).max() <= 1e-4
+
+
+def test_training_features_are_serving_features(trained):
+    """The no-skew check: the same held-out events, once as training builds them (catalog rows) and once as the
+    ranking service does (item ids -> the exported vocabulary and feature snapshot)."""
+    fitted, version = trained.run.fitted, trained.run.ranker_dir
+    dataset = synthetic_dataset(SHOP["users"], SHOP["items"], SHOP["seed"])
+    item_ids = np.array(dataset.catalog.item_ids)
+    cases = fitted.split.test[:20]
+    recommender = fitted.recommender()
+    candidates = recommender.candidates(cases, exclude_history=False)
+    train_history, train_tokens, train_features = ranker_inputs(fitted.snapshot, [c.history for c in cases], candidates)
+
+    vocabulary = ItemVocabulary.read(version / "item_vocabulary.txt")
+    snapshot = ItemFeatureSnapshot.load(version / "item_features.npz")
+    for u, case in enumerate(cases):
+        history_ids = list(item_ids[case.history])
+        candidate_ids = [item_ids[r] for r in candidates[u] if r >= 0]
+        history = encode_history(vocabulary.tokens(history_ids), 50)[None]
+        tokens = vocabulary.tokens(candidate_ids)[None]
+        served = candidate_features(snapshot, history, tokens)
+        width = len(candidate_ids)
+        assert np.array_equal(history[0], train_history[u])
+        assert np.array_equal(tokens[0], train_tokens[u, :width])
+        assert np.array_equal(served[0], train_features[u, :width])
+        try:  # the ranking service's own input builder, where this checkout has it
+            from services.ranking.model_config import read_model_config
+            from services.ranking.served_model import ServedModel
+        except ImportError:
+            continue
+        contract = read_model_config(version.parent / "config.pbtxt")
+        model = ServedModel.read("sequence_ranker", "1", version, contract)
+        tensors = model.inputs(history_ids, candidate_ids).tensors
+        assert np.array_equal(tensors[FEATURES_INPUT][0], train_features[u, :width])
+
+
+async def test_the_ranking_service_loads_and_scores_the_exported_ranker(trained):
+    from services.ranking.backends.onnxruntime import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(trained.repository, "sequence_ranker")
+    await backend.load()
+    try:
+        assert backend.model_version == "1"
+        history = np.zeros((1, 50), dtype=np.int64)
+        history[0, -3:] = [1, 2, 3]
+        scores = await backend.score(history, np.array([[1, 2, 3, 4]], dtype=np.int64))
+        assert scores.purchase.shape == (1, 4) and ((scores.purchase > 0) & (scores.purchase < 1)).all()
+        assert scores.returns is not None and scores.returns.shape == (1, 4)
+    finally:
+        await backend.close()
+
+
+def test_training_is_deterministic_under_a_seed():
+    dataset = synthetic_dataset(150, 60, 1)
+    config = FitConfig(**{**TINY.__dict__, "validation_users": 30, "seed": 9})
+    first, second = fit(dataset, config, progress=False), fit(dataset, config, progress=False)
+    assert first.curves.tower_loss == second.curves.tower_loss
+    assert first.curves.ranker_loss == second.curves.ranker_loss
+
+
+def test_the_evaluation_report(trained, tmp_path):
+    from training.evaluation.report import evaluate_artifacts
+
+    out = tmp_path / "report" / "evaluation.json"
+    report = evaluate_artifacts(trained.root / "artifacts", out, bootstrap_samples=200, progress=False)
+    assert json.loads(out.read_text()) == report
+    for protocol in ("repeat", "discovery"):
+        models = report["protocols"][protocol]["models"]
+        assert {"aisle", "popularity", "item_to_item", "buy_again", "two_tower"} <= set(models)
+        for metrics in models.values():
+            assert {"ndcg@10", "hr@10", "recall@100", "coverage"} <= set(metrics)
+            assert 0 <= metrics["ndcg@10"] <= 1 and 0 <= metrics["coverage"] <= 1
+        comparison = report["protocols"][protocol]["comparison"]
+        best = comparison["best_baseline"]
+        interval = comparison[f"aisle_vs_{best}"]["ndcg@10"]
+        assert interval["low"] <= interval["ratio"] <= interval["high"]
+    assert report["calibration"]["top10"]["ece"] is not None
+    assert out.with_suffix(".md").is_file()
+    assert {p.name for p in out.parent.glob("*.png")} == {
+        "evaluation_metrics.png",
+        "evaluation_calibration.png",
+        "evaluation_training.png",
+    }

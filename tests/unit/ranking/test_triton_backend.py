@@ -1,0 +1,225 @@
+"""The Triton backend against fake Triton clients: versions, round-robin, deadlines, trace context, errors,
+and the fallback to the embedded backend (flagged in the response)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from opentelemetry import trace
+from tritonclient.utils import InferenceServerException
+
+from aisle.common.v1 import common_pb2
+from aisle.ranking.v1 import ranking_service_pb2 as pb
+from services.ranking.backends.base import (
+    BackendUnavailable,
+    InferenceTimeout,
+    ModelNotReady,
+    Ranking,
+)
+from services.ranking.backends.fallback import FallbackBackend
+from services.ranking.backends.triton import DEADLINE_MARGIN_S, TritonBackend
+from services.ranking.model_config import ModelConfigError
+from services.ranking.servicer import RankingServicer
+from services.ranking.settings import RankingSettings
+
+CONFIG = Path(__file__).resolve().parents[3] / "model_repository" / "ranker" / "config.pbtxt"
+ITEMS = [f"item-{i}" for i in range(1, 21)]
+INPUTS = [{"name": "history_item_ids", "datatype": "INT64"}, {"name": "candidate_item_ids", "datatype": "INT64"}]
+OUTPUTS = [{"name": "purchase_probability", "datatype": "FP32"}]
+
+
+class FakeResult:
+    def __init__(self, outputs):
+        self.outputs = outputs
+
+    def as_numpy(self, name):
+        return self.outputs.get(name)
+
+
+class FakeTriton:
+    """Answers like Triton's gRPC client: P(purchase) = token / 100 + version / 1000."""
+
+    def __init__(self, target: str, ready=("1",)):
+        self.target = target
+        self.ready = list(ready)
+        self.error: InferenceServerException | None = None
+        self.calls: list[dict] = []
+        self.inputs = INPUTS
+
+    async def get_model_repository_index(self, as_json=False, client_timeout=None):
+        if self.error is not None and self.error.status() == "StatusCode.UNAVAILABLE":
+            raise self.error
+        return {"models": [{"name": "ranker", "version": v, "state": "READY"} for v in self.ready]}
+
+    async def get_model_metadata(self, model_name, model_version="", as_json=False, client_timeout=None):
+        return {"name": model_name, "versions": self.ready, "inputs": self.inputs, "outputs": OUTPUTS}
+
+    async def infer(self, model_name, inputs, model_version="", outputs=None, client_timeout=None, headers=None):
+        arrays = {i.name(): np.frombuffer(i._raw_content, dtype=np.int64).reshape(i.shape()) for i in inputs}
+        self.calls.append({"version": model_version, "timeout": client_timeout, "headers": dict(headers or {})})
+        if self.error is not None:
+            raise self.error
+        if model_version not in self.ready:
+            raise InferenceServerException(
+                f"Request for unknown model: '{model_name}' version {model_version} is not at ready state",
+                status="StatusCode.UNAVAILABLE",
+            )
+        candidates = arrays["candidate_item_ids"]
+        purchase = (candidates / 100 + int(model_version) / 1000).astype(np.float32)
+        return FakeResult({"purchase_probability": purchase})
+
+    async def close(self):
+        pass
+
+
+@pytest.fixture
+def repository(tmp_path) -> Path:
+    (tmp_path / "ranker").mkdir()
+    shutil.copy(CONFIG, tmp_path / "ranker" / "config.pbtxt")
+    for version in ("1", "2"):
+        (tmp_path / "ranker" / version).mkdir()
+        (tmp_path / "ranker" / version / "item_vocabulary.txt").write_text("\n".join(ITEMS) + "\n")
+    return tmp_path
+
+
+def backend_with(repository, *fakes: FakeTriton, version: str = "") -> TritonBackend:
+    by_target = {fake.target: fake for fake in fakes}
+    return TritonBackend(
+        list(by_target), repository, "ranker", version, ready_timeout_s=0, client_factory=by_target.__getitem__
+    )
+
+
+async def test_serves_the_newest_ready_version_with_ids_turned_into_tokens(repository):
+    fake = FakeTriton("a:1", ready=("1", "2"))
+    backend = backend_with(repository, fake)
+    await backend.load()
+    ranking = await backend.rank(["item-3"], ["item-5", "unknown", "item-20"], timeout=0.5)
+    assert backend.model_version == "2" and ranking.model_version == "2" and ranking.backend == "triton"
+    assert np.allclose(ranking.purchase, [0.05 + 0.002, 0.0, 0.2 + 0.002])
+    assert ranking.unknown.tolist() == [False, True, False]
+    assert fake.calls[0]["version"] == "2"
+
+
+async def test_calls_go_round_robin_with_the_callers_deadline_and_trace_context(repository):
+    fakes = FakeTriton("a:1"), FakeTriton("b:1")
+    backend = backend_with(repository, *fakes)
+    await backend.load()
+    with trace.get_tracer("test").start_as_current_span("caller") as span:
+        for _ in range(4):
+            await backend.rank([], ["item-1"], timeout=0.25)
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    assert [len(f.calls) for f in fakes] == [2, 2]
+    call = fakes[0].calls[0]
+    assert 0.2 < call["timeout"] <= 0.25 - DEADLINE_MARGIN_S
+    assert trace_id in call["headers"]["traceparent"]
+
+
+async def test_no_deadline_uses_the_default_timeout(repository):
+    fake = FakeTriton("a:1")
+    backend = TritonBackend(["a:1"], repository, "ranker", default_timeout_s=0.7, client_factory=lambda t: fake)
+    await backend.load()
+    await backend.rank([], ["item-1"], timeout=None)
+    assert 0.6 < fake.calls[0]["timeout"] <= 0.7
+
+
+async def test_a_reloaded_model_is_followed_without_failing_the_call(repository):
+    fake = FakeTriton("a:1", ready=("1",))
+    backend = backend_with(repository, fake)
+    await backend.load()
+    fake.ready = ["2"]  # a publish made Triton load version 2 and unload version 1
+    ranking = await backend.rank([], ["item-1"], timeout=0.5)
+    assert ranking.model_version == "2" and backend.model_version == "2"
+    assert [c["version"] for c in fake.calls] == ["1", "2"]
+
+
+async def test_one_unreachable_server_is_skipped(repository):
+    down, up = FakeTriton("a:1"), FakeTriton("b:1")
+    backend = backend_with(repository, down, up)
+    await backend.load()
+    down.error = InferenceServerException("failed to connect to all addresses", status="StatusCode.UNAVAILABLE")
+    for _ in range(3):
+        assert (await backend.rank([], ["item-1"], timeout=0.5)).model_version == "1"
+    up.error = down.error
+    with pytest.raises(BackendUnavailable, match="unavailable"):
+        await backend.rank([], ["item-1"], timeout=0.5)
+
+
+async def test_model_not_ready_is_a_clear_error(repository):
+    fake = FakeTriton("a:1", ready=("1",))
+    backend = backend_with(repository, fake)
+    await backend.load()
+    fake.ready = []  # unloaded
+    with pytest.raises(ModelNotReady, match=r"model 'ranker' version 1 on Triton at a:1 is not ready"):
+        await backend.rank([], ["item-1"], timeout=0.5)
+    with pytest.raises(ModelNotReady, match="version 2 is not ready on Triton at a:1"):
+        await backend_with(repository, FakeTriton("a:1", ready=("1",)), version="2").load()
+    with pytest.raises(ModelNotReady, match="no ready version"):
+        await backend_with(repository, FakeTriton("a:1", ready=())).load()
+
+
+async def test_a_triton_deadline_is_a_timeout(repository):
+    fake = FakeTriton("a:1")
+    backend = backend_with(repository, fake)
+    await backend.load()
+    fake.error = InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+    with pytest.raises(InferenceTimeout):
+        await backend.rank([], ["item-1"], timeout=0.5)
+    with pytest.raises(InferenceTimeout, match="no time left"):
+        await backend.rank([], ["item-1"], timeout=0.001)
+
+
+async def test_a_server_with_other_tensors_is_refused_at_load(repository):
+    fake = FakeTriton("a:1")
+    fake.inputs = [{"name": "history", "datatype": "INT64"}, INPUTS[1]]
+    with pytest.raises(ModelConfigError, match="inputs"):
+        await backend_with(repository, fake).load()
+
+
+class FakeEmbedded:
+    kind = "onnxruntime"
+    model_name = "ranker"
+    model_version = "1"
+    model = None
+
+    async def load(self):
+        pass
+
+    async def refresh(self):
+        return False
+
+    async def rank(self, history_ids, candidate_ids, timeout):
+        count = len(candidate_ids)
+        return Ranking("ranker", "1", np.full(count, 0.5, np.float32), None, np.zeros(count, bool), self.kind)
+
+    async def close(self):
+        pass
+
+
+async def test_fallback_answers_when_triton_is_unavailable_and_the_response_says_so(repository):
+    fake = FakeTriton("a:1")
+    backend = FallbackBackend(backend_with(repository, fake), FakeEmbedded())
+    await backend.load()
+    servicer = RankingServicer(RankingSettings(), backend)
+    request = pb.RankRequest(candidate_item_ids=["item-1", "item-2"])
+    healthy = await servicer.Rank(request, None)
+    assert not healthy.degradations and healthy.scored_items[0].purchase_probability == pytest.approx(0.011)
+    fake.error = InferenceServerException("failed to connect to all addresses", status="StatusCode.UNAVAILABLE")
+    degraded = await servicer.Rank(request, None)
+    assert [s.purchase_probability for s in degraded.scored_items] == [0.5, 0.5]
+    assert [d.reason for d in degraded.degradations] == [common_pb2.DEGRADATION_REASON_RANKING_FALLBACK_BACKEND]
+    assert degraded.degradations[0].stage == "ranking" and "onnxruntime" in degraded.degradations[0].detail
+
+
+async def test_fallback_starts_on_the_embedded_backend_when_triton_is_down(repository):
+    fake = FakeTriton("a:1")
+    fake.error = InferenceServerException("failed to connect", status="StatusCode.UNAVAILABLE")
+    backend = FallbackBackend(backend_with(repository, fake), FakeEmbedded())
+    await backend.load()
+    assert backend.model_version == "1"
+    assert (await backend.rank([], ["item-1"], timeout=0.5)).fallback
+    fake.error = None
+    assert await backend.refresh()  # the watch finds Triton back
+    assert not (await backend.rank([], ["item-1"], timeout=0.5)).fallback

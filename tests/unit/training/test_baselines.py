@@ -1,0 +1,59 @@
+"""Baselines on hand-built splits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.data.splits import EvalCase, Split, UserBaskets
+from training.evaluation.baselines import BuyAgain, ItemToItem, Popularity, cooccurrence, repeat_scores
+from training.evaluation.offline import evaluate, protocol_cases
+
+
+def hand_split() -> Split:
+    baskets = [
+        UserBaskets(0, np.array([1, 2]), [np.array([0, 1]), np.array([0, 1, 2])]),
+        UserBaskets(1, np.array([1]), [np.array([3, 4])]),
+        UserBaskets(2, np.array([1]), [np.array([0])]),
+    ]
+    return Split(6, baskets, [], [], np.full(3, np.iinfo(np.int64).max), np.zeros((0, 3), dtype=np.int64))
+
+
+def ranking(scores: np.ndarray) -> list[int]:
+    return np.argsort(-scores, kind="stable").tolist()
+
+
+def test_popularity_ranks_training_baskets():
+    scores = Popularity(hand_split()).score([EvalCase(9, np.array([5]), np.array([1]), 3)]).scores[0]
+    assert ranking(scores)[:2] == [0, 1]  # item 0 in 3 baskets, item 1 in 2
+
+
+def test_cooccurrence_is_cosine_normalised():
+    similarity = cooccurrence(hand_split())
+    # Items 0 and 1 share 2 baskets; 0 is in 3, 1 in 2: 2 / sqrt(3 * 2).
+    assert np.isclose(similarity[0, 1], 2 / np.sqrt(6))
+    assert np.isclose(similarity[3, 4], 1.0) and similarity[0, 3] == 0 and similarity[0, 0] == 0
+
+
+def test_item_to_item_follows_the_recent_history():
+    scores = ItemToItem(hand_split()).score([EvalCase(9, np.array([0, 3]), np.array([4]), 3)]).scores[0]
+    assert ranking(scores)[0] == 4  # newest item 3 co-occurs only with 4
+
+
+def test_buy_again_ranks_by_frequency_then_recency_then_popularity():
+    history = np.array([2, 3, 2, 5, 3])  # 2 and 3 twice (3 more recently), 5 once
+    assert np.allclose(repeat_scores(history, 6)[[2, 3, 5, 0]], [2 + 3 / 5, 2 + 5 / 5, 1 + 4 / 5, 0])
+    scores = BuyAgain(hand_split()).score([EvalCase(9, history, np.array([1]), 3)]).scores[0]
+    assert ranking(scores)[:5] == [3, 2, 5, 0, 1]  # then popularity fills: 0 before 1
+
+
+def test_discovery_protocol_excludes_the_history_and_drops_users_without_new_items():
+    cases = [
+        EvalCase(0, np.array([0, 1]), np.array([0, 2]), 3),
+        EvalCase(1, np.array([3]), np.array([3]), 3),  # only a repeat: left out of discovery
+    ]
+    discovery = protocol_cases(cases, "discovery")
+    assert [c.target.tolist() for c in discovery] == [[2]]
+    split = hand_split()
+    result = evaluate(BuyAgain(split), discovery, "discovery", split.popularity(), np.zeros(6, dtype=np.int64))
+    assert not np.isin(result.top[0][:4], [0, 1]).any()  # 4 items are left to rank; excluded ones come last
+    assert result.metrics["users"] == 1

@@ -1,0 +1,204 @@
+"""Loaders: the documented schema, derivations, and the malformed-row policy (skip and count, or strict)."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from training.data.loaders import (
+    ONLINE_RETAIL_ENV,
+    detect_format,
+    load_dataset,
+    load_events,
+    load_online_retail,
+    load_sequences,
+    synthetic_dataset,
+    title_category,
+)
+from training.data.schema import EVENT_KINDS, KIND_CODES, PURCHASE, RETURN, DataError
+
+EVENTS_CSV = """event_type,timestamp,user_id,session_id,item_id,quantity,price,region,device,consent,basket_id
+view,2024-01-01T10:00:00Z,u1,,A,,,GB,mobile,true,
+purchase,2024-01-01T10:05:00Z,u1,,A,2,3.5,GB,mobile,true,o1
+purchase,1704103500,u1,,B,1,10,GB,mobile,,o1
+purchase,not-a-time,u1,,B,1,10,GB,mobile,true,o1
+teleport,2024-01-01T10:05:00Z,u1,,B,1,10,GB,mobile,true,o1
+purchase,2024-01-01T10:05:00Z,,,B,1,10,GB,mobile,true,o1
+purchase,2024-01-01T10:05:00Z,u2,,,1,10,GB,mobile,true,o2
+purchase,2024-01-01T10:05:00Z,u2,,B,-1,10,GB,mobile,true,o2
+purchase,2024-01-01T10:05:00Z,u2,,B,1,abc,GB,mobile,true,o2
+purchase,2024-01-01T10:05:00Z,u2,,B,1,10,GB,mobile,maybe,o2
+purchase,2024-01-01T10:05:00Z,u2,,B,1,10,GB,mobile,false,o2
+return,2024-01-03T09:00:00,,s9,A,1,3.5,,desktop,yes,
+search,2024-01-03T09:00:00,,s9,,,,,,,
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_generic_csv_keeps_good_rows_and_counts_bad_ones_with_their_lines(tmp_path):
+    path = write(tmp_path, "events.csv", EVENTS_CSV)
+    dataset = load_events(path)
+    report = dataset.report
+    assert report.rows_read == 13 and report.rows_kept == 5
+    assert dict(report.skipped) == {
+        "bad_timestamp": 1,
+        "unknown_event_type": 1,
+        "no_user_or_session": 1,
+        "missing_item_id": 1,
+        "bad_quantity": 1,
+        "bad_price": 1,
+        "bad_consent": 1,
+        "no_consent": 1,
+    }
+    # Lines are physical file lines: the header is line 1.
+    assert report.examples["bad_timestamp"] == [f"{path}:5"]
+    assert report.examples["no_consent"] == [f"{path}:12"]
+    events = dataset.events
+    assert [EVENT_KINDS[k] for k in events.kind] == ["view", "purchase", "purchase", "return", "search"]
+    assert dataset.catalog.item_ids == ["A", "B"]  # derived from the events, sorted
+    assert dataset.catalog.prices.tolist() == [3.5, 10.0]  # median purchase price
+    assert events.users == ["u1", "session:s9"]
+    assert events.quantity.tolist() == [1, 2, 1, 1, 1]
+    assert events.item.tolist() == [0, 0, 1, 0, -1]
+    assert events.timestamp[1] == int(datetime.fromisoformat("2024-01-01T10:05:00+00:00").timestamp())
+    assert [events.devices[d] if d >= 0 else None for d in events.device] == ["mobile"] * 3 + ["desktop", None]
+
+
+def test_strict_mode_names_the_file_and_line(tmp_path):
+    path = write(tmp_path, "events.csv", EVENTS_CSV)
+    with pytest.raises(DataError, match=rf"{path.name}:5: bad_timestamp"):
+        load_events(path, strict=True)
+
+
+def test_a_file_without_required_columns_is_refused(tmp_path):
+    path = write(tmp_path, "events.csv", "event_type,item_id\npurchase,A\n")
+    with pytest.raises(DataError, match="missing required column.*timestamp.*user_id or session_id"):
+        load_events(path)
+
+
+def test_parquet_events_with_a_catalog(tmp_path):
+    events = pa.table(
+        {
+            "event_type": ["purchase", "purchase", "purchase"],
+            "timestamp": pa.array([datetime(2024, 1, 1), datetime(2024, 1, 2), datetime(2024, 1, 3)]),
+            "user_id": ["u1", "u1", "u1"],
+            "item_id": ["A", "ZZZ", "B"],
+            "quantity": [1, 1, 3],
+            "basket_id": ["o1", "o2", "o3"],
+        }
+    )
+    pq.write_table(events, tmp_path / "events.parquet")
+    catalog = write(
+        tmp_path,
+        "catalog.csv",
+        "item_id,title,category,brand,price,margin,stock,regions\n"
+        "A,Red mug,mugs,acme,4.5,0.4,10,GB|DE\nB,Blue lamp,lamps,lumo,30,,0,\nA,dup,x,y,1,0.1,1,\n",
+    )
+    dataset = load_events(tmp_path / "events.parquet", catalog)
+    assert dataset.catalog.item_ids == ["A", "B"]
+    assert dataset.catalog.regions == [("GB", "DE"), ()]
+    assert dataset.catalog.margins.tolist() == [0.4, 0.35]  # missing margin: the documented assumption
+    assert dataset.report.skipped == {"catalog_duplicate_item": 1, "unknown_item": 1}
+    assert dataset.report.examples["unknown_item"] == [f"{tmp_path / 'events.parquet'}: row 2"]
+    assert dataset.events.item.tolist() == [0, 1]
+
+
+def test_plain_text_sequences(tmp_path):
+    path = write(tmp_path, "seq.txt", "# comment\nu1 a b c\n\nu2 b\nu3\nu1 c c\nu4 c a\n")
+    dataset = load_sequences(path)
+    assert dataset.granularity == "item"
+    assert dataset.report.rows_read == 5 and dataset.report.rows_kept == 3
+    assert dict(dataset.report.skipped) == {"no_items": 1, "duplicate_user": 1}
+    assert dataset.report.examples == {"no_items": [f"{path}:5"], "duplicate_user": [f"{path}:6"]}
+    assert dataset.catalog.item_ids == ["a", "b", "c"]
+    assert (dataset.events.kind == KIND_CODES[PURCHASE]).all() and len(dataset.events) == 6
+    with pytest.raises(DataError, match=rf"{path.name}:5: no_items"):
+        load_sequences(path, strict=True)
+
+
+def online_retail_table(rows: list[tuple]) -> pa.Table:
+    names = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
+    columns = list(zip(*rows, strict=True))
+    return pa.table({name: list(values) for name, values in zip(names, columns, strict=True)})
+
+
+def test_online_retail_derivations_and_skips(tmp_path):
+    t = datetime(2011, 1, 1, 10)
+    t2 = datetime(2011, 1, 5, 12)
+    table = online_retail_table(
+        [
+            ("536365", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", 6, t, 2.55, 17850.0, "United Kingdom"),
+            ("536365", "22423", "JUMBO BAG RED RETROSPOT", 2, t, 1.95, 17850.0, "United Kingdom"),
+            ("536365", "POST", "POSTAGE", 1, t, 18.0, 17850.0, "United Kingdom"),
+            ("536366", "22423", "nan", 1, t2, 2.05, float("nan"), "Unspecified"),
+            ("536367", "22423", "JUMBO BAG RED RETROSPOT", 0, t2, 1.95, 17850.0, "United Kingdom"),
+            ("536368", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", 1, t2, 0.0, 17850.0, "United Kingdom"),
+            ("C536369", "85123A", "WHITE HANGING HEART T-LIGHT HOLDER", -2, t2, 2.55, 17850.0, "United Kingdom"),
+            ("C536370", "99999", "NEVER SOLD", -1, t2, 1.0, 17850.0, "United Kingdom"),
+        ]
+    )
+    path = tmp_path / "retail.parquet"
+    pq.write_table(table, path)
+    assert detect_format(path) == "online-retail"
+    dataset = load_online_retail(path)
+    assert dict(dataset.report.skipped) == {
+        "non_product_code": 1,
+        "non_positive_quantity": 1,
+        "non_positive_price": 1,
+        "return_of_unknown_item": 1,
+    }
+    catalog = dataset.catalog
+    assert catalog.item_ids == ["22423", "85123A"]
+    assert catalog.titles == ["JUMBO BAG RED RETROSPOT", "WHITE HANGING HEART T-LIGHT HOLDER"]
+    assert catalog.categories == ["BAG", "HOLDER"] and catalog.brands == ["family-224", "family-851"]
+    assert catalog.prices.tolist() == [2.0, 2.55]  # median of 1.95 and 2.05
+    events = dataset.events
+    kinds = [EVENT_KINDS[k] for k in events.kind]
+    assert kinds == [PURCHASE, PURCHASE, PURCHASE, RETURN]
+    assert [events.users[u] for u in events.user] == ["17850", "17850", "guest:536366", "17850"]
+    assert events.quantity.tolist() == [6, 2, 1, 2]
+    assert events.region[2] == -1  # Unspecified country = unknown region
+    with pytest.raises(DataError, match=r"row 3: non_product_code"):
+        load_online_retail(path, strict=True)
+    without_guests = load_online_retail(path, include_guests=False)
+    assert without_guests.report.skipped["guest_row"] == 1
+
+
+def test_title_categories():
+    assert title_category("JUMBO BAG RED RETROSPOT") == "BAG"
+    assert title_category("SET OF 3 CAKE TINS") == "TIN"
+    assert title_category("PAPER CHAIN KIT 50'S CHRISTMAS") == "CHRISTMAS"
+    assert title_category("RED") == "OTHER"
+
+
+def test_synthetic_shop_as_events():
+    dataset = synthetic_dataset(users=50, items=40, seed=1)
+    assert len(dataset.catalog) == 40 and dataset.granularity == "basket"
+    purchases = dataset.events.of_kind(PURCHASE)
+    assert purchases.any() and (dataset.events.basket[purchases] >= 0).all()
+    again = load_dataset({"format": "synthetic", "users": 50, "items": 40, "seed": 1})
+    assert np.array_equal(again.events.item, dataset.events.item)
+
+
+@pytest.mark.skipif(
+    not os.environ.get(ONLINE_RETAIL_ENV),
+    reason=f"set {ONLINE_RETAIL_ENV} to the Online Retail parquet file to run this test (real data, not in the repo)",
+)
+def test_the_real_online_retail_file():
+    dataset = load_online_retail(Path(os.environ[ONLINE_RETAIL_ENV]))
+    report = dataset.report
+    assert report.rows_read == 541_909
+    assert report.rows_kept + sum(report.skipped.values()) == report.rows_read
+    assert 3_500 < len(dataset.catalog) < 4_070
+    assert dataset.fingerprint.endswith("518b36c8452f511e938535aebce2c3ea051432fe999bd85e81720ebb07af5931")

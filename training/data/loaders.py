@@ -1,0 +1,596 @@
+"""Loaders: UCI Online Retail, a generic events file (Parquet/CSV), plain-text sequences, the synthetic shop.
+
+Malformed rows (policy, documented in docs/training.md): by default a loader skips a row it cannot use, counts it
+under a reason in the :class:`LoadReport` (with the first three locations, ``file:line``), and goes on; the report
+is logged and written into the model metadata. With ``strict=True`` the first such row raises :class:`DataError`
+naming the file, the line (CSV and text: the physical line; Parquet: ``row N``, 1-based) and the reason. A file that
+cannot be read at all, or lacks a required column, always raises. Events without consent are dropped by policy
+(counted as ``no_consent``, never an error).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import re
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from training.data.schema import (
+    BASKET,
+    CATALOG_COLUMNS,
+    EVENT_KINDS,
+    ITEM,
+    KIND_CODES,
+    PURCHASE,
+    RETURN,
+    SEARCH,
+    DataError,
+    Dataset,
+    ItemCatalog,
+    LoadReport,
+    build_event_log,
+    file_fingerprint,
+)
+
+log = logging.getLogger(__name__)
+
+ONLINE_RETAIL_ENV = "AISLE_ONLINE_RETAIL"
+#: Assumed margin (fraction of price) wherever the data has none (Online Retail, catalogs without margins).
+ASSUMED_MARGIN = 0.35
+_PRODUCT_CODE = re.compile(r"^\d{5}[A-Z]{0,2}$")
+_FORMATS = ("online-retail", "events", "sequences")
+
+
+def _table(path: Path) -> pa.Table:
+    """Parquet as stored; CSV with every column read as text (each value is then checked row by row)."""
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pq.read_table(path)
+        with path.open(newline="", encoding="utf-8") as handle:
+            header = next(csv.reader(handle), None)
+        if not header:
+            raise DataError(f"{path}: empty file, expected a header row")
+        return pacsv.read_csv(
+            path,
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in header}, strings_can_be_null=True
+            ),
+        )
+    except (OSError, pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+
+
+def _location(path: Path, row: int) -> str:
+    """Where a row is, for people: CSV line (the header is line 1) or Parquet row (1-based)."""
+    if path.suffix.lower() in (".parquet", ".pq"):
+        return f"{path}: row {row + 1}"
+    return f"{path}:{row + 2}"
+
+
+class _Rows:
+    """Applies the malformed-row policy: skip and count, or raise on the first bad row."""
+
+    def __init__(self, path: Path, report: LoadReport, strict: bool):
+        self.path, self.report, self.strict = path, report, strict
+
+    def bad(self, row: int, reason: str, detail: str = "") -> None:
+        where = _location(self.path, row)
+        if self.strict:
+            raise DataError(f"{where}: {reason}" + (f" ({detail})" if detail else ""))
+        self.report.skip(reason, where)
+
+
+# --- Generic events ------------------------------------------------------------------------------------------
+
+
+def _timestamp(value) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp())
+    if isinstance(value, int | float):
+        return int(value) if math.isfinite(value) else None
+    text = str(value).strip()
+    try:
+        number = float(text)
+        return int(number) if math.isfinite(number) else None
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp())
+
+
+def _number(value, kind=float):
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = kind(float(value)) if kind is int else float(value)
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+    if kind is int and float(value) != number:
+        return math.nan
+    return number
+
+
+_TRUE, _FALSE = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
+
+
+def _flag(value) -> bool | None:
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    return True if text in _TRUE or not text else False if text in _FALSE else None
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def load_catalog(path: Path, strict: bool = False, report: LoadReport | None = None) -> ItemCatalog:
+    """A catalog file in the documented schema. Missing price: the median; margin: ASSUMED_MARGIN; stock: 1."""
+    table = _table(path)
+    if "item_id" not in table.column_names:
+        raise DataError(f"{path}: missing required column 'item_id' (catalog columns: {', '.join(CATALOG_COLUMNS)})")
+    report = report or LoadReport(str(path))
+    rows = _Rows(path, report, strict)
+    columns = {name: table.column(name).to_pylist() for name in CATALOG_COLUMNS if name in table.column_names}
+    seen: set[str] = set()
+    kept: dict[str, list] = {name: [] for name in CATALOG_COLUMNS}
+    for i, item in enumerate(columns["item_id"]):
+        item = _text(item)
+        if not item or "\n" in item:
+            rows.bad(i, "catalog_missing_item_id")
+            continue
+        if item in seen:
+            rows.bad(i, "catalog_duplicate_item", item)
+            continue
+        values = {name: columns[name][i] if name in columns else None for name in CATALOG_COLUMNS}
+        price, margin, stock = _number(values["price"]), _number(values["margin"]), _number(values["stock"], int)
+        if any(v is not None and (math.isnan(v) or v < 0) for v in (price, margin, stock)):
+            rows.bad(i, "catalog_bad_number", item)
+            continue
+        seen.add(item)
+        regions = values["regions"]
+        if isinstance(regions, str):
+            regions = [r for r in regions.split("|") if r.strip()]
+        kept["item_id"].append(item)
+        kept["title"].append(_text(values["title"]) or item)
+        kept["category"].append(_text(values["category"]) or "unknown")
+        kept["brand"].append(_text(values["brand"]) or "unknown")
+        kept["price"].append(math.nan if price is None else price)
+        kept["margin"].append(ASSUMED_MARGIN if margin is None else margin)
+        kept["stock"].append(1 if stock is None else stock)
+        kept["regions"].append(tuple(str(r).strip() for r in (regions or ())))
+    prices = np.asarray(kept["price"], dtype=np.float64)
+    known = prices[np.isfinite(prices)]
+    prices[~np.isfinite(prices)] = float(np.median(known)) if known.size else 0.0
+    return ItemCatalog(
+        item_ids=kept["item_id"],
+        titles=kept["title"],
+        categories=kept["category"],
+        brands=kept["brand"],
+        prices=prices,
+        margins=np.asarray(kept["margin"], dtype=np.float64),
+        stock=np.asarray(kept["stock"], dtype=np.int64),
+        regions=kept["regions"],
+    )
+
+
+def _derived_catalog(item_ids: list[str], item_prices: dict[str, list[float]], report: LoadReport) -> ItemCatalog:
+    items = sorted(set(item_ids))
+    medians = [float(np.median(item_prices[i])) if item_prices.get(i) else math.nan for i in items]
+    prices = np.asarray(medians, dtype=np.float64)
+    known = prices[np.isfinite(prices)]
+    prices[~np.isfinite(prices)] = float(np.median(known)) if known.size else 0.0
+    report.notes.append(
+        "no catalog file: items are the ids in the events, title = id, category and brand 'unknown', "
+        f"price = median event price, margin = {ASSUMED_MARGIN} (assumed), stock 1, sold everywhere"
+    )
+    return ItemCatalog(
+        item_ids=items,
+        titles=list(items),
+        categories=["unknown"] * len(items),
+        brands=["unknown"] * len(items),
+        prices=prices,
+        margins=np.full(len(items), ASSUMED_MARGIN),
+        stock=np.ones(len(items), dtype=np.int64),
+        regions=[()] * len(items),
+    )
+
+
+def load_events(path: Path, catalog_path: Path | None = None, strict: bool = False) -> Dataset:
+    """A shop's events export (Parquet or CSV) in the documented schema, with an optional catalog file."""
+    table = _table(path)
+    missing = [c for c in ("event_type", "timestamp", "item_id") if c not in table.column_names]
+    if missing or not ({"user_id", "session_id"} & set(table.column_names)):
+        need = missing + ([] if {"user_id", "session_id"} & set(table.column_names) else ["user_id or session_id"])
+        raise DataError(f"{path}: missing required column(s) {', '.join(need)} (see docs/training.md)")
+    report = LoadReport(str(path), rows_read=table.num_rows)
+    rows = _Rows(path, report, strict)
+    catalog = load_catalog(catalog_path, strict, report) if catalog_path else None
+    known = catalog.rows() if catalog else None
+    column = {name: table.column(name).to_pylist() if name in table.column_names else None for name in _EVENT_NAMES}
+    out: dict[str, list] = {
+        name: [] for name in ("user", "item", "kind", "time", "qty", "price", "region", "dev", "bk")
+    }
+    item_prices: dict[str, list[float]] = {}
+
+    def value(name, i):
+        values = column[name]
+        return None if values is None else values[i]
+
+    for i in range(table.num_rows):
+        kind = _text(value("event_type", i)).lower()
+        if kind not in KIND_CODES:
+            rows.bad(i, "unknown_event_type", repr(value("event_type", i)))
+            continue
+        when = _timestamp(value("timestamp", i))
+        if when is None:
+            rows.bad(i, "bad_timestamp", repr(value("timestamp", i)))
+            continue
+        user, session = _text(value("user_id", i)), _text(value("session_id", i))
+        if not user and not session:
+            rows.bad(i, "no_user_or_session")
+            continue
+        item = _text(value("item_id", i))
+        if not item and kind != SEARCH:
+            rows.bad(i, "missing_item_id")
+            continue
+        if known is not None and item and item not in known:
+            rows.bad(i, "unknown_item", item)
+            continue
+        quantity = _number(value("quantity", i), int)
+        if quantity is not None and (math.isnan(quantity) or quantity <= 0):
+            rows.bad(i, "bad_quantity", repr(value("quantity", i)))
+            continue
+        price = _number(value("price", i))
+        if price is not None and (math.isnan(price) or price < 0):
+            rows.bad(i, "bad_price", repr(value("price", i)))
+            continue
+        consent = _flag(value("consent", i))
+        if consent is None:
+            rows.bad(i, "bad_consent", repr(value("consent", i)))
+            continue
+        if not consent:
+            report.skip("no_consent", _location(path, i))
+            continue
+        out["user"].append(user or f"session:{session}")
+        out["item"].append(item)
+        out["kind"].append(KIND_CODES[kind])
+        out["time"].append(when)
+        out["qty"].append(1 if quantity is None else quantity)
+        out["price"].append(math.nan if price is None else price)
+        out["region"].append(_text(value("region", i)) or None)
+        out["dev"].append(_text(value("device", i)).lower() or None)
+        out["bk"].append(_text(value("basket_id", i)) or None)
+        if item and price is not None and kind == PURCHASE:
+            item_prices.setdefault(item, []).append(price)
+    if catalog is None:
+        catalog = _derived_catalog([i for i in out["item"] if i], item_prices, report)
+        known = catalog.rows()
+    report.rows_kept = len(out["user"])
+    events = build_event_log(
+        out["user"],
+        np.array([known[i] if i else -1 for i in out["item"]], dtype=np.int32),
+        np.asarray(out["kind"], dtype=np.int8),
+        np.asarray(out["time"], dtype=np.int64),
+        np.asarray(out["qty"], dtype=np.int32),
+        np.asarray(out["price"], dtype=np.float64),
+        out["region"],
+        out["dev"],
+        out["bk"],
+    )
+    spec = {"format": "events", "path": str(path), "catalog": str(catalog_path) if catalog_path else None}
+    return Dataset(path.stem, catalog, events, report, BASKET, file_fingerprint(path), spec)
+
+
+_EVENT_NAMES = (
+    "event_type",
+    "timestamp",
+    "user_id",
+    "session_id",
+    "item_id",
+    "quantity",
+    "price",
+    "region",
+    "device",
+    "consent",
+    "basket_id",
+)
+
+
+# --- Plain-text sequences ------------------------------------------------------------------------------------
+
+
+def load_sequences(path: Path, strict: bool = False) -> Dataset:
+    """One line per user, ``user_id item_id item_id ...`` in time order (whitespace-separated).
+
+    Blank lines and lines starting with ``#`` are ignored. A line with a user and no items, or a user seen on an
+    earlier line, is malformed. Each item is its own purchase event at time = its position in the line, so the
+    split holds out the last item (not a basket).
+    """
+    report = LoadReport(str(path))
+    users: list[str] = []
+    items: list[str] = []
+    times: list[int] = []
+    seen: set[str] = set()
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            tokens = line.split()
+            if not tokens or tokens[0].startswith("#"):
+                continue
+            report.rows_read += 1
+            where = f"{path}:{number}"
+            reason = "no_items" if len(tokens) < 2 else "duplicate_user" if tokens[0] in seen else ""
+            if reason:
+                if strict:
+                    raise DataError(f"{where}: {reason} (a line is 'user_id item_id item_id ...', one per user)")
+                report.skip(reason, where)
+                continue
+            seen.add(tokens[0])
+            report.rows_kept += 1
+            users.extend([tokens[0]] * (len(tokens) - 1))
+            items.extend(tokens[1:])
+            times.extend(range(len(tokens) - 1))
+    catalog = _derived_catalog(items, {}, report)
+    rows = catalog.rows()
+    events = build_event_log(
+        users,
+        np.array([rows[i] for i in items], dtype=np.int32),
+        np.full(len(items), KIND_CODES[PURCHASE], dtype=np.int8),
+        np.asarray(times, dtype=np.int64),
+    )
+    spec = {"format": "sequences", "path": str(path)}
+    return Dataset(path.stem, catalog, events, report, ITEM, file_fingerprint(path), spec)
+
+
+# --- UCI Online Retail ---------------------------------------------------------------------------------------
+
+_STOP_WORDS = set(
+    """A AN AND OF THE WITH IN ON FOR TO SET SETS PACK SMALL LARGE MEDIUM MINI JUMBO BIG GIANT TINY
+    RED PINK BLUE WHITE GREEN BLACK IVORY CREAM GOLD SILVER PURPLE YELLOW ORANGE BROWN GREY GRAY CLEAR
+    TURQUOISE LILAC NATURAL ASSORTED COLOUR COLOURS COLOURED RETROSPOT SPOTTY SPOT SPOTS POLKADOT DOTS STRIPE
+    STRIPES DESIGN DESIGNS VINTAGE RETRO DOILY PAISLEY SKULL SKULLS FLORAL FLOWER ROSE ROSES HEART HEARTS
+    STAR STARS BIRD BIRDS LOVE WOODLAND PANTRY REGENCY ENGLISH FRENCH SCANDINAVIAN CM MM""".split()
+)
+
+
+def title_category(title: str) -> str:
+    """A crude category from a product name: its last word that is not a colour, size, pattern or filler word
+    (``JUMBO BAG RED RETROSPOT`` -> ``BAG``, ``WHITE HANGING HEART T-LIGHT HOLDER`` -> ``HOLDER``), plural 's'
+    removed. Online Retail has no categories; this is an assumption, documented in docs/training.md."""
+    words = [w for w in re.findall(r"[A-Z]+", title.upper()) if len(w) > 1 and w not in _STOP_WORDS]
+    if not words:
+        return "OTHER"
+    word = words[-1]
+    plural = len(word) > 3 and word.endswith("S") and not word.endswith(("SS", "AS", "US", "IS"))
+    return word[:-1] if plural else word
+
+
+def load_online_retail(path: Path, include_guests: bool = True, strict: bool = False) -> Dataset:
+    """UCI Online Retail (see its README): invoices -> purchases, ``C`` invoices -> returns.
+
+    Derived (docs/training.md): title = the code's most common Description; category = :func:`title_category`;
+    brand = ``family-<first 3 digits of the stock code>``; price = median unit price of its purchases; margin =
+    ASSUMED_MARGIN; stock 1 (in stock); sold everywhere; region = Country (``Unspecified`` = unknown); consent
+    assumed; timestamps = InvoiceDate read as UTC. Guest rows (no CustomerID) become one anonymous session per
+    invoice (training only: a single basket is never held out) unless ``include_guests`` is false.
+    Skipped and counted: non-product stock codes (postage, fees, manual adjustments, gift vouchers), purchases
+    with quantity <= 0 or unit price <= 0, cancellations with quantity >= 0, returns of items never purchased.
+    """
+    table = _table(path)
+    needed = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
+    missing = [c for c in needed if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: not an Online Retail file, missing column(s) {', '.join(missing)}")
+    report = LoadReport(str(path), rows_read=table.num_rows)
+    invoice = np.asarray(table.column("InvoiceNo").to_pylist(), dtype=object)
+    code = np.asarray([str(c).strip().upper() for c in table.column("StockCode").to_pylist()], dtype=object)
+    description = table.column("Description").to_pylist()
+    quantity = table.column("Quantity").to_numpy(zero_copy_only=False).astype(np.int64)
+    when = table.column("InvoiceDate").cast(pa.timestamp("s")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    price = table.column("UnitPrice").to_numpy(zero_copy_only=False).astype(np.float64)
+    customer = table.column("CustomerID").to_numpy(zero_copy_only=False).astype(np.float64)
+    country = table.column("Country").to_pylist()
+
+    cancelled = np.array([str(i).startswith("C") for i in invoice])
+    product = np.array([bool(_PRODUCT_CODE.match(c)) for c in code])
+    guest = ~np.isfinite(customer)
+    reasons = [
+        ("non_product_code", ~product),
+        ("guest_row", guest if not include_guests else np.zeros_like(guest)),
+        ("non_positive_quantity", ~cancelled & (quantity <= 0)),
+        ("non_positive_price", ~cancelled & (price <= 0)),
+        ("cancellation_with_positive_quantity", cancelled & (quantity >= 0)),
+        ("bad_timestamp", when <= 0),
+    ]
+    keep = np.ones(len(invoice), dtype=bool)
+    for reason, bad in reasons:
+        bad = bad & keep
+        if bad.any():
+            first = int(np.argmax(bad))
+            if strict:
+                raise DataError(f"{_location(path, first)}: {reason} (invoice {invoice[first]}, code {code[first]})")
+            for row in np.flatnonzero(bad)[:3]:
+                report.examples.setdefault(reason, []).append(_location(path, int(row)))
+            report.skipped[reason] += int(bad.sum())
+        keep &= ~bad
+    purchase = keep & ~cancelled
+    items = sorted(set(code[purchase]))
+    rows = {item: row for row, item in enumerate(items)}
+    item_set = set(items)
+    returned_unknown = keep & cancelled & np.array([c not in item_set for c in code])
+    if returned_unknown.any():
+        report.skipped["return_of_unknown_item"] += int(returned_unknown.sum())
+        report.examples["return_of_unknown_item"] = [
+            _location(path, int(r)) for r in np.flatnonzero(returned_unknown)[:3]
+        ]
+        keep &= ~returned_unknown
+
+    names: dict[str, Counter] = {}
+    for c, d in zip(code, description, strict=True):
+        if d is not None and d != "nan" and str(d).strip():
+            names.setdefault(c, Counter())[str(d).strip()] += 1
+    titles = [names[i].most_common(1)[0][0] if i in names else i for i in items]
+    purchase_rows = np.flatnonzero(purchase)
+    order = np.argsort(code[purchase_rows], kind="stable")
+    sorted_codes = code[purchase_rows][order]
+    bounds = np.searchsorted(sorted_codes, items + [chr(0x10FFFF)])
+    sorted_prices = price[purchase_rows][order]
+    prices = np.array([np.median(sorted_prices[bounds[r] : bounds[r + 1]]) for r in range(len(items))])
+    catalog = ItemCatalog(
+        item_ids=items,
+        titles=titles,
+        categories=[title_category(t) for t in titles],
+        brands=[f"family-{i[:3]}" for i in items],
+        prices=prices,
+        margins=np.full(len(items), ASSUMED_MARGIN),
+        stock=np.ones(len(items), dtype=np.int64),
+        regions=[()] * len(items),
+    )
+    kept = np.flatnonzero(keep)
+    report.rows_kept = len(kept)
+    report.notes.extend(
+        [
+            "purchases: non-cancelled invoice lines; returns: cancellation ('C') lines with |Quantity| units",
+            "basket = invoice; guests (no CustomerID) = one anonymous session per invoice"
+            if include_guests
+            else "basket = invoice; guest rows dropped",
+            "title = most common Description of the stock code (Description 'nan' = missing)",
+            "category = last non-filler word of the title (heuristic); brand = family-<first 3 digits of code>",
+            f"price = median unit price of the item's purchases; margin = {ASSUMED_MARGIN} (assumed); stock = 1",
+            "region = Country ('Unspecified' = unknown); consent assumed; InvoiceDate read as UTC",
+        ]
+    )
+    user_keys = [f"guest:{invoice[r]}" if guest[r] else str(int(customer[r])) for r in kept]
+    events = build_event_log(
+        user_keys,
+        np.array([rows[c] for c in code[kept]], dtype=np.int32),
+        np.where(cancelled[kept], KIND_CODES[RETURN], KIND_CODES[PURCHASE]).astype(np.int8),
+        when[kept],
+        np.abs(quantity[kept]).astype(np.int32),
+        price[kept],
+        [None if country[r] in (None, "Unspecified") else country[r] for r in kept],
+        None,
+        [str(invoice[r]) for r in kept],
+    )
+    spec = {"format": "online-retail", "path": str(path), "include_guests": include_guests}
+    return Dataset("online_retail", catalog, events, report, BASKET, file_fingerprint(path), spec)
+
+
+# --- Synthetic shop ------------------------------------------------------------------------------------------
+
+
+def synthetic_dataset(users: int = 2000, items: int = 1000, seed: int = 0) -> Dataset:
+    """The seeded synthetic shop (training.synthetic) as events: a session's purchases form one basket."""
+    from training.synthetic import generate_shop
+
+    shop = generate_shop(n_users=users, n_items=items, seed=seed)
+    events, cat = shop.events, shop.catalog
+    kinds = np.array([KIND_CODES[k] for k in events.kind], dtype=np.int8)
+    session = events.session if events.session is not None else np.zeros(len(events.user), dtype=np.int32)
+    catalog = ItemCatalog(
+        item_ids=list(cat.item_ids),
+        titles=list(cat.titles),
+        categories=list(cat.categories),
+        brands=list(cat.brands),
+        prices=np.asarray(cat.prices, dtype=np.float64),
+        margins=np.asarray(cat.margins, dtype=np.float64),
+        stock=np.asarray(cat.stock, dtype=np.int64),
+        regions=list(cat.regions),
+    )
+    report = LoadReport("synthetic", rows_read=len(kinds), rows_kept=len(kinds))
+    report.notes.append(f"synthetic shop: {users} users, {items} items, seed {seed}; basket = a session's purchases")
+    log_ = build_event_log(
+        [shop.user_ids[u] for u in events.user],
+        events.item,
+        kinds,
+        events.timestamp,
+        events.quantity,
+        np.asarray(cat.prices)[events.item],
+        [shop.user_regions[u] for u in events.user],
+        None,
+        [f"{u}/{s}" for u, s in zip(events.user, session, strict=True)],
+    )
+    spec = {"format": "synthetic", "users": users, "items": items, "seed": seed}
+    return Dataset("synthetic", catalog, log_, report, BASKET, f"synthetic:{users}:{items}:{seed}", spec)
+
+
+# --- Choosing a loader ---------------------------------------------------------------------------------------
+
+
+def detect_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".txt", ".seq"):
+        return "sequences"
+    if suffix in (".parquet", ".pq"):
+        names = pq.read_schema(path).names
+    elif suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            names = next(csv.reader(handle), [])
+    else:
+        raise DataError(f"{path}: unknown file type {suffix!r}; use .parquet, .csv or .txt, or pass --format")
+    return "online-retail" if "InvoiceNo" in names and "StockCode" in names else "events"
+
+
+def load_dataset(spec: dict) -> Dataset:
+    """Loads what ``spec`` names: ``{"format": "synthetic", ...}`` or ``{"format": ..., "path": ...}``."""
+    fmt = spec.get("format", "auto")
+    if fmt == "synthetic":
+        return synthetic_dataset(spec.get("users", 2000), spec.get("items", 1000), spec.get("seed", 0))
+    path = Path(spec["path"])
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if fmt == "auto":
+        fmt = detect_format(path)
+    strict = bool(spec.get("strict", False))
+    if fmt == "online-retail":
+        dataset = load_online_retail(path, include_guests=spec.get("include_guests", True), strict=strict)
+    elif fmt == "events":
+        catalog = spec.get("catalog")
+        dataset = load_events(path, Path(catalog) if catalog else None, strict=strict)
+    elif fmt == "sequences":
+        dataset = load_sequences(path, strict=strict)
+    else:
+        raise DataError(f"unknown data format {fmt!r}; one of {', '.join(_FORMATS)} or auto")
+    skipped = sum(dataset.report.skipped.values())
+    log.info(
+        "%s: %d rows read, %d kept, %d skipped %s",
+        path,
+        dataset.report.rows_read,
+        dataset.report.rows_kept,
+        skipped,
+        dict(dataset.report.skipped) if skipped else "",
+    )
+    return dataset
+
+
+__all__ = [
+    "EVENT_KINDS",
+    "ONLINE_RETAIL_ENV",
+    "detect_format",
+    "load_catalog",
+    "load_dataset",
+    "load_events",
+    "load_online_retail",
+    "load_sequences",
+    "synthetic_dataset",
+    "title_category",
+]

@@ -1,0 +1,112 @@
+"""Baselines measured on the same split as Aisle: popularity, item-to-item co-occurrence and buy-again.
+
+Each is built from training data only (``Split.train``) and scores every catalog item for a batch of users.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.data.splits import EvalCase, Split
+
+#: Baskets larger than this contribute only their first items to co-occurrence (wholesale orders of hundreds of
+#: lines would otherwise dominate it).
+MAX_BASKET_FOR_PAIRS = 100
+
+
+@dataclass
+class ScoredBatch:
+    scores: np.ndarray  # float32 [users, items]; higher ranks first
+    probabilities: np.ndarray | None = None  # P(purchase) [users, items], NaN where the model scored nothing
+
+
+def _popularity_fill(popularity: np.ndarray) -> np.ndarray:
+    """Scores in [0, 1e-3) that order items by popularity, for filling a list after a model's own items."""
+    ranks = np.argsort(np.argsort(-popularity, kind="stable"), kind="stable")
+    return (1e-3 * (1.0 - (ranks + 1) / (len(popularity) + 1))).astype(np.float32)
+
+
+class Popularity:
+    name = "popularity"
+
+    def __init__(self, split: Split):
+        self.fill = _popularity_fill(split.popularity())
+
+    def score(self, cases: list[EvalCase], exclude_history: bool = False) -> ScoredBatch:
+        return ScoredBatch(np.tile(self.fill, (len(cases), 1)))
+
+
+def cooccurrence(split: Split) -> np.ndarray:
+    """Cosine-normalised basket co-occurrence [items, items] (float32, zero diagonal) from training baskets."""
+    n = split.num_items
+    counts = np.zeros(n * n, dtype=np.float64)
+    pairs = []
+    for user in split.train:
+        for basket in user.baskets:
+            rows = basket[:MAX_BASKET_FOR_PAIRS]
+            if len(rows) > 1:
+                pairs.append((rows[:, None] * n + rows[None, :]).ravel())
+                if sum(len(p) for p in pairs) > 5_000_000:
+                    counts += np.bincount(np.concatenate(pairs), minlength=n * n)
+                    pairs = []
+    if pairs:
+        counts += np.bincount(np.concatenate(pairs), minlength=n * n)
+    matrix = counts.reshape(n, n)
+    np.fill_diagonal(matrix, 0.0)
+    popularity = np.maximum(split.popularity(), 1.0)
+    matrix /= np.sqrt(popularity[:, None] * popularity[None, :])
+    return matrix.astype(np.float32)
+
+
+class ItemToItem:
+    """Sum of co-occurrence similarities to the user's most recent distinct items (newer weigh more)."""
+
+    name = "item_to_item"
+
+    def __init__(self, split: Split, recent: int = 10, decay: float = 0.8):
+        self.similarity = cooccurrence(split)
+        self.fill = _popularity_fill(split.popularity())
+        self.recent, self.decay = recent, decay
+
+    def score(self, cases: list[EvalCase], exclude_history: bool = False) -> ScoredBatch:
+        scores = np.tile(self.fill, (len(cases), 1))
+        for u, case in enumerate(cases):
+            recent = _recent_distinct(case.history, self.recent)
+            if len(recent):
+                weights = self.decay ** np.arange(len(recent), dtype=np.float32)
+                scores[u] += weights @ self.similarity[recent]
+        return ScoredBatch(scores)
+
+
+class BuyAgain:
+    """The customer's own past purchases by frequency (baskets holding the item), ties by recency; popularity fills
+    the rest of the list."""
+
+    name = "buy_again"
+
+    def __init__(self, split: Split):
+        self.fill = _popularity_fill(split.popularity())
+
+    def score(self, cases: list[EvalCase], exclude_history: bool = False) -> ScoredBatch:
+        scores = np.tile(self.fill, (len(cases), 1))
+        for u, case in enumerate(cases):
+            if len(case.history):
+                scores[u] += repeat_scores(case.history, len(self.fill))
+        return ScoredBatch(scores)
+
+
+def repeat_scores(history: np.ndarray, num_items: int) -> np.ndarray:
+    """count + recency (in (0, 1]: 1 for the newest item), zero for items never bought."""
+    counts = np.bincount(history, minlength=num_items).astype(np.float32)
+    recency = np.zeros(num_items, dtype=np.float32)
+    recency[history] = (np.arange(len(history)) + 1) / len(history)  # later positions overwrite earlier ones
+    return counts + recency
+
+
+def _recent_distinct(history: np.ndarray, count: int) -> np.ndarray:
+    """The newest ``count`` distinct items, newest first."""
+    reversed_history = history[::-1]
+    _, first = np.unique(reversed_history, return_index=True)
+    return reversed_history[np.sort(first)][:count]

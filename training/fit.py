@@ -1,0 +1,439 @@
+"""Trains the two-tower retriever and the sequence ranker on a split (training data only; validation only for the
+training curves and the ranker's probability calibration).
+
+Examples are basket-level, as evaluated and served: for every training basket after a customer's first, the
+history is every earlier basket (flattened, oldest first) and the targets are the basket's items.
+
+- Two-tower: one (history, item) pair per target item; in-batch sampled softmax with logQ correction.
+- Ranker: per example, the candidate set serving would form for that history (the trained two-tower's top items,
+  the customer's own earlier items, the most popular items: :meth:`AisleRecommender.candidates`), labelled by the
+  basket; up to ``positives`` of its purchased items and negatives drawn uniformly from the rest, ``ranker_candidates``
+  in all. Each example appears twice per epoch: once with the repeat candidate set and once with the discovery one
+  (the customer's own items excluded before retrieval), so the ranker also learns to order new items. Uniform
+  sampling of negatives shifts every logit by the same constant, which the calibration fitted on validation
+  removes; the order among candidates is learnt as serving sees it. Binary cross-entropy for
+  P(purchase); the return head is trained on the positives only (label: the customer returned that item later in
+  the training window).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from services.ranking.features import ItemFeatureSnapshot
+from training.data.schema import Dataset
+from training.data.splits import EvalCase, Split, split_dataset
+from training.evaluation.aisle import AisleRecommender, TwoTowerRetriever
+from training.evaluation.offline import evaluate
+from training.features import history_tokens, item_snapshot, ranker_inputs
+from training.models.sequence_ranker import SequenceRanker
+from training.models.two_tower import ItemContent, TwoTower
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    seed: int = 0
+    dim: int = 64
+    history_length: int = 50
+    threads: int = 2
+    # two-tower
+    tower_epochs: int = 4
+    tower_batch: int = 1024
+    tower_lr: float = 3e-3
+    tower_examples_per_epoch: int = 100_000
+    # ranker
+    ranker_epochs: int = 4
+    ranker_batch: int = 64
+    ranker_lr: float = 2e-3
+    ranker_layers: int = 2
+    ranker_candidates: int = 64
+    positives: int = 24
+    return_weight: float = 0.5
+    # serving-shaped candidate set used for validation, calibration and evaluation
+    retrieve: int = 200
+    repeat: int = 200
+    popular: int = 50
+    validation_users: int = 1000
+
+
+@dataclass
+class Curves:
+    tower_loss: list[float] = field(default_factory=list)
+    ranker_loss: list[float] = field(default_factory=list)
+    validation: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class FittedModels:
+    two_tower: TwoTower
+    ranker: SequenceRanker
+    snapshot: ItemFeatureSnapshot
+    split: Split
+    config: FitConfig
+    curves: Curves
+    seconds: dict[str, float]
+    validation: dict[str, float]
+
+    def recommender(self) -> AisleRecommender:
+        return AisleRecommender(
+            torch_query_fn(self.two_tower),
+            self.two_tower.all_item_vectors(),
+            torch_rank_fn(self.ranker),
+            self.snapshot,
+            self.split.popularity(),
+            self.config.retrieve,
+            self.config.repeat,
+            self.config.popular,
+            self.config.history_length,
+        )
+
+    def summary(self) -> dict:
+        return {
+            "config": asdict(self.config),
+            "split": self.split.summary(),
+            "seconds": self.seconds,
+            "validation": self.validation,
+        }
+
+
+@dataclass(frozen=True)
+class BasketExamples:
+    users: np.ndarray
+    times: np.ndarray
+    histories: list[np.ndarray]
+    targets: list[np.ndarray]
+
+
+def basket_examples(split: Split) -> BasketExamples:
+    users, times, histories, targets = [], [], [], []
+    for user in split.train:
+        for b in range(1, len(user.baskets)):
+            users.append(user.user)
+            times.append(int(user.times[b]))
+            histories.append(np.concatenate(user.baskets[:b]))
+            targets.append(user.baskets[b])
+    return BasketExamples(np.asarray(users, dtype=np.int64), np.asarray(times, dtype=np.int64), histories, targets)
+
+
+def torch_query_fn(model: TwoTower):
+    def query(history: np.ndarray) -> np.ndarray:
+        model.eval()
+        with torch.no_grad():
+            return model.query(torch.from_numpy(history)).numpy()
+
+    return query
+
+
+def torch_rank_fn(model: SequenceRanker):
+    def rank(history: np.ndarray, candidates: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        model.eval()
+        with torch.no_grad():
+            purchase, returns = model(
+                torch.from_numpy(history), torch.from_numpy(candidates), torch.from_numpy(features)
+            )
+        return purchase.numpy(), returns.numpy()
+
+    return rank
+
+
+def fit(dataset: Dataset, config: FitConfig | None = None, progress: bool = True) -> FittedModels:
+    """Deterministic under ``config.seed`` (deterministic torch kernels; same data, same losses)."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _fit(dataset, config or FitConfig(), progress)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _fit(dataset: Dataset, config: FitConfig, progress: bool) -> FittedModels:
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    rng = np.random.default_rng(config.seed)
+    started = time.perf_counter()
+    split = split_dataset(dataset)
+    if not split.validation:
+        raise ValueError(
+            f"{dataset.name}: no customer has 3 or more baskets, so nothing can be held out for validation and test"
+        )
+    examples = basket_examples(split)
+    if not examples.targets:
+        raise ValueError(f"{dataset.name}: no training basket has an earlier basket to learn from")
+    snapshot = item_snapshot(dataset.catalog, split)
+    validation = split.validation
+    if config.validation_users and len(validation) > config.validation_users:
+        picks = np.sort(rng.choice(len(validation), config.validation_users, replace=False))
+        validation = [validation[i] for i in picks]
+    curves = Curves()
+    seconds = {}
+    tower = train_two_tower(dataset, split, examples, config, rng, curves, validation, progress)
+    seconds["two_tower"] = time.perf_counter() - started
+    ranker = train_ranker(split, examples, snapshot, tower, config, rng, curves, validation, progress)
+    seconds["ranker"] = time.perf_counter() - started - seconds["two_tower"]
+    fitted = FittedModels(tower, ranker, snapshot, split, config, curves, seconds, {})
+    calibrate(fitted, validation)
+    recommender = fitted.recommender()
+    popularity = split.popularity()
+    categories = np.unique(dataset.catalog.categories, return_inverse=True)[1]
+    result = evaluate(recommender, validation, "repeat", popularity, categories)
+    fitted.validation = {k: v for k, v in result.metrics.items() if isinstance(v, float)}
+    seconds["total"] = time.perf_counter() - started
+    log.info("validation (repeat protocol, %d users): %s", len(validation), _short(fitted.validation))
+    return fitted
+
+
+def _short(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k in ("ndcg@10", "hr@10", "recall@100", "ece_top10"))
+
+
+def train_two_tower(
+    dataset: Dataset,
+    split: Split,
+    examples: BasketExamples,
+    config: FitConfig,
+    rng: np.random.Generator,
+    curves: Curves,
+    validation: list[EvalCase],
+    progress: bool,
+) -> TwoTower:
+    known = split.popularity() > 0
+    model = TwoTower(ItemContent.from_catalog(dataset.catalog), known, config.dim, config.history_length)
+    histories = torch.from_numpy(history_tokens(examples.histories, config.history_length))
+    example_of = np.concatenate([np.full(len(t), e) for e, t in enumerate(examples.targets)])
+    item_of = np.concatenate(examples.targets)
+    counts = np.bincount(item_of, minlength=split.num_items).astype(np.float64) + 1.0
+    log_q = torch.from_numpy(np.log(counts / counts.sum()).astype(np.float32))
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.tower_lr)
+    per_epoch = min(len(item_of), config.tower_examples_per_epoch)
+    steps = max(1, per_epoch // config.tower_batch)
+    categories = np.unique(dataset.catalog.categories, return_inverse=True)[1]
+    popularity = split.popularity()
+    bar = tqdm(total=config.tower_epochs * steps, desc="two-tower", unit="batch", disable=not progress)
+    for epoch in range(config.tower_epochs):
+        model.train()
+        order = rng.permutation(len(item_of))[: steps * config.tower_batch]
+        for step in range(steps):
+            batch = order[step * config.tower_batch : (step + 1) * config.tower_batch]
+            loss = model.sampled_softmax_loss(histories[example_of[batch]], torch.from_numpy(item_of[batch]), log_q)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            curves.tower_loss.append(float(loss.item()))
+            bar.update()
+            bar.set_postfix(loss=f"{curves.tower_loss[-1]:.3f}")
+        model.eval()
+        retriever = TwoTowerRetriever(torch_query_fn(model), model.all_item_vectors(), config.history_length)
+        metrics = evaluate(retriever, validation, "repeat", popularity, categories).metrics
+        curves.validation.append({"stage": "two_tower", "epoch": epoch + 1, **_numbers(metrics)})
+        log.info("two-tower epoch %d: loss %.3f, validation %s", epoch + 1, curves.tower_loss[-1], _short(metrics))
+    bar.close()
+    model.eval()
+    return model
+
+
+def _numbers(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k in ("ndcg@10", "hr@10", "recall@10", "recall@100")}
+
+
+def serving_pools(
+    recommender: AisleRecommender, examples: BasketExamples, exclude_history: bool = False
+) -> list[np.ndarray]:
+    """Per example, the candidate rows serving would score for its history."""
+    cases = [
+        EvalCase(int(u), h, t, int(w))
+        for u, h, t, w in zip(examples.users, examples.histories, examples.targets, examples.times, strict=True)
+    ]
+    pools = []
+    for start in range(0, len(cases), 512):
+        for row in recommender.candidates(cases[start : start + 512], exclude_history=exclude_history):
+            pools.append(row[row >= 0])
+    return pools
+
+
+def return_labels(split: Split) -> dict[tuple[int, int], np.ndarray]:
+    """(user, item) -> times the customer returned that item in the training window."""
+    labels: dict[tuple[int, int], list[int]] = {}
+    for user, item, when in split.train_returns:
+        labels.setdefault((int(user), int(item)), []).append(int(when))
+    return {key: np.asarray(times) for key, times in labels.items()}
+
+
+def ranker_candidates(
+    examples: BasketExamples,
+    pools: list[np.ndarray],
+    returns: dict[tuple[int, int], np.ndarray],
+    config: FitConfig,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(candidate rows [E, C] with -1 padding, purchase labels [E, C], return labels [E, C] with -1 = no label)."""
+    width = config.ranker_candidates
+    count = len(examples.targets)
+    candidates = np.full((count, width), -1, dtype=np.int64)
+    labels = np.zeros((count, width), dtype=np.float32)
+    returned = np.full((count, width), -1.0, dtype=np.float32)
+    for e, (pool, target) in enumerate(zip(pools, examples.targets, strict=True)):
+        bought = np.isin(pool, target)
+        positives, negatives = pool[bought], pool[~bought]
+        if len(positives) > config.positives:
+            positives = rng.choice(positives, config.positives, replace=False)
+        negatives = rng.choice(negatives, min(len(negatives), width - len(positives)), replace=False)
+        candidates[e, : len(positives)] = positives
+        candidates[e, len(positives) : len(positives) + len(negatives)] = negatives
+        labels[e, : len(positives)] = 1.0
+        user, when = int(examples.users[e]), int(examples.times[e])
+        for slot, item in enumerate(positives):
+            times = returns.get((user, int(item)))
+            returned[e, slot] = float(times is not None and bool((times >= when).any()))
+    return candidates, labels, returned
+
+
+def train_ranker(
+    split: Split,
+    examples: BasketExamples,
+    snapshot: ItemFeatureSnapshot,
+    tower: TwoTower,
+    config: FitConfig,
+    rng: np.random.Generator,
+    curves: Curves,
+    validation: list[EvalCase],
+    progress: bool,
+) -> SequenceRanker:
+    popularity = split.popularity()
+    item_vectors = tower.all_item_vectors()
+    retrieval = AisleRecommender(
+        torch_query_fn(tower),
+        item_vectors,
+        None,
+        snapshot,
+        popularity,
+        config.retrieve,
+        config.repeat,
+        config.popular,
+        config.history_length,
+    )
+    # Both serving shapes: repeat (the customer's items are candidates) and discovery (they are excluded).
+    pools = serving_pools(retrieval, examples) + serving_pools(retrieval, examples, exclude_history=True)
+    examples = BasketExamples(
+        np.concatenate([examples.users, examples.users]),
+        np.concatenate([examples.times, examples.times]),
+        examples.histories + examples.histories,
+        examples.targets + examples.targets,
+    )
+    returns = return_labels(split)
+    model: SequenceRanker | None = None
+    optimiser = None
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    categories = np.zeros(split.num_items, dtype=np.int64)
+    steps = max(1, (len(examples.targets) + config.ranker_batch - 1) // config.ranker_batch)
+    bar = tqdm(total=config.ranker_epochs * steps, desc="ranker", unit="batch", disable=not progress)
+    for epoch in range(config.ranker_epochs):
+        candidates, labels, returned = ranker_candidates(examples, pools, returns, config, rng)
+        history, tokens, features = _inputs(snapshot, examples.histories, candidates, config.history_length)
+        if model is None:
+            valid = tokens > 0
+            model = SequenceRanker(
+                split.num_items,
+                features.shape[-1],
+                config.dim,
+                config.history_length,
+                config.ranker_layers,
+                feature_mean=features[valid].mean(axis=0),
+                feature_std=features[valid].std(axis=0),
+            )
+            optimiser = torch.optim.Adam(model.parameters(), lr=config.ranker_lr)
+        model.train()
+        order = rng.permutation(len(tokens))
+        for step in range(steps):
+            batch = order[step * config.ranker_batch : (step + 1) * config.ranker_batch]
+            purchase, returns_logit = model.logits(
+                torch.from_numpy(history[batch]), torch.from_numpy(tokens[batch]), torch.from_numpy(features[batch])
+            )
+            mask = torch.from_numpy((tokens[batch] > 0).astype(np.float32))
+            target = torch.from_numpy(labels[batch])
+            loss = (bce(purchase, target, reduction="none") * mask).sum() / mask.sum().clamp(min=1.0)
+            return_target = torch.from_numpy(returned[batch])
+            return_mask = (return_target >= 0).to(torch.float32)
+            if return_mask.sum() > 0:
+                return_loss = bce(returns_logit, return_target.clamp(min=0), reduction="none")
+                loss = loss + config.return_weight * (return_loss * return_mask).sum() / return_mask.sum()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            curves.ranker_loss.append(float(loss.item()))
+            bar.update()
+            bar.set_postfix(loss=f"{curves.ranker_loss[-1]:.3f}")
+        model.eval()
+        recommender = AisleRecommender(
+            torch_query_fn(tower),
+            item_vectors,
+            torch_rank_fn(model),
+            snapshot,
+            popularity,
+            config.retrieve,
+            config.repeat,
+            config.popular,
+            config.history_length,
+        )
+        metrics = evaluate(recommender, validation, "repeat", popularity, categories).metrics
+        curves.validation.append({"stage": "ranker", "epoch": epoch + 1, **_numbers(metrics)})
+        log.info("ranker epoch %d: loss %.3f, validation %s", epoch + 1, curves.ranker_loss[-1], _short(metrics))
+    bar.close()
+    assert model is not None
+    model.eval()
+    return model
+
+
+def _inputs(snapshot, histories, candidates, length, chunk: int = 2048):
+    parts = [
+        ranker_inputs(snapshot, histories[s : s + chunk], candidates[s : s + chunk], length)
+        for s in range(0, len(histories), chunk)
+    ]
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+
+
+def calibrate(fitted: FittedModels, validation: list[EvalCase]) -> None:
+    """Fits P(purchase) = sigmoid(a * logit + b) on the validation customers' serving-shaped candidate sets
+    (training saw a different positive rate), and stores a and b in the ranker."""
+    ranker = fitted.ranker
+    recommender = fitted.recommender()
+    logits, labels = [], []
+    for start in range(0, len(validation), 256):
+        chunk = validation[start : start + 256]
+        candidates = recommender.candidates(chunk, exclude_history=False)
+        history, tokens, features = ranker_inputs(
+            fitted.snapshot, [c.history for c in chunk], candidates, fitted.config.history_length
+        )
+        with torch.no_grad():
+            purchase, _ = ranker.logits(torch.from_numpy(history), torch.from_numpy(tokens), torch.from_numpy(features))
+        valid = candidates >= 0
+        relevant = np.zeros(candidates.shape, dtype=np.float32)
+        for u, case in enumerate(chunk):
+            relevant[u] = np.isin(candidates[u], case.target)
+        logits.append(purchase.numpy()[valid])
+        labels.append(relevant[valid])
+    x = torch.from_numpy(np.concatenate(logits))
+    y = torch.from_numpy(np.concatenate(labels))
+    # a = exp(s) > 0: calibration must never reorder the candidates.
+    log_scale, bias = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    optimiser = torch.optim.LBFGS([log_scale, bias], lr=0.5, max_iter=200)
+
+    def closure():
+        optimiser.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(x * log_scale.exp() + bias, y)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    scale = float(log_scale.exp().item())
+    with torch.no_grad():
+        ranker.logit_scale.fill_(scale)
+        ranker.logit_bias.fill_(float(bias.item()))
+    log.info("calibration on %d validation candidates: a=%.3f b=%.3f", len(y), scale, bias.item())

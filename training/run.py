@@ -1,0 +1,134 @@
+"""``aisle train`` end to end: data -> split -> two-tower + sequence ranker -> exports -> ``training_run.json``.
+
+Artefacts (``out`` is ``--out``):
+
+    <model repository>/<model name>/<version>/   model.onnx, item_vocabulary.txt, item_features.npz, metadata.json
+    out/index/<index version>/                   the retrieval index (two-tower item embeddings), via save_index
+    out/query_tower/<model version>/             query_tower.onnx + metadata.json (the two-tower's query tower)
+    out/catalog.json                             item titles and attributes, for people reading answers
+    out/training_run.json                        what was trained on and where everything went (read by evaluate)
+    out/training_curves.json                     losses per step, validation metrics per epoch
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from services.retrieval.index import save_index
+from training.data.loaders import load_dataset
+from training.data.schema import Dataset
+from training.export import QUERY_TOWER_FILE, export_query_tower, export_ranker
+from training.fit import FitConfig, FittedModels, fit
+from training.models.two_tower import QueryTower
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "training_run.json"
+CURVES_FILE = "training_curves.json"
+CATALOG_FILE = "catalog.json"
+DEFAULT_MODEL_NAME = "sequence_ranker"
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    ranker_dir: Path
+    index_dir: Path
+    query_tower_dir: Path
+    run_file: Path
+    fitted: FittedModels
+
+
+def write_catalog(dataset: Dataset, path: Path) -> None:
+    catalog = dataset.catalog
+    items = {
+        item: {"title": title, "category": category, "brand": brand, "price": float(price)}
+        for item, title, category, brand, price in zip(
+            catalog.item_ids, catalog.titles, catalog.categories, catalog.brands, catalog.prices, strict=True
+        )
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(items), encoding="utf-8")
+
+
+def train_and_export(
+    spec: dict,
+    out: Path,
+    model_repository: Path,
+    model_name: str = DEFAULT_MODEL_NAME,
+    config: FitConfig | None = None,
+    progress: bool = True,
+) -> TrainingRun:
+    dataset = load_dataset(spec)
+    fitted = fit(dataset, config or FitConfig(), progress=progress)
+    split, catalog = fitted.split, dataset.catalog
+    versions = {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    metadata = {
+        "data": {**dataset.summary(), "spec": spec},
+        "training": fitted.summary(),
+        "versions": versions,
+    }
+    ranker_dir = export_ranker(
+        fitted.ranker, model_repository / model_name, catalog.item_ids, metadata, snapshot=fitted.snapshot
+    )
+    item_vectors = fitted.two_tower.all_item_vectors()
+    index_args = dict(
+        item_ids=catalog.item_ids,
+        embeddings=item_vectors,
+        popularity=split.popularity(),
+        categories=catalog.categories,
+        brands=catalog.brands,
+        model_name=model_name,
+        model_version=ranker_dir.name,
+    )
+    query_tower_dir = out / "query_tower" / ranker_dir.name
+    export_query_tower(
+        QueryTower(fitted.two_tower),
+        query_tower_dir,
+        len(catalog),
+        {"model": "two_tower", "model_version": ranker_dir.name, "data": metadata["data"]["fingerprint"]},
+    )
+    if "query_tower" in inspect.signature(save_index).parameters:
+        # The retrieval index can carry the query tower itself (checksummed with the rest of the version).
+        index_args["query_tower"] = query_tower_dir / QUERY_TOWER_FILE
+    index_dir = save_index(out / "index", **index_args)
+    write_catalog(dataset, out / CATALOG_FILE)
+    (out / CURVES_FILE).write_text(
+        json.dumps(
+            {
+                "tower_loss": fitted.curves.tower_loss,
+                "ranker_loss": fitted.curves.ranker_loss,
+                "validation": fitted.curves.validation,
+            }
+        ),
+        encoding="utf-8",
+    )
+    run_file = out / RUN_FILE
+    run_file.write_text(
+        json.dumps(
+            {
+                "format": "aisle-training-run/1",
+                "data": spec,
+                "dataset": dataset.summary(),
+                "model_repository": str(model_repository.resolve()),
+                "model_name": model_name,
+                "ranker_dir": str(ranker_dir.resolve()),
+                "index_dir": str(index_dir.resolve()),
+                "query_tower": str((query_tower_dir / QUERY_TOWER_FILE).resolve()),
+                "training": fitted.summary(),
+                "versions": versions,
+            },
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    log.info("exported %s, %s, %s", ranker_dir, index_dir, query_tower_dir)
+    return TrainingRun(ranker_dir, index_dir, query_tower_dir, run_file, fitted)
