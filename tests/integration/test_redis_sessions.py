@@ -91,3 +91,57 @@ async def test_a_redis_outage_costs_personalisation_not_the_answer(trained, redi
                     )
     assert answer.items and any(d.stage == "sessions" for d in answer.degradations)
     assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_two_gateway_processes_share_one_session(trained, redis_url, tmp_path):
+    """As deployed: two gateway OS processes behind a balancer, sharing sessions only through Redis."""
+    import asyncio
+    import os
+    import sys
+
+    from services.core.health import wait_until_serving
+    from services.demo.stack import free_port
+
+    async with (
+        serving(ServiceHost(s := retrieval_settings(trained), build_retrieval(s))) as retrieval,
+        serving(ServiceHost(r := ranking_settings(trained), build_ranking(r))) as ranking,
+    ):
+        ports = [free_port(), free_port()]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AISLE_")}
+        processes = []
+        for port in ports:
+            settings = {
+                "PORT": port,
+                "METRICS_PORT": "none",
+                "RETRIEVAL_TARGET": f"127.0.0.1:{retrieval.port}",
+                "RANKING_TARGET": f"127.0.0.1:{ranking.port}",
+                "CATALOG_PATH": trained.root / "catalog.json",
+                "SESSION_STORE": "redis",
+                "REDIS_URL": redis_url,
+                "EVENT_LOG": "redis",
+                "ANONYMOUS_CACHE_TTL_S": 0,
+            }
+            process_env = {**env, **{f"AISLE_GATEWAY_{k}": str(v) for k, v in settings.items()}}
+            log = (tmp_path / f"gateway-{port}.log").open("wb")
+            processes.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "services.gateway", env=process_env, stdout=log, stderr=log
+                )
+            )
+        try:
+            for port in ports:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    await asyncio.wait_for(wait_until_serving(channel, "", 5.0), 120)
+            bought = history_of(trained, 3)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[0]}") as first:
+                await pb_grpc.RecommendationServiceStub(first).TrackEvents(
+                    pb.TrackEventsRequest(events=[tracked(i, user="roaming") for i in bought]), timeout=5
+                )
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[1]}") as second:
+                answer = await pb_grpc.RecommendationServiceStub(second).Recommend(home(user="roaming"), timeout=5)
+        finally:
+            for process in processes:
+                process.terminate()
+                await asyncio.wait_for(process.wait(), 30)
+    assert any(common.CANDIDATE_SOURCE_TWO_TOWER in i.sources for i in answer.items)
+    assert [p.returncode for p in processes] == [0, 0]
