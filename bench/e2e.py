@@ -221,7 +221,7 @@ def main() -> int:
                     "anonymous_cache_ttl_s": "0",
                 },
             },
-            env={"OTEL_TRACES_SAMPLER": "always_on"},
+            env={"OTEL_TRACES_SAMPLER": "always_on", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
         )
         log("aisle: three processes, tracing on (no exporter)")
         with stack:

@@ -6,7 +6,6 @@ import zlib
 from pathlib import Path
 
 import click
-import numpy as np
 
 
 def shard_of(item_id: str, shards: int) -> int:
@@ -60,6 +59,7 @@ def build(
     source: Path, out: Path, ann: str, shards: int, leaves: int | None, search_fraction: float, pre_reorder: int
 ) -> None:
     """Build a new index version from SOURCE, an index version folder (as `aisle train` exports them)."""
+    import numpy as np
     from tqdm.auto import tqdm
 
     from services.retrieval.build import EXACT_BELOW_ITEMS, ScannConfig, build_scann
