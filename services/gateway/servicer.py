@@ -45,7 +45,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         cache: AnonymousCache | None = None,
     ):
         self.settings, self.policies, self.catalog, self.deps, self.metrics = settings, policies, catalog, deps, metrics
-        self.cache = cache or AnonymousCache(0)
+        self.cache = cache if cache is not None else AnonymousCache(0)
         self._background: set[asyncio.Task] = set()
 
     async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:  # noqa: N802
@@ -77,6 +77,12 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             response.CopyFrom(cached)
             response.tracking_token, response.trace_id = uuid.uuid4().hex, current_trace_id()
             span.set_attribute("aisle.cache_hit", True)
+            # A cached answer is still an exposure: log it with this request's variant and token.
+            state = RequestState(
+                request, key, [], k, RequestBudget(1.0, None, 0.0), self.catalog, variant, ("", ""), exposures
+            )
+            shown = [Candidate(i.item_id, sources=list(i.sources)) for i in response.items]
+            self._after(pipeline.after_response(state, shown, response, self.metrics))
             return response
         budget = RequestBudget(settings.total_budget_ms / 1000, context.time_remaining(), settings.min_stage_ms / 1000)
         state = RequestState(

@@ -130,3 +130,28 @@ async def test_invalid_events_name_the_field(trained):
                     pb.TrackEventsRequest(events=[tracked("I0"), bad]), timeout=5
                 )
     assert "events[1].event_type" in details_of(failure.value)[1]
+
+
+async def test_cached_anonymous_answers_are_still_logged_as_exposures(trained, tmp_path):
+    log = tmp_path / "events.jsonl"
+    extra = {"event_log": "jsonl", "event_log_path": log, "anonymous_cache_ttl_s": 60}
+    request = pb.RecommendRequest(
+        subject=common.Subject(session_id="guest"),
+        surface=common.SURFACE_HOME,
+        consent=True,
+        k=4,
+        context=common.RequestContext(region="GB"),
+        experiment_variant_override="control",
+    )
+    async with stack(trained, gateway_extra=extra) as hosts:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['gateway'].port}") as channel:
+            stub = pb_grpc.RecommendationServiceStub(channel)
+            first = await stub.Recommend(request, timeout=5)
+            second = await stub.Recommend(request, timeout=5)
+        await hosts["gateway"].app.close()
+    assert not first.degradations, first.degradations
+    assert [i.item_id for i in second.items] == [i.item_id for i in first.items]
+    assert second.tracking_token != first.tracking_token
+    exposures = [r for r in read_events(log) if r["type"] == "exposure"]
+    assert [r["tracking_token"] for r in exposures] == [first.tracking_token, second.tracking_token]
+    assert all(r["variant"] == "control" for r in exposures)
