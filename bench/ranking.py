@@ -51,6 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
+from services.demo.triton import local_triton_command
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -271,22 +273,7 @@ def triton(repository: Path, workdir: Path):
     if not launcher.is_file():
         raise FileNotFoundError(f"{launcher} missing: run `make triton`")
     grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
-    command = [
-        str(launcher),
-        f"--model-repository={repository}",
-        "--model-control-mode=explicit",
-        "--load-model=ranker",
-        "--model-config-name=local",
-        "--grpc-address=127.0.0.1",
-        f"--grpc-port={grpc_port}",
-        "--http-address=127.0.0.1",
-        f"--http-port={http_port}",
-        "--metrics-address=127.0.0.1",
-        f"--metrics-port={metrics_port}",
-        "--allow-gpu-metrics=false",
-        "--pinned-memory-pool-byte-size=0",
-        "--exit-timeout-secs=5",
-    ]
+    command = local_triton_command(launcher, repository, ("ranker",), grpc_port, http_port, metrics_port)
     import urllib.request
 
     with process(command, dict(os.environ), workdir / "triton.log") as proc:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.demo.triton import local_triton_command
 from services.ranking.features import ItemFeatureSnapshot, candidate_features
 from tests.conftest import PROJECT_ROOT
 
@@ -263,22 +264,7 @@ def triton_server(repository: Path, log_path: Path, *, models: tuple[str, ...] =
     """Runs Triton on free local ports with explicit model control and the local config; stops it on exit."""
     launcher = triton_launcher()
     grpc_port, http_port, metrics_port = free_ports(3)
-    command = [
-        str(launcher),
-        f"--model-repository={repository}",
-        "--model-control-mode=explicit",
-        *[f"--load-model={model}" for model in models],
-        "--model-config-name=local",
-        "--grpc-address=127.0.0.1",
-        f"--grpc-port={grpc_port}",
-        "--http-address=127.0.0.1",
-        f"--http-port={http_port}",
-        "--metrics-address=127.0.0.1",
-        f"--metrics-port={metrics_port}",
-        "--allow-gpu-metrics=false",
-        "--pinned-memory-pool-byte-size=0",
-        "--exit-timeout-secs=5",
-    ]
+    command = local_triton_command(launcher, repository, models, grpc_port, http_port, metrics_port)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     server = TritonServer(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", log_path, process)
