@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -31,6 +32,7 @@ import grpc  # noqa: E402
 from aisle.common.v1 import common_pb2 as common  # noqa: E402
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb  # noqa: E402
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc  # noqa: E402
+from bench.process_cpu import cpu_seconds  # noqa: E402
 from services.demo.stack import LocalStack, free_port  # noqa: E402
 
 
@@ -82,11 +84,64 @@ async def open_loop(send, make_request, rate: float, seconds: float) -> dict:
     }
 
 
+def mean_candidates(stack: LocalStack) -> float | None:
+    """Mean candidates per request after the gateway's merge (what ranking scored), from its Prometheus metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = stack.services["gateway"].metrics_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()  # noqa: ASYNC210
+    totals = {"sum": 0.0, "count": 0.0}
+    for family in text_string_to_metric_families(text):
+        if family.name == "aisle_gateway_candidates":
+            for sample in family.samples:
+                for key in totals:
+                    if sample.name.endswith("_" + key):
+                        totals[key] += sample.value
+    return round(totals["sum"] / totals["count"], 1) if totals["count"] else None
+
+
 def saturated(row: dict) -> bool:
     return row["achieved_rps"] < 0.95 * row["offered_rps"] or row["p99_ms"] > 100 or row["error_rate"] > 0.01
 
 
-async def measure_aisle(stack: LocalStack, item_ids: list[str], rates: list[float], seconds: float) -> list[dict]:
+def start_profilers(stack: LocalStack, seconds: float, directory: Path) -> list[subprocess.Popen]:
+    """py-spy, sampling each service process for ``seconds``; collapsed stacks in ``directory/<service>.txt``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    return [
+        subprocess.Popen(  # noqa: ASYNC220
+            [
+                str(spy),
+                "record",
+                "--pid",
+                str(service.process.pid),
+                "--duration",
+                str(int(seconds)),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(directory / f"{name}.txt"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, service in stack.services.items()
+    ]
+
+
+async def measure_aisle(
+    stack: LocalStack,
+    item_ids: list[str],
+    rates: list[float],
+    seconds: float,
+    profile_rate: float | None = None,
+    profile_dir: Path | None = None,
+) -> list[dict]:
     rng = np.random.default_rng(0)
     async with grpc.aio.insecure_channel(stack.gateway_target) as channel:
         stub = pb_grpc.RecommendationServiceStub(channel)
@@ -112,11 +167,22 @@ async def measure_aisle(stack: LocalStack, item_ids: list[str], rates: list[floa
             await send(make(i))  # warm-up
         rows = []
         for rate in rates:
+            profilers = start_profilers(stack, seconds, profile_dir) if rate == profile_rate else []
+            pids = {name: service.process.pid for name, service in stack.services.items()}
+            pids["load generator"] = os.getpid()
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             row = await open_loop(send, make, rate, seconds)
+            row["cpu_ms_per_request"] = {
+                name: round((cpu_seconds(pid) - before[name]) * 1000 / row["requests"], 3) for name, pid in pids.items()
+            }
+            row["mean_candidates_ranked"] = mean_candidates(stack)
+            for profiler in profilers:
+                profiler.wait(30)  # noqa: ASYNC222
             rows.append(row)
+            cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in row["cpu_ms_per_request"].items())
             log(
                 f"  aisle {rate:.0f}/s: p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} ms, "
-                f"errors {row['errors']}, degraded {row['degraded_rate']:.1%}"
+                f"errors {row['errors']}, degraded {row['degraded_rate']:.1%}; CPU ms per request: {cpu}"
             )
             if saturated(row):
                 break
@@ -144,10 +210,18 @@ async def measure_echo(rates: list[float], seconds: float) -> list[dict]:
             for _ in range(100):
                 await send(payload)
             rows = []
+            pids = {"back 1": processes[0].pid, "back 2": processes[1].pid, "front": processes[2].pid}
+            pids["load generator"] = os.getpid()
             for rate in rates:
+                before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 row = await open_loop(send, lambda i: payload, rate, seconds)
+                row["cpu_ms_per_request"] = {
+                    name: round((cpu_seconds(pid) - before[name]) * 1000 / row["requests"], 3)
+                    for name, pid in pids.items()
+                }
                 rows.append(row)
-                log(f"  echo {rate:.0f}/s: p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} ms")
+                cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in row["cpu_ms_per_request"].items())
+                log(f"  echo {rate:.0f}/s: p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} ms; CPU ms/request: {cpu}")
                 if saturated(row):
                     break
             return rows
@@ -155,6 +229,66 @@ async def measure_echo(rates: list[float], seconds: float) -> list[dict]:
         for process in processes:
             process.terminate()
             process.wait(10)
+
+
+def prepare_artifacts(workdir: Path, items: int) -> None:
+    """A trained ranker and catalog, and a ScaNN index built by ``aisle index build`` (what production serves).
+    Reused when ``workdir`` already holds them for the same item count."""
+    stamp = workdir / "artifacts.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("items") == items:
+        log(f"reusing the artefacts in {workdir}")
+        return
+    log(f"training a ranker and an index for {items} items")
+    train_artifacts(workdir, items)
+    log("building the ScaNN index (aisle index build)")
+    source = next((workdir / "index").iterdir())
+    subprocess.run(  # noqa: ASYNC221
+        [
+            sys.executable,
+            "-m",
+            "services.cli",
+            "index",
+            "build",
+            str(source),
+            "--out",
+            str(workdir / "ann_index"),
+            "--search-fraction",
+            "0.3",
+        ],  # barely trained vectors: the default 0.1 misses the spot check
+        check=True,
+        cwd=ROOT,
+    )
+    stamp.write_text(json.dumps({"items": items}))
+
+
+def bench_policies(workdir: Path, candidates: int) -> Path:
+    """The shipped policies, with the home surface's sources asking for enough items that ``candidates`` reach
+    ranking (the merge keeps at most that many)."""
+    import yaml
+
+    from services.gateway.policies import DEFAULT_POLICY_FILE
+
+    raw = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
+    for name in ("home", "home_diverse"):
+        policy = raw["policies"][name]
+        policy["candidate_limit"] = candidates
+        policy["sources"] = [
+            {
+                "component": "RetrievalSources",
+                "name": "Retrieval",
+                # Overlap between sources is removed by the merge: ask for 20% more than the limit.
+                "params": {
+                    "sources": {
+                        "two_tower": candidates * 7 // 10,
+                        "popularity": candidates * 3 // 10,
+                        "cold_start": candidates // 5,
+                    }
+                },
+            }
+        ]
+    path = workdir / "policies.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
 
 
 def train_artifacts(workdir: Path, items: int) -> None:
@@ -202,30 +336,43 @@ def main() -> int:
     parser.add_argument("--rates", default="50,100,200,300,400,500")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "e2e.json")
+    parser.add_argument("--candidates", type=int, default=500, help="candidates ranked per request")
+    parser.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="asyncio")
+    parser.add_argument("--workdir", type=Path, help="keep (and reuse) the trained artefacts here")
+    parser.add_argument("--profile-rate", type=float, help="sample every service with py-spy at this rate")
+    parser.add_argument("--profile-dir", type=Path, default=ROOT / "bench" / "results" / "profiles")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="aisle-e2e-") as temp:
-        workdir = Path(temp)
-        log(f"training a ranker and an index for {args.items} items")
-        train_artifacts(workdir, args.items)
+    with contextlib.ExitStack() as cleanup:
+        if args.workdir is None:
+            workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="aisle-e2e-")))
+        else:
+            workdir = args.workdir
+            workdir.mkdir(parents=True, exist_ok=True)
+        prepare_artifacts(workdir, args.items)
         item_ids = (next((workdir / "index").iterdir()) / "item_ids.txt").read_text().split()
+        loop = {"event_loop": args.event_loop}
         stack = LocalStack(
             workdir,
             {
-                "retrieval": {"index_path": str(workdir / "index"), "index_poll_s": "0"},
-                "ranking": {"model_repository": str(workdir / "model_repository")},
+                "retrieval": {"index_path": str(workdir / "ann_index"), "index_poll_s": "0", **loop},
+                "ranking": {"model_repository": str(workdir / "model_repository"), **loop},
                 "gateway": {
                     "catalog_path": str(workdir / "catalog.json"),
+                    "policy_file": str(bench_policies(workdir, args.candidates)),
                     "event_log": "off",
                     "anonymous_cache_ttl_s": "0",
+                    **loop,
                 },
             },
             env={"OTEL_TRACES_SAMPLER": "always_on", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
         )
         log("aisle: three processes, tracing on (no exporter)")
         with stack:
-            aisle = asyncio.run(measure_aisle(stack, item_ids, rates, args.seconds))
+            aisle = asyncio.run(
+                measure_aisle(stack, item_ids, rates, args.seconds, args.profile_rate, args.profile_dir)
+            )
         log("baseline: bare grpc.aio echo chain, same hops")
         echo = asyncio.run(measure_echo(rates, args.seconds))
     at = {r["offered_rps"]: r for r in aisle}
@@ -246,6 +393,8 @@ def main() -> int:
         "summary": summary,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "items": args.items,
+        "candidates_ranked": args.candidates,
+        "event_loop": args.event_loop,
         "cpus": os.cpu_count(),
         "aisle": aisle,
         "echo_chain": echo,

@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.process_cpu import cpu_seconds  # noqa: E402
 from services.retrieval.build import ScannConfig, build_scann  # noqa: E402
 from services.retrieval.search import ExactSearcher, FilteredSearch, ScannSearcher, ScannSearchParams  # noqa: E402
 
@@ -271,6 +272,7 @@ def bench_service(vectors: np.ndarray, workdir: Path, rate: float, seconds: floa
                 await stub.Retrieve(request(), timeout=1)
             requests = [request() for _ in range(int(rate * seconds))]
             latencies, errors = [], 0
+            cpu_before = (cpu_seconds(server.pid), cpu_seconds(os.getpid()))
             start = time.perf_counter() + 0.05
 
             async def one(i: int, message) -> None:
@@ -285,8 +287,14 @@ def bench_service(vectors: np.ndarray, workdir: Path, rate: float, seconds: floa
                 latencies.append((time.perf_counter() - intended) * 1000)
 
             await asyncio.gather(*(one(i, m) for i, m in enumerate(requests)))
+            server_cpu, client_cpu = (
+                (after - before) * 1000 / len(requests)
+                for after, before in zip((cpu_seconds(server.pid), cpu_seconds(os.getpid())), cpu_before, strict=True)
+            )
             ms = np.array(latencies)
             return {
+                "server_cpu_ms_per_call": round(server_cpu, 3),
+                "client_cpu_ms_per_call": round(client_cpu, 3),
                 "rate_rps": rate,
                 "requests": len(requests),
                 "errors": errors,
@@ -406,7 +414,11 @@ def main() -> int:
         log(f"Retrieve RPC at {args.rate:.0f} requests/s")
         (temp / "service").mkdir()
         service = bench_service(vectors, temp / "service", args.rate, args.seconds)
-        log(f"  p50 {service['p50_ms']:.2f} ms p99 {service['p99_ms']:.2f} ms errors {service['errors']}")
+        log(
+            f"  p50 {service['p50_ms']:.2f} ms p99 {service['p99_ms']:.2f} ms errors {service['errors']}, "
+            f"CPU per call: server {service['server_cpu_ms_per_call']:.2f} ms, "
+            f"client {service['client_cpu_ms_per_call']:.2f} ms"
+        )
 
     trained = None
     if args.trained_index is not None:

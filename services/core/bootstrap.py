@@ -31,6 +31,19 @@ EXIT_BAD_SETTINGS = 2
 EXIT_LOAD_FAILED = 3
 
 
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop a service runs on: asyncio's own, or uvloop (refused with the fix when not installed)."""
+    if name == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        raise SettingsError(
+            "event_loop=uvloop needs the uvloop package (a dependency of aisle): pip install uvloop"
+        ) from None
+    return uvloop.new_event_loop
+
+
 def serve_main(
     settings_cls: type[S],
     build: Callable[[S, CollectorRegistry], Application],
@@ -38,6 +51,7 @@ def serve_main(
 ) -> int:
     try:
         settings = load_settings(settings_cls, overrides)
+        new_loop = loop_factory(settings.event_loop)
     except SettingsError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
@@ -45,8 +59,9 @@ def serve_main(
     configure_tracing(f"aisle-{settings.service_label}")
     registry = CollectorRegistry()
     try:
-        host = ServiceHost(settings, build(settings, registry), registry)
-        asyncio.run(host.run())
+        host = ServiceHost(settings, build(settings, registry), registry, freeze_heap=True)
+        with asyncio.Runner(loop_factory=new_loop) as runner:
+            runner.run(host.run())
     except Exception as error:  # start-up failures end here, with the reason in the log
         logging.getLogger(__name__).error("%s did not start: %s", settings.service_label, error)
         return EXIT_LOAD_FAILED

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +49,9 @@ class ServiceSettings(BaseSettings):
         0.0, ge=0, le=60, description="Seconds between NOT_SERVING and refusing new calls, so balancers notice."
     )
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="Log level.")
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "asyncio", description="Event loop implementation; uvloop is faster where installed (see docs/benchmarks.md)."
+    )
     max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest gRPC message accepted."
     )

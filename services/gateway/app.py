@@ -103,7 +103,12 @@ def build_application(
         sorted(catalog.features),
     )
     servicer = RecommendationServicer(
-        settings, policies, catalog, deps, PipelineMetrics(registry), AnonymousCache(settings.anonymous_cache_ttl_s)
+        settings,
+        policies,
+        catalog,
+        deps,
+        PipelineMetrics(registry, settings.trace_components),
+        AnonymousCache(settings.anonymous_cache_ttl_s),
     )
 
     async def load() -> None:

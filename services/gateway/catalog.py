@@ -13,6 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+_NO_RECORD: dict[str, Any] = {}
+
 
 class CatalogError(ValueError):
     pass
@@ -40,7 +42,7 @@ class ItemCatalog:
         return cls(data)
 
     def get(self, item_id: str, field: str, default: Any = None) -> Any:
-        return self.items.get(item_id, {}).get(field, default)
+        return self.items.get(item_id, _NO_RECORD).get(field, default)
 
     def title(self, item_id: str) -> str:
         return str(self.get(item_id, "title", item_id))

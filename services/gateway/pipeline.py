@@ -6,17 +6,19 @@
 - **selectors** alone sort and truncate;
 - **side effects** run after the answer is built, fire-and-forget (exposure logging).
 
-A policy (see :mod:`services.gateway.policies`) names the components of each step. Every component gets a span and
-a latency histogram under its name.
+A policy (see :mod:`services.gateway.policies`) names the components of each step. Every stage gets a span; every
+component gets a latency histogram under its name, and a span too when ``trace_components`` is set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, ClassVar, Protocol
 
 from opentelemetry import trace
@@ -32,9 +34,9 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
-    """One item on its way through the pipeline."""
+    """One item on its way through the pipeline (one object per item and request: components may mutate it)."""
 
     item_id: str
     sources: list[int] = field(default_factory=list)
@@ -118,7 +120,10 @@ class SourceFailed(Exception):
 
 
 class PipelineMetrics:
-    def __init__(self, registry: CollectorRegistry):
+    """Histograms and counters of the pipeline, and whether each component also gets a span (stages always do)."""
+
+    def __init__(self, registry: CollectorRegistry, trace_components: bool = False):
+        self.trace_components = trace_components
         self.component = Histogram(
             "aisle_gateway_component_seconds",
             "Time per pipeline component.",
@@ -137,6 +142,13 @@ class PipelineMetrics:
             registry=registry,
         )
         self.degraded = Counter("aisle_gateway_degraded", "Degraded answers, by reason.", ["reason"], registry=registry)
+        self.candidates = Histogram(
+            "aisle_gateway_candidates",
+            "Candidates per request after the merge (what the scorers see).",
+            ["policy"],
+            buckets=(0, 10, 50, 100, 200, 300, 400, 500, 750, 1000, 2000, 5000),
+            registry=registry,
+        )
 
 
 @dataclass
@@ -164,6 +176,7 @@ class Pipeline:
             )
             if not candidates and sources_failed and self.fallback:
                 candidates = await self._fetch(self.fallback, state, metrics)
+        metrics.candidates.labels(self.name).observe(len(candidates))
         with self._stage("filtering", state, metrics):
             for component in self.filters:
                 with self._component(component, metrics):
@@ -201,7 +214,8 @@ class Pipeline:
         return merge(results, self.candidate_limit)
 
     def _component(self, component: Component, metrics: PipelineMetrics):
-        return _Timed(component.name, metrics.component.labels(self.name, component.name))
+        histogram = metrics.component.labels(self.name, component.name)
+        return _Timed(component.name, histogram, traced=metrics.trace_components)
 
     def _stage(self, name: str, state: RequestState, metrics: PipelineMetrics):
         return _Timed(name, metrics.stage.labels(name), state.stage_ms)
@@ -218,18 +232,20 @@ class Pipeline:
 
 
 def merge(results: Sequence[Sequence[Candidate]], limit: int) -> list[Candidate]:
-    """De-duplicates by item keeping every source, interleaving sources by rank, at most ``limit`` items."""
+    """De-duplicates by item keeping every source, interleaving sources by rank, at most ``limit`` items.
+
+    The first candidate seen for an item (best rank; earlier result on ties) is kept and given the others'
+    sources and anchors.
+    """
     merged: dict[str, Candidate] = {}
-    ordered = sorted(
-        ((c.source_rank, i, c) for i, result in enumerate(results) for c in result), key=lambda t: (t[0], t[1])
-    )
-    for rank, _, candidate in ordered:
+    flat = [c for result in results for c in result]
+    flat.sort(key=_source_rank)  # stable: ties keep the results' order
+    for candidate in flat:
         entry = merged.get(candidate.item_id)
         if entry is None:
-            if len(merged) >= limit:
-                continue
-            entry = merged[candidate.item_id] = Candidate(candidate.item_id, source_rank=rank)
-            entry.scores.update(candidate.scores)
+            if len(merged) < limit:
+                merged[candidate.item_id] = candidate
+            continue
         for source in candidate.sources:
             if source not in entry.sources:
                 entry.sources.append(source)
@@ -238,12 +254,17 @@ def merge(results: Sequence[Sequence[Candidate]], limit: int) -> list[Candidate]
     return list(merged.values())
 
 
+_source_rank = attrgetter("source_rank")
+
+
 class _Timed:
-    def __init__(self, name: str, histogram, sink: dict[str, float] | None = None):
+    """Times a block into a histogram (and ``sink``), inside a span of its name when ``traced``."""
+
+    def __init__(self, name: str, histogram, sink: dict[str, float] | None = None, traced: bool = True):
         self.name, self.histogram, self.sink = name, histogram, sink
+        self._span = tracer.start_as_current_span(name) if traced else contextlib.nullcontext()
 
     def __enter__(self):
-        self._span = tracer.start_as_current_span(self.name)
         self._span.__enter__()
         self._started = time.perf_counter()
         return self

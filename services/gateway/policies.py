@@ -34,7 +34,7 @@ from services.gateway.components.selectors import (
     TruncateSelector,
 )
 from services.gateway.components.side_effects import ExposureLogger
-from services.gateway.components.sources import CachedPopularSource, RetrievalSource
+from services.gateway.components.sources import CachedPopularSource, RetrievalSource, RetrievalSources
 from services.gateway.pipeline import Pipeline
 
 DEFAULT_POLICY_FILE = Path(__file__).with_name("policies.yaml")
@@ -43,6 +43,7 @@ DEFAULT_POLICY_FILE = Path(__file__).with_name("policies.yaml")
 COMPONENTS: dict[str, type[ComponentBase]] = {
     cls.__name__: cls
     for cls in (
+        RetrievalSources,
         RetrievalSource,
         CachedPopularSource,
         RequestExclusionFilter,

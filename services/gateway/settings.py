@@ -36,6 +36,9 @@ class GatewaySettings(ServiceSettings):
         120.0, gt=0, le=10_000, description="Time budget of one Recommend call when the caller's deadline is longer."
     )
     min_stage_ms: float = Field(2.0, ge=0, le=1000, description="Below this much time left, a stage is not started.")
+    trace_components: bool = Field(
+        False, description="A span per pipeline component, not only per stage (each costs CPU on every request)."
+    )
     default_k: int = Field(10, ge=1, le=1000, description="Items returned when a request says k=0.")
     max_k: int = Field(200, ge=1, le=1000, description="Largest k a request may ask for.")
     max_history: int = Field(200, ge=1, le=10_000, description="Longest history a request may carry.")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -32,8 +33,12 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RetrievalService"].full_name
 
 
-def merge_shard_responses(responses: list[pb.RetrieveResponse], k: int) -> pb.RetrieveResponse:
-    """Top-k per source by score (ties by item id) over every shard's candidates."""
+def merge_shard_responses(
+    responses: list[pb.RetrieveResponse], k: int, limits: Mapping[int, int] | None = None
+) -> pb.RetrieveResponse:
+    """Top-k per source by score (ties by item id) over every shard's candidates; ``limits`` holds the request's
+    per-source counts where they differ from ``k``."""
+    limits = limits or {}
     by_source: dict[int, list[pb.Candidate]] = defaultdict(list)
     order: list[int] = []
     for response in responses:
@@ -43,7 +48,7 @@ def merge_shard_responses(responses: list[pb.RetrieveResponse], k: int) -> pb.Re
             by_source[candidate.source].append(candidate)
     merged = pb.RetrieveResponse()
     for source in order:
-        best = sorted(by_source[source], key=lambda c: (-c.score, c.item_id))[:k]
+        best = sorted(by_source[source], key=lambda c: (-c.score, c.item_id))[: limits.get(source, k)]
         for rank, candidate in enumerate(best):
             copy = merged.candidates.add()
             copy.CopyFrom(candidate)
@@ -145,7 +150,8 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
             raise DependencyUnavailable(
                 f"no index shard answered: {', '.join(f'{t} {c}' for t, c in dropped)}", reason="SHARDS_UNAVAILABLE"
             )
-        merged = merge_shard_responses(answered, request.k)
+        limits = {limit.source: limit.k for limit in request.source_limits}
+        merged = merge_shard_responses(answered, request.k, limits)
         self.resolver.name_history_anchors(request, merged)
         for target, code in dropped:
             log.warning("shard %s dropped: %s", target, code)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 from opentelemetry import trace
@@ -65,16 +66,23 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         span = trace.get_current_span()
         span.set_attribute("aisle.index_version", artifact.version)
         span.set_attribute("aisle.allowed_items", allowed_count)
+        limits = {limit.source: limit.k for limit in request.source_limits}
         for source_id in dict.fromkeys(wanted):
             source = self.sources[source_id]
             with tracer.start_as_current_span(source.name) as source_span:
-                found = source.retrieve(index, query)
+                k = limits.get(source_id, request.k)
+                found = source.retrieve(index, query if k == query.k else replace(query, k=k))
                 source_span.set_attribute("aisle.candidates", len(found))
             add = response.candidates.add
-            anchors = found.anchors or [""] * len(found)
             items = index.item_id_array[found.rows].tolist()
-            for rank, (item, score, anchor) in enumerate(zip(items, found.scores.tolist(), anchors, strict=True)):
-                add(item_id=item, score=score, source=source_id, source_rank=rank, anchor_item_id=anchor)
+            if found.anchors:
+                for rank, (item, score, anchor) in enumerate(
+                    zip(items, found.scores.tolist(), found.anchors, strict=True)
+                ):
+                    add(item_id=item, score=score, source=source_id, source_rank=rank, anchor_item_id=anchor)
+            else:
+                for rank, (item, score) in enumerate(zip(items, found.scores.tolist(), strict=True)):
+                    add(item_id=item, score=score, source=source_id, source_rank=rank)
         return response
 
     @staticmethod
@@ -116,10 +124,18 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         check.subject("subject", request.subject, required=False)
         check.history("history", request.history, limit=settings.max_history)
         check.ids("anchor_item_ids", request.anchor_item_ids, limit=settings.max_anchors)
-        if request.k < 1 or request.k > settings.max_k:
-            check.add("k", f"must be between 1 and {settings.max_k}, got {request.k}")
         for i, source in enumerate(request.sources):
             check.enum(f"sources[{i}]", source, list(self.sources), SOURCE_NAMES)
+        check.count("source_limits", request.source_limits, limit=len(SOURCE_NAMES))
+        for i, limit in enumerate(request.source_limits[: len(SOURCE_NAMES)]):
+            if limit.source not in request.sources:
+                check.add(f"source_limits[{i}].source", "must also be listed in sources")
+            if limit.k < 1 or limit.k > settings.max_k:
+                check.add(f"source_limits[{i}].k", f"must be between 1 and {settings.max_k}, got {limit.k}")
+        limited = {limit.source for limit in request.source_limits}
+        k_needed = not request.sources or any(source not in limited for source in request.sources)
+        if (k_needed and request.k < 1) or request.k < 0 or request.k > settings.max_k:
+            check.add("k", f"must be between 1 and {settings.max_k}, got {request.k}")
         exclusions = request.exclusions
         total = len(exclusions.item_ids) + len(exclusions.brands) + len(exclusions.categories)
         if total > settings.max_exclusions:

@@ -18,13 +18,15 @@ from tests.integration.requests import home_request
 pytestmark = pytest.mark.e2e
 
 
-def test_processes_answer_and_stop_cleanly(trained, tmp_path):
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_processes_answer_and_stop_cleanly(trained, tmp_path, event_loop):
+    loop = {"event_loop": event_loop}
     stack = LocalStack(
         tmp_path,
         {
-            "retrieval": {"index_path": str(trained.index_root)},
-            "ranking": {"model_repository": str(trained.model_repository)},
-            "gateway": {"catalog_path": str(trained.root / "catalog.json"), "event_log": "off"},
+            "retrieval": {"index_path": str(trained.index_root), **loop},
+            "ranking": {"model_repository": str(trained.model_repository), **loop},
+            "gateway": {"catalog_path": str(trained.root / "catalog.json"), "event_log": "off", **loop},
         },
     )
     with stack:
@@ -44,7 +46,9 @@ def test_processes_answer_and_stop_cleanly(trained, tmp_path):
         assert len(scope["response"].items) == 10
     codes = {name: service.process.returncode for name, service in stack.services.items()}
     assert codes == {"retrieval": 0, "ranking": 0, "gateway": 0}
-    assert "shutting down" in (tmp_path / "logs" / "gateway.log").read_text()
+    for name in codes:
+        log = (tmp_path / "logs" / f"{name}.log").read_text()
+        assert "shutting down" in log and f"{event_loop} event loop" in log
 
 
 def test_make_demo_runs_end_to_end(tmp_path):

@@ -25,13 +25,16 @@ class RequestExclusionFilter(ComponentBase):
 
     def apply(self, state: RequestState, candidates: list[Candidate]):
         exclusions, catalog = state.request.exclusions, state.catalog
-        items, brands, categories = set(exclusions.item_ids), set(exclusions.brands), set(exclusions.categories)
-        anchors = set(state.request.anchor_item_ids)
+        items = set(exclusions.item_ids) | set(state.request.anchor_item_ids)
+        brands, categories = set(exclusions.brands), set(exclusions.categories)
+        if not (items or brands or categories):
+            return candidates, []
+        if not (brands or categories):
+            return _split(candidates, lambda c: c.item_id not in items)
         return _split(
             candidates,
             lambda c: (
                 c.item_id not in items
-                and c.item_id not in anchors
                 and catalog.get(c.item_id, "brand") not in brands
                 and catalog.get(c.item_id, "category") not in categories
             ),

@@ -55,11 +55,14 @@ class RankingScorer(ComponentBase):
         if reply.model_version.version:
             state.versions.append(reply.model_version)
         state.degradations.extend(reply.degradations)
-        for candidate, scored in zip(candidates, reply.scored_items, strict=True):
-            candidate.scores["purchase"] = scored.purchase_probability
-            if scored.HasField("return_probability"):
-                candidate.scores["return"] = scored.return_probability
-            candidate.scores["relevance"] = scored.purchase_probability
+        scored_items = reply.scored_items
+        # A model has a return head or not: every item has P(return), or none has.
+        with_return = bool(scored_items) and scored_items[0].HasField("return_probability")
+        for candidate, scored in zip(candidates, scored_items, strict=True):
+            scores = candidate.scores
+            scores["purchase"] = scores["relevance"] = scored.purchase_probability
+            if with_return:
+                scores["return"] = scored.return_probability
 
     def _fallback(self, candidates: list[Candidate]) -> None:
         count = len(candidates)

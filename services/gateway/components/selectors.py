@@ -6,6 +6,8 @@ import hashlib
 import random
 from typing import ClassVar
 
+from pydantic import Field
+
 from aisle.common.v1 import common_pb2 as common
 from services.gateway.components.base import ComponentBase, Params
 from services.gateway.pipeline import Candidate, RequestState
@@ -33,6 +35,8 @@ class ExposureCapSelector(ComponentBase):
 
     def select(self, state: RequestState, candidates: list[Candidate]) -> list[Candidate]:
         seen = state.exposures
+        if not seen:
+            return candidates
         fresh = [c for c in candidates if seen.get(c.item_id, 0) < self.params.max_exposures]
         tired = [c for c in candidates if seen.get(c.item_id, 0) >= self.params.max_exposures]
         return fresh + tired
@@ -60,19 +64,20 @@ class MMRDiversitySelector(ComponentBase):
             return candidates
         scores = [c.final for c in window]
         low, high = min(scores), max(scores)
-        relevance = {id(c): (0.0 if high == low else (c.final - low) / (high - low)) for c in window}
         w, catalog = self.params.relevance_weight, state.catalog
+        # (weighted relevance, category, candidate) once per item; the loop below only compares.
+        remaining = [
+            (w * (0.0 if high == low else (c.final - low) / (high - low)), catalog.get(c.item_id, "category"), c)
+            for c in window
+        ]
+        penalty = 1 - w
         chosen: list[Candidate] = []
         shown: set[str] = set()
-        remaining = list(window)
         while remaining:
-            best = max(
-                remaining,
-                key=lambda c: w * relevance[id(c)] - (1 - w) * (catalog.get(c.item_id, "category") in shown),
-            )
-            remaining.remove(best)
-            chosen.append(best)
-            shown.add(catalog.get(best.item_id, "category"))
+            best = max(range(len(remaining)), key=lambda i: remaining[i][0] - penalty * (remaining[i][1] in shown))
+            _, category, candidate = remaining.pop(best)
+            chosen.append(candidate)
+            shown.add(category)
         return chosen + rest
 
 
@@ -90,9 +95,11 @@ class BrandQuotaSelector(ComponentBase):
     def select(self, state: RequestState, candidates: list[Candidate]) -> list[Candidate]:
         counts: dict[str, int] = {}
         top, later = [], []
-        for candidate in candidates:
+        for position, candidate in enumerate(candidates):
+            if len(top) == state.k:  # the top is full: the rest keep their order
+                return top + later + candidates[position:]
             brand = state.catalog.get(candidate.item_id, "brand")
-            if len(top) < state.k and counts.get(brand, 0) < self.params.max_per_brand:
+            if counts.get(brand, 0) < self.params.max_per_brand:
                 counts[brand] = counts.get(brand, 0) + 1
                 top.append(candidate)
             else:
@@ -127,6 +134,8 @@ class ExplorationParams(Params):
     under_exposed_below: int = 20
     #: Position of the first exploration slot (0-based); later slots follow every 3 positions.
     first_position: int = 2
+    #: Only this many candidates after the top k compete for the slots (the best-ranked of the rest).
+    pool: int = Field(default=50, ge=1)
 
 
 class ExplorationSelector(ComponentBase):
@@ -144,7 +153,7 @@ class ExplorationSelector(ComponentBase):
         head, tail = candidates[: k - slots], candidates[k - slots :]
         eligible = [
             c
-            for c in tail
+            for c in tail[: p.pool]
             if state.catalog.get(c.item_id, "new", False) or feedback.shown.get(c.item_id, 0) < p.under_exposed_below
         ]
         seed = hashlib.sha256(f"{state.subject_key}:{state.request.surface}".encode()).digest()

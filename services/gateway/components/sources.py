@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import grpc
+from pydantic import Field
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
@@ -21,9 +22,12 @@ SOURCES = {
 }
 
 
-class RetrievalSourceParams(Params):
-    source: Literal["two_tower", "item_to_item", "popularity", "trending", "cold_start"]
-    k: int = 100
+SourceName = Literal["two_tower", "item_to_item", "popularity", "trending", "cold_start"]
+#: Sources whose answers are the region's popular items: what the fallback cache keeps.
+POPULAR_SOURCES = frozenset({common.CANDIDATE_SOURCE_POPULARITY, common.CANDIDATE_SOURCE_COLD_START})
+
+
+class RetrievalParamsBase(Params):
     share: float = 0.35
     fail_open: bool = True
     #: Drop items the subject already interacted with / bought.
@@ -31,11 +35,17 @@ class RetrievalSourceParams(Params):
     exclude_purchased: bool = False
 
 
-class RetrievalSource(ComponentBase):
-    """One retrieval source, as its own concurrent call with its own deadline slice."""
+class RetrievalSourcesParams(RetrievalParamsBase):
+    #: Source -> candidates wanted from it.
+    sources: dict[SourceName, Annotated[int, Field(ge=1, le=2000)]] = Field(min_length=1)
+
+
+class RetrievalSources(ComponentBase):
+    """Several retrieval sources in one call (one round trip, one deadline slice): the default, because every
+    call costs both services CPU time. Per-source failures inside retrieval come back as degradations."""
 
     kind: ClassVar[str] = "source"
-    Params = RetrievalSourceParams
+    Params = RetrievalSourcesParams
 
     @property
     def share(self) -> float:
@@ -45,12 +55,17 @@ class RetrievalSource(ComponentBase):
     def fail_open(self) -> bool:
         return self.params.fail_open
 
+    def wanted(self) -> dict[int, int]:
+        return {SOURCES[name]: k for name, k in self.params.sources.items()}
+
     async def fetch(self, state: RequestState, timeout: float) -> list[Candidate]:
         p, request = self.params, state.request
-        source = SOURCES[p.source]
-        if source == common.CANDIDATE_SOURCE_TWO_TOWER and not state.history:
-            return []
-        if source == common.CANDIDATE_SOURCE_ITEM_TO_ITEM and not request.anchor_item_ids:
+        wanted = self.wanted()
+        if not state.history:
+            wanted.pop(common.CANDIDATE_SOURCE_TWO_TOWER, None)
+        if not request.anchor_item_ids:
+            wanted.pop(common.CANDIDATE_SOURCE_ITEM_TO_ITEM, None)
+        if not wanted:
             return []
         try:
             reply = await self.deps.downstream.retrieval.Retrieve(
@@ -60,8 +75,8 @@ class RetrievalSource(ComponentBase):
                     context=request.context,
                     history=state.history,
                     anchor_item_ids=request.anchor_item_ids,
-                    k=p.k,
-                    sources=[source],
+                    sources=list(wanted),
+                    source_limits=[retrieval_pb.SourceLimit(source=s, k=k) for s, k in wanted.items()],
                     exclusions=request.exclusions,
                     exclude_history=p.exclude_history,
                     exclude_purchased=p.exclude_purchased,
@@ -78,19 +93,36 @@ class RetrievalSource(ComponentBase):
             raise SourceFailed(f"retrieval {error.code().name}", reason) from None
         if reply.index_version.version and reply.index_version not in state.versions:
             state.versions.append(reply.index_version)
+        state.degradations.extend(reply.degradations)
         candidates = [
             Candidate(
                 c.item_id,
-                sources=[c.source],
-                anchors={c.source: c.anchor_item_id} if c.anchor_item_id else {},
-                source_rank=c.source_rank,
-                scores={"retrieval": c.score},
+                [c.source],
+                {c.source: c.anchor_item_id} if c.anchor_item_id else {},
+                c.source_rank,
+                {"retrieval": c.score},
             )
             for c in reply.candidates
         ]
-        if source in (common.CANDIDATE_SOURCE_POPULARITY, common.CANDIDATE_SOURCE_COLD_START) and candidates:
-            self.deps.popular_cache.store(state.region, [c.item_id for c in candidates])
+        popular = [c.item_id for c in candidates if c.sources[0] in POPULAR_SOURCES]
+        if popular:
+            self.deps.popular_cache.store(state.region, popular)
         return candidates
+
+
+class RetrievalSourceParams(RetrievalParamsBase):
+    source: SourceName
+    k: int = Field(100, ge=1, le=2000)
+
+
+class RetrievalSource(RetrievalSources):
+    """One retrieval source as its own call with its own deadline slice: for a source that must not hold the
+    others up (a slow experimental source, for instance)."""
+
+    Params = RetrievalSourceParams
+
+    def wanted(self) -> dict[int, int]:
+        return {SOURCES[self.params.source]: self.params.k}
 
 
 class PopularCache:

@@ -77,6 +77,11 @@ def index_root(tmp_path_factory):
         (lambda r: r.history.extend([common.Interaction(item_id="I00001")] * 201), "history"),
         (lambda r: r.sources.append(common.CANDIDATE_SOURCE_FALLBACK_CACHE), "sources[2]"),
         (lambda r: r.anchor_item_ids.append("x" * 300), "anchor_item_ids[0]"),
+        (lambda r: r.source_limits.add(source=I2I, k=5), "source_limits[0].source"),
+        (lambda r: r.source_limits.add(source=POPULAR, k=0), "source_limits[0].k"),
+        (lambda r: r.source_limits.add(source=POPULAR, k=2001), "source_limits[0].k"),
+        # k may be left out only when every source has its own count.
+        (lambda r: (r.source_limits.add(source=POPULAR, k=5), setattr(r, "k", 0)), "k"),
     ],
 )
 async def test_invalid_requests_name_the_field(index_root, mutate, field):
@@ -112,6 +117,19 @@ async def test_filters_region_stock_brands_categories_and_purchases(index_root):
         assert artifact.brands[row] != "b3" and artifact.categories[row] != "c1"
         assert candidate.item_id not in {"I00001", "I00030"}
     assert sum(c.source == POPULAR for c in reply.candidates) == 200
+
+
+async def test_per_source_counts_in_one_call(index_root):
+    message = request(k=0, sources=(TWO_TOWER, POPULAR))
+    message.source_limits.add(source=TWO_TOWER, k=7)
+    message.source_limits.add(source=POPULAR, k=3)
+    async with retrieval(index_root) as (_, stub):
+        reply = await stub.Retrieve(message, timeout=5)
+        alone = await stub.Retrieve(request(k=7, sources=(TWO_TOWER,)), timeout=5)
+    assert sum(c.source == TWO_TOWER for c in reply.candidates) == 7
+    assert sum(c.source == POPULAR for c in reply.candidates) == 3
+    # The same candidates as asking the source on its own.
+    assert [c for c in candidate_keys(reply) if c[1] == TWO_TOWER] == candidate_keys(alone)
 
 
 async def test_availability_update_applies_without_rebuild(index_root):

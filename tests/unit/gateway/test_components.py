@@ -158,6 +158,9 @@ def test_exploration_takes_bounded_slots_for_new_items_and_marks_them():
         state(k=4), candidates(*IDS)
     )
     assert ids(again) == ids(got)
+    # Only the first ``pool`` candidates after the top compete: with i8 and i9 beyond it, nothing is explored.
+    narrow = ExplorationSelector("x", ExplorationParams(slots=1, first_position=1, pool=3), shared)
+    assert not any(c.exploration for c in narrow.select(state(k=4), candidates(*IDS)))
 
 
 def test_the_catalog_fixture_has_the_features_components_need():

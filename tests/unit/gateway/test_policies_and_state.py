@@ -68,8 +68,12 @@ def test_a_variant_can_name_a_ranking_model_version():
             "experiment.variants.diverse.surfaces.home: unknown 'nope'",
         ),
         (
-            lambda r: r["policies"]["home"]["sources"][0]["params"].update(source="telepathy"),
-            "policies.home.sources[0] (RetrievalSource): source",
+            lambda r: r["policies"]["home"]["sources"][0]["params"]["sources"].update(telepathy=10),
+            "policies.home.sources[0] (RetrievalSources): sources.telepathy",
+        ),
+        (
+            lambda r: r["policies"]["email"]["sources"][0]["params"].update(source="telepathy"),
+            "policies.email.sources[0] (RetrievalSource): source",
         ),
     ],
 )

@@ -151,3 +151,7 @@ def test_router_merge_is_top_k_per_source_across_shards():
     assert [(c.item_id, c.source_rank) for c in merged.candidates if c.source == two] == [("x", 0), ("z", 1)]
     assert [c.item_id for c in merged.candidates if c.source == pop] == ["q", "p"]
     assert merged.index_version.version == "a+b"
+    limited = merge_shard_responses(
+        [response("a", ("x", 0.9, two), ("p", 10, pop)), response("b", ("q", 20, pop))], 2, {pop: 1}
+    )
+    assert [c.item_id for c in limited.candidates] == ["x", "q"]

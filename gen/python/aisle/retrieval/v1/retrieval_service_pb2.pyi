@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RetrieveRequest(_message.Message):
-    __slots__ = ("subject", "surface", "context", "history", "anchor_item_ids", "k", "sources", "exclusions", "exclude_history", "consent", "exclude_purchased", "include_out_of_stock", "history_query_vector", "anchor_vectors")
+    __slots__ = ("subject", "surface", "context", "history", "anchor_item_ids", "k", "sources", "exclusions", "exclude_history", "consent", "exclude_purchased", "include_out_of_stock", "history_query_vector", "anchor_vectors", "source_limits")
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     SURFACE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class RetrieveRequest(_message.Message):
     INCLUDE_OUT_OF_STOCK_FIELD_NUMBER: _ClassVar[int]
     HISTORY_QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
     ANCHOR_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_LIMITS_FIELD_NUMBER: _ClassVar[int]
     subject: _common_pb2.Subject
     surface: _common_pb2.Surface
     context: _common_pb2.RequestContext
@@ -37,7 +38,16 @@ class RetrieveRequest(_message.Message):
     include_out_of_stock: bool
     history_query_vector: _containers.RepeatedScalarFieldContainer[float]
     anchor_vectors: _containers.RepeatedCompositeFieldContainer[AnchorVector]
-    def __init__(self, subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., surface: _Optional[_Union[_common_pb2.Surface, str]] = ..., context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., history: _Optional[_Iterable[_Union[_common_pb2.Interaction, _Mapping]]] = ..., anchor_item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[_common_pb2.CandidateSource, str]]] = ..., exclusions: _Optional[_Union[_common_pb2.Exclusions, _Mapping]] = ..., exclude_history: _Optional[bool] = ..., consent: _Optional[bool] = ..., exclude_purchased: _Optional[bool] = ..., include_out_of_stock: _Optional[bool] = ..., history_query_vector: _Optional[_Iterable[float]] = ..., anchor_vectors: _Optional[_Iterable[_Union[AnchorVector, _Mapping]]] = ...) -> None: ...
+    source_limits: _containers.RepeatedCompositeFieldContainer[SourceLimit]
+    def __init__(self, subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., surface: _Optional[_Union[_common_pb2.Surface, str]] = ..., context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., history: _Optional[_Iterable[_Union[_common_pb2.Interaction, _Mapping]]] = ..., anchor_item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[_common_pb2.CandidateSource, str]]] = ..., exclusions: _Optional[_Union[_common_pb2.Exclusions, _Mapping]] = ..., exclude_history: _Optional[bool] = ..., consent: _Optional[bool] = ..., exclude_purchased: _Optional[bool] = ..., include_out_of_stock: _Optional[bool] = ..., history_query_vector: _Optional[_Iterable[float]] = ..., anchor_vectors: _Optional[_Iterable[_Union[AnchorVector, _Mapping]]] = ..., source_limits: _Optional[_Iterable[_Union[SourceLimit, _Mapping]]] = ...) -> None: ...
+
+class SourceLimit(_message.Message):
+    __slots__ = ("source", "k")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    source: _common_pb2.CandidateSource
+    k: int
+    def __init__(self, source: _Optional[_Union[_common_pb2.CandidateSource, str]] = ..., k: _Optional[int] = ...) -> None: ...
 
 class AnchorVector(_message.Message):
     __slots__ = ("item_id", "vector")
