@@ -2,11 +2,17 @@
 grpc.aio echo chain with the same hops measured in the same run.
 
     .venv/bin/python bench/e2e.py [--items 100000] [--rates 50,100,200,300,400] [--seconds 10]
-    (make bench-e2e)
+    (make bench-e2e; make bench-e2e-triton for ranking on a local Triton)
+
+Options worth knowing: ``--workdir DIR`` keeps the trained artefacts for the next run, ``--artifacts DIR
+--model-repository DIR`` serves what ``aisle train --data ...`` wrote instead of the synthetic shop,
+``--event-loop uvloop``, ``--no-tracing``, ``--profile-rate R`` samples every service with py-spy at that rate
+(collapsed stacks in bench/results/profiles/, summarised by bench/profile_summary.py).
 
 Open loop: requests are sent at fixed arrival times and latency is measured from the intended send time, so a slow
 answer cannot hide the queueing it causes (no coordinated omission). Writes bench/results/e2e.json (summary keys
-p99_ms_at_200rps, saturation_rps, overhead_per_hop_ms, error_rate_at_200rps) and bench/results/e2e_latency.png.
+p99_ms_at_200rps, saturation_rps, overhead_per_hop_ms, error_rate_at_200rps), CPU milliseconds per request for
+every process, and bench/results/e2e_latency.png.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from aisle.recommendation.v1 import recommendation_service_pb2 as pb  # noqa: E4
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc  # noqa: E402
 from bench.process_cpu import cpu_seconds  # noqa: E402
 from services.demo.stack import LocalStack, free_port  # noqa: E402
+from services.demo.triton import local_triton, triton_missing  # noqa: E402
+from services.retrieval.index import latest_version  # noqa: E402
 
 
 def log(message: str) -> None:
@@ -141,6 +149,7 @@ async def measure_aisle(
     seconds: float,
     profile_rate: float | None = None,
     profile_dir: Path | None = None,
+    extra_pids: dict[str, int] | None = None,
 ) -> list[dict]:
     rng = np.random.default_rng(0)
     async with grpc.aio.insecure_channel(stack.gateway_target) as channel:
@@ -169,11 +178,13 @@ async def measure_aisle(
         for rate in rates:
             profilers = start_profilers(stack, seconds, profile_dir) if rate == profile_rate else []
             pids = {name: service.process.pid for name, service in stack.services.items()}
-            pids["load generator"] = os.getpid()
-            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            pids.update(extra_pids or {}, **{"load generator": os.getpid()})
+            tree = {name: name in (extra_pids or {}) for name in pids}  # Triton: its backend stubs too
+            before = {name: cpu_seconds(pid, tree[name]) for name, pid in pids.items()}
             row = await open_loop(send, make, rate, seconds)
             row["cpu_ms_per_request"] = {
-                name: round((cpu_seconds(pid) - before[name]) * 1000 / row["requests"], 3) for name, pid in pids.items()
+                name: round((cpu_seconds(pid, tree[name]) - before[name]) * 1000 / row["requests"], 3)
+                for name, pid in pids.items()
             }
             row["mean_candidates_ranked"] = mean_candidates(stack)
             for profiler in profilers:
@@ -261,6 +272,18 @@ def prepare_artifacts(workdir: Path, items: int) -> None:
     stamp.write_text(json.dumps({"items": items}))
 
 
+def add_local_configs(repository: Path) -> None:
+    """Gives each model folder the project's local Triton config (python backend) where it has none."""
+    import shutil
+
+    from services.demo.run import PROJECT_ROOT
+
+    for model_dir in repository.iterdir():
+        project = PROJECT_ROOT / "model_repository" / model_dir.name / "configs"
+        if model_dir.is_dir() and not (model_dir / "configs").exists() and project.is_dir():
+            shutil.copytree(project, model_dir / "configs")
+
+
 def bench_policies(workdir: Path, candidates: int) -> Path:
     """The shipped policies, with the home surface's sources asking for enough items that ``candidates`` reach
     ranking (the merge keeps at most that many)."""
@@ -338,11 +361,19 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "e2e.json")
     parser.add_argument("--candidates", type=int, default=500, help="candidates ranked per request")
     parser.add_argument("--event-loop", choices=["asyncio", "uvloop"], default="asyncio")
+    parser.add_argument("--artifacts", type=Path, help="serve trained artefacts (aisle train --out DIR) instead")
+    parser.add_argument("--model-repository", type=Path, help="with --artifacts: where the sequence ranker is")
+    parser.add_argument("--ranking-backend", choices=["onnxruntime", "triton"], default="onnxruntime")
+    parser.add_argument("--no-tracing", action="store_true", help="OpenTelemetry off (to measure its cost)")
     parser.add_argument("--workdir", type=Path, help="keep (and reuse) the trained artefacts here")
     parser.add_argument("--profile-rate", type=float, help="sample every service with py-spy at this rate")
     parser.add_argument("--profile-dir", type=Path, default=ROOT / "bench" / "results" / "profiles")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
+    if args.ranking_backend == "triton" and (missing := triton_missing()):
+        parser.error(missing)
+    if args.artifacts is not None and args.model_repository is None:
+        parser.error("--artifacts needs --model-repository (the folder holding sequence_ranker/)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as cleanup:
         if args.workdir is None:
@@ -350,28 +381,47 @@ def main() -> int:
         else:
             workdir = args.workdir
             workdir.mkdir(parents=True, exist_ok=True)
-        prepare_artifacts(workdir, args.items)
-        item_ids = (next((workdir / "index").iterdir()) / "item_ids.txt").read_text().split()
+        if args.artifacts is None:
+            prepare_artifacts(workdir, args.items)
+            index_path, catalog = workdir / "ann_index", workdir / "catalog.json"
+            repository, model = workdir / "model_repository", "ranker"
+        else:  # what `aisle train --data ... --out DIR` wrote (the trained sequence ranker)
+            index_path, catalog = args.artifacts / "index", args.artifacts / "catalog.json"
+            repository, model = args.model_repository, "sequence_ranker"
+        item_ids = (latest_version(index_path) / "item_ids.txt").read_text().split()
         loop = {"event_loop": args.event_loop}
+        extra_pids: dict[str, int] = {}
+        ranking = {"model_repository": str(repository), "model_name": model, **loop}
+        if args.ranking_backend == "triton":
+            add_local_configs(repository)
+            triton = cleanup.enter_context(local_triton(repository, workdir / "triton.log", models=(model,)))
+            ranking.update(backend="triton", triton_targets=triton.grpc_target)
+            extra_pids["triton"] = triton.process.pid
+            log(f"ranking on a local Triton at {triton.grpc_target} (python backend, configs/local.pbtxt)")
         stack = LocalStack(
             workdir,
             {
-                "retrieval": {"index_path": str(workdir / "ann_index"), "index_poll_s": "0", **loop},
-                "ranking": {"model_repository": str(workdir / "model_repository"), **loop},
+                "retrieval": {"index_path": str(index_path), "index_poll_s": "0", **loop},
+                "ranking": ranking,
                 "gateway": {
-                    "catalog_path": str(workdir / "catalog.json"),
+                    "catalog_path": str(catalog),
                     "policy_file": str(bench_policies(workdir, args.candidates)),
                     "event_log": "off",
                     "anonymous_cache_ttl_s": "0",
                     **loop,
                 },
             },
-            env={"OTEL_TRACES_SAMPLER": "always_on", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"},
+            env={
+                "OTEL_TRACES_SAMPLER": "always_on",
+                "OTEL_SDK_DISABLED": "true" if args.no_tracing else "false",
+                "OMP_NUM_THREADS": "1",
+                "OPENBLAS_NUM_THREADS": "1",
+            },
         )
-        log("aisle: three processes, tracing on (no exporter)")
+        log(f"aisle: three processes, tracing {'off' if args.no_tracing else 'on (no exporter)'}")
         with stack:
             aisle = asyncio.run(
-                measure_aisle(stack, item_ids, rates, args.seconds, args.profile_rate, args.profile_dir)
+                measure_aisle(stack, item_ids, rates, args.seconds, args.profile_rate, args.profile_dir, extra_pids)
             )
         log("baseline: bare grpc.aio echo chain, same hops")
         echo = asyncio.run(measure_echo(rates, args.seconds))
@@ -392,15 +442,18 @@ def main() -> int:
     result = {
         "summary": summary,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "items": args.items,
+        "items": args.items if args.artifacts is None else len(item_ids),
+        "artifacts": str(args.artifacts) if args.artifacts else "synthetic",
         "candidates_ranked": args.candidates,
         "event_loop": args.event_loop,
+        "tracing": not args.no_tracing,
+        "ranking_backend": args.ranking_backend,
         "cpus": os.cpu_count(),
         "aisle": aisle,
         "echo_chain": echo,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(aisle, echo, args.out.with_name("e2e_latency.png"))
+    plot(aisle, echo, args.out.with_name(args.out.stem + "_latency.png"))
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -3,6 +3,8 @@ with torch eager as the reference, plus ONNX export vs torch parity.
 
     .venv/bin/python bench/ranking.py [--quick] [--seconds 5] [--out bench/results/ranking.json]
     (make bench-ranking runs it at full size)
+    .venv/bin/python bench/ranking.py --candidates 500 --configs embedded_batched,embedded_unbatched \
+        --no-model-only --seconds 3 --open-seconds 8 --out /tmp/ranking.json   # a quick before/after check
 
 The model is the project's sequence ranker (``training.tiny_ranker.TinySequenceRanker``, d=64, 2 layers, history
 50) over 5,000 items, randomly initialised: latency does not depend on the weights. It is exported to ONNX into a
@@ -51,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.demo.triton import local_triton_command
+from services.demo.triton import local_triton, triton_missing
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -67,7 +69,7 @@ CONCURRENCY = (1, 8, 32)
 OPEN_LOOP_RATE = 100.0
 ITEMS = 5000
 HISTORY = 50
-TRITON_HOME = Path(os.environ.get("AISLE_TRITON_HOME", ROOT / ".cache" / "triton"))
+CONFIGS = ("embedded_batched", "embedded_unbatched", "embedded_batched_delay500", "triton")
 
 
 def log(message: str) -> None:
@@ -267,28 +269,6 @@ def wait_serving(port: int, proc: subprocess.Popen, log_path: Path, timeout: flo
     raise RuntimeError(f"server not SERVING after {timeout} s: {log_path.read_text()[-2000:]}")
 
 
-@contextlib.contextmanager
-def triton(repository: Path, workdir: Path):
-    launcher = TRITON_HOME / "bin" / "tritonserver"
-    if not launcher.is_file():
-        raise FileNotFoundError(f"{launcher} missing: run `make triton`")
-    grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
-    command = local_triton_command(launcher, repository, ("ranker",), grpc_port, http_port, metrics_port)
-    import urllib.request
-
-    with process(command, dict(os.environ), workdir / "triton.log") as proc:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Triton did not start: {(workdir / 'triton.log').read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=1) as reply:
-                    if reply.status == 200:
-                        break
-            time.sleep(0.2)
-        yield f"127.0.0.1:{grpc_port}"
-
-
 # --- load --------------------------------------------------------------------------------------------------------
 def make_requests(item_ids: list[str], candidates: int, count: int = 64, seed: int = 0) -> list[pb.RankRequest]:
     rng = np.random.default_rng(seed + candidates)
@@ -371,7 +351,7 @@ async def open_loop(port: int, requests: list[pb.RankRequest], rate: float, seco
 
 
 def measure(name, port, item_ids, args, rows: list, open_rows: list, candidates=CANDIDATES) -> None:
-    for count in candidates:
+    for count in (c for c in candidates if c in args.candidates):
         requests = make_requests(item_ids, count)
         for concurrency in CONCURRENCY:
             row = asyncio.run(closed_loop(port, requests, concurrency, args.seconds))
@@ -394,8 +374,24 @@ def main() -> int:
     parser.add_argument("--open-seconds", type=float, default=20.0, help="Seconds of the 100 req/s open loop.")
     parser.add_argument("--quick", action="store_true", help="2 s per cell, 5 s open loop (a smoke run).")
     parser.add_argument("--no-triton", action="store_true", help="Skip the Triton configuration.")
+    parser.add_argument(
+        "--candidates",
+        type=lambda text: tuple(int(c) for c in text.split(",")),
+        default=CANDIDATES,
+        help="Closed-loop candidate counts to measure, comma-separated (default 100,500,1000).",
+    )
+    parser.add_argument(
+        "--configs",
+        type=lambda text: tuple(text.split(",")),
+        default=CONFIGS,
+        help=f"Server configurations to measure, comma-separated (default {','.join(CONFIGS)}).",
+    )
+    parser.add_argument("--no-model-only", action="store_true", help="Skip the in-process ORT and torch rows.")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ranking.json")
     args = parser.parse_args()
+    unknown = sorted(set(args.configs) - set(CONFIGS))
+    if unknown:
+        parser.error(f"--configs: unknown {unknown}; choose from {', '.join(CONFIGS)}")
     if args.quick:
         args.seconds, args.open_seconds = 2.0, 5.0
     logging.basicConfig(level=logging.WARNING)
@@ -408,20 +404,27 @@ def main() -> int:
     open_rows: list[dict] = []
     notes: list[str] = []
     try:
-        with ranking_service(repository, workdir, "embedded_batched") as port:
-            measure("embedded_batched", port, item_ids, args, rows, open_rows)
-        with ranking_service(
-            repository, workdir, "embedded_unbatched", batching="false", inference_instances=2
-        ) as port:
-            measure("embedded_unbatched", port, item_ids, args, rows, open_rows)
+        if "embedded_batched" in args.configs:
+            with ranking_service(repository, workdir, "embedded_batched") as port:
+                measure("embedded_batched", port, item_ids, args, rows, open_rows)
+        if "embedded_unbatched" in args.configs:
+            with ranking_service(
+                repository, workdir, "embedded_unbatched", batching="false", inference_instances=2
+            ) as port:
+                measure("embedded_unbatched", port, item_ids, args, rows, open_rows)
         # Triton's GPU queue delay (config.pbtxt: 500 us) on the embedded batcher, to show why its default is 0.
-        with ranking_service(repository, workdir, "embedded_batched_delay500", max_queue_delay_us=500) as port:
-            measure("embedded_batched_delay500", port, item_ids, args, rows, open_rows, candidates=(500,))
-        if args.no_triton:
-            notes.append("triton skipped (--no-triton)")
+        if "embedded_batched_delay500" in args.configs:
+            with ranking_service(repository, workdir, "embedded_batched_delay500", max_queue_delay_us=500) as port:
+                measure("embedded_batched_delay500", port, item_ids, args, rows, open_rows, candidates=(500,))
+        if args.no_triton or "triton" not in args.configs:
+            notes.append("triton skipped")
         else:
             try:
-                with triton(repository, workdir) as target:
+                missing = triton_missing()
+                if missing:
+                    raise FileNotFoundError(missing)
+                with local_triton(repository, workdir / "triton.log") as server:
+                    target = server.grpc_target
                     with ranking_service(
                         repository, workdir, "triton", backend="triton", triton_targets=target
                     ) as port:
@@ -429,8 +432,8 @@ def main() -> int:
             except (FileNotFoundError, RuntimeError) as error:
                 notes.append(f"triton not measured: {error}")
                 log(notes[-1])
-        model_only = ort_model_only(repository, args.seconds)
-        eager = torch_eager(module, args.seconds)
+        model_only = [] if args.no_model_only else ort_model_only(repository, args.seconds)
+        eager = [] if args.no_model_only else torch_eager(module, args.seconds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

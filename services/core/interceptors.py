@@ -13,12 +13,15 @@ from services.core.errors import ServiceError, status_for
 log = logging.getLogger(__name__)
 
 
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Turns exceptions raised by servicers into ``google.rpc.Status`` answers (see :mod:`services.core.errors`).
+class UnaryWrapper(grpc.aio.ServerInterceptor):
+    """Base of the interceptors that wrap each unary method's behaviour: the wrapped handler is made once per
+    method (and handler), not on every call."""
 
-    :class:`ServiceError` keeps its code and reason; anything else is logged with its traceback and answered as
-    INTERNAL without internal details.
-    """
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def wrap(self, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], method: str):
+        raise NotImplementedError
 
     async def intercept_service(
         self,
@@ -28,9 +31,27 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        behavior = handler.unary_unary
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            self.wrap(handler.unary_unary, method),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
+
+class ErrorInterceptor(UnaryWrapper):
+    """Turns exceptions raised by servicers into ``google.rpc.Status`` answers (see :mod:`services.core.errors`).
+
+    :class:`ServiceError` keeps its code and reason; anything else is logged with its traceback and answered as
+    INTERNAL without internal details.
+    """
+
+    def wrap(self, behavior, method: str):
         async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 return await behavior(request, context)
@@ -47,11 +68,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("%s failed", method)
                 await _abort(context, error)
 
-        return grpc.unary_unary_rpc_method_handler(
-            mapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return mapped
 
 
 def _downstream(error: grpc.aio.AioRpcError) -> ServiceError:

@@ -7,11 +7,12 @@ clashing; services register their own metrics (stage latencies, degradations) in
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from services.core.interceptors import UnaryWrapper
 
 #: Buckets in seconds, fine below 10 ms where the services' budgets live.
 LATENCY_BUCKETS = (
@@ -59,22 +60,15 @@ class RpcMetrics:
         self.latency.labels(self.service, method).observe(seconds)
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(UnaryWrapper):
     """Counts and times every unary RPC, whatever its outcome."""
 
     def __init__(self, metrics: RpcMetrics):
+        super().__init__()
         self._metrics = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        behavior = handler.unary_unary
+    def wrap(self, behavior, method: str):
+        name = method.rsplit("/", 1)[-1]
         metrics = self._metrics
 
         async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -90,13 +84,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     code_name = "UNKNOWN" if failed else "OK"
                 else:
                     code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-                metrics.observe(method, code_name, time.perf_counter() - started)
+                metrics.observe(name, code_name, time.perf_counter() - started)
 
-        return grpc.unary_unary_rpc_method_handler(
-            timed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return timed
 
 
 def start_metrics_server(port: int, host: str, registry: CollectorRegistry):

@@ -7,8 +7,9 @@ from aisle.ranking.v1 import ranking_service_pb2 as pb
 from aisle.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
 from services.core.errors import NotFound
 from services.core.validation import MAX_ID_LENGTH, Violations
-from services.ranking.backends.base import ModelNotReady, RankingBackend
+from services.ranking.backends.base import ModelNotReady, Ranking, RankingBackend
 from services.ranking.settings import RankingSettings
+from services.ranking.wire import encode_scored_items
 
 
 class RankingServicer(pb_grpc.RankingServiceServicer):
@@ -17,14 +18,15 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
         self.backend = backend
 
     async def Rank(self, request: pb.RankRequest, context) -> pb.RankResponse:  # noqa: N802
-        # One conversion of the repeated field: each pass over it would build every Python string again.
+        # One conversion of each repeated field: each pass over it would build every Python string again.
         candidate_ids = list(request.candidate_item_ids)
-        self.validate(request, candidate_ids)
+        history_ids = [interaction.item_id for interaction in request.history]
+        self.validate(request, candidate_ids, history_ids)
         if not self.backend.model_version:
             raise ModelNotReady("ranking model not loaded yet")
         self.check_model(request)
         remaining = context.time_remaining() if context is not None else None
-        ranking = await self.backend.rank([i.item_id for i in request.history], candidate_ids, remaining)
+        ranking = await self.backend.rank(history_ids, candidate_ids, remaining)
         response = pb.RankResponse(
             model_version=common_pb2.ArtifactVersion(
                 kind="model", name=ranking.model_name, version=ranking.model_version
@@ -36,26 +38,20 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
                 stage="ranking",
                 detail=f"scored by the {ranking.backend} backend: the configured backend was unavailable",
             )
-        purchase = ranking.purchase.tolist()
-        returns = ranking.returns.tolist() if ranking.returns is not None else None
-        unknown = ranking.unknown.tolist()
-        add = response.scored_items.add
-        for i, item_id in enumerate(candidate_ids):
-            scored = add(item_id=item_id, purchase_probability=purchase[i])
-            if returns is not None and not unknown[i]:
-                scored.return_probability = returns[i]
+        add_scored_items(response, candidate_ids, ranking)
         return response
 
-    def validate(self, request: pb.RankRequest, candidate_ids: list[str] | None = None) -> None:
+    def validate(self, request: pb.RankRequest, candidate_ids: list[str], history_ids: list[str]) -> None:
+        # The per-entry checks name the bad entry; most requests pass the one-pass tests here and skip them.
         check = Violations()
         check.subject("subject", request.subject, required=False)
-        check.history("history", request.history, limit=self.settings.max_history)
-        candidates = candidate_ids if candidate_ids is not None else list(request.candidate_item_ids)
-        if not candidates:
+        limit = self.settings.max_history
+        if len(history_ids) > limit or not _plainly_valid(history_ids) or _negative_quantity(request.history):
+            check.history("history", request.history, limit=limit)
+        if not candidate_ids:
             check.add("candidate_item_ids", "must list at least one item")
-        elif len(candidates) > self.settings.max_candidates or not _plainly_valid(candidates):
-            # The per-id checks name the bad entry; most requests pass the one-pass test below and skip them.
-            check.ids("candidate_item_ids", candidates, limit=self.settings.max_candidates)
+        elif len(candidate_ids) > self.settings.max_candidates or not _plainly_valid(candidate_ids):
+            check.ids("candidate_item_ids", candidate_ids, limit=self.settings.max_candidates)
         check.raise_if_any()
 
     def check_model(self, request: pb.RankRequest) -> None:
@@ -69,8 +65,34 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
             )
 
 
+def add_scored_items(response: pb.RankResponse, candidate_ids: list[str], ranking: Ranking) -> None:
+    """One ``ScoredItem`` per candidate, in request order: P(return) only for known candidates of a model with
+    that head. Written as wire bytes in a few array operations (:mod:`services.ranking.wire`) and merged in C;
+    field by field only when an id is too long for that."""
+    has_return = ~ranking.unknown if ranking.returns is not None else None
+    encoded = encode_scored_items(candidate_ids, ranking.purchase, ranking.returns, has_return)
+    if encoded is not None:
+        response.MergeFromString(encoded)
+        return
+    purchase = ranking.purchase.tolist()
+    returns = ranking.returns.tolist() if ranking.returns is not None else None
+    unknown = ranking.unknown.tolist()
+    add = response.scored_items.add
+    for i, item_id in enumerate(candidate_ids):
+        scored = add(item_id=item_id, purchase_probability=purchase[i])
+        if returns is not None and not unknown[i]:
+            scored.return_probability = returns[i]
+
+
+def _negative_quantity(history) -> bool:
+    return min((interaction.quantity for interaction in history), default=0) < 0
+
+
 def _plainly_valid(ids) -> bool:
     """True when every id is non-empty, short enough and printable (what ``Violations.ids`` checks), tested in a
-    few C-level passes: hundreds of candidates per request make the per-id Python loop a visible cost."""
+    few C-level passes: hundreds of candidates per request make the per-id Python loop a visible cost.
+    An empty list is plainly valid."""
+    if not ids:
+        return True
     lengths = list(map(len, ids))
     return min(lengths) > 0 and max(lengths) <= MAX_ID_LENGTH and "".join(ids).isprintable()

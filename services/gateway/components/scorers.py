@@ -55,13 +55,10 @@ class RankingScorer(ComponentBase):
         if reply.model_version.version:
             state.versions.append(reply.model_version)
         state.degradations.extend(reply.degradations)
-        scored_items = reply.scored_items
-        # A model has a return head or not: every item has P(return), or none has.
-        with_return = bool(scored_items) and scored_items[0].HasField("return_probability")
-        for candidate, scored in zip(candidates, scored_items, strict=True):
+        for candidate, scored in zip(candidates, reply.scored_items, strict=True):
             scores = candidate.scores
             scores["purchase"] = scores["relevance"] = scored.purchase_probability
-            if with_return:
+            if scored.HasField("return_probability"):  # set per item: unknown items may have none
                 scores["return"] = scored.return_probability
 
     def _fallback(self, candidates: list[Candidate]) -> None:

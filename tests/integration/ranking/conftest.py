@@ -26,23 +26,25 @@ import numpy as np
 import pytest
 
 from services.demo.triton import local_triton_command
-from services.ranking.features import ItemFeatureSnapshot, candidate_features
+from services.ranking.features import CANDIDATE_FEATURES, ItemFeatureSnapshot, candidate_features
 from tests.conftest import PROJECT_ROOT
 
 PROJECT_MODEL = PROJECT_ROOT / "model_repository" / "ranker"
 TRITON_HOME = Path(os.environ.get("AISLE_TRITON_HOME", PROJECT_ROOT / ".cache" / "triton"))
 TRITON_LAUNCHER = TRITON_HOME / "bin" / "tritonserver"
 
-FEATURE_INPUT_TEXT = """  {
+#: The feature contract's width (services.ranking.features.CANDIDATE_FEATURES), wherever it stands.
+FEATURES = len(CANDIDATE_FEATURES)
+FEATURE_INPUT_TEXT = f"""  {{
     name: "candidate_features"
     data_type: TYPE_FP32
-    dims: [ -1, 7 ]
-  }
+    dims: [ -1, {FEATURES} ]
+  }}
 """
-WARMUP_FEATURES_TEXT = """    inputs: {
+WARMUP_FEATURES_TEXT = f"""    inputs: {{
       key: "candidate_features"
-      value: { data_type: TYPE_FP32, dims: [ 16, 7 ], zero_data: true }
-    }
+      value: {{ data_type: TYPE_FP32, dims: [ 16, {FEATURES} ], zero_data: true }}
+    }}
 """
 RETURN_OUTPUT_TEXT = """,
   {
@@ -109,9 +111,9 @@ def _feature_ranker(num_items: int):
         def __init__(self):
             super().__init__()
             self.items = nn.Embedding(num_items + 1, 16, padding_idx=0)
-            self.features = nn.Linear(7, 16)
-            self.bias = nn.Linear(7, 1)
-            self.returns = nn.Linear(16 + 7, 1)
+            self.features = nn.Linear(FEATURES, 16)
+            self.bias = nn.Linear(FEATURES, 1)
+            self.returns = nn.Linear(16 + FEATURES, 1)
 
         def forward(self, history_item_ids, candidate_item_ids, candidate_features):
             mask = (history_item_ids != 0).to(torch.float32)[:, :, None]
@@ -130,7 +132,7 @@ def export_feature_model(module, path: Path, num_items: int) -> None:
 
     history = torch.zeros(2, 50, dtype=torch.int64)
     candidates = torch.ones(2, 8, dtype=torch.int64)
-    features = torch.zeros(2, 8, 7)
+    features = torch.zeros(2, 8, FEATURES)
     batch, count = torch.export.Dim("batch"), torch.export.Dim("candidates")
     with _quiet():
         torch.onnx.export(

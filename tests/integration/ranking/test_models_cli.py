@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from services.cli import main
 from services.ranking.model_config import model_versions
 from tests.integration.ranking.breakers import poison_weights, rename_input, truncate
-from tests.integration.ranking.conftest import copy_model_repository
+from tests.integration.ranking.conftest import FEATURES, copy_model_repository
 
 
 def aisle(*args: str):
@@ -57,9 +57,9 @@ def test_a_broken_version_is_refused_with_a_specific_message(repository, breaker
         (lambda model: (model / "notes.txt").write_text("x"), "unexpected file"),
         (
             lambda model: (model / "configs" / "local.pbtxt").write_text(
-                (model / "configs" / "local.pbtxt").read_text().replace("dims: [ -1, 7 ]", "dims: [ -1, 6 ]")
+                (model / "configs" / "local.pbtxt").read_text().replace(f"dims: [ -1, {FEATURES} ]", "dims: [ -1, 6 ]")
             ),
-            "configs/local.pbtxt: 'candidate_features' must end in 7 features",
+            f"configs/local.pbtxt: 'candidate_features' must end in {FEATURES} features",
         ),
         (
             lambda model: (model / "config.pbtxt").write_text(

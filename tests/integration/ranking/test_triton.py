@@ -43,29 +43,36 @@ def requests_for(item_ids: list[str], count: int = 12, seed: int = 0):
     ]
 
 
-async def assert_same_scores(repository, triton, item_ids) -> None:
+async def assert_same_scores(repository, triton, item_ids, model_name: str = "ranker") -> list:
+    """Both backends answer every request alike; returns the (embedded, triton) answers. The Triton-backed service
+    gets the requests all at once, so Triton's dynamic batcher sees mixed candidate counts."""
     requests = requests_for(item_ids)
     async with (
-        ranking_server(settings_for(repository)) as (embedded, _),
-        ranking_server(settings_for(repository, backend="triton", triton_targets=triton.grpc_target)) as (remote, _),
+        ranking_server(settings_for(repository, model_name=model_name)) as (embedded, _),
+        ranking_server(
+            settings_for(repository, model_name=model_name, backend="triton", triton_targets=triton.grpc_target)
+        ) as (remote, _),
     ):
-        for request in requests:
-            local, served = await rank(embedded.port, request), await rank(remote.port, request)
-            assert served.model_version == local.model_version and not served.degradations
-            assert [s.item_id for s in served.scored_items] == [s.item_id for s in local.scored_items]
-            assert np.allclose(
-                [s.purchase_probability for s in served.scored_items],
-                [s.purchase_probability for s in local.scored_items],
-                atol=1e-5,
-            )
-            assert [s.HasField("return_probability") for s in served.scored_items] == [
-                s.HasField("return_probability") for s in local.scored_items
-            ]
-            assert np.allclose(
-                [s.return_probability for s in served.scored_items],
-                [s.return_probability for s in local.scored_items],
-                atol=1e-5,
-            )
+        embedded_answers = [await rank(embedded.port, request) for request in requests]
+        triton_answers = await asyncio.gather(*(rank(remote.port, request) for request in requests))
+    for local, served in zip(embedded_answers, triton_answers, strict=True):
+        assert served.model_version == local.model_version and not served.degradations
+        assert served.model_version.name == model_name
+        assert [s.item_id for s in served.scored_items] == [s.item_id for s in local.scored_items]
+        assert np.allclose(
+            [s.purchase_probability for s in served.scored_items],
+            [s.purchase_probability for s in local.scored_items],
+            atol=1e-5,
+        )
+        assert [s.HasField("return_probability") for s in served.scored_items] == [
+            s.HasField("return_probability") for s in local.scored_items
+        ]
+        assert np.allclose(
+            [s.return_probability for s in served.scored_items],
+            [s.return_probability for s in local.scored_items],
+            atol=1e-5,
+        )
+    return list(zip(embedded_answers, triton_answers, strict=True))
 
 
 async def test_ready_and_same_scores_as_embedded_for_the_trained_ranker(trained, tmp_path):

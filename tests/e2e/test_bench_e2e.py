@@ -1,0 +1,36 @@
+"""The end-to-end benchmark runs as documented (a tiny run): its JSON has the summary keys and per-process CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_e2e_writes_its_summary_and_cpu_figures(tmp_path):
+    out = tmp_path / "e2e.json"
+    command = [sys.executable, "bench/e2e.py", "--items", "3000", "--rates", "20", "--seconds", "1.5"]
+    command += ["--candidates", "100", "--workdir", str(tmp_path / "work"), "--out", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["summary"]) >= {
+        "p99_ms_at_200rps",
+        "saturation_rps",
+        "overhead_per_hop_ms",
+        "error_rate_at_200rps",
+    }
+    (row,) = report["aisle"]
+    assert row["errors"] == 0 and row["requests"] == 30
+    assert set(row["cpu_ms_per_request"]) == {"retrieval", "ranking", "gateway", "load generator"}
+    assert all(ms > 0 for ms in row["cpu_ms_per_request"].values())
+    assert row["mean_candidates_ranked"] == pytest.approx(100, abs=1)
+    assert report["echo_chain"][0]["errors"] == 0
+    assert (tmp_path / "e2e_latency.png").stat().st_size > 0
