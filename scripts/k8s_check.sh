@@ -41,7 +41,9 @@ rm -f "$out"/*.yaml
 
 # Components in a fixed order: embedded-ranking last, because it removes Triton's objects, including the ones
 # other components add (its HPA, its NetworkPolicy). Components that only make sense with Triton are skipped for
-# overlays that render no Triton (the cpu overlay removes it).
+# overlays that render no Triton (the cpu overlay removes it). sharded-retrieval (index shards + router) is
+# rendered with every overlay and combination like the others; it gives the same objects wherever it is listed
+# (tests/k8s/test_sharded_retrieval.py renders it first to compare).
 components=()
 for name in $(cd "$k8s/components" 2>/dev/null && ls -d -- */ 2>/dev/null | sed 's#/$##' | LC_ALL=C sort); do
   [ -f "$k8s/components/$name/kustomization.yaml" ] || continue

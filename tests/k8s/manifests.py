@@ -24,6 +24,9 @@ SERVICES: dict[str, type[ServiceSettings]] = {
     "retrieval": RetrievalSettings,
     "ranking": RankingSettings,
 }
+#: Workloads that run an Aisle service under an app name of their own -> the service: the index shards of
+#: components/sharded-retrieval (the retrieval Deployment is then their router).
+SERVICE_OF_APP: dict[str, str] = {"retrieval-shard": "retrieval"}
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 NAME_LABEL = "app.kubernetes.io/name"
 #: Objects that live outside any namespace.
@@ -63,11 +66,16 @@ class Render:
         return found[0] if found else None
 
     def service_containers(self) -> Iterator[tuple[str, dict, dict]]:
-        """(service, workload, container) for each Aisle service: the container named after the service."""
+        """(service, workload, container) for each Aisle service: the container named after the service, in the
+        service's own workload and in any other that runs it (SERVICE_OF_APP)."""
         for service in SERVICES:
             workload = self.workload_of(service)
             assert workload is not None, f"{self.name}: no workload runs {service}"
             yield service, workload, container_named(workload, service)
+        for app, service in SERVICE_OF_APP.items():
+            workload = self.workload_of(app)
+            if workload is not None:
+                yield service, workload, container_named(workload, service)
 
 
 def load_render(path: Path) -> Render:

@@ -87,3 +87,56 @@ def test_a_file_is_copied_beside_nothing_else(store: Path, tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert files(tmp_path / "catalog") == ["catalog.json"]
     assert sync(store, "file", str(tmp_path / "other"), "missing.json").returncode != 0
+
+
+@pytest.fixture
+def sharded(store: Path) -> Path:
+    """A sharded index beside the whole one: sharded-index/{router,shard-0,shard-1}/<version>/."""
+    for part in ("router", "shard-0", "shard-1"):
+        write(store / "sharded-index" / part / "20250101T000000Z" / "metadata.json", "{}")
+        write(store / "sharded-index" / part / "20250101T000000Z" / f"{part}.txt", part)
+    return store
+
+
+def sync_pod(store: Path, pod: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    environment = {"PATH": os.environ["PATH"], "ARTIFACTS_URI": str(store), "SYNC_WAIT_S": "0", **pod}
+    return subprocess.run(
+        ["sh", str(SCRIPT), *args], env=environment, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_an_index_root_other_than_index_is_copied_the_same_way(sharded: Path, tmp_path: Path):
+    result = sync(sharded, "index", str(tmp_path / "router"), "", "sharded-index/router")
+    assert result.returncode == 0, result.stderr
+    assert files(tmp_path / "router") == ["20250101T000000Z/metadata.json", "20250101T000000Z/router.txt"]
+
+
+@pytest.mark.parametrize(
+    "pod",
+    [
+        {"POD_INDEX": "1", "POD_NAME": "retrieval-shard-1"},
+        {"POD_INDEX": "", "POD_NAME": "retrieval-shard-1"},  # no pod-index label (Kubernetes < 1.28)
+        {"POD_INDEX": "1"},
+    ],
+)
+def test_a_shard_pod_copies_the_shard_of_its_ordinal(sharded: Path, tmp_path: Path, pod: dict[str, str]):
+    result = sync_pod(sharded, pod, "shard", str(tmp_path / "index"), "20250101T000000Z", "sharded-index")
+    assert result.returncode == 0, result.stderr
+    assert files(tmp_path / "index") == ["20250101T000000Z/metadata.json", "20250101T000000Z/shard-1.txt"]
+
+
+@pytest.mark.parametrize(
+    ("pod", "reason"),
+    [
+        ({"POD_INDEX": "0", "POD_NAME": "retrieval-shard-1"}, "disagree"),
+        ({"POD_INDEX": "one"}, "not an ordinal"),
+        ({"POD_NAME": "retrieval"}, "no pod ordinal"),
+        ({}, "no pod ordinal"),
+        ({"POD_INDEX": "2", "POD_NAME": "retrieval-shard-2"}, "shard-2"),  # more pods than shards built
+    ],
+)
+def test_a_shard_pod_without_a_shard_fails_with_the_reason(sharded: Path, tmp_path: Path, pod, reason: str):
+    result = sync_pod(sharded, pod, "shard", str(tmp_path / "index"), "", "sharded-index")
+    assert result.returncode != 0
+    assert reason in result.stderr
+    assert not (tmp_path / "index").exists() or not files(tmp_path / "index")

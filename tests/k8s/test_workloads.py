@@ -145,7 +145,15 @@ def test_long_running_workloads_have_a_disruption_budget_and_spread(renders: lis
             spread = pod_spec(workload).get("topologySpreadConstraints", [])
             if not any(c["topologyKey"] == "kubernetes.io/hostname" for c in spread):
                 problems.append(f"{name} does not spread across nodes")
-            if workload["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxUnavailable") != 0:
+            if workload["kind"] == "StatefulSet":
+                # No surge: a StatefulSet replaces a pod by deleting it first. One at a time (the default), so
+                # that a rollout takes at most one index shard away, and rolling at all (not OnDelete).
+                update = workload["spec"].get("updateStrategy", {})
+                if update.get("type", "RollingUpdate") != "RollingUpdate":
+                    problems.append(f"{name} does not roll out changes by itself ({update})")
+                elif update.get("rollingUpdate", {}).get("maxUnavailable", 1) != 1:
+                    problems.append(f"{name} may replace more than one pod at a time ({update})")
+            elif workload["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxUnavailable") != 0:
                 problems.append(f"{name} may drop below its capacity during a rollout (maxUnavailable != 0)")
     assert not problems, "\n".join(problems)
 

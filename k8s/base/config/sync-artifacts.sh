@@ -3,7 +3,13 @@
 # container (rclone image) before the server starts, so a server never sees a half-copied version, and every
 # pod of a Deployment serves exactly the versions its ConfigMap pins (a change rolls the Deployment).
 #
-#   sync-artifacts.sh index DEST VERSION          $ARTIFACTS_URI/index/VERSION/ -> DEST/VERSION/
+#   sync-artifacts.sh index DEST VERSION [ROOT]   $ARTIFACTS_URI/ROOT/VERSION/ -> DEST/VERSION/ (ROOT: index; the
+#                                                 router of a sharded index: sharded-index/router)
+#   sync-artifacts.sh shard DEST VERSION ROOT     this StatefulSet pod's shard of a sharded index:
+#                                                 $ARTIFACTS_URI/ROOT/shard-<i>/VERSION/ -> DEST/VERSION/, where <i> is
+#                                                 the pod's ordinal: $POD_INDEX (the apps.kubernetes.io/pod-index
+#                                                 label, Kubernetes >= 1.28) or else the number that ends $POD_NAME
+#                                                 (<statefulset>-<i>); both set and different fails
 #   sync-artifacts.sh model DEST NAME VERSIONS    $ARTIFACTS_URI/model_repository/NAME/{config.pbtxt,configs/,V/}
 #                                                 -> DEST/NAME/ for each V in VERSIONS (space-separated)
 #   sync-artifacts.sh file DEST NAME              $ARTIFACTS_URI/NAME -> DEST/NAME (an unversioned file such as
@@ -62,13 +68,42 @@ present() { # present DIR NAME: true when the file DIR/NAME exists
   [ -n "$(rclone lsf --files-only --max-depth 1 --include "/$2" "$1" 2>/dev/null)" ]
 }
 
-kind=${1:?usage: sync-artifacts.sh index DEST VERSION | model DEST NAME VERSIONS | file DEST NAME}
+pod_ordinal() { # this StatefulSet pod's ordinal, from POD_INDEX or POD_NAME (see the usage above)
+  by_name=""
+  case "${POD_NAME:-}" in *-*) by_name=${POD_NAME##*-} ;; esac
+  case "$by_name" in '' | *[!0-9]*) by_name="" ;; esac
+  case "${POD_INDEX:-}" in
+    '')
+      [ -n "$by_name" ] || { log "no pod ordinal: POD_INDEX unset, POD_NAME not <statefulset>-<i>"; return 1; }
+      echo "$by_name"
+      ;;
+    *[!0-9]*) log "POD_INDEX '$POD_INDEX' is not an ordinal"; return 1 ;;
+    *)
+      if [ -n "$by_name" ] && [ "$by_name" != "$POD_INDEX" ]; then
+        log "POD_INDEX $POD_INDEX and POD_NAME ${POD_NAME} disagree on the pod's ordinal"; return 1
+      fi
+      echo "$POD_INDEX"
+      ;;
+  esac
+}
+
+usage="sync-artifacts.sh index DEST VERSION [ROOT] | shard DEST VERSION ROOT | model DEST NAME VERSIONS | file DEST"
+usage="$usage NAME"
+kind=${1:?usage: $usage}
 dest=${2:?destination folder missing}
 case "$kind" in
   index)
-    src="$store/index"
+    src="$store/${4:-index}"
     version=$(resolve "$src" "" "${3:-}")
     log "index $version: $src/$version -> $dest/$version"
+    copy "$src/$version" "$dest/$version"
+    ;;
+  shard)
+    root=${4:?sharded index root missing}
+    ordinal=$(pod_ordinal)
+    src="$store/$root/shard-$ordinal"
+    version=$(resolve "$src" "" "${3:-}")
+    log "shard $ordinal, index $version: $src/$version -> $dest/$version"
     copy "$src/$version" "$dest/$version"
     ;;
   model)
@@ -97,7 +132,7 @@ case "$kind" in
     [ -f "$dest/$name" ] || { log "$dest/$name missing after the copy"; exit 1; }
     ;;
   *)
-    log "unknown kind '$kind' (index, model or file)"; exit 2
+    log "unknown kind '$kind' (index, shard, model or file)"; exit 2
     ;;
 esac
 log "done"
