@@ -15,7 +15,10 @@ from services.ranking.features import ItemFeatureSnapshot, candidate_features, e
 from training.data.schema import ItemCatalog
 from training.data.splits import Split
 
-HISTORY_LENGTH = 50
+HISTORY_LENGTH = 50  # the two-tower's query window
+#: The sequence ranker's history window (``history_item_ids`` in its config.pbtxt): the repeat features count
+#: over all of it (about ten Online Retail baskets), the ranker's attention reads the newest ``HISTORY_LENGTH``.
+RANKER_HISTORY_LENGTH = 200
 
 
 def item_snapshot(catalog: ItemCatalog, split: Split) -> ItemFeatureSnapshot:
@@ -38,9 +41,12 @@ def history_tokens(histories: Sequence[np.ndarray], length: int = HISTORY_LENGTH
 
 
 def ranker_inputs(
-    snapshot: ItemFeatureSnapshot, histories: Sequence[np.ndarray], candidates: np.ndarray, length: int = HISTORY_LENGTH
+    snapshot: ItemFeatureSnapshot,
+    histories: Sequence[np.ndarray],
+    candidates: np.ndarray,
+    length: int = RANKER_HISTORY_LENGTH,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(history tokens [B, L], candidate tokens [B, C], candidate features [B, C, 7]) from catalog rows.
+    """(history tokens [B, L], candidate tokens [B, C], candidate features [B, C, F]) from catalog rows.
 
     ``candidates`` holds catalog rows, -1 for padding (token 0, which the snapshot maps to its default row).
     """

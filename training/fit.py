@@ -12,8 +12,10 @@ history is every earlier basket (flattened, oldest first) and the targets are th
   (the customer's own items excluded before retrieval), so the ranker also learns to order new items. Uniform
   sampling of negatives shifts every logit by the same constant, which the calibration fitted on validation
   removes; the order among candidates is learnt as serving sees it. Binary cross-entropy for
-  P(purchase); the return head is trained on the positives only (label: the customer returned that item later in
-  the training window).
+  P(purchase) plus ``listwise_weight`` x a softmax cross-entropy of the basket's items among the example's
+  candidates (the order NDCG measures); the return head is trained on the positives only (label: the customer
+  returned that item later in the training window). The ranker holds frozen copies of the trained two-tower and of
+  the training data's co-occurrence (``retrieval_feature``, ``cooccurrence_feature``) and sees their scores.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from services.ranking.features import ItemFeatureSnapshot
 from training.data.schema import Dataset
 from training.data.splits import EvalCase, Split, split_dataset
 from training.evaluation.aisle import AisleRecommender, TwoTowerRetriever
+from training.evaluation.baselines import cooccurrence
 from training.evaluation.offline import evaluate
-from training.features import history_tokens, item_snapshot, ranker_inputs
-from training.models.sequence_ranker import SequenceRanker
+from training.features import RANKER_HISTORY_LENGTH, history_tokens, item_snapshot, ranker_inputs
+from training.models.sequence_ranker import CooccurrenceScore, RetrievalScore, SequenceRanker
 from training.models.two_tower import ItemContent, TwoTower
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,8 @@ log = logging.getLogger(__name__)
 class FitConfig:
     seed: int = 0
     dim: int = 64
-    history_length: int = 50
+    history_length: int = 50  # the two-tower's query window (and the ranker's attention window)
+    ranker_history_length: int = RANKER_HISTORY_LENGTH  # the ranker's input window (its repeat features)
     threads: int = 2
     # two-tower
     tower_epochs: int = 4
@@ -50,13 +54,16 @@ class FitConfig:
     tower_lr: float = 3e-3
     tower_examples_per_epoch: int = 100_000
     # ranker
-    ranker_epochs: int = 4
+    ranker_epochs: int = 2
     ranker_batch: int = 64
     ranker_lr: float = 2e-3
     ranker_layers: int = 2
+    retrieval_feature: bool = True  # the ranker holds a frozen copy of the two-tower and sees its similarity
+    cooccurrence_feature: bool = True  # ... and the training data's item-to-item co-occurrence
     ranker_candidates: int = 64
     positives: int = 24
     return_weight: float = 0.5
+    listwise_weight: float = 1.0  # + this x softmax cross-entropy of each basket's items among its candidates
     # serving-shaped candidate set used for validation, calibration and evaluation
     retrieve: int = 200
     repeat: int = 200
@@ -93,6 +100,7 @@ class FittedModels:
             self.config.repeat,
             self.config.popular,
             self.config.history_length,
+            self.config.ranker_history_length,
         )
 
     def summary(self) -> dict:
@@ -328,6 +336,8 @@ def train_ranker(
         examples.targets + examples.targets,
     )
     returns = return_labels(split)
+    retrieval_score = RetrievalScore(tower) if config.retrieval_feature else None
+    cooccurrence_score = CooccurrenceScore(cooccurrence(split)) if config.cooccurrence_feature else None
     model: SequenceRanker | None = None
     optimiser = None
     bce = torch.nn.functional.binary_cross_entropy_with_logits
@@ -336,19 +346,29 @@ def train_ranker(
     bar = tqdm(total=config.ranker_epochs * steps, desc="ranker", unit="batch", disable=not progress)
     for epoch in range(config.ranker_epochs):
         candidates, labels, returned = ranker_candidates(examples, pools, returns, config, rng)
-        history, tokens, features = _inputs(snapshot, examples.histories, candidates, config.history_length)
+        history, tokens, features = _inputs(snapshot, examples.histories, candidates, config.ranker_history_length)
         if model is None:
             valid = tokens > 0
             model = SequenceRanker(
                 split.num_items,
                 features.shape[-1],
                 config.dim,
-                config.history_length,
+                config.ranker_history_length,
                 config.ranker_layers,
                 feature_mean=features[valid].mean(axis=0),
                 feature_std=features[valid].std(axis=0),
+                attention_length=config.history_length,
+                retrieval=retrieval_score,
+                cooccurrence=cooccurrence_score,
             )
-            optimiser = torch.optim.Adam(model.parameters(), lr=config.ranker_lr)
+            sample = rng.choice(len(tokens), min(len(tokens), 2048), replace=False)
+            for i, scorer in enumerate(model.scorers()):
+                with torch.no_grad():
+                    scores = scorer(torch.from_numpy(history[sample]), torch.from_numpy(tokens[sample])).numpy()
+                scores = scores[tokens[sample] > 0]
+                model.score_mean[i] = float(scores.mean())
+                model.score_std[i] = float(max(scores.std(), 1e-3))
+            optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.ranker_lr)
         model.train()
         order = rng.permutation(len(tokens))
         for step in range(steps):
@@ -359,6 +379,8 @@ def train_ranker(
             mask = torch.from_numpy((tokens[batch] > 0).astype(np.float32))
             target = torch.from_numpy(labels[batch])
             loss = (bce(purchase, target, reduction="none") * mask).sum() / mask.sum().clamp(min=1.0)
+            if config.listwise_weight > 0:
+                loss = loss + config.listwise_weight * listwise_loss(purchase, target, mask)
             return_target = torch.from_numpy(returned[batch])
             return_mask = (return_target >= 0).to(torch.float32)
             if return_mask.sum() > 0:
@@ -381,6 +403,7 @@ def train_ranker(
             config.repeat,
             config.popular,
             config.history_length,
+            config.ranker_history_length,
         )
         metrics = evaluate(recommender, validation, "repeat", popularity, categories).metrics
         curves.validation.append({"stage": "ranker", "epoch": epoch + 1, **_numbers(metrics)})
@@ -389,6 +412,17 @@ def train_ranker(
     assert model is not None
     model.eval()
     return model
+
+
+def listwise_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over examples with a purchase of -mean(log softmax of the purchased candidates among the example's
+    candidates): it rewards ordering a basket's items above the other candidates, which is what NDCG measures."""
+    log_p = torch.log_softmax(logits.masked_fill(mask == 0, -1e9), dim=1)
+    positives = target * mask
+    count = positives.sum(dim=1)
+    per_example = -(log_p * positives).sum(dim=1) / count.clamp(min=1.0)
+    has = (count > 0).to(logits.dtype)
+    return (per_example * has).sum() / has.sum().clamp(min=1.0)
 
 
 def _inputs(snapshot, histories, candidates, length, chunk: int = 2048):
@@ -409,7 +443,7 @@ def calibrate(fitted: FittedModels, validation: list[EvalCase]) -> None:
         chunk = validation[start : start + 256]
         candidates = recommender.candidates(chunk, exclude_history=False)
         history, tokens, features = ranker_inputs(
-            fitted.snapshot, [c.history for c in chunk], candidates, fitted.config.history_length
+            fitted.snapshot, [c.history for c in chunk], candidates, fitted.config.ranker_history_length
         )
         with torch.no_grad():
             purchase, _ = ranker.logits(torch.from_numpy(history), torch.from_numpy(tokens), torch.from_numpy(features))

@@ -36,11 +36,14 @@ class InvalidArgument(ServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
 
-    def __init__(self, violations: dict[str, str]):
+    def __init__(self, violations: dict[str, str], omitted: int = 0):
+        """``omitted``: further violations found but not listed (see services.core.validation)."""
         if not violations:
             raise ValueError("InvalidArgument needs at least one field violation")
         self.violations = dict(violations)
         message = "; ".join(f"{field}: {description}" for field, description in self.violations.items())
+        if omitted:
+            message += f"; and {omitted} more violation{'s' if omitted > 1 else ''} not listed"
         super().__init__(f"invalid request: {message}")
 
 

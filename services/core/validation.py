@@ -15,21 +15,32 @@ from services.core.errors import InvalidArgument
 MAX_ID_LENGTH = 256
 
 
+#: Field violations reported per request; the rest are counted. Thousands of bad entries would otherwise make an
+#: error trailer past gRPC's metadata limit, and the caller would get RESOURCE_EXHAUSTED naming nothing.
+MAX_REPORTED_VIOLATIONS = 20
+
+
 class Violations:
-    """Collects field violations for one request."""
+    """Collects field violations for one request (the first :data:`MAX_REPORTED_VIOLATIONS`, and a count)."""
 
     def __init__(self) -> None:
         self._found: dict[str, str] = {}
+        self._omitted = 0
 
     def add(self, field: str, description: str) -> None:
-        self._found.setdefault(field, description)
+        if field in self._found:
+            return
+        if len(self._found) >= MAX_REPORTED_VIOLATIONS:
+            self._omitted += 1
+            return
+        self._found[field] = description
 
     def __bool__(self) -> bool:
         return bool(self._found)
 
     def raise_if_any(self) -> None:
         if self._found:
-            raise InvalidArgument(self._found)
+            raise InvalidArgument(self._found, omitted=self._omitted)
 
     def id(self, field: str, value: str, *, required: bool = True) -> None:
         if not value:

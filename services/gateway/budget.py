@@ -21,6 +21,10 @@ class RequestBudget:
     def remaining(self) -> float:
         return self.deadline - self._clock()
 
+    def check_feasible(self) -> None:
+        """Raises :class:`BudgetExhausted` when not even one stage fits: refused before any work starts."""
+        self.stage_timeout("the first stage", 0.0)
+
     def stage_timeout(self, stage: str, share: float) -> float:
         """Seconds the next stage may take; raises :class:`BudgetExhausted` when too little is left."""
         left = self.remaining()

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
+from services.core.errors import BudgetExhausted
 from services.core.metrics import LATENCY_BUCKETS
 from services.gateway.budget import RequestBudget
 from services.gateway.catalog import ItemCatalog
@@ -69,6 +70,8 @@ class RequestState:
     degradations: list[common.Degradation] = field(default_factory=list)
     versions: list[common.ArtifactVersion] = field(default_factory=list)
     stage_ms: dict[str, float] = field(default_factory=dict)
+    #: Candidates the sources (or the fallback) proposed, before any filter.
+    fetched: int = 0
 
     @property
     def region(self) -> str:
@@ -89,6 +92,8 @@ class Component(Protocol):
 class SourceComponent(Component, Protocol):
     fail_open: bool
     share: float  # share of the request budget this source may use
+    #: True for a source that answers from memory (the fallback cache): it runs even when the budget is spent.
+    local: bool
 
     async def fetch(self, state: RequestState, timeout: float) -> list[Candidate]: ...
 
@@ -177,6 +182,7 @@ class Pipeline:
             if not candidates and sources_failed and self.fallback:
                 candidates = await self._fetch(self.fallback, state, metrics)
         metrics.candidates.labels(self.name).observe(len(candidates))
+        state.fetched = len(candidates)
         with self._stage("filtering", state, metrics):
             for component in self.filters:
                 with self._component(component, metrics):
@@ -197,14 +203,21 @@ class Pipeline:
         self, sources: Sequence[SourceComponent], state: RequestState, metrics: PipelineMetrics
     ) -> list[Candidate]:
         async def one(source: SourceComponent) -> list[Candidate]:
-            timeout = state.budget.stage_timeout(source.name, source.share)
             with self._component(source, metrics):
+                if getattr(source, "local", False):  # answers from memory: no deadline slice to spend
+                    return await source.fetch(state, state.budget.remaining())
+                timeout = 0.0
                 try:
+                    timeout = state.budget.stage_timeout(source.name, source.share)
                     return await asyncio.wait_for(source.fetch(state, timeout), timeout)
-                except (TimeoutError, SourceFailed) as error:
-                    late = isinstance(error, TimeoutError)
-                    reason = common.DEGRADATION_REASON_SOURCE_DROPPED if late else error.reason
-                    detail = f"no answer within {timeout * 1000:.0f} ms" if late else str(error)
+                except (TimeoutError, SourceFailed, BudgetExhausted) as error:
+                    if isinstance(error, SourceFailed):
+                        reason, detail = error.reason, str(error)
+                    elif isinstance(error, BudgetExhausted):
+                        reason, detail = common.DEGRADATION_REASON_SOURCE_DROPPED, str(error)
+                    else:
+                        reason = common.DEGRADATION_REASON_SOURCE_DROPPED
+                        detail = f"no answer within {timeout * 1000:.0f} ms"
                     if not source.fail_open:
                         raise
                     state.degrade(reason, source.name, detail)

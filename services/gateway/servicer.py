@@ -85,6 +85,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             self._after(pipeline.after_response(state, shown, response, self.metrics))
             return response
         budget = RequestBudget(settings.total_budget_ms / 1000, context.time_remaining(), settings.min_stage_ms / 1000)
+        budget.check_feasible()
         state = RequestState(
             request, key, history, k, budget, self.catalog, variant, self.policies.model_for(variant), exposures
         )
@@ -92,7 +93,9 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             state.degrade(common.DEGRADATION_REASON_SOURCE_DROPPED, "sessions", session_error)
         items = await pipeline.run(state, self.metrics)
         failed = {common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE, common.DEGRADATION_REASON_SOURCE_DROPPED}
-        if not items and any(d.reason in failed for d in state.degradations):
+        # Nothing proposed at all because retrieval failed: no answer is possible. (Proposed, then all filtered out,
+        # is a short answer, not an outage: a retry would not help.)
+        if not items and not state.fetched and any(d.reason in failed for d in state.degradations):
             raise DependencyUnavailable(
                 "retrieval is down or too slow and no cached popular items are available yet",
                 reason="RETRIEVAL_UNAVAILABLE",

@@ -7,6 +7,7 @@ purchase probability 0 (and no return probability), so they sort last.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,8 +33,8 @@ class ItemVocabulary:
         return self._tokens.get(item_id, PADDING_TOKEN)
 
     def tokens(self, item_ids: Sequence[str]) -> np.ndarray:
-        get = self._tokens.get
-        return np.fromiter((get(i, PADDING_TOKEN) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        lookup = map(self._tokens.get, item_ids, itertools.repeat(PADDING_TOKEN))
+        return np.fromiter(lookup, dtype=np.int64, count=len(item_ids))
 
 
 def encode_history(tokens: np.ndarray, length: int) -> np.ndarray:
@@ -52,8 +53,9 @@ def encode_history(tokens: np.ndarray, length: int) -> np.ndarray:
 FEATURES_FILE = "item_features.npz"
 #: Per-item features from the catalog and the training window, in this order.
 STATIC_FEATURES = ("log_price", "margin", "log_popularity", "return_rate", "in_stock")
-#: Per (subject, candidate) features computed from the request's history, appended after the static ones.
-REQUEST_FEATURES = ("log_history_count", "history_recency")
+#: Per (subject, candidate) features computed from the request's history (the whole ``history_item_ids`` window
+#: of the model's contract, 200 items for the sequence ranker), appended after the static ones.
+REQUEST_FEATURES = ("log_history_count", "history_recency", "history_share", "log_items_since")
 CANDIDATE_FEATURES = STATIC_FEATURES + REQUEST_FEATURES
 
 
@@ -115,15 +117,45 @@ class ItemFeatureSnapshot:
 
 
 def request_features(history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """[B, C, 2]: log(1 + times the candidate occurs in the history) and its recency (1 = the newest item,
-    falling linearly to 0 at the oldest slot; 0 when absent). ``history`` [B, L] is left-padded with 0."""
+    """[B, C, 4] from the history window ``history`` [B, L] (left-padded with 0, oldest first):
+
+    - ``log_history_count``: log(1 + times the candidate occurs in the window);
+    - ``history_recency``: 1 for the newest slot, falling linearly to 1/L at the oldest, 0 when absent;
+    - ``history_share``: the candidate's occurrences / the window's known items (0 for an empty history), so a
+      candidate bought in every basket of a short history counts like one bought as often in a long one;
+    - ``log_items_since``: log(1 + items bought after the candidate's newest occurrence); log(1 + L) when absent.
+
+    These are what lets the ranker handle repeat purchases (buy-again's frequency and recency, over the window).
+    """
+    count, newest = _occurrences(history, candidates)
     length = history.shape[1]
-    matches = (candidates[:, :, None] == history[:, None, :]) & (history[:, None, :] != PADDING_TOKEN)
-    count = matches.sum(axis=2)
-    # Position of the newest match: the highest index where it matches (history is oldest first).
-    newest = np.where(matches.any(axis=2), length - 1 - np.argmax(matches[:, :, ::-1], axis=2), -1)
+    known = history != PADDING_TOKEN
     recency = np.where(newest >= 0, (newest + 1) / length, 0.0)
-    return np.stack([np.log1p(count), recency], axis=2).astype(np.float32)
+    share = count / np.maximum(known.sum(axis=1, keepdims=True), 1)
+    since = np.where(newest >= 0, length - 1 - newest, length)
+    return np.stack([np.log1p(count), recency, share, np.log1p(since)], axis=2).astype(np.float32)
+
+
+def _occurrences(history: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each candidate [B, C]: how often its token occurs in its row's history window, and the position of the
+    newest occurrence (-1 when absent). Sort-based, O((L + C) log) per row rather than an L x C comparison."""
+    rows, length = history.shape
+    count = np.zeros(candidates.shape, dtype=np.int64)
+    newest = np.full(candidates.shape, -1, dtype=np.int64)
+    row_of, position = np.nonzero(history != PADDING_TOKEN)  # row-major: positions ascend within a row
+    if row_of.size == 0:
+        return count, newest
+    span = int(max(history.max(), candidates.max(initial=0))) + 1
+    keys = row_of * span + history[row_of, position]
+    order = np.argsort(keys, kind="stable")  # stable: within a key, positions stay ascending
+    unique, first, counts = np.unique(keys[order], return_index=True, return_counts=True)
+    newest_position = position[order][first + counts - 1]
+    wanted = np.arange(rows)[:, None] * span + candidates
+    at = np.minimum(np.searchsorted(unique, wanted), unique.size - 1)
+    found = (unique[at] == wanted) & (candidates != PADDING_TOKEN)
+    count[found] = counts[at[found]]
+    newest[found] = newest_position[at[found]]
+    return count, newest
 
 
 def candidate_features(snapshot: ItemFeatureSnapshot, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import grpc
 import pytest
@@ -169,6 +170,18 @@ async def test_retrieval_down_serves_cached_popular_items_flagged(trained):
     assert all(item.sources == [common.CANDIDATE_SOURCE_FALLBACK_CACHE] for item in response.items)
     assert common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE in {d.reason for d in response.degradations}
     assert all(item.HasField("purchase_probability") for item in response.items)  # ranking still ranks them
+
+
+async def test_fallback_items_all_excluded_is_a_short_answer_not_an_outage(trained):
+    categories = sorted({item["category"] for item in json.loads((trained.root / "catalog.json").read_text()).values()})
+    async with stack(trained) as hosts:
+        await hosts["retrieval"].stop(grace=0, drain=0)
+        request = home_request(history_of(trained), k=5)
+        request.exclusions.categories.extend(categories)  # the cached popular items exist, but none may be shown
+        response = await recommend(hosts["gateway"].port, request)
+    assert not response.items
+    reasons = {d.reason for d in response.degradations}
+    assert {common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE, common.DEGRADATION_REASON_SHORT_ANSWER} <= reasons
 
 
 async def test_answers_recover_when_ranking_comes_back_without_restarting_the_gateway(trained):

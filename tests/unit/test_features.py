@@ -6,6 +6,7 @@ import pytest
 from services.ranking.features import (
     CANDIDATE_FEATURES,
     PADDING_TOKEN,
+    REQUEST_FEATURES,
     STATIC_FEATURES,
     ItemFeatureSnapshot,
     ItemVocabulary,
@@ -38,11 +39,25 @@ def test_empty_history_is_all_padding():
     assert encode_history(np.array([], dtype=np.int64), 3).tolist() == [0, 0, 0]
 
 
-def test_request_features_count_and_recency():
+def test_request_features_count_recency_share_and_items_since():
     history = np.array([[0, 0, 5, 7, 5]])
     got = request_features(history, np.array([[5, 7, 9, 0]]))
+    assert got.shape == (1, 4, len(REQUEST_FEATURES))
     assert np.allclose(got[0, :, 0], np.log1p([2, 1, 0, 0]))
     assert np.allclose(got[0, :, 1], [1.0, 0.8, 0.0, 0.0])  # padding never matches
+    assert np.allclose(got[0, :, 2], [2 / 3, 1 / 3, 0.0, 0.0])  # share of the 3 known items
+    assert np.allclose(got[0, :, 3], np.log1p([0, 1, 5, 5]))  # absent: the window's length
+
+
+def test_request_features_use_the_whole_window():
+    """An item bought only at the oldest slot of a long window still counts (buy-again's frequency and recency)."""
+    history = np.zeros((2, 200), dtype=np.int64)
+    history[0] = np.arange(200) % 40 + 1  # item 1 at slots 0, 40, ..., 160
+    got = request_features(history, np.array([[1, 40], [1, 40]]))
+    assert np.allclose(got[0, :, 0], np.log1p([5, 5]))
+    assert np.allclose(got[0, :, 1], [161 / 200, 1.0])
+    assert np.allclose(got[0, :, 3], np.log1p([39, 0]))
+    assert np.allclose(got[1], [[0.0, 0.0, 0.0, np.log1p(200)]] * 2)  # an empty history: no division by zero
 
 
 def test_snapshot_defaults_serve_unknown_items(tmp_path):
@@ -67,3 +82,20 @@ def test_snapshot_defaults_serve_unknown_items(tmp_path):
 def test_snapshot_refuses_non_finite_values():
     with pytest.raises(ValueError, match="NaN"):
         ItemFeatureSnapshot(("a",), np.array([[0.0], [np.nan]]))
+
+
+def test_request_features_equal_the_plain_comparison_on_random_windows():
+    """The sort-based join against the obvious L x C comparison, on seeded windows with repeats and padding."""
+    rng = np.random.default_rng(7)
+    history = rng.integers(0, 12, size=(6, 30))  # small vocabulary: many repeats; 0 = padding anywhere
+    history[0] = 0  # an empty window
+    candidates = rng.integers(0, 14, size=(6, 9))  # some absent, some unknown (0)
+    length = history.shape[1]
+    matches = (candidates[:, :, None] == history[:, None, :]) & (history != 0)[:, None, :]
+    count = matches.sum(axis=2)
+    newest = np.where(count > 0, length - 1 - np.argmax(matches[:, :, ::-1], axis=2), -1)
+    recency = np.where(newest >= 0, (newest + 1) / length, 0.0)
+    share = count / np.maximum((history != 0).sum(axis=1, keepdims=True), 1)
+    since = np.where(newest >= 0, length - 1 - newest, length)
+    expected = np.stack([np.log1p(count), recency, share, np.log1p(since)], axis=2).astype(np.float32)
+    np.testing.assert_allclose(request_features(history, candidates), expected, rtol=0, atol=1e-7)

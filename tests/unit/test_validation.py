@@ -71,3 +71,15 @@ def test_region(region, ok):
     check = Violations()
     check.region("context.region", region)
     assert bool(check) is not ok
+
+
+def test_thousands_of_violations_list_the_first_and_count_the_rest():
+    from services.core.validation import MAX_REPORTED_VIOLATIONS
+
+    check = Violations()
+    check.ids("exclusions.item_ids", ["\x00"] * 5000, limit=5000)
+    with pytest.raises(InvalidArgument) as error:
+        check.raise_if_any()
+    assert len(error.value.violations) == MAX_REPORTED_VIOLATIONS
+    assert "exclusions.item_ids[0]" in error.value.violations
+    assert error.value.message.endswith(f"and {5000 - MAX_REPORTED_VIOLATIONS} more violations not listed")

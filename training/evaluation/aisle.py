@@ -51,9 +51,13 @@ class AisleRecommender:
         repeat: int = 100,
         popular: int = 50,
         history_length: int = 50,
+        ranker_history_length: int | None = None,
     ):
         self.retriever = TwoTowerRetriever(query_fn, item_vectors, history_length)
-        self.rank_fn, self.snapshot, self.history_length = rank_fn, snapshot, history_length
+        self.rank_fn, self.snapshot = rank_fn, snapshot
+        # The ranker's history window (its contract's history length): the towers read the newest
+        # ``history_length`` items, the ranker's repeat features count over the whole window.
+        self.history_length = ranker_history_length or history_length
         self.fill = _popularity_fill(popularity)
         self.popular_order = np.argsort(-popularity, kind="stable")
         self.retrieve, self.repeat, self.popular = retrieve, repeat, popular

@@ -112,6 +112,7 @@ def evaluate_artifacts(
         config["repeat"],
         config["popular"],
         config["history_length"],
+        config.get("ranker_history_length", config["history_length"]),
     )
     models = [aisle, TwoTowerRetriever(query_fn, embeddings, config["history_length"])]
     models += [Popularity(split), ItemToItem(split), BuyAgain(split)]

@@ -119,7 +119,10 @@ class FeedbackStats:
             self.shown[item] = self.shown.get(item, 0) + 1
 
     def succeeded(self, item_id: str) -> None:
-        self.successes[item_id] = self.successes.get(item_id, 0) + 1
+        """Counts a success for an item this gateway has shown; others are no evidence for the bandit, and counting
+        them would let any caller grow memory with fresh ids (what is shown comes from the catalog: bounded)."""
+        if item_id in self.shown:
+            self.successes[item_id] = self.successes.get(item_id, 0) + 1
 
     def sample(self, item_id: str, rng: random.Random) -> float:
         wins = self.successes.get(item_id, 0)

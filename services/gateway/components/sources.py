@@ -46,6 +46,7 @@ class RetrievalSources(ComponentBase):
 
     kind: ClassVar[str] = "source"
     Params = RetrievalSourcesParams
+    local = False
 
     @property
     def share(self) -> float:
@@ -156,6 +157,7 @@ class CachedPopularSource(ComponentBase):
     kind: ClassVar[str] = "source"
     Params = CachedPopularParams
     fail_open = True
+    local = True
 
     @property
     def share(self) -> float:

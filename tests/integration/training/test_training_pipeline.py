@@ -15,29 +15,16 @@ import torch
 
 from services.ranking.features import ItemFeatureSnapshot, ItemVocabulary, candidate_features, encode_history
 from services.retrieval.index import latest_version, load_index
+from tests.support.tiny_training import SHOP, TINY
 from training.data.loaders import synthetic_dataset
 from training.export import FEATURES_INPUT, QUERY_OUTPUT, QUERY_TOWER_FILE
-from training.features import ranker_inputs
+from training.features import RANKER_HISTORY_LENGTH, ranker_inputs
 from training.fit import FitConfig, fit
 from training.models.two_tower import QueryTower
 from training.run import TrainingRun, train_and_export
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 CONFIG = PROJECT_ROOT / "model_repository" / "sequence_ranker" / "config.pbtxt"
-SHOP = {"format": "synthetic", "users": 300, "items": 120, "seed": 4}
-TINY = FitConfig(
-    seed=4,
-    dim=16,
-    tower_epochs=1,
-    ranker_epochs=1,
-    ranker_layers=1,
-    tower_batch=128,
-    ranker_batch=64,
-    ranker_candidates=16,
-    positives=6,
-    retrieve=40,
-    validation_users=100,
-)
 
 
 @dataclass(frozen=True)
@@ -86,7 +73,7 @@ def test_onnx_matches_torch_with_dynamic_batch_and_candidates(trained):
     session = ort.InferenceSession(str(trained.run.ranker_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for batch, count in ((1, 1), (5, 300)):
-        history = rng.integers(0, 121, size=(batch, 50), dtype=np.int64)
+        history = rng.integers(0, 121, size=(batch, RANKER_HISTORY_LENGTH), dtype=np.int64)
         candidates = rng.integers(1, 121, size=(batch, count), dtype=np.int64)
         features = candidate_features(fitted.snapshot, history, candidates)
         got = session.run(
@@ -108,6 +95,24 @@ def test_onnx_matches_torch_with_dynamic_batch_and_candidates(trained):
         assert got.shape == (batch, 16) and np.abs(got - want).max() <= 1e-4
 
 
+def test_the_ranker_sees_the_frozen_retrieval_score(trained):
+    """The ranker's in-graph retrieval score is the two-tower's own similarity for the same history (newest 50
+    items of the window), and training the ranker left that copy of the two-tower untouched."""
+    fitted = trained.run.fitted
+    rng = np.random.default_rng(1)
+    history = rng.integers(0, 121, size=(4, RANKER_HISTORY_LENGTH), dtype=np.int64)
+    history[0, :-3] = 0
+    candidates = rng.integers(0, 121, size=(4, 30), dtype=np.int64)
+    tower = QueryTower(fitted.two_tower).eval()
+    vectors = np.vstack([np.zeros((1, 16), dtype=np.float32), fitted.two_tower.all_item_vectors()])
+    with torch.no_grad():
+        query = tower(torch.from_numpy(history[:, -fitted.config.history_length :])).numpy()
+        got = fitted.ranker.retrieval(torch.from_numpy(history), torch.from_numpy(candidates)).numpy()
+    want = np.einsum("bd,bcd->bc", query, vectors[candidates])
+    assert np.abs(got - want).max() <= 1e-5
+    assert (got[candidates == 0] == 0).all()  # unknown candidates: no similarity
+
+
 def test_training_features_are_serving_features(trained):
     """The no-skew check: the same held-out events, once as training builds them (catalog rows) and once as the
     ranking service does (item ids -> the exported vocabulary and feature snapshot)."""
@@ -124,7 +129,7 @@ def test_training_features_are_serving_features(trained):
     for u, case in enumerate(cases):
         history_ids = list(item_ids[case.history])
         candidate_ids = [item_ids[r] for r in candidates[u] if r >= 0]
-        history = encode_history(vocabulary.tokens(history_ids), 50)[None]
+        history = encode_history(vocabulary.tokens(history_ids), RANKER_HISTORY_LENGTH)[None]
         tokens = vocabulary.tokens(candidate_ids)[None]
         served = candidate_features(snapshot, history, tokens)
         width = len(candidate_ids)
@@ -149,7 +154,7 @@ async def test_the_ranking_service_loads_and_scores_the_exported_ranker(trained)
     await backend.load()
     try:
         assert backend.model_version == "1"
-        history = np.zeros((1, 50), dtype=np.int64)
+        history = np.zeros((1, RANKER_HISTORY_LENGTH), dtype=np.int64)
         history[0, -3:] = [1, 2, 3]
         scores = await backend.score(history, np.array([[1, 2, 3, 4]], dtype=np.int64))
         assert scores.purchase.shape == (1, 4) and ((scores.purchase > 0) & (scores.purchase < 1)).all()

@@ -28,6 +28,7 @@ from services.gateway.components.selectors import (
     ExplorationSelector,
     ExposureCapParams,
     ExposureCapSelector,
+    FeedbackStats,
     MMRDiversitySelector,
     SortSelector,
     TruncateSelector,
@@ -188,3 +189,11 @@ async def test_ranking_asks_for_the_variants_model_version():
     request_state.model = ("sequence_ranker", "7")
     await RankingScorer("Ranking", RankingParams(), deps(Downstream())).score(request_state, candidates("i1"))
     assert (seen[0].model_name, seen[0].model_version) == ("sequence_ranker", "7")
+
+
+def test_bandit_counts_successes_only_for_items_it_showed():
+    stats = FeedbackStats()
+    stats.exposed(["i1", "i2"])
+    stats.succeeded("i1")
+    stats.succeeded("never-shown")  # no evidence, and fresh ids must not grow memory
+    assert stats.successes == {"i1": 1}
