@@ -150,6 +150,7 @@ async def measure_aisle(
     profile_rate: float | None = None,
     profile_dir: Path | None = None,
     extra_pids: dict[str, int] | None = None,
+    past_saturation: bool = False,
 ) -> list[dict]:
     rng = np.random.default_rng(0)
     async with grpc.aio.insecure_channel(stack.gateway_target) as channel:
@@ -195,7 +196,7 @@ async def measure_aisle(
                 f"  aisle {rate:.0f}/s: p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} ms, "
                 f"errors {row['errors']}, degraded {row['degraded_rate']:.1%}; CPU ms per request: {cpu}"
             )
-            if saturated(row):
+            if saturated(row) and not past_saturation:
                 break
         return rows
 
@@ -284,31 +285,26 @@ def add_local_configs(repository: Path) -> None:
             shutil.copytree(project, model_dir / "configs")
 
 
-def bench_policies(workdir: Path, candidates: int) -> Path:
+def bench_policies(workdir: Path, candidates: int, one_call: bool = True) -> Path:
     """The shipped policies, with the home surface's sources asking for enough items that ``candidates`` reach
-    ranking (the merge keeps at most that many)."""
+    ranking (the merge keeps at most that many): in one Retrieve call (the default policies' way), or one call
+    per source (``one_call=False``, to measure what the batching saves)."""
     import yaml
 
     from services.gateway.policies import DEFAULT_POLICY_FILE
 
+    # Overlap between sources is removed by the merge: ask for 20% more than the limit.
+    wanted = {"two_tower": candidates * 7 // 10, "popularity": candidates * 3 // 10, "cold_start": candidates // 5}
+    if one_call:
+        sources = [{"component": "RetrievalSources", "name": "Retrieval", "params": {"sources": wanted}}]
+    else:
+        sources = [
+            {"component": "RetrievalSource", "name": name, "params": {"source": name, "k": k}}
+            for name, k in wanted.items()
+        ]
     raw = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
     for name in ("home", "home_diverse"):
-        policy = raw["policies"][name]
-        policy["candidate_limit"] = candidates
-        policy["sources"] = [
-            {
-                "component": "RetrievalSources",
-                "name": "Retrieval",
-                # Overlap between sources is removed by the merge: ask for 20% more than the limit.
-                "params": {
-                    "sources": {
-                        "two_tower": candidates * 7 // 10,
-                        "popularity": candidates * 3 // 10,
-                        "cold_start": candidates // 5,
-                    }
-                },
-            }
-        ]
+        raw["policies"][name].update(candidate_limit=candidates, sources=sources)
     path = workdir / "policies.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -364,6 +360,8 @@ def main() -> int:
     parser.add_argument("--artifacts", type=Path, help="serve trained artefacts (aisle train --out DIR) instead")
     parser.add_argument("--model-repository", type=Path, help="with --artifacts: where the sequence ranker is")
     parser.add_argument("--ranking-backend", choices=["onnxruntime", "triton"], default="onnxruntime")
+    parser.add_argument("--past-saturation", action="store_true", help="measure every rate, even past saturation")
+    parser.add_argument("--call-per-source", action="store_true", help="one Retrieve call per source (ablation)")
     parser.add_argument("--no-tracing", action="store_true", help="OpenTelemetry off (to measure its cost)")
     parser.add_argument("--workdir", type=Path, help="keep (and reuse) the trained artefacts here")
     parser.add_argument("--profile-rate", type=float, help="sample every service with py-spy at this rate")
@@ -405,7 +403,7 @@ def main() -> int:
                 "ranking": ranking,
                 "gateway": {
                     "catalog_path": str(catalog),
-                    "policy_file": str(bench_policies(workdir, args.candidates)),
+                    "policy_file": str(bench_policies(workdir, args.candidates, not args.call_per_source)),
                     "event_log": "off",
                     "anonymous_cache_ttl_s": "0",
                     **loop,
@@ -421,7 +419,16 @@ def main() -> int:
         log(f"aisle: three processes, tracing {'off' if args.no_tracing else 'on (no exporter)'}")
         with stack:
             aisle = asyncio.run(
-                measure_aisle(stack, item_ids, rates, args.seconds, args.profile_rate, args.profile_dir, extra_pids)
+                measure_aisle(
+                    stack,
+                    item_ids,
+                    rates,
+                    args.seconds,
+                    args.profile_rate,
+                    args.profile_dir,
+                    extra_pids,
+                    args.past_saturation,
+                )
             )
         log("baseline: bare grpc.aio echo chain, same hops")
         echo = asyncio.run(measure_echo(rates, args.seconds))
@@ -447,6 +454,7 @@ def main() -> int:
         "candidates_ranked": args.candidates,
         "event_loop": args.event_loop,
         "tracing": not args.no_tracing,
+        "retrieve_calls_per_request": 3 if args.call_per_source else 1,
         "ranking_backend": args.ranking_backend,
         "cpus": os.cpu_count(),
         "aisle": aisle,
