@@ -12,7 +12,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -52,15 +51,75 @@ def local_triton_command(
     ]
 
 
-@dataclass(frozen=True)
-class TritonServer:
-    grpc_target: str
-    http_url: str
-    log_path: Path
-    process: subprocess.Popen
+class LocalTriton:
+    """One local Triton server on free ports that stay its own across restarts (so clients reconnect to it)."""
+
+    def __init__(
+        self,
+        repository: Path,
+        log_path: Path,
+        models: Sequence[str] = ("ranker",),
+        launcher: Path = TRITON_LAUNCHER,
+    ):
+        self.repository, self.log_path, self.models, self.launcher = repository, log_path, tuple(models), launcher
+        self.grpc_port, self.http_port, self.metrics_port = _free_ports(3)
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def start(self, timeout: float = 90) -> float:
+        """Starts it with ``models`` loaded and waits until ready; returns the seconds that took."""
+        began = time.monotonic()
+        command = local_triton_command(
+            self.launcher, self.repository, self.models, self.grpc_port, self.http_port, self.metrics_port
+        )
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        while time.monotonic() - began < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Triton exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=1) as reply:
+                    if reply.status == 200:
+                        return time.monotonic() - began
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"Triton not ready after {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM (Triton stops its python backend stubs), then SIGKILL to the whole group if it lingers."""
+        process = self.process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=20)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # the stubs, if any outlived the server
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+
+    def kill(self) -> None:
+        """SIGKILL to Triton and its python backend stubs: it stops at once, mid-call."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
 
 
 @contextlib.contextmanager
@@ -70,45 +129,14 @@ def local_triton(
     models: Sequence[str] = ("ranker",),
     launcher: Path = TRITON_LAUNCHER,
     timeout: float = 90,
-) -> Iterator[TritonServer]:
+) -> Iterator[LocalTriton]:
     """Runs Triton on free local ports with ``models`` loaded; ready when entered, stopped on exit."""
-    grpc_port, http_port, metrics_port = _free_ports(3)
-    command = local_triton_command(launcher, repository, models, grpc_port, http_port, metrics_port)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = TritonServer(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", log_path, process)
+    server = LocalTriton(repository, log_path, models, launcher)
     try:
-        _wait_ready(server, timeout)
+        server.start(timeout)
         yield server
     finally:
-        stop_triton(process)
-
-
-def stop_triton(process: subprocess.Popen) -> None:
-    """SIGTERM (Triton stops its python backend stubs), then SIGKILL to the whole process group if it hangs."""
-    if process.poll() is None:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=20)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)  # the stubs, if any outlived the server
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=5)
-
-
-def _wait_ready(server: TritonServer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"Triton exited with {server.process.returncode}:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"{server.http_url}/v2/health/ready", timeout=1) as reply:
-                if reply.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"Triton not ready after {timeout:.0f} s:\n{server.log_tail()}")
+        server.stop()
 
 
 def _free_ports(count: int) -> list[int]:

@@ -11,12 +11,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,13 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.demo.triton import local_triton_command
+from services.demo.triton import TRITON_LAUNCHER, LocalTriton, local_triton, triton_missing
 from services.ranking.features import CANDIDATE_FEATURES, ItemFeatureSnapshot, candidate_features
 from tests.conftest import PROJECT_ROOT
 
 PROJECT_MODEL = PROJECT_ROOT / "model_repository" / "ranker"
-TRITON_HOME = Path(os.environ.get("AISLE_TRITON_HOME", PROJECT_ROOT / ".cache" / "triton"))
-TRITON_LAUNCHER = TRITON_HOME / "bin" / "tritonserver"
 
 #: The feature contract's width (services.ranking.features.CANDIDATE_FEATURES), wherever it stands.
 FEATURES = len(CANDIDATE_FEATURES)
@@ -212,15 +204,6 @@ def feature_model(tmp_path_factory: pytest.TempPathFactory) -> FeatureModel:
 
 
 # --- a real Triton server -----------------------------------------------------------------------------------------
-def triton_missing() -> str | None:
-    """Why the Triton tests cannot run here (None when the installed server is there)."""
-    if TRITON_LAUNCHER.is_file() and (TRITON_HOME / "installed").is_file():
-        return None
-    failed = TRITON_HOME / "install-failed"
-    reason = failed.read_text().strip() if failed.is_file() else f"nothing at {TRITON_LAUNCHER}"
-    return f"Triton server not installed ({reason}); run `make triton` (scripts/install_triton.sh)"
-
-
 #: Marks the tests that start Triton: they skip where it is missing, unless AISLE_TRITON_REQUIRED=1 (then they fail).
 needs_triton = pytest.mark.skipif(
     triton_missing() is not None and os.environ.get("AISLE_TRITON_REQUIRED") != "1", reason=str(triton_missing())
@@ -237,70 +220,8 @@ def triton_launcher() -> Path:
     pytest.skip(missing)
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-@dataclass(frozen=True)
-class TritonServer:
-    grpc_target: str
-    http_url: str
-    log_path: Path
-    process: subprocess.Popen
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
 @contextlib.contextmanager
-def triton_server(repository: Path, log_path: Path, *, models: tuple[str, ...] = ("ranker",)) -> Iterator[TritonServer]:
+def triton_server(repository: Path, log_path: Path, *, models: tuple[str, ...] = ("ranker",)) -> Iterator[LocalTriton]:
     """Runs Triton on free local ports with explicit model control and the local config; stops it on exit."""
-    launcher = triton_launcher()
-    grpc_port, http_port, metrics_port = free_ports(3)
-    command = local_triton_command(launcher, repository, models, grpc_port, http_port, metrics_port)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = TritonServer(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", log_path, process)
-    try:
-        _wait_ready(server, timeout=90)
+    with local_triton(repository, log_path, models, launcher=triton_launcher()) as server:
         yield server
-    finally:
-        _stop(process)
-
-
-def _wait_ready(server: TritonServer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"Triton exited with {server.process.returncode}:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"{server.http_url}/v2/health/ready", timeout=1) as reply:
-                if reply.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"Triton not ready after {timeout:.0f} s:\n{server.log_tail()}")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM (Triton stops its python backend stubs), then SIGKILL to the whole process group if it hangs."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)  # the stubs, if any outlived the server
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=5)

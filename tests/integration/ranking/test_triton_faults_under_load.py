@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
-import signal
-import subprocess
-import time
-import urllib.request
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from services.demo.triton import local_triton_command
-from tests.integration.ranking.conftest import copy_model_repository, free_ports, needs_triton, triton_launcher
+from services.demo.triton import LocalTriton
+from tests.integration.ranking.conftest import copy_model_repository, needs_triton, triton_launcher
 from tests.integration.requests import home_request
 from tests.integration.test_faults_under_load import (
     NOISE,
@@ -44,59 +38,6 @@ TIMEOUT = "DEGRADATION_REASON_RANKING_TIMEOUT"
 RATE = 40.0
 
 
-class RestartableTriton:
-    """Triton on fixed local ports, so it can be stopped and started again where the ranking service expects it."""
-
-    def __init__(self, repository: Path, log_path: Path):
-        self.repository, self.log_path = repository, log_path
-        self.grpc_port, self.http_port, self.metrics_port = free_ports(3)
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def start(self, timeout: float = 90.0) -> float:
-        """Starts it and waits until ready; returns the seconds that took."""
-        began = time.monotonic()
-        command = local_triton_command(
-            triton_launcher(), self.repository, ("ranker",), self.grpc_port, self.http_port, self.metrics_port
-        )
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        while time.monotonic() - began < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"Triton exited with {self.process.returncode}; see {self.log_path}")
-            with contextlib.suppress(OSError):
-                ready = f"http://127.0.0.1:{self.http_port}/v2/health/ready"
-                with urllib.request.urlopen(ready, timeout=1) as reply:
-                    if reply.status == 200:
-                        return time.monotonic() - began
-            time.sleep(0.1)
-        raise RuntimeError(f"Triton not ready after {timeout:.0f} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL to the whole group (the python backend stubs) if it lingers."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(20)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(5)
-
-    def kill(self) -> None:
-        """SIGKILL to Triton and its python backend stubs: it stops at once, mid-call (a graceful stop waits up to
-        its 5 s exit timeout first)."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-
 @pytest.fixture(scope="module")
 def shop(trained, tmp_path_factory):
     root = tmp_path_factory.mktemp("triton-faults")
@@ -108,7 +49,7 @@ def shop(trained, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def triton(shop):
-    server = RestartableTriton(shop.model_repository, shop.root / "triton.log")
+    server = LocalTriton(shop.model_repository, shop.root / "triton.log", launcher=triton_launcher())
     server.start()
     yield server
     server.stop()
@@ -123,8 +64,8 @@ def triton_serving(outcomes: list[Outcome]) -> bool:
 
 
 @contextlib.contextmanager
-def triton_stack(shop, triton: RestartableTriton, fallback: bool):
-    ranking = {"backend": "triton", "triton_targets": triton.target, "fallback_to_embedded": str(fallback).lower()}
+def triton_stack(shop, triton: LocalTriton, fallback: bool):
+    ranking = {"backend": "triton", "triton_targets": triton.grpc_target, "fallback_to_embedded": str(fallback).lower()}
     stack: FaultStack = fault_stack(shop.root / f"run-{fallback}", shop, ranking=ranking)
     stack.start()
     try:
