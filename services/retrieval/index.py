@@ -97,6 +97,11 @@ def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != METADATA_FILE)
 
 
+def new_version() -> str:
+    """A new version name: the UTC time to the microsecond, so names sort in the order they were made."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
 def save_index(
     root: Path,
     *,
@@ -115,12 +120,15 @@ def save_index(
     stock: np.ndarray | None = None,
     query_tower: Path | None = None,
     build_ann: Callable[[np.ndarray, Path], dict] | None = None,
+    sharding: dict[str, int] | None = None,
 ) -> Path:
     """Writes a complete index version under ``root`` atomically; returns its path.
 
     Optional data defaults to: sold everywhere, region popularity = overall popularity, trending = popularity,
     stock = 1. ``query_tower`` is an ONNX file copied in. ``build_ann(embeddings, folder)`` writes an ANN
     structure into ``folder`` (see :mod:`services.retrieval.build`) and returns its parameters for the metadata.
+    ``sharding`` (``{"shards": n}`` for a router's data, ``{"shards": n, "shard": i}`` for a shard) is recorded with
+    the build parameters.
     """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     count = len(item_ids)
@@ -133,7 +141,7 @@ def save_index(
     trending = popularity.copy() if trending is None else np.asarray(trending, dtype=np.float32)
     stock = np.ones(count, dtype=np.int64) if stock is None else np.asarray(stock, dtype=np.int64)
     _check_inputs(item_ids, embeddings, popularity, categories, brands, regions, sold_in, trending, stock)
-    version = version or datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    version = version or new_version()
     root.mkdir(parents=True, exist_ok=True)
     final = root / version
     if final.exists():
@@ -161,6 +169,8 @@ def save_index(
         if build_ann is not None:
             (staging / SCANN_DIR).mkdir()
             build = build_ann(embeddings, staging / SCANN_DIR)
+        if sharding:
+            build = {**build, **sharding}
         metadata = {
             "format": FORMAT,
             "version": version,

@@ -63,7 +63,7 @@ def build(
     from tqdm.auto import tqdm
 
     from services.retrieval.build import EXACT_BELOW_ITEMS, ScannConfig, build_scann
-    from services.retrieval.index import InvalidIndex, latest_version, load_index, save_index
+    from services.retrieval.index import InvalidIndex, latest_version, load_index, new_version, save_index
 
     try:
         artifact = load_index(latest_version(source))
@@ -73,6 +73,8 @@ def build(
     assignment = (
         np.array([shard_of(item, shards) for item in artifact.item_ids]) if shards > 1 else np.zeros(len(ids), int)
     )
+    # One version name for the router and every shard: they are published, pinned and rolled out together.
+    version = new_version()
     if shards > 1:
         # The router's global query data: every item's vector and the query tower, searched by no one.
         router = save_index(
@@ -90,6 +92,8 @@ def build(
             trending=artifact.trending,
             stock=artifact.stock,
             query_tower=artifact.query_tower,
+            version=version,
+            sharding={"shards": shards},
         )
         click.echo(f"wrote {router} (router query data, {len(artifact)} items)")
     with tqdm(total=shards, desc="building index", unit="shard") as bar:
@@ -135,6 +139,8 @@ def build(
                 stock=artifact.stock[rows],
                 query_tower=artifact.query_tower,
                 build_ann=build_ann,
+                version=version,
+                sharding={"shards": shards, "shard": shard} if shards > 1 else None,
             )
             bar.update()
             click.echo(f"wrote {path} ({rows.size} items, {'scann' if use_scann else 'exact'})")

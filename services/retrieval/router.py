@@ -25,7 +25,7 @@ from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.core.channels import create_channel
 from services.core.errors import DependencyUnavailable, NotReady
 from services.core.health import wait_until_serving
-from services.retrieval.index import latest_version, load_index
+from services.retrieval.index import InvalidIndex, latest_version, load_index
 from services.retrieval.query_encoder import MeanEmbeddingEncoder, OnnxQueryTower
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,14 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
     async def connect(self, log_every_s: float = 5.0) -> None:
         """Loads the global query data, opens a channel per shard and waits until every shard is SERVING."""
         self.resolver = await asyncio.to_thread(QueryResolver, latest_version(self.query_path), self.threads)
+        built_for = self.resolver.artifact.build.get("shards")
+        if built_for is not None and built_for != len(self.targets):
+            raise InvalidIndex(
+                f"{self.resolver.artifact.path} was built for {built_for} shards but {len(self.targets)} shard "
+                f"targets are set: a shard's slice of the catalog would be missing or served twice; set "
+                f"shard_targets to the {built_for} shards, or rebuild with `aisle index build --shards "
+                f"{len(self.targets)}`"
+            )
         for target in self.targets:
             channel = create_channel(target, [SERVICE_NAME], max_message_bytes=self.max_message_bytes)
             self._channels.append(channel)

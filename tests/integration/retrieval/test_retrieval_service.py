@@ -15,7 +15,7 @@ from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.core.errors import details_of
 from services.core.server import ServiceHost
 from services.retrieval.app import build_application
-from services.retrieval.index import METADATA_FILE, latest_version
+from services.retrieval.index import METADATA_FILE, InvalidIndex, latest_version
 from services.retrieval.index_cli import index as index_cli
 from services.retrieval.settings import RetrievalSettings
 from tests.integration.conftest import serving
@@ -226,6 +226,17 @@ async def test_two_shards_behind_a_router_equal_the_unsharded_index(tmp_path):
                 for i in range(2)
             ]
             assert all(sizes)
+    # Router and shards carry one version name (published and pinned together) and know how they were split.
+    parts = {name: latest_version(tmp_path / "sharded" / name) for name in ("router", "shard-0", "shard-1")}
+    assert len({path.name for path in parts.values()}) == 1
+    builds = {name: json.loads((path / METADATA_FILE).read_text())["build"] for name, path in parts.items()}
+    assert builds["router"]["shards"] == 2 and [builds[f"shard-{i}"]["shard"] for i in range(2)] == [0, 1]
+    # A router given fewer targets than the index has shards refuses to load, naming both counts.
+    from services.retrieval.router import ShardRouter
+
+    lonely = ShardRouter(["127.0.0.1:1"], 0.05, 4 << 20, tmp_path / "sharded" / "router")
+    with pytest.raises(InvalidIndex, match="built for 2 shards but 1 shard targets"):
+        await lonely.connect()
 
 
 async def test_a_shard_that_is_down_is_dropped_and_flagged(tmp_path):
