@@ -166,6 +166,13 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
             merged.degradations.add(
                 reason=common_pb2.DEGRADATION_REASON_SOURCE_DROPPED, stage=f"shard {target}", detail=code
             )
+        versions = sorted({response.index_version.version for response in answered})
+        if len(versions) > 1:  # one build gives every shard one version name: this is a rollout in between
+            merged.degradations.add(
+                reason=common_pb2.DEGRADATION_REASON_MIXED_INDEX_VERSIONS,
+                stage="retrieval router",
+                detail="shards answered from index versions " + ", ".join(versions),
+            )
         return merged
 
     async def UpdateAvailability(  # noqa: N802

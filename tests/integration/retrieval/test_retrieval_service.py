@@ -239,6 +239,28 @@ async def test_two_shards_behind_a_router_equal_the_unsharded_index(tmp_path):
         await lonely.connect()
 
 
+async def test_shards_on_different_index_versions_are_flagged(tmp_path):
+    whole = tmp_path / "whole"
+    write_index(whole, count=2000, version="20260101T000000Z")
+    from click.testing import CliRunner
+
+    for _ in range(2):  # two builds: every part gets an older and a newer version
+        result = CliRunner().invoke(index_cli, ["build", str(whole), "--out", str(tmp_path / "s"), "--shards", "2"])
+        assert result.exit_code == 0, result.output
+    old, new = sorted(p.name for p in (tmp_path / "s" / "router").iterdir() if not p.name.startswith("."))
+    async with (
+        retrieval(tmp_path / "s" / "shard-0" / old) as (shard0, _),  # not yet rolled
+        retrieval(tmp_path / "s" / "shard-1" / new) as (shard1, _),
+    ):
+        targets = f"127.0.0.1:{shard0.port},127.0.0.1:{shard1.port}"
+        async with retrieval(tmp_path / "s" / "router" / new, shard_targets=targets) as (_, router):
+            reply = await router.Retrieve(request(k=10, sources=(POPULAR,)), timeout=5)
+    assert len(reply.candidates) == 10
+    [degradation] = reply.degradations
+    assert degradation.reason == common.DEGRADATION_REASON_MIXED_INDEX_VERSIONS
+    assert old in degradation.detail and new in degradation.detail
+
+
 async def test_a_shard_that_is_down_is_dropped_and_flagged(tmp_path):
     whole = tmp_path / "whole"
     write_index(whole, count=2000, version="20260101T000000Z")
