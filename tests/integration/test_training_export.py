@@ -14,6 +14,7 @@ from services.ranking.backends.onnxruntime import OnnxRuntimeBackend
 from services.ranking.features import ItemVocabulary
 from services.ranking.model_config import MODEL_FILE, ModelConfigError
 from services.retrieval.index import latest_version, load_index
+from tests.integration.ranking.breakers import rename_input
 from training.export import ExportError, export_ranker
 from training.tiny_ranker import TinySequenceRanker
 from training.train_tiny import TrainConfig, train_tiny_ranker
@@ -77,15 +78,6 @@ def broken_copy(trained, tmp_path, breaker) -> OnnxRuntimeBackend:
     shutil.copytree(trained.model_repository, repository)
     breaker(repository / "ranker" / "1" / MODEL_FILE)
     return OnnxRuntimeBackend(repository, "ranker")
-
-
-def rename_input(path):
-    model = onnx.load(str(path))
-    old = model.graph.input[0].name
-    model.graph.input[0].name = "history"
-    for node in model.graph.node:
-        node.input[:] = ["history" if name == old else name for name in node.input]
-    onnx.save(model, str(path))
 
 
 def poison_weights(path):

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from training.data.schema import (
     BASKET,
     CATALOG_COLUMNS,
+    EVENT_COLUMNS,
     EVENT_KINDS,
     ITEM,
     KIND_CODES,
@@ -297,19 +298,8 @@ def load_events(path: Path, catalog_path: Path | None = None, strict: bool = Fal
     return Dataset(path.stem, catalog, events, report, BASKET, file_fingerprint(path), spec)
 
 
-_EVENT_NAMES = (
-    "event_type",
-    "timestamp",
-    "user_id",
-    "session_id",
-    "item_id",
-    "quantity",
-    "price",
-    "region",
-    "device",
-    "consent",
-    "basket_id",
-)
+#: The schema's event columns this loader reads (search queries are not used for training).
+_EVENT_NAMES = tuple(name for name in EVENT_COLUMNS if name != "query")
 
 
 # --- Plain-text sequences ------------------------------------------------------------------------------------

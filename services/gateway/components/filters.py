@@ -17,6 +17,23 @@ def _split(candidates: list[Candidate], keep) -> tuple[list[Candidate], list[Can
     return kept, removed
 
 
+def _block(candidates: list[Candidate], catalog, items: set, brands: set, categories: set):
+    """Removes the listed items and items of the listed brands or categories; the catalog is read only when a
+    brand or category is listed (most requests list none)."""
+    if not (items or brands or categories):
+        return candidates, []
+    if not (brands or categories):
+        return _split(candidates, lambda c: c.item_id not in items)
+    return _split(
+        candidates,
+        lambda c: (
+            c.item_id not in items
+            and catalog.get(c.item_id, "brand") not in brands
+            and catalog.get(c.item_id, "category") not in categories
+        ),
+    )
+
+
 class RequestExclusionFilter(ComponentBase):
     """The request's own exclusions (items, brands, categories), applied again after every source (the fallback
     cache and future sources do not filter)."""
@@ -24,20 +41,13 @@ class RequestExclusionFilter(ComponentBase):
     kind: ClassVar[str] = "filter"
 
     def apply(self, state: RequestState, candidates: list[Candidate]):
-        exclusions, catalog = state.request.exclusions, state.catalog
-        items = set(exclusions.item_ids) | set(state.request.anchor_item_ids)
-        brands, categories = set(exclusions.brands), set(exclusions.categories)
-        if not (items or brands or categories):
-            return candidates, []
-        if not (brands or categories):
-            return _split(candidates, lambda c: c.item_id not in items)
-        return _split(
+        exclusions = state.request.exclusions
+        return _block(
             candidates,
-            lambda c: (
-                c.item_id not in items
-                and catalog.get(c.item_id, "brand") not in brands
-                and catalog.get(c.item_id, "category") not in categories
-            ),
+            state.catalog,
+            set(exclusions.item_ids) | set(state.request.anchor_item_ids),
+            set(exclusions.brands),
+            set(exclusions.categories),
         )
 
 
@@ -54,16 +64,8 @@ class ComplianceFilter(ComponentBase):
     Params = ComplianceParams
 
     def apply(self, state: RequestState, candidates: list[Candidate]):
-        p, catalog = self.params, state.catalog
-        items, brands, categories = set(p.blocked_items), set(p.blocked_brands), set(p.blocked_categories)
-        return _split(
-            candidates,
-            lambda c: (
-                c.item_id not in items
-                and catalog.get(c.item_id, "brand") not in brands
-                and catalog.get(c.item_id, "category") not in categories
-            ),
-        )
+        p = self.params
+        return _block(candidates, state.catalog, set(p.blocked_items), set(p.blocked_brands), set(p.blocked_categories))
 
 
 class RecentlyBoughtParams(Params):
