@@ -293,8 +293,16 @@ def bench_policies(workdir: Path, candidates: int, one_call: bool = True) -> Pat
 
     from services.gateway.policies import DEFAULT_POLICY_FILE
 
-    # Overlap between sources is removed by the merge: ask for 20% more than the limit.
-    wanted = {"two_tower": candidates * 7 // 10, "popularity": candidates * 3 // 10, "cold_start": candidates // 5}
+    # Overlap between sources is removed by the merge: ask for 20% more than the limit. The shipped home policy's
+    # personal sources come too: buy-again (the request's 10 history items) and co-visitation (empty on this
+    # index: the skeleton pipeline's synthetic index carries no co-visitation table).
+    wanted = {
+        "two_tower": candidates * 7 // 10,
+        "co_visitation": candidates // 10,
+        "buy_again": 20,
+        "popularity": candidates * 3 // 10,
+        "cold_start": candidates // 5,
+    }
     if one_call:
         sources = [{"component": "RetrievalSources", "name": "Retrieval", "params": {"sources": wanted}}]
     else:

@@ -6,7 +6,8 @@ history is every earlier basket (flattened, oldest first) and the targets are th
 
 - Two-tower: one (history, item) pair per target item; in-batch sampled softmax with logQ correction.
 - Ranker: per example, the candidate set serving would form for that history (the trained two-tower's top items,
-  the customer's own earlier items, the most popular items: :meth:`AisleRecommender.candidates`), labelled by the
+  the items bought together with the newest ones (co-visitation), the customer's own earlier items, the most popular
+  items: :meth:`AisleRecommender.candidates`), labelled by the
   basket; up to ``positives`` of its purchased items and negatives drawn uniformly from the rest, ``ranker_candidates``
   in all. Each example appears twice per epoch: once with the repeat candidate set and once with the discovery one
   (the customer's own items excluded before retrieval), so the ranker also learns to order new items. Uniform
@@ -20,6 +21,7 @@ history is every earlier basket (flattened, oldest first) and the targets are th
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from services.ranking.features import ItemFeatureSnapshot
+from services.retrieval.covisitation import CoVisitationTable
 from training.data.schema import Dataset
 from training.data.splits import EvalCase, Split, split_dataset
 from training.evaluation.aisle import AisleRecommender, TwoTowerRetriever
@@ -57,6 +60,8 @@ class FitConfig:
     ranker_epochs: int = 2
     ranker_batch: int = 64
     ranker_lr: float = 2e-3
+    ranker_lr_decay: bool = True  # the learning rate falls linearly to 0 over the ranker's steps
+    keep_best_epoch: bool = True  # keep the epoch with the best validation NDCG@10, not the last one
     ranker_layers: int = 2
     retrieval_feature: bool = True  # the ranker holds a frozen copy of the two-tower and sees its similarity
     cooccurrence_feature: bool = True  # ... and the training data's item-to-item co-occurrence
@@ -68,6 +73,8 @@ class FitConfig:
     retrieve: int = 200
     repeat: int = 200
     popular: int = 50
+    co_visit: int = 50  # items bought together with the newest items (the retrieval co-visitation source)
+    co_visit_neighbours: int = 100  # neighbours kept per item in the exported co-visitation table
     validation_users: int = 1000
 
 
@@ -76,6 +83,7 @@ class Curves:
     tower_loss: list[float] = field(default_factory=list)
     ranker_loss: list[float] = field(default_factory=list)
     validation: list[dict] = field(default_factory=list)
+    ranker_kept_epoch: int = 0  # the ranker epoch whose weights were exported
 
 
 @dataclass
@@ -88,19 +96,11 @@ class FittedModels:
     curves: Curves
     seconds: dict[str, float]
     validation: dict[str, float]
+    covisitation: CoVisitationTable | None = None
 
     def recommender(self) -> AisleRecommender:
-        return AisleRecommender(
-            torch_query_fn(self.two_tower),
-            self.two_tower.all_item_vectors(),
-            torch_rank_fn(self.ranker),
-            self.snapshot,
-            self.split.popularity(),
-            self.config.retrieve,
-            self.config.repeat,
-            self.config.popular,
-            self.config.history_length,
-            self.config.ranker_history_length,
+        return serving_recommender(
+            self.config, self.two_tower, self.ranker, self.snapshot, self.split, self.covisitation
         )
 
     def summary(self) -> dict:
@@ -129,6 +129,34 @@ def basket_examples(split: Split) -> BasketExamples:
             histories.append(np.concatenate(user.baskets[:b]))
             targets.append(user.baskets[b])
     return BasketExamples(np.asarray(users, dtype=np.int64), np.asarray(times, dtype=np.int64), histories, targets)
+
+
+def serving_recommender(
+    config: FitConfig,
+    tower: TwoTower,
+    ranker: SequenceRanker | None,
+    snapshot: ItemFeatureSnapshot,
+    split: Split,
+    covisitation: CoVisitationTable | None,
+) -> AisleRecommender:
+    """The serving-shaped candidate set (and, with a ranker, the pipeline) of ``config``, on torch models."""
+    return AisleRecommender.from_config(
+        asdict(config),
+        torch_query_fn(tower),
+        tower.all_item_vectors(),
+        torch_rank_fn(ranker) if ranker is not None else None,
+        snapshot,
+        split.popularity(),
+        covisitation,
+    )
+
+
+def covisitation_table(similarity: np.ndarray, config: FitConfig) -> CoVisitationTable | None:
+    """The co-visitation source's table (what the index exports), or None when the config asks for no such
+    candidates."""
+    if not config.co_visit:
+        return None
+    return CoVisitationTable.from_similarity(similarity, config.co_visit_neighbours)
 
 
 def torch_query_fn(model: TwoTower):
@@ -184,9 +212,13 @@ def _fit(dataset: Dataset, config: FitConfig, progress: bool) -> FittedModels:
     seconds = {}
     tower = train_two_tower(dataset, split, examples, config, rng, curves, validation, progress)
     seconds["two_tower"] = time.perf_counter() - started
-    ranker = train_ranker(split, examples, snapshot, tower, config, rng, curves, validation, progress)
+    similarity = cooccurrence(split)
+    covisitation = covisitation_table(similarity, config)
+    ranker = train_ranker(
+        split, examples, snapshot, tower, config, rng, curves, validation, progress, similarity, covisitation
+    )
     seconds["ranker"] = time.perf_counter() - started - seconds["two_tower"]
-    fitted = FittedModels(tower, ranker, snapshot, split, config, curves, seconds, {})
+    fitted = FittedModels(tower, ranker, snapshot, split, config, curves, seconds, {}, covisitation)
     calibrate(fitted, validation)
     recommender = fitted.recommender()
     popularity = split.popularity()
@@ -313,20 +345,14 @@ def train_ranker(
     curves: Curves,
     validation: list[EvalCase],
     progress: bool,
+    similarity: np.ndarray | None = None,
+    covisitation: CoVisitationTable | None = None,
 ) -> SequenceRanker:
+    """``similarity``: the training baskets' co-occurrence (computed here when not given); ``covisitation``: the
+    co-visitation source's table, so the training lists hold its candidates as serving will."""
     popularity = split.popularity()
-    item_vectors = tower.all_item_vectors()
-    retrieval = AisleRecommender(
-        torch_query_fn(tower),
-        item_vectors,
-        None,
-        snapshot,
-        popularity,
-        config.retrieve,
-        config.repeat,
-        config.popular,
-        config.history_length,
-    )
+    similarity = cooccurrence(split) if similarity is None else similarity
+    retrieval = serving_recommender(config, tower, None, snapshot, split, covisitation)
     # Both serving shapes: repeat (the customer's items are candidates) and discovery (they are excluded).
     pools = serving_pools(retrieval, examples) + serving_pools(retrieval, examples, exclude_history=True)
     examples = BasketExamples(
@@ -337,12 +363,14 @@ def train_ranker(
     )
     returns = return_labels(split)
     retrieval_score = RetrievalScore(tower) if config.retrieval_feature else None
-    cooccurrence_score = CooccurrenceScore(cooccurrence(split)) if config.cooccurrence_feature else None
+    cooccurrence_score = CooccurrenceScore(similarity) if config.cooccurrence_feature else None
     model: SequenceRanker | None = None
-    optimiser = None
+    optimiser = schedule = None
+    best: tuple[float, int, dict] | None = None  # (validation NDCG@10, epoch, weights)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     categories = np.zeros(split.num_items, dtype=np.int64)
     steps = max(1, (len(examples.targets) + config.ranker_batch - 1) // config.ranker_batch)
+    total_steps = steps * config.ranker_epochs
     bar = tqdm(total=config.ranker_epochs * steps, desc="ranker", unit="batch", disable=not progress)
     for epoch in range(config.ranker_epochs):
         candidates, labels, returned = ranker_candidates(examples, pools, returns, config, rng)
@@ -369,6 +397,9 @@ def train_ranker(
                 model.score_mean[i] = float(scores.mean())
                 model.score_std[i] = float(max(scores.std(), 1e-3))
             optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.ranker_lr)
+            schedule = torch.optim.lr_scheduler.LambdaLR(
+                optimiser, lambda done: max(0.0, 1.0 - done / total_steps) if config.ranker_lr_decay else 1.0
+            )
         model.train()
         order = rng.permutation(len(tokens))
         for step in range(steps):
@@ -389,27 +420,23 @@ def train_ranker(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            schedule.step()
             curves.ranker_loss.append(float(loss.item()))
             bar.update()
             bar.set_postfix(loss=f"{curves.ranker_loss[-1]:.3f}")
         model.eval()
-        recommender = AisleRecommender(
-            torch_query_fn(tower),
-            item_vectors,
-            torch_rank_fn(model),
-            snapshot,
-            popularity,
-            config.retrieve,
-            config.repeat,
-            config.popular,
-            config.history_length,
-            config.ranker_history_length,
-        )
+        recommender = serving_recommender(config, tower, model, snapshot, split, covisitation)
         metrics = evaluate(recommender, validation, "repeat", popularity, categories).metrics
         curves.validation.append({"stage": "ranker", "epoch": epoch + 1, **_numbers(metrics)})
         log.info("ranker epoch %d: loss %.3f, validation %s", epoch + 1, curves.ranker_loss[-1], _short(metrics))
+        if best is None or metrics["ndcg@10"] > best[0]:
+            best = (metrics["ndcg@10"], epoch + 1, copy.deepcopy(model.state_dict()))
     bar.close()
-    assert model is not None
+    assert model is not None and best is not None
+    if config.keep_best_epoch and best[1] != config.ranker_epochs:
+        model.load_state_dict(best[2])
+        log.info("ranker: kept epoch %d (validation NDCG@10 %.4f)", best[1], best[0])
+    curves.ranker_kept_epoch = best[1] if config.keep_best_epoch else config.ranker_epochs
     model.eval()
     return model
 

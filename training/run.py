@@ -12,7 +12,6 @@ Artefacts (``out`` is ``--out``):
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import platform
@@ -87,6 +86,7 @@ def train_and_export(
         brands=catalog.brands,
         model_name=model_name,
         model_version=ranker_dir.name,
+        covisitation=fitted.covisitation,
     )
     query_tower_dir = out / "query_tower" / ranker_dir.name
     export_query_tower(
@@ -95,10 +95,8 @@ def train_and_export(
         len(catalog),
         {"model": "two_tower", "model_version": ranker_dir.name, "data": metadata["data"]["fingerprint"]},
     )
-    if "query_tower" in inspect.signature(save_index).parameters:
-        # The retrieval index can carry the query tower itself (checksummed with the rest of the version).
-        index_args["query_tower"] = query_tower_dir / QUERY_TOWER_FILE
-    index_dir = save_index(out / "index", **index_args)
+    # The retrieval index carries the query tower itself (checksummed with the rest of the version).
+    index_dir = save_index(out / "index", query_tower=query_tower_dir / QUERY_TOWER_FILE, **index_args)
     write_catalog(dataset, out / CATALOG_FILE)
     (out / CURVES_FILE).write_text(
         json.dumps(
@@ -106,6 +104,7 @@ def train_and_export(
                 "tower_loss": fitted.curves.tower_loss,
                 "ranker_loss": fitted.curves.ranker_loss,
                 "validation": fitted.curves.validation,
+                "ranker_kept_epoch": fitted.curves.ranker_kept_epoch,
             }
         ),
         encoding="utf-8",

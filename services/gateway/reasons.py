@@ -43,6 +43,15 @@ def reasons_for(
                     related_item_id=anchor,
                 )
             )
+        elif source == common.CANDIDATE_SOURCE_CO_VISITATION:
+            text = f"Often bought with {catalog.title(anchor)}" if anchor else "Often bought together"
+            reasons.append(common.Reason(code=common.REASON_CODE_BOUGHT_TOGETHER, text=text, related_item_id=anchor))
+        elif source == common.CANDIDATE_SOURCE_BUY_AGAIN:
+            event = history_events.get(candidate.item_id, common.EVENT_TYPE_PURCHASE)
+            text = "Buy it again" if event == common.EVENT_TYPE_PURCHASE else "You looked at this recently"
+            reasons.append(
+                common.Reason(code=common.REASON_CODE_BUY_AGAIN, text=text, related_item_id=candidate.item_id)
+            )
         elif source in (
             common.CANDIDATE_SOURCE_POPULARITY,
             common.CANDIDATE_SOURCE_FALLBACK_CACHE,

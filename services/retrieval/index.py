@@ -10,6 +10,10 @@
         item_attributes.json   {"category": [...], "brand": [...]} aligned with item_ids.txt
         regions.txt            region codes, one per line (column j of sold_in, row j of region_popularity)
         query_tower.onnx       optional: history_item_ids INT64 [batch, L] -> query_embedding FP32 [batch, D]
+        covisitation.npz       optional: indptr, rows, scores: per anchor item, the rows bought with it (best first;
+                               see services.retrieval.covisitation)
+        covisitation_anchors.txt  optional: the anchor item ids, one per line (a shard's anchors are the whole
+                               catalog's items); without it anchor i is row i
         scann/                 optional: the ScaNN searcher (tree + asymmetric hashing + reordering)
 
 Writers (training export, ``aisle index build``) go through :func:`save_index`, which writes into a hidden staging
@@ -24,12 +28,15 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+
+from services.retrieval.covisitation import CoVisitationTable
 
 FORMAT = "aisle-index/1"
 METADATA_FILE = "metadata.json"
@@ -39,6 +46,8 @@ TABLE_FILE = "item_table.npz"
 ATTRIBUTES_FILE = "item_attributes.json"
 REGIONS_FILE = "regions.txt"
 QUERY_TOWER_FILE = "query_tower.onnx"
+COVISITATION_FILE = "covisitation.npz"
+COVISITATION_ANCHORS_FILE = "covisitation_anchors.txt"
 SCANN_DIR = "scann"
 REQUIRED_FILES = (IDS_FILE, EMBEDDINGS_FILE, TABLE_FILE, ATTRIBUTES_FILE, REGIONS_FILE)
 
@@ -70,6 +79,10 @@ class IndexArtifact:
     created_at: float = 0.0
     query_tower: Path | None = None
     scann_dir: Path | None = None
+    #: Items bought together, per anchor (None: the index has no co-visitation data).
+    covisitation: CoVisitationTable | None = None
+    #: Anchor item ids of the co-visitation table (None: anchor i is row i).
+    covisitation_anchors: list[str] | None = None
 
     @property
     def dimension(self) -> int:
@@ -121,6 +134,8 @@ def save_index(
     query_tower: Path | None = None,
     build_ann: Callable[[np.ndarray, Path], dict] | None = None,
     sharding: dict[str, int] | None = None,
+    covisitation: CoVisitationTable | None = None,
+    covisitation_anchors: Sequence[str] | None = None,
 ) -> Path:
     """Writes a complete index version under ``root`` atomically; returns its path.
 
@@ -128,7 +143,8 @@ def save_index(
     stock = 1. ``query_tower`` is an ONNX file copied in. ``build_ann(embeddings, folder)`` writes an ANN
     structure into ``folder`` (see :mod:`services.retrieval.build`) and returns its parameters for the metadata.
     ``sharding`` (``{"shards": n}`` for a router's data, ``{"shards": n, "shard": i}`` for a shard) is recorded with
-    the build parameters.
+    the build parameters. ``covisitation`` is the co-visitation source's table; its anchors are this index's rows
+    unless ``covisitation_anchors`` names them (a shard's table is keyed by every catalog item).
     """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     count = len(item_ids)
@@ -141,6 +157,9 @@ def save_index(
     trending = popularity.copy() if trending is None else np.asarray(trending, dtype=np.float32)
     stock = np.ones(count, dtype=np.int64) if stock is None else np.asarray(stock, dtype=np.int64)
     _check_inputs(item_ids, embeddings, popularity, categories, brands, regions, sold_in, trending, stock)
+    if covisitation is not None:
+        anchors = count if covisitation_anchors is None else len(covisitation_anchors)
+        _check_covisitation(covisitation, count, anchors)
     version = version or new_version()
     root.mkdir(parents=True, exist_ok=True)
     final = root / version
@@ -165,6 +184,13 @@ def save_index(
         (staging / REGIONS_FILE).write_text("".join(f"{r}\n" for r in regions), encoding="utf-8")
         if query_tower is not None:
             shutil.copyfile(query_tower, staging / QUERY_TOWER_FILE)
+        if covisitation is not None:
+            with (staging / COVISITATION_FILE).open("wb") as handle:
+                np.savez(handle, indptr=covisitation.indptr, rows=covisitation.rows, scores=covisitation.scores)
+            if covisitation_anchors is not None:
+                (staging / COVISITATION_ANCHORS_FILE).write_text(
+                    "".join(f"{a}\n" for a in covisitation_anchors), encoding="utf-8"
+                )
         build = {"ann": "exact"}
         if build_ann is not None:
             (staging / SCANN_DIR).mkdir()
@@ -208,6 +234,13 @@ def _check_inputs(item_ids, embeddings, popularity, categories, brands, regions,
         raise ValueError("item ids must be unique, non-empty and single-line")
     if not np.isfinite(embeddings).all():
         raise ValueError("embeddings contain NaN or infinite values")
+
+
+def _check_covisitation(table: CoVisitationTable, count: int, anchors: int) -> None:
+    if table.anchors != anchors:
+        raise ValueError(f"the co-visitation table has {table.anchors} anchors, expected {anchors}")
+    if table.rows.size and (table.rows.min() < 0 or table.rows.max() >= count):
+        raise ValueError(f"co-visitation rows must lie in [0, {count})")
 
 
 def index_versions(root: Path) -> list[Path]:
@@ -256,7 +289,7 @@ def load_index(path: Path, mmap: bool = False) -> IndexArtifact:
         raise InvalidIndex(f"{path}: files not in the metadata: {sorted(extra)[:5]}")
     try:
         return _read(path, metadata, mmap)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         if isinstance(exc, InvalidIndex):
             raise
         raise InvalidIndex(f"{path}: unreadable: {exc}") from None
@@ -292,6 +325,7 @@ def _read(path: Path, metadata: dict, mmap: bool) -> IndexArtifact:
         raise InvalidIndex(f"{path}: embeddings must be finite float32")
     if len(attributes.get("category", [])) != count or len(attributes.get("brand", [])) != count:
         raise InvalidIndex(f"{path}: item attributes do not cover every item")
+    covisitation, anchors = _read_covisitation(path, count)
     model = metadata.get("model", {})
     return IndexArtifact(
         path=path,
@@ -312,7 +346,27 @@ def _read(path: Path, metadata: dict, mmap: bool) -> IndexArtifact:
         created_at=_timestamp(metadata.get("created_at")),
         query_tower=path / QUERY_TOWER_FILE if (path / QUERY_TOWER_FILE).is_file() else None,
         scann_dir=path / SCANN_DIR if (path / SCANN_DIR).is_dir() else None,
+        covisitation=covisitation,
+        covisitation_anchors=anchors,
     )
+
+
+def _read_covisitation(path: Path, count: int) -> tuple[CoVisitationTable | None, list[str] | None]:
+    anchors_file = path / COVISITATION_ANCHORS_FILE
+    anchors = anchors_file.read_text(encoding="utf-8").splitlines() if anchors_file.is_file() else None
+    if not (path / COVISITATION_FILE).is_file():
+        if anchors is not None:
+            raise InvalidIndex(f"{path}: {COVISITATION_ANCHORS_FILE} without {COVISITATION_FILE}")
+        return None, None
+    try:
+        with np.load(path / COVISITATION_FILE, allow_pickle=False) as packed:
+            table = CoVisitationTable(
+                packed["indptr"].astype(np.int64), packed["rows"].astype(np.int64), packed["scores"].astype(np.float32)
+            )
+        _check_covisitation(table, count, count if anchors is None else len(anchors))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise InvalidIndex(f"{path}: {COVISITATION_FILE}: {exc}") from None
+    return table, anchors
 
 
 def _timestamp(value: object) -> float:

@@ -122,6 +122,11 @@ def build(
                 def build_ann(embeddings, folder, config=config):
                     return build_scann(embeddings, folder, config)
 
+            # A shard answers co-visitation for any anchor in the catalog, with its own items as candidates.
+            covisitation, anchors = artifact.covisitation, artifact.covisitation_anchors
+            if covisitation is not None and shards > 1:
+                covisitation = covisitation.restricted(rows, len(artifact))
+                anchors = anchors if anchors is not None else artifact.item_ids
             bar.set_postfix(shard=shard, items=rows.size, ann="scann" if use_scann else "exact")
             path = save_index(
                 out / f"shard-{shard}" if shards > 1 else out,
@@ -141,6 +146,8 @@ def build(
                 build_ann=build_ann,
                 version=version,
                 sharding={"shards": shards, "shard": shard} if shards > 1 else None,
+                covisitation=covisitation,
+                covisitation_anchors=anchors,
             )
             bar.update()
             click.echo(f"wrote {path} ({rows.size} items, {'scann' if use_scann else 'exact'})")

@@ -57,6 +57,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             allowed,
             allowed_count,
             request.k,
+            self.kept_history(request),
         )
         wanted = list(request.sources) or list(PERSONAL_DEFAULT if history_vector is not None else ANONYMOUS_DEFAULT)
         artifact = index.artifact
@@ -84,6 +85,15 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
                 for rank, (item, score) in enumerate(zip(items, found.scores.tolist(), strict=True)):
                     add(item_id=item, score=score, source=source_id, source_rank=rank)
         return response
+
+    @staticmethod
+    def kept_history(request: pb.RetrieveRequest) -> list[str]:
+        """Consented history item ids, oldest first, without the items the subject returned (never bought again,
+        never the reason for a co-visited item)."""
+        if not request.consent:
+            return []
+        returned = {i.item_id for i in request.history if i.event_type == common_pb2.EVENT_TYPE_RETURN}
+        return [i.item_id for i in request.history if i.item_id not in returned]
 
     @staticmethod
     def history_vector(request: pb.RetrieveRequest, index: ServingIndex, history_rows: list[int]):

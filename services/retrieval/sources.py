@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from aisle.common.v1 import common_pb2
+from services.retrieval.covisitation import MAX_ANCHORS, co_visited
 from services.retrieval.state import ServingIndex
 
 #: Anchors (page product, cart items) searched per request: the most recent ones.
@@ -29,6 +30,9 @@ class Query:
     allowed: np.ndarray  # boolean mask over index rows
     allowed_count: int
     k: int
+    #: Consented history item ids, oldest first, whether or not this index (shard) holds them; returned items left
+    #: out.
+    history_items: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,55 @@ class ItemToItemSource:
         )
 
 
+class CoVisitationSource:
+    """Items bought in the same baskets as the request's anchors (the page's product, the cart's items) and the
+    subject's newest distinct items, from the ``covisitation`` table the training export writes into the index;
+    each candidate's anchor is the item that contributed most. Anchors first, then history, newest first."""
+
+    name = "CoVisitationSource"
+    source = common_pb2.CANDIDATE_SOURCE_CO_VISITATION
+
+    def retrieve(self, index: ServingIndex, query: Query) -> Sourced:
+        table, positions = index.artifact.covisitation, index.covisitation_positions
+        if table is None:
+            return _empty(self.source)
+        newest_first = [item for item, _ in reversed(query.anchors)] + list(reversed(query.history_items))
+        anchors = [item for item in dict.fromkeys(newest_first) if item in positions][:MAX_ANCHORS]
+        rows, scores, which = co_visited(table, [positions[a] for a in anchors], query.k, query.allowed)
+        return Sourced(self.source, rows, scores, [anchors[i] for i in which.tolist()])
+
+
+class BuyAgainSource:
+    """The subject's own earlier items: score = times seen + recency (1 for the newest, towards 0 for the oldest),
+    as the buy-again baseline ranks them. Scores depend only on the request, so shards' answers merge as one."""
+
+    name = "BuyAgainSource"
+    source = common_pb2.CANDIDATE_SOURCE_BUY_AGAIN
+
+    def retrieve(self, index: ServingIndex, query: Query) -> Sourced:
+        history = query.history_items
+        if not history:
+            return _empty(self.source)
+        counts: dict[str, int] = {}
+        newest: dict[str, int] = {}
+        for position, item in enumerate(history, start=1):
+            counts[item] = counts.get(item, 0) + 1
+            newest[item] = position
+        rows_of, allowed, length = index.rows, query.allowed, len(history)
+        found = [
+            (counts[item] + newest[item] / length, rows_of[item])
+            for item in counts
+            if item in rows_of and allowed[rows_of[item]]
+        ]
+        found.sort(key=lambda pair: (-pair[0], pair[1]))
+        found = found[: query.k]
+        return Sourced(
+            self.source,
+            np.array([row for _, row in found], dtype=np.int64),
+            np.array([score for score, _ in found], dtype=np.float32),
+        )
+
+
 class PopularitySource:
     """Most bought items in the training window, in the request's region when it has one."""
 
@@ -182,4 +235,12 @@ def _empty(source: int) -> Sourced:
 
 
 def default_sources() -> list[Source]:
-    return [TwoTowerSource(), ItemToItemSource(), PopularitySource(), TrendingSource(), ColdStartSource()]
+    return [
+        TwoTowerSource(),
+        ItemToItemSource(),
+        CoVisitationSource(),
+        BuyAgainSource(),
+        PopularitySource(),
+        TrendingSource(),
+        ColdStartSource(),
+    ]

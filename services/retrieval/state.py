@@ -70,6 +70,8 @@ class ServingIndex:
     loaded_at: float
     #: Item ids as a numpy array, for turning result rows into ids in one step.
     item_id_array: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=object))
+    #: Co-visitation anchor item id -> position in the artifact's table (the rows map when anchors are rows).
+    covisitation_positions: dict[str, int] = field(default_factory=dict)
     #: Precomputed descending orders of static scores (popularity per region, trending), filled on first use.
     orders: dict = field(default_factory=dict)
 
@@ -110,9 +112,11 @@ def open_index(path: Path, exact_threshold: int, min_recall: float, threads: int
         recall,
         encoder.name,
     )
+    rows = {item: row for row, item in enumerate(artifact.item_ids)}
+    anchors = artifact.covisitation_anchors
     return ServingIndex(
         artifact=artifact,
-        rows={item: row for row, item in enumerate(artifact.item_ids)},
+        rows=rows,
         search=FilteredSearch(searcher, exact, exact_threshold=exact_threshold),
         encoder=encoder,
         availability=Availability(artifact),
@@ -122,6 +126,7 @@ def open_index(path: Path, exact_threshold: int, min_recall: float, threads: int
         category_vocabulary=categories,
         loaded_at=time.time(),
         item_id_array=np.array(artifact.item_ids, dtype=object),
+        covisitation_positions=rows if anchors is None else {item: i for i, item in enumerate(anchors)},
     )
 
 

@@ -62,3 +62,19 @@ def test_item_to_item_and_new_arrival_reasons():
     reasons = reasons_for(Candidate("x", [I2I], anchors={I2I: "lamp"}), {}, "", catalog)
     assert [r.code for r in reasons] == [common.REASON_CODE_BOUGHT_TOGETHER, common.REASON_CODE_NEW_ARRIVAL]
     assert reasons[0].related_item_id == "lamp"
+
+
+def test_co_visitation_and_buy_again_reasons():
+    co_visit, buy_again = common.CANDIDATE_SOURCE_CO_VISITATION, common.CANDIDATE_SOURCE_BUY_AGAIN
+    catalog = ItemCatalog({"saucer": {"title": "Blue Saucer"}})
+    [together] = reasons_for(Candidate("cup", [co_visit], anchors={co_visit: "saucer"}), {}, "", catalog)
+    assert (together.code, together.text, together.related_item_id) == (
+        common.REASON_CODE_BOUGHT_TOGETHER,
+        "Often bought with Blue Saucer",
+        "saucer",
+    )
+    history = {"mug": common.EVENT_TYPE_PURCHASE, "lamp": common.EVENT_TYPE_VIEW}
+    [bought] = reasons_for(Candidate("mug", [buy_again]), history, "")
+    [viewed] = reasons_for(Candidate("lamp", [buy_again]), history, "")
+    assert (bought.code, bought.text, bought.related_item_id) == (common.REASON_CODE_BUY_AGAIN, "Buy it again", "mug")
+    assert (viewed.code, viewed.text) == (common.REASON_CODE_BUY_AGAIN, "You looked at this recently")

@@ -1,9 +1,11 @@
 """Aisle's own pipeline as a recommender for offline evaluation: retrieval (two-tower) -> ranker -> top K.
 
-Candidates per customer, as the serving path forms them: the two-tower's top ``retrieve`` items, the customer's own
-past purchases (repeat protocol only: in the discovery protocol they are excluded before retrieval) and the
-``popular`` most popular items. The ranker scores them with P(purchase); items that are not candidates follow in
-popularity order (they only matter for Recall@100 when there are fewer than 100 candidates).
+Candidates per customer, as the serving path forms them: the two-tower's top ``retrieve`` items, the top
+``co_visit`` items bought together with the customer's newest items (the retrieval service's co-visitation
+source, same function), the customer's own past purchases (repeat protocol only: in the discovery protocol they
+are excluded before retrieval) and the ``popular`` most popular items. The ranker scores them with P(purchase);
+items that are not candidates follow in popularity order (they only matter for Recall@100 when there are fewer
+than 100 candidates).
 
 The towers and the ranker come in as functions, so the same code evaluates the torch models during training and
 the exported ONNX files (what is served) in ``aisle evaluate``.
@@ -11,11 +13,12 @@ the exported ONNX files (what is served) in ``aisle evaluate``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from services.ranking.features import ItemFeatureSnapshot
+from services.retrieval.covisitation import MAX_ANCHORS, CoVisitationTable, co_visited
 from training.data.splits import EvalCase
 from training.evaluation.baselines import ScoredBatch, _popularity_fill, _recent_distinct
 from training.features import history_tokens, ranker_inputs
@@ -52,6 +55,8 @@ class AisleRecommender:
         popular: int = 50,
         history_length: int = 50,
         ranker_history_length: int | None = None,
+        covisitation: CoVisitationTable | None = None,
+        co_visit: int = 0,
     ):
         self.retriever = TwoTowerRetriever(query_fn, item_vectors, history_length)
         self.rank_fn, self.snapshot = rank_fn, snapshot
@@ -61,6 +66,34 @@ class AisleRecommender:
         self.fill = _popularity_fill(popularity)
         self.popular_order = np.argsort(-popularity, kind="stable")
         self.retrieve, self.repeat, self.popular = retrieve, repeat, popular
+        self.covisitation, self.co_visit = covisitation, co_visit if covisitation is not None else 0
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Mapping,
+        query_fn: QueryFn,
+        item_vectors: np.ndarray,
+        rank_fn: RankFn | None,
+        snapshot: ItemFeatureSnapshot | None,
+        popularity: np.ndarray,
+        covisitation: CoVisitationTable | None,
+    ) -> AisleRecommender:
+        """The candidate set a training configuration (``FitConfig`` as a dict, or the one a run recorded) names."""
+        return cls(
+            query_fn,
+            item_vectors,
+            rank_fn,
+            snapshot,
+            popularity,
+            config["retrieve"],
+            config["repeat"],
+            config["popular"],
+            config["history_length"],
+            config.get("ranker_history_length", config["history_length"]),
+            covisitation,
+            config.get("co_visit", 0),
+        )
 
     def candidates(self, cases: list[EvalCase], exclude_history: bool) -> np.ndarray:
         """[U, C] catalog rows, -1 padding."""
@@ -68,6 +101,8 @@ class AisleRecommender:
         rows = []
         for u, case in enumerate(cases):
             history = np.unique(case.history)
+            # What the gateway sends retrieval: the newest ``history_length`` events.
+            window = case.history[-self.history_length :]
             scores = similarity[u]
             if exclude_history and len(history):
                 scores = scores.copy()
@@ -76,8 +111,15 @@ class AisleRecommender:
             retrieved = np.argpartition(-scores, k)[:k] if k > 0 else np.arange(len(scores))
             popular = self.popular_order[: self.popular + (len(history) if exclude_history else 0)]
             parts = [retrieved, popular]
+            if self.co_visit:
+                allowed = None
+                if exclude_history and len(history):
+                    allowed = np.ones(len(scores), dtype=bool)
+                    allowed[history] = False
+                anchors = _recent_distinct(window, MAX_ANCHORS)
+                parts.append(co_visited(self.covisitation, anchors, self.co_visit, allowed)[0])
             if not exclude_history:
-                parts.append(_recent_distinct(case.history, self.repeat))
+                parts.append(_recent_distinct(window, self.repeat))
             chosen = np.unique(np.concatenate(parts))
             if exclude_history and len(history):
                 chosen = chosen[~np.isin(chosen, history)]

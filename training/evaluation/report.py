@@ -24,6 +24,7 @@ from services.ranking.model_config import (
     RETURN_OUTPUT,
     VOCABULARY_FILE,
 )
+from services.retrieval.index import InvalidIndex, load_index
 from training.data.loaders import load_dataset
 from training.data.splits import split_dataset
 from training.evaluation.aisle import AisleRecommender, TwoTowerRetriever
@@ -94,25 +95,19 @@ def evaluate_artifacts(
     vocabulary = ItemVocabulary.read(ranker_dir / VOCABULARY_FILE)
     if vocabulary.tokens(catalog.item_ids).tolist() != list(range(1, len(catalog) + 1)):
         raise ArtifactError(f"{ranker_dir / VOCABULARY_FILE} does not follow the catalog's order")
-    index_ids = (index_dir / "item_ids.txt").read_text(encoding="utf-8").split()
-    if index_ids != catalog.item_ids:
+    try:
+        index = load_index(index_dir)
+    except InvalidIndex as exc:
+        raise ArtifactError(str(exc)) from None
+    if index.item_ids != catalog.item_ids:
         raise ArtifactError(f"{index_dir}: item ids differ from the catalog's")
-    embeddings = np.load(index_dir / "item_embeddings.npy")
+    embeddings = index.embeddings
     snapshot = ItemFeatureSnapshot.load(ranker_dir / FEATURES_FILE)
     query_fn, rank_fn = onnx_functions(run)
     config = run["training"]["config"]
     popularity = split.popularity()
-    aisle = AisleRecommender(
-        query_fn,
-        embeddings,
-        rank_fn,
-        snapshot,
-        popularity,
-        config["retrieve"],
-        config["repeat"],
-        config["popular"],
-        config["history_length"],
-        config.get("ranker_history_length", config["history_length"]),
+    aisle = AisleRecommender.from_config(
+        config, query_fn, embeddings, rank_fn, snapshot, popularity, index.covisitation
     )
     models = [aisle, TwoTowerRetriever(query_fn, embeddings, config["history_length"])]
     models += [Popularity(split), ItemToItem(split), BuyAgain(split)]
@@ -222,6 +217,10 @@ def write_plots(report: dict, curves: dict | None, stem: Path) -> list[Path]:
             points = [p for p in curves["validation"] if p["stage"] == stage]
             if points:
                 axes[2].plot([p["epoch"] for p in points], [p["ndcg@10"] for p in points], style, label=stage)
+        kept_epoch = curves.get("ranker_kept_epoch")
+        kept = [p for p in curves["validation"] if p["stage"] == "ranker" and p["epoch"] == kept_epoch]
+        if kept:
+            axes[2].plot([kept[0]["epoch"]], [kept[0]["ndcg@10"]], "k*", markersize=12, label="ranker kept")
         axes[2].set_title("validation NDCG@10 (repeat)")
         axes[2].set_xlabel("epoch")
         axes[2].legend()

@@ -16,13 +16,15 @@ from services.gateway.pipeline import Candidate, RequestState, SourceFailed
 SOURCES = {
     "two_tower": common.CANDIDATE_SOURCE_TWO_TOWER,
     "item_to_item": common.CANDIDATE_SOURCE_ITEM_TO_ITEM,
+    "co_visitation": common.CANDIDATE_SOURCE_CO_VISITATION,
+    "buy_again": common.CANDIDATE_SOURCE_BUY_AGAIN,
     "popularity": common.CANDIDATE_SOURCE_POPULARITY,
     "trending": common.CANDIDATE_SOURCE_TRENDING,
     "cold_start": common.CANDIDATE_SOURCE_COLD_START,
 }
 
 
-SourceName = Literal["two_tower", "item_to_item", "popularity", "trending", "cold_start"]
+SourceName = Literal["two_tower", "item_to_item", "co_visitation", "buy_again", "popularity", "trending", "cold_start"]
 #: Sources whose answers are the region's popular items: what the fallback cache keeps.
 POPULAR_SOURCES = frozenset({common.CANDIDATE_SOURCE_POPULARITY, common.CANDIDATE_SOURCE_COLD_START})
 

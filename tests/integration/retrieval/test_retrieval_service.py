@@ -15,7 +15,7 @@ from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.core.errors import details_of
 from services.core.server import ServiceHost
 from services.retrieval.app import build_application
-from services.retrieval.index import METADATA_FILE, InvalidIndex, latest_version
+from services.retrieval.index import METADATA_FILE, InvalidIndex, latest_version, load_index
 from services.retrieval.index_cli import index as index_cli
 from services.retrieval.settings import RetrievalSettings
 from tests.integration.conftest import serving
@@ -26,6 +26,7 @@ TWO_TOWER, POPULAR, I2I = (
     common.CANDIDATE_SOURCE_POPULARITY,
     common.CANDIDATE_SOURCE_ITEM_TO_ITEM,
 )
+CO_VISITATION, BUY_AGAIN = common.CANDIDATE_SOURCE_CO_VISITATION, common.CANDIDATE_SOURCE_BUY_AGAIN
 
 
 def settings_for(path, **extra) -> RetrievalSettings:
@@ -39,6 +40,32 @@ async def retrieval(path, **extra):
     async with serving(ServiceHost(settings, build_application(settings))) as host:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
             yield host, pb_grpc.RetrievalServiceStub(channel)
+
+
+@contextlib.asynccontextmanager
+async def whole_and_sharded(whole, sharded):
+    """Stubs of one server on the whole index and of a router over two shard servers (``sharded`` holds the
+    ``aisle index build --shards 2`` output)."""
+    async with (
+        retrieval(whole) as (_, single),
+        retrieval(sharded / "shard-0") as (shard0, _),
+        retrieval(sharded / "shard-1") as (shard1, _),
+    ):
+        targets = f"127.0.0.1:{shard0.port},127.0.0.1:{shard1.port}"
+        async with retrieval(sharded / "router", shard_targets=targets) as (_, router):
+            yield single, router
+
+
+async def same_answers(single, router, messages) -> list[tuple[pb.RetrieveResponse, pb.RetrieveResponse]]:
+    """(whole, router) answers per message, checked equal and undegraded."""
+    answers = []
+    for message in messages:
+        want = await single.Retrieve(message, timeout=5)
+        got = await router.Retrieve(message, timeout=5)
+        assert candidate_keys(got) == candidate_keys(want)
+        assert not got.degradations
+        answers.append((want, got))
+    return answers
 
 
 def request(k=20, sources=(TWO_TOWER, POPULAR), history=("I00010", "I00020"), **fields) -> pb.RetrieveRequest:
@@ -63,7 +90,7 @@ def candidate_keys(response: pb.RetrieveResponse) -> list[tuple]:
 @pytest.fixture(scope="module")
 def index_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("retrieval")
-    write_index(root, version="20260101T000000Z")
+    write_index(root, version="20260101T000000Z", covisitation=True)
     return root
 
 
@@ -205,27 +232,17 @@ async def test_two_shards_behind_a_router_equal_the_unsharded_index(tmp_path):
         request(k=10, sources=(common.CANDIDATE_SOURCE_COLD_START,), history=()),
     ]
     messages[1].anchor_item_ids.extend(["I00003", "I00400"])
-    async with (
-        retrieval(whole) as (_, single),
-        retrieval(tmp_path / "sharded" / "shard-0") as (shard0, _),
-        retrieval(tmp_path / "sharded" / "shard-1") as (shard1, _),
-    ):
-        targets = f"127.0.0.1:{shard0.port},127.0.0.1:{shard1.port}"
-        async with retrieval(tmp_path / "sharded" / "router", shard_targets=targets) as (_, router):
-            for message in messages:
-                want = await single.Retrieve(message, timeout=5)
-                got = await router.Retrieve(message, timeout=5)
-                assert candidate_keys(got) == candidate_keys(want)
-                assert not got.degradations
-            sizes = [
-                len(
-                    json.loads((latest_version(tmp_path / "sharded" / f"shard-{i}") / METADATA_FILE).read_text())[
-                        "checksums"
-                    ]
-                )
-                for i in range(2)
-            ]
-            assert all(sizes)
+    async with whole_and_sharded(whole, tmp_path / "sharded") as (single, router):
+        await same_answers(single, router, messages)
+        sizes = [
+            len(
+                json.loads((latest_version(tmp_path / "sharded" / f"shard-{i}") / METADATA_FILE).read_text())[
+                    "checksums"
+                ]
+            )
+            for i in range(2)
+        ]
+        assert all(sizes)
     # Router and shards carry one version name (published and pinned together) and know how they were split.
     parts = {name: latest_version(tmp_path / "sharded" / name) for name in ("router", "shard-0", "shard-1")}
     assert len({path.name for path in parts.values()}) == 1
@@ -282,3 +299,114 @@ async def test_a_shard_that_is_down_is_dropped_and_flagged(tmp_path):
     assert len(reply.candidates) == 10
     [degradation] = reply.degradations
     assert degradation.reason == common.DEGRADATION_REASON_SOURCE_DROPPED and str(shard1.port) in degradation.stage
+
+
+def events(*pairs: tuple[str, int]) -> list[common.Interaction]:
+    return [common.Interaction(item_id=item, event_type=event) for item, event in pairs]
+
+
+def by_source(response: pb.RetrieveResponse, source: int) -> list[tuple]:
+    return [(c.item_id, round(c.score, 4), c.anchor_item_id) for c in response.candidates if c.source == source]
+
+
+async def test_co_visitation_and_buy_again_in_one_call(index_root):
+    view, purchase, returned = common.EVENT_TYPE_VIEW, common.EVENT_TYPE_PURCHASE, common.EVENT_TYPE_RETURN
+    message = request(k=0, sources=(CO_VISITATION, BUY_AGAIN), history=())
+    # Oldest first. The return is no anchor and no repeat; I00010 (seen twice) is the newest anchor.
+    message.history.extend(events(("I00010", view), ("I00012", purchase), ("I00010", purchase), ("I00040", returned)))
+    message.source_limits.add(source=CO_VISITATION, k=5)
+    message.source_limits.add(source=BUY_AGAIN, k=2)
+    message.include_out_of_stock = True
+    async with retrieval(index_root) as (_, stub):
+        reply = await stub.Retrieve(message, timeout=5)
+        # Exclusions and stock apply to both sources.
+        await stub.UpdateAvailability(
+            pb.UpdateAvailabilityRequest(updates=[pb.AvailabilityUpdate(item_id="I00011", stock=0)]), timeout=5
+        )
+        filtered_message = pb.RetrieveRequest()
+        filtered_message.CopyFrom(message)
+        filtered_message.include_out_of_stock = False
+        filtered_message.exclusions.item_ids.extend(["I00013", "I00012"])
+        filtered = await stub.Retrieve(filtered_message, timeout=5)
+        # The page's product is the newest anchor (and never its own recommendation).
+        paged_message = request(k=5, sources=(CO_VISITATION,), history=("I00010",), include_out_of_stock=True)
+        paged_message.anchor_item_ids.append("I00012")
+        paged = await stub.Retrieve(paged_message, timeout=5)
+        message.consent = False
+        anonymous = await stub.Retrieve(message, timeout=5)
+    # Item i is co-bought with i+1..i+5 (1.0, 0.8, 0.6, 0.4, 0.2); anchors I00010 (weight 1), I00012 (0.8).
+    assert by_source(reply, CO_VISITATION) == [
+        ("I00013", 1.4, "I00012"),
+        ("I00014", 1.04, "I00012"),
+        ("I00011", 1.0, "I00010"),
+        ("I00012", 0.8, "I00010"),
+        ("I00015", 0.68, "I00012"),
+    ]
+    # Buy again: count + newest position / length (3 items once returns are left out), no anchor.
+    assert by_source(reply, BUY_AGAIN) == [("I00010", 3.0, ""), ("I00012", round(1 + 2 / 3, 4), "")]
+    assert [(c.source, c.source_rank) for c in reply.candidates] == [(CO_VISITATION, r) for r in range(5)] + [
+        (BUY_AGAIN, 0),
+        (BUY_AGAIN, 1),
+    ]
+    stock = load_index(latest_version(index_root)).stock
+    in_stock = [item for item in ("I00014", "I00015", "I00016", "I00017") if stock[int(item[1:])] > 0]
+    assert by_source(filtered, CO_VISITATION) == [
+        hit
+        for hit in [
+            ("I00014", 1.04, "I00012"),
+            ("I00015", 0.68, "I00012"),
+            ("I00016", 0.32, "I00012"),
+            ("I00017", 0.16, "I00012"),
+        ]
+        if hit[0] in in_stock
+    ]
+    assert len(in_stock) >= 2
+    assert by_source(filtered, BUY_AGAIN) == ([("I00010", 3.0, "")] if stock[10] > 0 else [])
+    assert by_source(paged, CO_VISITATION) == [  # I00012 (0.64) is left out
+        ("I00013", 1.48, "I00012"),
+        ("I00014", 1.12, "I00012"),
+        ("I00011", 0.8, "I00010"),
+        ("I00015", 0.76, "I00012"),
+        ("I00016", 0.4, "I00012"),
+    ]
+    assert not anonymous.candidates
+
+
+async def test_co_visitation_and_buy_again_shards_merge_to_the_unsharded_answer(tmp_path):
+    whole = tmp_path / "whole"
+    write_index(whole, count=2000, version="20260101T000000Z", covisitation=True)
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(
+        index_cli, ["build", str(whole), "--out", str(tmp_path / "sharded"), "--shards", "2", "--ann", "exact"]
+    )
+    assert result.exit_code == 0, result.output
+    whole_ids = load_index(latest_version(whole)).item_ids
+    held = []
+    for shard in range(2):
+        part = load_index(latest_version(tmp_path / "sharded" / f"shard-{shard}"))
+        # Every catalog item is an anchor on every shard; the candidates are the shard's own items.
+        assert part.covisitation_anchors == whole_ids and part.covisitation.anchors == 2000
+        assert 0 < len(part) < 2000 and part.covisitation.rows.max() < len(part)
+        held.append(set(part.item_ids))
+    assert load_index(latest_version(tmp_path / "sharded" / "router")).covisitation is None
+    histories = [
+        ("I00010", "I00020"),
+        ("I00100", "I00103", "I00100", "I01500", "I00102", "I00103"),
+        tuple(f"I{n:05d}" for n in range(1000, 1240, 20)),  # more than ten anchors
+    ]
+    messages = [request(k=15, sources=(CO_VISITATION, BUY_AGAIN), history=h) for h in histories]
+    messages[1].exclude_purchased = True
+    messages[1].include_out_of_stock = True
+    messages[1].history[0].event_type = common.EVENT_TYPE_PURCHASE  # I00100 leaves both sources
+    messages[0].anchor_item_ids.append("I01700")  # the page's product: the newest anchor
+    messages[2].exclusions.item_ids.extend(["I01181", "I01200"])
+    messages[2].context.region = "DE"
+    async with whole_and_sharded(whole, tmp_path / "sharded") as (single, router):
+        for message, (want, got) in zip(messages, await same_answers(single, router, messages), strict=True):
+            co_visited = {c.item_id for c in want.candidates if c.source == CO_VISITATION}
+            assert co_visited & held[0] and co_visited & held[1]  # both shards contributed
+            assert {c.source for c in want.candidates} == {CO_VISITATION, BUY_AGAIN}
+            if message is messages[1]:  # I00100 was bought: excluded from both sources
+                assert "I00100" not in {c.item_id for c in got.candidates}
+                assert [c.item_id for c in got.candidates if c.source == BUY_AGAIN][:1] == ["I00103"]

@@ -13,8 +13,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from aisle.common.v1 import common_pb2 as common
 from services.ranking.features import ItemFeatureSnapshot, ItemVocabulary, candidate_features, encode_history
 from services.retrieval.index import latest_version, load_index
+from services.retrieval.settings import RetrievalSettings
 from tests.support.tiny_training import SHOP, TINY
 from training.data.loaders import synthetic_dataset
 from training.export import FEATURES_INPUT, QUERY_OUTPUT, QUERY_TOWER_FILE
@@ -163,12 +165,71 @@ async def test_the_ranking_service_loads_and_scores_the_exported_ranker(trained)
         await backend.close()
 
 
+async def test_the_retrieval_service_serves_the_candidate_set_evaluated_offline(trained):
+    """Co-visitation and buy-again through a real Retrieve call on the exported index are exactly the evaluation's
+    (and the ranker's training lists') candidates for the same history."""
+    import grpc
+
+    from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
+    from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
+    from services.core.server import ServiceHost
+    from services.retrieval.app import build_application
+    from services.retrieval.covisitation import MAX_ANCHORS, co_visited
+    from tests.integration.conftest import LOCAL, serving
+    from training.evaluation.baselines import _recent_distinct
+
+    fitted, config = trained.run.fitted, trained.run.fitted.config
+    assert fitted.covisitation is not None and config.co_visit > 0
+    ids = load_index(trained.run.index_dir).item_ids
+    co_visit, buy_again = common.CANDIDATE_SOURCE_CO_VISITATION, common.CANDIDATE_SOURCE_BUY_AGAIN
+    settings = RetrievalSettings(**LOCAL, index_path=trained.run.index_dir.parent)
+    async with serving(ServiceHost(settings, build_application(settings))) as host:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+            stub = retrieval_grpc.RetrievalServiceStub(channel)
+            checked = 0
+            for case in fitted.split.validation[:30]:
+                window = case.history[-config.ranker_history_length :]
+                reply = await stub.Retrieve(
+                    retrieval_pb.RetrieveRequest(
+                        consent=True,
+                        history=[
+                            common.Interaction(item_id=ids[row], event_type=common.EVENT_TYPE_PURCHASE)
+                            for row in window
+                        ],
+                        sources=[co_visit, buy_again],
+                        source_limits=[
+                            retrieval_pb.SourceLimit(source=co_visit, k=config.co_visit),
+                            retrieval_pb.SourceLimit(source=buy_again, k=config.repeat),
+                        ],
+                    )
+                )
+                served = {s: [c.item_id for c in reply.candidates if c.source == s] for s in (co_visit, buy_again)}
+                expected, _, _ = co_visited(fitted.covisitation, _recent_distinct(window, MAX_ANCHORS), config.co_visit)
+                assert served[co_visit] == [ids[row] for row in expected]
+                assert set(served[buy_again]) == {ids[row] for row in _recent_distinct(window, config.repeat)}
+                checked += bool(served[co_visit])
+            assert checked >= 20  # the comparison ran on real co-visitation answers, not on empty lists
+
+
 def test_training_is_deterministic_under_a_seed():
     dataset = synthetic_dataset(150, 60, 1)
     config = FitConfig(**{**TINY.__dict__, "validation_users": 30, "seed": 9})
     first, second = fit(dataset, config, progress=False), fit(dataset, config, progress=False)
     assert first.curves.tower_loss == second.curves.tower_loss
     assert first.curves.ranker_loss == second.curves.ranker_loss
+
+
+def test_the_ranker_epoch_with_the_best_validation_ndcg_is_the_one_kept():
+    dataset = synthetic_dataset(150, 60, 1)
+    # A high learning rate on this shop peaks early (validation NDCG@10 falls after the first epoch).
+    config = FitConfig(**{**TINY.__dict__, "validation_users": 0, "seed": 1, "ranker_epochs": 3, "ranker_lr": 0.02})
+    fitted = fit(dataset, config, progress=False)
+    epochs = {p["epoch"]: p["ndcg@10"] for p in fitted.curves.validation if p["stage"] == "ranker"}
+    assert sorted(epochs) == [1, 2, 3]
+    kept = fitted.curves.ranker_kept_epoch
+    assert epochs[kept] == max(epochs.values()) and kept < 3
+    # The final validation (after calibration, which never reorders) is the kept epoch's, on the same customers.
+    assert fitted.validation["ndcg@10"] == pytest.approx(epochs[kept], abs=1e-9)
 
 
 def test_the_evaluation_report(trained, tmp_path):

@@ -1,11 +1,16 @@
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 
 import numpy as np
 import pytest
 
+from services.retrieval.covisitation import CoVisitationTable
 from services.retrieval.index import (
+    COVISITATION_ANCHORS_FILE,
+    COVISITATION_FILE,
     EMBEDDINGS_FILE,
     METADATA_FILE,
     InvalidIndex,
@@ -14,9 +19,10 @@ from services.retrieval.index import (
     save_index,
 )
 from services.retrieval.search import ExactSearcher, top_k
+from tests.support.retrieval import covisitation_table
 
 
-def write(root, count=20, dim=4, version=None, seed=0):
+def write(root, count=20, dim=4, version=None, seed=0, **extra):
     rng = np.random.default_rng(seed)
     return save_index(
         root,
@@ -28,7 +34,26 @@ def write(root, count=20, dim=4, version=None, seed=0):
         model_name="ranker",
         model_version="1",
         version=version,
+        **extra,
     )
+
+
+def replace_file(path, name, data: bytes | None):
+    """Replaces (or with None removes) one file of a version and its checksum, as a buggy writer would."""
+    metadata = json.loads((path / METADATA_FILE).read_text())
+    if data is None:
+        (path / name).unlink()
+        del metadata["checksums"][name]
+    else:
+        (path / name).write_bytes(data)
+        metadata["checksums"][name] = hashlib.sha256(data).hexdigest()
+    (path / METADATA_FILE).write_text(json.dumps(metadata))
+
+
+def packed(indptr, rows, scores) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, indptr=np.asarray(indptr), rows=np.asarray(rows), scores=np.asarray(scores))
+    return buffer.getvalue()
 
 
 def test_round_trip(tmp_path):
@@ -154,4 +179,118 @@ def test_a_missing_scann_asset_is_refused(tmp_path):
     path = write_index(tmp_path, count=1000, scann=True)
     next((path / "scann").glob("*.npy")).unlink()
     with pytest.raises(InvalidIndex, match="missing scann/"):
+        load_index(path)
+
+
+def test_covisitation_round_trip(tmp_path):
+    table = covisitation_table(20)
+    loaded = load_index(write(tmp_path, covisitation=table))
+    assert loaded.covisitation_anchors is None and not (loaded.path / COVISITATION_ANCHORS_FILE).exists()
+    assert loaded.covisitation.indptr.tolist() == table.indptr.tolist()
+    assert loaded.covisitation.rows.tolist() == table.rows.tolist()
+    assert loaded.covisitation.scores.tolist() == table.scores.tolist()
+    assert loaded.covisitation.rows.dtype == np.int64 and loaded.covisitation.scores.dtype == np.float32
+    # A table keyed by other anchors (a shard's: every catalog item) keeps their ids.
+    anchors = [f"a{n}" for n in range(25)]
+    keyed = CoVisitationTable(
+        np.arange(26, dtype=np.int64), np.arange(25, dtype=np.int64) % 20, np.linspace(1, 2, 25, dtype=np.float32)
+    )
+    loaded = load_index(write(tmp_path / "keyed", covisitation=keyed, covisitation_anchors=anchors))
+    assert loaded.covisitation_anchors == anchors
+    assert loaded.covisitation.rows.tolist() == keyed.rows.tolist()
+    assert loaded.covisitation.scores.tolist() == keyed.scores.tolist()
+
+
+def test_an_index_without_covisitation_loads_without_it(tmp_path):
+    loaded = load_index(write(tmp_path))
+    assert loaded.covisitation is None and loaded.covisitation_anchors is None
+    assert not (loaded.path / COVISITATION_FILE).exists()
+
+
+def test_the_support_index_carries_the_known_covisitation_table(tmp_path):
+    from tests.support.retrieval import write_index
+
+    loaded = load_index(write_index(tmp_path, count=100, covisitation=True))
+    start, end = loaded.covisitation.indptr[98], loaded.covisitation.indptr[99]
+    assert loaded.covisitation.rows[start:end].tolist() == [99, 0, 1, 2, 3]
+    assert loaded.covisitation.scores[start:end].tolist() == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
+
+
+@pytest.mark.parametrize(
+    ("table", "anchors", "message"),
+    [
+        (covisitation_table(19), None, "has 19 anchors, expected 20"),
+        (covisitation_table(20), [f"a{n}" for n in range(21)], "has 20 anchors, expected 21"),
+        (CoVisitationTable(np.array([0] * 20 + [1]), np.array([20]), np.array([1.0], np.float32)), None, "rows"),
+        (CoVisitationTable(np.array([0] * 20 + [1]), np.array([-1]), np.array([1.0], np.float32)), None, "rows"),
+    ],
+)
+def test_bad_covisitation_is_refused_before_writing(tmp_path, table, anchors, message):
+    with pytest.raises(ValueError, match=message):
+        write(tmp_path, covisitation=table, covisitation_anchors=anchors)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_corrupt_covisitation_table_is_refused_by_checksum(tmp_path):
+    path = write(tmp_path, covisitation=covisitation_table(20))
+    data = bytearray((path / COVISITATION_FILE).read_bytes())
+    data[-1] ^= 0xFF
+    (path / COVISITATION_FILE).write_bytes(bytes(data))
+    with pytest.raises(InvalidIndex, match="checksum mismatch for covisitation.npz"):
+        load_index(path)
+
+
+@pytest.mark.parametrize(
+    ("indptr", "rows", "scores", "message"),
+    [
+        ([0] * 20 + [1], [20], [1.0], r"covisitation\.npz: co-visitation rows must lie in \[0, 20\)"),
+        ([0] * 20 + [1], [-3], [1.0], r"covisitation\.npz: co-visitation rows"),
+        ([0] * 19 + [1], [3], [1.0], r"covisitation\.npz: the co-visitation table has 19 anchors, expected 20"),
+        ([0] * 20 + [1], [3], [0.0], r"covisitation\.npz: co-visitation scores must be finite and positive"),
+        ([0] * 20 + [1], [3], [-1.0], r"covisitation\.npz: co-visitation scores"),
+        ([0] * 20 + [1], [3], [np.nan], r"covisitation\.npz: co-visitation scores"),
+        ([1] * 21, [3], [1.0], r"covisitation\.npz: indptr must be a 1-d array starting at 0"),
+        ([0] * 20 + [2], [3], [1.0], r"covisitation\.npz: indptr must be non-decreasing"),
+        ([0, 1] + [0] * 19, [3], [1.0], r"covisitation\.npz: indptr must be non-decreasing"),
+    ],
+)
+def test_a_bad_covisitation_table_is_refused_naming_the_file(tmp_path, indptr, rows, scores, message):
+    path = write(tmp_path, covisitation=covisitation_table(20))
+    replace_file(path, COVISITATION_FILE, packed(indptr, rows, scores))
+    with pytest.raises(InvalidIndex, match=message):
+        load_index(path)
+
+
+def test_covisitation_anchors_must_match_the_table(tmp_path):
+    anchors = [f"a{n}" for n in range(20)]
+    path = write(tmp_path, covisitation=covisitation_table(20), covisitation_anchors=anchors)
+    assert load_index(path).covisitation_anchors == anchors
+    replace_file(path, COVISITATION_ANCHORS_FILE, "".join(f"{a}\n" for a in anchors[:-1]).encode())
+    with pytest.raises(InvalidIndex, match="covisitation.npz: the co-visitation table has 20 anchors, expected 19"):
+        load_index(path)
+    replace_file(path, COVISITATION_FILE, None)
+    with pytest.raises(InvalidIndex, match="covisitation_anchors.txt without covisitation.npz"):
+        load_index(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "garbage",
+        "no scores",
+        "truncated",
+    ],
+)
+def test_an_unreadable_covisitation_table_is_refused(tmp_path, content):
+    path = write(tmp_path, covisitation=covisitation_table(20))
+    if content == "garbage":
+        data = b"garbage"
+    elif content == "no scores":
+        buffer = io.BytesIO()
+        np.savez(buffer, indptr=np.zeros(21, np.int64), rows=np.zeros(0, np.int64))
+        data = buffer.getvalue()
+    else:
+        data = (path / COVISITATION_FILE).read_bytes()[:60]
+    replace_file(path, COVISITATION_FILE, data)
+    with pytest.raises(InvalidIndex, match="covisitation.npz"):
         load_index(path)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -7,10 +8,12 @@ import pytest
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
-from services.retrieval.index import METADATA_FILE
+from services.retrieval.index import METADATA_FILE, save_index
 from services.retrieval.router import merge_shard_responses
 from services.retrieval.sources import (
+    BuyAgainSource,
     ColdStartSource,
+    CoVisitationSource,
     ItemToItemSource,
     PopularitySource,
     Query,
@@ -19,21 +22,35 @@ from services.retrieval.sources import (
     first_allowed,
 )
 from services.retrieval.state import IndexHolder, IndexWatcher, open_index
-from tests.support.retrieval import write_index
+from tests.support.retrieval import covisitation_table, write_index
+
+CO_VISITATION, BUY_AGAIN = common.CANDIDATE_SOURCE_CO_VISITATION, common.CANDIDATE_SOURCE_BUY_AGAIN
 
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
-    return open_index(write_index(tmp_path_factory.mktemp("index")), exact_threshold=20_000, min_recall=0.8)
+    path = write_index(tmp_path_factory.mktemp("index"), covisitation=True)
+    return open_index(path, exact_threshold=20_000, min_recall=0.8)
 
 
-def query(index, k=10, history=(), anchors=(), region=None, allowed=None):
+def query(index, k=10, history=(), anchors=(), region=None, allowed=None, history_items=()):
     allowed = np.ones(len(index.artifact), dtype=bool) if allowed is None else allowed
     vector = index.encoder.encode(list(history)) if history else None
     embeddings, ids = index.artifact.embeddings, index.artifact.item_ids
     return Query(
-        list(history), vector, [(ids[a], embeddings[a]) for a in anchors], region, allowed, int(allowed.sum()), k
+        list(history),
+        vector,
+        [(ids[a], embeddings[a]) for a in anchors],
+        region,
+        allowed,
+        int(allowed.sum()),
+        k,
+        list(history_items),
     )
+
+
+def items(index, found) -> list[str]:
+    return [index.artifact.item_ids[row] for row in found.rows.tolist()]
 
 
 def test_first_allowed_scans_a_precomputed_order():
@@ -155,3 +172,138 @@ def test_router_merge_is_top_k_per_source_across_shards():
         [response("a", ("x", 0.9, two), ("p", 10, pop)), response("b", ("q", 20, pop))], 2, {pop: 1}
     )
     assert [c.item_id for c in limited.candidates] == ["x", "q"]
+
+
+# The support index's table: item i is co-bought with i+1..i+5 scored 1.0, 0.8, 0.6, 0.4, 0.2. With history
+# I00010 then I00012 (newest), weights 1 (I00012) and 0.8 (I00010):
+#   I00013: 1.0 + 0.48, I00014: 0.8 + 0.32, I00011: 0.8, I00015: 0.6 + 0.16, I00012: 0.64, I00016: 0.4, I00017: 0.2.
+CO_VISITED = [
+    ("I00013", 1.48, "I00012"),
+    ("I00014", 1.12, "I00012"),
+    ("I00011", 0.8, "I00010"),
+    ("I00015", 0.76, "I00012"),
+    ("I00012", 0.64, "I00010"),
+    ("I00016", 0.4, "I00012"),
+    ("I00017", 0.2, "I00012"),
+]
+
+
+def co_visited_triples(index, found) -> list[tuple[str, float, str]]:
+    return [
+        (item, round(score, 5), found.anchor(i))
+        for i, (item, score) in enumerate(zip(items(index, found), found.scores.tolist(), strict=True))
+    ]
+
+
+def test_co_visitation_scores_the_newest_distinct_history_items(index):
+    source = CoVisitationSource()
+    found = source.retrieve(index, query(index, k=20, history_items=["I00010", "I00012"]))
+    assert found.source == CO_VISITATION
+    assert co_visited_triples(index, found) == CO_VISITED
+    # Repeats count once, at their newest position; items the table does not know take no anchor slot.
+    noisy = ["I00012", "I00010", "ghost", "I00012", "nope"]
+    assert co_visited_triples(index, source.retrieve(index, query(index, k=20, history_items=noisy))) == CO_VISITED
+    # The other order: I00010 is the newest.
+    swapped = source.retrieve(index, query(index, k=3, history_items=["I00012", "I00010"]))
+    assert co_visited_triples(index, swapped) == [
+        ("I00013", 1.4, "I00012"),
+        ("I00014", 1.04, "I00012"),
+        ("I00011", 1.0, "I00010"),
+    ]
+
+
+def test_co_visitation_honours_the_allowed_mask(index):
+    allowed = np.ones(len(index.artifact), dtype=bool)
+    allowed[[13, 11]] = False  # excluded, or out of stock
+    found = CoVisitationSource().retrieve(index, query(index, k=4, history_items=["I00010", "I00012"], allowed=allowed))
+    assert co_visited_triples(index, found) == [CO_VISITED[1], CO_VISITED[3], CO_VISITED[4], CO_VISITED[5]]
+
+
+def test_co_visitation_reads_the_newest_ten_anchors(index):
+    history = [f"I{100 * n:05d}" for n in range(1, 13)]  # I00100 .. I01200, no shared neighbours
+    found = CoVisitationSource().retrieve(index, query(index, k=100, history_items=history))
+    assert len(found) == 50
+    assert set(found.anchors) == set(history[2:])
+    assert {row // 100 for row in found.rows.tolist()} == set(range(3, 13))
+    assert items(index, found)[:2] == ["I01201", "I01101"]  # 1.0, then 0.8 (I01202 ties with it: higher row)
+
+
+def test_co_visitation_reads_the_request_anchors_before_the_history(index):
+    source = CoVisitationSource()
+    # The page's product (I00012) is the newest anchor, then the history (I00012 again, then I00010).
+    found = source.retrieve(index, query(index, k=20, anchors=[12], history_items=["I00010", "I00012"]))
+    assert co_visited_triples(index, found) == CO_VISITED
+    found = source.retrieve(index, query(index, k=20, anchors=[12], history_items=["I00012", "I00010"]))
+    assert co_visited_triples(index, found) == CO_VISITED
+    # Cart items: the last one is the newest. Without history, the anchors alone.
+    found = source.retrieve(index, query(index, k=3, anchors=[12, 10]))
+    assert co_visited_triples(index, found) == [
+        ("I00013", 1.4, "I00012"),
+        ("I00014", 1.04, "I00012"),
+        ("I00011", 1.0, "I00010"),
+    ]
+
+
+def test_co_visitation_needs_a_table_and_a_known_item(index):
+    source = CoVisitationSource()
+    assert len(source.retrieve(index, query(index, history=[10, 12]))) == 0  # history_rows alone: nothing
+    without = dataclasses.replace(index, artifact=dataclasses.replace(index.artifact, covisitation=None))
+    assert len(source.retrieve(without, query(index, anchors=[12], history_items=["I00010"]))) == 0
+    assert len(source.retrieve(index, query(index, history_items=["ghost"]))) == 0
+
+
+def test_buy_again_orders_by_count_then_recency(index):
+    history = ["I00005", "I00007", "I00005", "I00009", "I00007", "I00003"]
+    found = BuyAgainSource().retrieve(index, query(index, k=10, history_items=history))
+    assert found.source == BUY_AGAIN and found.anchors is None
+    # count + newest position / length: I00007 2 + 5/6, I00005 2 + 3/6, I00003 1 + 6/6, I00009 1 + 4/6.
+    assert items(index, found) == ["I00007", "I00005", "I00003", "I00009"]
+    assert found.scores.tolist() == pytest.approx([2 + 5 / 6, 2.5, 2.0, 1 + 4 / 6])
+    capped = BuyAgainSource().retrieve(index, query(index, k=2, history_items=history))
+    assert items(index, capped) == ["I00007", "I00005"]
+
+
+def test_buy_again_leaves_out_unknown_and_disallowed_items(index):
+    allowed = np.ones(len(index.artifact), dtype=bool)
+    allowed[7] = False
+    history = ["I00005", "I00007", "ghost", "ghost", "ghost", "I00007", "I00003"]
+    found = BuyAgainSource().retrieve(index, query(index, k=10, history_items=history, allowed=allowed))
+    assert items(index, found) == ["I00003", "I00005"]
+    assert found.scores.tolist() == pytest.approx([1 + 7 / 7, 1 + 1 / 7])
+    assert len(BuyAgainSource().retrieve(index, query(index, history=[5, 7]))) == 0
+
+
+def test_covisitation_positions_follow_the_anchor_ids(index, tmp_path):
+    assert index.covisitation_positions == index.rows  # without an anchors file, anchor i is row i
+    artifact = index.artifact
+    anchors = [f"A{n}" for n in range(5)] + ["I00002"]
+    path = save_index(
+        tmp_path,
+        item_ids=artifact.item_ids[:50],
+        embeddings=artifact.embeddings[:50],
+        popularity=artifact.popularity[:50],
+        categories=artifact.categories[:50],
+        brands=artifact.brands[:50],
+        model_name="test",
+        model_version="1",
+        covisitation=covisitation_table(6),
+        covisitation_anchors=anchors,
+    )
+    keyed = open_index(path, exact_threshold=20_000, min_recall=0.8)
+    assert keyed.covisitation_positions == {item: i for i, item in enumerate(anchors)}
+    # I00002 is anchor 5 here, whose neighbours are rows 0..4 (I00000..I00004).
+    found = CoVisitationSource().retrieve(keyed, query(keyed, k=10, history_items=["I00002", "I00001"]))
+    assert items(keyed, found) == ["I00000", "I00001", "I00002", "I00003", "I00004"]
+    assert set(found.anchors) == {"I00002"}
+
+
+def test_the_kept_history_leaves_out_returned_items_and_needs_consent():
+    from services.retrieval.servicer import RetrievalServicer
+
+    purchase, returned = common.EVENT_TYPE_PURCHASE, common.EVENT_TYPE_RETURN
+    history = [
+        common.Interaction(item_id=item, event_type=event)
+        for item, event in (("a", purchase), ("b", purchase), ("a", returned), ("c", common.EVENT_TYPE_VIEW))
+    ]
+    assert RetrievalServicer.kept_history(pb.RetrieveRequest(history=history, consent=True)) == ["b", "c"]
+    assert RetrievalServicer.kept_history(pb.RetrieveRequest(history=history, consent=False)) == []

@@ -46,6 +46,8 @@ class CandidateSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CANDIDATE_SOURCE_COLD_START: _ClassVar[CandidateSource]
     CANDIDATE_SOURCE_EXPLORATION: _ClassVar[CandidateSource]
     CANDIDATE_SOURCE_FALLBACK_CACHE: _ClassVar[CandidateSource]
+    CANDIDATE_SOURCE_CO_VISITATION: _ClassVar[CandidateSource]
+    CANDIDATE_SOURCE_BUY_AGAIN: _ClassVar[CandidateSource]
 
 class ReasonCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -94,6 +96,8 @@ CANDIDATE_SOURCE_TRENDING: CandidateSource
 CANDIDATE_SOURCE_COLD_START: CandidateSource
 CANDIDATE_SOURCE_EXPLORATION: CandidateSource
 CANDIDATE_SOURCE_FALLBACK_CACHE: CandidateSource
+CANDIDATE_SOURCE_CO_VISITATION: CandidateSource
+CANDIDATE_SOURCE_BUY_AGAIN: CandidateSource
 REASON_CODE_UNSPECIFIED: ReasonCode
 REASON_CODE_SIMILAR_TO_HISTORY: ReasonCode
 REASON_CODE_BOUGHT_TOGETHER: ReasonCode
