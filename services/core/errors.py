@@ -7,6 +7,8 @@ The server's error interceptor applies it, so no servicer builds statuses by han
 
 from __future__ import annotations
 
+import collections
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -14,6 +16,8 @@ from grpc_status import rpc_status
 
 #: ``ErrorInfo.domain`` of every error Aisle raises.
 ERROR_DOMAIN = "aisle.dev"
+#: Trailing metadata with which a server asks gRPC clients not to retry a call (a negative value; gRFC A6).
+NO_RETRY_KEY = "grpc-retry-pushback-ms"
 
 
 class ServiceError(Exception):
@@ -21,6 +25,9 @@ class ServiceError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: str = "INTERNAL"
+    #: False: the answer tells gRPC clients not to retry (``grpc-retry-pushback-ms: -1``, honoured by every gRPC
+    #: retry policy), for failures another attempt would meet again within the caller's deadline.
+    retryable: bool = True
 
     def __init__(self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None):
         super().__init__(message)
@@ -55,10 +62,15 @@ class NotReady(ServiceError):
 
 
 class DependencyUnavailable(ServiceError):
-    """A service this one depends on failed and no degraded answer was possible."""
+    """A service this one depends on failed and no degraded answer was possible.
+
+    Not retried: every replica of this service shares the dependency, so a retry within the same deadline would
+    only spend the caller's budget on the same failure (UNAVAILABLE alone would invite the channel's retries).
+    """
 
     code = grpc.StatusCode.UNAVAILABLE
     reason = "DEPENDENCY_UNAVAILABLE"
+    retryable = False
 
 
 class BudgetExhausted(ServiceError):
@@ -104,8 +116,14 @@ def status_for(error: BaseException) -> grpc.Status:
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.FromMilliseconds(int(error.retry_after_s * 1000))
         details.append(_packed(retry))
-    status = status_pb2.Status(code=_code_number(code), message=message, details=details)
-    return rpc_status.to_status(status)
+    status = rpc_status.to_status(status_pb2.Status(code=_code_number(code), message=message, details=details))
+    if isinstance(error, ServiceError) and not error.retryable:
+        status = _Status(status.code, status.details, (*status.trailing_metadata, (NO_RETRY_KEY, "-1")))
+    return status
+
+
+class _Status(collections.namedtuple("_Status", ("code", "details", "trailing_metadata")), grpc.Status):
+    """A ``grpc.Status`` (what ``grpc_status.rpc_status.to_status`` returns, with more trailing metadata)."""
 
 
 def details_of(error: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None, dict[str, str]]:

@@ -15,8 +15,7 @@ from services.core.errors import (
 
 
 def decoded(status: grpc.Status) -> status_pb2.Status:
-    [(key, value)] = status.trailing_metadata
-    assert key == "grpc-status-details-bin"
+    [value] = [value for key, value in status.trailing_metadata if key == "grpc-status-details-bin"]
     return status_pb2.Status.FromString(value)
 
 
@@ -61,6 +60,13 @@ def test_service_errors_keep_code_and_reason(error, code, reason):
     rich = decoded(status)
     assert unpack(rich, error_details_pb2.ErrorInfo).reason == reason
     assert unpack(rich, error_details_pb2.BadRequest) is None
+
+
+def test_only_a_dependency_outage_asks_clients_not_to_retry():
+    pushback = ("grpc-retry-pushback-ms", "-1")
+    assert pushback in status_for(DependencyUnavailable("retrieval down")).trailing_metadata
+    for error in (NotReady("loading"), BudgetExhausted("late"), KeyError("x")):
+        assert pushback[0] not in dict(status_for(error).trailing_metadata)
 
 
 def test_unexpected_errors_hide_internals():
