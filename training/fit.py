@@ -212,8 +212,9 @@ def _fit(dataset: Dataset, config: FitConfig, progress: bool) -> FittedModels:
     seconds = {}
     tower = train_two_tower(dataset, split, examples, config, rng, curves, validation, progress)
     seconds["two_tower"] = time.perf_counter() - started
-    similarity = cooccurrence(split)
-    covisitation = covisitation_table(similarity, config)
+    # The training baskets' co-occurrence: for the co-visitation candidates and the ranker's co-occurrence score.
+    similarity = cooccurrence(split) if config.co_visit or config.cooccurrence_feature else None
+    covisitation = covisitation_table(similarity, config) if similarity is not None else None
     ranker = train_ranker(
         split, examples, snapshot, tower, config, rng, curves, validation, progress, similarity, covisitation
     )
@@ -351,7 +352,8 @@ def train_ranker(
     """``similarity``: the training baskets' co-occurrence (computed here when not given); ``covisitation``: the
     co-visitation source's table, so the training lists hold its candidates as serving will."""
     popularity = split.popularity()
-    similarity = cooccurrence(split) if similarity is None else similarity
+    if similarity is None and config.cooccurrence_feature:
+        similarity = cooccurrence(split)
     retrieval = serving_recommender(config, tower, None, snapshot, split, covisitation)
     # Both serving shapes: repeat (the customer's items are candidates) and discovery (they are excluded).
     pools = serving_pools(retrieval, examples) + serving_pools(retrieval, examples, exclude_history=True)

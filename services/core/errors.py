@@ -64,13 +64,18 @@ class NotReady(ServiceError):
 class DependencyUnavailable(ServiceError):
     """A service this one depends on failed and no degraded answer was possible.
 
-    Not retried: every replica of this service shares the dependency, so a retry within the same deadline would
-    only spend the caller's budget on the same failure (UNAVAILABLE alone would invite the channel's retries).
+    ``retryable=False`` where every replica of this service shares the failed dependency (an inference server,
+    the index shards): a retry within the same deadline would only spend the caller's budget on the same failure.
+    Left retryable where another replica may answer (its own cache, a session store reachable from it).
     """
 
     code = grpc.StatusCode.UNAVAILABLE
     reason = "DEPENDENCY_UNAVAILABLE"
-    retryable = False
+
+    def __init__(self, message: str, *, reason: str | None = None, retryable: bool | None = None, **extra):
+        super().__init__(message, reason=reason, **extra)
+        if retryable is not None:
+            self.retryable = retryable
 
 
 class BudgetExhausted(ServiceError):

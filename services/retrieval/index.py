@@ -158,6 +158,8 @@ def save_index(
     stock = np.ones(count, dtype=np.int64) if stock is None else np.asarray(stock, dtype=np.int64)
     _check_inputs(item_ids, embeddings, popularity, categories, brands, regions, sold_in, trending, stock)
     if covisitation is not None:
+        if covisitation_anchors is not None:
+            _check_anchor_ids(covisitation_anchors)
         anchors = count if covisitation_anchors is None else len(covisitation_anchors)
         _check_covisitation(covisitation, count, anchors)
     version = version or new_version()
@@ -241,6 +243,15 @@ def _check_covisitation(table: CoVisitationTable, count: int, anchors: int) -> N
         raise ValueError(f"the co-visitation table has {table.anchors} anchors, expected {anchors}")
     if table.rows.size and (table.rows.min() < 0 or table.rows.max() >= count):
         raise ValueError(f"co-visitation rows must lie in [0, {count})")
+    starts = np.zeros(table.rows.size + 1, dtype=bool)
+    starts[table.indptr] = True  # where an anchor's neighbours begin
+    if np.any((np.diff(table.scores) > 0) & ~starts[1:-1]):
+        raise ValueError("co-visitation scores must be best first within each anchor")
+
+
+def _check_anchor_ids(anchors: Sequence[str]) -> None:
+    if len(set(anchors)) != len(anchors) or any(not a or "\n" in a for a in anchors):
+        raise ValueError("co-visitation anchor ids must be unique, non-empty and single-line")
 
 
 def index_versions(root: Path) -> list[Path]:
@@ -325,7 +336,7 @@ def _read(path: Path, metadata: dict, mmap: bool) -> IndexArtifact:
         raise InvalidIndex(f"{path}: embeddings must be finite float32")
     if len(attributes.get("category", [])) != count or len(attributes.get("brand", [])) != count:
         raise InvalidIndex(f"{path}: item attributes do not cover every item")
-    covisitation, anchors = _read_covisitation(path, count)
+    covisitation, anchors = _read_covisitation(path, count, sharded=metadata.get("build", {}).get("shard") is not None)
     model = metadata.get("model", {})
     return IndexArtifact(
         path=path,
@@ -351,18 +362,29 @@ def _read(path: Path, metadata: dict, mmap: bool) -> IndexArtifact:
     )
 
 
-def _read_covisitation(path: Path, count: int) -> tuple[CoVisitationTable | None, list[str] | None]:
+def _read_covisitation(path: Path, count: int, sharded: bool) -> tuple[CoVisitationTable | None, list[str] | None]:
     anchors_file = path / COVISITATION_ANCHORS_FILE
     anchors = anchors_file.read_text(encoding="utf-8").splitlines() if anchors_file.is_file() else None
     if not (path / COVISITATION_FILE).is_file():
         if anchors is not None:
             raise InvalidIndex(f"{path}: {COVISITATION_ANCHORS_FILE} without {COVISITATION_FILE}")
         return None, None
+    if sharded and anchors is None:
+        raise InvalidIndex(
+            f"{path}: a shard's {COVISITATION_FILE} needs {COVISITATION_ANCHORS_FILE} (its anchors are the whole "
+            "catalog's items, not the shard's rows); rebuild it with `aisle index build --shards`"
+        )
     try:
         with np.load(path / COVISITATION_FILE, allow_pickle=False) as packed:
-            table = CoVisitationTable(
-                packed["indptr"].astype(np.int64), packed["rows"].astype(np.int64), packed["scores"].astype(np.float32)
-            )
+            arrays = {name: packed[name] for name in ("indptr", "rows", "scores")}
+        for name in ("indptr", "rows"):
+            if not np.issubdtype(arrays[name].dtype, np.integer):
+                raise ValueError(f"{name} must be integers, got {arrays[name].dtype}")
+        table = CoVisitationTable(
+            arrays["indptr"].astype(np.int64), arrays["rows"].astype(np.int64), arrays["scores"].astype(np.float32)
+        )
+        if anchors is not None:
+            _check_anchor_ids(anchors)
         _check_covisitation(table, count, count if anchors is None else len(anchors))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise InvalidIndex(f"{path}: {COVISITATION_FILE}: {exc}") from None

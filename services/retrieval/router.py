@@ -156,7 +156,9 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
                 answered.append(result)
         if not answered:
             raise DependencyUnavailable(
-                f"no index shard answered: {', '.join(f'{t} {c}' for t, c in dropped)}", reason="SHARDS_UNAVAILABLE"
+                f"no index shard answered: {', '.join(f'{t} {c}' for t, c in dropped)}",
+                reason="SHARDS_UNAVAILABLE",
+                retryable=False,  # every router replica asks the same shards
             )
         limits = {limit.source: limit.k for limit in request.source_limits}
         merged = merge_shard_responses(answered, request.k, limits)

@@ -101,6 +101,8 @@ def open_index(path: Path, exact_threshold: int, min_recall: float, threads: int
         encoder: QueryEncoder = OnnxQueryTower(artifact.query_tower, artifact.dimension, len(artifact), threads)
     else:
         encoder = MeanEmbeddingEncoder(artifact.embeddings)
+    if artifact.covisitation is None:
+        log.warning("index %s has no co-visitation table: the co-visitation source answers nothing", artifact.version)
     brand_codes, brands = _codes(artifact.brands)
     category_codes, categories = _codes(artifact.categories)
     log.info(

@@ -1,5 +1,6 @@
 """The channels' retry policy against a real server: UNAVAILABLE is retried, except when the server says that a
-shared dependency is down (``DependencyUnavailable`` answers with ``grpc-retry-pushback-ms: -1``)."""
+dependency every replica shares is down (a non-retryable ``DependencyUnavailable``, such as the ranking backend's
+``BackendUnavailable``, answers with ``grpc-retry-pushback-ms: -1``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.core.channels import create_channel
 from services.core.errors import DependencyUnavailable, NotReady, ServiceError
 from services.core.interceptors import ErrorInterceptor
+from services.ranking.backends.base import BackendUnavailable
 
 
 class Failing(health_pb2_grpc.HealthServicer):
@@ -25,7 +27,12 @@ class Failing(health_pb2_grpc.HealthServicer):
 
 @pytest.mark.parametrize(
     ("error", "attempts"),
-    [(NotReady("model loading"), 3), (DependencyUnavailable("inference server down"), 1)],
+    [
+        (NotReady("model loading"), 3),
+        (DependencyUnavailable("no cached items on this replica"), 3),
+        (BackendUnavailable("inference server down"), 1),
+        (DependencyUnavailable("no shard answered", retryable=False), 1),
+    ],
 )
 async def test_unavailable_is_retried_unless_a_dependency_is_down(error, attempts):
     servicer = Failing(error)

@@ -62,10 +62,13 @@ def test_service_errors_keep_code_and_reason(error, code, reason):
     assert unpack(rich, error_details_pb2.BadRequest) is None
 
 
-def test_only_a_dependency_outage_asks_clients_not_to_retry():
+def test_only_an_outage_every_replica_shares_asks_clients_not_to_retry():
+    from services.ranking.backends.base import BackendUnavailable
+
     pushback = ("grpc-retry-pushback-ms", "-1")
-    assert pushback in status_for(DependencyUnavailable("retrieval down")).trailing_metadata
-    for error in (NotReady("loading"), BudgetExhausted("late"), KeyError("x")):
+    for error in (BackendUnavailable("triton down"), DependencyUnavailable("shards down", retryable=False)):
+        assert pushback in status_for(error).trailing_metadata
+    for error in (DependencyUnavailable("no cache here"), NotReady("loading"), BudgetExhausted("late"), KeyError("x")):
         assert pushback[0] not in dict(status_for(error).trailing_metadata)
 
 

@@ -95,13 +95,24 @@ class AisleRecommender:
             config.get("co_visit", 0),
         )
 
+    def co_visited(self, window: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
+        """The co-visitation source's rows for a history window (oldest first), as retrieval serves them."""
+        if not self.co_visit:
+            return np.empty(0, dtype=np.int64)
+        return co_visited(self.covisitation, _recent_distinct(window, MAX_ANCHORS), self.co_visit, allowed)[0]
+
+    def bought_before(self, window: np.ndarray) -> np.ndarray:
+        """The buy-again source's rows for a history window: its newest ``repeat`` distinct items."""
+        return _recent_distinct(window, self.repeat)
+
     def candidates(self, cases: list[EvalCase], exclude_history: bool) -> np.ndarray:
         """[U, C] catalog rows, -1 padding."""
         similarity = self.retriever.score(cases).scores
         rows = []
         for u, case in enumerate(cases):
             history = np.unique(case.history)
-            # What the gateway sends retrieval: the newest ``history_length`` events.
+            # The newest ``history_length`` events: what the gateway keeps and sends retrieval (the ranker's window,
+            # the gateway's max_history and session_max_events are one number; a test holds them together).
             window = case.history[-self.history_length :]
             scores = similarity[u]
             if exclude_history and len(history):
@@ -116,10 +127,9 @@ class AisleRecommender:
                 if exclude_history and len(history):
                     allowed = np.ones(len(scores), dtype=bool)
                     allowed[history] = False
-                anchors = _recent_distinct(window, MAX_ANCHORS)
-                parts.append(co_visited(self.covisitation, anchors, self.co_visit, allowed)[0])
+                parts.append(self.co_visited(window, allowed))
             if not exclude_history:
-                parts.append(_recent_distinct(window, self.repeat))
+                parts.append(self.bought_before(window))
             chosen = np.unique(np.concatenate(parts))
             if exclude_history and len(history):
                 chosen = chosen[~np.isin(chosen, history)]

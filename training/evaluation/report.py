@@ -101,10 +101,15 @@ def evaluate_artifacts(
         raise ArtifactError(str(exc)) from None
     if index.item_ids != catalog.item_ids:
         raise ArtifactError(f"{index_dir}: item ids differ from the catalog's")
+    config = run["training"]["config"]
+    if config.get("co_visit", 0) and (index.covisitation is None or index.covisitation_anchors is not None):
+        raise ArtifactError(
+            f"{index_dir}: the run asks for {config['co_visit']} co-visited candidates but the index has no "
+            "co-visitation table keyed by its own rows; evaluate the index `aisle train` exported (not a shard)"
+        )
     embeddings = index.embeddings
     snapshot = ItemFeatureSnapshot.load(ranker_dir / FEATURES_FILE)
     query_fn, rank_fn = onnx_functions(run)
-    config = run["training"]["config"]
     popularity = split.popularity()
     aisle = AisleRecommender.from_config(
         config, query_fn, embeddings, rank_fn, snapshot, popularity, index.covisitation

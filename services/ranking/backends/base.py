@@ -55,6 +55,7 @@ class BackendUnavailable(DependencyUnavailable):
     """The inference server cannot be reached or answers UNAVAILABLE: the fallback backend may answer instead."""
 
     reason = "INFERENCE_SERVER_UNAVAILABLE"
+    retryable = False  # every ranking replica shares the inference server
 
 
 class InferenceTimeout(ServiceError):

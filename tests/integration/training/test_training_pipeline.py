@@ -166,19 +166,18 @@ async def test_the_ranking_service_loads_and_scores_the_exported_ranker(trained)
 
 
 async def test_the_retrieval_service_serves_the_candidate_set_evaluated_offline(trained):
-    """Co-visitation and buy-again through a real Retrieve call on the exported index are exactly the evaluation's
-    (and the ranker's training lists') candidates for the same history."""
+    """Co-visitation and buy-again through a real Retrieve call on the exported index are exactly the parts of the
+    evaluation's (and the ranker's training lists') candidate set that stand for those sources."""
     import grpc
 
     from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
     from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
     from services.core.server import ServiceHost
     from services.retrieval.app import build_application
-    from services.retrieval.covisitation import MAX_ANCHORS, co_visited
     from tests.integration.conftest import LOCAL, serving
-    from training.evaluation.baselines import _recent_distinct
 
     fitted, config = trained.run.fitted, trained.run.fitted.config
+    recommender = fitted.recommender()
     assert fitted.covisitation is not None and config.co_visit > 0
     ids = load_index(trained.run.index_dir).item_ids
     co_visit, buy_again = common.CANDIDATE_SOURCE_CO_VISITATION, common.CANDIDATE_SOURCE_BUY_AGAIN
@@ -204,9 +203,8 @@ async def test_the_retrieval_service_serves_the_candidate_set_evaluated_offline(
                     )
                 )
                 served = {s: [c.item_id for c in reply.candidates if c.source == s] for s in (co_visit, buy_again)}
-                expected, _, _ = co_visited(fitted.covisitation, _recent_distinct(window, MAX_ANCHORS), config.co_visit)
-                assert served[co_visit] == [ids[row] for row in expected]
-                assert set(served[buy_again]) == {ids[row] for row in _recent_distinct(window, config.repeat)}
+                assert served[co_visit] == [ids[row] for row in recommender.co_visited(window)]
+                assert set(served[buy_again]) == {ids[row] for row in recommender.bought_before(window)}
                 checked += bool(served[co_visit])
             assert checked >= 20  # the comparison ran on real co-visitation answers, not on empty lists
 
@@ -255,3 +253,39 @@ def test_the_evaluation_report(trained, tmp_path):
         "evaluation_calibration.png",
         "evaluation_training.png",
     }
+
+
+def test_the_evaluation_refuses_an_index_without_the_runs_co_visitation(trained, tmp_path):
+    from services.retrieval.index import COVISITATION_FILE, METADATA_FILE
+    from training.evaluation.report import ArtifactError, evaluate_artifacts
+
+    # The exported index without its co-visitation table (a complete, checksummed version otherwise).
+    bare = shutil.copytree(trained.run.index_dir, tmp_path / "index" / trained.run.index_dir.name)
+    (bare / COVISITATION_FILE).unlink()
+    metadata = json.loads((bare / METADATA_FILE).read_text())
+    del metadata["checksums"][COVISITATION_FILE]
+    (bare / METADATA_FILE).write_text(json.dumps(metadata))
+    assert load_index(bare).covisitation is None
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    run = json.loads(trained.run.run_file.read_text())
+    run["index_dir"] = str(bare)
+    (artifacts / "training_run.json").write_text(json.dumps(run))
+    with pytest.raises(ArtifactError, match="no co-visitation table"):
+        evaluate_artifacts(artifacts, tmp_path / "evaluation.json", progress=False, plots=False)
+
+
+def test_the_evaluated_history_window_is_the_one_the_gateway_sends():
+    """The evaluation's buy-again and co-visitation parts read the newest ``ranker_history_length`` events because
+    that is what the gateway keeps and sends (and what the ranker's contract takes): one number in four places."""
+    from services.gateway.settings import GatewaySettings
+    from services.ranking.model_config import read_model_config
+
+    fields = GatewaySettings.model_fields
+    assert (
+        fields["max_history"].default
+        == fields["session_max_events"].default
+        == read_model_config(CONFIG).history_length
+        == FitConfig().ranker_history_length
+        == RANKER_HISTORY_LENGTH
+    )

@@ -252,6 +252,9 @@ def test_a_corrupt_covisitation_table_is_refused_by_checksum(tmp_path):
         ([1] * 21, [3], [1.0], r"covisitation\.npz: indptr must be a 1-d array starting at 0"),
         ([0] * 20 + [2], [3], [1.0], r"covisitation\.npz: indptr must be non-decreasing"),
         ([0, 1] + [0] * 19, [3], [1.0], r"covisitation\.npz: indptr must be non-decreasing"),
+        ([0] * 20 + [1], [3.0], [1.0], r"covisitation\.npz: rows must be integers"),
+        ([0.0] * 20 + [1.0], [3], [1.0], r"covisitation\.npz: indptr must be integers"),
+        ([0] * 20 + [2], [3, 4], [0.5, 1.0], r"covisitation\.npz: co-visitation scores must be best first"),
     ],
 )
 def test_a_bad_covisitation_table_is_refused_naming_the_file(tmp_path, indptr, rows, scores, message):
@@ -259,6 +262,27 @@ def test_a_bad_covisitation_table_is_refused_naming_the_file(tmp_path, indptr, r
     replace_file(path, COVISITATION_FILE, packed(indptr, rows, scores))
     with pytest.raises(InvalidIndex, match=message):
         load_index(path)
+
+
+def test_best_first_is_checked_within_each_anchor_only(tmp_path):
+    # Anchor 0 ends at 0.5 and anchor 1 starts at 1.0: allowed; each list is best first.
+    table = CoVisitationTable(
+        np.array([0, 2] + [3] * 19), np.array([1, 2, 3]), np.array([0.9, 0.5, 1.0], dtype=np.float32)
+    )
+    assert load_index(write(tmp_path, covisitation=table)).covisitation.scores.tolist() == pytest.approx([0.9, 0.5, 1])
+
+
+def test_anchor_ids_must_be_unique_and_a_shard_needs_them(tmp_path):
+    anchors = [f"a{n}" for n in range(20)]
+    with pytest.raises(ValueError, match="anchor ids must be unique"):
+        write(tmp_path / "dup", covisitation=covisitation_table(20), covisitation_anchors=anchors[:-1] + ["a0"])
+    path = write(tmp_path / "ok", covisitation=covisitation_table(20), covisitation_anchors=anchors)
+    replace_file(path, COVISITATION_ANCHORS_FILE, "".join(f"{a}\n" for a in anchors[:-1] + ["a0"]).encode())
+    with pytest.raises(InvalidIndex, match="anchor ids must be unique"):
+        load_index(path)
+    shard = write(tmp_path / "shard", covisitation=covisitation_table(20), sharding={"shards": 2, "shard": 0})
+    with pytest.raises(InvalidIndex, match="a shard's covisitation.npz needs covisitation_anchors.txt"):
+        load_index(shard)
 
 
 def test_covisitation_anchors_must_match_the_table(tmp_path):
