@@ -69,6 +69,7 @@ class FitConfig:
     positives: int = 24
     return_weight: float = 0.5
     listwise_weight: float = 1.0  # + this x softmax cross-entropy of each basket's items among its candidates
+    recency_half_life_days: float = 120.0  # > 0: a training basket this many days older than the newest weighs half
     # serving-shaped candidate set used for validation, calibration and evaluation
     retrieve: int = 200
     repeat: int = 200
@@ -364,6 +365,7 @@ def train_ranker(
         examples.targets + examples.targets,
     )
     returns = return_labels(split)
+    weights = example_weights(examples.times, config.recency_half_life_days)
     retrieval_score = RetrievalScore(tower) if config.retrieval_feature else None
     cooccurrence_score = CooccurrenceScore(similarity) if config.cooccurrence_feature else None
     model: SequenceRanker | None = None
@@ -409,11 +411,12 @@ def train_ranker(
             purchase, returns_logit = model.logits(
                 torch.from_numpy(history[batch]), torch.from_numpy(tokens[batch]), torch.from_numpy(features[batch])
             )
-            mask = torch.from_numpy((tokens[batch] > 0).astype(np.float32))
+            weight = torch.from_numpy(weights[batch])
+            mask = torch.from_numpy((tokens[batch] > 0).astype(np.float32)) * weight[:, None]
             target = torch.from_numpy(labels[batch])
-            loss = (bce(purchase, target, reduction="none") * mask).sum() / mask.sum().clamp(min=1.0)
+            loss = (bce(purchase, target, reduction="none") * mask).sum() / mask.sum().clamp(min=1e-6)
             if config.listwise_weight > 0:
-                loss = loss + config.listwise_weight * listwise_loss(purchase, target, mask)
+                loss = loss + config.listwise_weight * listwise_loss(purchase, target, mask > 0, weight)
             return_target = torch.from_numpy(returned[batch])
             return_mask = (return_target >= 0).to(torch.float32)
             if return_mask.sum() > 0:
@@ -443,15 +446,30 @@ def train_ranker(
     return model
 
 
-def listwise_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def listwise_loss(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean over examples with a purchase of -mean(log softmax of the purchased candidates among the example's
-    candidates): it rewards ordering a basket's items above the other candidates, which is what NDCG measures."""
+    candidates): it rewards ordering a basket's items above the other candidates, which is what NDCG measures.
+    ``weight`` [examples]: a weighted mean instead."""
+    mask = mask.to(logits.dtype)
     log_p = torch.log_softmax(logits.masked_fill(mask == 0, -1e9), dim=1)
     positives = target * mask
     count = positives.sum(dim=1)
     per_example = -(log_p * positives).sum(dim=1) / count.clamp(min=1.0)
     has = (count > 0).to(logits.dtype)
-    return (per_example * has).sum() / has.sum().clamp(min=1.0)
+    if weight is not None:
+        has = has * weight
+    return (per_example * has).sum() / has.sum().clamp(min=1e-6)
+
+
+def example_weights(times: np.ndarray, half_life_days: float) -> np.ndarray:
+    """float32 weight per example: 1 for the newest basket, halving every ``half_life_days`` before it (all 1 when
+    the half-life is 0), so training leans towards the period that is served next."""
+    if half_life_days <= 0 or times.size == 0:
+        return np.ones(times.size, dtype=np.float32)
+    age_days = (times.max() - times) / 86_400.0
+    return (0.5 ** (age_days / half_life_days)).astype(np.float32)
 
 
 def _inputs(snapshot, histories, candidates, length, chunk: int = 2048):

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from training.fit import example_weights, listwise_loss
+
+
+def test_example_weights_halve_every_half_life_before_the_newest_basket():
+    day = 86_400
+    times = np.array([100 * day, 40 * day, 70 * day, 100 * day])
+    assert example_weights(times, 30.0).tolist() == pytest.approx([1.0, 0.25, 0.5, 1.0])
+    assert example_weights(times, 0.0).tolist() == [1.0] * 4
+    assert example_weights(np.array([], dtype=np.int64), 30.0).size == 0
+
+
+def test_a_weighted_listwise_loss_is_the_weighted_mean_of_the_examples():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    target = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    mask = torch.ones_like(target)
+    each = [float(listwise_loss(logits[i : i + 1], target[i : i + 1], mask[i : i + 1])) for i in range(2)]
+    weighted = float(listwise_loss(logits, target, mask, torch.tensor([1.0, 3.0])))
+    assert weighted == pytest.approx((each[0] + 3 * each[1]) / 4)
+    assert float(listwise_loss(logits, target, mask)) == pytest.approx(sum(each) / 2)
