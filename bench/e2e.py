@@ -294,8 +294,8 @@ def bench_policies(workdir: Path, candidates: int, one_call: bool = True) -> Pat
     from services.gateway.policies import DEFAULT_POLICY_FILE
 
     # Overlap between sources is removed by the merge: ask for 20% more than the limit. The shipped home policy's
-    # personal sources come too: buy-again (the request's 10 history items) and co-visitation (empty on this
-    # index: the skeleton pipeline's synthetic index carries no co-visitation table).
+    # personal sources come too: buy-again (the request's 10 history items) and co-visitation (the synthetic
+    # shop's session baskets; sparse there: 1.6 items per basket, so a few neighbours per item).
     wanted = {
         "two_tower": candidates * 7 // 10,
         "co_visitation": candidates // 10,

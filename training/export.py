@@ -37,6 +37,7 @@ from services.ranking.model_config import (
     model_versions,
     read_model_config,
 )
+from services.retrieval.covisitation import CoVisitationTable
 from services.retrieval.index import save_index
 
 #: Largest |ONNX Runtime - torch| accepted on the parity check.
@@ -125,8 +126,10 @@ def export_index(
     model_name: str,
     model_version: str,
     embeddings: np.ndarray | None = None,
+    covisitation: CoVisitationTable | None = None,
 ) -> Path:
-    """A retrieval index version: ``embeddings`` [items, dim] (default: the model's ``item_vectors()``)."""
+    """A retrieval index version: ``embeddings`` [items, dim] (default: the model's ``item_vectors()``) and the
+    co-visitation source's table when given."""
     if embeddings is None:
         embeddings = model.item_vectors().numpy()
     return save_index(
@@ -138,6 +141,7 @@ def export_index(
         brands=brands,
         model_name=model_name,
         model_version=model_version,
+        covisitation=covisitation,
     )
 
 

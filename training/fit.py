@@ -152,12 +152,13 @@ def serving_recommender(
     )
 
 
-def covisitation_table(similarity: np.ndarray, config: FitConfig) -> CoVisitationTable | None:
-    """The co-visitation source's table (what the index exports), or None when the config asks for no such
-    candidates."""
+def covisitation_table(split: Split, config: FitConfig) -> CoVisitationTable | None:
+    """The co-visitation source's table from the training baskets (what the index exports), or None when the
+    config asks for no such candidates."""
     if not config.co_visit:
         return None
-    return CoVisitationTable.from_similarity(similarity, config.co_visit_neighbours)
+    baskets = (basket for user in split.train for basket in user.baskets)
+    return CoVisitationTable.from_baskets(baskets, split.popularity(), config.co_visit_neighbours)
 
 
 def torch_query_fn(model: TwoTower):
@@ -213,9 +214,9 @@ def _fit(dataset: Dataset, config: FitConfig, progress: bool) -> FittedModels:
     seconds = {}
     tower = train_two_tower(dataset, split, examples, config, rng, curves, validation, progress)
     seconds["two_tower"] = time.perf_counter() - started
-    # The training baskets' co-occurrence: for the co-visitation candidates and the ranker's co-occurrence score.
-    similarity = cooccurrence(split) if config.co_visit or config.cooccurrence_feature else None
-    covisitation = covisitation_table(similarity, config) if similarity is not None else None
+    # The training baskets' co-occurrence: dense for the ranker's co-occurrence score, sparse for the candidates.
+    similarity = cooccurrence(split) if config.cooccurrence_feature else None
+    covisitation = covisitation_table(split, config)
     ranker = train_ranker(
         split, examples, snapshot, tower, config, rng, curves, validation, progress, similarity, covisitation
     )

@@ -7,13 +7,18 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from services.retrieval.covisitation import CoVisitationTable
 from training.export import export_index, export_ranker
-from training.synthetic import SyntheticShop, generate_shop
+from training.synthetic import SyntheticShop, generate_shop, session_baskets
 from training.train_tiny import TrainConfig, TrainResult, train_tiny_ranker
 
 log = logging.getLogger(__name__)
 
 CATALOG_FILE = "catalog.json"
+#: Neighbours kept per item in the exported co-visitation table (as training/fit.py's FitConfig does).
+COVISITATION_NEIGHBOURS = 100
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,10 @@ def train_synthetic(
         **result.summary(),
     }
     version_dir = export_ranker(result.model, model_repository / model_name, catalog.item_ids, metadata)
+    # Items bought in the same session, for the co-visitation source ("often bought with ...").
+    baskets = session_baskets(shop.events)
+    holding = np.bincount(np.concatenate(baskets), minlength=len(catalog)) if baskets else np.zeros(len(catalog))
+    covisitation = CoVisitationTable.from_baskets(baskets, holding, COVISITATION_NEIGHBOURS)
     index_dir = export_index(
         result.model,
         out_dir / "index",
@@ -71,6 +80,7 @@ def train_synthetic(
         catalog.brands,
         model_name,
         version_dir.name,
+        covisitation=covisitation,
     )
     catalog_path = out_dir / CATALOG_FILE
     write_catalog(shop, catalog_path)

@@ -64,6 +64,19 @@ class SyntheticShop:
         return [items[bounds[u] : bounds[u + 1]] for u in range(len(self.user_ids))]
 
 
+def session_baskets(events: Events) -> list[np.ndarray]:
+    """The distinct items each shopping session bought (one basket per session with a purchase), in time order."""
+    if events.session is None:
+        raise ValueError("these events carry no sessions")
+    bought = events.kind == EVENT_PURCHASE
+    users, sessions, items = events.user[bought], events.session[bought], events.item[bought]
+    keys = users.astype(np.int64) * (int(sessions.max(initial=0)) + 1) + sessions
+    order = np.argsort(keys, kind="stable")
+    keys, items = keys[order], items[order]
+    bounds = np.flatnonzero(np.diff(keys)) + 1
+    return [np.unique(basket) for basket in np.split(items, bounds)] if items.size else []
+
+
 def generate_shop(
     n_users: int = 2000, n_items: int = 1000, n_categories: int = 20, sessions_per_user: float = 6.0, seed: int = 0
 ) -> SyntheticShop:

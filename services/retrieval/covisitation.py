@@ -12,7 +12,7 @@ training lists), so the candidate set measured offline is the one served.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +20,9 @@ import numpy as np
 #: Anchors read per request (the newest distinct history items) and the weight of each older one.
 MAX_ANCHORS = 10
 DECAY = 0.8
+#: Baskets larger than this contribute only their first items to co-occurrence (wholesale orders of hundreds of
+#: lines would otherwise dominate it).
+MAX_BASKET_FOR_PAIRS = 100
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,59 @@ class CoVisitationTable:
             np.concatenate(rows).astype(np.int64) if rows else np.empty(0, np.int64),
             np.concatenate(scores).astype(np.float32) if scores else np.empty(0, np.float32),
         )
+
+    @classmethod
+    def from_baskets(
+        cls,
+        baskets: Iterable[np.ndarray],
+        popularity: np.ndarray,
+        neighbours: int,
+        max_basket: int = MAX_BASKET_FOR_PAIRS,
+        chunk_pairs: int = 5_000_000,
+    ) -> CoVisitationTable:
+        """The table straight from baskets (catalog rows), never holding an [items, items] matrix: pair counts over
+        each basket's first ``max_basket`` items, cosine-normalised by ``popularity`` (baskets holding each item),
+        the ``neighbours`` best per item, ties to the lower row. Equal to :meth:`from_similarity` of the dense
+        co-occurrence built from the same baskets, at any catalog size."""
+        count = int(popularity.size)
+        keys: list[np.ndarray] = []
+        counts: list[np.ndarray] = []
+        pending: list[np.ndarray] = []
+        pending_size = 0
+
+        def flush() -> None:
+            nonlocal pending, pending_size
+            if pending:
+                unique, found = np.unique(np.concatenate(pending), return_counts=True)
+                keys.append(unique)
+                counts.append(found)
+                pending, pending_size = [], 0
+
+        for basket in baskets:
+            rows = np.asarray(basket, dtype=np.int64)[:max_basket]
+            if rows.size > 1:
+                pairs = (rows[:, None] * count + rows[None, :]).ravel()
+                pending.append(pairs)
+                pending_size += pairs.size
+                if pending_size > chunk_pairs:
+                    flush()
+        flush()
+        if not keys:
+            return cls(np.zeros(count + 1, dtype=np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
+        unique, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+        totals = np.bincount(inverse, weights=np.concatenate(counts).astype(np.float64))
+        anchors, rows = unique // count, unique % count
+        off_diagonal = anchors != rows
+        anchors, rows, totals = anchors[off_diagonal], rows[off_diagonal], totals[off_diagonal]
+        seen = np.maximum(np.asarray(popularity, dtype=np.float64), 1.0)
+        scores = (totals / np.sqrt(seen[anchors] * seen[rows])).astype(np.float32)
+        order = np.lexsort((rows, -scores, anchors))
+        anchors, rows, scores = anchors[order], rows[order], scores[order]
+        starts = np.searchsorted(anchors, np.arange(count))
+        keep = (np.arange(anchors.size) - starts[anchors]) < max(0, min(neighbours, count - 1))
+        anchors, rows, scores = anchors[keep], rows[keep], scores[keep]
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(anchors, minlength=count))]).astype(np.int64)
+        return cls(indptr, rows.astype(np.int64), scores)
 
     def restricted(self, kept_rows: np.ndarray, total_rows: int) -> CoVisitationTable:
         """The same anchors, keeping only neighbours among ``kept_rows`` (renumbered to their position there):

@@ -52,6 +52,18 @@ def test_index_holds_the_models_item_vectors(trained):
     assert index.dimension == 32 and index.popularity.sum() > 0
 
 
+def test_index_holds_the_shops_co_visitation(trained):
+    from training.synthetic import generate_shop, session_baskets
+
+    table = load_index(latest_version(trained.index_root)).covisitation
+    assert table is not None and table.rows.size > 0
+    # Every neighbour pair was bought in one session of the shop the fixture trained on.
+    shop = generate_shop(n_users=400, n_items=150, seed=3)
+    together = {(a, b) for basket in session_baskets(shop.events) for a in basket.tolist() for b in basket.tolist()}
+    owners = np.repeat(np.arange(table.anchors), np.diff(table.indptr))
+    assert all((a, b) in together for a, b in zip(owners.tolist(), table.rows.tolist(), strict=True))
+
+
 def test_versions_are_added_never_overwritten(trained, tmp_path):
     repository = tmp_path / "repo"
     shutil.copytree(trained.model_repository, repository)

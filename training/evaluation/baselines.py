@@ -9,11 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.retrieval.covisitation import MAX_BASKET_FOR_PAIRS
 from training.data.splits import EvalCase, Split
-
-#: Baskets larger than this contribute only their first items to co-occurrence (wholesale orders of hundreds of
-#: lines would otherwise dominate it).
-MAX_BASKET_FOR_PAIRS = 100
 
 
 @dataclass

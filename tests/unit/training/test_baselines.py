@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from training.data.splits import EvalCase, Split, UserBaskets
 from training.evaluation.baselines import BuyAgain, ItemToItem, Popularity, cooccurrence, repeat_scores
@@ -57,3 +58,24 @@ def test_discovery_protocol_excludes_the_history_and_drops_users_without_new_ite
     result = evaluate(BuyAgain(split), discovery, "discovery", split.popularity(), np.zeros(6, dtype=np.int64))
     assert not np.isin(result.top[0][:4], [0, 1]).any()  # 4 items are left to rank; excluded ones come last
     assert result.metrics["users"] == 1
+
+
+def test_the_sparse_co_visitation_table_is_the_dense_co_occurrences_top_items():
+    from services.retrieval.covisitation import CoVisitationTable
+    from training.data.loaders import synthetic_dataset
+    from training.data.splits import split_dataset
+
+    for split in (hand_split(), split_dataset(synthetic_dataset(300, 80, 2))):
+        baskets = [basket for user in split.train for basket in user.baskets]
+        for neighbours in (1, 3, 100):
+            dense = CoVisitationTable.from_similarity(cooccurrence(split), neighbours)
+            sparse = CoVisitationTable.from_baskets(baskets, split.popularity(), neighbours, chunk_pairs=7)
+            assert sparse.indptr.tolist() == dense.indptr.tolist()
+            assert sparse.rows.tolist() == dense.rows.tolist()
+            assert sparse.scores.tolist() == dense.scores.tolist()
+    # The hand-made shop: item 0 is bought with 1 twice and with 2 once (baskets holding 0: 3, 1: 2, 2: 1).
+    table = CoVisitationTable.from_baskets(
+        [b for u in hand_split().train for b in u.baskets], hand_split().popularity(), 5
+    )
+    rows, scores = table.rows[table.indptr[0] : table.indptr[1]], table.scores[table.indptr[0] : table.indptr[1]]
+    assert rows.tolist() == [1, 2] and scores.tolist() == pytest.approx([2 / np.sqrt(3 * 2), 1 / np.sqrt(3 * 1)])

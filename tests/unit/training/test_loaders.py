@@ -191,6 +191,28 @@ def test_synthetic_shop_as_events():
     assert np.array_equal(again.events.item, dataset.events.item)
 
 
+def test_session_baskets_are_the_distinct_items_each_session_bought():
+    from training.synthetic import EVENT_PURCHASE, EVENT_VIEW, Events, generate_shop, session_baskets
+
+    events = Events(
+        user=np.array([0, 0, 0, 0, 1, 1, 0]),
+        item=np.array([5, 6, 5, 7, 5, 8, 9]),
+        kind=np.array(
+            [EVENT_PURCHASE, EVENT_PURCHASE, EVENT_PURCHASE, EVENT_VIEW, EVENT_PURCHASE, EVENT_VIEW, EVENT_PURCHASE],
+            dtype=object,
+        ),
+        timestamp=np.arange(7),
+        quantity=np.ones(7, dtype=np.int32),
+        session=np.array([0, 0, 0, 0, 0, 0, 1]),
+    )
+    assert [b.tolist() for b in session_baskets(events)] == [[5, 6], [9], [5]]
+    shop = generate_shop(n_users=60, n_items=40, seed=2)
+    baskets = session_baskets(shop.events)
+    bought = shop.events.kind == EVENT_PURCHASE
+    assert sum(b.size for b in baskets) <= int(bought.sum()) and all(np.unique(b).size == b.size for b in baskets)
+    assert set(np.concatenate(baskets).tolist()) == set(shop.events.item[bought].tolist())
+
+
 @pytest.mark.skipif(
     not os.environ.get(ONLINE_RETAIL_ENV),
     reason=f"set {ONLINE_RETAIL_ENV} to the Online Retail parquet file to run this test (real data, not in the repo)",
