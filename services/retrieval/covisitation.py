@@ -87,40 +87,10 @@ class CoVisitationTable:
     ) -> CoVisitationTable:
         """The table straight from baskets (catalog rows), never holding an [items, items] matrix: pair counts over
         each basket's first ``max_basket`` items, cosine-normalised by ``popularity`` (baskets holding each item),
-        the ``neighbours`` best per item, ties to the lower row. Equal to :meth:`from_similarity` of the dense
-        co-occurrence built from the same baskets, at any catalog size."""
+        the ``neighbours`` best per item, ties to the lower row (:func:`basket_pairs`). Equal to
+        :meth:`from_similarity` of the dense co-occurrence built from the same baskets, at any catalog size."""
         count = int(popularity.size)
-        keys: list[np.ndarray] = []
-        counts: list[np.ndarray] = []
-        pending: list[np.ndarray] = []
-        pending_size = 0
-
-        def flush() -> None:
-            nonlocal pending, pending_size
-            if pending:
-                unique, found = np.unique(np.concatenate(pending), return_counts=True)
-                keys.append(unique)
-                counts.append(found)
-                pending, pending_size = [], 0
-
-        for basket in baskets:
-            rows = np.asarray(basket, dtype=np.int64)[:max_basket]
-            if rows.size > 1:
-                pairs = (rows[:, None] * count + rows[None, :]).ravel()
-                pending.append(pairs)
-                pending_size += pairs.size
-                if pending_size > chunk_pairs:
-                    flush()
-        flush()
-        if not keys:
-            return cls(np.zeros(count + 1, dtype=np.int64), np.empty(0, np.int64), np.empty(0, np.float32))
-        unique, inverse = np.unique(np.concatenate(keys), return_inverse=True)
-        totals = np.bincount(inverse, weights=np.concatenate(counts).astype(np.float64))
-        anchors, rows = unique // count, unique % count
-        off_diagonal = anchors != rows
-        anchors, rows, totals = anchors[off_diagonal], rows[off_diagonal], totals[off_diagonal]
-        seen = np.maximum(np.asarray(popularity, dtype=np.float64), 1.0)
-        scores = (totals / np.sqrt(seen[anchors] * seen[rows])).astype(np.float32)
+        anchors, rows, scores = basket_pairs(baskets, popularity, max_basket, chunk_pairs)
         order = np.lexsort((rows, -scores, anchors))
         anchors, rows, scores = anchors[order], rows[order], scores[order]
         starts = np.searchsorted(anchors, np.arange(count))
@@ -140,6 +110,50 @@ class CoVisitationTable:
         counts = np.bincount(owner[keep], minlength=self.anchors)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         return CoVisitationTable(indptr, mapped[keep], self.scores[keep])
+
+
+def basket_pairs(
+    baskets: Iterable[np.ndarray],
+    popularity: np.ndarray,
+    max_basket: int = MAX_BASKET_FOR_PAIRS,
+    chunk_pairs: int = 5_000_000,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of different items bought in one basket (catalog rows; each basket's first ``max_basket``
+    items), as (anchors, rows, scores) sorted by anchor then row: the times bought together divided by
+    sqrt(baskets holding the anchor x baskets holding the row) (``popularity``, at least 1), float32 — the
+    cosine-normalised co-occurrence, without an [items, items] matrix."""
+    count = int(popularity.size)
+    keys: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    pending: list[np.ndarray] = []
+    pending_size = 0
+
+    def flush() -> None:
+        nonlocal pending, pending_size
+        if pending:
+            unique, found = np.unique(np.concatenate(pending), return_counts=True)
+            keys.append(unique)
+            counts.append(found)
+            pending, pending_size = [], 0
+
+    for basket in baskets:
+        rows = np.asarray(basket, dtype=np.int64)[:max_basket]
+        if rows.size > 1:
+            pairs = (rows[:, None] * count + rows[None, :]).ravel()
+            pending.append(pairs)
+            pending_size += pairs.size
+            if pending_size > chunk_pairs:
+                flush()
+    flush()
+    if not keys:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    unique, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    totals = np.bincount(inverse, weights=np.concatenate(counts).astype(np.float64))
+    anchors, rows = unique // count, unique % count
+    off_diagonal = anchors != rows
+    anchors, rows, totals = anchors[off_diagonal], rows[off_diagonal], totals[off_diagonal]
+    seen = np.maximum(np.asarray(popularity, dtype=np.float64), 1.0)
+    return anchors, rows, (totals / np.sqrt(seen[anchors] * seen[rows])).astype(np.float32)
 
 
 def co_visited(

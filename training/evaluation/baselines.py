@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.retrieval.covisitation import MAX_BASKET_FOR_PAIRS
+from services.retrieval.covisitation import basket_pairs
 from training.data.splits import EvalCase, Split
 
 
@@ -36,25 +36,12 @@ class Popularity:
 
 
 def cooccurrence(split: Split) -> np.ndarray:
-    """Cosine-normalised basket co-occurrence [items, items] (float32, zero diagonal) from training baskets."""
-    n = split.num_items
-    counts = np.zeros(n * n, dtype=np.float64)
-    pairs = []
-    for user in split.train:
-        for basket in user.baskets:
-            rows = basket[:MAX_BASKET_FOR_PAIRS]
-            if len(rows) > 1:
-                pairs.append((rows[:, None] * n + rows[None, :]).ravel())
-                if sum(len(p) for p in pairs) > 5_000_000:
-                    counts += np.bincount(np.concatenate(pairs), minlength=n * n)
-                    pairs = []
-    if pairs:
-        counts += np.bincount(np.concatenate(pairs), minlength=n * n)
-    matrix = counts.reshape(n, n)
-    np.fill_diagonal(matrix, 0.0)
-    popularity = np.maximum(split.popularity(), 1.0)
-    matrix /= np.sqrt(popularity[:, None] * popularity[None, :])
-    return matrix.astype(np.float32)
+    """Cosine-normalised basket co-occurrence [items, items] (float32, zero diagonal) from training baskets: the
+    dense form of :func:`services.retrieval.covisitation.basket_pairs`."""
+    anchors, rows, scores = basket_pairs((b for user in split.train for b in user.baskets), split.popularity())
+    matrix = np.zeros((split.num_items, split.num_items), dtype=np.float32)
+    matrix[anchors, rows] = scores
+    return matrix
 
 
 class ItemToItem:
