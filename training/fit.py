@@ -37,7 +37,14 @@ from training.data.splits import EvalCase, Split, split_dataset
 from training.evaluation.aisle import AisleRecommender, TwoTowerRetriever
 from training.evaluation.baselines import cooccurrence
 from training.evaluation.offline import evaluate
-from training.features import RANKER_HISTORY_LENGTH, history_tokens, item_snapshot, ranker_inputs
+from training.features import (
+    RANKER_HISTORY_LENGTH,
+    TRENDING_DAYS,
+    RecentSales,
+    history_tokens,
+    item_snapshot,
+    ranker_inputs,
+)
 from training.models.sequence_ranker import CooccurrenceScore, RetrievalScore, SequenceRanker
 from training.models.two_tower import ItemContent, TwoTower
 
@@ -73,7 +80,9 @@ class FitConfig:
     # serving-shaped candidate set used for validation, calibration and evaluation
     retrieve: int = 200
     repeat: int = 200
-    popular: int = 50
+    popular: int = 50  # the most popular items of the training window (the popularity source)
+    trending: int = 50  # the items most bought in the ``trending_days`` before the request (the trending source)
+    trending_days: int = TRENDING_DAYS  # ... and the window of the ranker's log_trending feature
     co_visit: int = 50  # items bought together with the newest items (the retrieval co-visitation source)
     co_visit_neighbours: int = 100  # neighbours kept per item in the exported co-visitation table
     validation_users: int = 1000
@@ -149,6 +158,7 @@ def serving_recommender(
         snapshot,
         split.popularity(),
         covisitation,
+        RecentSales.from_split(split, config.trending_days),
     )
 
 
@@ -205,7 +215,7 @@ def _fit(dataset: Dataset, config: FitConfig, progress: bool) -> FittedModels:
     examples = basket_examples(split)
     if not examples.targets:
         raise ValueError(f"{dataset.name}: no training basket has an earlier basket to learn from")
-    snapshot = item_snapshot(dataset.catalog, split)
+    snapshot = item_snapshot(dataset.catalog, split, config.trending_days)
     validation = split.validation
     if config.validation_users and len(validation) > config.validation_users:
         picks = np.sort(rng.choice(len(validation), config.validation_users, replace=False))
@@ -366,6 +376,7 @@ def train_ranker(
         examples.targets + examples.targets,
     )
     returns = return_labels(split)
+    recent = retrieval.recent  # each example's recent sales as of its own day (the log_trending feature)
     weights = example_weights(examples.times, config.recency_half_life_days)
     retrieval_score = RetrievalScore(tower) if config.retrieval_feature else None
     cooccurrence_score = CooccurrenceScore(similarity) if config.cooccurrence_feature else None
@@ -379,7 +390,9 @@ def train_ranker(
     bar = tqdm(total=config.ranker_epochs * steps, desc="ranker", unit="batch", disable=not progress)
     for epoch in range(config.ranker_epochs):
         candidates, labels, returned = ranker_candidates(examples, pools, returns, config, rng)
-        history, tokens, features = _inputs(snapshot, examples.histories, candidates, config.ranker_history_length)
+        history, tokens, features = _inputs(
+            snapshot, examples.histories, candidates, config.ranker_history_length, recent, examples.times
+        )
         if model is None:
             valid = tokens > 0
             model = SequenceRanker(
@@ -473,9 +486,11 @@ def example_weights(times: np.ndarray, half_life_days: float) -> np.ndarray:
     return (0.5 ** (age_days / half_life_days)).astype(np.float32)
 
 
-def _inputs(snapshot, histories, candidates, length, chunk: int = 2048):
+def _inputs(snapshot, histories, candidates, length, recent, times, chunk: int = 2048):
     parts = [
-        ranker_inputs(snapshot, histories[s : s + chunk], candidates[s : s + chunk], length)
+        ranker_inputs(
+            snapshot, histories[s : s + chunk], candidates[s : s + chunk], length, recent, times[s : s + chunk]
+        )
         for s in range(0, len(histories), chunk)
     ]
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
@@ -491,7 +506,11 @@ def calibrate(fitted: FittedModels, validation: list[EvalCase]) -> None:
         chunk = validation[start : start + 256]
         candidates = recommender.candidates(chunk, exclude_history=False)
         history, tokens, features = ranker_inputs(
-            fitted.snapshot, [c.history for c in chunk], candidates, fitted.config.ranker_history_length
+            fitted.snapshot,
+            [c.history for c in chunk],
+            candidates,
+            fitted.config.ranker_history_length,
+            *recommender.dated(chunk),
         )
         with torch.no_grad():
             purchase, _ = ranker.logits(torch.from_numpy(history), torch.from_numpy(tokens), torch.from_numpy(features))

@@ -51,8 +51,11 @@ def encode_history(tokens: np.ndarray, length: int) -> np.ndarray:
 # service builds the model's ``candidate_features`` input with the same ones, so there is no training/serving skew.
 
 FEATURES_FILE = "item_features.npz"
-#: Per-item features from the catalog and the training window, in this order.
-STATIC_FEATURES = ("log_price", "margin", "log_popularity", "return_rate", "in_stock")
+#: Per-item features from the catalog and the training window, in this order. ``log_trending``: log(1 + baskets
+#: holding the item in the days before the snapshot was made (training: before each example's day; see
+#: training.features.RecentSales), so a ranker can tell this season's items from last season's.
+STATIC_FEATURES = ("log_price", "margin", "log_popularity", "return_rate", "in_stock", "log_trending")
+TRENDING_COLUMN = STATIC_FEATURES.index("log_trending")
 #: Per (subject, candidate) features computed from the request's history (the whole ``history_item_ids`` window
 #: of the model's contract, 200 items for the sequence ranker), appended after the static ones.
 REQUEST_FEATURES = ("log_history_count", "history_recency", "history_share", "log_items_since")
@@ -86,25 +89,41 @@ class ItemFeatureSnapshot:
         popularity: np.ndarray,
         return_rates: np.ndarray,
         in_stock: np.ndarray,
+        trending: np.ndarray | None = None,
     ) -> ItemFeatureSnapshot:
         """Rows in vocabulary order (token 1 first). Unknown items get the catalog's median price and margin,
-        zero popularity, the mean return rate and "in stock"."""
+        zero popularity, the mean return rate, "in stock" and zero recent sales. ``trending``: baskets per item in
+        the recent window (none when not given)."""
+        if trending is None:
+            trending = np.zeros(len(prices))
         columns = np.stack(
             [
                 np.log1p(np.maximum(np.asarray(prices, dtype=np.float64), 0)),
                 np.asarray(margins, dtype=np.float64),
-                np.log1p(np.maximum(np.asarray(popularity, dtype=np.float64), 0)),
+                _log_counts(popularity),
                 np.asarray(return_rates, dtype=np.float64),
                 (np.asarray(in_stock) > 0).astype(np.float64),
+                _log_counts(trending),
             ],
             axis=1,
         )
         defaults = np.array(
-            [np.median(columns[:, 0]), np.median(columns[:, 1]), 0.0, columns[:, 3].mean(), 1.0]
+            [np.median(columns[:, 0]), np.median(columns[:, 1]), 0.0, columns[:, 3].mean(), 1.0, 0.0]
             if len(columns)
-            else [0.0, 0.0, 0.0, 0.0, 1.0]
+            else [0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         )
         return cls(STATIC_FEATURES, np.vstack([defaults[None, :], columns]))
+
+    def with_trending(self, trending: np.ndarray) -> ItemFeatureSnapshot:
+        """The same snapshot with ``log_trending`` from ``trending`` (baskets per item, vocabulary order): what a
+        snapshot made at another moment would hold. Training uses it to give each example the recent sales of
+        its own day, as a snapshot made that day would have served them."""
+        trending = np.asarray(trending)
+        if trending.shape != (len(self),):
+            raise ValueError(f"trending must have one count per item ({len(self)}), got shape {trending.shape}")
+        values = self.values.copy()
+        values[1:, TRENDING_COLUMN] = _log_counts(trending)
+        return ItemFeatureSnapshot(self.names, values)
 
     def save(self, path: Path) -> None:
         with path.open("wb") as handle:
@@ -114,6 +133,10 @@ class ItemFeatureSnapshot:
     def load(cls, path: Path) -> ItemFeatureSnapshot:
         with np.load(path, allow_pickle=False) as data:
             return cls([str(n) for n in data["names"]], data["values"])
+
+
+def _log_counts(counts) -> np.ndarray:
+    return np.log1p(np.maximum(np.asarray(counts, dtype=np.float64), 0))
 
 
 def request_features(history: np.ndarray, candidates: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ versions being positive integers. The ranking service requires these tensors (se
 
 - input ``history_item_ids``   INT64 [batch, history_length]   item tokens, oldest first, left-padded with 0
 - input ``candidate_item_ids`` INT64 [batch, candidates]       item tokens to score
-- optional input ``candidate_features`` FP32 [batch, candidates, len(features.CANDIDATE_FEATURES)] (9)
+- optional input ``candidate_features`` FP32 [batch, candidates, len(features.CANDIDATE_FEATURES)] (10)
 - output ``purchase_probability`` FP32 [batch, candidates]
 - optional output ``return_probability`` FP32 [batch, candidates]
 """

@@ -197,14 +197,18 @@ class PopularitySource:
 
 
 class TrendingSource:
-    """Items whose recent sales outgrow their long-run level (scores computed when the index was built)."""
+    """Items most bought recently: the index's ``trending`` column (``aisle train`` exports the baskets holding
+    each item in the 14 days up to its newest data, training.features.RecentSales). Items with no recent sales
+    are never trending."""
 
     name = "TrendingSource"
     source = common_pb2.CANDIDATE_SOURCE_TRENDING
 
     def retrieve(self, index: ServingIndex, query: Query) -> Sourced:
         order, values = ranked_rows(index, "trending", lambda: index.artifact.trending)
-        return Sourced(self.source, *first_allowed(order, values, query.allowed, query.k))
+        rows, scores = first_allowed(order, values, query.allowed, query.k)
+        sold = scores > 0
+        return Sourced(self.source, rows[sold], scores[sold])
 
 
 class ColdStartSource:

@@ -69,7 +69,12 @@ async def test_without_consent_history_is_not_used(trained):
     async with stack(trained) as hosts:
         response = await recommend(hosts["gateway"].port, home_request(history, k=10, consent=False))
     assert response.items
-    context_only = {common.CANDIDATE_SOURCE_POPULARITY, common.CANDIDATE_SOURCE_COLD_START}
+    # Sources that read no history: popularity, trending, cold start.
+    context_only = {
+        common.CANDIDATE_SOURCE_POPULARITY,
+        common.CANDIDATE_SOURCE_TRENDING,
+        common.CANDIDATE_SOURCE_COLD_START,
+    }
     assert all(set(item.sources) <= context_only for item in response.items)
 
 

@@ -3,7 +3,9 @@
 Candidates per customer, as the serving path forms them: the two-tower's top ``retrieve`` items, the top
 ``co_visit`` items bought together with the customer's newest items (the retrieval service's co-visitation
 source, same function), the customer's own past purchases (repeat protocol only: in the discovery protocol they
-are excluded before retrieval) and the ``popular`` most popular items. The ranker scores them with P(purchase);
+are excluded before retrieval), the ``trending`` items most bought in the days before the case (the retrieval
+service's trending source reads the same counts, as of its index's export) and the ``popular`` most popular
+items. The ranker scores them with P(purchase);
 items that are not candidates follow in popularity order (they only matter for Recall@100 when there are fewer
 than 100 candidates).
 
@@ -21,7 +23,7 @@ from services.ranking.features import ItemFeatureSnapshot
 from services.retrieval.covisitation import MAX_ANCHORS, CoVisitationTable, co_visited
 from training.data.splits import EvalCase
 from training.evaluation.baselines import ScoredBatch, _popularity_fill, _recent_distinct
-from training.features import history_tokens, ranker_inputs
+from training.features import RecentSales, history_tokens, ranker_inputs
 
 QueryFn = Callable[[np.ndarray], np.ndarray]  # history tokens [B, L] -> query vectors [B, D]
 RankFn = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -57,6 +59,8 @@ class AisleRecommender:
         ranker_history_length: int | None = None,
         covisitation: CoVisitationTable | None = None,
         co_visit: int = 0,
+        recent: RecentSales | None = None,
+        trending: int = 0,
     ):
         self.retriever = TwoTowerRetriever(query_fn, item_vectors, history_length)
         self.rank_fn, self.snapshot = rank_fn, snapshot
@@ -67,6 +71,9 @@ class AisleRecommender:
         self.popular_order = np.argsort(-popularity, kind="stable")
         self.retrieve, self.repeat, self.popular = retrieve, repeat, popular
         self.covisitation, self.co_visit = covisitation, co_visit if covisitation is not None else 0
+        # Recent sales as of each case's day: the trending candidates and the ranker's log_trending feature.
+        # Without them the ranker reads the snapshot's own column, as serving does.
+        self.recent, self.trending = recent, trending if recent is not None else 0
 
     @classmethod
     def from_config(
@@ -78,6 +85,7 @@ class AisleRecommender:
         snapshot: ItemFeatureSnapshot | None,
         popularity: np.ndarray,
         covisitation: CoVisitationTable | None,
+        recent: RecentSales | None = None,
     ) -> AisleRecommender:
         """The candidate set a training configuration (``FitConfig`` as a dict, or the one a run recorded) names."""
         return cls(
@@ -93,6 +101,8 @@ class AisleRecommender:
             config.get("ranker_history_length", config["history_length"]),
             covisitation,
             config.get("co_visit", 0),
+            recent,
+            config.get("trending", 0),
         )
 
     def co_visited(self, window: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
@@ -104,6 +114,11 @@ class AisleRecommender:
     def bought_before(self, window: np.ndarray) -> np.ndarray:
         """The buy-again source's rows for a history window: its newest ``repeat`` distinct items."""
         return _recent_distinct(window, self.repeat)
+
+    def trending_items(self, sales: np.ndarray, extra: int = 0) -> np.ndarray:
+        """The trending source's rows for recent sales ``sales`` (``RecentSales.at``), as retrieval serves its
+        index's ``trending`` column: the ``trending`` (+ ``extra``) best sellers, ties by row, none unsold."""
+        return _top(sales, self.trending + extra)
 
     def candidates(self, cases: list[EvalCase], exclude_history: bool) -> np.ndarray:
         """[U, C] catalog rows, -1 padding."""
@@ -120,8 +135,11 @@ class AisleRecommender:
                 scores[history] = -np.inf
             k = min(self.retrieve, len(scores) - 1)
             retrieved = np.argpartition(-scores, k)[:k] if k > 0 else np.arange(len(scores))
-            popular = self.popular_order[: self.popular + (len(history) if exclude_history else 0)]
-            parts = [retrieved, popular]
+            excluded = len(history) if exclude_history else 0
+            popular = self.popular_order[: self.popular + excluded] if self.popular else []
+            parts = [retrieved, np.asarray(popular, dtype=np.int64)]
+            if self.trending:
+                parts.append(self.trending_items(self.recent.at(case.time), excluded))
             if self.co_visit:
                 allowed = None
                 if exclude_history and len(history):
@@ -140,10 +158,14 @@ class AisleRecommender:
             out[u, : len(r)] = r
         return out
 
+    def dated(self, cases: list[EvalCase]) -> tuple[RecentSales | None, list[int] | None]:
+        """``ranker_inputs``' (recent, times) for these cases: each case's features as of its own day."""
+        return (self.recent, [c.time for c in cases]) if self.recent is not None else (None, None)
+
     def score(self, cases: list[EvalCase], exclude_history: bool = False) -> ScoredBatch:
         candidates = self.candidates(cases, exclude_history)
         history, tokens, features = ranker_inputs(
-            self.snapshot, [c.history for c in cases], candidates, self.history_length
+            self.snapshot, [c.history for c in cases], candidates, self.history_length, *self.dated(cases)
         )
         purchase, _ = self.rank_fn(history, tokens, features)
         scores = np.tile(self.fill, (len(cases), 1))
@@ -153,3 +175,9 @@ class AisleRecommender:
         scores[users, items] = 1.0 + purchase[users, slots]
         probabilities[users, items] = purchase[users, slots]
         return ScoredBatch(scores, probabilities)
+
+
+def _top(values: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the ``k`` largest values, best first (ties by row), never a row whose value is 0."""
+    order = np.argsort(-values, kind="stable")[:k]
+    return order[values[order] > 0]

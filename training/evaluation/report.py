@@ -31,6 +31,7 @@ from training.evaluation.aisle import AisleRecommender, TwoTowerRetriever
 from training.evaluation.baselines import BuyAgain, ItemToItem, Popularity
 from training.evaluation.metrics import paired_bootstrap
 from training.evaluation.offline import PROTOCOLS, ModelResult, evaluate, protocol_cases
+from training.features import TRENDING_DAYS, RecentSales
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,9 @@ def evaluate_artifacts(
     snapshot = ItemFeatureSnapshot.load(ranker_dir / FEATURES_FILE)
     query_fn, rank_fn = onnx_functions(run)
     popularity = split.popularity()
+    recent = RecentSales.from_split(split, config.get("trending_days", TRENDING_DAYS))
     aisle = AisleRecommender.from_config(
-        config, query_fn, embeddings, rank_fn, snapshot, popularity, index.covisitation
+        config, query_fn, embeddings, rank_fn, snapshot, popularity, index.covisitation, recent
     )
     models = [aisle, TwoTowerRetriever(query_fn, embeddings, config["history_length"])]
     models += [Popularity(split), ItemToItem(split), BuyAgain(split)]

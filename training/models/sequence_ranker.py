@@ -102,6 +102,10 @@ class SequenceRanker(nn.Module):
         self.norm = nn.LayerNorm(dim)
         mean = np.zeros(num_features) if feature_mean is None else feature_mean
         std = np.ones(num_features) if feature_std is None else np.maximum(feature_std, 1e-3)
+        # A feature that never varied in training carried nothing the model could learn; an infinite scale makes
+        # its standardised value 0 whatever serving sends (e.g. recent sales of data whose events share one day).
+        if feature_std is not None:
+            std = np.where(np.asarray(feature_std) < 1e-6, np.inf, std)
         self.register_buffer("feature_mean", torch.tensor(mean, dtype=torch.float32))
         self.register_buffer("feature_std", torch.tensor(std, dtype=torch.float32))
         self.register_buffer("logit_scale", torch.tensor(1.0))

@@ -166,8 +166,9 @@ async def test_the_ranking_service_loads_and_scores_the_exported_ranker(trained)
 
 
 async def test_the_retrieval_service_serves_the_candidate_set_evaluated_offline(trained):
-    """Co-visitation and buy-again through a real Retrieve call on the exported index are exactly the parts of the
-    evaluation's (and the ranker's training lists') candidate set that stand for those sources."""
+    """Co-visitation, buy-again and trending through a real Retrieve call on the exported index are exactly the
+    parts of the evaluation's (and the ranker's training lists') candidate set that stand for those sources
+    (trending as of the export: the evaluation gives each case the recent sales of its own day)."""
     import grpc
 
     from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
@@ -181,6 +182,10 @@ async def test_the_retrieval_service_serves_the_candidate_set_evaluated_offline(
     assert fitted.covisitation is not None and config.co_visit > 0
     ids = load_index(trained.run.index_dir).item_ids
     co_visit, buy_again = common.CANDIDATE_SOURCE_CO_VISITATION, common.CANDIDATE_SOURCE_BUY_AGAIN
+    trending = common.CANDIDATE_SOURCE_TRENDING
+    assert config.trending > 0 and recommender.recent is not None
+    exported_trending = [ids[row] for row in recommender.trending_items(recommender.recent.latest())]
+    assert exported_trending  # the synthetic shop sold something in the last days of its training data
     settings = RetrievalSettings(**LOCAL, index_path=trained.run.index_dir.parent)
     async with serving(ServiceHost(settings, build_application(settings))) as host:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
@@ -195,16 +200,20 @@ async def test_the_retrieval_service_serves_the_candidate_set_evaluated_offline(
                             common.Interaction(item_id=ids[row], event_type=common.EVENT_TYPE_PURCHASE)
                             for row in window
                         ],
-                        sources=[co_visit, buy_again],
+                        sources=[co_visit, buy_again, trending],
                         source_limits=[
                             retrieval_pb.SourceLimit(source=co_visit, k=config.co_visit),
                             retrieval_pb.SourceLimit(source=buy_again, k=config.repeat),
+                            retrieval_pb.SourceLimit(source=trending, k=config.trending),
                         ],
                     )
                 )
-                served = {s: [c.item_id for c in reply.candidates if c.source == s] for s in (co_visit, buy_again)}
+                served = {
+                    s: [c.item_id for c in reply.candidates if c.source == s] for s in (co_visit, buy_again, trending)
+                }
                 assert served[co_visit] == [ids[row] for row in recommender.co_visited(window)]
                 assert set(served[buy_again]) == {ids[row] for row in recommender.bought_before(window)}
+                assert served[trending] == exported_trending
                 checked += bool(served[co_visit])
             assert checked >= 20  # the comparison ran on real co-visitation answers, not on empty lists
 

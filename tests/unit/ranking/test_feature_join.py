@@ -26,6 +26,8 @@ from services.ranking.served_model import ServedModel
 ITEMS = ["shoe", "sock", "hat"]
 IN_STOCK = STATIC_FEATURES.index("in_stock")
 LOG_PRICE = STATIC_FEATURES.index("log_price")
+TRENDING = STATIC_FEATURES.index("log_trending")
+STATIC = len(STATIC_FEATURES)
 
 
 def contract(features: bool, history_length: int = 5) -> ModelContract:
@@ -46,6 +48,7 @@ def snapshot() -> ItemFeatureSnapshot:
         popularity=np.array([100, 10, 0]),
         return_rates=np.array([0.2, 0.0, 0.1]),
         in_stock=np.array([1, 1, 0]),  # the hat is out of stock
+        trending=np.array([7, 0, 3]),  # baskets in the recent window
     )
 
 
@@ -62,13 +65,15 @@ def test_known_unknown_and_out_of_stock_candidates():
     assert inputs.unknown.tolist() == [False, True, False, False]
     values = snapshot().values
     # Known ids get their own row; the unknown id gets row 0, the documented defaults (median price, in stock).
-    assert np.allclose(features[0, 0, :5], values[1]) and np.isclose(features[0, 0, LOG_PRICE], np.log1p(50))
-    assert np.allclose(features[0, 1, :5], values[0]) and features[0, 1, IN_STOCK] == 1.0
+    assert np.allclose(features[0, 0, :STATIC], values[1]) and np.isclose(features[0, 0, LOG_PRICE], np.log1p(50))
+    assert np.allclose(features[0, 1, :STATIC], values[0]) and features[0, 1, IN_STOCK] == 1.0
     assert np.isclose(features[0, 1, LOG_PRICE], np.log1p(20.0))  # median of 5, 20, 50
     assert features[0, 2, IN_STOCK] == 0.0 and features[0, 0, IN_STOCK] == 1.0
+    # Recent sales: the shoe's 7 baskets, none for an unknown id.
+    assert np.allclose(features[0, :, TRENDING], np.log1p([7, 0, 3, 0]))
     # Request features: the sock is twice in the history, the newest item; the hat not at all; unknown never.
-    assert np.allclose(features[0, :, 5], np.log1p([1, 0, 0, 2]))
-    assert np.allclose(features[0, :, 6], [0.8, 0.0, 0.0, 1.0])
+    assert np.allclose(features[0, :, STATIC], np.log1p([1, 0, 0, 2]))
+    assert np.allclose(features[0, :, STATIC + 1], [0.8, 0.0, 0.0, 1.0])
 
 
 def test_history_is_encoded_to_the_contract_length():

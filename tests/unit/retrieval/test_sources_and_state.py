@@ -77,6 +77,20 @@ def test_trending_and_cold_start(index):
     assert cold.source == common.CANDIDATE_SOURCE_COLD_START
 
 
+def test_items_without_recent_sales_are_never_trending(index):
+    allowed = np.zeros(len(index.artifact), dtype=bool)
+    allowed[[0, 1, 2]] = True  # the three least trending items
+    saved = index.artifact.trending[[0, 1]].copy()
+    index.artifact.trending[[0, 1]] = 0.0  # no recent sales
+    index.orders.pop("trending", None)
+    try:
+        found = TrendingSource().retrieve(index, query(index, k=3, allowed=allowed))
+    finally:
+        index.artifact.trending[[0, 1]] = saved
+        index.orders.pop("trending", None)
+    assert found.rows.tolist() == [2] and found.scores.tolist() == [index.artifact.trending[2]]
+
+
 def test_sources_respect_the_allowed_mask(index):
     allowed = np.zeros(len(index.artifact), dtype=bool)
     allowed[1000:1100] = True

@@ -23,3 +23,27 @@ def test_a_weighted_listwise_loss_is_the_weighted_mean_of_the_examples():
     weighted = float(listwise_loss(logits, target, mask, torch.tensor([1.0, 3.0])))
     assert weighted == pytest.approx((each[0] + 3 * each[1]) / 4)
     assert float(listwise_loss(logits, target, mask)) == pytest.approx(sum(each) / 2)
+
+
+def test_the_home_policy_asks_for_the_candidate_set_training_evaluates():
+    """The served home candidate set (services/gateway/policies.yaml) is the one the ranker is trained and
+    evaluated on (FitConfig's defaults); cold start only answers subjects without history."""
+    import yaml
+
+    from services.gateway.policies import DEFAULT_POLICY_FILE
+    from training.fit import FitConfig
+
+    config = FitConfig()
+    evaluated = {
+        "two_tower": config.retrieve,
+        "co_visitation": config.co_visit,
+        "buy_again": config.repeat,
+        "popularity": config.popular,
+        "trending": config.trending,
+    }
+    policies = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())["policies"]
+    for name in ("home", "home_diverse"):
+        (retrieval,) = [s for s in policies[name]["sources"] if s["component"] == "RetrievalSources"]
+        served = dict(retrieval["params"]["sources"])
+        assert served.pop("cold_start") > 0
+        assert served == evaluated, name
