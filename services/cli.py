@@ -93,10 +93,11 @@ def _register_lazy_commands() -> None:
     """Commands owned by other packages; their modules import heavy dependencies (torch) only when run."""
     from services.ranking.models_cli import models
     from services.retrieval.index_cli import index
-    from training.cli import evaluate, train
+    from training.cli import evaluate, refresh_features, train
 
     main.add_command(train)
     main.add_command(evaluate)
+    main.add_command(refresh_features)
     main.add_command(models)
     main.add_command(index)
 

@@ -1,4 +1,4 @@
-"""Training commands of the ``aisle`` CLI: ``aisle train`` and ``aisle evaluate``.
+"""Training commands of the ``aisle`` CLI: ``aisle train``, ``aisle evaluate`` and ``aisle refresh-features``.
 
 Imported by ``services/cli.py`` for every ``aisle`` call, so this module imports torch and the training code only
 inside the commands.
@@ -13,22 +13,48 @@ import click
 _FORMATS = ("auto", "online-retail", "events", "sequences")
 
 
+def _data_options(without_data: str):
+    """--data, --format, --catalog, --strict: which shop data a command reads (:func:`_data_spec`);
+    ``without_data`` says what happens when --data is not given."""
+    options = [
+        click.option(
+            "--data",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=None,
+            help="Shop data: Online Retail (.parquet/.csv), an events file in the documented schema (.parquet/.csv) "
+            f"or plain-text sequences (.txt). {without_data}",
+        ),
+        click.option("--format", "data_format", type=click.Choice(_FORMATS), default="auto", show_default=True),
+        click.option(
+            "--catalog",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            default=None,
+            help="Item catalog (.parquet/.csv) for an events file.",
+        ),
+        click.option(
+            "--strict", is_flag=True, help="Stop at the first malformed row instead of skipping and counting it."
+        ),
+    ]
+
+    def decorate(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def _data_spec(data: Path, data_format: str, catalog: Path | None, strict: bool) -> dict:
+    if not data.is_file():
+        raise click.BadParameter(f"{data}: no such file", param_hint="--data")
+    spec = {"format": data_format, "path": str(data.resolve()), "strict": strict}
+    if catalog:
+        spec["catalog"] = str(catalog.resolve())
+    return spec
+
+
 @click.command()
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Shop data: Online Retail (.parquet/.csv), an events file in the documented schema (.parquet/.csv) or "
-    "plain-text sequences (.txt). Default: the seeded synthetic shop.",
-)
-@click.option("--format", "data_format", type=click.Choice(_FORMATS), default="auto", show_default=True)
-@click.option(
-    "--catalog",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    default=None,
-    help="Item catalog (.parquet/.csv) for an events file.",
-)
-@click.option("--strict", is_flag=True, help="Stop at the first malformed row instead of skipping and counting it.")
+@_data_options("Default: the seeded synthetic shop.")
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -105,11 +131,7 @@ def train(
     if data is None:
         spec = {"format": "synthetic", "users": users, "items": items, "seed": seed}
     else:
-        if not data.is_file():
-            raise click.BadParameter(f"{data}: no such file", param_hint="--data")
-        spec = {"format": data_format, "path": str(data.resolve()), "strict": strict}
-        if catalog:
-            spec["catalog"] = str(catalog.resolve())
+        spec = _data_spec(data, data_format, catalog, strict)
     config = FitConfig(seed=seed, dim=dim, threads=threads)
     if epochs:
         config = FitConfig(seed=seed, dim=dim, threads=threads, tower_epochs=epochs, ranker_epochs=epochs)
@@ -195,3 +217,57 @@ def evaluate(
                 f"recall@100={metrics['recall@100']:.4f} coverage={metrics['coverage']:.3f}"
             )
     click.echo(f"report: {out} and {out.with_suffix('.md')}")
+
+
+@click.command("refresh-features")
+@_data_options("Required: the shop's data up to today.")
+@click.option(
+    "--model-repository",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=Path("model_repository"),
+    show_default=True,
+)
+@click.option("--model-name", default="sequence_ranker", show_default=True, help="Model folder in the repository.")
+@click.option("--version", type=click.IntRange(min=1), default=None, help="Version to refresh [default: the newest].")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="New version folder to write (must not exist); publish it with `aisle models publish`.",
+)
+def refresh_features(
+    data: Path | None,
+    data_format: str,
+    catalog: Path | None,
+    strict: bool,
+    model_repository: Path,
+    model_name: str,
+    version: int | None,
+    out: Path,
+) -> None:
+    """Rebuild a ranker version's item features (popularity, return rates, recent sales) from newer shop data.
+
+    Writes OUT: the same model with a fresh item_features.npz. Recent sales age by the day, so run this daily
+    (after the day's events are exported) and publish the folder; see model_repository/README.md.
+    """
+    from services.core.logs import configure_logging
+    from services.ranking.model_config import ModelConfigError, resolve_version
+    from training.data.schema import DataError
+    from training.refresh import RefreshError
+    from training.refresh import refresh_features as refresh
+
+    configure_logging("INFO", "refresh-features")
+    if data is None:
+        raise click.UsageError("--data is required: the shop's events up to today (the same formats as `aisle train`)")
+    spec = _data_spec(data, data_format, catalog, strict)
+    try:
+        _, source = resolve_version(model_repository / model_name, str(version) if version else "")
+        refreshed = refresh(spec, source, out)
+    except (ModelConfigError, RefreshError, DataError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"refreshed:     {source} -> {refreshed.folder}")
+    click.echo(
+        f"items:         {refreshed.matched} matched, {refreshed.missing} no longer in the catalog; "
+        f"recent sales up to {refreshed.newest_day}"
+    )
+    click.echo(f"next:          aisle models publish {out} --repository {model_repository} --model {model_name}")

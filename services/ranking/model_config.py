@@ -28,6 +28,8 @@ PURCHASE_OUTPUT = "purchase_probability"
 RETURN_OUTPUT = "return_probability"
 MODEL_FILE = "model.onnx"
 VOCABULARY_FILE = "item_vocabulary.txt"
+#: Training data, metrics, parity and versions of a version (and what refreshed its features).
+METADATA_FILE = "metadata.json"
 CONFIG_FILE = "config.pbtxt"
 #: Alternative configs Triton picks with ``--model-config-name=<name>`` (``configs/<name>.pbtxt``).
 CONFIGS_DIR = "configs"

@@ -1,0 +1,119 @@
+"""``aisle refresh-features``: a trained version's item features rebuilt from newer data of the same shop, written
+as a new version folder that ``aisle models publish`` takes in (same model, fresh snapshot)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from services.cli import main
+from services.ranking.features import FEATURES_FILE, STATIC_FEATURES, TRENDING_COLUMN, ItemFeatureSnapshot
+from services.ranking.model_config import model_versions
+from services.ranking.repository import publish
+from tests.support.tiny_training import SHOP, TINY
+from training.data.loaders import load_dataset
+from training.data.splits import split_dataset
+from training.features import RecentSales, item_snapshot
+from training.refresh import RefreshError, refresh_features
+from training.run import train_and_export
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+NEWER = {**SHOP, "seed": SHOP["seed"] + 1}  # the same shop's catalog, other (newer) sales
+
+
+@pytest.fixture(scope="module")
+def version(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("refresh")
+    repository = root / "model_repository"
+    (repository / "sequence_ranker").mkdir(parents=True)
+    shutil.copy(PROJECT_ROOT / "model_repository" / "sequence_ranker" / "config.pbtxt", repository / "sequence_ranker")
+    run = train_and_export(SHOP, root / "artifacts", repository, config=TINY, progress=False)
+    return run.ranker_dir
+
+
+def test_the_refreshed_snapshot_is_the_newer_data_as_history(version, tmp_path):
+    out = tmp_path / "fresh"
+    refreshed = refresh_features(NEWER, version, out)
+    dataset = load_dataset(NEWER)
+    history = split_dataset(dataset, min_baskets=sys.maxsize)
+    assert not history.validation and len(history.train) > 0  # nothing held out
+    want = item_snapshot(dataset.catalog, history)
+    got, before = ItemFeatureSnapshot.load(out / FEATURES_FILE), ItemFeatureSnapshot.load(version / FEATURES_FILE)
+    assert got.names == STATIC_FEATURES and refreshed.matched == len(got) and refreshed.missing == 0
+    assert np.array_equal(got.values[1:], want.values[1:])  # the synthetic catalog keeps its order
+    assert np.allclose(got.values[1:, TRENDING_COLUMN], np.log1p(RecentSales.from_split(history).latest()))
+    assert np.array_equal(got.values[0], before.values[0])  # the version's defaults for unknown items
+    assert not np.array_equal(got.values, before.values)
+    # The model, vocabulary and parity sample are the version's own; metadata says what refreshed the features.
+    for name in ("model.onnx", "item_vocabulary.txt"):
+        assert (out / name).read_bytes() == (version / name).read_bytes()
+    features = json.loads((out / "metadata.json").read_text())["features"]
+    assert features["from_version"] == version.name and features["data"]["fingerprint"] == dataset.fingerprint
+    assert features["newest_day"] == refreshed.newest_day and features["vocabulary_items_missing"] == 0
+    # `aisle models publish` validates the folder and adds it as the next version.
+    repository = tmp_path / "repository"
+    shutil.copytree(version.parent, repository / version.parent.name)
+    published = publish(out, repository / version.parent.name)
+    assert published.version == 2 and model_versions(repository / version.parent.name) == [1, 2]
+
+
+def test_items_gone_from_the_catalog_keep_their_columns_without_recent_sales(version, tmp_path):
+    dataset = load_dataset(NEWER)
+    gone = dataset.catalog.item_ids[0]
+    vocabulary = (version / "item_vocabulary.txt").read_text().splitlines()
+    source = tmp_path / "version"
+    shutil.copytree(version, source)
+    renamed = [f"RETIRED-{item}" if item == gone else item for item in vocabulary]
+    (source / "item_vocabulary.txt").write_text("\n".join(renamed) + "\n")
+    refreshed = refresh_features(NEWER, source, tmp_path / "fresh")
+    assert refreshed.missing == 1
+    got, before = (
+        ItemFeatureSnapshot.load(tmp_path / "fresh" / FEATURES_FILE),
+        ItemFeatureSnapshot.load(source / FEATURES_FILE),
+    )
+    token = renamed.index(f"RETIRED-{gone}") + 1
+    others = [c for c in range(len(STATIC_FEATURES)) if c != TRENDING_COLUMN]
+    assert np.array_equal(got.values[token, others], before.values[token, others])
+    assert got.values[token, TRENDING_COLUMN] == 0.0
+
+
+def test_refresh_refuses_what_it_cannot_refresh_and_writes_nothing(version, tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    with pytest.raises(RefreshError, match="already exists"):
+        refresh_features(NEWER, version, taken)
+    other_shop = tmp_path / "other.txt"
+    other_shop.write_text("u1 x1 x2 x3\nu2 x2 x3\n", encoding="utf-8")
+    with pytest.raises(RefreshError, match="same shop"):
+        refresh_features({"format": "auto", "path": str(other_shop)}, version, tmp_path / "a")
+    old = tmp_path / "old-version"
+    shutil.copytree(version, old)
+    snapshot = ItemFeatureSnapshot.load(version / FEATURES_FILE)
+    ItemFeatureSnapshot(STATIC_FEATURES[:-1], snapshot.values[:, :-1]).save(old / FEATURES_FILE)
+    with pytest.raises(RefreshError, match="retrain"):
+        refresh_features(NEWER, old, tmp_path / "b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old-version", "other.txt", "taken"]  # no staging left
+
+
+def test_the_cli_writes_the_folder_and_names_the_publish_step(version, tmp_path):
+    data = tmp_path / "sequences.txt"
+    vocabulary = (version / "item_vocabulary.txt").read_text().splitlines()
+    data.write_text(f"u1 {vocabulary[0]} {vocabulary[1]}\nu2 {vocabulary[1]}\n", encoding="utf-8")
+    runner = CliRunner()
+    repository = version.parent.parent
+    out = tmp_path / "fresh"
+    args = ["refresh-features", "--model-repository", str(repository), "--out", str(out)]
+    result = runner.invoke(main, args)
+    assert result.exit_code != 0 and "--data is required" in result.output
+    result = runner.invoke(main, [*args, "--data", str(data)])
+    assert result.exit_code == 0, result.output
+    assert f"aisle models publish {out}" in result.output and (out / "model.onnx").is_file()
+    assert f"{len(vocabulary) - 2} no longer in the catalog" in result.output
+    result = runner.invoke(main, [*args, "--data", str(data), "--version", "7"])
+    assert result.exit_code == 1 and "version 7" in result.output

@@ -1,0 +1,121 @@
+"""Fresh item features for a trained ranker, without retraining it (``aisle refresh-features``).
+
+A version's ``item_features.npz`` describes the shop as of the data it was trained on, and its recent sales
+(``log_trending``) age by the day. This rebuilds the snapshot from newer shop data for the items of a version's
+vocabulary and writes a new version folder — the same ``model.onnx``, vocabulary and parity sample, a fresh
+snapshot, ``metadata.json`` saying what refreshed it — for ``aisle models publish``, which validates it and swaps it
+in atomically (and tells Triton). The model is unchanged, so nothing else needs checking.
+
+All of the data counts as history here (there is nothing to hold out): popularity and return rates over all its
+baskets, recent sales over the ``trending_days`` days up to its newest basket, prices, margins and stock from its
+catalog. Vocabulary items the data's catalog no longer holds keep their old catalog columns and get no recent
+sales; the defaults row (unknown items) is the version's own and stays as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from services.ranking.features import FEATURES_FILE, STATIC_FEATURES, TRENDING_COLUMN, ItemFeatureSnapshot
+from services.ranking.model_config import METADATA_FILE, MODEL_FILE, VOCABULARY_FILE
+from training.data.loaders import load_dataset
+from training.data.splits import split_dataset
+from training.features import DAY_S, TRENDING_DAYS, item_snapshot
+
+
+class RefreshError(Exception):
+    """The version or the data cannot give a fresh snapshot; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Refreshed:
+    folder: Path
+    matched: int  # vocabulary items found in the data's catalog
+    missing: int  # vocabulary items the data's catalog no longer holds
+    newest_day: str  # the newest basket's day (UTC), the end of the recent-sales window
+
+
+def refresh_features(spec: dict, source: Path, out: Path, trending_days: int = TRENDING_DAYS) -> Refreshed:
+    """Writes ``out``: the version folder ``source`` with ``item_features.npz`` rebuilt from the data ``spec``."""
+    if out.exists():
+        raise RefreshError(f"{out} already exists; give --out a new folder")
+    for name in (MODEL_FILE, VOCABULARY_FILE, FEATURES_FILE):
+        if not (source / name).is_file():
+            raise RefreshError(f"{source} has no {name}: refresh a version `aisle train` exported (one with features)")
+    current = ItemFeatureSnapshot.load(source / FEATURES_FILE)
+    if current.names != STATIC_FEATURES:
+        raise RefreshError(
+            f"{source / FEATURES_FILE} has features {list(current.names)}, this Aisle builds {list(STATIC_FEATURES)}: "
+            "retrain with `aisle train` instead"
+        )
+    vocabulary = [line for line in (source / VOCABULARY_FILE).read_text(encoding="utf-8").splitlines() if line]
+    if len(vocabulary) != len(current):
+        raise RefreshError(f"{source}: {len(vocabulary)} vocabulary items but {len(current)} snapshot rows")
+
+    dataset = load_dataset(spec)
+    history = split_dataset(dataset, min_baskets=sys.maxsize)  # every basket is history; nothing held out
+    if not history.train:
+        raise RefreshError(f"{dataset.name}: no purchases, so no popularity or recent sales to refresh from")
+    fresh = item_snapshot(dataset.catalog, history, trending_days)
+    rows = {item: row for row, item in enumerate(dataset.catalog.item_ids)}
+    values = current.values.copy()
+    matched = 0
+    for token, item in enumerate(vocabulary, start=1):
+        row = rows.get(item)
+        if row is None:
+            values[token, TRENDING_COLUMN] = 0.0
+        else:
+            values[token] = fresh.values[row + 1]
+            matched += 1
+    if not matched:
+        raise RefreshError(
+            f"none of the {len(vocabulary)} items of {source / VOCABULARY_FILE} is in {dataset.name}'s catalog: "
+            "is this the same shop's data?"
+        )
+    newest = max(int(user.times[-1]) for user in history.train)
+    newest_day = datetime.fromtimestamp(newest // DAY_S * DAY_S, UTC).date().isoformat()
+    _write(
+        source,
+        out,
+        ItemFeatureSnapshot(current.names, values),
+        _metadata(source, dataset, spec, trending_days, newest_day, matched, len(vocabulary)),
+    )
+    return Refreshed(out, matched, len(vocabulary) - matched, newest_day)
+
+
+def _metadata(source: Path, dataset, spec: dict, trending_days: int, newest_day: str, matched: int, items: int):
+    path = source / METADATA_FILE
+    metadata = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    metadata["features"] = {
+        "refreshed_at": datetime.now(UTC).isoformat(),
+        "from_version": source.name,
+        "data": {"name": dataset.name, "fingerprint": dataset.fingerprint, "spec": spec},
+        "newest_day": newest_day,
+        "trending_days": trending_days,
+        "vocabulary_items_matched": matched,
+        "vocabulary_items_missing": items - matched,
+    }
+    return metadata
+
+
+def _write(source: Path, out: Path, snapshot: ItemFeatureSnapshot, metadata: dict) -> None:
+    """``out`` appears whole or not at all."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{out.name}-", dir=out.parent))
+    try:
+        for item in source.iterdir():
+            if item.is_file() and item.name not in (FEATURES_FILE, METADATA_FILE):
+                shutil.copy2(item, staging / item.name)
+        snapshot.save(staging / FEATURES_FILE)
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
