@@ -295,12 +295,14 @@ def bench_policies(workdir: Path, candidates: int, one_call: bool = True) -> Pat
 
     # Overlap between sources is removed by the merge: ask for 20% more than the limit. The shipped home policy's
     # personal sources come too: buy-again (the request's 10 history items) and co-visitation (the synthetic
-    # shop's session baskets; sparse there: 1.6 items per basket, so a few neighbours per item).
+    # shop's session baskets; sparse there: 1.6 items per basket, so a few neighbours per item), and trending (the
+    # synthetic index's trending counts are its popularity, so these overlap the popular items).
     wanted = {
         "two_tower": candidates * 7 // 10,
         "co_visitation": candidates // 10,
         "buy_again": 20,
         "popularity": candidates * 3 // 10,
+        "trending": candidates // 10,
         "cold_start": candidates // 5,
     }
     if one_call:

@@ -235,6 +235,14 @@ def evaluate(
     required=True,
     help="New version folder to write (must not exist); publish it with `aisle models publish`.",
 )
+@click.option(
+    "--index",
+    "index_root",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="Also add a version with the data's recent sales (the trending source) to this exported index root "
+    "(e.g. artifacts/index); the retrieval service picks it up like any new version.",
+)
 def refresh_features(
     data: Path | None,
     data_format: str,
@@ -244,6 +252,7 @@ def refresh_features(
     model_name: str,
     version: int | None,
     out: Path,
+    index_root: Path | None,
 ) -> None:
     """Rebuild a ranker version's item features (popularity, return rates, recent sales) from newer shop data.
 
@@ -252,8 +261,9 @@ def refresh_features(
     """
     from services.core.logs import configure_logging
     from services.ranking.model_config import ModelConfigError, resolve_version
+    from training.data.loaders import load_dataset
     from training.data.schema import DataError
-    from training.refresh import RefreshError
+    from training.refresh import RefreshError, refresh_index, version_trending_days
     from training.refresh import refresh_features as refresh
 
     configure_logging("INFO", "refresh-features")
@@ -262,7 +272,9 @@ def refresh_features(
     spec = _data_spec(data, data_format, catalog, strict)
     try:
         _, source = resolve_version(model_repository / model_name, str(version) if version else "")
-        refreshed = refresh(spec, source, out)
+        dataset = load_dataset(spec)
+        refreshed = refresh(dataset, source, out)
+        index_version = refresh_index(dataset, index_root, version_trending_days(source)) if index_root else None
     except (ModelConfigError, RefreshError, DataError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"refreshed:     {source} -> {refreshed.folder}")
@@ -270,4 +282,8 @@ def refresh_features(
         f"items:         {refreshed.matched} matched, {refreshed.missing} no longer in the catalog; "
         f"recent sales up to {refreshed.newest_day}"
     )
+    if index_version is not None:
+        click.echo(
+            f"index:         {index_version} (recent sales renewed; build shards from it with `aisle index build`)"
+        )
     click.echo(f"next:          aisle models publish {out} --repository {model_repository} --model {model_name}")

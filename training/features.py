@@ -17,59 +17,96 @@ from collections.abc import Sequence
 import numpy as np
 
 from services.ranking.features import CANDIDATE_FEATURES, ItemFeatureSnapshot, candidate_features, encode_history
-from training.data.schema import ItemCatalog
-from training.data.splits import Split
+from training.data.schema import Dataset, ItemCatalog
+from training.data.splits import Split, UserBaskets, purchase_baskets
 
 HISTORY_LENGTH = 50  # the two-tower's query window
 #: The sequence ranker's history window (``history_item_ids`` in its config.pbtxt): the repeat features count
 #: over all of it (about ten Online Retail baskets), the ranker's attention reads the newest ``HISTORY_LENGTH``.
 RANKER_HISTORY_LENGTH = 200
 #: The recent-sales window (the ``log_trending`` feature, the index's ``trending`` column), in whole days.
-TRENDING_DAYS = 14
+TRENDING_DAYS = 7
 DAY_S = 86_400
 
 
+#: Recent sales enter the ranker as a rate, baskets holding the item per this many baskets of the window, so the
+#: feature means the same whatever share of the shop's baskets the counts see (training data holds out every
+#: customer's last baskets, which crowd the final weeks; serving and ``aisle refresh-features`` see them all).
+RATE_BASKETS = 10_000
+
+
 class RecentSales:
-    """Training baskets holding each item, by day: :meth:`at` counts those bought in the ``days`` whole days
-    before a moment's day (never the moment's own day, so an example never sees its own basket)."""
+    """Baskets holding each item, by day: :meth:`at` counts those bought in the ``days`` whole days before a
+    moment's day (never the moment's own day, so an example never sees its own basket), :meth:`rate_at` gives
+    them per :data:`RATE_BASKETS` baskets of that window (the ranker's ``log_trending``)."""
 
     def __init__(self, num_items: int, times: np.ndarray, baskets: Sequence[np.ndarray], days: int = TRENDING_DAYS):
         if days < 1:
             raise ValueError(f"the recent-sales window must be at least 1 day, got {days}")
         sizes = np.fromiter((len(b) for b in baskets), dtype=np.int64, count=len(baskets))
-        day = np.repeat(np.asarray(times, dtype=np.int64) // DAY_S, sizes)
+        basket_day = np.asarray(times, dtype=np.int64) // DAY_S
+        day = np.repeat(basket_day, sizes)
         items = np.concatenate(baskets).astype(np.int64) if len(baskets) else np.zeros(0, dtype=np.int64)
         order = np.argsort(day, kind="stable")
         self.num_items, self.days = num_items, days
         self._day, self._items = day[order], items[order]
+        self._basket_day = np.sort(basket_day)
+
+    @classmethod
+    def from_users(cls, num_items: int, users: Sequence[UserBaskets], days: int = TRENDING_DAYS) -> RecentSales:
+        times = np.concatenate([u.times for u in users]) if users else np.zeros(0, dtype=np.int64)
+        return cls(num_items, times, [b for u in users for b in u.baskets], days)
 
     @classmethod
     def from_split(cls, split: Split, days: int = TRENDING_DAYS) -> RecentSales:
-        times = np.concatenate([u.times for u in split.train]) if split.train else np.zeros(0, dtype=np.int64)
-        return cls(split.num_items, times, [b for u in split.train for b in u.baskets], days)
+        """From training baskets only: what training examples and the offline evaluation may see."""
+        return cls.from_users(split.num_items, split.train, days)
 
     def at(self, moment: int) -> np.ndarray:
         """float64 [num_items]: baskets bought on the ``days`` days before ``moment``'s day."""
-        day = int(moment) // DAY_S
-        low, high = np.searchsorted(self._day, [day - self.days, day])
+        low, high = np.searchsorted(self._day, self._window(moment))
         return np.bincount(self._items[low:high], minlength=self.num_items).astype(np.float64)
 
-    def latest(self) -> np.ndarray:
-        """What an export made right after the training data serves: the ``days`` days up to its newest basket."""
+    def rate_at(self, moment: int) -> np.ndarray:
+        """float64 [num_items]: :meth:`at` per :data:`RATE_BASKETS` baskets bought in the same days (0 when none)."""
+        low, high = np.searchsorted(self._basket_day, self._window(moment))
+        return self.at(moment) * (RATE_BASKETS / max(int(high - low), 1))
+
+    def latest_moment(self) -> int:
+        """The moment an export made right after this data serves: the day after its newest basket."""
         newest = int(self._day[-1]) if self._day.size else 0
-        return self.at((newest + 1) * DAY_S)
+        return (newest + 1) * DAY_S
+
+    def latest(self) -> np.ndarray:
+        """:meth:`at` the :meth:`latest_moment`: the ``days`` days up to the newest basket."""
+        return self.at(self.latest_moment())
+
+    def _window(self, moment: int) -> list[int]:
+        day = int(moment) // DAY_S
+        return [day - self.days, day]
 
 
-def item_snapshot(catalog: ItemCatalog, split: Split, trending_days: int = TRENDING_DAYS) -> ItemFeatureSnapshot:
-    """Rows follow the vocabulary (catalog order): price and margin from the catalog, popularity, return rate and
-    the latest recent sales from training data, in-stock from the catalog: the snapshot an export serves."""
+def export_sales(dataset: Dataset, days: int = TRENDING_DAYS) -> RecentSales:
+    """Every purchase basket of the data, held-out ones included: what an export serves from the next day on (the
+    index's ``trending`` column, the exported snapshot's ``log_trending``). Training and the offline evaluation
+    never read it; they see :meth:`RecentSales.from_split` as of each example's day."""
+    return RecentSales.from_users(len(dataset.catalog), purchase_baskets(dataset), days)
+
+
+def item_snapshot(
+    catalog: ItemCatalog, split: Split, trending_days: int = TRENDING_DAYS, recent: RecentSales | None = None
+) -> ItemFeatureSnapshot:
+    """Rows follow the vocabulary (catalog order): price and margin from the catalog, popularity and return rate
+    from training data, in-stock from the catalog, and the recent-sales rate as of the day after the newest basket
+    ``recent`` holds (default: the training baskets'; an export passes every basket of its data)."""
+    recent = recent or RecentSales.from_split(split, trending_days)
     return ItemFeatureSnapshot.from_catalog(
         prices=catalog.prices,
         margins=catalog.margins,
         popularity=split.popularity(),
         return_rates=split.return_rates(),
         in_stock=catalog.stock,
-        trending=RecentSales.from_split(split, trending_days).latest(),
+        trending=recent.rate_at(recent.latest_moment()),
     )
 
 
@@ -92,7 +129,7 @@ def ranker_inputs(
 
     ``candidates`` holds catalog rows, -1 for padding (token 0, which the snapshot maps to its default row). With
     ``recent`` and ``times`` (one per row), each row's features come from the snapshot of its own day
-    (``snapshot.with_trending(recent.at(time))``); without, every row reads ``snapshot`` as serving does.
+    (``snapshot.with_trending(recent.rate_at(time))``); without, every row reads ``snapshot`` as serving does.
     """
     history = history_tokens(histories, length)
     tokens = np.where(candidates >= 0, candidates + 1, 0).astype(np.int64)
@@ -104,6 +141,6 @@ def ranker_inputs(
     features = np.zeros((*tokens.shape, len(CANDIDATE_FEATURES)), dtype=np.float32)
     for day in np.unique(days):
         rows = np.flatnonzero(days == day)
-        dated = snapshot.with_trending(recent.at(int(day) * DAY_S))
+        dated = snapshot.with_trending(recent.rate_at(int(day) * DAY_S))
         features[rows] = candidate_features(dated, history[rows], tokens[rows])
     return history, tokens, features

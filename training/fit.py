@@ -41,6 +41,7 @@ from training.features import (
     RANKER_HISTORY_LENGTH,
     TRENDING_DAYS,
     RecentSales,
+    export_sales,
     history_tokens,
     item_snapshot,
     ranker_inputs,
@@ -215,7 +216,9 @@ def _fit(dataset: Dataset, config: FitConfig, progress: bool) -> FittedModels:
     examples = basket_examples(split)
     if not examples.targets:
         raise ValueError(f"{dataset.name}: no training basket has an earlier basket to learn from")
-    snapshot = item_snapshot(dataset.catalog, split, config.trending_days)
+    # The exported snapshot's recent sales are the whole data's as of its end; every training example and
+    # evaluation case gets the training baskets' as of its own day instead (ranker_inputs with recent sales).
+    snapshot = item_snapshot(dataset.catalog, split, config.trending_days, export_sales(dataset, config.trending_days))
     validation = split.validation
     if config.validation_users and len(validation) > config.validation_users:
         picks = np.sort(rng.choice(len(validation), config.validation_users, replace=False))

@@ -6,6 +6,9 @@ vocabulary and writes a new version folder — the same ``model.onnx``, vocabula
 snapshot, ``metadata.json`` saying what refreshed it — for ``aisle models publish``, which validates it and swaps it
 in atomically (and tells Triton). The model is unchanged, so nothing else needs checking.
 
+The retrieval index's ``trending`` column (the trending source) ages the same way: :func:`refresh_index` writes a new
+version of an exported index with the data's recent sales and everything else unchanged.
+
 All of the data counts as history here (there is nothing to hold out): popularity and return rates over all its
 baskets, recent sales over the ``trending_days`` days up to its newest basket, prices, margins and stock from its
 catalog. Vocabulary items the data's catalog no longer holds keep their old catalog columns and get no recent
@@ -23,11 +26,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from services.ranking.features import FEATURES_FILE, STATIC_FEATURES, TRENDING_COLUMN, ItemFeatureSnapshot
-from services.ranking.model_config import METADATA_FILE, MODEL_FILE, VOCABULARY_FILE
-from training.data.loaders import load_dataset
+from services.ranking.model_config import CONFIG_FILE, METADATA_FILE, MODEL_FILE, VOCABULARY_FILE
+from services.retrieval.index import InvalidIndex, latest_version, load_index, save_index_like
+from training.data.schema import Dataset
 from training.data.splits import split_dataset
-from training.features import DAY_S, TRENDING_DAYS, item_snapshot
+from training.features import DAY_S, TRENDING_DAYS, export_sales, item_snapshot
 
 
 class RefreshError(Exception):
@@ -42,10 +48,16 @@ class Refreshed:
     newest_day: str  # the newest basket's day (UTC), the end of the recent-sales window
 
 
-def refresh_features(spec: dict, source: Path, out: Path, trending_days: int = TRENDING_DAYS) -> Refreshed:
-    """Writes ``out``: the version folder ``source`` with ``item_features.npz`` rebuilt from the data ``spec``."""
+def refresh_features(dataset: Dataset, source: Path, out: Path) -> Refreshed:
+    """Writes ``out``: the version folder ``source`` with ``item_features.npz`` rebuilt from ``dataset`` (recent
+    sales over the window the version was trained with, :func:`version_trending_days`)."""
     if out.exists():
         raise RefreshError(f"{out} already exists; give --out a new folder")
+    if (out.resolve().parent / CONFIG_FILE).is_file():
+        raise RefreshError(
+            f"{out} is inside the model folder, where a server would load it unchecked: write it elsewhere and "
+            "`aisle models publish` it"
+        )
     for name in (MODEL_FILE, VOCABULARY_FILE, FEATURES_FILE):
         if not (source / name).is_file():
             raise RefreshError(f"{source} has no {name}: refresh a version `aisle train` exported (one with features)")
@@ -59,7 +71,7 @@ def refresh_features(spec: dict, source: Path, out: Path, trending_days: int = T
     if len(vocabulary) != len(current):
         raise RefreshError(f"{source}: {len(vocabulary)} vocabulary items but {len(current)} snapshot rows")
 
-    dataset = load_dataset(spec)
+    trending_days = version_trending_days(source)
     history = split_dataset(dataset, min_baskets=sys.maxsize)  # every basket is history; nothing held out
     if not history.train:
         raise RefreshError(f"{dataset.name}: no purchases, so no popularity or recent sales to refresh from")
@@ -85,18 +97,28 @@ def refresh_features(spec: dict, source: Path, out: Path, trending_days: int = T
         source,
         out,
         ItemFeatureSnapshot(current.names, values),
-        _metadata(source, dataset, spec, trending_days, newest_day, matched, len(vocabulary)),
+        _metadata(source, dataset, trending_days, newest_day, matched, len(vocabulary)),
     )
     return Refreshed(out, matched, len(vocabulary) - matched, newest_day)
 
 
-def _metadata(source: Path, dataset, spec: dict, trending_days: int, newest_day: str, matched: int, items: int):
+def version_trending_days(version: Path) -> int:
+    """The recent-sales window a ranker version was trained with (its metadata's training config)."""
+    config = _read_metadata(version).get("training", {}).get("config", {})
+    return int(config.get("trending_days", TRENDING_DAYS))
+
+
+def _read_metadata(source: Path) -> dict:
     path = source / METADATA_FILE
-    metadata = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _metadata(source: Path, dataset: Dataset, trending_days: int, newest_day: str, matched: int, items: int) -> dict:
+    metadata = _read_metadata(source)
     metadata["features"] = {
         "refreshed_at": datetime.now(UTC).isoformat(),
         "from_version": source.name,
-        "data": {"name": dataset.name, "fingerprint": dataset.fingerprint, "spec": spec},
+        "data": {"name": dataset.name, "fingerprint": dataset.fingerprint, "spec": dataset.spec},
         "newest_day": newest_day,
         "trending_days": trending_days,
         "vocabulary_items_matched": matched,
@@ -119,3 +141,27 @@ def _write(source: Path, out: Path, snapshot: ItemFeatureSnapshot, metadata: dic
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def refresh_index(dataset: Dataset, root: Path, trending_days: int = TRENDING_DAYS) -> Path:
+    """Adds a version to the exported index ``root`` (as ``aisle train`` writes it: whole, exact search) whose
+    ``trending`` column holds ``dataset``'s recent sales as of its newest basket; every other part is the newest
+    version's. Items the data's catalog no longer holds have no recent sales. Returns the new version's path."""
+    try:
+        artifact = load_index(latest_version(root))
+    except InvalidIndex as exc:
+        raise RefreshError(f"cannot read the index to refresh: {exc}") from None
+    if artifact.covisitation_anchors is not None or "shards" in artifact.build or artifact.scann_dir:
+        raise RefreshError(
+            f"{artifact.path} is a built (sharded or ScaNN) version: refresh the index `aisle train` exported, then "
+            "build from it with `aisle index build` as after training"
+        )
+    counts = export_sales(dataset, trending_days).latest()
+    rows = {item: row for row, item in enumerate(dataset.catalog.item_ids)}
+    found = [(i, rows[item]) for i, item in enumerate(artifact.item_ids) if item in rows]
+    if not found:
+        raise RefreshError(f"none of the index's {len(artifact)} items is in {dataset.name}'s catalog")
+    trending = np.zeros(len(artifact), dtype=np.float32)
+    index_rows, data_rows = (np.array(part) for part in zip(*found, strict=True))
+    trending[index_rows] = counts[data_rows]
+    return save_index_like(artifact, root, trending=trending)

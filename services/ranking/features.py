@@ -52,8 +52,8 @@ def encode_history(tokens: np.ndarray, length: int) -> np.ndarray:
 
 FEATURES_FILE = "item_features.npz"
 #: Per-item features from the catalog and the training window, in this order. ``log_trending``: log(1 + baskets
-#: holding the item in the days before the snapshot was made (training: before each example's day; see
-#: training.features.RecentSales), so a ranker can tell this season's items from last season's.
+#: holding the item per 10,000 baskets of the 7 days before the snapshot was made (training: before each
+#: example's day; see training.features.RecentSales), so a ranker can tell this season's items from last season's.
 STATIC_FEATURES = ("log_price", "margin", "log_popularity", "return_rate", "in_stock", "log_trending")
 TRENDING_COLUMN = STATIC_FEATURES.index("log_trending")
 #: Per (subject, candidate) features computed from the request's history (the whole ``history_item_ids`` window
@@ -92,8 +92,8 @@ class ItemFeatureSnapshot:
         trending: np.ndarray | None = None,
     ) -> ItemFeatureSnapshot:
         """Rows in vocabulary order (token 1 first). Unknown items get the catalog's median price and margin,
-        zero popularity, the mean return rate, "in stock" and zero recent sales. ``trending``: baskets per item in
-        the recent window (none when not given)."""
+        zero popularity, the mean return rate, "in stock" and zero recent sales. ``trending``: the recent-sales
+        rate per item (baskets holding it per 10,000 baskets of the recent window; none when not given)."""
         if trending is None:
             trending = np.zeros(len(prices))
         columns = np.stack(
@@ -115,8 +115,8 @@ class ItemFeatureSnapshot:
         return cls(STATIC_FEATURES, np.vstack([defaults[None, :], columns]))
 
     def with_trending(self, trending: np.ndarray) -> ItemFeatureSnapshot:
-        """The same snapshot with ``log_trending`` from ``trending`` (baskets per item, vocabulary order): what a
-        snapshot made at another moment would hold. Training uses it to give each example the recent sales of
+        """The same snapshot with ``log_trending`` from ``trending`` (recent-sales rates, vocabulary order): what
+        a snapshot made at another moment would hold. Training uses it to give each example the recent sales of
         its own day, as a snapshot made that day would have served them."""
         trending = np.asarray(trending)
         if trending.shape != (len(self),):

@@ -219,6 +219,29 @@ def save_index(
     return final
 
 
+def save_index_like(artifact: IndexArtifact, root: Path, **changes) -> Path:
+    """A new whole version under ``root`` holding ``artifact``'s items and data (query tower and co-visitation table
+    included, no ANN structure), with ``changes`` (any :func:`save_index` keyword) in place of its own."""
+    data = dict(
+        item_ids=artifact.item_ids,
+        embeddings=artifact.embeddings,
+        popularity=artifact.popularity,
+        categories=artifact.categories,
+        brands=artifact.brands,
+        model_name=artifact.model_name,
+        model_version=artifact.model_version,
+        regions=artifact.regions,
+        sold_in=artifact.sold_in,
+        region_popularity=artifact.region_popularity,
+        trending=artifact.trending,
+        stock=artifact.stock,
+        query_tower=artifact.query_tower,
+        covisitation=artifact.covisitation,
+        covisitation_anchors=artifact.covisitation_anchors,
+    )
+    return save_index(root, **{**data, **changes})
+
+
 def _check_inputs(item_ids, embeddings, popularity, categories, brands, regions, sold_in, trending, stock):
     count = len(item_ids)
     if embeddings.ndim != 2 or embeddings.shape[0] != count or embeddings.shape[1] < 1:

@@ -63,7 +63,14 @@ def build(
     from tqdm.auto import tqdm
 
     from services.retrieval.build import EXACT_BELOW_ITEMS, ScannConfig, build_scann
-    from services.retrieval.index import InvalidIndex, latest_version, load_index, new_version, save_index
+    from services.retrieval.index import (
+        InvalidIndex,
+        latest_version,
+        load_index,
+        new_version,
+        save_index,
+        save_index_like,
+    )
 
     try:
         artifact = load_index(latest_version(source))
@@ -77,23 +84,13 @@ def build(
     version = new_version()
     if shards > 1:
         # The router's global query data: every item's vector and the query tower, searched by no one.
-        router = save_index(
+        router = save_index_like(
+            artifact,
             out / "router",
-            item_ids=artifact.item_ids,
-            embeddings=artifact.embeddings,
-            popularity=artifact.popularity,
-            categories=artifact.categories,
-            brands=artifact.brands,
-            model_name=artifact.model_name,
-            model_version=artifact.model_version,
-            regions=artifact.regions,
-            sold_in=artifact.sold_in,
-            region_popularity=artifact.region_popularity,
-            trending=artifact.trending,
-            stock=artifact.stock,
-            query_tower=artifact.query_tower,
             version=version,
             sharding={"shards": shards},
+            covisitation=None,
+            covisitation_anchors=None,
         )
         click.echo(f"wrote {router} (router query data, {len(artifact)} items)")
     with tqdm(total=shards, desc="building index", unit="shard") as bar:

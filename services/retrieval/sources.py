@@ -197,9 +197,9 @@ class PopularitySource:
 
 
 class TrendingSource:
-    """Items most bought recently: the index's ``trending`` column (``aisle train`` exports the baskets holding
-    each item in the 14 days up to its newest data, training.features.RecentSales). Items with no recent sales
-    are never trending."""
+    """Items most bought recently, by the index's ``trending`` column (recent sales counts: ``aisle train`` and
+    ``aisle refresh-features --index`` write the baskets holding each item in the 7 days up to their data's end).
+    Items with no recent sales are never trending."""
 
     name = "TrendingSource"
     source = common_pb2.CANDIDATE_SOURCE_TRENDING

@@ -115,10 +115,18 @@ class AisleRecommender:
         """The buy-again source's rows for a history window: its newest ``repeat`` distinct items."""
         return _recent_distinct(window, self.repeat)
 
-    def trending_items(self, sales: np.ndarray, extra: int = 0) -> np.ndarray:
+    def popular_items(self, allowed: np.ndarray | None = None) -> np.ndarray:
+        """The popularity source's rows: the ``popular`` most popular ``allowed`` items, ties by row."""
+        order = self.popular_order if allowed is None else self.popular_order[allowed[self.popular_order]]
+        return order[: self.popular]
+
+    def trending_items(self, sales: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
         """The trending source's rows for recent sales ``sales`` (``RecentSales.at``), as retrieval serves its
-        index's ``trending`` column: the ``trending`` (+ ``extra``) best sellers, ties by row, none unsold."""
-        return _top(sales, self.trending + extra)
+        index's ``trending`` column: the ``trending`` best-selling ``allowed`` items, ties by row, none unsold."""
+        if allowed is not None:
+            sales = np.where(allowed, sales, 0.0)
+        order = np.argsort(-sales, kind="stable")[: self.trending]
+        return order[sales[order] > 0]
 
     def candidates(self, cases: list[EvalCase], exclude_history: bool) -> np.ndarray:
         """[U, C] catalog rows, -1 padding."""
@@ -135,16 +143,14 @@ class AisleRecommender:
                 scores[history] = -np.inf
             k = min(self.retrieve, len(scores) - 1)
             retrieved = np.argpartition(-scores, k)[:k] if k > 0 else np.arange(len(scores))
-            excluded = len(history) if exclude_history else 0
-            popular = self.popular_order[: self.popular + excluded] if self.popular else []
-            parts = [retrieved, np.asarray(popular, dtype=np.int64)]
+            allowed = None  # as retrieval's allowed mask: the customer's items are out in discovery
+            if exclude_history and len(history):
+                allowed = np.ones(len(scores), dtype=bool)
+                allowed[history] = False
+            parts = [retrieved, self.popular_items(allowed)]
             if self.trending:
-                parts.append(self.trending_items(self.recent.at(case.time), excluded))
+                parts.append(self.trending_items(self.recent.at(case.time), allowed))
             if self.co_visit:
-                allowed = None
-                if exclude_history and len(history):
-                    allowed = np.ones(len(scores), dtype=bool)
-                    allowed[history] = False
                 parts.append(self.co_visited(window, allowed))
             if not exclude_history:
                 parts.append(self.bought_before(window))
@@ -175,9 +181,3 @@ class AisleRecommender:
         scores[users, items] = 1.0 + purchase[users, slots]
         probabilities[users, items] = purchase[users, slots]
         return ScoredBatch(scores, probabilities)
-
-
-def _top(values: np.ndarray, k: int) -> np.ndarray:
-    """Rows of the ``k`` largest values, best first (ties by row), never a row whose value is 0."""
-    order = np.argsort(-values, kind="stable")[:k]
-    return order[values[order] > 0]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.ranking.features import FEATURES_FILE, ItemFeatureSnapshot, ItemVocabulary
+from services.ranking.features import FEATURES_FILE, STATIC_FEATURES, ItemFeatureSnapshot, ItemVocabulary
 from services.ranking.model_config import (
     CANDIDATES_INPUT,
     HISTORY_INPUT,
@@ -110,6 +110,11 @@ def evaluate_artifacts(
         )
     embeddings = index.embeddings
     snapshot = ItemFeatureSnapshot.load(ranker_dir / FEATURES_FILE)
+    if snapshot.names != STATIC_FEATURES:
+        raise ArtifactError(
+            f"{ranker_dir / FEATURES_FILE} has features {list(snapshot.names)}, this Aisle builds "
+            f"{list(STATIC_FEATURES)}: the run was trained by an older Aisle; train it again with `aisle train`"
+        )
     query_fn, rank_fn = onnx_functions(run)
     popularity = split.popularity()
     recent = RecentSales.from_split(split, config.get("trending_days", TRENDING_DAYS))

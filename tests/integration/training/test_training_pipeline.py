@@ -14,13 +14,19 @@ import pytest
 import torch
 
 from aisle.common.v1 import common_pb2 as common
-from services.ranking.features import ItemFeatureSnapshot, ItemVocabulary, candidate_features, encode_history
+from services.ranking.features import (
+    TRENDING_COLUMN,
+    ItemFeatureSnapshot,
+    ItemVocabulary,
+    candidate_features,
+    encode_history,
+)
 from services.retrieval.index import latest_version, load_index
 from services.retrieval.settings import RetrievalSettings
 from tests.support.tiny_training import SHOP, TINY
-from training.data.loaders import synthetic_dataset
+from training.data.loaders import load_dataset, synthetic_dataset
 from training.export import FEATURES_INPUT, QUERY_OUTPUT, QUERY_TOWER_FILE
-from training.features import RANKER_HISTORY_LENGTH, ranker_inputs
+from training.features import RANKER_HISTORY_LENGTH, export_sales, ranker_inputs
 from training.fit import FitConfig, fit
 from training.models.two_tower import QueryTower
 from training.run import TrainingRun, train_and_export
@@ -184,8 +190,15 @@ async def test_the_retrieval_service_serves_the_candidate_set_evaluated_offline(
     co_visit, buy_again = common.CANDIDATE_SOURCE_CO_VISITATION, common.CANDIDATE_SOURCE_BUY_AGAIN
     trending = common.CANDIDATE_SOURCE_TRENDING
     assert config.trending > 0 and recommender.recent is not None
-    exported_trending = [ids[row] for row in recommender.trending_items(recommender.recent.latest())]
-    assert exported_trending  # the synthetic shop sold something in the last days of its training data
+    # The export serves the whole data's recent sales (held-out baskets too) as of its end: the index's counts and
+    # the snapshot's rates come from the same baskets.
+    served_sales = export_sales(load_dataset(SHOP), config.trending_days)
+    exported_trending = [ids[row] for row in recommender.trending_items(served_sales.latest())]
+    assert exported_trending  # the synthetic shop sold something in the last days of its data
+    assert np.array_equal(load_index(trained.run.index_dir).trending, served_sales.latest().astype(np.float32))
+    snapshot = ItemFeatureSnapshot.load(trained.run.ranker_dir / "item_features.npz")
+    rates = served_sales.rate_at(served_sales.latest_moment())
+    assert np.allclose(snapshot.values[1:, TRENDING_COLUMN], np.log1p(rates))
     settings = RetrievalSettings(**LOCAL, index_path=trained.run.index_dir.parent)
     async with serving(ServiceHost(settings, build_application(settings))) as host:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:

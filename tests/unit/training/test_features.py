@@ -14,7 +14,7 @@ from services.ranking.features import (
     ItemFeatureSnapshot,
     candidate_features,
 )
-from training.features import DAY_S, RecentSales, history_tokens, ranker_inputs
+from training.features import DAY_S, RATE_BASKETS, RecentSales, history_tokens, ranker_inputs
 from training.models.sequence_ranker import SequenceRanker
 
 # Baskets (day, items): item 0 sells early, item 2 late, item 1 throughout.
@@ -36,6 +36,23 @@ def test_recent_sales_count_the_days_before_the_moment_never_its_own_day():
     assert sales.at(0).sum() == 0 and sales.at(40 * DAY_S).sum() == 0
     # What an export right after the data serves: days 8, 9, 10.
     assert sales.latest().tolist() == [1, 1, 3, 0]
+    assert sales.latest_moment() == 11 * DAY_S
+
+
+def test_recent_sales_rates_do_not_depend_on_how_many_baskets_are_seen():
+    sales = recent(days=3)
+    # Days 8-10 hold 3 baskets: item 2 is in all of them, items 0 and 1 in one each.
+    assert np.allclose(sales.rate_at(11 * DAY_S), np.array([1, 1, 3, 0]) * RATE_BASKETS / 3)
+    assert sales.rate_at(40 * DAY_S).sum() == 0  # an empty window: no sales, no division by zero
+    # The same shop seen twice over (every basket doubled): counts double, rates stay.
+    doubled = RecentSales(
+        4,
+        np.array([d * DAY_S for d, _ in BASKETS * 2]),
+        [np.array(items) for _, items in BASKETS * 2],
+        days=3,
+    )
+    assert np.allclose(doubled.latest(), 2 * sales.latest())
+    assert np.allclose(doubled.rate_at(11 * DAY_S), sales.rate_at(11 * DAY_S))
 
 
 def test_a_recent_window_shorter_than_a_day_is_refused():
@@ -74,11 +91,11 @@ def test_each_example_reads_the_snapshot_of_its_own_day():
     _, tokens, features = ranker_inputs(base, histories, candidates, 6, sales, times)
     history = history_tokens(histories, 6)
     for row, when in enumerate(times):
-        dated = base.with_trending(sales.at(when))
+        dated = base.with_trending(sales.rate_at(when))
         want = candidate_features(dated, history[row : row + 1], tokens[row : row + 1])[0]
         assert np.array_equal(features[row], want)
-    # Day 10 sees item 2's sales of day 9; day 4 does not.
-    assert features[1, 0, TRENDING_COLUMN] == pytest.approx(np.log1p(1))
+    # Day 10 sees item 2 in the one basket of days 7-9; day 4 does not.
+    assert features[1, 0, TRENDING_COLUMN] == pytest.approx(np.log1p(RATE_BASKETS))
     assert features[0, 2, TRENDING_COLUMN] == 0.0
     # Without recent sales every row reads the snapshot as serving does.
     _, _, served = ranker_inputs(base, histories, candidates, 6)
