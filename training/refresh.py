@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.ranking.features import FEATURES_FILE, STATIC_FEATURES, TRENDING_COLUMN, ItemFeatureSnapshot
+from services.ranking.features import FEATURES_FILE, TRENDING_COLUMN, ItemFeatureSnapshot
 from services.ranking.model_config import CONFIG_FILE, METADATA_FILE, MODEL_FILE, VOCABULARY_FILE
 from services.retrieval.index import InvalidIndex, latest_version, load_index, save_index_like
 from training.data.schema import Dataset
@@ -61,12 +61,10 @@ def refresh_features(dataset: Dataset, source: Path, out: Path) -> Refreshed:
     for name in (MODEL_FILE, VOCABULARY_FILE, FEATURES_FILE):
         if not (source / name).is_file():
             raise RefreshError(f"{source} has no {name}: refresh a version `aisle train` exported (one with features)")
-    current = ItemFeatureSnapshot.load(source / FEATURES_FILE)
-    if current.names != STATIC_FEATURES:
-        raise RefreshError(
-            f"{source / FEATURES_FILE} has features {list(current.names)}, this Aisle builds {list(STATIC_FEATURES)}: "
-            "retrain with `aisle train` instead"
-        )
+    try:
+        current = ItemFeatureSnapshot.load(source / FEATURES_FILE).require_current(source / FEATURES_FILE)
+    except (OSError, ValueError, KeyError) as exc:  # unreadable, or another release's columns
+        raise RefreshError(str(exc)) from None
     vocabulary = [line for line in (source / VOCABULARY_FILE).read_text(encoding="utf-8").splitlines() if line]
     if len(vocabulary) != len(current):
         raise RefreshError(f"{source}: {len(vocabulary)} vocabulary items but {len(current)} snapshot rows")

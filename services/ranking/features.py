@@ -125,6 +125,16 @@ class ItemFeatureSnapshot:
         values[1:, TRENDING_COLUMN] = _log_counts(trending)
         return ItemFeatureSnapshot(self.names, values)
 
+    def require_current(self, source: object) -> ItemFeatureSnapshot:
+        """This snapshot when its columns are :data:`STATIC_FEATURES`, the ones this release joins; otherwise a
+        ValueError naming ``source`` and the fix (a version exported by another release is retrained)."""
+        if self.names != STATIC_FEATURES:
+            raise ValueError(
+                f"{source}: features {list(self.names)}, this release joins {list(STATIC_FEATURES)}: exported by "
+                "another release; retrain with `aisle train`"
+            )
+        return self
+
     def save(self, path: Path) -> None:
         with path.open("wb") as handle:
             np.savez(handle, names=np.array(self.names), values=self.values)
@@ -186,8 +196,7 @@ def candidate_features(snapshot: ItemFeatureSnapshot, history: np.ndarray, candi
 
     ``candidates`` hold tokens (0 for unknown ids, which get the snapshot's default row).
     """
-    if snapshot.names != STATIC_FEATURES:
-        raise ValueError(f"snapshot features {snapshot.names} are not {STATIC_FEATURES}")
+    snapshot.require_current("the item feature snapshot")
     tokens = np.where(candidates < snapshot.values.shape[0], candidates, PADDING_TOKEN)
     static = snapshot.values[tokens]  # [B, C, S]
     return np.concatenate([static, request_features(history, candidates)], axis=2)

@@ -17,7 +17,6 @@ import numpy as np
 from services.ranking.features import (
     FEATURES_FILE,
     PADDING_TOKEN,
-    STATIC_FEATURES,
     ItemFeatureSnapshot,
     ItemVocabulary,
     candidate_features,
@@ -101,8 +100,10 @@ def read_features(folder: Path, vocabulary_size: int) -> ItemFeatureSnapshot:
         snapshot = ItemFeatureSnapshot.load(path)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelConfigError(f"{path}: not a readable item feature snapshot: {exc}") from None
-    if snapshot.names != STATIC_FEATURES:
-        raise ModelConfigError(f"{path}: features {list(snapshot.names)}, the service joins {list(STATIC_FEATURES)}")
+    try:
+        snapshot.require_current(path)
+    except ValueError as exc:
+        raise ModelConfigError(str(exc)) from None
     if len(snapshot) != vocabulary_size:
         raise ModelConfigError(
             f"{path}: {len(snapshot)} item rows, but {VOCABULARY_FILE} has {vocabulary_size} items "

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.ranking.features import FEATURES_FILE, STATIC_FEATURES, ItemFeatureSnapshot, ItemVocabulary
+from services.ranking.features import FEATURES_FILE, ItemFeatureSnapshot, ItemVocabulary
 from services.ranking.model_config import (
     CANDIDATES_INPUT,
     HISTORY_INPUT,
@@ -109,12 +109,10 @@ def evaluate_artifacts(
             "co-visitation table keyed by its own rows; evaluate the index `aisle train` exported (not a shard)"
         )
     embeddings = index.embeddings
-    snapshot = ItemFeatureSnapshot.load(ranker_dir / FEATURES_FILE)
-    if snapshot.names != STATIC_FEATURES:
-        raise ArtifactError(
-            f"{ranker_dir / FEATURES_FILE} has features {list(snapshot.names)}, this Aisle builds "
-            f"{list(STATIC_FEATURES)}: the run was trained by an older Aisle; train it again with `aisle train`"
-        )
+    try:
+        snapshot = ItemFeatureSnapshot.load(ranker_dir / FEATURES_FILE).require_current(ranker_dir / FEATURES_FILE)
+    except (OSError, ValueError, KeyError) as exc:  # unreadable, or another release's columns
+        raise ArtifactError(str(exc)) from None
     query_fn, rank_fn = onnx_functions(run)
     popularity = split.popularity()
     recent = RecentSales.from_split(split, config.get("trending_days", TRENDING_DAYS))
