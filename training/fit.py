@@ -108,6 +108,9 @@ class FittedModels:
     seconds: dict[str, float]
     validation: dict[str, float]
     covisitation: CoVisitationTable | None = None
+    #: Recent sales over every basket of the data (held-out ones too): what the export serves, as the snapshot's
+    #: log_trending rates and the index's trending counts.
+    export_sales: RecentSales | None = None
 
     def recommender(self) -> AisleRecommender:
         return serving_recommender(
@@ -218,7 +221,8 @@ def _fit(dataset: Dataset, config: FitConfig, progress: bool) -> FittedModels:
         raise ValueError(f"{dataset.name}: no training basket has an earlier basket to learn from")
     # The exported snapshot's recent sales are the whole data's as of its end; every training example and
     # evaluation case gets the training baskets' as of its own day instead (ranker_inputs with recent sales).
-    snapshot = item_snapshot(dataset.catalog, split, config.trending_days, export_sales(dataset, config.trending_days))
+    sales = export_sales(dataset, config.trending_days)
+    snapshot = item_snapshot(dataset.catalog, split, recent=sales)
     validation = split.validation
     if config.validation_users and len(validation) > config.validation_users:
         picks = np.sort(rng.choice(len(validation), config.validation_users, replace=False))
@@ -234,7 +238,7 @@ def _fit(dataset: Dataset, config: FitConfig, progress: bool) -> FittedModels:
         split, examples, snapshot, tower, config, rng, curves, validation, progress, similarity, covisitation
     )
     seconds["ranker"] = time.perf_counter() - started - seconds["two_tower"]
-    fitted = FittedModels(tower, ranker, snapshot, split, config, curves, seconds, {}, covisitation)
+    fitted = FittedModels(tower, ranker, snapshot, split, config, curves, seconds, {}, covisitation, sales)
     calibrate(fitted, validation)
     recommender = fitted.recommender()
     popularity = split.popularity()

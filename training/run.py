@@ -25,7 +25,6 @@ from services.retrieval.index import save_index
 from training.data.loaders import load_dataset
 from training.data.schema import Dataset
 from training.export import QUERY_TOWER_FILE, export_query_tower, export_ranker
-from training.features import export_sales
 from training.fit import FitConfig, FittedModels, fit
 from training.models.two_tower import QueryTower
 
@@ -89,7 +88,7 @@ def train_and_export(
         model_version=ranker_dir.name,
         covisitation=fitted.covisitation,
         # The trending source's counts, from the same baskets as the exported snapshot's log_trending rates.
-        trending=export_sales(dataset, fitted.config.trending_days).latest(),
+        trending=fitted.export_sales.latest(),
     )
     query_tower_dir = out / "query_tower" / ranker_dir.name
     export_query_tower(
