@@ -86,7 +86,10 @@ class SequenceRanker(nn.Module):
         attention_length: int = 50,
         retrieval: RetrievalScore | None = None,
         cooccurrence: CooccurrenceScore | None = None,
+        bought_before_column: int | None = None,
     ):
+        """``bought_before_column``: the candidate feature that is > 0 when the customer bought the candidate before
+        (``log_history_count``); the calibration's bought-before term reads it (see ``forward``)."""
         super().__init__()
         self.num_items, self.dim, self.history_length, self.num_features = num_items, dim, history_length, num_features
         self.attention_length = min(attention_length, history_length)
@@ -110,6 +113,9 @@ class SequenceRanker(nn.Module):
         self.register_buffer("feature_std", torch.tensor(std, dtype=torch.float32))
         self.register_buffer("logit_scale", torch.tensor(1.0))
         self.register_buffer("logit_bias", torch.tensor(0.0))
+        # Calibration's bought-before term (0 until calibrated): see ``forward``.
+        self.bought_before_column = bought_before_column
+        self.register_buffer("bought_before_bias", torch.tensor(0.0))
         self.features = nn.Sequential(nn.Linear(inputs, dim), nn.GELU(), nn.Linear(dim, dim))
         self.wide = nn.Linear(inputs, 1)
         self.purchase = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, 1))
@@ -132,23 +138,50 @@ class SequenceRanker(nn.Module):
         return self.norm(x[:, -1])
 
     def logits(
-        self, history: torch.Tensor, candidates: torch.Tensor, features: torch.Tensor
+        self,
+        history: torch.Tensor,
+        candidates: torch.Tensor,
+        features: torch.Tensor,
+        cooccurrence_offset: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(purchase logits before calibration, return logits), each [B, C]."""
+        """(purchase logits before calibration, return logits), each [B, C]. ``cooccurrence_offset`` [B, C], training
+        only: added to the co-occurrence score (see :mod:`training.leave_out`)."""
         user = self.user_state(history)[:, None, :].expand(-1, candidates.shape[1], -1)
         items = self.item_embedding(candidates)
         x = (features - self.feature_mean) / self.feature_std
-        scorers = self.scorers()
-        if scorers:
-            scores = torch.stack([scorer(history, candidates) for scorer in scorers], dim=-1)
+        if self.scorers():
+            scores = self.scores(history, candidates, cooccurrence_offset)
             x = torch.cat([x, (scores - self.score_mean) / self.score_std], dim=-1)
         f = self.features(x)
         purchase = self.purchase(torch.cat([user * items, f, items], dim=-1)).squeeze(-1) + self.wide(x).squeeze(-1)
         returns = self.returns(torch.cat([items, f, user], dim=-1)).squeeze(-1)
         return purchase, returns
 
+    def scores(
+        self, history: torch.Tensor, candidates: torch.Tensor, cooccurrence_offset: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The in-graph scores before standardisation [B, C, len(scorers())], in ``scorers()`` order."""
+        columns = []
+        for scorer in self.scorers():
+            score = scorer(history, candidates)
+            if scorer is self.cooccurrence and cooccurrence_offset is not None:
+                score = score + cooccurrence_offset
+            columns.append(score)
+        return torch.stack(columns, dim=-1)
+
     def forward(
         self, history_item_ids: torch.Tensor, candidate_item_ids: torch.Tensor, candidate_features: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         purchase, returns = self.logits(history_item_ids, candidate_item_ids, candidate_features)
-        return torch.sigmoid(purchase * self.logit_scale + self.logit_bias), torch.sigmoid(returns)
+        return torch.sigmoid(self.calibrated(purchase, candidate_features)), torch.sigmoid(returns)
+
+    def calibrated(self, purchase: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """The calibrated purchase logit: a * logit + b, + c for a candidate the customer bought before. The c term
+        corrects what training cannot see: half its lists are discovery-shaped (only new items, so new items are
+        positives more often there than on a repeat list), which leaves the ranker under-rating items bought before
+        on serving's mixed lists; calibration fits c on validation customers' serving-shaped lists."""
+        logit = purchase * self.logit_scale + self.logit_bias
+        if self.bought_before_column is not None:
+            bought_before = (features[..., self.bought_before_column] > 0).to(logit.dtype)
+            logit = logit + self.bought_before_bias * bought_before
+        return logit

@@ -3,6 +3,7 @@ service loading the exported ranker, determinism, and the evaluation report's sh
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import torch
 
 from aisle.common.v1 import common_pb2 as common
 from services.ranking.features import (
+    CANDIDATE_FEATURES,
     TRENDING_COLUMN,
     ItemFeatureSnapshot,
     ItemVocabulary,
@@ -25,7 +27,8 @@ from services.retrieval.index import latest_version, load_index
 from services.retrieval.settings import RetrievalSettings
 from tests.support.tiny_training import SHOP, TINY
 from training.data.loaders import load_dataset, synthetic_dataset
-from training.export import FEATURES_INPUT, QUERY_OUTPUT, QUERY_TOWER_FILE
+from training.evaluation.offline import evaluate
+from training.export import FEATURES_INPUT, QUERY_OUTPUT, QUERY_TOWER_FILE, export_ranker
 from training.features import RANKER_HISTORY_LENGTH, export_sales, ranker_inputs
 from training.fit import FitConfig, fit
 from training.models.two_tower import QueryTower
@@ -231,6 +234,46 @@ async def test_the_retrieval_service_serves_the_candidate_set_evaluated_offline(
             assert checked >= 20  # the comparison ran on real co-visitation answers, not on empty lists
 
 
+def test_the_bought_before_shift_is_kept_only_when_validation_prefers_it(trained):
+    fitted = trained.run.fitted
+    calibration = fitted.calibration
+    kept = calibration["bought_before_kept"]
+    assert kept == (calibration["ndcg@10_with"] > calibration["ndcg@10_without"])
+    assert fitted.ranker.bought_before_bias.item() == pytest.approx(calibration["bought_before"] if kept else 0.0)
+    assert fitted.validation["ndcg@10"] == max(calibration["ndcg@10_with"], calibration["ndcg@10_without"])
+    metadata = json.loads((trained.run.ranker_dir / "metadata.json").read_text())
+    assert metadata["training"]["calibration"]["bought_before_kept"] == kept
+
+
+def test_the_bought_before_shift_is_in_the_exported_graph(trained, tmp_path):
+    fitted = trained.run.fitted
+    ranker = copy.deepcopy(fitted.ranker)
+    shift = 0.7 + ranker.bought_before_bias.item()
+    with torch.no_grad():
+        ranker.bought_before_bias.fill_(shift)
+    model_dir = tmp_path / "sequence_ranker"
+    model_dir.mkdir()
+    shutil.copy(trained.run.ranker_dir.parent / "config.pbtxt", model_dir)
+    item_ids = (trained.run.ranker_dir / "item_vocabulary.txt").read_text().split()
+    version = export_ranker(ranker, model_dir, item_ids, {}, snapshot=fitted.snapshot)
+    session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    history = rng.integers(1, 121, size=(4, RANKER_HISTORY_LENGTH), dtype=np.int64)
+    candidates = np.concatenate([history[:, -20:], rng.integers(1, 121, size=(4, 20))], axis=1)  # 20 bought before
+    features = candidate_features(fitted.snapshot, history, candidates)
+    bought = features[..., CANDIDATE_FEATURES.index("log_history_count")] > 0
+    assert bought.sum() >= 80 and (~bought).any()
+    got = session.run(None, {"history_item_ids": history, "candidate_item_ids": candidates, FEATURES_INPUT: features})
+    inputs = [torch.from_numpy(a) for a in (history, candidates, features)]
+    with torch.no_grad():
+        want = ranker(*inputs)[0].numpy()
+        before = fitted.ranker(*inputs)[0].numpy()
+    assert np.abs(got[0] - want).max() <= 1e-4
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    moved = logit(got[0].astype(np.float64)) - logit(before.astype(np.float64))
+    assert np.allclose(moved[bought], 0.7, atol=1e-3) and np.allclose(moved[~bought], 0.0, atol=1e-3)
+
+
 def test_training_is_deterministic_under_a_seed():
     dataset = synthetic_dataset(150, 60, 1)
     config = FitConfig(**{**TINY.__dict__, "validation_users": 30, "seed": 9})
@@ -248,8 +291,13 @@ def test_the_ranker_epoch_with_the_best_validation_ndcg_is_the_one_kept():
     assert sorted(epochs) == [1, 2, 3]
     kept = fitted.curves.ranker_kept_epoch
     assert epochs[kept] == max(epochs.values()) and kept < 3
-    # The final validation (after calibration, which never reorders) is the kept epoch's, on the same customers.
-    assert fitted.validation["ndcg@10"] == pytest.approx(epochs[kept], abs=1e-9)
+    # Without calibration's bought-before shift (the one part of calibration that reorders: items bought before
+    # against new ones), the final model is the kept epoch's, on the same customers.
+    with torch.no_grad():
+        fitted.ranker.bought_before_bias.zero_()
+    categories = np.unique(dataset.catalog.categories, return_inverse=True)[1]
+    again = evaluate(fitted.recommender(), fitted.split.validation, "repeat", fitted.split.popularity(), categories)
+    assert again.metrics["ndcg@10"] == pytest.approx(epochs[kept], abs=1e-9)
 
 
 def test_the_evaluation_report(trained, tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.fit import example_weights, listwise_loss
+from training.fit import example_weights, fit_calibration, listwise_loss
 
 
 def test_example_weights_halve_every_half_life_before_the_newest_basket():
@@ -47,3 +47,24 @@ def test_the_home_policy_asks_for_the_candidate_set_training_evaluates():
         served = dict(retrieval["params"]["sources"])
         assert served.pop("cold_start") > 0
         assert served == evaluated, name
+
+
+def test_calibration_recovers_the_scale_bias_and_bought_before_shift_of_the_labels():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=60_000)
+    before = rng.random(60_000) < 0.3
+    truth = 1.0 / (1.0 + np.exp(-(0.6 * logits - 2.0 + 0.8 * before)))
+    labels = (rng.random(60_000) < truth).astype(np.float32)
+    scale, bias, shift = fit_calibration(logits, labels, before)
+    assert scale == pytest.approx(0.6, abs=0.05)
+    assert bias == pytest.approx(-2.0, abs=0.08)
+    assert shift == pytest.approx(0.8, abs=0.08)
+
+
+def test_calibration_has_no_bought_before_shift_when_the_lists_hold_one_group():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=50_000)
+    labels = (rng.random(50_000) < 1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+    for group in (np.zeros(50_000, bool), np.ones(50_000, bool)):  # discovery lists / only items bought before
+        scale, _, shift = fit_calibration(logits, labels, group)
+        assert shift == 0.0 and scale == pytest.approx(1.0, abs=0.05)

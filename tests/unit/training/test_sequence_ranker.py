@@ -50,3 +50,27 @@ def test_listwise_loss_by_hand():
     denominator = np.log(np.exp(2.0) + 2.0)
     want = ((denominator - 2.0) + (denominator - 0.0)) / 2
     assert abs(float(listwise_loss(logits, target, mask)) - want) < 1e-5
+
+
+def test_the_bought_before_term_moves_only_candidates_the_customer_bought():
+    from services.ranking.features import CANDIDATE_FEATURES
+
+    column = CANDIDATE_FEATURES.index("log_history_count")
+    torch.manual_seed(0)
+    model = SequenceRanker(20, len(CANDIDATE_FEATURES), dim=8, history_length=6, layers=1, bought_before_column=column)
+    model.eval()
+    history = torch.randint(1, 21, (2, 6))
+    candidates = torch.randint(1, 21, (2, 4))
+    features = torch.rand(2, 4, len(CANDIDATE_FEATURES))
+    features[..., column] = torch.tensor([[0.0, 0.7, 0.0, 1.1], [0.0, 0.0, 0.0, 0.0]])
+    with torch.no_grad():
+        model.logit_scale.fill_(0.8)
+        model.logit_bias.fill_(-1.0)
+        plain, _ = model(history, candidates, features)
+        model.bought_before_bias.fill_(0.9)
+        shifted, _ = model(history, candidates, features)
+        logits, _ = model.logits(history, candidates, features)
+    bought = features[..., column] > 0
+    assert torch.equal(plain[~bought], shifted[~bought])
+    assert torch.allclose(shifted[bought], torch.sigmoid(0.8 * logits[bought] - 1.0 + 0.9))
+    assert (shifted[bought] > plain[bought]).all()
