@@ -46,7 +46,6 @@ from training.features import (
     item_snapshot,
     ranker_inputs,
 )
-from training.leave_out import CooccurrenceLeaveOut, leave_popularity_out
 from training.models.sequence_ranker import CooccurrenceScore, RetrievalScore, SequenceRanker
 from training.models.two_tower import ItemContent, TwoTower
 
@@ -74,7 +73,6 @@ class FitConfig:
     ranker_layers: int = 2
     retrieval_feature: bool = True  # the ranker holds a frozen copy of the two-tower and sees its similarity
     cooccurrence_feature: bool = True  # ... and the training data's item-to-item co-occurrence
-    leave_own_basket_out: bool = True  # a training example's co-occurrence and popularity leave out its own basket
     ranker_candidates: int = 64
     positives: int = 24
     return_weight: float = 0.5
@@ -113,7 +111,7 @@ class FittedModels:
     #: Recent sales over every basket of the data (held-out ones too): what the export serves, as the snapshot's
     #: log_trending rates and the index's trending counts.
     export_sales: RecentSales | None = None
-    #: The fitted calibration (``calibrate``, ``keep_bought_before_if_better``).
+    #: The fitted calibration and whether its bought-before shift was kept (``calibrate``).
     calibration: dict[str, float | bool] = field(default_factory=dict)
 
     def recommender(self) -> AisleRecommender:
@@ -244,9 +242,8 @@ def _fit(dataset: Dataset, config: FitConfig, progress: bool) -> FittedModels:
     )
     seconds["ranker"] = time.perf_counter() - started - seconds["two_tower"]
     fitted = FittedModels(tower, ranker, snapshot, split, config, curves, seconds, {}, covisitation, sales)
-    calibrate(fitted, validation)
     categories = np.unique(dataset.catalog.categories, return_inverse=True)[1]
-    metrics = keep_bought_before_if_better(fitted, validation, categories)
+    metrics = calibrate(fitted, validation, categories)
     fitted.validation = {k: v for k, v in metrics.items() if isinstance(v, float)}
     seconds["total"] = time.perf_counter() - started
     log.info("validation (repeat protocol, %d users): %s", len(validation), _short(fitted.validation))
@@ -390,18 +387,6 @@ def train_ranker(
     weights = example_weights(examples.times, config.recency_half_life_days)
     retrieval_score = RetrievalScore(tower) if config.retrieval_feature else None
     cooccurrence_score = CooccurrenceScore(similarity) if config.cooccurrence_feature else None
-    leave_out = (
-        CooccurrenceLeaveOut(similarity, popularity, cooccurrence_score)
-        if cooccurrence_score is not None and similarity is not None and config.leave_own_basket_out
-        else None
-    )
-
-    def offsets(rows: np.ndarray) -> torch.Tensor | None:
-        if leave_out is None:
-            return None
-        targets = [examples.targets[r] for r in rows]
-        return torch.from_numpy(leave_out.offsets(history[rows], tokens[rows], targets))
-
     model: SequenceRanker | None = None
     optimiser = schedule = None
     best: tuple[float, int, dict] | None = None  # (validation NDCG@10, epoch, weights)
@@ -415,8 +400,6 @@ def train_ranker(
         history, tokens, features = _inputs(
             snapshot, examples.histories, candidates, config.ranker_history_length, recent, examples.times
         )
-        if config.leave_own_basket_out:
-            leave_popularity_out(features, candidates, labels > 0, popularity)
         if model is None:
             valid = tokens > 0
             model = SequenceRanker(
@@ -433,14 +416,12 @@ def train_ranker(
                 bought_before_column=CANDIDATE_FEATURES.index("log_history_count"),
             )
             sample = rng.choice(len(tokens), min(len(tokens), 2048), replace=False)
-            if model.scorers():
+            for i, scorer in enumerate(model.scorers()):
                 with torch.no_grad():
-                    scores = model.scores(
-                        torch.from_numpy(history[sample]), torch.from_numpy(tokens[sample]), offsets(sample)
-                    ).numpy()
-                scores = scores[tokens[sample] > 0]  # [candidates, scorers]
-                model.score_mean[:] = torch.from_numpy(scores.mean(axis=0))
-                model.score_std[:] = torch.from_numpy(np.maximum(scores.std(axis=0), 1e-3))
+                    scores = scorer(torch.from_numpy(history[sample]), torch.from_numpy(tokens[sample])).numpy()
+                scores = scores[tokens[sample] > 0]
+                model.score_mean[i] = float(scores.mean())
+                model.score_std[i] = float(max(scores.std(), 1e-3))
             optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.ranker_lr)
             schedule = torch.optim.lr_scheduler.LambdaLR(
                 optimiser, lambda done: max(0.0, 1.0 - done / total_steps) if config.ranker_lr_decay else 1.0
@@ -450,10 +431,7 @@ def train_ranker(
         for step in range(steps):
             batch = order[step * config.ranker_batch : (step + 1) * config.ranker_batch]
             purchase, returns_logit = model.logits(
-                torch.from_numpy(history[batch]),
-                torch.from_numpy(tokens[batch]),
-                torch.from_numpy(features[batch]),
-                offsets(batch),
+                torch.from_numpy(history[batch]), torch.from_numpy(tokens[batch]), torch.from_numpy(features[batch])
             )
             weight = torch.from_numpy(weights[batch])
             mask = torch.from_numpy((tokens[batch] > 0).astype(np.float32)) * weight[:, None]
@@ -526,11 +504,51 @@ def _inputs(snapshot, histories, candidates, length, recent, times, chunk: int =
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
-def calibrate(fitted: FittedModels, validation: list[EvalCase]) -> None:
+def calibrate(fitted: FittedModels, validation: list[EvalCase], categories: np.ndarray) -> dict:
     """Fits P(purchase) = sigmoid(a * logit + b + c * bought_before) on the validation customers' serving-shaped
     candidate sets (training saw a different positive rate, and discovery-shaped lists; see
-    ``SequenceRanker.calibrated``), and stores a, b and c in the ranker. a > 0, so the order within items bought
-    before and within new items is the ranker's; c moves one group against the other."""
+    ``SequenceRanker.calibrated``) and stores a, b and c in the ranker. a > 0, so the order within items bought
+    before and within new items is the ranker's; c moves one group against the other. Fitted for likelihood, not
+    for the order, c is kept only when it raises the validation customers' repeat NDCG@10 (as the ranker's epoch is
+    chosen); otherwise a and b are fitted again without it. Returns the validation metrics of the model kept."""
+    logits, labels, before = _calibration_data(fitted, validation)
+    with_shift = fit_calibration(logits, labels, before)
+    without_shift = fit_calibration(logits, labels, np.zeros_like(before))
+    popularity = fitted.split.popularity()
+
+    def validated(calibration: tuple[float, float, float]) -> dict:
+        _set_calibration(fitted.ranker, *calibration)
+        return evaluate(fitted.recommender(), validation, "repeat", popularity, categories).metrics
+
+    metrics = validated(with_shift)
+    without = validated(without_shift) if with_shift[2] != 0.0 else metrics
+    kept = metrics["ndcg@10"] > without["ndcg@10"]
+    chosen = with_shift if kept else without_shift
+    _set_calibration(fitted.ranker, *chosen)
+    fitted.calibration = {
+        "scale": chosen[0],
+        "bias": chosen[1],
+        "bought_before": chosen[2],
+        "bought_before_fitted": with_shift[2],
+        "bought_before_kept": kept,
+        "ndcg@10_with": metrics["ndcg@10"],
+        "ndcg@10_without": without["ndcg@10"],
+    }
+    log.info(
+        "calibration on %d validation candidates: a=%.3f b=%.3f c(bought before)=%.3f, %s (validation NDCG@10 "
+        "%.4f with it, %.4f without)",
+        len(labels),
+        *with_shift,
+        "kept" if kept else "dropped, a and b fitted again without it",
+        metrics["ndcg@10"],
+        without["ndcg@10"],
+    )
+    return metrics if kept else without
+
+
+def _calibration_data(fitted: FittedModels, validation: list[EvalCase]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(uncalibrated purchase logits, labels, bought before) of every candidate of the validation customers'
+    serving-shaped (repeat) candidate sets."""
     ranker = fitted.ranker
     recommender = fitted.recommender()
     logits, labels, before = [], [], []
@@ -554,14 +572,14 @@ def calibrate(fitted: FittedModels, validation: list[EvalCase]) -> None:
         logits.append(purchase.numpy()[valid])
         labels.append(relevant[valid])
         before.append((features[..., column] > 0)[valid] if column is not None else np.zeros(valid.sum(), bool))
-    y = np.concatenate(labels)
-    scale, bias, shift = fit_calibration(np.concatenate(logits), y, np.concatenate(before))
+    return np.concatenate(logits), np.concatenate(labels), np.concatenate(before)
+
+
+def _set_calibration(ranker: SequenceRanker, scale: float, bias: float, shift: float) -> None:
     with torch.no_grad():
         ranker.logit_scale.fill_(scale)
         ranker.logit_bias.fill_(bias)
         ranker.bought_before_bias.fill_(shift)
-    fitted.calibration = {"scale": scale, "bias": bias, "bought_before": shift}
-    log.info("calibration on %d validation candidates: a=%.3f b=%.3f c(bought before)=%.3f", len(y), scale, bias, shift)
 
 
 def fit_calibration(logits: np.ndarray, labels: np.ndarray, bought_before: np.ndarray) -> tuple[float, float, float]:
@@ -583,32 +601,3 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, bought_before: np.nd
 
     optimiser.step(closure)
     return float(log_scale.exp().item()), float(bias.item()), float(shift.item())
-
-
-def keep_bought_before_if_better(fitted: FittedModels, validation: list[EvalCase], categories: np.ndarray) -> dict:
-    """Calibration's bought-before shift reorders (items bought before against new ones) and is fitted for
-    likelihood, not for the order: it is kept only when it raises the validation customers' repeat NDCG@10, as the
-    ranker's epoch is chosen. Returns the validation metrics of the model kept."""
-    popularity = fitted.split.popularity()
-    shift = float(fitted.ranker.bought_before_bias)
-    metrics = evaluate(fitted.recommender(), validation, "repeat", popularity, categories).metrics
-    if shift == 0.0:
-        fitted.calibration["bought_before_kept"] = False
-        return metrics
-    with torch.no_grad():
-        fitted.ranker.bought_before_bias.zero_()
-    without = evaluate(fitted.recommender(), validation, "repeat", popularity, categories).metrics
-    kept = metrics["ndcg@10"] > without["ndcg@10"]
-    if kept:
-        with torch.no_grad():
-            fitted.ranker.bought_before_bias.fill_(shift)
-    fitted.calibration.update(
-        {"bought_before_kept": kept, "ndcg@10_with": metrics["ndcg@10"], "ndcg@10_without": without["ndcg@10"]}
-    )
-    log.info(
-        "calibration's bought-before shift %s (validation NDCG@10 %.4f with it, %.4f without)",
-        "kept" if kept else "dropped",
-        metrics["ndcg@10"],
-        without["ndcg@10"],
-    )
-    return metrics if kept else without

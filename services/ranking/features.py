@@ -100,10 +100,10 @@ class ItemFeatureSnapshot:
             [
                 np.log1p(np.maximum(np.asarray(prices, dtype=np.float64), 0)),
                 np.asarray(margins, dtype=np.float64),
-                log_counts(popularity),
+                _log_counts(popularity),
                 np.asarray(return_rates, dtype=np.float64),
                 (np.asarray(in_stock) > 0).astype(np.float64),
-                log_counts(trending),
+                _log_counts(trending),
             ],
             axis=1,
         )
@@ -122,7 +122,7 @@ class ItemFeatureSnapshot:
         if trending.shape != (len(self),):
             raise ValueError(f"trending must have one count per item ({len(self)}), got shape {trending.shape}")
         values = self.values.copy()
-        values[1:, TRENDING_COLUMN] = log_counts(trending)
+        values[1:, TRENDING_COLUMN] = _log_counts(trending)
         return ItemFeatureSnapshot(self.names, values)
 
     def require_current(self, source: object) -> ItemFeatureSnapshot:
@@ -145,8 +145,7 @@ class ItemFeatureSnapshot:
             return cls([str(n) for n in data["names"]], data["values"])
 
 
-def log_counts(counts) -> np.ndarray:
-    """The count columns' scale (popularity, recent sales): log(1 + count), negatives as 0."""
+def _log_counts(counts) -> np.ndarray:
     return np.log1p(np.maximum(np.asarray(counts, dtype=np.float64), 0))
 
 

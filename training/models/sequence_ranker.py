@@ -8,8 +8,9 @@ purchases) are computed by the ranking service over the whole window. When built
 model also holds a frozen copy of the retrieval stage and adds its similarity ``s`` = query(history) . item to the
 features inside the graph (no request field needed: the same history gives the same score as retrieval's).
 
-- P(purchase) = sigmoid(a * (MLP([u * e, f, e]) + w . x) + b), ``x`` the standardised features (and ``s``),
-  ``f`` a projection of ``x``, ``a``/``b`` a calibration fitted on validation data after training (1 and 0 before).
+- P(purchase) = sigmoid(a * (MLP([u * e, f, e]) + w . x) + b + c * bought_before), ``x`` the standardised features
+  (and ``s``), ``f`` a projection of ``x``, ``a``/``b``/``c`` a calibration fitted on validation data after training
+  (1, 0 and 0 before; ``bought_before``: the candidate occurs in the history window, see ``calibrated``).
 - P(return | purchase) = sigmoid(MLP([e, f, u])).
 
 ONNX contract: see model_repository/README.md (inputs history_item_ids, candidate_item_ids, candidate_features;
@@ -138,36 +139,20 @@ class SequenceRanker(nn.Module):
         return self.norm(x[:, -1])
 
     def logits(
-        self,
-        history: torch.Tensor,
-        candidates: torch.Tensor,
-        features: torch.Tensor,
-        cooccurrence_offset: torch.Tensor | None = None,
+        self, history: torch.Tensor, candidates: torch.Tensor, features: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(purchase logits before calibration, return logits), each [B, C]. ``cooccurrence_offset`` [B, C], training
-        only: added to the co-occurrence score (see :mod:`training.leave_out`)."""
+        """(purchase logits before calibration, return logits), each [B, C]."""
         user = self.user_state(history)[:, None, :].expand(-1, candidates.shape[1], -1)
         items = self.item_embedding(candidates)
         x = (features - self.feature_mean) / self.feature_std
-        if self.scorers():
-            scores = self.scores(history, candidates, cooccurrence_offset)
+        scorers = self.scorers()
+        if scorers:
+            scores = torch.stack([scorer(history, candidates) for scorer in scorers], dim=-1)
             x = torch.cat([x, (scores - self.score_mean) / self.score_std], dim=-1)
         f = self.features(x)
         purchase = self.purchase(torch.cat([user * items, f, items], dim=-1)).squeeze(-1) + self.wide(x).squeeze(-1)
         returns = self.returns(torch.cat([items, f, user], dim=-1)).squeeze(-1)
         return purchase, returns
-
-    def scores(
-        self, history: torch.Tensor, candidates: torch.Tensor, cooccurrence_offset: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The in-graph scores before standardisation [B, C, len(scorers())], in ``scorers()`` order."""
-        columns = []
-        for scorer in self.scorers():
-            score = scorer(history, candidates)
-            if scorer is self.cooccurrence and cooccurrence_offset is not None:
-                score = score + cooccurrence_offset
-            columns.append(score)
-        return torch.stack(columns, dim=-1)
 
     def forward(
         self, history_item_ids: torch.Tensor, candidate_item_ids: torch.Tensor, candidate_features: torch.Tensor
