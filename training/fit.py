@@ -511,14 +511,15 @@ def calibrate(fitted: FittedModels, validation: list[EvalCase], categories: np.n
     before and within new items is the ranker's; c moves one group against the other. Fitted for likelihood, not
     for the order, c is kept only when it raises the validation customers' repeat NDCG@10 (as the ranker's epoch is
     chosen); otherwise a and b are fitted again without it. Returns the validation metrics of the model kept."""
-    logits, labels, before = _calibration_data(fitted, validation)
+    recommender = fitted.recommender()  # scores through fitted.ranker: sees every calibration set below
+    logits, labels, before = _calibration_data(fitted, recommender, validation)
     with_shift = fit_calibration(logits, labels, before)
     without_shift = fit_calibration(logits, labels, np.zeros_like(before))
     popularity = fitted.split.popularity()
 
     def validated(calibration: tuple[float, float, float]) -> dict:
         _set_calibration(fitted.ranker, *calibration)
-        return evaluate(fitted.recommender(), validation, "repeat", popularity, categories).metrics
+        return evaluate(recommender, validation, "repeat", popularity, categories).metrics
 
     metrics = validated(with_shift)
     without = validated(without_shift) if with_shift[2] != 0.0 else metrics
@@ -546,11 +547,12 @@ def calibrate(fitted: FittedModels, validation: list[EvalCase], categories: np.n
     return metrics if kept else without
 
 
-def _calibration_data(fitted: FittedModels, validation: list[EvalCase]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _calibration_data(
+    fitted: FittedModels, recommender: AisleRecommender, validation: list[EvalCase]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(uncalibrated purchase logits, labels, bought before) of every candidate of the validation customers'
-    serving-shaped (repeat) candidate sets."""
+    serving-shaped (repeat) candidate sets, as ``recommender`` (``fitted.recommender()``) forms them."""
     ranker = fitted.ranker
-    recommender = fitted.recommender()
     logits, labels, before = [], [], []
     column = ranker.bought_before_column
     for start in range(0, len(validation), 256):

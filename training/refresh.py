@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.ranking.features import FEATURES_FILE, TRENDING_COLUMN, ItemFeatureSnapshot
+from services.ranking.features import FEATURES_FILE, TRENDING_COLUMN, ItemFeatureSnapshot, ItemVocabulary
 from services.ranking.model_config import CONFIG_FILE, METADATA_FILE, MODEL_FILE, VOCABULARY_FILE
 from services.retrieval.index import InvalidIndex, latest_version, load_index, save_index_like
 from training.data.schema import Dataset
@@ -65,7 +65,10 @@ def refresh_features(dataset: Dataset, source: Path, out: Path) -> Refreshed:
         current = ItemFeatureSnapshot.load(source / FEATURES_FILE).require_current(source / FEATURES_FILE)
     except (OSError, ValueError, KeyError) as exc:  # unreadable, or another release's columns
         raise RefreshError(str(exc)) from None
-    vocabulary = [line for line in (source / VOCABULARY_FILE).read_text(encoding="utf-8").splitlines() if line]
+    try:
+        vocabulary = ItemVocabulary.read(source / VOCABULARY_FILE)
+    except (OSError, ValueError) as exc:  # unreadable, or duplicate ids
+        raise RefreshError(f"{source / VOCABULARY_FILE}: {exc}") from None
     if len(vocabulary) != len(current):
         raise RefreshError(f"{source}: {len(vocabulary)} vocabulary items but {len(current)} snapshot rows")
 
@@ -74,16 +77,12 @@ def refresh_features(dataset: Dataset, source: Path, out: Path) -> Refreshed:
     if not history.train:
         raise RefreshError(f"{dataset.name}: no purchases, so no popularity or recent sales to refresh from")
     fresh = item_snapshot(dataset.catalog, history, trending_days)
-    rows = {item: row for row, item in enumerate(dataset.catalog.item_ids)}
+    tokens = vocabulary.tokens(dataset.catalog.item_ids)  # each data row's token in the version, 0 if none
+    held = np.flatnonzero(tokens)
     values = current.values.copy()
-    matched = 0
-    for token, item in enumerate(vocabulary, start=1):
-        row = rows.get(item)
-        if row is None:
-            values[token, TRENDING_COLUMN] = 0.0
-        else:
-            values[token] = fresh.values[row + 1]
-            matched += 1
+    values[1:, TRENDING_COLUMN] = 0.0  # items the data no longer holds have no recent sales ...
+    values[tokens[held]] = fresh.values[held + 1]  # ... the others get every fresh column
+    matched = int(held.size)
     if not matched:
         raise RefreshError(
             f"none of the {len(vocabulary)} items of {source / VOCABULARY_FILE} is in {dataset.name}'s catalog: "
@@ -155,7 +154,7 @@ def refresh_index(dataset: Dataset, root: Path, trending_days: int = TRENDING_DA
             "build from it with `aisle index build` as after training"
         )
     counts = export_sales(dataset, trending_days).latest()
-    rows = {item: row for row, item in enumerate(dataset.catalog.item_ids)}
+    rows = dataset.catalog.rows()
     found = [(i, rows[item]) for i, item in enumerate(artifact.item_ids) if item in rows]
     if not found:
         raise RefreshError(f"none of the index's {len(artifact)} items is in {dataset.name}'s catalog")

@@ -273,7 +273,7 @@ def test_the_calibration_kept_predicts_the_purchase_rate_it_was_fitted_on(traine
     calibration = fitted.calibration
     assert calibration["bought_before_kept"] is shift_wins and metrics["ndcg@10"] == 0.3
     assert (fitted.ranker.bought_before_bias.item() != 0.0) is shift_wins
-    logits, labels, before = fit_module._calibration_data(fitted, validation)
+    logits, labels, before = fit_module._calibration_data(fitted, fitted.recommender(), validation)
     scale, bias, shift = (calibration[k] for k in ("scale", "bias", "bought_before"))
     predicted = 1.0 / (1.0 + np.exp(-(scale * logits + bias + shift * before)))
     assert predicted.mean() == pytest.approx(labels.mean(), rel=0.01)
