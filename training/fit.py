@@ -7,12 +7,13 @@ history is every earlier basket (flattened, oldest first) and the targets are th
 - Two-tower: one (history, item) pair per target item; in-batch sampled softmax with logQ correction.
 - Ranker: per example, the candidate set serving would form for that history (the trained two-tower's top items,
   the items bought together with the newest ones (co-visitation), the customer's own earlier items, the most popular
-  items: :meth:`AisleRecommender.candidates`), labelled by the
+  items and the best sellers of the days before the basket: :meth:`AisleRecommender.candidates`), labelled by the
   basket; up to ``positives`` of its purchased items and negatives drawn uniformly from the rest, ``ranker_candidates``
   in all. Each example appears twice per epoch: once with the repeat candidate set and once with the discovery one
   (the customer's own items excluded before retrieval), so the ranker also learns to order new items. Uniform
   sampling of negatives shifts every logit by the same constant, which the calibration fitted on validation
-  removes; the order among candidates is learnt as serving sees it. Binary cross-entropy for
+  removes; the discovery-shaped lists leave the ranker under-rating items bought before on a mixed list, which the
+  calibration's bought-before term corrects when validation agrees (:func:`calibrate`). Binary cross-entropy for
   P(purchase) plus ``listwise_weight`` x a softmax cross-entropy of the basket's items among the example's
   candidates (the order NDCG measures); the return head is trained on the positives only (label: the customer
   returned that item later in the training window). The ranker holds frozen copies of the trained two-tower and of
