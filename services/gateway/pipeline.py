@@ -1,10 +1,12 @@
 """The request pipeline: named components of five kinds, run in a fixed order by one executor.
 
 - **sources** propose candidates (run concurrently, each within its own deadline slice; fail-open or -closed);
-- **filters** keep or remove candidates, never reorder;
-- **scorers** add scores in input order, never drop;
+- **filters** keep or remove candidates, never reorder (they answer a keep mask);
+- **scorers** add score columns in input order, never drop;
 - **selectors** alone sort and truncate;
 - **side effects** run after the answer is built, fire-and-forget (exposure logging).
+
+Candidates travel as columns (:class:`~services.gateway.candidates.Candidates`), not one object per item.
 
 A policy (see :mod:`services.gateway.policies`) names the components of each step. Every stage gets a span; every
 component gets a latency histogram under its name, and a span too when ``trace_components`` is set.
@@ -18,9 +20,9 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -29,27 +31,11 @@ from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from services.core.errors import BudgetExhausted
 from services.core.metrics import LATENCY_BUCKETS
 from services.gateway.budget import RequestBudget
+from services.gateway.candidates import Candidates, merge
 from services.gateway.catalog import ItemCatalog
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
-
-
-@dataclass(slots=True)
-class Candidate:
-    """One item on its way through the pipeline (one object per item and request: components may mutate it)."""
-
-    item_id: str
-    sources: list[int] = field(default_factory=list)
-    anchors: dict[int, str] = field(default_factory=dict)  # source -> the item that led to it
-    source_rank: int = 0  # best position within any source
-    scores: dict[str, float] = field(default_factory=dict)  # "purchase", "return", "relevance", "final", ...
-    reasons: list[common.Reason] = field(default_factory=list)
-    exploration: bool = False
-
-    @property
-    def final(self) -> float:
-        return self.scores.get("final", self.scores.get("relevance", 0.0))
 
 
 @dataclass
@@ -95,25 +81,26 @@ class SourceComponent(Component, Protocol):
     #: True for a source that answers from memory (the fallback cache): it runs even when the budget is spent.
     local: bool
 
-    async def fetch(self, state: RequestState, timeout: float) -> list[Candidate]: ...
+    async def fetch(self, state: RequestState, timeout: float) -> Candidates: ...
 
 
 class FilterComponent(Component, Protocol):
-    def apply(self, state: RequestState, candidates: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
-        """(kept, removed), both in input order."""
+    def apply(self, state: RequestState, candidates: Candidates) -> np.ndarray | None:
+        """A boolean mask of the candidates to keep, or None to keep them all (the cheap common case)."""
 
 
 class ScorerComponent(Component, Protocol):
-    async def score(self, state: RequestState, candidates: list[Candidate]) -> None:
-        """Adds scores to each candidate; never reorders or drops."""
+    async def score(self, state: RequestState, candidates: Candidates) -> None:
+        """Sets score columns (``candidates.scores[name] = array``); never reorders or drops."""
 
 
 class SelectorComponent(Component, Protocol):
-    def select(self, state: RequestState, candidates: list[Candidate]) -> list[Candidate]: ...
+    def select(self, state: RequestState, candidates: Candidates) -> Candidates:
+        """The candidates reordered and/or cut (``candidates.take(order)``)."""
 
 
 class SideEffectComponent(Component, Protocol):
-    async def run(self, state: RequestState, items: Sequence[Candidate], response: pb.RecommendResponse) -> None: ...
+    async def run(self, state: RequestState, items: Candidates, response: pb.RecommendResponse) -> None: ...
 
 
 class SourceFailed(Exception):
@@ -129,6 +116,7 @@ class PipelineMetrics:
 
     def __init__(self, registry: CollectorRegistry, trace_components: bool = False):
         self.trace_components = trace_components
+        self._children: dict[tuple, Any] = {}
         self.component = Histogram(
             "aisle_gateway_component_seconds",
             "Time per pipeline component.",
@@ -155,6 +143,15 @@ class PipelineMetrics:
             registry=registry,
         )
 
+    def child(self, metric, *labels: str):
+        """``metric.labels(*labels)``, looked up once: ``labels()`` takes a lock and builds a key on every call,
+        and the pipeline asks for the same dozen children on every request."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
 
 @dataclass
 class Pipeline:
@@ -171,7 +168,7 @@ class Pipeline:
     candidate_limit: int = 500
     settings: dict[str, Any] = field(default_factory=dict)
 
-    async def run(self, state: RequestState, metrics: PipelineMetrics) -> list[Candidate]:
+    async def run(self, state: RequestState, metrics: PipelineMetrics) -> Candidates:
         with self._stage("retrieval", state, metrics):
             candidates = await self._fetch(self.sources, state, metrics)
             # Retrieval down or too slow (a source was dropped) and nothing came back: serve the fallback.
@@ -179,16 +176,19 @@ class Pipeline:
                 d.reason in (common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE, common.DEGRADATION_REASON_SOURCE_DROPPED)
                 for d in state.degradations
             )
-            if not candidates and sources_failed and self.fallback:
+            if not len(candidates) and sources_failed and self.fallback:
                 candidates = await self._fetch(self.fallback, state, metrics)
-        metrics.candidates.labels(self.name).observe(len(candidates))
+        metrics.child(metrics.candidates, self.name).observe(len(candidates))
         state.fetched = len(candidates)
         with self._stage("filtering", state, metrics):
             for component in self.filters:
                 with self._component(component, metrics):
-                    candidates, removed = component.apply(state, candidates)
+                    keep = component.apply(state, candidates)
+                    removed = 0 if keep is None else len(keep) - int(np.count_nonzero(keep))
+                    if removed:
+                        candidates = candidates.take(keep)
                 if removed:
-                    metrics.removed.labels(self.name, component.name).inc(len(removed))
+                    metrics.removed.labels(self.name, component.name).inc(removed)
         with self._stage("scoring", state, metrics):
             for component in self.scorers:
                 with self._component(component, metrics):
@@ -201,8 +201,8 @@ class Pipeline:
 
     async def _fetch(
         self, sources: Sequence[SourceComponent], state: RequestState, metrics: PipelineMetrics
-    ) -> list[Candidate]:
-        async def one(source: SourceComponent) -> list[Candidate]:
+    ) -> Candidates:
+        async def one(source: SourceComponent) -> Candidates:
             with self._component(source, metrics):
                 if getattr(source, "local", False):  # answers from memory: no deadline slice to spend
                     return await source.fetch(state, state.budget.remaining())
@@ -221,53 +221,25 @@ class Pipeline:
                     if not source.fail_open:
                         raise
                     state.degrade(reason, source.name, detail)
-                    return []
+                    return Candidates.empty()
 
         results = await asyncio.gather(*(one(s) for s in sources))
         return merge(results, self.candidate_limit)
 
     def _component(self, component: Component, metrics: PipelineMetrics):
-        histogram = metrics.component.labels(self.name, component.name)
+        histogram = metrics.child(metrics.component, self.name, component.name)
         return _Timed(component.name, histogram, traced=metrics.trace_components)
 
     def _stage(self, name: str, state: RequestState, metrics: PipelineMetrics):
-        return _Timed(name, metrics.stage.labels(name), state.stage_ms)
+        return _Timed(name, metrics.child(metrics.stage, name), state.stage_ms)
 
-    async def after_response(
-        self, state: RequestState, items: Sequence[Candidate], response, metrics: PipelineMetrics
-    ) -> None:
+    async def after_response(self, state: RequestState, items: Candidates, response, metrics: PipelineMetrics) -> None:
         for effect in self.side_effects:
             try:
                 with self._component(effect, metrics):
                     await effect.run(state, items, response)
             except Exception:  # a side effect never fails the request that triggered it
                 log.exception("side effect %s failed", effect.name)
-
-
-def merge(results: Sequence[Sequence[Candidate]], limit: int) -> list[Candidate]:
-    """De-duplicates by item keeping every source, interleaving sources by rank, at most ``limit`` items.
-
-    The first candidate seen for an item (best rank; earlier result on ties) is kept and given the others'
-    sources and anchors.
-    """
-    merged: dict[str, Candidate] = {}
-    flat = [c for result in results for c in result]
-    flat.sort(key=_source_rank)  # stable: ties keep the results' order
-    for candidate in flat:
-        entry = merged.get(candidate.item_id)
-        if entry is None:
-            if len(merged) < limit:
-                merged[candidate.item_id] = candidate
-            continue
-        for source in candidate.sources:
-            if source not in entry.sources:
-                entry.sources.append(source)
-        for source, anchor in candidate.anchors.items():
-            entry.anchors.setdefault(source, anchor)
-    return list(merged.values())
-
-
-_source_rank = attrgetter("source_rank")
 
 
 class _Timed:

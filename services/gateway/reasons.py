@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aisle.common.v1 import common_pb2 as common
+from services.gateway.candidates import Candidate
 from services.gateway.catalog import ItemCatalog
-from services.gateway.pipeline import Candidate
 
 _VERBS = {
     common.EVENT_TYPE_PURCHASE: "bought",

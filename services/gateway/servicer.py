@@ -17,10 +17,11 @@ from services.core.telemetry import current_trace_id
 from services.core.validation import Violations
 from services.gateway.budget import RequestBudget
 from services.gateway.cache import AnonymousCache
+from services.gateway.candidates import Candidates
 from services.gateway.catalog import ItemCatalog
 from services.gateway.components.base import Dependencies
 from services.gateway.events import EventLogFull
-from services.gateway.pipeline import Candidate, PipelineMetrics, RequestState
+from services.gateway.pipeline import PipelineMetrics, RequestState
 from services.gateway.policies import SURFACES, PolicySet
 from services.gateway.reasons import reasons_for
 from services.gateway.sessions import subject_key
@@ -81,7 +82,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             state = RequestState(
                 request, key, [], k, RequestBudget(1.0, None, 0.0), self.catalog, variant, ("", ""), exposures
             )
-            shown = [Candidate(i.item_id, sources=list(i.sources)) for i in response.items]
+            shown = Candidates.of([i.item_id for i in response.items], common.CANDIDATE_SOURCE_UNSPECIFIED)
             self._after(pipeline.after_response(state, shown, response, self.metrics))
             return response
         budget = RequestBudget(settings.total_budget_ms / 1000, context.time_remaining(), settings.min_stage_ms / 1000)
@@ -95,7 +96,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         failed = {common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE, common.DEGRADATION_REASON_SOURCE_DROPPED}
         # Nothing proposed at all because retrieval failed: no answer is possible. (Proposed, then all filtered out,
         # is a short answer, not an outage: a retry would not help.)
-        if not items and not state.fetched and any(d.reason in failed for d in state.degradations):
+        if not len(items) and not state.fetched and any(d.reason in failed for d in state.degradations):
             raise DependencyUnavailable(
                 "retrieval is down or too slow and no cached popular items are available yet",
                 reason="RETRIEVAL_UNAVAILABLE",
@@ -110,13 +111,13 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         self._after(pipeline.after_response(state, items, response, self.metrics))
         return response
 
-    def _response(self, state: RequestState, items: list[Candidate], pipeline, variant: str) -> pb.RecommendResponse:
+    def _response(self, state: RequestState, items: Candidates, pipeline, variant: str) -> pb.RecommendResponse:
         response = pb.RecommendResponse(
             tracking_token=uuid.uuid4().hex, trace_id=current_trace_id(), experiment_variant=variant
         )
         events = {e.item_id: e.event_type for e in state.history}
         region = state.region
-        for position, candidate in enumerate(items):
+        for position, candidate in enumerate(items.rows()):
             item = response.items.add(
                 item_id=candidate.item_id,
                 score=candidate.final,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from aisle.common.v1 import common_pb2
 from aisle.ranking.v1 import ranking_service_pb2 as pb
 from aisle.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
@@ -38,7 +40,10 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
                 stage="ranking",
                 detail=f"scored by the {ranking.backend} backend: the configured backend was unavailable",
             )
-        add_scored_items(response, candidate_ids, ranking)
+        if request.columnar:
+            add_score_columns(response, ranking)
+        else:
+            add_scored_items(response, candidate_ids, ranking)
         return response
 
     def validate(self, request: pb.RankRequest, candidate_ids: list[str], history_ids: list[str]) -> None:
@@ -82,6 +87,13 @@ def add_scored_items(response: pb.RankResponse, candidate_ids: list[str], rankin
         scored = add(item_id=item_id, purchase_probability=purchase[i])
         if returns is not None and not unknown[i]:
             scored.return_probability = returns[i]
+
+
+def add_score_columns(response: pb.RankResponse, ranking: Ranking) -> None:
+    """The probabilities as ``response.columns`` (NaN as the return probability of an unknown candidate)."""
+    response.columns.purchase_probabilities.extend(ranking.purchase.tolist())
+    if ranking.returns is not None:
+        response.columns.return_probabilities.extend(np.where(ranking.unknown, np.nan, ranking.returns).tolist())
 
 
 def _negative_quantity(history) -> bool:

@@ -25,6 +25,7 @@ from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.core.channels import create_channel
 from services.core.errors import DependencyUnavailable, NotReady
 from services.core.health import wait_until_serving
+from services.retrieval.answer import move_to_columns
 from services.retrieval.index import InvalidIndex, latest_version, load_index
 from services.retrieval.query_encoder import MeanEmbeddingEncoder, OnnxQueryTower
 
@@ -81,6 +82,7 @@ class QueryResolver:
         """The request with ``history_query_vector`` and ``anchor_vectors`` filled in."""
         resolved = pb.RetrieveRequest()
         resolved.CopyFrom(request)
+        resolved.columnar = False  # the merge reads messages; the router writes columns itself when asked
         history_rows = [self.rows[i.item_id] for i in request.history if i.item_id in self.rows]
         if request.consent and history_rows:
             resolved.history_query_vector[:] = self.encoder.encode(history_rows).tolist()
@@ -175,6 +177,8 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
                 stage="retrieval router",
                 detail="shards answered from index versions " + ", ".join(versions),
             )
+        if request.columnar:
+            move_to_columns(merged)
         return merged
 
     async def UpdateAvailability(  # noqa: N802

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 
 import numpy as np
@@ -14,6 +15,7 @@ from aisle.retrieval.v1 import retrieval_service_pb2 as pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.core.errors import NotReady
 from services.core.validation import Violations
+from services.retrieval.answer import add_candidates, add_columns
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.sources import Query, Source, default_sources
 from services.retrieval.state import IndexHolder, ServingIndex
@@ -70,20 +72,14 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         limits = {limit.source: limit.k for limit in request.source_limits}
         for source_id in dict.fromkeys(wanted):
             source = self.sources[source_id]
-            with tracer.start_as_current_span(source.name) as source_span:
-                k = limits.get(source_id, request.k)
+            k = limits.get(source_id, request.k)
+            with tracer.start_as_current_span(source.name) if self.settings.trace_sources else nullcontext():
                 found = source.retrieve(index, query if k == query.k else replace(query, k=k))
-                source_span.set_attribute("aisle.candidates", len(found))
-            add = response.candidates.add
+            span.set_attribute(f"aisle.candidates.{source.name}", len(found))
             items = index.item_id_array[found.rows].tolist()
-            if found.anchors:
-                for rank, (item, score, anchor) in enumerate(
-                    zip(items, found.scores.tolist(), found.anchors, strict=True)
-                ):
-                    add(item_id=item, score=score, source=source_id, source_rank=rank, anchor_item_id=anchor)
-            else:
-                for rank, (item, score) in enumerate(zip(items, found.scores.tolist(), strict=True)):
-                    add(item_id=item, score=score, source=source_id, source_rank=rank)
+            (add_columns if request.columnar else add_candidates)(
+                response, source_id, items, found.scores.tolist(), found.anchors
+            )
         return response
 
     @staticmethod

@@ -44,6 +44,11 @@ class RetrievalSettings(ServiceSettings):
     max_anchors: int = Field(50, ge=1, le=1000, description="Most anchor items a request may carry.")
     max_exclusions: int = Field(5000, ge=0, le=100_000, description="Most exclusion entries per request.")
     query_threads: int = Field(1, ge=0, le=64, description="ONNX Runtime threads for the query tower (0 = all).")
+    trace_sources: bool = Field(
+        False,
+        description="A span per candidate source, not only the Retrieve span with each source's candidate count "
+        "(each span costs CPU on every request).",
+    )
 
     @property
     def shards(self) -> list[str]:

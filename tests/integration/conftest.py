@@ -51,9 +51,13 @@ async def serving(host: ServiceHost) -> AsyncIterator[ServiceHost]:
 
 
 @contextlib.asynccontextmanager
-async def stack(trained, gateway_extra: dict | None = None) -> AsyncIterator[dict[str, ServiceHost]]:
+async def stack(
+    trained, gateway_extra: dict | None = None, retrieval_extra: dict | None = None
+) -> AsyncIterator[dict[str, ServiceHost]]:
     """Retrieval, ranking and gateway in this process, wired to each other."""
-    retrieval = ServiceHost(settings := retrieval_settings(trained), build_retrieval(settings))
+    retrieval = ServiceHost(
+        settings := retrieval_settings(trained, **(retrieval_extra or {})), build_retrieval(settings)
+    )
     ranking = ServiceHost(rsettings := ranking_settings(trained), build_ranking(rsettings))
     async with serving(retrieval), serving(ranking):
         gsettings = gateway_settings(trained, retrieval.port, ranking.port, **(gateway_extra or {}))

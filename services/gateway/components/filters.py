@@ -1,35 +1,36 @@
-"""Hard rules: each filter returns (kept, removed) in input order and never reorders."""
+"""Hard rules: each filter answers a keep mask over the candidates (None: keep all) and never reorders."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
+import numpy as np
+
 from aisle.common.v1 import common_pb2 as common
+from services.gateway.candidates import Candidates
 from services.gateway.components.base import ComponentBase, Params
-from services.gateway.pipeline import Candidate, RequestState
+from services.gateway.pipeline import RequestState
 
 
-def _split(candidates: list[Candidate], keep) -> tuple[list[Candidate], list[Candidate]]:
-    kept, removed = [], []
-    for candidate in candidates:
-        (kept if keep(candidate) else removed).append(candidate)
-    return kept, removed
+def _mask(candidates: Candidates, keep: Callable[[str], bool]) -> np.ndarray:
+    return np.fromiter(map(keep, candidates.ids()), dtype=bool, count=len(candidates))
 
 
-def _block(candidates: list[Candidate], catalog, items: set, brands: set, categories: set):
+def _block(candidates: Candidates, catalog, items: set, brands: set, categories: set) -> np.ndarray | None:
     """Removes the listed items and items of the listed brands or categories; the catalog is read only when a
     brand or category is listed (most requests list none)."""
     if not (items or brands or categories):
-        return candidates, []
+        return None
     if not (brands or categories):
-        return _split(candidates, lambda c: c.item_id not in items)
-    return _split(
+        return _mask(candidates, lambda item: item not in items)
+    return _mask(
         candidates,
-        lambda c: (
-            c.item_id not in items
-            and catalog.get(c.item_id, "brand") not in brands
-            and catalog.get(c.item_id, "category") not in categories
+        lambda item: (
+            item not in items
+            and catalog.get(item, "brand") not in brands
+            and catalog.get(item, "category") not in categories
         ),
     )
 
@@ -40,7 +41,7 @@ class RequestExclusionFilter(ComponentBase):
 
     kind: ClassVar[str] = "filter"
 
-    def apply(self, state: RequestState, candidates: list[Candidate]):
+    def apply(self, state: RequestState, candidates: Candidates) -> np.ndarray | None:
         exclusions = state.request.exclusions
         return _block(
             candidates,
@@ -63,7 +64,7 @@ class ComplianceFilter(ComponentBase):
     kind: ClassVar[str] = "filter"
     Params = ComplianceParams
 
-    def apply(self, state: RequestState, candidates: list[Candidate]):
+    def apply(self, state: RequestState, candidates: Candidates) -> np.ndarray | None:
         p = self.params
         return _block(candidates, state.catalog, set(p.blocked_items), set(p.blocked_brands), set(p.blocked_categories))
 
@@ -78,7 +79,7 @@ class RecentlyBoughtFilter(ComponentBase):
     kind: ClassVar[str] = "filter"
     Params = RecentlyBoughtParams
 
-    def apply(self, state: RequestState, candidates: list[Candidate]):
+    def apply(self, state: RequestState, candidates: Candidates) -> np.ndarray | None:
         cutoff = datetime.now(UTC) - timedelta(days=self.params.days)
         bought = {
             e.item_id
@@ -86,7 +87,7 @@ class RecentlyBoughtFilter(ComponentBase):
             if e.event_type == common.EVENT_TYPE_PURCHASE
             and (not e.HasField("event_time") or e.event_time.ToDatetime(UTC) >= cutoff)
         }
-        return _split(candidates, lambda c: c.item_id not in bought)
+        return _mask(candidates, lambda item: item not in bought) if bought else None
 
 
 class InStockFilter(ComponentBase):
@@ -95,6 +96,6 @@ class InStockFilter(ComponentBase):
     kind: ClassVar[str] = "filter"
     requires: ClassVar[frozenset[str]] = frozenset({"stock"})
 
-    def apply(self, state: RequestState, candidates: list[Candidate]):
+    def apply(self, state: RequestState, candidates: Candidates) -> np.ndarray | None:
         catalog = state.catalog
-        return _split(candidates, lambda c: c.item_id not in catalog.items or catalog.get(c.item_id, "stock", 1) > 0)
+        return _mask(candidates, lambda item: item not in catalog.items or catalog.get(item, "stock", 1) > 0)

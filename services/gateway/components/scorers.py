@@ -1,16 +1,18 @@
-"""Scorers add scores to candidates in input order; they never drop or reorder."""
+"""Scorers add score columns to the candidates in input order; they never drop or reorder."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
 import grpc
+import numpy as np
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
 from services.core.errors import BudgetExhausted
+from services.gateway.candidates import Candidates
 from services.gateway.components.base import ComponentBase, Params
-from services.gateway.pipeline import Candidate, RequestState
+from services.gateway.pipeline import RequestState
 
 
 class RankingParams(Params):
@@ -26,8 +28,8 @@ class RankingScorer(ComponentBase):
     kind: ClassVar[str] = "scorer"
     Params = RankingParams
 
-    async def score(self, state: RequestState, candidates: list[Candidate]) -> None:
-        if not candidates:
+    async def score(self, state: RequestState, candidates: Candidates) -> None:
+        if not len(candidates):
             return
         request = state.request
         try:
@@ -38,9 +40,10 @@ class RankingScorer(ComponentBase):
                     surface=request.surface,
                     context=request.context,
                     history=state.history,
-                    candidate_item_ids=[c.item_id for c in candidates],
+                    candidate_item_ids=candidates.ids(),
                     model_name=state.model[0],
                     model_version=state.model[1],
+                    columnar=True,
                 ),
                 timeout=timeout,
             )
@@ -52,23 +55,45 @@ class RankingScorer(ComponentBase):
             state.degrade(reason, "ranking", str(error) if isinstance(error, BudgetExhausted) else error.code().name)
             self._fallback(candidates)
             return
+        purchase, returns = _probabilities(reply)
+        if len(purchase) != len(candidates) or (returns is not None and len(returns) != len(candidates)):
+            # A broken answer is no answer: better the flagged fallback order than misaligned scores.
+            detail = f"ranking scored {len(purchase)} of {len(candidates)} candidates"
+            state.degrade(common.DEGRADATION_REASON_RANKING_UNAVAILABLE, "ranking", detail)
+            self._fallback(candidates)
+            return
         if reply.model_version.version:
             state.versions.append(reply.model_version)
         state.degradations.extend(reply.degradations)
-        for candidate, scored in zip(candidates, reply.scored_items, strict=True):
-            scores = candidate.scores
-            scores["purchase"] = scores["relevance"] = scored.purchase_probability
-            if scored.HasField("return_probability"):  # set per item: unknown items may have none
-                scores["return"] = scored.return_probability
+        candidates.scores["purchase"] = candidates.scores["relevance"] = purchase
+        if returns is not None and not np.isnan(returns).all():
+            candidates.scores["return"] = returns
 
-    def _fallback(self, candidates: list[Candidate]) -> None:
+    def _fallback(self, candidates: Candidates) -> None:
         count = len(candidates)
         blend = self.params.popularity_blend
-        for position, candidate in enumerate(candidates):
-            order = 1.0 - position / count  # retrieval order (merge interleaves sources by rank)
-            popular = 1.0 if common.CANDIDATE_SOURCE_POPULARITY in candidate.sources else 0.0
-            agreement = min(len(candidate.sources), 3) / 3
-            candidate.scores["relevance"] = (1 - blend) * (0.5 * order + 0.5 * agreement) + blend * popular
+        order = 1.0 - np.arange(count) / count  # retrieval order (merge interleaves sources by rank)
+        popular = candidates.has_source(common.CANDIDATE_SOURCE_POPULARITY).astype(np.float64)
+        agreement = np.minimum(candidates.source_counts(), 3) / 3
+        candidates.scores["relevance"] = (1 - blend) * (0.5 * order + 0.5 * agreement) + blend * popular
+
+
+def _probabilities(reply: ranking_pb.RankResponse) -> tuple[np.ndarray, np.ndarray | None]:
+    """(P(purchase), P(return) or None) per candidate; NaN where the model gave no P(return). Reads the columns,
+    or the messages of a ranking server that predates ``columnar``."""
+    if reply.scored_items:
+        scored = np.array(
+            [
+                (s.purchase_probability, s.return_probability if s.HasField("return_probability") else np.nan)
+                for s in reply.scored_items
+            ],
+            dtype=np.float64,
+        )
+        return scored[:, 0], scored[:, 1]
+    columns = reply.columns
+    purchase = np.array(list(columns.purchase_probabilities), dtype=np.float64)
+    returns = np.array(list(columns.return_probabilities), dtype=np.float64) if columns.return_probabilities else None
+    return purchase, returns
 
 
 class ExpectedProfitParams(Params):
@@ -88,25 +113,28 @@ class ExpectedProfitScorer(ComponentBase):
     requires: ClassVar[frozenset[str]] = frozenset({"price", "margin"})
     Params = ExpectedProfitParams
 
-    async def score(self, state: RequestState, candidates: list[Candidate]) -> None:
+    async def score(self, state: RequestState, candidates: Candidates) -> None:
+        if not len(candidates):
+            return
         p, catalog = self.params, state.catalog
-        for candidate in candidates:
-            price = float(catalog.get(candidate.item_id, "price", 0.0))
-            margin = float(catalog.get(candidate.item_id, "margin", 0.0))
-            return_cost = float(catalog.get(candidate.item_id, "return_cost", price * p.return_cost_share))
-            purchase = candidate.scores.get("purchase", candidate.scores.get("relevance", 0.0))
-            returned = candidate.scores.get("return", 0.0)
-            candidate.scores["profit"] = (
-                purchase * price * margin - purchase * returned * return_cost - p.shipping_subsidy
-            )
-        relevance = _scaled([c.scores.get("relevance", 0.0) for c in candidates])
-        profit = _scaled([c.scores["profit"] for c in candidates])
-        for candidate, r, g in zip(candidates, relevance, profit, strict=True):
-            candidate.scores["final"] = (1 - p.weight) * r + p.weight * g
+        ids = candidates.ids()
+        price = np.array([float(catalog.get(item, "price", 0.0)) for item in ids])
+        margin = np.array([float(catalog.get(item, "margin", 0.0)) for item in ids])
+        default_cost = price * p.return_cost_share
+        return_cost = np.array(
+            [
+                float(catalog.get(item, "return_cost", cost))
+                for item, cost in zip(ids, default_cost.tolist(), strict=True)
+            ]
+        )
+        purchase = candidates.score("purchase") if "purchase" in candidates.scores else candidates.score("relevance")
+        returned = candidates.score("return", 0.0)
+        profit = purchase * price * margin - purchase * returned * return_cost - p.shipping_subsidy
+        candidates.scores["profit"] = profit
+        relevance = _scaled(candidates.score("relevance"))
+        candidates.scores["final"] = (1 - p.weight) * relevance + p.weight * _scaled(profit)
 
 
-def _scaled(values: list[float]) -> list[float]:
-    if not values:
-        return []
-    low, high = min(values), max(values)
-    return [0.0 if high == low else (v - low) / (high - low) for v in values]
+def _scaled(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    return np.zeros_like(values) if high == low else (values - low) / (high - low)

@@ -1,16 +1,19 @@
-"""Selectors alone sort and cut. They run in the policy's order; the last one is usually TruncateSelector."""
+"""Selectors alone sort and cut, by returning ``candidates.take(order)``. They run in the policy's order; the last
+one is usually TruncateSelector."""
 
 from __future__ import annotations
 
 import hashlib
-import random
+from itertools import repeat
 from typing import ClassVar
 
+import numpy as np
 from pydantic import Field
 
 from aisle.common.v1 import common_pb2 as common
+from services.gateway.candidates import Candidates
 from services.gateway.components.base import ComponentBase, Params
-from services.gateway.pipeline import Candidate, RequestState
+from services.gateway.pipeline import RequestState
 
 
 class SortSelector(ComponentBase):
@@ -18,8 +21,8 @@ class SortSelector(ComponentBase):
 
     kind: ClassVar[str] = "selector"
 
-    def select(self, state: RequestState, candidates: list[Candidate]) -> list[Candidate]:
-        return sorted(candidates, key=lambda c: -c.final)
+    def select(self, state: RequestState, candidates: Candidates) -> Candidates:
+        return candidates.take(np.argsort(-candidates.final, kind="stable"))
 
 
 class ExposureCapParams(Params):
@@ -33,13 +36,15 @@ class ExposureCapSelector(ComponentBase):
     kind: ClassVar[str] = "selector"
     Params = ExposureCapParams
 
-    def select(self, state: RequestState, candidates: list[Candidate]) -> list[Candidate]:
-        seen = state.exposures
+    def select(self, state: RequestState, candidates: Candidates) -> Candidates:
+        seen, cap = state.exposures, self.params.max_exposures
         if not seen:
             return candidates
-        fresh = [c for c in candidates if seen.get(c.item_id, 0) < self.params.max_exposures]
-        tired = [c for c in candidates if seen.get(c.item_id, 0) >= self.params.max_exposures]
-        return fresh + tired
+        shown = np.fromiter(map(seen.get, candidates.ids(), repeat(0)), dtype=np.int64, count=len(candidates))
+        tired = shown >= cap
+        if not tired.any():
+            return candidates
+        return candidates.take(np.concatenate([np.flatnonzero(~tired), np.flatnonzero(tired)]))
 
 
 class DiversityParams(Params):
@@ -57,28 +62,28 @@ class MMRDiversitySelector(ComponentBase):
     requires: ClassVar[frozenset[str]] = frozenset({"category"})
     Params = DiversityParams
 
-    def select(self, state: RequestState, candidates: list[Candidate]) -> list[Candidate]:
-        window = candidates[: state.k * self.params.window]
-        rest = candidates[len(window) :]
-        if not window:
+    def select(self, state: RequestState, candidates: Candidates) -> Candidates:
+        size = min(len(candidates), state.k * self.params.window)
+        if not size:
             return candidates
-        scores = [c.final for c in window]
-        low, high = min(scores), max(scores)
+        scores = candidates.final[:size]
+        low, high = float(scores.min()), float(scores.max())
         w, catalog = self.params.relevance_weight, state.catalog
-        # (weighted relevance, category, candidate) once per item; the loop below only compares.
+        relevance = np.zeros(size) if high == low else (scores - low) / (high - low)
+        # (weighted relevance, category, row) once per item; the loop below only compares.
         remaining = [
-            (w * (0.0 if high == low else (c.final - low) / (high - low)), catalog.get(c.item_id, "category"), c)
-            for c in window
+            (w * r, catalog.get(item, "category"), row)
+            for row, (r, item) in enumerate(zip(relevance.tolist(), candidates.item_ids[:size].tolist(), strict=True))
         ]
         penalty = 1 - w
-        chosen: list[Candidate] = []
+        chosen: list[int] = []
         shown: set[str] = set()
         while remaining:
             best = max(range(len(remaining)), key=lambda i: remaining[i][0] - penalty * (remaining[i][1] in shown))
-            _, category, candidate = remaining.pop(best)
-            chosen.append(candidate)
+            _, category, row = remaining.pop(best)
+            chosen.append(row)
             shown.add(category)
-        return chosen + rest
+        return candidates.take(np.concatenate([np.array(chosen, dtype=np.int64), np.arange(size, len(candidates))]))
 
 
 class BrandQuotaParams(Params):
@@ -92,19 +97,25 @@ class BrandQuotaSelector(ComponentBase):
     requires: ClassVar[frozenset[str]] = frozenset({"brand"})
     Params = BrandQuotaParams
 
-    def select(self, state: RequestState, candidates: list[Candidate]) -> list[Candidate]:
+    def select(self, state: RequestState, candidates: Candidates) -> Candidates:
         counts: dict[str, int] = {}
-        top, later = [], []
-        for position, candidate in enumerate(candidates):
+        top: list[int] = []
+        later: list[int] = []
+        position = 0
+        for position, item in enumerate(candidates.ids()):
             if len(top) == state.k:  # the top is full: the rest keep their order
-                return top + later + candidates[position:]
-            brand = state.catalog.get(candidate.item_id, "brand")
+                break
+            brand = state.catalog.get(item, "brand")
             if counts.get(brand, 0) < self.params.max_per_brand:
                 counts[brand] = counts.get(brand, 0) + 1
-                top.append(candidate)
+                top.append(position)
             else:
-                later.append(candidate)
-        return top + later
+                later.append(position)
+        else:
+            position = len(candidates)
+        if not later:
+            return candidates
+        return candidates.take(np.array(top + later + list(range(position, len(candidates))), dtype=np.int64))
 
 
 class FeedbackStats:
@@ -124,10 +135,11 @@ class FeedbackStats:
         if item_id in self.shown:
             self.successes[item_id] = self.successes.get(item_id, 0) + 1
 
-    def sample(self, item_id: str, rng: random.Random) -> float:
-        wins = self.successes.get(item_id, 0)
-        losses = max(0, self.shown.get(item_id, 0) - wins)
-        return rng.betavariate(wins + 1, losses + 1)
+    def sample(self, item_ids: list[str], rng: np.random.Generator) -> np.ndarray:
+        """One draw per item from its Beta(successes + 1, failures + 1) posterior."""
+        wins = np.array([self.successes.get(item, 0) for item in item_ids], dtype=np.float64)
+        shown = np.array([self.shown.get(item, 0) for item in item_ids], dtype=np.float64)
+        return rng.beta(wins + 1, np.maximum(0, shown - wins) + 1)
 
 
 class ExplorationParams(Params):
@@ -148,29 +160,42 @@ class ExplorationSelector(ComponentBase):
     kind: ClassVar[str] = "selector"
     Params = ExplorationParams
 
-    def select(self, state: RequestState, candidates: list[Candidate]) -> list[Candidate]:
+    def select(self, state: RequestState, candidates: Candidates) -> Candidates:
         p, feedback, k = self.params, self.deps.feedback, state.k
         slots = min(p.slots, max(0, k - 1))
         if slots == 0 or len(candidates) <= k:
             return candidates
-        head, tail = candidates[: k - slots], candidates[k - slots :]
+        head = k - slots
+        catalog = state.catalog
+        pool = candidates.item_ids[head : head + p.pool].tolist()
         eligible = [
-            c
-            for c in tail[: p.pool]
-            if state.catalog.get(c.item_id, "new", False) or feedback.shown.get(c.item_id, 0) < p.under_exposed_below
+            (row, item)
+            for row, item in enumerate(pool, start=head)
+            if catalog.get(item, "new", False) or feedback.shown.get(item, 0) < p.under_exposed_below
         ]
+        if not eligible:
+            return candidates
         seed = hashlib.sha256(f"{state.subject_key}:{state.request.surface}".encode()).digest()
-        rng = random.Random(seed)
-        picked = sorted(eligible, key=lambda c: -feedback.sample(c.item_id, rng))[:slots]
-        for candidate in picked:
-            candidate.exploration = True
-            text = "New arrival" if state.catalog.get(candidate.item_id, "new", False) else "Something new to try"
-            candidate.reasons.append(common.Reason(code=common.REASON_CODE_EXPLORATION, text=text))
-        rest = [c for c in tail if not c.exploration]
-        result = list(head)
-        for i, candidate in enumerate(picked):
-            result.insert(min(len(result), p.first_position + 3 * i), candidate)
-        return result + rest
+        rng = np.random.default_rng(int.from_bytes(seed[:8], "little"))
+        draws = feedback.sample([item for _, item in eligible], rng)
+        picked = [eligible[i] for i in np.argsort(-draws, kind="stable")[:slots].tolist()]
+        top = list(range(head))
+        places = []
+        for i, (row, _) in enumerate(picked):
+            place = min(len(top), p.first_position + 3 * i)
+            top.insert(place, row)
+            places = [at + (at >= place) for at in places] + [place]
+        rest = np.ones(len(candidates), dtype=bool)
+        rest[top] = False
+        order = np.concatenate([np.array(top, dtype=np.int64), np.flatnonzero(rest)])
+        result = candidates.take(order)  # new columns: the input stays as it was
+        result.exploration[places] = True
+        reasons = dict(result.reasons)
+        for _, item in picked:
+            text = "New arrival" if catalog.get(item, "new", False) else "Something new to try"
+            reasons[item] = [*reasons.get(item, ()), common.Reason(code=common.REASON_CODE_EXPLORATION, text=text)]
+        result.reasons = reasons
+        return result
 
 
 class TruncateSelector(ComponentBase):
@@ -178,5 +203,5 @@ class TruncateSelector(ComponentBase):
 
     kind: ClassVar[str] = "selector"
 
-    def select(self, state: RequestState, candidates: list[Candidate]) -> list[Candidate]:
-        return candidates[: state.k]
+    def select(self, state: RequestState, candidates: Candidates) -> Candidates:
+        return candidates if len(candidates) <= state.k else candidates.take(slice(0, state.k))

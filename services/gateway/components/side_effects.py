@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import ClassVar
 
+from services.gateway.candidates import Candidates
 from services.gateway.components.base import ComponentBase
-from services.gateway.pipeline import Candidate, RequestState
+from services.gateway.pipeline import RequestState
 
 
 class ExposureLogger(ComponentBase):
@@ -17,12 +17,13 @@ class ExposureLogger(ComponentBase):
 
     kind: ClassVar[str] = "side_effect"
 
-    async def run(self, state: RequestState, items: Sequence[Candidate], response) -> None:
-        item_ids = [c.item_id for c in items]
+    async def run(self, state: RequestState, items: Candidates, response) -> None:
+        item_ids = items.ids()
         self.deps.feedback.exposed(item_ids)
         if not state.request.consent:
             return
         await self.deps.sessions.add_exposures(state.subject_key, item_ids)
+        explored = items.exploration.tolist()
         await self.deps.events.write(
             [
                 {
@@ -33,7 +34,7 @@ class ExposureLogger(ComponentBase):
                     "variant": state.variant,
                     "surface": state.request.surface,
                     "items": [
-                        {"item_id": c.item_id, "position": i, "exploration": c.exploration} for i, c in enumerate(items)
+                        {"item_id": item, "position": i, "exploration": explored[i]} for i, item in enumerate(item_ids)
                     ],
                 }
             ]

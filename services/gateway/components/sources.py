@@ -6,12 +6,14 @@ import time
 from typing import Annotated, ClassVar, Literal
 
 import grpc
+import numpy as np
 from pydantic import Field
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
+from services.gateway.candidates import Candidates
 from services.gateway.components.base import ComponentBase, Params
-from services.gateway.pipeline import Candidate, RequestState, SourceFailed
+from services.gateway.pipeline import RequestState, SourceFailed
 
 SOURCES = {
     "two_tower": common.CANDIDATE_SOURCE_TWO_TOWER,
@@ -61,7 +63,7 @@ class RetrievalSources(ComponentBase):
     def wanted(self) -> dict[int, int]:
         return {SOURCES[name]: k for name, k in self.params.sources.items()}
 
-    async def fetch(self, state: RequestState, timeout: float) -> list[Candidate]:
+    async def fetch(self, state: RequestState, timeout: float) -> Candidates:
         p, request = self.params, state.request
         wanted = self.wanted()
         if not state.history:
@@ -69,7 +71,7 @@ class RetrievalSources(ComponentBase):
         if not request.anchor_item_ids:
             wanted.pop(common.CANDIDATE_SOURCE_ITEM_TO_ITEM, None)
         if not wanted:
-            return []
+            return Candidates.empty()
         try:
             reply = await self.deps.downstream.retrieval.Retrieve(
                 retrieval_pb.RetrieveRequest(
@@ -84,6 +86,7 @@ class RetrievalSources(ComponentBase):
                     exclude_history=p.exclude_history,
                     exclude_purchased=p.exclude_purchased,
                     consent=request.consent,
+                    columnar=True,
                 ),
                 timeout=timeout,
             )
@@ -97,19 +100,23 @@ class RetrievalSources(ComponentBase):
         if reply.index_version.version and reply.index_version not in state.versions:
             state.versions.append(reply.index_version)
         state.degradations.extend(reply.degradations)
-        candidates = [
-            Candidate(
-                c.item_id,
-                [c.source],
-                {c.source: c.anchor_item_id} if c.anchor_item_id else {},
-                c.source_rank,
-                {"retrieval": c.score},
-            )
-            for c in reply.candidates
-        ]
-        popular = [c.item_id for c in candidates if c.sources[0] in POPULAR_SOURCES]
-        if popular:
-            self.deps.popular_cache.store(state.region, popular)
+        if reply.candidates:  # a retrieval server that predates `columnar` answers with messages
+            fields = [(c.item_id, c.source, c.source_rank, c.score, c.anchor_item_id) for c in reply.candidates]
+            item_ids, sources, ranks, scores, anchors = (list(column) for column in zip(*fields, strict=True))
+        else:
+            columns = reply.columns
+            item_ids, sources, ranks = list(columns.item_ids), list(columns.sources), list(columns.source_ranks)
+            scores, anchors = list(columns.scores), list(columns.anchor_item_ids)
+            if not len(item_ids) == len(sources) == len(ranks) == len(scores) == len(anchors):
+                raise SourceFailed(f"retrieval answered columns of unequal lengths ({len(item_ids)} item ids)")
+        if not item_ids:
+            return Candidates.empty()
+        candidates = Candidates.from_columns(item_ids, sources, ranks, scores, anchors)
+        popular = np.zeros(len(candidates), dtype=bool)
+        for source in POPULAR_SOURCES:
+            popular |= candidates.source == source
+        if popular.any():
+            self.deps.popular_cache.store(state.region, candidates.item_ids[popular].tolist())
         return candidates
 
 
@@ -165,9 +172,8 @@ class CachedPopularSource(ComponentBase):
     def share(self) -> float:
         return self.params.share
 
-    async def fetch(self, state: RequestState, timeout: float) -> list[Candidate]:
+    async def fetch(self, state: RequestState, timeout: float) -> Candidates:
         items = self.deps.popular_cache.get(state.region)
-        source = common.CANDIDATE_SOURCE_FALLBACK_CACHE
-        return [
-            Candidate(item, sources=[source], source_rank=i, scores={"retrieval": -i}) for i, item in enumerate(items)
-        ]
+        return Candidates.of(
+            items, common.CANDIDATE_SOURCE_FALLBACK_CACHE, scores={"retrieval": -np.arange(len(items), dtype=float)}
+        )

@@ -47,6 +47,9 @@ async def test_feature_model_scores_are_torchs_on_the_joined_features(feature_mo
     candidates = [ids[3], "NOT-IN-CATALOG", ids[out_of_stock], ids[40], ids[7]]
     async with ranking_server(settings_for(feature_model.repository)) as (host, _):
         reply = await rank(host.port, rank_request(history, candidates))
+        columnar_request = rank_request(history, candidates)
+        columnar_request.columnar = True
+        columnar = await rank(host.port, columnar_request)
     tokens = np.array([[4, 0, out_of_stock + 1, 41, 8]])
     purchase, returns = feature_model.reference(encode_history(np.array([4, 8, 4, 13]), 50)[None, :], tokens)
     got = [s.purchase_probability for s in reply.scored_items]
@@ -56,6 +59,12 @@ async def test_feature_model_scores_are_torchs_on_the_joined_features(feature_mo
     known = [0, 2, 3, 4]
     assert np.allclose([got[i] for i in known], purchase[0, known], atol=1e-5)
     assert np.allclose([reply.scored_items[i].return_probability for i in known], returns[0, known], atol=1e-5)
+    # The columnar answer: the same probabilities in candidate order, NaN for the unknown item's P(return).
+    assert not columnar.scored_items
+    assert list(columnar.columns.purchase_probabilities) == got
+    column = np.array(columnar.columns.return_probabilities)
+    assert len(column) == len(candidates) and np.isnan(column[1]) and not np.isnan(column[known]).any()
+    assert np.allclose(column[known], [reply.scored_items[i].return_probability for i in known])
 
 
 async def test_concurrent_requests_are_batched_and_each_gets_its_own_scores(feature_model):

@@ -57,13 +57,19 @@ async def whole_and_sharded(whole, sharded):
 
 
 async def same_answers(single, router, messages) -> list[tuple[pb.RetrieveResponse, pb.RetrieveResponse]]:
-    """(whole, router) answers per message, checked equal and undegraded."""
+    """(whole, router) answers per message, checked equal and undegraded, in messages and in columns alike."""
     answers = []
     for message in messages:
         want = await single.Retrieve(message, timeout=5)
         got = await router.Retrieve(message, timeout=5)
         assert candidate_keys(got) == candidate_keys(want)
         assert not got.degradations
+        columnar = pb.RetrieveRequest()
+        columnar.CopyFrom(message)
+        columnar.columnar = True
+        for stub in (single, router):
+            as_columns = await stub.Retrieve(columnar, timeout=5)
+            assert not as_columns.candidates and candidate_keys(as_columns) == candidate_keys(want)
         answers.append((want, got))
     return answers
 
@@ -84,7 +90,17 @@ def request(k=20, sources=(TWO_TOWER, POPULAR), history=("I00010", "I00020"), **
 
 
 def candidate_keys(response: pb.RetrieveResponse) -> list[tuple]:
-    return [(c.item_id, c.source, c.source_rank, round(c.score, 4), c.anchor_item_id) for c in response.candidates]
+    """(item, source, rank, score, anchor) per candidate, from the messages or, in a columnar answer, the columns."""
+    if response.candidates:
+        return [(c.item_id, c.source, c.source_rank, round(c.score, 4), c.anchor_item_id) for c in response.candidates]
+    c = response.columns
+    assert len(c.item_ids) == len(c.sources) == len(c.source_ranks) == len(c.scores) == len(c.anchor_item_ids)
+    return [
+        (item, source, rank, round(score, 4), anchor)
+        for item, source, rank, score, anchor in zip(
+            c.item_ids, c.sources, c.source_ranks, c.scores, c.anchor_item_ids, strict=True
+        )
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -319,6 +335,12 @@ async def test_co_visitation_and_buy_again_in_one_call(index_root):
     message.include_out_of_stock = True
     async with retrieval(index_root) as (_, stub):
         reply = await stub.Retrieve(message, timeout=5)
+        # The columnar answer holds the same candidates, anchors included, and no messages.
+        message.columnar = True
+        columnar = await stub.Retrieve(message, timeout=5)
+        message.columnar = False
+        assert not columnar.candidates and candidate_keys(columnar) == candidate_keys(reply)
+        assert list(columnar.columns.anchor_item_ids) == [c.anchor_item_id for c in reply.candidates]
         # Exclusions and stock apply to both sources.
         await stub.UpdateAvailability(
             pb.UpdateAvailabilityRequest(updates=[pb.AvailabilityUpdate(item_id="I00011", stock=0)]), timeout=5

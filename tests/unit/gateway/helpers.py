@@ -5,12 +5,13 @@ from __future__ import annotations
 from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from services.gateway.budget import RequestBudget
+from services.gateway.candidates import Candidates
 from services.gateway.catalog import ItemCatalog
 from services.gateway.components.base import Dependencies
 from services.gateway.components.selectors import FeedbackStats
 from services.gateway.components.sources import PopularCache
 from services.gateway.events import NullEventSink
-from services.gateway.pipeline import Candidate, RequestState
+from services.gateway.pipeline import RequestState
 from services.gateway.sessions import InMemorySessionStore
 
 CATALOG = ItemCatalog(
@@ -62,10 +63,7 @@ def state(
     )
 
 
-def candidates(*items: str, relevance=None) -> list[Candidate]:
-    out = []
-    for i, item in enumerate(items):
-        c = Candidate(item, sources=[common.CANDIDATE_SOURCE_POPULARITY], source_rank=i)
-        c.scores["relevance"] = relevance[i] if relevance else 1.0 - i / 100
-        out.append(c)
-    return out
+def candidates(*items: str, relevance=None) -> Candidates:
+    """Popular items in the given order, relevance falling with position unless given."""
+    scores = relevance if relevance else [1.0 - i / 100 for i in range(len(items))]
+    return Candidates.of(items, common.CANDIDATE_SOURCE_POPULARITY, scores={"relevance": scores})

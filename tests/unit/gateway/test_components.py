@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from aisle.common.v1 import common_pb2 as common
@@ -39,20 +40,34 @@ IDS = [f"i{n}" for n in range(10)]
 
 
 def ids(items):
-    return [c.item_id for c in items]
+    return items.ids()
+
+
+def split(items, keep):
+    """(kept ids, removed ids) of a filter's keep mask (None keeps everything)."""
+    if keep is None:
+        return items.ids(), []
+    assert keep.dtype == bool and len(keep) == len(items)
+    return items.take(keep).ids(), items.take(~keep).ids()
 
 
 def test_request_exclusions_remove_items_brands_categories_and_anchors():
     exclusions = common.Exclusions(item_ids=["i1"], brands=["b1"], categories=["c2"])
-    kept, removed = RequestExclusionFilter("x", Params(), deps()).apply(state(exclusions=exclusions), candidates(*IDS))
+    items = candidates(*IDS)
+    kept, removed = split(
+        items, RequestExclusionFilter("x", Params(), deps()).apply(state(exclusions=exclusions), items)
+    )
     # b1 = odd items; c2 = items 2, 5, 8; i1 explicitly.
-    assert ids(kept) == ["i0", "i4", "i6"] and len(removed) == 7
+    assert kept == ["i0", "i4", "i6"] and len(removed) == 7
+    # Nothing excluded: nothing read, everything kept.
+    assert RequestExclusionFilter("x", Params(), deps()).apply(state(), items) is None
 
 
 def test_compliance_list_from_the_policy():
     params = ComplianceParams(blocked_items=["i0"], blocked_categories=["c1"])
-    kept, _ = ComplianceFilter("x", params, deps()).apply(state(), candidates(*IDS))
-    assert ids(kept) == ["i2", "i3", "i5", "i6", "i8", "i9"]
+    items = candidates(*IDS)
+    kept, _ = split(items, ComplianceFilter("x", params, deps()).apply(state(), items))
+    assert kept == ["i2", "i3", "i5", "i6", "i8", "i9"]
 
 
 def test_recently_bought_uses_the_event_time_window():
@@ -65,31 +80,35 @@ def test_recently_bought_uses_the_event_time_window():
     old.event_time.FromDatetime(datetime.now(UTC) - timedelta(days=40))
     new.event_time.FromDatetime(datetime.now(UTC) - timedelta(days=1))
     viewed = common.Interaction(item_id="i3", event_type=common.EVENT_TYPE_VIEW)
-    kept, removed = RecentlyBoughtFilter("x", RecentlyBoughtParams(days=30), deps()).apply(
-        state(history=[old, new, viewed]), candidates("i1", "i2", "i3")
+    items = candidates("i1", "i2", "i3")
+    kept, removed = split(
+        items,
+        RecentlyBoughtFilter("x", RecentlyBoughtParams(days=30), deps()).apply(
+            state(history=[old, new, viewed]), items
+        ),
     )
-    assert ids(kept) == ["i1", "i3"] and ids(removed) == ["i2"]
+    assert kept == ["i1", "i3"] and removed == ["i2"]
 
 
 def test_in_stock_filter_reads_the_catalog():
-    kept, removed = InStockFilter("x", Params(), deps()).apply(state(), candidates("i3", "i4", "unknown"))
-    assert ids(kept) == ["i3", "unknown"] and ids(removed) == ["i4"]
+    items = candidates("i3", "i4", "unknown")
+    kept, removed = split(items, InStockFilter("x", Params(), deps()).apply(state(), items))
+    assert kept == ["i3", "unknown"] and removed == ["i4"]
 
 
 async def test_expected_profit_blends_contribution_with_relevance():
     items = candidates("i1", "i4", relevance=[0.5, 0.5])
-    items[0].scores["purchase"], items[1].scores["purchase"] = 0.5, 0.5
-    items[1].scores["return"] = 0.5
+    items.scores["purchase"] = np.array([0.5, 0.5])
+    items.scores["return"] = np.array([np.nan, 0.5])  # NaN: the model knows no P(return) for i1
     scorer = ExpectedProfitScorer("x", ExpectedProfitParams(weight=1.0, return_cost_share=0.1), deps())
     await scorer.score(state(), items)
     # i1: 0.5 x 11 x 0.1 = 0.55; i4: 0.5 x 14 x 0.4 - 0.5 x 0.5 x 1.4 = 2.45
-    assert items[0].scores["profit"] == pytest.approx(0.55)
-    assert items[1].scores["profit"] == pytest.approx(2.45)
-    assert items[1].final > items[0].final
+    assert items.scores["profit"].tolist() == pytest.approx([0.55, 2.45])
+    assert items.final[1] > items.final[0]
     relevance_only = ExpectedProfitScorer("x", ExpectedProfitParams(weight=0.0), deps())
     items = candidates("i1", "i4", relevance=[0.9, 0.1])
     await relevance_only.score(state(), items)
-    assert items[0].final > items[1].final
+    assert items.final[0] > items.final[1]
 
 
 class DownRanking:
@@ -108,12 +127,15 @@ async def test_ranking_down_blends_retrieval_order_with_popularity_and_flags_it(
         ranking = DownRanking()
 
     items = candidates("i1", "i2", "i3")
-    items[0].sources = [common.CANDIDATE_SOURCE_TWO_TOWER]
+    items.source[0] = common.CANDIDATE_SOURCE_TWO_TOWER
     request_state = state()
     await RankingScorer("Ranking", RankingParams(), deps(Downstream())).score(request_state, items)
     assert [d.reason for d in request_state.degradations] == [common.DEGRADATION_REASON_RANKING_UNAVAILABLE]
-    assert all("relevance" in c.scores and "purchase" not in c.scores for c in items)
-    assert items[1].scores["relevance"] > items[0].scores["relevance"] - 0.3  # popular items are not buried
+    assert "purchase" not in items.scores
+    relevance = items.scores["relevance"]
+    assert len(relevance) == 3 and not np.isnan(relevance).any()
+    assert relevance[1] > relevance[0] - 0.3  # popular items are not buried
+    assert relevance[1] > relevance[2]  # among popular items, retrieval order
 
 
 def test_sort_and_truncate():
@@ -150,18 +172,25 @@ def test_exploration_takes_bounded_slots_for_new_items_and_marks_them():
         shared.feedback.shown[item] = 1000  # well exposed: only the "new" items 8 and 9 are eligible
     selector = ExplorationSelector("x", ExplorationParams(slots=1, first_position=1), shared)
     got = selector.select(state(k=4), candidates(*IDS))
-    explored = [c for c in got[:4] if c.exploration]
-    assert len(explored) == 1 and explored[0].item_id in {"i8", "i9"} and got[1].exploration
+    explored = [c for c in got.rows()[:4] if c.exploration]
+    assert len(explored) == 1 and explored[0].item_id in {"i8", "i9"} and got.exploration[1]
     assert explored[0].reasons[0].code == common.REASON_CODE_EXPLORATION
     assert len(got) == len(IDS) and sorted(ids(got)) == sorted(IDS)
+    assert int(got.exploration.sum()) == 1
     # Same subject and surface: the same choice (deterministic per request key).
     again = ExplorationSelector("x", ExplorationParams(slots=1, first_position=1), shared).select(
         state(k=4), candidates(*IDS)
     )
     assert ids(again) == ids(got)
+    # Two slots: the second one three places after the first, both flagged where they landed.
+    two = ExplorationSelector("x", ExplorationParams(slots=2, first_position=1), shared).select(
+        state(k=6), candidates(*IDS)
+    )
+    assert np.flatnonzero(two.exploration).tolist() == [1, 4]
+    assert {two.ids()[1], two.ids()[4]} == {"i8", "i9"} and sorted(two.ids()) == sorted(IDS)
     # Only the first ``pool`` candidates after the top compete: with i8 and i9 beyond it, nothing is explored.
     narrow = ExplorationSelector("x", ExplorationParams(slots=1, first_position=1, pool=3), shared)
-    assert not any(c.exploration for c in narrow.select(state(k=4), candidates(*IDS)))
+    assert not narrow.select(state(k=4), candidates(*IDS)).exploration.any()
 
 
 def test_the_catalog_fixture_has_the_features_components_need():
@@ -187,8 +216,11 @@ async def test_ranking_asks_for_the_variants_model_version():
 
     request_state = state()
     request_state.model = ("sequence_ranker", "7")
-    await RankingScorer("Ranking", RankingParams(), deps(Downstream())).score(request_state, candidates("i1"))
+    items = candidates("i1", "i2")
+    await RankingScorer("Ranking", RankingParams(), deps(Downstream())).score(request_state, items)
     assert (seen[0].model_name, seen[0].model_version) == ("sequence_ranker", "7")
+    assert list(seen[0].candidate_item_ids) == ["i1", "i2"]
+    assert items.scores["purchase"].tolist() == [0.5, 0.5] and "return" not in items.scores
 
 
 def test_bandit_counts_successes_only_for_items_it_showed():
@@ -197,3 +229,98 @@ def test_bandit_counts_successes_only_for_items_it_showed():
     stats.succeeded("i1")
     stats.succeeded("never-shown")  # no evidence, and fresh ids must not grow memory
     assert stats.successes == {"i1": 1}
+
+
+async def test_retrieval_sources_ask_for_columns_and_read_either_answer():
+    from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
+    from services.gateway.components.sources import RetrievalSources, RetrievalSourcesParams
+    from services.gateway.pipeline import SourceFailed
+
+    rows = [
+        ("i1", common.CANDIDATE_SOURCE_CO_VISITATION, 0, 0.9, "i7"),
+        ("i2", common.CANDIDATE_SOURCE_POPULARITY, 0, 50.0, ""),
+        ("i1", common.CANDIDATE_SOURCE_POPULARITY, 1, 40.0, ""),
+    ]
+    columns = retrieval_pb.CandidateColumns(
+        item_ids=[r[0] for r in rows],
+        sources=[r[1] for r in rows],
+        source_ranks=[r[2] for r in rows],
+        scores=[r[3] for r in rows],
+        anchor_item_ids=[r[4] for r in rows],
+    )
+    answers = {
+        "columns": retrieval_pb.RetrieveResponse(columns=columns),
+        # What a retrieval server from before `columnar` answers: the same candidates as messages.
+        "messages": retrieval_pb.RetrieveResponse(
+            candidates=[
+                retrieval_pb.Candidate(item_id=i, source=s, source_rank=r, score=x, anchor_item_id=a)
+                for i, s, r, x, a in rows
+            ]
+        ),
+    }
+    seen = []
+
+    class Retrieval:
+        answer = None
+
+        async def Retrieve(self, request, timeout):  # noqa: N802
+            seen.append(request)
+            return self.answer
+
+    class Downstream:
+        retrieval = Retrieval()
+
+    shared = deps(Downstream())
+    source = RetrievalSources(
+        "Retrieval", RetrievalSourcesParams(sources={"co_visitation": 5, "popularity": 5}), shared
+    )
+    for name, answer in answers.items():
+        Downstream.retrieval.answer = answer
+        got = await source.fetch(state(history=[common.Interaction(item_id="i7")]), 1.0)
+        assert seen[-1].columnar, name
+        assert got.ids() == ["i1", "i2", "i1"] and got.source_rank.tolist() == [0, 0, 1], name
+        assert got.scores["retrieval"].tolist() == pytest.approx([0.9, 50.0, 40.0]), name
+        assert got.row(0).anchors == {common.CANDIDATE_SOURCE_CO_VISITATION: "i7"} and got.row(1).anchors == {}
+        assert shared.popular_cache.get("GB") == ["i2", "i1"], name
+    broken = retrieval_pb.RetrieveResponse()
+    broken.CopyFrom(answers["columns"])
+    del broken.columns.scores[-1]
+    Downstream.retrieval.answer = broken
+    with pytest.raises(SourceFailed, match="unequal lengths"):
+        await source.fetch(state(), 1.0)
+
+
+async def test_ranking_reads_score_columns_with_nan_as_no_return_probability():
+    from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
+
+    seen = []
+
+    class Ranking:
+        reply = ranking_pb.RankResponse(
+            columns=ranking_pb.ScoreColumns(
+                purchase_probabilities=[0.25, 0.5], return_probabilities=[float("nan"), 0.1]
+            )
+        )
+
+        async def Rank(self, request, timeout):  # noqa: N802
+            seen.append(request)
+            return self.reply
+
+    class Downstream:
+        ranking = Ranking()
+
+    items = candidates("i1", "i2")
+    scorer = RankingScorer("Ranking", RankingParams(), deps(Downstream()))
+    await scorer.score(state(), items)
+    assert seen[0].columnar
+    assert items.scores["purchase"].tolist() == [0.25, 0.5] and items.scores["relevance"].tolist() == [0.25, 0.5]
+    assert np.isnan(items.scores["return"][0]) and items.scores["return"][1] == pytest.approx(0.1)
+    assert "return" not in items.row(0).scores and items.row(1).scores["return"] == pytest.approx(0.1)
+    # An answer with a different number of scores than candidates is no answer: flagged fallback, not misaligned.
+    Ranking.reply = ranking_pb.RankResponse(columns=ranking_pb.ScoreColumns(purchase_probabilities=[0.25]))
+    broken, request_state = candidates("i1", "i2"), state()
+    await scorer.score(request_state, broken)
+    assert [(d.reason, d.detail) for d in request_state.degradations] == [
+        (common.DEGRADATION_REASON_RANKING_UNAVAILABLE, "ranking scored 1 of 2 candidates")
+    ]
+    assert "purchase" not in broken.scores and len(broken.scores["relevance"]) == 2

@@ -13,10 +13,11 @@ import yaml
 from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from services.gateway.cache import AnonymousCache
+from services.gateway.candidates import Candidates
 from services.gateway.catalog import ItemCatalog
 from services.gateway.components.base import ComponentBase, Params
 from services.gateway.events import EventLogFull, JsonlEventSink, read_events
-from services.gateway.pipeline import Candidate, Pipeline, PipelineMetrics
+from services.gateway.pipeline import Pipeline, PipelineMetrics
 from services.gateway.policies import DEFAULT_POLICY_FILE, PolicyError, build_policies, load_policies
 from services.gateway.sessions import InMemorySessionStore, subject_key
 from tests.unit.gateway.helpers import CATALOG, deps, state
@@ -110,7 +111,7 @@ class SlowSource(ComponentBase):
 
     async def fetch(self, state, timeout):
         await asyncio.sleep(5)
-        return []
+        return Candidates.empty()
 
 
 class QuickSource(ComponentBase):
@@ -119,7 +120,7 @@ class QuickSource(ComponentBase):
     fail_open = True
 
     async def fetch(self, state, timeout):
-        return [Candidate("i1", sources=[common.CANDIDATE_SOURCE_POPULARITY])]
+        return Candidates.of(["i1"], common.CANDIDATE_SOURCE_POPULARITY)
 
 
 async def test_a_slow_source_is_cut_at_its_slice_and_the_answer_comes_in_budget():
@@ -132,7 +133,7 @@ async def test_a_slow_source_is_cut_at_its_slice_and_the_answer_comes_in_budget(
     started = time.perf_counter()
     items = await pipeline.run(request_state, PipelineMetrics(CollectorRegistry()))
     elapsed = time.perf_counter() - started
-    assert [c.item_id for c in items] == ["i1"]
+    assert items.ids() == ["i1"]
     assert elapsed < 0.1  # the slow source had 20 ms (0.2 x 100 ms)
     [degradation] = request_state.degradations
     assert degradation.reason == common.DEGRADATION_REASON_SOURCE_DROPPED and degradation.stage == "Slow"

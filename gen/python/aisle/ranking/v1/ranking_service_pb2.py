@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from aisle.common.v1 import common_pb2 as aisle_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&aisle/ranking/v1/ranking_service.proto\x12\x10\x61isle.ranking.v1\x1a\x1c\x61isle/common/v1/common.proto\"\x8b\x02\n\x0bRankRequest\x12)\n\x07subject\x18\x01 \x01(\x0b\x32\x18.aisle.common.v1.Subject\x12)\n\x07surface\x18\x02 \x01(\x0e\x32\x18.aisle.common.v1.Surface\x12\x30\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1f.aisle.common.v1.RequestContext\x12-\n\x07history\x18\x04 \x03(\x0b\x32\x1c.aisle.common.v1.Interaction\x12\x1a\n\x12\x63\x61ndidate_item_ids\x18\x05 \x03(\t\x12\x12\n\nmodel_name\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\"s\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x1c\n\x14purchase_probability\x18\x02 \x01(\x02\x12\x1f\n\x12return_probability\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x15\n\x13_return_probability\"\xaf\x01\n\x0cRankResponse\x12\x32\n\x0cscored_items\x18\x01 \x03(\x0b\x32\x1c.aisle.ranking.v1.ScoredItem\x12\x37\n\rmodel_version\x18\x02 \x01(\x0b\x32 .aisle.common.v1.ArtifactVersion\x12\x32\n\x0c\x64\x65gradations\x18\x03 \x03(\x0b\x32\x1c.aisle.common.v1.Degradation2W\n\x0eRankingService\x12\x45\n\x04Rank\x12\x1d.aisle.ranking.v1.RankRequest\x1a\x1e.aisle.ranking.v1.RankResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&aisle/ranking/v1/ranking_service.proto\x12\x10\x61isle.ranking.v1\x1a\x1c\x61isle/common/v1/common.proto\"\x9d\x02\n\x0bRankRequest\x12)\n\x07subject\x18\x01 \x01(\x0b\x32\x18.aisle.common.v1.Subject\x12)\n\x07surface\x18\x02 \x01(\x0e\x32\x18.aisle.common.v1.Surface\x12\x30\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1f.aisle.common.v1.RequestContext\x12-\n\x07history\x18\x04 \x03(\x0b\x32\x1c.aisle.common.v1.Interaction\x12\x1a\n\x12\x63\x61ndidate_item_ids\x18\x05 \x03(\t\x12\x12\n\nmodel_name\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x10\n\x08\x63olumnar\x18\x08 \x01(\x08\"s\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x1c\n\x14purchase_probability\x18\x02 \x01(\x02\x12\x1f\n\x12return_probability\x18\x03 \x01(\x02H\x00\x88\x01\x01\x42\x15\n\x13_return_probability\"L\n\x0cScoreColumns\x12\x1e\n\x16purchase_probabilities\x18\x01 \x03(\x02\x12\x1c\n\x14return_probabilities\x18\x02 \x03(\x02\"\xe0\x01\n\x0cRankResponse\x12\x32\n\x0cscored_items\x18\x01 \x03(\x0b\x32\x1c.aisle.ranking.v1.ScoredItem\x12\x37\n\rmodel_version\x18\x02 \x01(\x0b\x32 .aisle.common.v1.ArtifactVersion\x12\x32\n\x0c\x64\x65gradations\x18\x03 \x03(\x0b\x32\x1c.aisle.common.v1.Degradation\x12/\n\x07\x63olumns\x18\x04 \x01(\x0b\x32\x1e.aisle.ranking.v1.ScoreColumns2W\n\x0eRankingService\x12\x45\n\x04Rank\x12\x1d.aisle.ranking.v1.RankRequest\x1a\x1e.aisle.ranking.v1.RankResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,11 +33,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aisle.ranking.v1.ranking_se
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RANKREQUEST']._serialized_start=91
-  _globals['_RANKREQUEST']._serialized_end=358
-  _globals['_SCOREDITEM']._serialized_start=360
-  _globals['_SCOREDITEM']._serialized_end=475
-  _globals['_RANKRESPONSE']._serialized_start=478
-  _globals['_RANKRESPONSE']._serialized_end=653
-  _globals['_RANKINGSERVICE']._serialized_start=655
-  _globals['_RANKINGSERVICE']._serialized_end=742
+  _globals['_RANKREQUEST']._serialized_end=376
+  _globals['_SCOREDITEM']._serialized_start=378
+  _globals['_SCOREDITEM']._serialized_end=493
+  _globals['_SCORECOLUMNS']._serialized_start=495
+  _globals['_SCORECOLUMNS']._serialized_end=571
+  _globals['_RANKRESPONSE']._serialized_start=574
+  _globals['_RANKRESPONSE']._serialized_end=798
+  _globals['_RANKINGSERVICE']._serialized_start=800
+  _globals['_RANKINGSERVICE']._serialized_end=887
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from aisle.common.v1 import common_pb2 as aisle_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*aisle/retrieval/v1/retrieval_service.proto\x12\x12\x61isle.retrieval.v1\x1a\x1c\x61isle/common/v1/common.proto\"\xc3\x04\n\x0fRetrieveRequest\x12)\n\x07subject\x18\x01 \x01(\x0b\x32\x18.aisle.common.v1.Subject\x12)\n\x07surface\x18\x02 \x01(\x0e\x32\x18.aisle.common.v1.Surface\x12\x30\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1f.aisle.common.v1.RequestContext\x12-\n\x07history\x18\x04 \x03(\x0b\x32\x1c.aisle.common.v1.Interaction\x12\x17\n\x0f\x61nchor_item_ids\x18\x05 \x03(\t\x12\t\n\x01k\x18\x06 \x01(\x05\x12\x31\n\x07sources\x18\x07 \x03(\x0e\x32 .aisle.common.v1.CandidateSource\x12/\n\nexclusions\x18\x08 \x01(\x0b\x32\x1b.aisle.common.v1.Exclusions\x12\x17\n\x0f\x65xclude_history\x18\t \x01(\x08\x12\x0f\n\x07\x63onsent\x18\n \x01(\x08\x12\x19\n\x11\x65xclude_purchased\x18\x0b \x01(\x08\x12\x1c\n\x14include_out_of_stock\x18\x0c \x01(\x08\x12\x1c\n\x14history_query_vector\x18\r \x03(\x02\x12\x38\n\x0e\x61nchor_vectors\x18\x0e \x03(\x0b\x32 .aisle.retrieval.v1.AnchorVector\x12\x36\n\rsource_limits\x18\x0f \x03(\x0b\x32\x1f.aisle.retrieval.v1.SourceLimit\"J\n\x0bSourceLimit\x12\x30\n\x06source\x18\x01 \x01(\x0e\x32 .aisle.common.v1.CandidateSource\x12\t\n\x01k\x18\x02 \x01(\x05\"/\n\x0c\x41nchorVector\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x03(\x02\"\x8a\x01\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x30\n\x06source\x18\x03 \x01(\x0e\x32 .aisle.common.v1.CandidateSource\x12\x13\n\x0bsource_rank\x18\x04 \x01(\x05\x12\x16\n\x0e\x61nchor_item_id\x18\x05 \x01(\t\"\xb2\x01\n\x10RetrieveResponse\x12\x31\n\ncandidates\x18\x01 \x03(\x0b\x32\x1d.aisle.retrieval.v1.Candidate\x12\x37\n\rindex_version\x18\x02 \x01(\x0b\x32 .aisle.common.v1.ArtifactVersion\x12\x32\n\x0c\x64\x65gradations\x18\x03 \x03(\x0b\x32\x1c.aisle.common.v1.Degradation\"b\n\x12\x41vailabilityUpdate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05stock\x18\x02 \x01(\x03\x12\x17\n\x0fsold_in_regions\x18\x03 \x03(\t\x12\x13\n\x0bset_regions\x18\x04 \x01(\x08\"T\n\x19UpdateAvailabilityRequest\x12\x37\n\x07updates\x18\x01 \x03(\x0b\x32&.aisle.retrieval.v1.AvailabilityUpdate\"M\n\x1aUpdateAvailabilityResponse\x12\x15\n\rapplied_count\x18\x01 \x01(\x05\x12\x18\n\x10unknown_item_ids\x18\x02 \x03(\t2\xde\x01\n\x10RetrievalService\x12U\n\x08Retrieve\x12#.aisle.retrieval.v1.RetrieveRequest\x1a$.aisle.retrieval.v1.RetrieveResponse\x12s\n\x12UpdateAvailability\x12-.aisle.retrieval.v1.UpdateAvailabilityRequest\x1a..aisle.retrieval.v1.UpdateAvailabilityResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*aisle/retrieval/v1/retrieval_service.proto\x12\x12\x61isle.retrieval.v1\x1a\x1c\x61isle/common/v1/common.proto\"\xd5\x04\n\x0fRetrieveRequest\x12)\n\x07subject\x18\x01 \x01(\x0b\x32\x18.aisle.common.v1.Subject\x12)\n\x07surface\x18\x02 \x01(\x0e\x32\x18.aisle.common.v1.Surface\x12\x30\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x1f.aisle.common.v1.RequestContext\x12-\n\x07history\x18\x04 \x03(\x0b\x32\x1c.aisle.common.v1.Interaction\x12\x17\n\x0f\x61nchor_item_ids\x18\x05 \x03(\t\x12\t\n\x01k\x18\x06 \x01(\x05\x12\x31\n\x07sources\x18\x07 \x03(\x0e\x32 .aisle.common.v1.CandidateSource\x12/\n\nexclusions\x18\x08 \x01(\x0b\x32\x1b.aisle.common.v1.Exclusions\x12\x17\n\x0f\x65xclude_history\x18\t \x01(\x08\x12\x0f\n\x07\x63onsent\x18\n \x01(\x08\x12\x19\n\x11\x65xclude_purchased\x18\x0b \x01(\x08\x12\x1c\n\x14include_out_of_stock\x18\x0c \x01(\x08\x12\x1c\n\x14history_query_vector\x18\r \x03(\x02\x12\x38\n\x0e\x61nchor_vectors\x18\x0e \x03(\x0b\x32 .aisle.retrieval.v1.AnchorVector\x12\x36\n\rsource_limits\x18\x0f \x03(\x0b\x32\x1f.aisle.retrieval.v1.SourceLimit\x12\x10\n\x08\x63olumnar\x18\x10 \x01(\x08\"J\n\x0bSourceLimit\x12\x30\n\x06source\x18\x01 \x01(\x0e\x32 .aisle.common.v1.CandidateSource\x12\t\n\x01k\x18\x02 \x01(\x05\"/\n\x0c\x41nchorVector\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x03(\x02\"\x8a\x01\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x30\n\x06source\x18\x03 \x01(\x0e\x32 .aisle.common.v1.CandidateSource\x12\x13\n\x0bsource_rank\x18\x04 \x01(\x05\x12\x16\n\x0e\x61nchor_item_id\x18\x05 \x01(\t\"\x96\x01\n\x10\x43\x61ndidateColumns\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x31\n\x07sources\x18\x03 \x03(\x0e\x32 .aisle.common.v1.CandidateSource\x12\x14\n\x0csource_ranks\x18\x04 \x03(\x05\x12\x17\n\x0f\x61nchor_item_ids\x18\x05 \x03(\t\"\xe9\x01\n\x10RetrieveResponse\x12\x31\n\ncandidates\x18\x01 \x03(\x0b\x32\x1d.aisle.retrieval.v1.Candidate\x12\x37\n\rindex_version\x18\x02 \x01(\x0b\x32 .aisle.common.v1.ArtifactVersion\x12\x32\n\x0c\x64\x65gradations\x18\x03 \x03(\x0b\x32\x1c.aisle.common.v1.Degradation\x12\x35\n\x07\x63olumns\x18\x04 \x01(\x0b\x32$.aisle.retrieval.v1.CandidateColumns\"b\n\x12\x41vailabilityUpdate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05stock\x18\x02 \x01(\x03\x12\x17\n\x0fsold_in_regions\x18\x03 \x03(\t\x12\x13\n\x0bset_regions\x18\x04 \x01(\x08\"T\n\x19UpdateAvailabilityRequest\x12\x37\n\x07updates\x18\x01 \x03(\x0b\x32&.aisle.retrieval.v1.AvailabilityUpdate\"M\n\x1aUpdateAvailabilityResponse\x12\x15\n\rapplied_count\x18\x01 \x01(\x05\x12\x18\n\x10unknown_item_ids\x18\x02 \x03(\t2\xde\x01\n\x10RetrievalService\x12U\n\x08Retrieve\x12#.aisle.retrieval.v1.RetrieveRequest\x1a$.aisle.retrieval.v1.RetrieveResponse\x12s\n\x12UpdateAvailability\x12-.aisle.retrieval.v1.UpdateAvailabilityRequest\x1a..aisle.retrieval.v1.UpdateAvailabilityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aisle.retrieval.v1.retrieva
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RETRIEVEREQUEST']._serialized_start=97
-  _globals['_RETRIEVEREQUEST']._serialized_end=676
-  _globals['_SOURCELIMIT']._serialized_start=678
-  _globals['_SOURCELIMIT']._serialized_end=752
-  _globals['_ANCHORVECTOR']._serialized_start=754
-  _globals['_ANCHORVECTOR']._serialized_end=801
-  _globals['_CANDIDATE']._serialized_start=804
-  _globals['_CANDIDATE']._serialized_end=942
-  _globals['_RETRIEVERESPONSE']._serialized_start=945
-  _globals['_RETRIEVERESPONSE']._serialized_end=1123
-  _globals['_AVAILABILITYUPDATE']._serialized_start=1125
-  _globals['_AVAILABILITYUPDATE']._serialized_end=1223
-  _globals['_UPDATEAVAILABILITYREQUEST']._serialized_start=1225
-  _globals['_UPDATEAVAILABILITYREQUEST']._serialized_end=1309
-  _globals['_UPDATEAVAILABILITYRESPONSE']._serialized_start=1311
-  _globals['_UPDATEAVAILABILITYRESPONSE']._serialized_end=1388
-  _globals['_RETRIEVALSERVICE']._serialized_start=1391
-  _globals['_RETRIEVALSERVICE']._serialized_end=1613
+  _globals['_RETRIEVEREQUEST']._serialized_end=694
+  _globals['_SOURCELIMIT']._serialized_start=696
+  _globals['_SOURCELIMIT']._serialized_end=770
+  _globals['_ANCHORVECTOR']._serialized_start=772
+  _globals['_ANCHORVECTOR']._serialized_end=819
+  _globals['_CANDIDATE']._serialized_start=822
+  _globals['_CANDIDATE']._serialized_end=960
+  _globals['_CANDIDATECOLUMNS']._serialized_start=963
+  _globals['_CANDIDATECOLUMNS']._serialized_end=1113
+  _globals['_RETRIEVERESPONSE']._serialized_start=1116
+  _globals['_RETRIEVERESPONSE']._serialized_end=1349
+  _globals['_AVAILABILITYUPDATE']._serialized_start=1351
+  _globals['_AVAILABILITYUPDATE']._serialized_end=1449
+  _globals['_UPDATEAVAILABILITYREQUEST']._serialized_start=1451
+  _globals['_UPDATEAVAILABILITYREQUEST']._serialized_end=1535
+  _globals['_UPDATEAVAILABILITYRESPONSE']._serialized_start=1537
+  _globals['_UPDATEAVAILABILITYRESPONSE']._serialized_end=1614
+  _globals['_RETRIEVALSERVICE']._serialized_start=1617
+  _globals['_RETRIEVALSERVICE']._serialized_end=1839
 # @@protoc_insertion_point(module_scope)

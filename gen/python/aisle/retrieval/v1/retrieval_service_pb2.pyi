@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RetrieveRequest(_message.Message):
-    __slots__ = ("subject", "surface", "context", "history", "anchor_item_ids", "k", "sources", "exclusions", "exclude_history", "consent", "exclude_purchased", "include_out_of_stock", "history_query_vector", "anchor_vectors", "source_limits")
+    __slots__ = ("subject", "surface", "context", "history", "anchor_item_ids", "k", "sources", "exclusions", "exclude_history", "consent", "exclude_purchased", "include_out_of_stock", "history_query_vector", "anchor_vectors", "source_limits", "columnar")
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     SURFACE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class RetrieveRequest(_message.Message):
     HISTORY_QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
     ANCHOR_VECTORS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNAR_FIELD_NUMBER: _ClassVar[int]
     subject: _common_pb2.Subject
     surface: _common_pb2.Surface
     context: _common_pb2.RequestContext
@@ -39,7 +40,8 @@ class RetrieveRequest(_message.Message):
     history_query_vector: _containers.RepeatedScalarFieldContainer[float]
     anchor_vectors: _containers.RepeatedCompositeFieldContainer[AnchorVector]
     source_limits: _containers.RepeatedCompositeFieldContainer[SourceLimit]
-    def __init__(self, subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., surface: _Optional[_Union[_common_pb2.Surface, str]] = ..., context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., history: _Optional[_Iterable[_Union[_common_pb2.Interaction, _Mapping]]] = ..., anchor_item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[_common_pb2.CandidateSource, str]]] = ..., exclusions: _Optional[_Union[_common_pb2.Exclusions, _Mapping]] = ..., exclude_history: _Optional[bool] = ..., consent: _Optional[bool] = ..., exclude_purchased: _Optional[bool] = ..., include_out_of_stock: _Optional[bool] = ..., history_query_vector: _Optional[_Iterable[float]] = ..., anchor_vectors: _Optional[_Iterable[_Union[AnchorVector, _Mapping]]] = ..., source_limits: _Optional[_Iterable[_Union[SourceLimit, _Mapping]]] = ...) -> None: ...
+    columnar: bool
+    def __init__(self, subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., surface: _Optional[_Union[_common_pb2.Surface, str]] = ..., context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., history: _Optional[_Iterable[_Union[_common_pb2.Interaction, _Mapping]]] = ..., anchor_item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., sources: _Optional[_Iterable[_Union[_common_pb2.CandidateSource, str]]] = ..., exclusions: _Optional[_Union[_common_pb2.Exclusions, _Mapping]] = ..., exclude_history: _Optional[bool] = ..., consent: _Optional[bool] = ..., exclude_purchased: _Optional[bool] = ..., include_out_of_stock: _Optional[bool] = ..., history_query_vector: _Optional[_Iterable[float]] = ..., anchor_vectors: _Optional[_Iterable[_Union[AnchorVector, _Mapping]]] = ..., source_limits: _Optional[_Iterable[_Union[SourceLimit, _Mapping]]] = ..., columnar: _Optional[bool] = ...) -> None: ...
 
 class SourceLimit(_message.Message):
     __slots__ = ("source", "k")
@@ -71,15 +73,31 @@ class Candidate(_message.Message):
     anchor_item_id: str
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[_Union[_common_pb2.CandidateSource, str]] = ..., source_rank: _Optional[int] = ..., anchor_item_id: _Optional[str] = ...) -> None: ...
 
+class CandidateColumns(_message.Message):
+    __slots__ = ("item_ids", "scores", "sources", "source_ranks", "anchor_item_ids")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_RANKS_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    sources: _containers.RepeatedScalarFieldContainer[_common_pb2.CandidateSource]
+    source_ranks: _containers.RepeatedScalarFieldContainer[int]
+    anchor_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., sources: _Optional[_Iterable[_Union[_common_pb2.CandidateSource, str]]] = ..., source_ranks: _Optional[_Iterable[int]] = ..., anchor_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class RetrieveResponse(_message.Message):
-    __slots__ = ("candidates", "index_version", "degradations")
+    __slots__ = ("candidates", "index_version", "degradations", "columns")
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEGRADATIONS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     index_version: _common_pb2.ArtifactVersion
     degradations: _containers.RepeatedCompositeFieldContainer[_common_pb2.Degradation]
-    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., index_version: _Optional[_Union[_common_pb2.ArtifactVersion, _Mapping]] = ..., degradations: _Optional[_Iterable[_Union[_common_pb2.Degradation, _Mapping]]] = ...) -> None: ...
+    columns: CandidateColumns
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., index_version: _Optional[_Union[_common_pb2.ArtifactVersion, _Mapping]] = ..., degradations: _Optional[_Iterable[_Union[_common_pb2.Degradation, _Mapping]]] = ..., columns: _Optional[_Union[CandidateColumns, _Mapping]] = ...) -> None: ...
 
 class AvailabilityUpdate(_message.Message):
     __slots__ = ("item_id", "stock", "sold_in_regions", "set_regions")
