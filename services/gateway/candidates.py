@@ -2,10 +2,10 @@
 
 A request carries hundreds of candidates through merge, filters, scorers and selectors, and only k of them reach
 the answer. With one Python object per candidate, building, copying and reading those objects was the larger
-part of the gateway's own CPU per request (docs/benchmarks.md, the 2026-12-05 profiles). :class:`Candidates` keeps each attribute as
-one numpy column instead, so a filter is a boolean mask, a scorer writes a score column and a selector is an
-index order: a few array operations per component whatever the number of candidates. Per-item objects
-(:class:`Candidate`) are made only for the items of the answer.
+part of the gateway's own CPU per request (docs/benchmarks.md, the 2026-12-05 profiles). :class:`Candidates`
+keeps each attribute as one numpy column instead, so a filter is a boolean mask, a scorer writes a score column
+and a selector is an index order: a few array operations per component whatever the number of candidates.
+Per-item objects (:class:`Candidate`) are made only for the items of the answer.
 """
 
 from __future__ import annotations
@@ -106,11 +106,15 @@ class Candidates:
         anchors: list[str],
     ) -> Candidates:
         """One row per retrieved candidate (one source each); ``anchors`` holds "" where there is none."""
-        anchor_maps: dict[str, dict[int, str]] = {}
-        if any(anchors):
-            for item, source, anchor in zip(item_ids, sources, anchors, strict=True):
-                if anchor:
-                    anchor_maps.setdefault(item, {}).setdefault(source, anchor)
+        anchored = [
+            (item, source, anchor) for item, source, anchor in zip(item_ids, sources, anchors, strict=True) if anchor
+        ]
+        # One anchored source per item (the usual case) in one comprehension; reversed, so the first row wins.
+        anchor_maps = {item: {source: anchor} for item, source, anchor in reversed(anchored)}
+        if len(anchor_maps) < len(anchored):  # an item anchored by several sources keeps each one's anchor
+            anchor_maps = {}
+            for item, source, anchor in anchored:
+                anchor_maps.setdefault(item, {}).setdefault(source, anchor)
         return cls(
             np.array(item_ids, dtype=object).reshape(len(item_ids)),
             np.array(sources, dtype=np.int64),

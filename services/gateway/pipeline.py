@@ -209,7 +209,8 @@ class Pipeline:
                 timeout = 0.0
                 try:
                     timeout = state.budget.stage_timeout(source.name, source.share)
-                    return await asyncio.wait_for(source.fetch(state, timeout), timeout)
+                    async with asyncio.timeout(timeout):  # no task of its own, unlike wait_for
+                        return await source.fetch(state, timeout)
                 except (TimeoutError, SourceFailed, BudgetExhausted) as error:
                     if isinstance(error, SourceFailed):
                         reason, detail = error.reason, str(error)
@@ -223,7 +224,10 @@ class Pipeline:
                     state.degrade(reason, source.name, detail)
                     return Candidates.empty()
 
-        results = await asyncio.gather(*(one(s) for s in sources))
+        if len(sources) == 1:  # the usual policy (one RetrievalSources call): no task to gather
+            results = [await one(sources[0])]
+        else:
+            results = await asyncio.gather(*(one(s) for s in sources))
         return merge(results, self.candidate_limit)
 
     def _component(self, component: Component, metrics: PipelineMetrics):

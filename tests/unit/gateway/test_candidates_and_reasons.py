@@ -64,6 +64,14 @@ def test_merge_adds_a_later_sources_anchor_without_touching_shared_maps():
     assert merge([first], limit=1).ids() == ["a"] and len(merge([], limit=5)) == 0
 
 
+def test_one_answer_with_an_item_anchored_by_two_sources_keeps_both_anchors():
+    co_visit = common.CANDIDATE_SOURCE_CO_VISITATION
+    answer = retrieved(("a", TWO_TOWER, 0, "h1"), ("b", TWO_TOWER, 1, "h2"), ("a", co_visit, 0, "mug"))
+    merged = merge([answer], limit=10)
+    assert merged.ids() == ["a", "b"] and merged.row(0).sources == [TWO_TOWER, co_visit]
+    assert merged.row(0).anchors == {TWO_TOWER: "h1", co_visit: "mug"} and merged.row(1).anchors == {TWO_TOWER: "h2"}
+
+
 def test_take_selects_reorders_and_copies_every_column():
     items = Candidates.of(["a", "b", "c"], POPULAR, scores={"relevance": [0.1, 0.9, 0.5]})
     order = np.argsort(-items.final, kind="stable")
