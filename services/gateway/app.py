@@ -92,6 +92,7 @@ def build_application(
         feedback=FeedbackStats(),
         popular_cache=PopularCache(),
         events=events,
+        columnar=settings.columnar_answers,
     )
     policies = load_policies(settings.policy_file, catalog, deps)
     log.info(

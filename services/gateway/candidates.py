@@ -10,7 +10,7 @@ Per-item objects (:class:`Candidate`) are made only for the items of the answer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,12 +85,13 @@ class Candidates:
 
     @classmethod
     def of(
-        cls, item_ids: Sequence[str], source: int, scores: Mapping[str, Sequence[float] | np.ndarray] | None = None
+        cls, item_ids: Iterable[str], source: int, scores: Mapping[str, Sequence[float] | np.ndarray] | None = None
     ) -> Candidates:
         """Items from one source, in its order."""
+        item_ids = list(item_ids)
         count = len(item_ids)
         return cls(
-            np.array(list(item_ids), dtype=object).reshape(count),
+            np.array(item_ids, dtype=object).reshape(count),
             np.full(count, source, dtype=np.int64),
             np.arange(count, dtype=np.int64),
             {name: np.asarray(values, dtype=np.float64) for name, values in (scores or {}).items()},

@@ -39,6 +39,12 @@ class GatewaySettings(ServiceSettings):
     trace_components: bool = Field(
         False, description="A span per pipeline component, not only per stage (each costs CPU on every request)."
     )
+    columnar_answers: bool = Field(
+        True,
+        description="Ask retrieval and ranking for columnar answers (arrays, not a message per candidate). Turn off "
+        "while shard routers built before RetrieveRequest.columnar still run: they pass the flag on to newer shards "
+        "but read only messages.",
+    )
     default_k: int = Field(10, ge=1, le=1000, description="Items returned when a request says k=0.")
     max_k: int = Field(200, ge=1, le=1000, description="Largest k a request may ask for.")
     max_history: int = Field(200, ge=1, le=10_000, description="Longest history a request may carry.")

@@ -28,6 +28,8 @@ def add_columns(
 ) -> None:
     """The same candidates appended to ``response.columns``: five array extensions instead of a message each."""
     columns, count = response.columns, len(items)
+    if len(scores) != count or (anchors and len(anchors) != count):
+        raise ValueError(f"{count} items but {len(scores)} scores and {len(anchors or ())} anchors")
     columns.item_ids.extend(items)
     columns.scores.extend(scores)
     columns.sources.extend([source] * count)

@@ -24,6 +24,8 @@ class Dependencies:
     popular_cache: Any  # PopularCache
     events: Any  # EventSink
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Ask retrieval and ranking for columnar answers (GatewaySettings.columnar_answers).
+    columnar: bool = True
 
 
 class ComponentBase:

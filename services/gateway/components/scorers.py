@@ -43,7 +43,7 @@ class RankingScorer(ComponentBase):
                     candidate_item_ids=candidates.ids(),
                     model_name=state.model[0],
                     model_version=state.model[1],
-                    columnar=True,
+                    columnar=self.deps.columnar,
                 ),
                 timeout=timeout,
             )
@@ -65,7 +65,7 @@ class RankingScorer(ComponentBase):
         if reply.model_version.version:
             state.versions.append(reply.model_version)
         state.degradations.extend(reply.degradations)
-        candidates.scores["purchase"] = candidates.scores["relevance"] = purchase
+        candidates.scores["purchase"], candidates.scores["relevance"] = purchase, purchase.copy()
         if returns is not None and not np.isnan(returns).all():
             candidates.scores["return"] = returns
 
@@ -130,6 +130,7 @@ class ExpectedProfitScorer(ComponentBase):
         purchase = candidates.score("purchase") if "purchase" in candidates.scores else candidates.score("relevance")
         returned = candidates.score("return", 0.0)
         profit = purchase * price * margin - purchase * returned * return_cost - p.shipping_subsidy
+        profit = np.nan_to_num(profit, nan=0.0)  # a catalog NaN costs its own item, not the whole ranking
         candidates.scores["profit"] = profit
         relevance = _scaled(candidates.score("relevance"))
         candidates.scores["final"] = (1 - p.weight) * relevance + p.weight * _scaled(profit)

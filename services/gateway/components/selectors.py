@@ -148,7 +148,7 @@ class ExplorationParams(Params):
     #: Items shown fewer times than this (or marked "new" in the catalog) may be explored.
     under_exposed_below: int = 20
     #: Position of the first exploration slot (0-based); later slots follow every 3 positions.
-    first_position: int = 2
+    first_position: int = Field(default=2, ge=0)
     #: Only this many candidates after the top k compete for the slots (the best-ranked of the rest).
     pool: int = Field(default=50, ge=1)
 

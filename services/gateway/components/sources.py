@@ -86,7 +86,7 @@ class RetrievalSources(ComponentBase):
                     exclude_history=p.exclude_history,
                     exclude_purchased=p.exclude_purchased,
                     consent=request.consent,
-                    columnar=True,
+                    columnar=self.deps.columnar,
                 ),
                 timeout=timeout,
             )

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from aisle.common.v1 import common_pb2 as common
+from services.gateway.catalog import ItemCatalog
 from services.gateway.components.base import Params
 from services.gateway.components.filters import (
     ComplianceFilter,
@@ -105,6 +106,12 @@ async def test_expected_profit_blends_contribution_with_relevance():
     # i1: 0.5 x 11 x 0.1 = 0.55; i4: 0.5 x 14 x 0.4 - 0.5 x 0.5 x 1.4 = 2.45
     assert items.scores["profit"].tolist() == pytest.approx([0.55, 2.45])
     assert items.final[1] > items.final[0]
+    # A NaN in the catalog costs its own item, not the order of the others.
+    catalog = ItemCatalog({**CATALOG.items, "i2": {**CATALOG.items["i2"], "price": float("nan")}})
+    items = candidates("i1", "i2", "i4", relevance=[0.5, 0.5, 0.5])
+    items.scores["purchase"] = np.array([0.5, 0.5, 0.5])
+    await scorer.score(state(catalog=catalog), items)
+    assert not np.isnan(items.final).any() and items.final[2] > items.final[0]
     relevance_only = ExpectedProfitScorer("x", ExpectedProfitParams(weight=0.0), deps())
     items = candidates("i1", "i4", relevance=[0.9, 0.1])
     await relevance_only.score(state(), items)
@@ -188,6 +195,8 @@ def test_exploration_takes_bounded_slots_for_new_items_and_marks_them():
     )
     assert np.flatnonzero(two.exploration).tolist() == [1, 4]
     assert {two.ids()[1], two.ids()[4]} == {"i8", "i9"} and sorted(two.ids()) == sorted(IDS)
+    with pytest.raises(ValueError, match="first_position"):
+        ExplorationParams(first_position=-1)
     # Only the first ``pool`` candidates after the top compete: with i8 and i9 beyond it, nothing is explored.
     narrow = ExplorationSelector("x", ExplorationParams(slots=1, first_position=1, pool=3), shared)
     assert not narrow.select(state(k=4), candidates(*IDS)).exploration.any()
@@ -282,6 +291,12 @@ async def test_retrieval_sources_ask_for_columns_and_read_either_answer():
         assert got.scores["retrieval"].tolist() == pytest.approx([0.9, 50.0, 40.0]), name
         assert got.row(0).anchors == {common.CANDIDATE_SOURCE_CO_VISITATION: "i7"} and got.row(1).anchors == {}
         assert shared.popular_cache.get("GB") == ["i2", "i1"], name
+    # Switched off (an older router behind retrieval): messages are asked for.
+    off = deps(Downstream())
+    off.columnar = False
+    Downstream.retrieval.answer = answers["messages"]
+    legacy = await RetrievalSources("Retrieval", source.params, off).fetch(state(), 1.0)
+    assert not seen[-1].columnar and legacy.ids() == ["i1", "i2", "i1"]
     broken = retrieval_pb.RetrieveResponse()
     broken.CopyFrom(answers["columns"])
     del broken.columns.scores[-1]
