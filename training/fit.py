@@ -555,7 +555,6 @@ def _calibration_data(
     serving-shaped (repeat) candidate sets, as ``recommender`` (``fitted.recommender()``) forms them."""
     ranker = fitted.ranker
     logits, labels, before = [], [], []
-    column = ranker.bought_before_column
     for start in range(0, len(validation), 256):
         chunk = validation[start : start + 256]
         candidates = recommender.candidates(chunk, exclude_history=False)
@@ -567,14 +566,15 @@ def _calibration_data(
             *recommender.dated(chunk),
         )
         with torch.no_grad():
-            purchase, _ = ranker.logits(torch.from_numpy(history), torch.from_numpy(tokens), torch.from_numpy(features))
+            inputs = torch.from_numpy(features)
+            purchase, _ = ranker.logits(torch.from_numpy(history), torch.from_numpy(tokens), inputs)
         valid = candidates >= 0
         relevant = np.zeros(candidates.shape, dtype=np.float32)
         for u, case in enumerate(chunk):
             relevant[u] = np.isin(candidates[u], case.target)
         logits.append(purchase.numpy()[valid])
         labels.append(relevant[valid])
-        before.append((features[..., column] > 0)[valid] if column is not None else np.zeros(valid.sum(), bool))
+        before.append(ranker.bought_before(inputs).numpy()[valid])
     return np.concatenate(logits), np.concatenate(labels), np.concatenate(before)
 
 

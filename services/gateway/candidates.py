@@ -225,6 +225,12 @@ class Candidates:
         )
 
 
+def min_max_scaled(values: np.ndarray) -> np.ndarray:
+    """Scores scaled to [0, 1] over the candidates (all 0 when they are equal); ``values`` must not be empty."""
+    low, high = float(values.min()), float(values.max())
+    return np.zeros_like(values) if high == low else (values - low) / (high - low)
+
+
 def merge(results: Sequence[Candidates], limit: int) -> Candidates:
     """De-duplicates by item keeping every source, interleaving sources by rank, at most ``limit`` items.
 

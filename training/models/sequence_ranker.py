@@ -167,6 +167,12 @@ class SequenceRanker(nn.Module):
         on serving's mixed lists; calibration fits c on validation customers' serving-shaped lists."""
         logit = purchase * self.logit_scale + self.logit_bias
         if self.bought_before_column is not None:
-            bought_before = (features[..., self.bought_before_column] > 0).to(logit.dtype)
-            logit = logit + self.bought_before_bias * bought_before
+            logit = logit + self.bought_before_bias * self.bought_before(features).to(logit.dtype)
         return logit
+
+    def bought_before(self, features: torch.Tensor) -> torch.Tensor:
+        """Bool [..., C]: the candidate occurs in the history window (its ``bought_before_column`` feature > 0); all
+        False for a ranker without that column. What calibration's bought-before term reads."""
+        if self.bought_before_column is None:
+            return torch.zeros(features.shape[:-1], dtype=torch.bool)
+        return features[..., self.bought_before_column] > 0

@@ -10,7 +10,7 @@ import numpy as np
 from aisle.common.v1 import common_pb2 as common
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
 from services.core.errors import BudgetExhausted
-from services.gateway.candidates import Candidates
+from services.gateway.candidates import Candidates, min_max_scaled
 from services.gateway.components.base import ComponentBase, Params
 from services.gateway.pipeline import RequestState
 
@@ -132,10 +132,5 @@ class ExpectedProfitScorer(ComponentBase):
         profit = purchase * price * margin - purchase * returned * return_cost - p.shipping_subsidy
         profit = np.nan_to_num(profit, nan=0.0)  # a catalog NaN costs its own item, not the whole ranking
         candidates.scores["profit"] = profit
-        relevance = _scaled(candidates.score("relevance"))
-        candidates.scores["final"] = (1 - p.weight) * relevance + p.weight * _scaled(profit)
-
-
-def _scaled(values: np.ndarray) -> np.ndarray:
-    low, high = float(values.min()), float(values.max())
-    return np.zeros_like(values) if high == low else (values - low) / (high - low)
+        relevance = min_max_scaled(candidates.score("relevance"))
+        candidates.scores["final"] = (1 - p.weight) * relevance + p.weight * min_max_scaled(profit)

@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import Field
 
 from aisle.common.v1 import common_pb2 as common
-from services.gateway.candidates import Candidates
+from services.gateway.candidates import Candidates, min_max_scaled
 from services.gateway.components.base import ComponentBase, Params
 from services.gateway.pipeline import RequestState
 
@@ -66,10 +66,8 @@ class MMRDiversitySelector(ComponentBase):
         size = min(len(candidates), state.k * self.params.window)
         if not size:
             return candidates
-        scores = candidates.final[:size]
-        low, high = float(scores.min()), float(scores.max())
         w, catalog = self.params.relevance_weight, state.catalog
-        relevance = np.zeros(size) if high == low else (scores - low) / (high - low)
+        relevance = min_max_scaled(candidates.final[:size])
         # (weighted relevance, category, row) once per item; the loop below only compares.
         remaining = [
             (w * r, catalog.get(item, "category"), row)
