@@ -28,6 +28,7 @@ class ItemCatalog:
             fields |= set(record)
         #: Fields every item has (components may rely on these).
         self.features = frozenset(f for f in fields if all(f in r for r in items.values())) if items else frozenset()
+        self._flagged: dict[str, frozenset[str]] = {}
 
     @classmethod
     def load(cls, path: Path | None) -> ItemCatalog:
@@ -43,6 +44,14 @@ class ItemCatalog:
 
     def get(self, item_id: str, field: str, default: Any = None) -> Any:
         return self.items.get(item_id, _NO_RECORD).get(field, default)
+
+    def flagged(self, field: str) -> frozenset[str]:
+        """The items whose ``field`` is truthy ("new", for instance), worked out once: one set lookup per item
+        on the request path instead of two dict lookups."""
+        found = self._flagged.get(field)
+        if found is None:
+            found = self._flagged[field] = frozenset(item for item, record in self.items.items() if record.get(field))
+        return found
 
     def title(self, item_id: str) -> str:
         return str(self.get(item_id, "title", item_id))

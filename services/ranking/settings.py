@@ -68,6 +68,14 @@ class RankingSettings(ServiceSettings):
     inference_instances: int = Field(
         1, ge=1, le=64, description="Embedded batches run at once (like Triton's instance_group count)."
     )
+    inline_cpu_inference: bool = Field(
+        True,
+        description=(
+            "With one instance on CPU: a request that finds nothing queued runs on the event loop's thread, without "
+            "the hand-off to the inference thread (less CPU per request, see docs/benchmarks.md). GPU inference "
+            "always runs in the inference threads."
+        ),
+    )
     watch_interval_s: float = Field(
         2.0,
         ge=0,

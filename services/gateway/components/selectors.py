@@ -12,7 +12,7 @@ from pydantic import Field
 
 from aisle.common.v1 import common_pb2 as common
 from services.gateway.candidates import Candidates, min_max_scaled
-from services.gateway.components.base import ComponentBase, Params
+from services.gateway.components.base import ComponentBase, Dependencies, Params
 from services.gateway.pipeline import RequestState
 
 
@@ -67,20 +67,38 @@ class MMRDiversitySelector(ComponentBase):
         if not size:
             return candidates
         w, catalog = self.params.relevance_weight, state.catalog
-        relevance = min_max_scaled(candidates.final[:size])
-        # (weighted relevance, category, row) once per item; the loop below only compares.
-        remaining = [
-            (w * r, catalog.get(item, "category"), row)
-            for row, (r, item) in enumerate(zip(relevance.tolist(), candidates.item_ids[:size].tolist(), strict=True))
-        ]
+        weighted = (w * min_max_scaled(candidates.final[:size])).tolist()
+        categories = [catalog.get(item, "category") for item in candidates.item_ids[:size].tolist()]
         penalty = 1 - w
+        # The penalty is the same for every item of a category already shown, so the best next item is either the
+        # best of the unshown categories or the best of the shown ones, less the penalty: the first of each kind in
+        # relevance order (on a tie the earlier row, as taking the maximum one by one would).
+        order = sorted(range(size), key=lambda row: (-weighted[row], row))
+        taken = [False] * size
         chosen: list[int] = []
         shown: set[str] = set()
-        while remaining:
-            best = max(range(len(remaining)), key=lambda i: remaining[i][0] - penalty * (remaining[i][1] in shown))
-            _, category, row = remaining.pop(best)
-            chosen.append(row)
-            shown.add(category)
+        while len(chosen) < size:
+            fresh = repeated = -1
+            for row in order:
+                if taken[row]:
+                    continue
+                if categories[row] in shown:
+                    if repeated < 0:
+                        repeated = row
+                elif fresh < 0:
+                    fresh = row
+                if fresh >= 0 and repeated >= 0:
+                    break
+            if repeated < 0:
+                best = fresh
+            elif fresh < 0:
+                best = repeated
+            else:
+                gain, loss = weighted[fresh], weighted[repeated] - penalty
+                best = fresh if gain > loss or (gain == loss and fresh < repeated) else repeated
+            taken[best] = True
+            chosen.append(best)
+            shown.add(categories[best])
         return candidates.take(np.concatenate([np.array(chosen, dtype=np.int64), np.arange(size, len(candidates))]))
 
 
@@ -158,24 +176,36 @@ class ExplorationSelector(ComponentBase):
     kind: ClassVar[str] = "selector"
     Params = ExplorationParams
 
+    def __init__(self, name: str, params: ExplorationParams, deps: Dependencies):
+        super().__init__(name, params, deps)
+        self._bits = np.random.PCG64()
+        self._rng = np.random.Generator(self._bits)
+
+    def _rng_for(self, state: RequestState) -> np.random.Generator:
+        """The same draws for the same subject and surface (until the feedback changes): the generator's state is
+        set from a hash of the two, much cheaper than seeding a new generator. Shared by the requests of this
+        gateway, which is safe because ``select`` never awaits."""
+        seed = hashlib.sha256(f"{state.subject_key}:{state.request.surface}".encode()).digest()
+        self._bits.state = {
+            "bit_generator": "PCG64",
+            "state": {"state": int.from_bytes(seed[:16], "little"), "inc": int.from_bytes(seed[16:], "little") | 1},
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
+        return self._rng
+
     def select(self, state: RequestState, candidates: Candidates) -> Candidates:
         p, feedback, k = self.params, self.deps.feedback, state.k
         slots = min(p.slots, max(0, k - 1))
         if slots == 0 or len(candidates) <= k:
             return candidates
         head = k - slots
-        catalog = state.catalog
+        new, shown, below = state.catalog.flagged("new"), feedback.shown.get, p.under_exposed_below
         pool = candidates.item_ids[head : head + p.pool].tolist()
-        eligible = [
-            (row, item)
-            for row, item in enumerate(pool, start=head)
-            if catalog.get(item, "new", False) or feedback.shown.get(item, 0) < p.under_exposed_below
-        ]
+        eligible = [(row, item) for row, item in enumerate(pool, start=head) if item in new or shown(item, 0) < below]
         if not eligible:
             return candidates
-        seed = hashlib.sha256(f"{state.subject_key}:{state.request.surface}".encode()).digest()
-        rng = np.random.default_rng(int.from_bytes(seed[:8], "little"))
-        draws = feedback.sample([item for _, item in eligible], rng)
+        draws = feedback.sample([item for _, item in eligible], self._rng_for(state))
         picked = [eligible[i] for i in np.argsort(-draws, kind="stable")[:slots].tolist()]
         top = list(range(head))
         places = []
@@ -190,7 +220,7 @@ class ExplorationSelector(ComponentBase):
         result.exploration[places] = True
         reasons = dict(result.reasons)
         for _, item in picked:
-            text = "New arrival" if catalog.get(item, "new", False) else "Something new to try"
+            text = "New arrival" if item in new else "Something new to try"
             reasons[item] = [*reasons.get(item, ()), common.Reason(code=common.REASON_CODE_EXPLORATION, text=text)]
         result.reasons = reasons
         return result

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 _ORT_TYPES = {"tensor(int64)": np.dtype(np.int64), "tensor(float)": np.dtype(np.float32)}
 #: Queue delay when neither the settings nor config.pbtxt's dynamic_batching give one (Triton's usual start).
 DEFAULT_QUEUE_DELAY_US = 500
+CPU_PROVIDER = "CPUExecutionProvider"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class BatchingOptions:
     max_queue_delay_us: int | None = None
     max_cells: int = 65_536
     instances: int = 1
+    #: With one instance on the CPU provider, a lone request runs on the event loop's thread (MicroBatcher.inline).
+    inline_cpu: bool = True
     #: Called with each batch's size (rows), for metrics.
     on_batch: Callable[[int], None] | None = None
 
@@ -86,6 +89,8 @@ class OnnxRuntimeBackend:
         self._refused: dict[str, tuple[int, int]] = {}  # version -> stamp of a model.onnx that failed to load
         self._executor = ThreadPoolExecutor(max_workers=self.batching.instances, thread_name_prefix="ort")
         self._batcher: MicroBatcher | None = None
+        #: Lone requests run on the event loop's thread (see BatchingOptions.inline_cpu); set per loaded version.
+        self._inline = False
         self._lock = asyncio.Lock()
 
     # --- what is served -------------------------------------------------------------------------------------
@@ -98,6 +103,11 @@ class OnnxRuntimeBackend:
     def model_version(self) -> str:
         loaded = self._loaded
         return loaded.model.version if loaded is not None else ""
+
+    @property
+    def runs_inline(self) -> bool:
+        """Whether a lone request runs on the event loop's thread (BatchingOptions.inline_cpu, CPU provider)."""
+        return self._inline
 
     @property
     def history_length(self) -> int:
@@ -160,6 +170,7 @@ class OnnxRuntimeBackend:
     def _install(self, loaded: _Loaded) -> None:
         self._loaded = loaded
         self.providers = list(loaded.providers)
+        self._inline = self.batching.inline_cpu and self.batching.instances == 1 and loaded.providers[0] == CPU_PROVIDER
         if self.batching.enabled and self._batcher is None:
             contract = loaded.model.contract
             size = self.batching.max_batch_size or contract.max_batch_size or 1
@@ -184,6 +195,8 @@ class OnnxRuntimeBackend:
                 delay_us,
                 self.batching.instances,
             )
+        if self._batcher is not None:
+            self._batcher.inline = self._inline
 
     def _open(self, version: str, folder: Path) -> _Loaded:
         """Loads and checks one version; raises :class:`ModelConfigError` with the reason if it must not serve."""
@@ -195,7 +208,7 @@ class OnnxRuntimeBackend:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = 1
-        wanted = ["CPUExecutionProvider"]
+        wanted = [CPU_PROVIDER]
         if distribution == GPU_DISTRIBUTION:
             wanted.insert(0, "CUDAExecutionProvider")
         try:
@@ -245,6 +258,8 @@ class OnnxRuntimeBackend:
 
     async def _infer(self, loaded: _Loaded, tensors: dict[str, np.ndarray], width: int) -> Scores:
         if self._batcher is None:
+            if self._inline:
+                return _scores(loaded, tensors)
             return await asyncio.get_running_loop().run_in_executor(self._executor, _scores, loaded, tensors)
         try:
             purchase, returns = await self._batcher.submit(loaded, tensors, width)

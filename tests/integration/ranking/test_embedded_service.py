@@ -40,6 +40,18 @@ async def test_the_provider_comes_from_the_session_and_is_logged(trained, caplog
     assert any("with CPUExecutionProvider (onnxruntime)" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize(
+    ("options", "inline"),
+    [({}, True), ({"inline_cpu_inference": False}, False), ({"inference_instances": 2}, False)],
+    ids=["cpu-default", "turned-off", "two-instances"],
+)
+async def test_lone_cpu_requests_run_on_the_event_loop_unless_told_otherwise(trained, options, inline):
+    async with ranking_server(settings_for(trained.model_repository, **options)) as (host, backend):
+        assert backend.runs_inline is inline and backend._batcher.inline is inline
+        reply = await rank(host.port, rank_request(trained.item_ids[:3], trained.item_ids[3:8]))
+    assert len(reply.scored_items) == 5 and all(0 < s.purchase_probability < 1 for s in reply.scored_items)
+
+
 async def test_feature_model_scores_are_torchs_on_the_joined_features(feature_model):
     ids = feature_model.item_ids
     history = [ids[3], ids[7], ids[3], ids[12]]

@@ -48,6 +48,7 @@ def state(
     consent: bool = True,
     exposures=None,
     catalog: ItemCatalog = CATALOG,
+    subject_key: str = "key",
 ) -> RequestState:
     request = pb.RecommendRequest(
         subject=common.Subject(user_id="u"),
@@ -59,7 +60,13 @@ def state(
     if exclusions:
         request.exclusions.CopyFrom(exclusions)
     return RequestState(
-        request, "key", list(history), k, RequestBudget(budget_s, None, 0.001), catalog, exposures=dict(exposures or {})
+        request,
+        subject_key,
+        list(history),
+        k,
+        RequestBudget(budget_s, None, 0.001),
+        catalog,
+        exposures=dict(exposures or {}),
     )
 
 

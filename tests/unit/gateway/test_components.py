@@ -165,6 +165,21 @@ def test_mmr_spreads_categories_in_the_top():
     assert ids(unchanged) == ids(items)
 
 
+def test_mmr_breaks_ties_by_the_current_order_and_weighs_a_repeat_against_a_weaker_new_category():
+    # i0, i3, i6 are c0, i1 and i4 c1, i2 c2. Equal relevance: the current order decides.
+    tied = candidates("i3", "i0", "i1", "i4", relevance=[1.0, 1.0, 1.0, 1.0])
+    got = MMRDiversitySelector("x", DiversityParams(relevance_weight=0.5), deps()).select(state(k=2), tied)
+    assert ids(got) == ["i3", "i1", "i0", "i4"]
+    # w = 0.8: after i0, another c0 item (0.8 x 1.0 - 0.2 = 0.6) beats a c2 item at 0.8 x 0.7 = 0.56, not one at
+    # 0.8 x 0.9 = 0.72 (i7, relevance 0, keeps the scaled relevance equal to the given one).
+    items = candidates("i0", "i3", "i2", "i7", relevance=[1.0, 1.0, 0.7, 0.0])
+    got = MMRDiversitySelector("x", DiversityParams(relevance_weight=0.8), deps()).select(state(k=2), items)
+    assert ids(got) == ["i0", "i3", "i2", "i7"]
+    items = candidates("i0", "i3", "i2", "i7", relevance=[1.0, 1.0, 0.9, 0.0])
+    got = MMRDiversitySelector("x", DiversityParams(relevance_weight=0.8), deps()).select(state(k=2), items)
+    assert ids(got) == ["i0", "i2", "i3", "i7"]
+
+
 def test_brand_quota_moves_the_excess_after_the_top():
     got = BrandQuotaSelector("x", BrandQuotaParams(max_per_brand=1), deps()).select(
         state(k=3), candidates("i0", "i2", "i1", "i3", "i4")
@@ -189,6 +204,18 @@ def test_exploration_takes_bounded_slots_for_new_items_and_marks_them():
         state(k=4), candidates(*IDS)
     )
     assert ids(again) == ids(got)
+    # One selector serves every request: another subject in between does not change this subject's choice, and
+    # over many subjects both new items get explored.
+    picks = {
+        next(
+            c.item_id
+            for c in selector.select(state(k=4, subject_key=f"s{n}"), candidates(*IDS)).rows()
+            if c.exploration
+        )
+        for n in range(40)
+    }
+    assert picks == {"i8", "i9"}
+    assert ids(selector.select(state(k=4), candidates(*IDS))) == ids(got)
     # Two slots: the second one three places after the first, both flagged where they landed.
     two = ExplorationSelector("x", ExplorationParams(slots=2, first_position=1), shared).select(
         state(k=6), candidates(*IDS)
@@ -204,6 +231,12 @@ def test_exploration_takes_bounded_slots_for_new_items_and_marks_them():
 
 def test_the_catalog_fixture_has_the_features_components_need():
     assert {"price", "margin", "category", "brand", "stock"} <= CATALOG.features
+
+
+def test_flagged_items_are_those_with_a_truthy_field():
+    catalog = ItemCatalog({"a": {"new": True}, "b": {"new": False}, "c": {}, "d": {"new": 1}})
+    assert catalog.flagged("new") == {"a", "d"} and catalog.flagged("missing") == frozenset()
+    assert catalog.flagged("new") is catalog.flagged("new")  # worked out once
 
 
 async def test_ranking_asks_for_the_variants_model_version():

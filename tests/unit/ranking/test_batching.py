@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -148,4 +149,27 @@ async def test_without_a_delay_an_idle_batcher_runs_at_once_and_batches_what_que
     results = await asyncio.gather(*(micro.submit("m", request(u, 3), 3) for u in range(10)))
     assert list(micro.batch_sizes) == [1, 1, 9]  # the first ran alone on the idle instance, the rest queued behind it
     assert [r[0][0, 0] for r in results] == [1 + u + 1000 * u for u in range(10)]
+    await micro.close()
+
+
+async def test_inline_runs_a_lone_request_on_the_loops_thread_and_the_rest_as_before(executor):
+    threads: list[int] = []
+
+    def recorded(key, tensors):
+        threads.append(threading.get_ident())
+        return echo(key, tensors)
+
+    micro = batcher(executor, run=recorded, max_delay_s=0.0, inline=True)
+    loop_thread = threading.get_ident()
+    result = await micro.submit("m", request(2, 4), 4)
+    assert threads == [loop_thread] and list(micro.batch_sizes) == [1]
+    assert result[0].tolist() == [[2003, 2004, 2005, 2006]]
+    micro.inline = False  # the backend switches it per loaded version
+    await micro.submit("m", request(2, 4), 4)
+    assert threads[1] != loop_thread
+    poisoned = request(1, 3)
+    poisoned["candidates"][0, 0] = POISON
+    micro.inline = True
+    with pytest.raises(ValueError, match="poisoned"):  # an inline failure reaches its caller like any other
+        await micro.submit("m", poisoned, 3)
     await micro.close()
