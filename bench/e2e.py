@@ -1,5 +1,5 @@
 """End-to-end load benchmark: the three services as separate processes under an open-loop load, against a bare
-grpc.aio echo chain with the same hops measured in the same run.
+grpc.aio echo chain with the same hops, measured at each rate right after Aisle (the same minute of the machine).
 
     .venv/bin/python bench/e2e.py [--items 100000] [--rates 50,100,200,300,400] [--seconds 10]
     (make bench-e2e; make bench-e2e-triton for ranking on a local Triton)
@@ -42,6 +42,9 @@ from bench.process_cpu import cpu_seconds  # noqa: E402
 from services.demo.stack import LocalStack, free_port  # noqa: E402
 from services.demo.triton import local_triton, triton_missing  # noqa: E402
 from services.retrieval.index import latest_version  # noqa: E402
+
+#: Seconds of load at each rate before it is measured (not counted): the other chain ran meanwhile.
+WARM_UP_S = 1.0
 
 
 def log(message: str) -> None:
@@ -114,6 +117,17 @@ def saturated(row: dict) -> bool:
     return row["achieved_rps"] < 0.95 * row["offered_rps"] or row["p99_ms"] > 100 or row["error_rate"] > 0.01
 
 
+def held_rates(rows: list[dict]) -> list[float]:
+    """The offered rates below the first saturated one (in increasing order): a rate held only after a lower one
+    failed (a slow moment of the machine, with --past-saturation) does not count as held."""
+    held = []
+    for row in sorted(rows, key=lambda r: r["offered_rps"]):
+        if saturated(row):
+            break
+        held.append(row["offered_rps"])
+    return held
+
+
 def start_profilers(stack: LocalStack, seconds: float, directory: Path) -> list[subprocess.Popen]:
     """py-spy, sampling each service process for ``seconds``; collapsed stacks in ``directory/<service>.txt``."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -142,16 +156,23 @@ def start_profilers(stack: LocalStack, seconds: float, directory: Path) -> list[
     ]
 
 
-async def measure_aisle(
+def cpu_per_request(pids: dict[str, int], tree: dict[str, bool], before: dict[str, float], requests: int) -> dict:
+    return {
+        name: round((cpu_seconds(pid, tree[name]) - before[name]) * 1000 / requests, 3) for name, pid in pids.items()
+    }
+
+
+@contextlib.asynccontextmanager
+async def aisle_target(
     stack: LocalStack,
     item_ids: list[str],
-    rates: list[float],
     seconds: float,
     profile_rate: float | None = None,
     profile_dir: Path | None = None,
     extra_pids: dict[str, int] | None = None,
-    past_saturation: bool = False,
-) -> list[dict]:
+):
+    """Yields ``measure(rate) -> row``: Recommend calls to the gateway at ``rate`` for ``seconds``, with the CPU
+    per request of every process (the load generator's included)."""
     rng = np.random.default_rng(0)
     async with grpc.aio.insecure_channel(stack.gateway_target) as channel:
         stub = pb_grpc.RecommendationServiceStub(channel)
@@ -175,33 +196,32 @@ async def measure_aisle(
 
         for i in range(100):
             await send(make(i))  # warm-up
-        rows = []
-        for rate in rates:
+
+        async def measure(rate: float) -> dict:
             profilers = start_profilers(stack, seconds, profile_dir) if rate == profile_rate else []
             pids = {name: service.process.pid for name, service in stack.services.items()}
             pids.update(extra_pids or {}, **{"load generator": os.getpid()})
             tree = {name: name in (extra_pids or {}) for name in pids}  # Triton: its backend stubs too
+            await open_loop(send, make, rate, WARM_UP_S)  # back to speed after the echo chain's turn: not counted
             before = {name: cpu_seconds(pid, tree[name]) for name, pid in pids.items()}
             row = await open_loop(send, make, rate, seconds)
-            row["cpu_ms_per_request"] = {
-                name: round((cpu_seconds(pid, tree[name]) - before[name]) * 1000 / row["requests"], 3)
-                for name, pid in pids.items()
-            }
+            row["cpu_ms_per_request"] = cpu_per_request(pids, tree, before, row["requests"])
             row["mean_candidates_ranked"] = mean_candidates(stack)
             for profiler in profilers:
                 profiler.wait(30)  # noqa: ASYNC222
-            rows.append(row)
             cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in row["cpu_ms_per_request"].items())
             log(
                 f"  aisle {rate:.0f}/s: p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} ms, "
                 f"errors {row['errors']}, degraded {row['degraded_rate']:.1%}; CPU ms per request: {cpu}"
             )
-            if saturated(row) and not past_saturation:
-                break
-        return rows
+            return row
+
+        yield measure
 
 
-async def measure_echo(rates: list[float], seconds: float) -> list[dict]:
+@contextlib.asynccontextmanager
+async def echo_target(seconds: float):
+    """The bare grpc.aio echo chain (client -> front -> two back ends), started here; yields ``measure(rate)``."""
     ports = [free_port() for _ in range(3)]
     script = str(ROOT / "bench" / "echo_chain.py")
     processes = [subprocess.Popen([sys.executable, script, "back", str(p)]) for p in ports[1:]]  # noqa: ASYNC220
@@ -221,26 +241,46 @@ async def measure_echo(rates: list[float], seconds: float) -> list[dict]:
 
             for _ in range(100):
                 await send(payload)
-            rows = []
             pids = {"back 1": processes[0].pid, "back 2": processes[1].pid, "front": processes[2].pid}
             pids["load generator"] = os.getpid()
-            for rate in rates:
+            tree = dict.fromkeys(pids, False)
+
+            async def measure(rate: float) -> dict:
+                await open_loop(send, lambda i: payload, rate, WARM_UP_S)
                 before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 row = await open_loop(send, lambda i: payload, rate, seconds)
-                row["cpu_ms_per_request"] = {
-                    name: round((cpu_seconds(pid) - before[name]) * 1000 / row["requests"], 3)
-                    for name, pid in pids.items()
-                }
-                rows.append(row)
+                row["cpu_ms_per_request"] = cpu_per_request(pids, tree, before, row["requests"])
                 cpu = ", ".join(f"{name} {ms:.2f}" for name, ms in row["cpu_ms_per_request"].items())
-                log(f"  echo {rate:.0f}/s: p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} ms; CPU ms/request: {cpu}")
-                if saturated(row):
-                    break
-            return rows
+                log(f"  echo  {rate:.0f}/s: p50 {row['p50_ms']:.1f} p99 {row['p99_ms']:.1f} ms; CPU ms/request: {cpu}")
+                return row
+
+            yield measure
     finally:
         for process in processes:
             process.terminate()
             process.wait(10)
+
+
+async def measure_both(
+    stack: LocalStack, item_ids: list[str], rates: list[float], args: argparse.Namespace, extra_pids: dict[str, int]
+) -> tuple[list[dict], list[dict]]:
+    """Aisle and the echo chain rate by rate (Aisle, then the echo chain, at each rate): the baseline is measured in
+    the same minute of the machine as what it is compared with. Both sets of processes run throughout; the idle
+    one costs nothing measurable."""
+    aisle_rows: list[dict] = []
+    echo_rows: list[dict] = []
+    async with (
+        aisle_target(stack, item_ids, args.seconds, args.profile_rate, args.profile_dir, extra_pids) as aisle,
+        echo_target(args.seconds) as echo,
+    ):
+        for rate in rates:
+            row = await aisle(rate)
+            aisle_rows.append(row)
+            if not echo_rows or not saturated(echo_rows[-1]):
+                echo_rows.append(await echo(rate))
+            if saturated(row) and not args.past_saturation:
+                break
+    return aisle_rows, echo_rows
 
 
 def prepare_artifacts(workdir: Path, items: int) -> None:
@@ -426,32 +466,20 @@ def main() -> int:
                 "OPENBLAS_NUM_THREADS": "1",
             },
         )
-        log(f"aisle: three processes, tracing {'off' if args.no_tracing else 'on (no exporter)'}")
+        tracing = "off" if args.no_tracing else "on (no exporter)"
+        log(f"aisle: three processes, tracing {tracing}; the echo chain measured at each rate right after Aisle")
         with stack:
-            aisle = asyncio.run(
-                measure_aisle(
-                    stack,
-                    item_ids,
-                    rates,
-                    args.seconds,
-                    args.profile_rate,
-                    args.profile_dir,
-                    extra_pids,
-                    args.past_saturation,
-                )
-            )
-        log("baseline: bare grpc.aio echo chain, same hops")
-        echo = asyncio.run(measure_echo(rates, args.seconds))
+            aisle, echo = asyncio.run(measure_both(stack, item_ids, rates, args, extra_pids))
     at = {r["offered_rps"]: r for r in aisle}
     echo_at = {r["offered_rps"]: r for r in echo}
-    common_rates = [r for r in at if r in echo_at and not saturated(at[r])]
+    held = held_rates(aisle)
+    common_rates = [r for r in held if r in echo_at]
     overhead = (
         float(np.median([(at[r]["p50_ms"] - echo_at[r]["p50_ms"]) / 3 for r in common_rates])) if common_rates else None
     )
-    unsaturated = [r["offered_rps"] for r in aisle if not saturated(r)]
     summary = {
         "p99_ms_at_200rps": at.get(200.0, {}).get("p99_ms"),
-        "saturation_rps": max(unsaturated) if unsaturated else 0.0,
+        "saturation_rps": max(held) if held else 0.0,
         "overhead_per_hop_ms": overhead,
         "error_rate_at_200rps": at.get(200.0, {}).get("error_rate"),
         "echo_p99_ms_at_200rps": echo_at.get(200.0, {}).get("p99_ms"),

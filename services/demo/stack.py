@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,17 +75,20 @@ class LocalStack:
     def gateway_target(self) -> str:
         return self.services["gateway"].target
 
-    def start(self, timeout: float = 120.0) -> None:
+    def start(self, timeout: float = 120.0, only: Collection[str] = ORDER) -> None:
+        """Starts the services (``only`` some of them: retrieval and ranking for a gateway run elsewhere)."""
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         base_env = {**{k: v for k, v in os.environ.items() if not k.startswith("AISLE_")}, **self.env}
+        dependencies = [name for name in ORDER[:-1] if name in only]
         try:
             # Dependencies first, in parallel; the gateway once they serve, as a rollout would order them.
-            for name in ORDER[:-1]:
+            for name in dependencies:
                 self.start_service(name, base_env)
-            for name in ORDER[:-1]:
+            for name in dependencies:
                 self.wait_serving(name, timeout)
-            self.start_service(ORDER[-1], base_env)
-            self.wait_serving(ORDER[-1], timeout)
+            if ORDER[-1] in only:
+                self.start_service(ORDER[-1], base_env)
+                self.wait_serving(ORDER[-1], timeout)
         except BaseException:
             self.stop()
             raise

@@ -34,3 +34,18 @@ def test_bench_e2e_writes_its_summary_and_cpu_figures(tmp_path):
     assert row["mean_candidates_ranked"] == pytest.approx(100, abs=1)
     assert report["echo_chain"][0]["errors"] == 0
     assert (tmp_path / "e2e_latency.png").stat().st_size > 0
+
+
+def test_bench_handlers_times_each_handler_and_the_gateways_stages(tmp_path):
+    out = tmp_path / "handlers.json"
+    command = [sys.executable, "bench/handlers.py", "--items", "3000", "--requests", "20", "--warm-up", "5"]
+    command += ["--workdir", str(tmp_path / "work"), "--out", str(out)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    for service in ("ranking", "retrieval", "gateway"):
+        assert report[service]["requests"] == 20 and report[service]["cpu_ms_per_request"] > 0
+    assert "TwoTowerSource" in report["retrieval"]["sources_ms"]
+    stages = report["gateway"]["stages_ms"]
+    assert set(stages) == {"retrieval", "filtering", "scoring", "selection"} and stages["scoring"] > 0
+    assert report["gateway"]["components_ms"]["RankingScorer"] > 0

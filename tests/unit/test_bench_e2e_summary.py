@@ -1,0 +1,21 @@
+"""The end-to-end benchmark's summary: which offered rates count as held."""
+
+from __future__ import annotations
+
+from bench.e2e import held_rates
+
+
+def row(rate: float, p99_ms: float = 10.0, achieved: float | None = None, error_rate: float = 0.0) -> dict:
+    achieved = rate if achieved is None else achieved
+    return {"offered_rps": rate, "achieved_rps": achieved, "p99_ms": p99_ms, "error_rate": error_rate}
+
+
+def test_rates_count_as_held_up_to_the_first_saturated_one():
+    rows = [row(300), row(100), row(200, p99_ms=150.0), row(150)]  # any order; 200/s saturated
+    assert held_rates(rows) == [100, 150]
+
+
+def test_a_rate_held_after_a_failed_lower_one_does_not_count():
+    rows = [row(100), row(200, achieved=150), row(250, error_rate=0.02), row(300)]
+    assert held_rates(rows) == [100]
+    assert held_rates([row(50, p99_ms=101.0), row(100)]) == []
