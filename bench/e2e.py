@@ -198,11 +198,11 @@ async def aisle_target(
             await send(make(i))  # warm-up
 
         async def measure(rate: float) -> dict:
-            profilers = start_profilers(stack, seconds, profile_dir) if rate == profile_rate else []
             pids = {name: service.process.pid for name, service in stack.services.items()}
             pids.update(extra_pids or {}, **{"load generator": os.getpid()})
             tree = {name: name in (extra_pids or {}) for name in pids}  # Triton: its backend stubs too
             await open_loop(send, make, rate, WARM_UP_S)  # back to speed after the echo chain's turn: not counted
+            profilers = start_profilers(stack, seconds, profile_dir) if rate == profile_rate else []
             before = {name: cpu_seconds(pid, tree[name]) for name, pid in pids.items()}
             row = await open_loop(send, make, rate, seconds)
             row["cpu_ms_per_request"] = cpu_per_request(pids, tree, before, row["requests"])
@@ -417,7 +417,7 @@ def main() -> int:
     parser.add_argument("--profile-rate", type=float, help="sample every service with py-spy at this rate")
     parser.add_argument("--profile-dir", type=Path, default=ROOT / "bench" / "results" / "profiles")
     args = parser.parse_args()
-    rates = [float(r) for r in args.rates.split(",")]
+    rates = sorted(float(r) for r in args.rates.split(","))
     if args.ranking_backend == "triton" and (missing := triton_missing()):
         parser.error(missing)
     if args.artifacts is not None and args.model_repository is None:
@@ -473,7 +473,7 @@ def main() -> int:
     at = {r["offered_rps"]: r for r in aisle}
     echo_at = {r["offered_rps"]: r for r in echo}
     held = held_rates(aisle)
-    common_rates = [r for r in held if r in echo_at]
+    common_rates = [r for r in held if r in echo_at and not saturated(echo_at[r])]
     overhead = (
         float(np.median([(at[r]["p50_ms"] - echo_at[r]["p50_ms"]) / 3 for r in common_rates])) if common_rates else None
     )

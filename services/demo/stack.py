@@ -77,6 +77,8 @@ class LocalStack:
 
     def start(self, timeout: float = 120.0, only: Collection[str] = ORDER) -> None:
         """Starts the services (``only`` some of them: retrieval and ranking for a gateway run elsewhere)."""
+        if unknown := set(only) - set(ORDER):
+            raise ValueError(f"unknown services {sorted(unknown)}; choose from {', '.join(ORDER)}")
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         base_env = {**{k: v for k, v in os.environ.items() if not k.startswith("AISLE_")}, **self.env}
         dependencies = [name for name in ORDER[:-1] if name in only]

@@ -95,6 +95,7 @@ def build_application(
         columnar=settings.columnar_answers,
     )
     policies = load_policies(settings.policy_file, catalog, deps)
+    catalog.flagged("new")  # exploration reads it on every request: made now, not on the first request
     log.info(
         "policies %s: %s; catalog %s with %d items and features %s",
         policies.version,

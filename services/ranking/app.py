@@ -47,7 +47,7 @@ def build_embedded(settings: RankingSettings, metrics: RankingMetrics | None = N
         max_queue_delay_us=settings.max_queue_delay_us,
         max_cells=settings.max_batch_cells,
         instances=settings.inference_instances,
-        inline_cpu=settings.inline_cpu_inference,
+        inline_max_candidates=settings.inline_max_candidates,
         on_batch=metrics.batch_size.observe if metrics is not None else None,
     )
     return OnnxRuntimeBackend(

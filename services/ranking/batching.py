@@ -35,7 +35,7 @@ class _Request:
     tensors: dict[str, np.ndarray]
     width: int
     enqueued: float
-    future: asyncio.Future = field(repr=False)
+    future: asyncio.Future | None = field(repr=False)  # None: run inline, never queued
 
 
 class BatcherClosed(RuntimeError):
@@ -50,10 +50,11 @@ class MicroBatcher:
     queue and the next batch forms as soon as one frees. With ``max_delay_s`` 0 a request that finds an instance idle
     and nobody queued runs at once (batches form only under load, from what queued while the instances were busy).
 
-    ``inline`` (settable while serving): that lone request runs on the event loop's own thread instead of the
-    executor's. The hand-off to a thread and back costs more CPU than a small CPU inference (docs/benchmarks.md),
-    but the loop does nothing else meanwhile, so nothing queues and no batch forms while it runs: for CPU inference
-    with one instance, never for a GPU, whose work the loop should overlap with taking the next requests.
+    ``inline_max_width`` (settable while serving; 0: never): such a lone request of at most that many candidates
+    runs on the event loop's own thread instead of the executor's. The hand-off to a thread and back costs more CPU
+    than a small CPU inference (docs/benchmarks.md), but the loop does nothing else meanwhile, so nothing queues and
+    no batch forms while it runs: for small CPU inference with one instance, never for a GPU, whose work the loop
+    should overlap with taking the next requests.
     """
 
     def __init__(
@@ -67,7 +68,7 @@ class MicroBatcher:
         max_cells: int,
         instances: int = 1,
         on_batch: Callable[[int], None] | None = None,
-        inline: bool = False,
+        inline_max_width: int = 0,
     ):
         if max_batch_size < 1 or max_cells < 1 or instances < 1 or max_delay_s < 0:
             raise ValueError("max_batch_size, max_cells and instances must be >= 1 and max_delay_s >= 0")
@@ -86,22 +87,24 @@ class MicroBatcher:
         #: Sizes (rows) of the latest batches, for tests and logs; ``on_batch`` sees every one (metrics).
         self.batch_sizes: deque[int] = deque(maxlen=10_000)
         self._on_batch = on_batch
-        self.inline = inline
+        self.inline_max_width = inline_max_width
 
     async def submit(self, key: object, tensors: dict[str, np.ndarray], width: int) -> list[np.ndarray | None]:
         """Queues one request (every tensor has batch size 1) and returns its outputs, each [1, width]."""
         if self._closed:
             raise BatcherClosed("the model is shutting down")
         loop = asyncio.get_running_loop()
+        idle = self.max_delay_s == 0 and not self._queue and not self._slots.locked()
+        if idle and width <= self.inline_max_width:
+            # Nothing else runs on the loop until this returns: no slot to hold, nobody can queue behind it.
+            self._record(1)
+            return self._run_padded([_Request(key, tensors, width, loop.time(), None)])[0]
         if self._dispatcher is None:
             self._dispatcher = loop.create_task(self._dispatch(), name="micro-batcher")
         request = _Request(key, tensors, width, loop.time(), loop.create_future())
-        if self.max_delay_s == 0 and not self._queue and not self._slots.locked():
+        if idle:
             # An idle instance and nobody waiting: run at once, without the hop through the dispatcher. Requests
             # arriving meanwhile queue up and leave together as the next batch when this one is done.
-            if self.inline:  # nothing else runs on the loop until it returns: no slot to hold
-                self._record(1)
-                return self._run_padded([request])[0]
             await self._slots.acquire()  # free, so this does not wait
             self._record(1)
             try:

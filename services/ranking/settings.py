@@ -68,12 +68,15 @@ class RankingSettings(ServiceSettings):
     inference_instances: int = Field(
         1, ge=1, le=64, description="Embedded batches run at once (like Triton's instance_group count)."
     )
-    inline_cpu_inference: bool = Field(
-        True,
+    inline_max_candidates: int = Field(
+        1000,
+        ge=0,
+        le=100_000,
         description=(
-            "With one instance on CPU: a request that finds nothing queued runs on the event loop's thread, without "
-            "the hand-off to the inference thread (less CPU per request, see docs/benchmarks.md). GPU inference "
-            "always runs in the inference threads."
+            "With one inference instance on CPU and no queue delay: a request of at most this many candidates that "
+            "finds nothing queued runs on the event loop's thread, without the hand-off to the inference thread "
+            "(less CPU per request, see docs/benchmarks.md; the loop waits meanwhile). Without batching, every such "
+            "request does. 0: never. GPU inference always runs in the inference threads."
         ),
     )
     watch_interval_s: float = Field(

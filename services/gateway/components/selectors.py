@@ -77,7 +77,11 @@ class MMRDiversitySelector(ComponentBase):
         taken = [False] * size
         chosen: list[int] = []
         shown: set[str] = set()
+        kinds = len(set(categories))
         while len(chosen) < size:
+            if len(shown) == kinds:  # every category shown: relevance order decides the rest
+                chosen.extend(row for row in order if not taken[row])
+                break
             fresh = repeated = -1
             for row in order:
                 if taken[row]:

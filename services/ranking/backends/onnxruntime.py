@@ -51,8 +51,9 @@ class BatchingOptions:
     max_queue_delay_us: int | None = None
     max_cells: int = 65_536
     instances: int = 1
-    #: With one instance on the CPU provider, a lone request runs on the event loop's thread (MicroBatcher.inline).
-    inline_cpu: bool = True
+    #: With one instance on the CPU provider, a request of at most this many candidates that finds nothing queued
+    #: runs on the event loop's thread (MicroBatcher.inline_max_width); 0: never.
+    inline_max_candidates: int = 1000
     #: Called with each batch's size (rows), for metrics.
     on_batch: Callable[[int], None] | None = None
 
@@ -89,8 +90,8 @@ class OnnxRuntimeBackend:
         self._refused: dict[str, tuple[int, int]] = {}  # version -> stamp of a model.onnx that failed to load
         self._executor = ThreadPoolExecutor(max_workers=self.batching.instances, thread_name_prefix="ort")
         self._batcher: MicroBatcher | None = None
-        #: Lone requests run on the event loop's thread (see BatchingOptions.inline_cpu); set per loaded version.
-        self._inline = False
+        #: See inline_max_candidates; set per loaded version.
+        self._inline_max = 0
         self._lock = asyncio.Lock()
 
     # --- what is served -------------------------------------------------------------------------------------
@@ -105,9 +106,10 @@ class OnnxRuntimeBackend:
         return loaded.model.version if loaded is not None else ""
 
     @property
-    def runs_inline(self) -> bool:
-        """Whether a lone request runs on the event loop's thread (BatchingOptions.inline_cpu, CPU provider)."""
-        return self._inline
+    def inline_max_candidates(self) -> int:
+        """Up to how many candidates a request that finds nothing queued runs on the event loop's thread, for the
+        version served now (0: none does; BatchingOptions.inline_max_candidates)."""
+        return self._inline_max
 
     @property
     def history_length(self) -> int:
@@ -170,7 +172,6 @@ class OnnxRuntimeBackend:
     def _install(self, loaded: _Loaded) -> None:
         self._loaded = loaded
         self.providers = list(loaded.providers)
-        self._inline = self.batching.inline_cpu and self.batching.instances == 1 and loaded.providers[0] == CPU_PROVIDER
         if self.batching.enabled and self._batcher is None:
             contract = loaded.model.contract
             size = self.batching.max_batch_size or contract.max_batch_size or 1
@@ -195,8 +196,14 @@ class OnnxRuntimeBackend:
                 delay_us,
                 self.batching.instances,
             )
+        # Inline only where the loop has nothing better to do meanwhile: one instance on the CPU, and no queue delay
+        # (with one, a request waits for others to join its batch).
+        inline = self.batching.instances == 1 and loaded.providers[0] == CPU_PROVIDER
+        if self._batcher is not None and self._batcher.max_delay_s > 0:
+            inline = False
+        self._inline_max = self.batching.inline_max_candidates if inline else 0
         if self._batcher is not None:
-            self._batcher.inline = self._inline
+            self._batcher.inline_max_width = self._inline_max
 
     def _open(self, version: str, folder: Path) -> _Loaded:
         """Loads and checks one version; raises :class:`ModelConfigError` with the reason if it must not serve."""
@@ -258,7 +265,7 @@ class OnnxRuntimeBackend:
 
     async def _infer(self, loaded: _Loaded, tensors: dict[str, np.ndarray], width: int) -> Scores:
         if self._batcher is None:
-            if self._inline:
+            if width <= self._inline_max:  # without batching, nothing would queue behind it anyway
                 return _scores(loaded, tensors)
             return await asyncio.get_running_loop().run_in_executor(self._executor, _scores, loaded, tensors)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 import grpc
 import numpy as np
@@ -41,15 +42,33 @@ async def test_the_provider_comes_from_the_session_and_is_logged(trained, caplog
 
 
 @pytest.mark.parametrize(
-    ("options", "inline"),
-    [({}, True), ({"inline_cpu_inference": False}, False), ({"inference_instances": 2}, False)],
-    ids=["cpu-default", "turned-off", "two-instances"],
+    ("options", "limit"),
+    [
+        ({}, 1000),
+        ({"inline_max_candidates": 0}, 0),
+        ({"inference_instances": 2}, 0),
+        ({"max_queue_delay_us": 500}, 0),
+        ({"batching": False, "inline_max_candidates": 4}, 4),
+    ],
+    ids=["cpu-default", "turned-off", "two-instances", "queue-delay", "unbatched"],
 )
-async def test_lone_cpu_requests_run_on_the_event_loop_unless_told_otherwise(trained, options, inline):
+async def test_small_lone_cpu_requests_run_on_the_event_loop_unless_told_otherwise(trained, options, limit):
     async with ranking_server(settings_for(trained.model_repository, **options)) as (host, backend):
-        assert backend.runs_inline is inline and backend._batcher.inline is inline
-        reply = await rank(host.port, rank_request(trained.item_ids[:3], trained.item_ids[3:8]))
-    assert len(reply.scored_items) == 5 and all(0 < s.purchase_probability < 1 for s in reply.scored_items)
+        assert backend.inline_max_candidates == limit
+        # Answers are the same whichever thread computes them: 5 candidates (inline where the limit allows) and 8.
+        small = await rank(host.port, rank_request(trained.item_ids[:3], trained.item_ids[3:8]))
+        wide = await rank(host.port, rank_request(trained.item_ids[:3], trained.item_ids[3:11]))
+    assert [s.purchase_probability for s in small.scored_items] == pytest.approx(
+        [s.purchase_probability for s in wide.scored_items[:5]], abs=1e-6
+    )
+
+
+async def test_a_gpu_session_never_runs_inline(trained):
+    async with ranking_server(settings_for(trained.model_repository)) as (_, backend):
+        assert backend.inline_max_candidates == 1000
+        # The same version as if ONNX Runtime had given it the CUDA provider (what _install reads).
+        backend._install(replace(backend._loaded, providers=("CUDAExecutionProvider", "CPUExecutionProvider")))
+        assert backend.inline_max_candidates == 0 and backend._batcher.inline_max_width == 0
 
 
 async def test_feature_model_scores_are_torchs_on_the_joined_features(feature_model):

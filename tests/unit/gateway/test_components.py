@@ -180,6 +180,36 @@ def test_mmr_breaks_ties_by_the_current_order_and_weighs_a_repeat_against_a_weak
     assert ids(got) == ["i0", "i2", "i3", "i7"]
 
 
+def mmr_by_definition(relevance: list[float], categories: list[str], w: float) -> list[int]:
+    """MMR as defined, one maximum at a time over every remaining item (the first on a tie)."""
+    low, high = min(relevance), max(relevance)
+    scaled = [0.0 if high == low else (r - low) / (high - low) for r in relevance]
+    remaining, chosen, shown = list(range(len(relevance))), [], set()
+    while remaining:
+        best = max(remaining, key=lambda row: (w * scaled[row] - (1 - w) * (categories[row] in shown), -row))
+        remaining.remove(best)
+        chosen.append(best)
+        shown.add(categories[best])
+    return chosen
+
+
+def test_mmr_matches_its_definition_on_random_lists():
+    rng = np.random.default_rng(7)
+    for case in range(2000):
+        n, k = int(rng.integers(1, 40)), int(rng.integers(1, 12))
+        items = [f"x{j}" for j in range(n)]
+        categories = [f"c{rng.integers(0, rng.integers(1, 6))}" for _ in items]
+        catalog = ItemCatalog({item: {"category": c} for item, c in zip(items, categories, strict=True)})
+        # Half the cases with many ties (a few distinct relevance values).
+        relevance = (rng.integers(0, 3, n) if case % 2 else rng.random(n)).astype(float).tolist()
+        w = float(rng.choice([0.0, 0.3, 0.5, 0.7, 1.0, rng.random()]))
+        selector = MMRDiversitySelector("x", DiversityParams(relevance_weight=w), deps())
+        got = selector.select(state(k=k, catalog=catalog), candidates(*items, relevance=relevance))
+        size = min(n, 3 * k)
+        expected = [items[row] for row in mmr_by_definition(relevance[:size], categories[:size], w)]
+        assert ids(got) == expected + items[size:], (case, relevance, categories, w)
+
+
 def test_brand_quota_moves_the_excess_after_the_top():
     got = BrandQuotaSelector("x", BrandQuotaParams(max_per_brand=1), deps()).select(
         state(k=3), candidates("i0", "i2", "i1", "i3", "i4")

@@ -152,24 +152,49 @@ async def test_without_a_delay_an_idle_batcher_runs_at_once_and_batches_what_que
     await micro.close()
 
 
-async def test_inline_runs_a_lone_request_on_the_loops_thread_and_the_rest_as_before(executor):
+async def test_inline_runs_a_small_lone_request_on_the_loops_thread_and_the_rest_as_before(executor):
     threads: list[int] = []
 
     def recorded(key, tensors):
         threads.append(threading.get_ident())
         return echo(key, tensors)
 
-    micro = batcher(executor, run=recorded, max_delay_s=0.0, inline=True)
+    micro = batcher(executor, run=recorded, max_delay_s=0.0, inline_max_width=4)
     loop_thread = threading.get_ident()
     result = await micro.submit("m", request(2, 4), 4)
     assert threads == [loop_thread] and list(micro.batch_sizes) == [1]
     assert result[0].tolist() == [[2003, 2004, 2005, 2006]]
-    micro.inline = False  # the backend switches it per loaded version
-    await micro.submit("m", request(2, 4), 4)
+    await micro.submit("m", request(2, 5), 5)  # wider than the limit: the inference thread
     assert threads[1] != loop_thread
     poisoned = request(1, 3)
     poisoned["candidates"][0, 0] = POISON
-    micro.inline = True
     with pytest.raises(ValueError, match="poisoned"):  # an inline failure reaches its caller like any other
         await micro.submit("m", poisoned, 3)
+    micro.inline_max_width = 0  # the backend sets it per loaded version
+    await micro.submit("m", request(2, 4), 4)
+    assert threads[-1] != loop_thread
+    await micro.close()
+
+
+async def test_inline_never_overtakes_a_running_batch_or_the_queue(executor):
+    release = threading.Event()
+    threads: list[int] = []
+
+    def held(key, tensors):
+        threads.append(threading.get_ident())
+        if tensors["history"][0, 0] == 0:
+            release.wait(5)
+        return echo(key, tensors)
+
+    micro = batcher(executor, run=held, max_delay_s=0.0, inline_max_width=0)
+    first = asyncio.create_task(micro.submit("m", request(0, 3), 3))  # holds the only instance
+    await asyncio.sleep(0.05)
+    micro.inline_max_width = 100
+    waiting = [asyncio.create_task(micro.submit("m", request(u, 3), 3)) for u in (1, 2, 3)]
+    await asyncio.sleep(0.05)
+    assert not any(task.done() for task in waiting)  # queued behind the running one, not run on the loop
+    release.set()
+    results = await asyncio.gather(first, *waiting)
+    assert list(micro.batch_sizes) == [1, 3] and threading.get_ident() not in threads
+    assert [r[0][0, 0] for r in results] == [1 + 1000 * u + u for u in range(4)]
     await micro.close()
