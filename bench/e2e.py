@@ -156,6 +156,26 @@ def start_profilers(stack: LocalStack, seconds: float, directory: Path) -> list[
     ]
 
 
+def random_history(item_ids: list[str], rng: np.random.Generator, size: int = 10) -> list[common.Interaction]:
+    """``size`` views of random items: the history every benchmark request carries."""
+    return [
+        common.Interaction(item_id=item_ids[j], event_type=common.EVENT_TYPE_VIEW)
+        for j in rng.integers(0, len(item_ids), size=size)
+    ]
+
+
+def recommend_request(i: int, item_ids: list[str], rng: np.random.Generator) -> pb.RecommendRequest:
+    """The benchmark's ``i``-th request: the home surface, a consenting shopper of 5,000, 10 viewed items, k = 10."""
+    return pb.RecommendRequest(
+        subject=common.Subject(user_id=f"u{i % 5000}"),
+        surface=common.SURFACE_HOME,
+        consent=True,
+        history=random_history(item_ids, rng),
+        k=10,
+        context=common.RequestContext(region="GB"),
+    )
+
+
 def cpu_per_request(pids: dict[str, int], tree: dict[str, bool], before: dict[str, float], requests: int) -> dict:
     return {
         name: round((cpu_seconds(pid, tree[name]) - before[name]) * 1000 / requests, 3) for name, pid in pids.items()
@@ -178,18 +198,7 @@ async def aisle_target(
         stub = pb_grpc.RecommendationServiceStub(channel)
 
         def make(i: int) -> pb.RecommendRequest:
-            history = [
-                common.Interaction(item_id=item_ids[j], event_type=common.EVENT_TYPE_VIEW)
-                for j in rng.integers(0, len(item_ids), size=10)
-            ]
-            return pb.RecommendRequest(
-                subject=common.Subject(user_id=f"u{i % 5000}"),
-                surface=common.SURFACE_HOME,
-                consent=True,
-                history=history,
-                k=10,
-                context=common.RequestContext(region="GB"),
-            )
+            return recommend_request(i, item_ids, rng)
 
         async def send(request):
             return await stub.Recommend(request, timeout=1.0)
@@ -325,6 +334,23 @@ def add_local_configs(repository: Path) -> None:
             shutil.copytree(project, model_dir / "configs")
 
 
+def home_sources(candidates: int) -> dict[str, int]:
+    """Source -> candidates the benchmark's home policy asks retrieval for, so that ``candidates`` reach ranking.
+
+    Overlap between sources is removed by the merge: ask for 20% more than the limit. The shipped home policy's
+    personal sources come too: buy-again (the request's 10 history items) and co-visitation (the synthetic shop's
+    session baskets; sparse there: 1.6 items per basket, so a few neighbours per item), and trending (the synthetic
+    index's trending counts are its popularity, so these overlap the popular items)."""
+    return {
+        "two_tower": candidates * 7 // 10,
+        "co_visitation": candidates // 10,
+        "buy_again": 20,
+        "popularity": candidates * 3 // 10,
+        "trending": candidates // 10,
+        "cold_start": candidates // 5,
+    }
+
+
 def bench_policies(workdir: Path, candidates: int, one_call: bool = True) -> Path:
     """The shipped policies, with the home surface's sources asking for enough items that ``candidates`` reach
     ranking (the merge keeps at most that many): in one Retrieve call (the default policies' way), or one call
@@ -333,18 +359,7 @@ def bench_policies(workdir: Path, candidates: int, one_call: bool = True) -> Pat
 
     from services.gateway.policies import DEFAULT_POLICY_FILE
 
-    # Overlap between sources is removed by the merge: ask for 20% more than the limit. The shipped home policy's
-    # personal sources come too: buy-again (the request's 10 history items) and co-visitation (the synthetic
-    # shop's session baskets; sparse there: 1.6 items per basket, so a few neighbours per item), and trending (the
-    # synthetic index's trending counts are its popularity, so these overlap the popular items).
-    wanted = {
-        "two_tower": candidates * 7 // 10,
-        "co_visitation": candidates // 10,
-        "buy_again": 20,
-        "popularity": candidates * 3 // 10,
-        "trending": candidates // 10,
-        "cold_start": candidates // 5,
-    }
+    wanted = home_sources(candidates)
     if one_call:
         sources = [{"component": "RetrievalSources", "name": "Retrieval", "params": {"sources": wanted}}]
     else:

@@ -36,22 +36,22 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 
 from aisle.common.v1 import common_pb2 as common  # noqa: E402
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb  # noqa: E402
-from aisle.recommendation.v1 import recommendation_service_pb2 as pb  # noqa: E402
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb  # noqa: E402
-from bench.e2e import bench_policies, log, prepare_artifacts  # noqa: E402
+from bench.e2e import (  # noqa: E402
+    bench_policies,
+    home_sources,
+    log,
+    prepare_artifacts,
+    random_history,
+    recommend_request,
+)
 from services.core.server import Application  # noqa: E402
 from services.demo.stack import LocalStack  # noqa: E402
+from services.gateway.components.sources import SOURCES  # noqa: E402
 from services.retrieval.index import latest_version  # noqa: E402
 
-#: What the benchmark's home policy asks retrieval for (bench.e2e.bench_policies at 500 candidates).
-SOURCE_LIMITS = {
-    common.CANDIDATE_SOURCE_TWO_TOWER: 350,
-    common.CANDIDATE_SOURCE_CO_VISITATION: 50,
-    common.CANDIDATE_SOURCE_BUY_AGAIN: 20,
-    common.CANDIDATE_SOURCE_POPULARITY: 150,
-    common.CANDIDATE_SOURCE_TRENDING: 50,
-    common.CANDIDATE_SOURCE_COLD_START: 100,
-}
+#: Candidates ranked per request, as in bench/e2e.py's default.
+CANDIDATES = 500
 
 
 class _Context:
@@ -134,8 +134,8 @@ async def ranking_figures(workdir: Path, item_ids: list[str], count: int, warm_u
     requests = [
         ranking_pb.RankRequest(
             surface=common.SURFACE_HOME,
-            history=history(item_ids, rng),
-            candidate_item_ids=[item_ids[j] for j in rng.choice(len(item_ids), 500, replace=False)],
+            history=random_history(item_ids, rng),
+            candidate_item_ids=[item_ids[j] for j in rng.choice(len(item_ids), CANDIDATES, replace=False)],
             columnar=True,
         )
         for _ in range(count + warm_up)
@@ -160,13 +160,14 @@ async def retrieval_figures(workdir: Path, item_ids: list[str], count: int, warm
     for source in servicer.sources.values():  # each source timed by a wrapper around its retrieve
         source.retrieve = timed(source.retrieve, source.name, spent)
     context = _Context()
+    limits = {SOURCES[name]: k for name, k in home_sources(CANDIDATES).items()}  # as the gateway asks
     requests = [
         retrieval_pb.RetrieveRequest(
             surface=common.SURFACE_HOME,
             context=common.RequestContext(region="GB"),
-            history=history(item_ids, rng),
-            sources=list(SOURCE_LIMITS),
-            source_limits=[retrieval_pb.SourceLimit(source=s, k=k) for s, k in SOURCE_LIMITS.items()],
+            history=random_history(item_ids, rng),
+            sources=list(limits),
+            source_limits=[retrieval_pb.SourceLimit(source=s, k=k) for s, k in limits.items()],
             consent=True,
             columnar=True,
         )
@@ -209,7 +210,7 @@ async def gateway_figures(workdir: Path, item_ids: list[str], count: int, warm_u
             retrieval_target=stack.services["retrieval"].target,
             ranking_target=stack.services["ranking"].target,
             catalog_path=workdir / "catalog.json",
-            policy_file=bench_policies(workdir, 500),
+            policy_file=bench_policies(workdir, CANDIDATES),
             event_log="off",
             anonymous_cache_ttl_s=0,
             metrics_port=None,
@@ -219,17 +220,7 @@ async def gateway_figures(workdir: Path, item_ids: list[str], count: int, warm_u
         await app.load()
         recommend = handler(app, "Recommend")
         context = _Context()
-        requests = [
-            pb.RecommendRequest(
-                subject=common.Subject(user_id=f"u{i % 5000}"),
-                surface=common.SURFACE_HOME,
-                consent=True,
-                history=history(item_ids, rng),
-                k=10,
-                context=common.RequestContext(region="GB"),
-            )
-            for i in range(count + warm_up)
-        ]
+        requests = [recommend_request(i, item_ids, rng) for i in range(count + warm_up)]
         histograms = {"stages_ms": ("aisle_gateway_stage_seconds", "stage")}
         histograms["components_ms"] = ("aisle_gateway_component_seconds", "component")
         before: dict[str, dict[str, float]] = {}
@@ -247,13 +238,6 @@ async def gateway_figures(workdir: Path, item_ids: list[str], count: int, warm_u
         after = histogram_seconds(registry, *spec)
         figures[key] = per_request_ms({name: after[name] - before[key].get(name, 0.0) for name in after}, count)
     return figures
-
-
-def history(item_ids: list[str], rng) -> list[common.Interaction]:
-    return [
-        common.Interaction(item_id=item_ids[j], event_type=common.EVENT_TYPE_VIEW)
-        for j in rng.integers(0, len(item_ids), size=10)
-    ]
 
 
 def main() -> None:
