@@ -248,6 +248,8 @@ def main() -> None:
     parser.add_argument("--warm-up", type=int, default=200)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "handlers.json")
     args = parser.parse_args()
+    if args.requests < 1 or args.warm_up < 0:
+        parser.error("--requests must be at least 1 and --warm-up at least 0")
     args.workdir.mkdir(parents=True, exist_ok=True)
     prepare_artifacts(args.workdir, args.items)
     item_ids = (latest_version(args.workdir / "ann_index") / "item_ids.txt").read_text().split()
