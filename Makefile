@@ -50,13 +50,13 @@ bench-retrieval: setup ## Retrieval benchmark (1M x 64): ScaNN vs exact vs faiss
 	$(BIN)/python bench/retrieval.py
 
 bench-e2e: setup ## End-to-end open-loop load: three service processes vs a bare echo chain, latency vs rate
-	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/e2e.py --workdir .cache/e2e-work
 
 bench-handlers: setup ## Each service's handler in-process (no gRPC): CPU per request, per stage and source
 	$(BIN)/python bench/handlers.py
 
 bench-e2e-triton: setup triton ## The same load with ranking on a local Triton server
-	$(BIN)/python bench/e2e.py --ranking-backend triton --out bench/results/e2e_triton.json
+	$(BIN)/python bench/e2e.py --workdir .cache/e2e-work --ranking-backend triton --out bench/results/e2e_triton.json
 
 train: setup ## Train two-tower + sequence ranker on the synthetic shop into model_repository/ and artifacts/
 	$(BIN)/aisle train

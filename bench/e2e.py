@@ -1,7 +1,7 @@
 """End-to-end load benchmark: the three services as separate processes under an open-loop load, against a bare
 grpc.aio echo chain with the same hops, measured at each rate right after Aisle (the same minute of the machine).
 
-    .venv/bin/python bench/e2e.py [--items 100000] [--rates 50,100,200,300,400] [--seconds 10]
+    .venv/bin/python bench/e2e.py [--items 1000000] [--rates 50,100,200,300,400] [--seconds 10]
     (make bench-e2e; make bench-e2e-triton for ranking on a local Triton)
 
 Options worth knowing: ``--workdir DIR`` keeps the trained artefacts for the next run, ``--artifacts DIR
@@ -43,6 +43,8 @@ from services.demo.stack import LocalStack, free_port  # noqa: E402
 from services.demo.triton import local_triton, triton_missing  # noqa: E402
 from services.retrieval.index import latest_version  # noqa: E402
 
+#: Items in the synthetic shop's catalog by default: the performance issue's 1M-item catalog.
+ITEMS = 1_000_000
 #: Seconds of load at each rate before it is measured (not counted): the other chain ran meanwhile.
 WARM_UP_S = 1.0
 
@@ -294,11 +296,19 @@ async def measure_both(
 
 def prepare_artifacts(workdir: Path, items: int) -> None:
     """A trained ranker and catalog, and a ScaNN index built by ``aisle index build`` (what production serves).
-    Reused when ``workdir`` already holds them for the same item count."""
+    Reused when ``workdir`` already holds them for the same item count; refused when it holds another shop's."""
     stamp = workdir / "artifacts.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("items") == items:
-        log(f"reusing the artefacts in {workdir}")
-        return
+    if stamp.exists():
+        held = json.loads(stamp.read_text()).get("items")
+        if held == items:
+            log(f"reusing the artefacts in {workdir}")
+            return
+        raise SystemExit(
+            f"{workdir} holds the artefacts of a {held}-item shop, not {items}: "
+            f"pass --items {held}, another --workdir, or remove {workdir}"
+        )
+    if any(workdir.iterdir()):
+        raise SystemExit(f"{workdir} is not empty and holds no benchmark artefacts: choose an empty --workdir")
     log(f"training a ranker and an index for {items} items")
     train_artifacts(workdir, items)
     log("building the ScaNN index (aisle index build)")
@@ -416,7 +426,7 @@ def plot(aisle: list[dict], echo: list[dict], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=ITEMS, help="items in the synthetic shop's catalog")
     parser.add_argument("--rates", default="50,100,200,300,400,500")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "e2e.json")

@@ -3,7 +3,8 @@ benchmark's requests (the home policy's sources, 500 candidates ranked, 10-item 
 
     .venv/bin/python bench/handlers.py [--workdir .cache/e2e-work] [--requests 1500]   (make bench-handlers)
 
-The workdir is bench/e2e.py's: the synthetic shop's artefacts are made there once (100,000 items) and reused.
+The workdir is bench/e2e.py's: the synthetic shop's artefacts are made there once (1,000,000 items unless
+``--items`` says otherwise) and reused.
 
 - ranking: ``RankingServicer.Rank`` on the embedded backend, as its server would call it;
 - retrieval: ``RetrievalServicer.Retrieve``, with the time of each source;
@@ -38,6 +39,7 @@ from aisle.common.v1 import common_pb2 as common  # noqa: E402
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb  # noqa: E402
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb  # noqa: E402
 from bench.e2e import (  # noqa: E402
+    ITEMS,
     bench_policies,
     home_sources,
     log,
@@ -243,7 +245,7 @@ async def gateway_figures(workdir: Path, item_ids: list[str], count: int, warm_u
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=ROOT / ".cache" / "e2e-work", help="as bench/e2e.py's")
-    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--items", type=int, default=ITEMS, help="items in the synthetic shop's catalog")
     parser.add_argument("--requests", type=int, default=1500, help="measured requests per handler")
     parser.add_argument("--warm-up", type=int, default=200)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "handlers.json")

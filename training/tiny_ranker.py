@@ -63,6 +63,12 @@ class TinySequenceRanker(nn.Module):
         items = self.item_embedding(candidates)  # [B, C, D]
         return (items @ user[:, :, None]).squeeze(-1) + self.candidate_bias(candidates).squeeze(-1)
 
+    def logits_for_every_item(self, history: torch.Tensor) -> torch.Tensor:
+        """``logits`` with every item as a candidate: [B, num_items], column i being token i + 1. One product
+        with the embedding table instead of gathering a [B, num_items, D] copy of it."""
+        user = self.user_state(history)  # [B, D]
+        return user @ self.item_embedding.weight[1:].T + self.candidate_bias.weight[1:, 0]
+
     def forward(self, history_item_ids: torch.Tensor, candidate_item_ids: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(history_item_ids, candidate_item_ids))
 

@@ -20,6 +20,10 @@ from training.tiny_ranker import TinySequenceRanker
 log = logging.getLogger(__name__)
 
 
+#: Scores held at once by the full-ranking evaluation (float32: 128 MB).
+EVAL_CHUNK_SCORES = 32 * 1024 * 1024
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 3
@@ -127,9 +131,14 @@ def evaluate(
         return {}
     histories = torch.from_numpy(np.stack([encode_history(h + 1, history_length) for h, _ in test]))
     targets = np.array([t for _, t in test])
-    everything = torch.arange(1, model.num_items + 1)[None].expand(len(test), -1)
-    scores = model.logits(histories, everything).numpy()
-    model_top = np.argpartition(-scores, k, axis=1)[:, :k]
+    # Users in chunks, so a chunk's [users, items] score matrix stays near EVAL_CHUNK_SCORES whatever the catalog.
+    chunk = max(1, EVAL_CHUNK_SCORES // model.num_items)
+    model_top = np.concatenate(
+        [
+            np.argpartition(-model.logits_for_every_item(histories[start : start + chunk]).numpy(), k, axis=1)[:, :k]
+            for start in range(0, len(test), chunk)
+        ]
+    )
     popular_top = np.argsort(-popularity, kind="stable")[:k]
     return {
         f"hr@{k}": float(np.mean([t in row for t, row in zip(targets, model_top, strict=True)])),

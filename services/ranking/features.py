@@ -13,26 +13,39 @@ from pathlib import Path
 
 import numpy as np
 
-PADDING_TOKEN = 0
+from services.core.id_table import MISSING, HashCollision, IdTable
+
+PADDING_TOKEN = MISSING + 1  # tokens are vocabulary positions + 1: 0, padding, for an unknown id
 
 
 class ItemVocabulary:
+    """Item id -> token. Looked up through an :class:`~services.core.id_table.IdTable` (hundreds of candidate ids
+    per request at once); through a dict in the rare vocabulary where two ids share a 64-bit hash."""
+
     def __init__(self, item_ids: Sequence[str]):
         if len(set(item_ids)) != len(item_ids):
             raise ValueError("item vocabulary has duplicate ids")
-        self._tokens = {item: i + 1 for i, item in enumerate(item_ids)}
+        self._size = len(item_ids)
+        try:
+            self._table: IdTable | None = IdTable(item_ids)
+            self._tokens: dict[str, int] | None = None
+        except HashCollision:
+            self._table, self._tokens = None, {item: i + 1 for i, item in enumerate(item_ids)}
 
     @classmethod
     def read(cls, path: Path) -> ItemVocabulary:
         return cls([line for line in path.read_text(encoding="utf-8").splitlines() if line])
 
     def __len__(self) -> int:
-        return len(self._tokens)
+        return self._size
 
     def token(self, item_id: str) -> int:
-        return self._tokens.get(item_id, PADDING_TOKEN)
+        return int(self.tokens([item_id])[0])
 
     def tokens(self, item_ids: Sequence[str]) -> np.ndarray:
+        """int64 tokens, :data:`PADDING_TOKEN` for an unknown id."""
+        if self._table is not None:
+            return self._table.positions(item_ids) + 1  # MISSING (-1) + 1 is the padding token
         lookup = map(self._tokens.get, item_ids, itertools.repeat(PADDING_TOKEN))
         return np.fromiter(lookup, dtype=np.int64, count=len(item_ids))
 

@@ -1,8 +1,12 @@
-"""The end-to-end benchmark's summary: which offered rates count as held."""
+"""The end-to-end benchmark's summary (which offered rates count as held) and its workdir."""
 
 from __future__ import annotations
 
-from bench.e2e import held_rates
+import json
+
+import pytest
+
+from bench.e2e import held_rates, prepare_artifacts
 
 
 def row(rate: float, p99_ms: float = 10.0, achieved: float | None = None, error_rate: float = 0.0) -> dict:
@@ -19,3 +23,15 @@ def test_a_rate_held_after_a_failed_lower_one_does_not_count():
     rows = [row(100), row(200, achieved=150), row(250, error_rate=0.02), row(300)]
     assert held_rates(rows) == [100]
     assert held_rates([row(50, p99_ms=101.0), row(100)]) == []
+
+
+def test_a_workdir_with_another_shops_artefacts_or_other_files_is_refused_with_the_fix(tmp_path):
+    (tmp_path / "artifacts.json").write_text(json.dumps({"items": 100_000}))
+    with pytest.raises(SystemExit, match="--items 100000, another --workdir"):
+        prepare_artifacts(tmp_path, 1_000_000)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="not empty"):
+        prepare_artifacts(other, 1_000)
+    assert (other / "notes.txt").read_text() == "mine"

@@ -99,3 +99,15 @@ def test_request_features_equal_the_plain_comparison_on_random_windows():
     since = np.where(newest >= 0, length - 1 - newest, length)
     expected = np.stack([np.log1p(count), recency, share, np.log1p(since)], axis=2).astype(np.float32)
     np.testing.assert_allclose(request_features(history, candidates), expected, rtol=0, atol=1e-7)
+
+
+class _SameHash(str):
+    def __hash__(self) -> int:
+        return 7
+
+
+def test_a_vocabulary_whose_ids_share_a_hash_still_tells_them_apart():
+    # Its id table refuses ids with one hash; the vocabulary falls back to a dict.
+    vocabulary = ItemVocabulary([_SameHash("a"), _SameHash("b")])
+    assert vocabulary.tokens([_SameHash("b"), _SameHash("a"), _SameHash("c")]).tolist() == [2, 1, PADDING_TOKEN]
+    assert len(vocabulary) == 2 and vocabulary.token(_SameHash("b")) == 2
