@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -294,21 +295,40 @@ async def measure_both(
     return aisle_rows, echo_rows
 
 
+#: What prepare_artifacts makes in a workdir (and clears again after an interrupted preparation).
+PREPARED = ("model_repository", "index", "ann_index", "catalog.json")
+#: What a run leaves in a workdir beside the artefacts (any run, ``--artifacts`` ones too).
+RUN_OUTPUTS = ("logs", "policies.yaml", "triton.log", "handlers")
+
+
 def prepare_artifacts(workdir: Path, items: int) -> None:
     """A trained ranker and catalog, and a ScaNN index built by ``aisle index build`` (what production serves).
-    Reused when ``workdir`` already holds them for the same item count; refused when it holds another shop's."""
+    Reused when ``workdir`` already holds them for the same item count; refused when it holds another shop's or
+    files of its own; made again when an earlier preparation was interrupted."""
     stamp = workdir / "artifacts.json"
     if stamp.exists():
-        held = json.loads(stamp.read_text()).get("items")
-        if held == items:
+        held = json.loads(stamp.read_text())
+        if held.get("complete", True) is False:  # stamped before training, never finished: clear what it left
+            log(f"an earlier preparation in {workdir} was interrupted: making the artefacts again")
+            for name in PREPARED:
+                path = workdir / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+        elif held.get("items") == items:
             log(f"reusing the artefacts in {workdir}")
             return
+        else:
+            raise SystemExit(
+                f"{workdir} holds the artefacts of a {held.get('items')}-item shop, not {items}: "
+                f"pass --items {held.get('items')}, another --workdir, or remove {workdir}"
+            )
+    elif others := sorted(p.name for p in workdir.iterdir() if p.name not in RUN_OUTPUTS and p.name[0] != "."):
         raise SystemExit(
-            f"{workdir} holds the artefacts of a {held}-item shop, not {items}: "
-            f"pass --items {held}, another --workdir, or remove {workdir}"
+            f"{workdir} holds files that are not the benchmark's ({', '.join(others[:3])}): choose an empty --workdir"
         )
-    if any(workdir.iterdir()):
-        raise SystemExit(f"{workdir} is not empty and holds no benchmark artefacts: choose an empty --workdir")
+    stamp.write_text(json.dumps({"items": items, "complete": False}))
     log(f"training a ranker and an index for {items} items")
     train_artifacts(workdir, items)
     log("building the ScaNN index (aisle index build)")
@@ -329,7 +349,7 @@ def prepare_artifacts(workdir: Path, items: int) -> None:
         check=True,
         cwd=ROOT,
     )
-    stamp.write_text(json.dumps({"items": items}))
+    stamp.write_text(json.dumps({"items": items, "complete": True}))
 
 
 def add_local_configs(repository: Path) -> None:

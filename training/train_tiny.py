@@ -20,7 +20,7 @@ from training.tiny_ranker import TinySequenceRanker
 log = logging.getLogger(__name__)
 
 
-#: Scores held at once by the full-ranking evaluation (float32: 128 MB).
+#: Scores held at once by the full-ranking evaluation: a [users, items] float32 chunk of 128 MB.
 EVAL_CHUNK_SCORES = 32 * 1024 * 1024
 
 
@@ -135,7 +135,7 @@ def evaluate(
     chunk = max(1, EVAL_CHUNK_SCORES // model.num_items)
     model_top = np.concatenate(
         [
-            np.argpartition(-model.logits_for_every_item(histories[start : start + chunk]).numpy(), k, axis=1)[:, :k]
+            torch.topk(model.logits_for_every_item(histories[start : start + chunk]), k, dim=1).indices.numpy()
             for start in range(0, len(test), chunk)
         ]
     )

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from bench import e2e
 from bench.e2e import held_rates, prepare_artifacts
 
 
@@ -26,12 +27,29 @@ def test_a_rate_held_after_a_failed_lower_one_does_not_count():
 
 
 def test_a_workdir_with_another_shops_artefacts_or_other_files_is_refused_with_the_fix(tmp_path):
-    (tmp_path / "artifacts.json").write_text(json.dumps({"items": 100_000}))
+    (tmp_path / "artifacts.json").write_text(json.dumps({"items": 100_000, "complete": True}))
     with pytest.raises(SystemExit, match="--items 100000, another --workdir"):
         prepare_artifacts(tmp_path, 1_000_000)
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(SystemExit, match="not empty"):
+    with pytest.raises(SystemExit, match=r"not the benchmark's \(notes.txt\)"):
         prepare_artifacts(other, 1_000)
     assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_an_interrupted_preparation_is_cleared_and_made_again(tmp_path, monkeypatch):
+    (tmp_path / "artifacts.json").write_text(json.dumps({"items": 1_000, "complete": False}))
+    (tmp_path / "model_repository" / "ranker").mkdir(parents=True)  # what the interrupted training left
+    (tmp_path / "logs").mkdir()
+    made = []
+
+    def train(workdir, items):  # stands in for the training (minutes): the state it starts from is the point
+        made.append((sorted(p.name for p in workdir.iterdir()), items))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(e2e, "train_artifacts", train)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_artifacts(tmp_path, 1_000)
+    assert made == [(["artifacts.json", "logs"], 1_000)]
+    assert json.loads((tmp_path / "artifacts.json").read_text()) == {"items": 1_000, "complete": False}

@@ -1,3 +1,5 @@
+import pickle
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,18 @@ class _SameHash(str):
 
     def __hash__(self) -> int:
         return 7
+
+
+class _Hashed(str):
+    """A str with a chosen hash."""
+
+    def __new__(cls, text: str, value: int):
+        made = super().__new__(cls, text)
+        made.value = value
+        return made
+
+    def __hash__(self) -> int:
+        return self.value
 
 
 def _expected(ids: list[str], wanted: list[str]) -> list[int]:
@@ -41,6 +55,20 @@ def test_every_id_of_many_small_crowded_tables_is_found_where_it_is():
         assert table.positions(ids).tolist() == list(range(len(ids)))
         assert table.position(ids[-1]) == len(ids) - 1
         assert table.position("not-there") == MISSING
+
+
+def test_ids_whose_home_is_the_last_slot_wrap_round_to_the_start():
+    # Four ids make a 16-slot table; all four hashes land on slot 15, so three of them sit in slots 0-2.
+    ids = [_Hashed(f"id{h}", h) for h in (15, 31, 47, -1)]
+    table = IdTable(ids)
+    assert table.positions([_Hashed(f"id{h}", h) for h in (-1, 47, 31, 15)]).tolist() == [3, 2, 1, 0]
+    # A missing id on the same path probes through all four and stops at the first empty slot.
+    assert table.position(_Hashed("other", 63)) == MISSING
+
+
+def test_a_table_is_not_carried_to_another_process_whose_hashes_differ():
+    with pytest.raises(TypeError, match="build it again"):
+        pickle.dumps(IdTable(["a", "b"]))
 
 
 def test_duplicate_ids_are_refused_and_a_shared_hash_is_named():
