@@ -41,7 +41,7 @@ class IdTable:
         size = 1 << max(4, (2 * count - 1).bit_length())
         self._mask = size - 1
         self._hashes = np.zeros(size, dtype=np.int64)
-        self._slots = np.full(size, MISSING, dtype=np.int64)  # position + 0; MISSING marks an empty slot
+        self._slots = np.full(size, MISSING, dtype=np.int64)  # the position of the id whose hash is there, or MISSING
         self._count = count
         self._insert(hashes)
 
