@@ -81,9 +81,6 @@ class IdTable:
             pending, slot = pending[more], (slot[more] + 1) & self._mask
         return out
 
-    def position(self, item_id: str) -> int:
-        return int(self.positions([item_id])[0])
-
     def __reduce__(self):
         raise TypeError(
             "an IdTable holds this process's string hashes: build it again from the ids in the other process"

@@ -23,14 +23,14 @@ class ItemVocabulary:
     per request at once); through a dict in the rare vocabulary where two ids share a 64-bit hash."""
 
     def __init__(self, item_ids: Sequence[str]):
-        if len(set(item_ids)) != len(item_ids):
-            raise ValueError("item vocabulary has duplicate ids")
         self._size = len(item_ids)
-        try:
+        try:  # the table checks that the ids are distinct
             self._table: IdTable | None = IdTable(item_ids)
             self._tokens: dict[str, int] | None = None
-        except HashCollision:
+        except HashCollision:  # distinct ids (checked), two of them with one hash
             self._table, self._tokens = None, {item: i + 1 for i, item in enumerate(item_ids)}
+        except ValueError:
+            raise ValueError("item vocabulary has duplicate ids") from None
 
     @classmethod
     def read(cls, path: Path) -> ItemVocabulary:

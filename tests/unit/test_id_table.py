@@ -53,8 +53,7 @@ def test_every_id_of_many_small_crowded_tables_is_found_where_it_is():
         ids = list(dict.fromkeys(ids))
         table = IdTable(ids)
         assert table.positions(ids).tolist() == list(range(len(ids)))
-        assert table.position(ids[-1]) == len(ids) - 1
-        assert table.position("not-there") == MISSING
+        assert table.positions([ids[-1], "not-there"]).tolist() == [len(ids) - 1, MISSING]
 
 
 def test_ids_whose_home_is_the_last_slot_wrap_round_to_the_start():
@@ -63,7 +62,7 @@ def test_ids_whose_home_is_the_last_slot_wrap_round_to_the_start():
     table = IdTable(ids)
     assert table.positions([_Hashed(f"id{h}", h) for h in (-1, 47, 31, 15)]).tolist() == [3, 2, 1, 0]
     # A missing id on the same path probes through all four and stops at the first empty slot.
-    assert table.position(_Hashed("other", 63)) == MISSING
+    assert table.positions([_Hashed("other", 63)]).tolist() == [MISSING]
 
 
 def test_a_table_is_not_carried_to_another_process_whose_hashes_differ():
