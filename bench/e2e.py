@@ -43,6 +43,7 @@ from bench.process_cpu import cpu_seconds  # noqa: E402
 from services.demo.stack import LocalStack, free_port  # noqa: E402
 from services.demo.triton import local_triton, triton_missing  # noqa: E402
 from services.retrieval.index import latest_version  # noqa: E402
+from training.synthetic import CATEGORIES  # noqa: E402
 
 #: Items in the synthetic shop's catalog by default: the performance issue's 1M-item catalog.
 ITEMS = 1_000_000
@@ -462,6 +463,8 @@ def main() -> int:
     parser.add_argument("--profile-rate", type=float, help="sample every service with py-spy at this rate")
     parser.add_argument("--profile-dir", type=Path, default=ROOT / "bench" / "results" / "profiles")
     args = parser.parse_args()
+    if args.items < CATEGORIES:
+        parser.error(f"--items must be at least {CATEGORIES} (one item per category of the synthetic shop)")
     rates = sorted(float(r) for r in args.rates.split(","))
     if args.ranking_backend == "triton" and (missing := triton_missing()):
         parser.error(missing)

@@ -77,6 +77,10 @@ def session_baskets(events: Events) -> list[np.ndarray]:
     return [np.unique(basket) for basket in np.split(items, bounds)] if items.size else []
 
 
+#: Categories of a synthetic shop by default; it needs at least one item in each.
+CATEGORIES = 20
+
+
 def _cumulative(weights: np.ndarray) -> np.ndarray:
     """The distribution ``Generator.choice`` searches for weights ``p``: their running sum, scaled to end at 1."""
     cdf = weights.cumsum()
@@ -85,7 +89,11 @@ def _cumulative(weights: np.ndarray) -> np.ndarray:
 
 
 def generate_shop(
-    n_users: int = 2000, n_items: int = 1000, n_categories: int = 20, sessions_per_user: float = 6.0, seed: int = 0
+    n_users: int = 2000,
+    n_items: int = 1000,
+    n_categories: int = CATEGORIES,
+    sessions_per_user: float = 6.0,
+    seed: int = 0,
 ) -> SyntheticShop:
     if n_items < n_categories or n_categories < 2:
         raise ValueError("need at least 2 categories and one item per category")

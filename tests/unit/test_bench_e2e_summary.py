@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +56,11 @@ def test_an_interrupted_preparation_is_cleared_and_made_again(tmp_path, monkeypa
         prepare_artifacts(tmp_path, 1_000)
     assert made == [(["artifacts.json", "logs"], 1_000)]
     assert json.loads((tmp_path / "artifacts.json").read_text()) == {"items": 1_000, "complete": False}
+
+
+@pytest.mark.parametrize("script", ["bench/e2e.py", "bench/handlers.py"])
+def test_a_catalog_too_small_for_the_synthetic_shop_is_refused_with_the_minimum(script):
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, script, "--items", "5"], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "--items must be at least 20" in done.stderr
