@@ -7,7 +7,7 @@ STAMP := $(VENV)/.aisle-installed
 export BUF_CACHE_DIR ?= $(CURDIR)/.cache/buf
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-integration test-e2e lint format proto proto-check k8s-check check train train-online-retail evaluate triton bench-retrieval bench-e2e bench-e2e-triton bench-handlers models-check bench-ranking clean
+.PHONY: help setup demo test test-unit test-integration test-e2e lint format proto proto-check k8s-check check train train-online-retail evaluate triton bench-retrieval bench-e2e bench-e2e-triton bench-handlers bench-tracing models-check bench-ranking clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ bench-e2e: setup ## End-to-end open-loop load: three service processes vs a bare
 
 bench-handlers: setup ## Each service's handler in-process (no gRPC): CPU per request, per stage and source
 	$(BIN)/python bench/handlers.py
+
+bench-tracing: setup ## CPU per gRPC call: no tracing, the OpenTelemetry grpc instrumentation, Aisle's own spans
+	$(BIN)/python bench/tracing.py
 
 bench-e2e-triton: setup triton ## The same load with ranking on a local Triton server
 	$(BIN)/python bench/e2e.py --workdir .cache/e2e-work --ranking-backend triton --out bench/results/e2e_triton.json

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import grpc
 
+from services.core.rpc_tracing import TracedChannel, tracing_enabled
+
 
 def service_config(service_names: Sequence[str], *, max_attempts: int = 3) -> str:
     """The JSON gRPC service config for calls to ``service_names`` (fully qualified, e.g. aisle.ranking.v1...)."""
@@ -40,7 +42,8 @@ def create_channel(
     max_message_bytes: int = 4 * 1024 * 1024,
     max_attempts: int = 3,
 ) -> grpc.aio.Channel:
-    """An insecure (in-cluster) ``grpc.aio`` channel with retries, keepalive and message limits set."""
+    """An insecure (in-cluster) ``grpc.aio`` channel with retries, keepalive and message limits set; its calls
+    carry the trace context and make client spans while tracing is on."""
     options = [
         ("grpc.enable_retries", 1),
         ("grpc.service_config", service_config(service_names, max_attempts=max_attempts)),
@@ -56,4 +59,5 @@ def create_channel(
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
     ]
-    return grpc.aio.insecure_channel(target, options=options)
+    channel = grpc.aio.insecure_channel(target, options=options)
+    return TracedChannel(channel) if tracing_enabled() else channel

@@ -1,7 +1,7 @@
 """The one way every Aisle service runs a gRPC server.
 
 :class:`ServiceHost` builds a ``grpc.aio`` server with the standard health service (SERVING only after the
-application's ``load`` step has finished), server reflection, metrics and error interceptors, a Prometheus
+application's ``load`` step has finished), server reflection, tracing, metrics and error interceptors, a Prometheus
 endpoint, and graceful shutdown: on SIGTERM health flips to NOT_SERVING, new calls are refused and in-flight calls
 get ``grace_period_s`` to finish.
 """
@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from services.core.interceptors import ErrorInterceptor
 from services.core.metrics import MetricsInterceptor, RpcMetrics, start_metrics_server
+from services.core.rpc_tracing import TracingInterceptor, tracing_enabled
 from services.core.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,9 @@ class ServiceHost:
     async def start(self) -> int:
         """Binds and starts the server with health NOT_SERVING; returns the bound port."""
         metrics = RpcMetrics(self.registry, self.settings.service_label)
+        tracing = [TracingInterceptor()] if tracing_enabled() else []  # outermost: its span covers the others
         server = grpc.aio.server(
-            interceptors=[MetricsInterceptor(metrics), ErrorInterceptor(), *self.app.extra_interceptors],
+            interceptors=[*tracing, MetricsInterceptor(metrics), ErrorInterceptor(), *self.app.extra_interceptors],
             options=[
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                 ("grpc.max_send_message_length", self.settings.max_message_bytes),

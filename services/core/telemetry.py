@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -18,9 +17,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 
 log = logging.getLogger(__name__)
-
-_lock = threading.Lock()
-_grpc_instrumented = False
 
 
 def otlp_endpoint_configured(environ: dict[str, str] | None = None) -> bool:
@@ -31,7 +27,8 @@ def otlp_endpoint_configured(environ: dict[str, str] | None = None) -> bool:
 
 
 def configure_tracing(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider | None:
-    """Installs the process's tracer provider and gRPC instrumentation; returns the provider (None if disabled).
+    """Installs the process's tracer provider; returns it (None if disabled). Servers and channels made after
+    it trace their calls (:mod:`services.core.rpc_tracing`).
 
     ``exporter`` is for tests (an in-memory exporter, spans exported synchronously). A provider can be set only
     once per process; later calls reuse it and only add the given exporter.
@@ -51,21 +48,7 @@ def configure_tracing(service_name: str, exporter: SpanExporter | None = None) -
             log.info("exporting traces with OTLP to %s", _endpoint())
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-    instrument_grpc()
     return provider
-
-
-def instrument_grpc() -> None:
-    """Adds OpenTelemetry server and client interceptors to every ``grpc.aio`` server and channel made after."""
-    global _grpc_instrumented
-    with _lock:
-        if _grpc_instrumented:
-            return
-        from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
-
-        GrpcAioInstrumentorServer().instrument()
-        GrpcAioInstrumentorClient().instrument()
-        _grpc_instrumented = True
 
 
 def current_trace_id() -> str:

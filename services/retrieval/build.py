@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +46,13 @@ class ScannConfig:
         return ScannSearchParams(self.leaves_to_search, self.pre_reorder_num_neighbors, self.num_leaves)
 
 
-def build_scann(embeddings: np.ndarray, directory: Path, config: ScannConfig) -> dict:
-    """Builds and serializes a ScaNN searcher into ``directory``; returns the build parameters."""
+def build_scann(
+    embeddings: np.ndarray, directory: Path, config: ScannConfig, target_recall: float | None = None
+) -> dict:
+    """Builds and serializes a ScaNN searcher into ``directory``; returns the build parameters.
+
+    With ``target_recall``, ``config.leaves_to_search`` is replaced by the fewest leaves whose recall@10 against
+    exact search reaches it (:func:`tune_leaves`), and the measured curve is returned with the parameters."""
     import scann
 
     builder = (
@@ -60,9 +66,80 @@ def build_scann(embeddings: np.ndarray, directory: Path, config: ScannConfig) ->
         .reorder(config.reorder_num_neighbors)
     )
     searcher = builder.build()
+    tuning = None
+    if target_recall is not None:
+        curve = tune_leaves(searcher, embeddings, config, target_recall)
+        config = replace(config, leaves_to_search=choose_leaves(curve, target_recall, config.num_leaves))
+        tuning = {"target_recall": target_recall, "samples": TUNING_SAMPLES, "curve": [asdict(p) for p in curve]}
     # Relative asset paths, so the folder still loads after the atomic rename into place.
     searcher.serialize(str(directory), relative_path=True)
-    return {"ann": "scann", **asdict(config)}
+    return {"ann": "scann", **asdict(config), **({"tuning": tuning} if tuning else {})}
+
+
+#: Queries the tuning measures recall with (the serving spot-check uses 64 others: another seed).
+TUNING_SAMPLES = 400
+#: Shares of the tree's leaves the tuning tries, fewest first.
+TUNING_FRACTIONS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class RecallPoint:
+    """One point of the recall/effort curve: recall@10 against exact search, and the time of one query."""
+
+    leaves_to_search: int
+    recall: float
+    query_us: float
+
+
+class TargetRecallUnreachable(ValueError):
+    """Even searching every leaf misses the recall asked for (the quantisation or the reordering is too coarse)."""
+
+
+def tune_leaves(
+    searcher, embeddings: np.ndarray, config: ScannConfig, target_recall: float, k: int = 10, seed: int = 1
+) -> list[RecallPoint]:
+    """Recall@k of a built ScaNN searcher at more and more leaves searched (:data:`TUNING_FRACTIONS` of the
+    tree), until it reaches ``target_recall``; the queries are sampled item vectors with noise, as for
+    :func:`spot_check_recall`. Shows a progress bar: at a million items the exact answers take seconds."""
+    from tqdm.auto import tqdm
+
+    queries = sample_queries(embeddings, TUNING_SAMPLES, seed)
+    exact = ExactSearcher(embeddings)
+    want = [set(exact.search(query, k)[0].tolist()) for query in tqdm(queries, desc="exact answers", leave=False)]
+    ladder = sorted({max(1, math.ceil(config.num_leaves * f)) for f in TUNING_FRACTIONS})
+    curve: list[RecallPoint] = []
+    for leaves in (bar := tqdm(ladder, desc="tuning leaves to search", unit="setting")):
+        pre_reorder = max(k, config.pre_reorder_num_neighbors)
+        found, _ = searcher.search_batched(
+            queries, final_num_neighbors=k, pre_reorder_num_neighbors=pre_reorder, leaves_to_search=leaves
+        )
+        recall = sum(len(w & set(f.tolist())) for w, f in zip(want, found, strict=True)) / (len(queries) * k)
+        timed = queries[:50]
+        start = time.perf_counter()
+        for query in timed:
+            searcher.search(
+                query, final_num_neighbors=k, pre_reorder_num_neighbors=pre_reorder, leaves_to_search=leaves
+            )
+        query_us = (time.perf_counter() - start) / len(timed) * 1e6
+        curve.append(RecallPoint(leaves, round(recall, 4), round(query_us, 1)))
+        bar.set_postfix(leaves=leaves, recall=f"{recall:.3f}")
+        if recall >= target_recall:
+            break
+    log.info("recall@%d by leaves searched: %s", k, ", ".join(f"{p.leaves_to_search}: {p.recall:.3f}" for p in curve))
+    return curve
+
+
+def choose_leaves(curve: list[RecallPoint], target_recall: float, num_leaves: int) -> int:
+    """The fewest leaves of ``curve`` reaching ``target_recall``; refused, with what was reached, if none does."""
+    for point in sorted(curve, key=lambda p: p.leaves_to_search):
+        if point.recall >= target_recall:
+            return point.leaves_to_search
+    best = max(curve, key=lambda p: p.recall, default=None)
+    reached = f"{best.recall:.3f} at {best.leaves_to_search} of {num_leaves} leaves" if best else "nothing measured"
+    raise TargetRecallUnreachable(
+        f"recall@10 {reached} is below the target {target_recall:.3f}: lower --target-recall, or keep more "
+        "neighbours for exact re-scoring (--pre-reorder)"
+    )
 
 
 def searcher_for(artifact) -> Searcher:
@@ -74,6 +151,15 @@ def searcher_for(artifact) -> Searcher:
     return ScannSearcher(artifact.scann_dir, config.search_params())
 
 
+def sample_queries(embeddings: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """Queries made from ``samples`` item vectors with a little noise (near, not on, an item), float32."""
+    count = embeddings.shape[0]
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(count, size=min(samples, count), replace=False)
+    noise = rng.normal(scale=0.1 * float(np.abs(embeddings).mean() or 1.0), size=(len(rows), embeddings.shape[1]))
+    return (embeddings[rows] + noise).astype(np.float32)
+
+
 def spot_check_recall(
     searcher: Searcher, embeddings: np.ndarray, samples: int = 64, k: int = 10, seed: int = 0
 ) -> float:
@@ -81,13 +167,11 @@ def spot_check_recall(
     count = embeddings.shape[0]
     if count == 0:
         return 0.0
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(count, size=min(samples, count), replace=False)
-    noise = rng.normal(scale=0.1 * float(np.abs(embeddings).mean() or 1.0), size=(len(rows), embeddings.shape[1]))
+    queries = sample_queries(embeddings, samples, seed)
     exact = ExactSearcher(embeddings)
     hits = 0
-    for query in (embeddings[rows] + noise).astype(np.float32):
+    for query in queries:
         want = set(exact.search(query, k)[0].tolist())
         got = set(searcher.search(query, k)[0].tolist())
         hits += len(want & got)
-    return hits / (len(rows) * min(k, count))
+    return hits / (len(queries) * min(k, count))

@@ -58,6 +58,20 @@ def test_an_interrupted_preparation_is_cleared_and_made_again(tmp_path, monkeypa
     assert json.loads((tmp_path / "artifacts.json").read_text()) == {"items": 1_000, "complete": False}
 
 
+def test_an_index_built_otherwise_is_built_again_and_the_rest_reused(tmp_path, monkeypatch):
+    (tmp_path / "artifacts.json").write_text(json.dumps({"items": 1_000, "complete": True}))  # before INDEX_BUILD
+    (tmp_path / "ann_index" / "20260101T000000Z").mkdir(parents=True)
+    (tmp_path / "catalog.json").write_text("{}")
+    built = []
+    monkeypatch.setattr(e2e, "train_artifacts", lambda *_: pytest.fail("the trained artefacts are reused"))
+    monkeypatch.setattr(e2e, "build_ann_index", lambda workdir: built.append(sorted(p.name for p in workdir.iterdir())))
+    prepare_artifacts(tmp_path, 1_000)
+    assert built == [["artifacts.json", "catalog.json"]]  # the old index gone first
+    assert json.loads((tmp_path / "artifacts.json").read_text())["index_build"] == list(e2e.INDEX_BUILD)
+    prepare_artifacts(tmp_path, 1_000)  # now as the benchmark builds it: reused as is
+    assert len(built) == 1
+
+
 @pytest.mark.parametrize("script", ["bench/e2e.py", "bench/handlers.py"])
 def test_a_catalog_too_small_for_the_synthetic_shop_is_refused_with_the_minimum(script):
     root = Path(__file__).resolve().parents[2]

@@ -1,0 +1,85 @@
+"""Tuning a ScaNN build to a recall target: the curve it measures and the leaves it keeps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from services.retrieval.build import (
+    RecallPoint,
+    TargetRecallUnreachable,
+    choose_leaves,
+    searcher_for,
+    spot_check_recall,
+)
+from services.retrieval.index import METADATA_FILE, latest_version, load_index
+from services.retrieval.index_cli import index as index_cli
+from tests.support.retrieval import write_index
+
+CURVE = [RecallPoint(10, 0.52, 60.0), RecallPoint(40, 0.88, 90.0), RecallPoint(80, 0.97, 140.0)]
+
+
+def test_the_fewest_leaves_reaching_the_target_are_chosen():
+    assert choose_leaves(CURVE, 0.9, 100) == 80
+    assert choose_leaves(CURVE, 0.88, 100) == 40  # reaching the target exactly counts
+    assert choose_leaves(list(reversed(CURVE)), 0.5, 100) == 10  # whatever order the curve comes in
+
+
+def test_an_unreachable_target_is_refused_with_what_was_reached():
+    with pytest.raises(TargetRecallUnreachable, match=r"0\.970 at 80 of 100 leaves is below the target 0\.990"):
+        choose_leaves(CURVE, 0.99, 100)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return write_index(tmp_path_factory.mktemp("source"), count=30_000, version="20260101T000000Z")
+
+
+def build(source, out, *options):
+    result = CliRunner().invoke(index_cli, ["build", str(source), "--out", str(out), "--ann", "scann", *options])
+    return result, (json.loads((latest_version(out) / METADATA_FILE).read_text())["build"] if out.exists() else None)
+
+
+def test_a_tuned_build_searches_the_fewest_leaves_that_reach_the_target(source, tmp_path):
+    result, low = build(source, tmp_path / "low", "--target-recall", "0.8")
+    assert result.exit_code == 0, result.output
+    result, high = build(source, tmp_path / "high", "--target-recall", "0.97")
+    assert result.exit_code == 0, result.output
+    for built, target in ((low, 0.8), (high, 0.97)):
+        curve = {p["leaves_to_search"]: p["recall"] for p in built["tuning"]["curve"]}
+        chosen = built["leaves_to_search"]
+        assert curve[chosen] >= target
+        assert all(recall < target for leaves, recall in curve.items() if leaves < chosen)  # none fewer would do
+        assert built["tuning"]["target_recall"] == target
+    assert low["leaves_to_search"] < high["leaves_to_search"] < high["num_leaves"]
+    assert f"searching {high['leaves_to_search']} of {high['num_leaves']} leaves" in result.output
+    # What serving loads searches that many leaves, and the serving spot-check (other queries) agrees.
+    served = searcher_for(load_index(latest_version(tmp_path / "high")))
+    assert served.params.leaves_to_search == high["leaves_to_search"]
+    assert spot_check_recall(served, load_index(latest_version(tmp_path / "high")).embeddings) >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--target-recall", "0.9", "--search-fraction", "0.2"], "not both"),
+        (["--target-recall", "0.9", "--ann", "exact"], "exact search has recall 1"),
+        (["--target-recall", "1.5"], "1.5 is not in the range 0.5<=x<=1.0"),
+    ],
+)
+def test_contradictory_or_bad_tuning_options_are_refused_before_building(source, tmp_path, options, message):
+    result, built = build(source, tmp_path / "out", *options)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert built is None  # nothing written
+
+
+def test_a_catalog_searched_exactly_needs_no_tuning(tmp_path):
+    small = write_index(tmp_path / "small", count=3000, version="20260101T000000Z")
+    result = CliRunner().invoke(
+        index_cli, ["build", str(small), "--out", str(tmp_path / "out"), "--target-recall", "0.9"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "3000 items are searched exactly (recall 1): no tuning needed" in result.output
+    assert json.loads((latest_version(tmp_path / "out") / METADATA_FILE).read_text())["build"] == {"ann": "exact"}
