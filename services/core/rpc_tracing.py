@@ -1,21 +1,25 @@
 """OpenTelemetry spans for Aisle's own gRPC calls: a server span per call served, a client span per call made.
 
-The spans are the ones ``opentelemetry-instrumentation-grpc`` makes (name ``/package.Service/Method``, kind SERVER
-or CLIENT, ``rpc.system``, ``rpc.service``, ``rpc.method`` and ``rpc.grpc.status_code``; W3C trace context in the
-call's metadata), made with the OpenTelemetry API at the points Aisle already has, instead of with that package's
-``grpc.aio`` interceptors. Those cost about 0.1 ms of CPU per call on each side here, most of it not the span:
-``grpc.aio`` runs an intercepted client call through a task of its own and the server interceptor builds a new
-handler for every call. Across the three services that was 1.2-1.4 ms of CPU per recommendation, a fifth of
-what serving one costs (docs/benchmarks.md, "Tracing").
+The spans follow the RPC semantic conventions as ``opentelemetry-instrumentation-grpc`` makes them (name
+``/package.Service/Method``, kind SERVER or CLIENT, ``rpc.system``, ``rpc.service``, ``rpc.method`` and
+``rpc.grpc.status_code``, W3C trace context in the call's metadata; a server span is an error only for the codes
+that are the server's fault), without the peer address and user agent attributes, and are made with the
+OpenTelemetry API at points Aisle already has instead of with that package's ``grpc.aio`` interceptors, which
+cost more CPU per call (``grpc.aio`` runs an intercepted client call through a task of its own, and the server
+interceptor builds a new handler for every call). ``bench/tracing.py`` measures both (docs/benchmarks.md,
+"Tracing and the index's search effort").
 
 - :class:`TracingInterceptor` wraps each unary method once (:class:`~services.core.interceptors.UnaryWrapper`),
   like the metrics and error interceptors, and continues the caller's trace;
 - :class:`TracedChannel` is a ``grpc.aio`` channel whose unary-unary calls carry the current trace context and are
-  timed by a client span (:func:`services.core.channels.create_channel` makes one while tracing is on).
+  timed by a client span (:func:`services.core.channels.create_channel` makes one while tracing is on). Aisle's
+  protos have no streaming methods; Triton's client is not one of these channels, and the ranking backend makes its
+  span and sends the context itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,6 +45,27 @@ def rpc_attributes(method: str) -> dict[str, str]:
     """``/aisle.ranking.v1.RankingService/Rank`` -> rpc.system, rpc.service and rpc.method."""
     service, _, name = method.lstrip("/").rpartition("/")
     return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+
+#: The codes that mark a SERVER span as failed (the RPC semantic conventions): the server's fault, not the caller's.
+SERVER_ERRORS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+def _server_outcome(span: trace.Span, code: grpc.StatusCode, details: str = "") -> None:
+    """The code a call ended with on its server span; an ERROR status only for :data:`SERVER_ERRORS` (a refused
+    request is the caller's error, and its client span says so)."""
+    span.set_attribute(STATUS_CODE, code.value[0])
+    if code in SERVER_ERRORS:
+        span.set_status(Status(StatusCode.ERROR, f"{code.name}: {details}" if details else code.name))
 
 
 def _status_code(code: Any) -> grpc.StatusCode:
@@ -76,7 +101,8 @@ class TracingInterceptor(UnaryWrapper):
     """A SERVER span around each unary call, child of the trace context the caller sent (a new trace without one).
 
     Outermost of a server's interceptors, so the span covers what the others do; a call answered with an error
-    (aborted by the error interceptor) gets its code and an ERROR status."""
+    (aborted by the error interceptor) or cancelled (its deadline passed) gets its code, and an ERROR status when
+    the code is one of :data:`SERVER_ERRORS`."""
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None):
         super().__init__()
@@ -97,10 +123,13 @@ class TracingInterceptor(UnaryWrapper):
             ) as span:
                 try:
                     response = await behavior(request, context)
+                except asyncio.CancelledError:  # past its deadline, cancelled by the caller, or shut down
+                    remaining = context.time_remaining()
+                    late = remaining is not None and remaining <= 0
+                    _server_outcome(span, grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED)
+                    raise
                 except BaseException as error:
-                    code = _status_code(context.code())
-                    span.set_attribute(STATUS_CODE, code.value[0])
-                    span.set_status(Status(StatusCode.ERROR, f"{code.name}: {context.details() or error}"))
+                    _server_outcome(span, _status_code(context.code()), context.details() or str(error))
                     raise
                 span.set_attribute(STATUS_CODE, 0)
                 return response

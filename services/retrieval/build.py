@@ -70,7 +70,8 @@ def build_scann(
     if target_recall is not None:
         curve = tune_leaves(searcher, embeddings, config, target_recall)
         config = replace(config, leaves_to_search=choose_leaves(curve, target_recall, config.num_leaves))
-        tuning = {"target_recall": target_recall, "samples": TUNING_SAMPLES, "curve": [asdict(p) for p in curve]}
+        samples = min(TUNING_SAMPLES, embeddings.shape[0])
+        tuning = {"target_recall": target_recall, "samples": samples, "curve": [asdict(p) for p in curve]}
     # Relative asset paths, so the folder still loads after the atomic rename into place.
     searcher.serialize(str(directory), relative_path=True)
     return {"ann": "scann", **asdict(config), **({"tuning": tuning} if tuning else {})}
@@ -113,7 +114,8 @@ def tune_leaves(
         found, _ = searcher.search_batched(
             queries, final_num_neighbors=k, pre_reorder_num_neighbors=pre_reorder, leaves_to_search=leaves
         )
-        recall = sum(len(w & set(f.tolist())) for w, f in zip(want, found, strict=True)) / (len(queries) * k)
+        hits = sum(len(w & set(f.tolist())) for w, f in zip(want, found, strict=True))
+        recall = hits / (len(queries) * min(k, embeddings.shape[0]))
         timed = queries[:50]
         start = time.perf_counter()
         for query in timed:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import zlib
 from pathlib import Path
 
@@ -80,34 +82,59 @@ def build(
         raise click.UsageError("pass --search-fraction or --target-recall, not both (the tuning picks the fraction)")
     if target_recall is not None and ann == "exact":
         raise click.UsageError("--target-recall tunes a ScaNN search: exact search has recall 1 (drop --ann exact)")
-    import numpy as np
-    from tqdm.auto import tqdm
-
-    from services.retrieval.build import EXACT_BELOW_ITEMS, ScannConfig, TargetRecallUnreachable, build_scann
-    from services.retrieval.index import (
-        InvalidIndex,
-        latest_version,
-        load_index,
-        new_version,
-        save_index,
-        save_index_like,
-    )
+    from services.retrieval.index import InvalidIndex, latest_version, load_index, new_version
 
     try:
         artifact = load_index(latest_version(source))
     except InvalidIndex as exc:
         raise click.ClickException(f"cannot read the source index: {exc}") from None
+    # One version name for the router and every shard: they are published, pinned and rolled out together.
+    version = new_version()
+    # A sharded version is built whole in a hidden folder and published only once every part is built, so a shard
+    # that fails (a recall target it cannot reach) leaves no router or shard of the new version behind.
+    root = out / f".building-{version}" if shards > 1 else out
+    try:
+        _build_parts(artifact, root, version, ann, shards, leaves, search_fraction, target_recall, pre_reorder)
+    except BaseException:
+        if shards > 1:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+    if shards > 1:
+        for part in ["router", *(f"shard-{shard}" for shard in range(shards))]:
+            (out / part).mkdir(parents=True, exist_ok=True)
+            os.replace(root / part / version, out / part / version)
+            click.echo(f"published {out / part / version}")
+        shutil.rmtree(root)
+
+
+def _build_parts(
+    artifact,
+    root: Path,
+    version: str,
+    ann: str,
+    shards: int,
+    leaves: int | None,
+    search_fraction: float,
+    target_recall: float | None,
+    pre_reorder: int,
+) -> None:
+    """Writes version ``version`` of ``artifact`` under ``root``: the whole index, or a router and ``shards``
+    shards (``root/router``, ``root/shard-<i>``)."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from services.retrieval.build import EXACT_BELOW_ITEMS, ScannConfig
+    from services.retrieval.index import save_index, save_index_like
+
     ids = np.array(artifact.item_ids)
     assignment = (
         np.array([shard_of(item, shards) for item in artifact.item_ids]) if shards > 1 else np.zeros(len(ids), int)
     )
-    # One version name for the router and every shard: they are published, pinned and rolled out together.
-    version = new_version()
     if shards > 1:
         # The router's global query data: every item's vector and the query tower, searched by no one.
         router = save_index_like(
             artifact,
-            out / "router",
+            root / "router",
             version=version,
             sharding={"shards": shards},
             covisitation=None,
@@ -137,20 +164,7 @@ def build(
                     }
                 )
 
-                def build_ann(embeddings, folder, config=config):
-                    try:
-                        built = build_scann(embeddings, folder, config, target_recall)
-                    except TargetRecallUnreachable as exc:
-                        raise click.ClickException(str(exc)) from None
-                    if "tuning" in built:
-                        point = next(
-                            p for p in built["tuning"]["curve"] if p["leaves_to_search"] == built["leaves_to_search"]
-                        )
-                        click.echo(
-                            f"searching {point['leaves_to_search']} of {built['num_leaves']} leaves: recall@10 "
-                            f"{point['recall']:.3f} (target {target_recall}), {point['query_us']:.0f} us per query"
-                        )
-                    return built
+                build_ann = _scann_builder(config, target_recall, shard)
 
             elif target_recall is not None:
                 click.echo(f"shard {shard}: {rows.size} items are searched exactly (recall 1): no tuning needed")
@@ -162,7 +176,7 @@ def build(
                 anchors = anchors if anchors is not None else artifact.item_ids
             bar.set_postfix(shard=shard, items=rows.size, ann="scann" if use_scann else "exact")
             path = save_index(
-                out / f"shard-{shard}" if shards > 1 else out,
+                root / f"shard-{shard}" if shards > 1 else root,
                 item_ids=list(ids[rows]),
                 embeddings=artifact.embeddings[rows],
                 popularity=artifact.popularity[rows],
@@ -184,3 +198,24 @@ def build(
             )
             bar.update()
             click.echo(f"wrote {path} ({rows.size} items, {'scann' if use_scann else 'exact'})")
+
+
+def _scann_builder(config, target_recall: float | None, shard: int):
+    """``build_ann`` for :func:`save_index`: builds the ScaNN searcher (tuned to ``target_recall`` if given) and
+    says what the tuning chose; an unreachable target is a CLI error."""
+    from services.retrieval.build import TargetRecallUnreachable, build_scann
+
+    def build_ann(embeddings, folder):
+        try:
+            built = build_scann(embeddings, folder, config, target_recall)
+        except TargetRecallUnreachable as exc:
+            raise click.ClickException(f"shard {shard}: {exc}") from None
+        if "tuning" in built:
+            [point] = [p for p in built["tuning"]["curve"] if p["leaves_to_search"] == built["leaves_to_search"]]
+            click.echo(
+                f"shard {shard}: searching {point['leaves_to_search']} of {built['num_leaves']} leaves, recall@10 "
+                f"{point['recall']:.3f} (target {target_recall}), {point['query_us']:.0f} us per query"
+            )
+        return built
+
+    return build_ann

@@ -14,7 +14,7 @@ from services.retrieval.build import (
     searcher_for,
     spot_check_recall,
 )
-from services.retrieval.index import METADATA_FILE, latest_version, load_index
+from services.retrieval.index import METADATA_FILE, InvalidIndex, latest_version, load_index
 from services.retrieval.index_cli import index as index_cli
 from tests.support.retrieval import write_index
 
@@ -39,7 +39,10 @@ def source(tmp_path_factory):
 
 def build(source, out, *options):
     result = CliRunner().invoke(index_cli, ["build", str(source), "--out", str(out), "--ann", "scann", *options])
-    return result, (json.loads((latest_version(out) / METADATA_FILE).read_text())["build"] if out.exists() else None)
+    try:
+        return result, json.loads((latest_version(out) / METADATA_FILE).read_text())["build"]
+    except InvalidIndex:  # no version written
+        return result, None
 
 
 def test_a_tuned_build_searches_the_fewest_leaves_that_reach_the_target(source, tmp_path):
@@ -83,3 +86,34 @@ def test_a_catalog_searched_exactly_needs_no_tuning(tmp_path):
     assert result.exit_code == 0, result.output
     assert "3000 items are searched exactly (recall 1): no tuning needed" in result.output
     assert json.loads((latest_version(tmp_path / "out") / METADATA_FILE).read_text())["build"] == {"ann": "exact"}
+
+
+def test_an_unreachable_target_is_refused_and_publishes_nothing(source, tmp_path):
+    # One neighbour re-scored exactly: the quantised scores alone cannot reach recall 1 even over every leaf.
+    result, built = build(source, tmp_path / "whole", "--target-recall", "1.0", "--pre-reorder", "1")
+    assert result.exit_code == 1 and "is below the target 1.000" in result.output, result.output
+    assert built is None and not [p for p in (tmp_path / "whole").rglob("*") if p.is_dir()]
+    # Sharded: the router and the shards built before the one that failed are not published either.
+    result = CliRunner().invoke(
+        index_cli,
+        ["build", str(source), "--out", str(tmp_path / "sharded"), "--ann", "scann", "--shards", "2"]
+        + ["--target-recall", "1.0", "--pre-reorder", "1"],
+    )
+    assert result.exit_code == 1 and "shard 0: recall@10" in result.output, result.output
+    assert [p.name for p in (tmp_path / "sharded").iterdir()] == []
+
+
+def test_a_sharded_build_is_published_whole_once_every_shard_is_tuned(source, tmp_path):
+    out = tmp_path / "sharded"
+    result = CliRunner().invoke(
+        index_cli,
+        ["build", str(source), "--out", str(out), "--ann", "scann", "--shards", "2", "--target-recall", "0.9"],
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["router", "shard-0", "shard-1"]  # nothing hidden left behind
+    versions = {latest_version(out / part).name for part in ("router", "shard-0", "shard-1")}
+    assert len(versions) == 1
+    for shard in (0, 1):
+        built = json.loads((latest_version(out / f"shard-{shard}") / METADATA_FILE).read_text())["build"]
+        assert built["tuning"]["curve"][-1]["recall"] >= 0.9 and built["shard"] == shard
+        assert f"shard {shard}: searching {built['leaves_to_search']} of" in result.output
