@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -93,8 +94,9 @@ def build(
     # A sharded version is built whole in a hidden folder and published only once every part is built, so a shard
     # that fails (a recall target it cannot reach) leaves no router or shard of the new version behind.
     root = out / f".building-{version}" if shards > 1 else out
+    plan = BuildPlan(ann, shards, leaves, search_fraction, target_recall, pre_reorder)
     try:
-        _build_parts(artifact, root, version, ann, shards, leaves, search_fraction, target_recall, pre_reorder)
+        _build_parts(artifact, root, version, plan)
     except BaseException:
         if shards > 1:
             shutil.rmtree(root, ignore_errors=True)
@@ -107,19 +109,23 @@ def build(
         shutil.rmtree(root)
 
 
-def _build_parts(
-    artifact,
-    root: Path,
-    version: str,
-    ann: str,
-    shards: int,
-    leaves: int | None,
-    search_fraction: float,
-    target_recall: float | None,
-    pre_reorder: int,
-) -> None:
-    """Writes version ``version`` of ``artifact`` under ``root``: the whole index, or a router and ``shards``
+@dataclass(frozen=True)
+class BuildPlan:
+    """How ``aisle index build`` builds each part (its options)."""
+
+    ann: str
+    shards: int
+    leaves: int | None
+    search_fraction: float
+    target_recall: float | None
+    pre_reorder: int
+
+
+def _build_parts(artifact, root: Path, version: str, plan: BuildPlan) -> None:
+    """Writes version ``version`` of ``artifact`` under ``root``: the whole index, or a router and ``plan.shards``
     shards (``root/router``, ``root/shard-<i>``)."""
+    ann, shards, leaves, search_fraction = plan.ann, plan.shards, plan.leaves, plan.search_fraction
+    target_recall, pre_reorder = plan.target_recall, plan.pre_reorder
     import numpy as np
     from tqdm.auto import tqdm
 
