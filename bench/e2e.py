@@ -359,6 +359,14 @@ def build_ann_index(workdir: Path) -> None:
     )
 
 
+def sampler_env(ratio: float) -> dict[str, str]:
+    """The services' OpenTelemetry sampler: every span at 1 (what the performance targets are measured with), else
+    the share of traces the Kubernetes tracing component samples (``parentbased_traceidratio``)."""
+    if ratio >= 1:
+        return {"OTEL_TRACES_SAMPLER": "always_on"}
+    return {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(ratio)}
+
+
 def add_local_configs(repository: Path) -> None:
     """Gives each model folder the project's local Triton config (python backend) where it has none."""
     import shutil
@@ -465,10 +473,18 @@ def main() -> int:
     parser.add_argument("--past-saturation", action="store_true", help="measure every rate, even past saturation")
     parser.add_argument("--call-per-source", action="store_true", help="one Retrieve call per source (ablation)")
     parser.add_argument("--no-tracing", action="store_true", help="OpenTelemetry off (to measure its cost)")
+    parser.add_argument(
+        "--trace-ratio",
+        type=float,
+        default=1.0,
+        help="share of traces sampled (parentbased_traceidratio); 1 samples every span, the targets' setting",
+    )
     parser.add_argument("--workdir", type=Path, help="keep (and reuse) the trained artefacts here")
     parser.add_argument("--profile-rate", type=float, help="sample every service with py-spy at this rate")
     parser.add_argument("--profile-dir", type=Path, default=ROOT / "bench" / "results" / "profiles")
     args = parser.parse_args()
+    if not 0 < args.trace_ratio <= 1:
+        parser.error("--trace-ratio must be in (0, 1]: --no-tracing turns tracing off")
     if args.items < CATEGORIES:
         parser.error(f"--items must be at least {CATEGORIES} (one item per category of the synthetic shop)")
     rates = sorted(float(r) for r in args.rates.split(","))
@@ -514,13 +530,13 @@ def main() -> int:
                 },
             },
             env={
-                "OTEL_TRACES_SAMPLER": "always_on",
+                **sampler_env(args.trace_ratio),
                 "OTEL_SDK_DISABLED": "true" if args.no_tracing else "false",
                 "OMP_NUM_THREADS": "1",
                 "OPENBLAS_NUM_THREADS": "1",
             },
         )
-        tracing = "off" if args.no_tracing else "on (no exporter)"
+        tracing = "off" if args.no_tracing else f"on (no exporter, {args.trace_ratio:g} of traces sampled)"
         log(f"aisle: three processes, tracing {tracing}; the echo chain measured at each rate right after Aisle")
         with stack:
             aisle, echo = asyncio.run(measure_both(stack, item_ids, rates, args, extra_pids))
@@ -546,6 +562,7 @@ def main() -> int:
         "candidates_ranked": args.candidates,
         "event_loop": args.event_loop,
         "tracing": not args.no_tracing,
+        "trace_ratio": None if args.no_tracing else args.trace_ratio,
         "retrieve_calls_per_request": 3 if args.call_per_source else 1,
         "ranking_backend": args.ranking_backend,
         "cpus": os.cpu_count(),

@@ -78,3 +78,16 @@ def test_a_catalog_too_small_for_the_synthetic_shop_is_refused_with_the_minimum(
     done = subprocess.run([sys.executable, script, "--items", "5"], cwd=root, capture_output=True, text=True)
     assert done.returncode == 2
     assert "--items must be at least 20" in done.stderr
+
+
+def test_the_sampler_samples_every_span_unless_a_ratio_is_asked_for():
+    assert e2e.sampler_env(1.0) == {"OTEL_TRACES_SAMPLER": "always_on"}
+    assert e2e.sampler_env(0.05) == {
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.05",
+    }
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "bench/e2e.py", "--trace-ratio", "0"], cwd=root, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "--no-tracing turns tracing off" in done.stderr
