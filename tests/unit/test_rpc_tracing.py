@@ -131,7 +131,9 @@ async def test_a_traced_channel_is_still_a_channel(span_exporter):
 
 
 async def test_channels_are_traced_only_while_tracing_is_on(monkeypatch):
-    assert isinstance(create_channel("127.0.0.1:1", ["aisle.test.v1.EchoService"]), TracedChannel)
+    traced = create_channel("127.0.0.1:1", ["aisle.test.v1.EchoService"])
+    assert isinstance(traced, TracedChannel)
+    await traced.close()
     monkeypatch.setattr(rpc_tracing.trace, "get_tracer_provider", trace.NoOpTracerProvider)
     plain = create_channel("127.0.0.1:1", ["aisle.test.v1.EchoService"])
     assert isinstance(plain, grpc.aio.Channel)
