@@ -39,7 +39,8 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def tracer_provider():
+def install_tracer_provider():
+    """This process's SDK tracer provider (every span sampled, no exporter, as in bench/e2e.py); returns a tracer."""
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
 
@@ -51,9 +52,9 @@ def server_interceptors(variant: str) -> list:
     if variant == "instrumentation":
         from opentelemetry.instrumentation.grpc._aio_server import OpenTelemetryAioServerInterceptor
 
-        return [OpenTelemetryAioServerInterceptor(tracer_provider())]
+        return [OpenTelemetryAioServerInterceptor(install_tracer_provider())]
     if variant == "aisle":
-        tracer_provider()
+        install_tracer_provider()
         from services.core.rpc_tracing import TracingInterceptor
 
         return [TracingInterceptor()]
@@ -114,7 +115,7 @@ async def measure(variant: str, calls: int, concurrency: int) -> dict:
 
 
 async def run(args: argparse.Namespace) -> dict:
-    tracer_provider()  # the client side's, for both traced variants
+    install_tracer_provider()  # the client side's, for both traced variants
     rows: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for repeat in range(args.repeats):
         for variant in VARIANTS:

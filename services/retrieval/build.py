@@ -108,9 +108,9 @@ def tune_leaves(
     exact = ExactSearcher(embeddings)
     want = [set(exact.search(query, k)[0].tolist()) for query in tqdm(queries, desc="exact answers", leave=False)]
     ladder = sorted({max(1, math.ceil(config.num_leaves * f)) for f in TUNING_FRACTIONS})
+    pre_reorder = max(k, config.pre_reorder_num_neighbors)
     curve: list[RecallPoint] = []
     for leaves in (bar := tqdm(ladder, desc="tuning leaves to search", unit="setting")):
-        pre_reorder = max(k, config.pre_reorder_num_neighbors)
         found, _ = searcher.search_batched(
             queries, final_num_neighbors=k, pre_reorder_num_neighbors=pre_reorder, leaves_to_search=leaves
         )
