@@ -143,6 +143,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tracing.json")
     args = parser.parse_args()
+    if args.repeats < 1 or args.concurrency < 1 or args.calls < args.concurrency:
+        parser.error("--repeats and --concurrency must be at least 1, and --calls at least --concurrency")
     result = asyncio.run(run(args))
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["medians"], indent=2))
