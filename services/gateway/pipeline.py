@@ -35,7 +35,6 @@ from services.gateway.candidates import Candidates, merge
 from services.gateway.catalog import ItemCatalog
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer(__name__)
 
 
 @dataclass
@@ -116,6 +115,10 @@ class PipelineMetrics:
 
     def __init__(self, registry: CollectorRegistry, trace_components: bool = False):
         self.trace_components = trace_components
+        #: Got here, after the process's tracer provider is set (services/core/bootstrap.py), not at import: a
+        #: module-level tracer is the API's proxy, which wraps every span in a second context manager (a quarter
+        #: to a third more CPU per span; docs/benchmarks.md, "Stage spans").
+        self.tracer = trace.get_tracer(__name__)
         self._children: dict[tuple, Any] = {}
         self.component = Histogram(
             "aisle_gateway_component_seconds",
@@ -232,10 +235,10 @@ class Pipeline:
 
     def _component(self, component: Component, metrics: PipelineMetrics):
         histogram = metrics.child(metrics.component, self.name, component.name)
-        return _Timed(component.name, histogram, traced=metrics.trace_components)
+        return _Timed(component.name, histogram, tracer=metrics.tracer if metrics.trace_components else None)
 
     def _stage(self, name: str, state: RequestState, metrics: PipelineMetrics):
-        return _Timed(name, metrics.child(metrics.stage, name), state.stage_ms)
+        return _Timed(name, metrics.child(metrics.stage, name), state.stage_ms, metrics.tracer)
 
     async def after_response(self, state: RequestState, items: Candidates, response, metrics: PipelineMetrics) -> None:
         for effect in self.side_effects:
@@ -247,11 +250,11 @@ class Pipeline:
 
 
 class _Timed:
-    """Times a block into a histogram (and ``sink``), inside a span of its name when ``traced``."""
+    """Times a block into a histogram (and ``sink``), inside a span of its name when given a ``tracer``."""
 
-    def __init__(self, name: str, histogram, sink: dict[str, float] | None = None, traced: bool = True):
+    def __init__(self, name: str, histogram, sink: dict[str, float] | None = None, tracer=None):
         self.name, self.histogram, self.sink = name, histogram, sink
-        self._span = tracer.start_as_current_span(name) if traced else contextlib.nullcontext()
+        self._span = tracer.start_as_current_span(name) if tracer is not None else contextlib.nullcontext()
 
     def __enter__(self):
         self._span.__enter__()

@@ -21,7 +21,6 @@ from services.retrieval.sources import Query, Source, default_sources
 from services.retrieval.state import IndexHolder, ServingIndex
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer(__name__)
 
 SOURCE_NAMES = {value: name for name, value in common_pb2.CandidateSource.items()}
 #: What a request that names no source gets: personal sources with history, context-only ones without.
@@ -35,6 +34,8 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         self.settings = settings
         self.holder = holder
         self.sources = {s.source: s for s in (sources if sources is not None else default_sources())}
+        # Got after the tracer provider is set, not at import (the API's proxy costs a context manager per span).
+        self._tracer = trace.get_tracer(__name__)
 
     def _serving(self) -> ServingIndex:
         index = self.holder.current
@@ -73,7 +74,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         for source_id in dict.fromkeys(wanted):
             source = self.sources[source_id]
             k = limits.get(source_id, request.k)
-            with tracer.start_as_current_span(source.name) if self.settings.trace_sources else nullcontext():
+            with self._tracer.start_as_current_span(source.name) if self.settings.trace_sources else nullcontext():
                 found = source.retrieve(index, query if k == query.k else replace(query, k=k))
             span.set_attribute(f"aisle.candidates.{source.name}", len(found))
             items = index.item_id_array[found.rows].tolist()

@@ -43,7 +43,6 @@ from services.ranking.model_config import (
 from services.ranking.served_model import ModelInputs, ServedModel
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer(__name__)
 
 _TRITON_TYPES = {np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32"}
 #: Time kept back from the caller's deadline for building the answer after Triton replies.
@@ -103,6 +102,8 @@ class TritonBackend:
         self._turn = itertools.count()
         self._model: ServedModel | None = None
         self._lock = asyncio.Lock()
+        # Got after the tracer provider is set, not at import (the API's proxy costs a context manager per span).
+        self._tracer = trace.get_tracer(__name__)
 
     @property
     def model(self) -> ServedModel | None:
@@ -273,7 +274,7 @@ class TritonBackend:
             tensor.set_data_from_numpy(values)
             tensors.append(tensor)
         names = [PURCHASE_OUTPUT] + ([RETURN_OUTPUT] if model.contract.has_return_head else [])
-        with tracer.start_as_current_span("TritonInfer") as span:
+        with self._tracer.start_as_current_span("TritonInfer") as span:
             span.set_attribute("aisle.triton.target", target)
             span.set_attribute("aisle.model.version", model.version)
             headers: dict[str, str] = {}

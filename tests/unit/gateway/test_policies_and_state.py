@@ -139,6 +139,22 @@ async def test_a_slow_source_is_cut_at_its_slice_and_the_answer_comes_in_budget(
     assert degradation.reason == common.DEGRADATION_REASON_SOURCE_DROPPED and degradation.stage == "Slow"
 
 
+async def test_each_stage_gets_a_span_from_the_sdk_tracer_not_the_api_proxy(span_exporter):
+    from opentelemetry import trace
+    from prometheus_client import CollectorRegistry
+
+    metrics = PipelineMetrics(CollectorRegistry())
+    assert not isinstance(metrics.tracer, trace.ProxyTracer)  # the provider was set before (tests/conftest.py)
+    pipeline = Pipeline("p", "1", [QuickSource("Quick", Params(), deps())], [], [], [], [], [])
+    span_exporter.clear()
+    with metrics.tracer.start_as_current_span("request") as parent:
+        await pipeline.run(state(budget_s=0.1), metrics)
+    stages = {s.name: s for s in span_exporter.get_finished_spans() if s.parent is not None}
+    assert {"retrieval", "filtering", "scoring", "selection"} <= set(stages)
+    assert {stages[name].parent.span_id for name in ("retrieval", "selection")} == {parent.get_span_context().span_id}
+    assert "Quick" not in stages  # component spans are opt-in (trace_components)
+
+
 async def test_session_store_bounds_events_and_expires():
     now = [0.0]
     store = InMemorySessionStore(ttl_s=10, max_events=3, max_sessions=2, clock=lambda: now[0])
