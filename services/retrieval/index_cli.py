@@ -120,17 +120,29 @@ class BuildPlan:
     target_recall: float | None
     pre_reorder: int
 
+    def scann_config(self, items: int):
+        """The ScaNN configuration of a part holding ``items`` items."""
+        from dataclasses import replace
+
+        from services.retrieval.build import ScannConfig
+
+        config = ScannConfig.for_items(items, self.search_fraction)
+        if self.leaves:
+            leaves = min(self.leaves, items)
+            config = replace(config, num_leaves=leaves, leaves_to_search=max(1, int(leaves * self.search_fraction)))
+        return replace(config, pre_reorder_num_neighbors=self.pre_reorder, reorder_num_neighbors=self.pre_reorder)
+
 
 def _build_parts(artifact, root: Path, version: str, plan: BuildPlan) -> None:
     """Writes version ``version`` of ``artifact`` under ``root``: the whole index, or a router and ``plan.shards``
     shards (``root/router``, ``root/shard-<i>``)."""
-    ann, shards, leaves, search_fraction = plan.ann, plan.shards, plan.leaves, plan.search_fraction
-    target_recall, pre_reorder = plan.target_recall, plan.pre_reorder
     import numpy as np
     from tqdm.auto import tqdm
 
-    from services.retrieval.build import EXACT_BELOW_ITEMS, ScannConfig
+    from services.retrieval.build import EXACT_BELOW_ITEMS
     from services.retrieval.index import save_index, save_index_like
+
+    shards = plan.shards
 
     ids = np.array(artifact.item_ids)
     assignment = (
@@ -150,29 +162,11 @@ def _build_parts(artifact, root: Path, version: str, plan: BuildPlan) -> None:
     with tqdm(total=shards, desc="building index", unit="shard") as bar:
         for shard in range(shards):
             rows = np.flatnonzero(assignment == shard)
-            use_scann = ann == "scann" or (ann == "auto" and rows.size > EXACT_BELOW_ITEMS)
+            use_scann = plan.ann == "scann" or (plan.ann == "auto" and rows.size > EXACT_BELOW_ITEMS)
             build_ann = None
             if use_scann:
-                config = ScannConfig.for_items(rows.size, search_fraction)
-                if leaves:
-                    config = ScannConfig(
-                        **{
-                            **config.__dict__,
-                            "num_leaves": min(leaves, rows.size),
-                            "leaves_to_search": max(1, int(min(leaves, rows.size) * search_fraction)),
-                        }
-                    )
-                config = ScannConfig(
-                    **{
-                        **config.__dict__,
-                        "pre_reorder_num_neighbors": pre_reorder,
-                        "reorder_num_neighbors": pre_reorder,
-                    }
-                )
-
-                build_ann = _scann_builder(config, target_recall, shard)
-
-            elif target_recall is not None:
+                build_ann = _scann_builder(plan.scann_config(rows.size), plan.target_recall, shard)
+            elif plan.target_recall is not None:
                 click.echo(f"shard {shard}: {rows.size} items are searched exactly (recall 1): no tuning needed")
 
             # A shard answers co-visitation for any anchor in the catalog, with its own items as candidates.

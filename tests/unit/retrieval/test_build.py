@@ -15,6 +15,7 @@ from services.retrieval.build import (
     spot_check_recall,
 )
 from services.retrieval.index import METADATA_FILE, InvalidIndex, latest_version, load_index
+from services.retrieval.index_cli import BuildPlan
 from services.retrieval.index_cli import index as index_cli
 from tests.support.retrieval import write_index
 
@@ -25,6 +26,16 @@ def test_the_fewest_leaves_reaching_the_target_are_chosen():
     assert choose_leaves(CURVE, 0.9, 100) == 80
     assert choose_leaves(CURVE, 0.88, 100) == 40  # reaching the target exactly counts
     assert choose_leaves(list(reversed(CURVE)), 0.5, 100) == 10  # whatever order the curve comes in
+
+
+def test_a_build_plan_sizes_each_parts_tree_and_takes_the_options_given():
+    plan = BuildPlan(ann="scann", shards=1, leaves=None, search_fraction=0.1, target_recall=None, pre_reorder=500)
+    config = plan.scann_config(1_000_000)
+    assert (config.num_leaves, config.leaves_to_search) == (2000, 200)  # 2 sqrt(n) leaves, a tenth searched
+    assert config.pre_reorder_num_neighbors == config.reorder_num_neighbors == 500
+    plan = BuildPlan(ann="scann", shards=1, leaves=300, search_fraction=0.25, target_recall=None, pre_reorder=100)
+    assert (plan.scann_config(1_000_000).num_leaves, plan.scann_config(1_000_000).leaves_to_search) == (300, 75)
+    assert plan.scann_config(120).num_leaves == 120  # never more leaves than the part has items
 
 
 def test_an_unreachable_target_is_refused_with_what_was_reached():
