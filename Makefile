@@ -55,7 +55,7 @@ bench-e2e: setup ## End-to-end open-loop load: three service processes vs a bare
 bench-handlers: setup ## Each service's handler in-process (no gRPC): CPU per request, per stage and source
 	$(BIN)/python bench/handlers.py
 
-bench-tracing: setup ## CPU per gRPC call: no tracing, the OpenTelemetry grpc instrumentation, Aisle's own spans
+bench-tracing: setup ## CPU per gRPC call (no tracing, the OpenTelemetry grpc instrumentation, Aisle's own spans) and per span
 	$(BIN)/python bench/tracing.py
 
 bench-e2e-triton: setup triton ## The same load with ranking on a local Triton server

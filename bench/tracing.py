@@ -8,6 +8,10 @@ no exporter, as in bench/e2e.py) and is called ``--calls`` times by this process
 flight; CPU per call comes from ``/proc`` (server) and ``time.process_time`` (client). The variants take turns,
 ``--repeats`` times, so a slow minute of the machine falls on all of them; the medians are written to
 ``bench/results/tracing.json``.
+
+It also times one span in this process (``start_as_current_span``, every span sampled), got from the SDK's tracer
+and through the API's proxy (what a module-level ``trace.get_tracer`` returns before the provider is set),
+``--spans`` each, the two taking turns ``--repeats`` times.
 """
 
 from __future__ import annotations
@@ -114,6 +118,30 @@ async def measure(variant: str, calls: int, concurrency: int) -> dict:
         server.wait(10)
 
 
+def span_us(tracer, spans: int) -> float:
+    """CPU per ``with tracer.start_as_current_span(...)`` block, microseconds."""
+    started = time.process_time()
+    for _ in range(spans):
+        with tracer.start_as_current_span("stage"):
+            pass
+    return (time.process_time() - started) / spans * 1e6
+
+
+def span_figures(spans: int, repeats: int) -> dict:
+    """Per span: the SDK's tracer against the API's proxy, in turns (the provider is already installed)."""
+    from opentelemetry import trace
+
+    tracers = {"sdk": trace.get_tracer("bench"), "proxy": trace.ProxyTracer("bench")}
+    for tracer in tracers.values():
+        span_us(tracer, 1000)  # warm-up
+    runs: dict[str, list[float]] = {name: [] for name in tracers}
+    for _ in range(repeats):
+        for name, tracer in tracers.items():
+            runs[name].append(round(span_us(tracer, spans), 1))
+    print("per span: " + ", ".join(f"{name} {statistics.median(r):.1f} us" for name, r in runs.items()), flush=True)
+    return {"medians": {name: round(statistics.median(r), 1) for name, r in runs.items()}, "runs": runs}
+
+
 async def run(args: argparse.Namespace) -> dict:
     install_tracer_provider()  # the client side's, for both traced variants
     rows: dict[str, list[dict]] = {v: [] for v in VARIANTS}
@@ -130,7 +158,12 @@ async def run(args: argparse.Namespace) -> dict:
         v: {side: round(statistics.median(r[side] for r in rows[v]), 1) for side in ("server_us", "client_us")}
         for v in VARIANTS
     }
-    return {"command": " ".join([Path(sys.executable).name, *sys.argv]), "medians": medians, "runs": rows}
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "medians": medians,
+        "runs": rows,
+        "span_us": span_figures(args.spans, args.repeats),
+    }
 
 
 def main() -> int:
@@ -141,13 +174,15 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--spans", type=int, default=20000, help="spans per timing of one span in this process")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "tracing.json")
     args = parser.parse_args()
-    if args.repeats < 1 or args.concurrency < 1 or args.calls < args.concurrency:
-        parser.error("--repeats and --concurrency must be at least 1, and --calls at least --concurrency")
+    if args.repeats < 1 or args.concurrency < 1 or args.spans < 1 or args.calls < args.concurrency:
+        parser.error("--repeats, --concurrency and --spans must be at least 1, and --calls at least --concurrency")
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # before minutes of measuring, not after
     result = asyncio.run(run(args))
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["medians"], indent=2))
+    print(json.dumps({"per_call": result["medians"], "per_span_us": result["span_us"]["medians"]}, indent=2))
     return 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import e2e
-from bench.e2e import held_rates, prepare_artifacts
+from bench.e2e import cpu_ratio, held_rates, prepare_artifacts
 
 
 def row(rate: float, p99_ms: float = 10.0, achieved: float | None = None, error_rate: float = 0.0) -> dict:
@@ -27,6 +27,18 @@ def test_a_rate_held_after_a_failed_lower_one_does_not_count():
     rows = [row(100), row(200, achieved=150), row(250, error_rate=0.02), row(300)]
     assert held_rates(rows) == [100]
     assert held_rates([row(50, p99_ms=101.0), row(100)]) == []
+
+
+def test_the_cpu_ratio_is_the_median_over_the_given_rates_of_every_process_against_the_echo_chain():
+    def cpu(rate: float, **processes: float) -> dict:
+        return {**row(rate), "cpu_ms_per_request": processes}
+
+    aisle = [cpu(100, gateway=3.0, retrieval=2.0, load=1.0), cpu(200, gateway=4.0, load=1.0), cpu(300, gateway=9.0)]
+    echo = [cpu(100, front=1.0, back=1.0, load=1.0), cpu(200, front=2.0, load=0.5), cpu(300, front=1.0)]
+    assert cpu_ratio(aisle, echo, [100, 200]) == 2.0  # 6/3 and 5/2.5; 300/s not asked for
+    assert cpu_ratio(aisle, echo, [100, 200, 300]) == 2.0  # median of 2, 2, 9
+    assert cpu_ratio(aisle, echo[:1], [100, 200]) == 2.0  # a rate the echo chain lacks is left out
+    assert cpu_ratio(aisle, echo, []) is None
 
 
 def test_a_workdir_with_another_shops_artefacts_or_other_files_is_refused_with_the_fix(tmp_path):
