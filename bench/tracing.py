@@ -9,9 +9,10 @@ flight; CPU per call comes from ``/proc`` (server) and ``time.process_time`` (cl
 ``--repeats`` times, so a slow minute of the machine falls on all of them; the medians are written to
 ``bench/results/tracing.json``.
 
-It also times one span in this process (``start_as_current_span``, every span sampled), got from the SDK's tracer
-and through the API's proxy (what a module-level ``trace.get_tracer`` returns before the provider is set),
-``--spans`` each, the two taking turns ``--repeats`` times.
+It also times one span in this process, every span sampled: ``start_as_current_span`` through the API's proxy (what
+a module-level ``trace.get_tracer`` returns before the provider is set) and on the SDK's tracer, and the
+``ActiveSpan`` Aisle's spans use (:mod:`services.core.telemetry`); ``--spans`` each, taking turns ``--repeats``
+times.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -118,26 +121,34 @@ async def measure(variant: str, calls: int, concurrency: int) -> dict:
         server.wait(10)
 
 
-def span_us(tracer, spans: int) -> float:
-    """CPU per ``with tracer.start_as_current_span(...)`` block, microseconds."""
+def span_us(open_span: Callable[[], Any], spans: int) -> float:
+    """CPU per ``with open_span():`` block, microseconds."""
     started = time.process_time()
     for _ in range(spans):
-        with tracer.start_as_current_span("stage"):
+        with open_span():
             pass
     return (time.process_time() - started) / spans * 1e6
 
 
 def span_figures(spans: int, repeats: int) -> dict:
-    """Per span: the SDK's tracer against the API's proxy, in turns (the provider is already installed)."""
+    """Per span, in turns (the provider is already installed): ``start_as_current_span`` through the API's proxy
+    and on the SDK's tracer, and Aisle's :class:`~services.core.telemetry.ActiveSpan` on the SDK's tracer."""
     from opentelemetry import trace
 
-    tracers = {"sdk": trace.get_tracer("bench"), "proxy": trace.ProxyTracer("bench")}
-    for tracer in tracers.values():
-        span_us(tracer, 1000)  # warm-up
-    runs: dict[str, list[float]] = {name: [] for name in tracers}
+    from services.core.telemetry import ActiveSpan
+
+    proxy, sdk = trace.ProxyTracer("bench"), trace.get_tracer("bench")
+    variants: dict[str, Callable[[], Any]] = {
+        "proxy": lambda: proxy.start_as_current_span("stage"),
+        "sdk": lambda: sdk.start_as_current_span("stage"),
+        "aisle": lambda: ActiveSpan(sdk.start_span("stage")),
+    }
+    for open_span in variants.values():
+        span_us(open_span, 1000)  # warm-up
+    runs: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
-        for name, tracer in tracers.items():
-            runs[name].append(round(span_us(tracer, spans), 1))
+        for name, open_span in variants.items():
+            runs[name].append(round(span_us(open_span, spans), 1))
     print("per span: " + ", ".join(f"{name} {statistics.median(r):.1f} us" for name, r in runs.items()), flush=True)
     return {"medians": {name: round(statistics.median(r), 1) for name, r in runs.items()}, "runs": runs}
 

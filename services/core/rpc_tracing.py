@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.core.interceptors import UnaryWrapper
+from services.core.telemetry import ActiveSpan
 
 #: ``rpc.grpc.status_code`` of the RPC semantic conventions.
 STATUS_CODE = "rpc.grpc.status_code"
@@ -113,14 +114,8 @@ class TracingInterceptor(UnaryWrapper):
 
         async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
             parent = propagate.extract(context.invocation_metadata() or (), getter=_GETTER)
-            with tracer.start_as_current_span(
-                method,
-                context=parent,
-                kind=SpanKind.SERVER,
-                attributes=attributes,
-                record_exception=False,
-                set_status_on_exception=False,
-            ) as span:
+            span = tracer.start_span(method, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+            with ActiveSpan(span, record_errors=False):
                 try:
                     response = await behavior(request, context)
                 except asyncio.CancelledError:  # past its deadline, cancelled by the caller, or shut down
@@ -151,13 +146,8 @@ class _TracedUnaryUnary:
         return self._call(request, metadata, options)
 
     async def _call(self, request: Any, metadata, options: dict[str, Any]) -> Any:
-        with self._tracer.start_as_current_span(
-            self._method,
-            kind=SpanKind.CLIENT,
-            attributes=self._attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        span = self._tracer.start_span(self._method, kind=SpanKind.CLIENT, attributes=self._attributes)
+        with ActiveSpan(span, record_errors=False):
             carrier = list(metadata or ())
             propagate.inject(carrier, setter=_SETTER)
             try:

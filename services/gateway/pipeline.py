@@ -15,7 +15,6 @@ component gets a latency histogram under its name, and a span too when ``trace_c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from services.core.errors import BudgetExhausted
 from services.core.metrics import LATENCY_BUCKETS
+from services.core.telemetry import ActiveSpan
 from services.gateway.budget import RequestBudget
 from services.gateway.candidates import Candidates, merge
 from services.gateway.catalog import ItemCatalog
@@ -252,12 +252,15 @@ class Pipeline:
 class _Timed:
     """Times a block into a histogram (and ``sink``), inside a span of its name when given a ``tracer``."""
 
+    __slots__ = ("name", "histogram", "sink", "_tracer", "_span", "_started")
+
     def __init__(self, name: str, histogram, sink: dict[str, float] | None = None, tracer=None):
-        self.name, self.histogram, self.sink = name, histogram, sink
-        self._span = tracer.start_as_current_span(name) if tracer is not None else contextlib.nullcontext()
+        self.name, self.histogram, self.sink, self._tracer = name, histogram, sink, tracer
 
     def __enter__(self):
-        self._span.__enter__()
+        self._span = None if self._tracer is None else ActiveSpan(self._tracer.start_span(self.name))
+        if self._span is not None:
+            self._span.__enter__()
         self._started = time.perf_counter()
         return self
 
@@ -267,4 +270,5 @@ class _Timed:
             self.histogram.observe(seconds)
         if self.sink is not None:
             self.sink[self.name] = self.sink.get(self.name, 0.0) + seconds * 1000
-        return self._span.__exit__(*exc_info)
+        if self._span is not None:
+            self._span.__exit__(*exc_info)
