@@ -116,8 +116,8 @@ class PipelineMetrics:
     def __init__(self, registry: CollectorRegistry, trace_components: bool = False):
         self.trace_components = trace_components
         #: Got here, after the process's tracer provider is set (services/core/bootstrap.py), not at import: a
-        #: module-level tracer is the API's proxy, which wraps every span in a second context manager (a quarter
-        #: to a third more CPU per span; docs/benchmarks.md, "Stage spans").
+        #: module-level tracer is the API's proxy, which wraps every span in a second context manager
+        #: (docs/benchmarks.md, "A slower machine, the CPU ratio to the echo chain, and cheaper spans").
         self.tracer = trace.get_tracer(__name__)
         self._children: dict[tuple, Any] = {}
         self.component = Histogram(
