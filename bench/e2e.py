@@ -11,12 +11,13 @@ Options worth knowing: ``--workdir DIR`` keeps the trained artefacts for the nex
 
 Open loop: requests are sent at fixed arrival times and latency is measured from the intended send time, so a slow
 answer cannot hide the queueing it causes (no coordinated omission). Writes bench/results/e2e.json (summary keys
-p99_ms_at_200rps, saturation_rps, overhead_per_hop_ms, error_rate_at_200rps), CPU milliseconds per request for
-every process, and bench/results/e2e_latency.png.
+p99_ms_at_200rps, saturation_rps, overhead_per_hop_ms, error_rate_at_200rps, echo_p99_ms_at_200rps,
+cpu_ratio_to_echo, cpu_ms_per_request_at_200rps), CPU milliseconds per request for every process, and
+bench/results/e2e_latency.png.
 
-The latencies and the saturation rate move with the machine's speed (by up to three times from one session's
-machine to the next here); ``cpu_ratio_to_echo`` in the summary, Aisle's CPU per request over the echo chain's at
-the rates both held, is the figure that compares runs on machines of different speed.
+The latencies and the saturation rate move with the machine's speed (by up to three and a half times from one
+session's machine to the next here); ``cpu_ratio_to_echo`` in the summary, Aisle's CPU per request over the echo
+chain's at the rates both held, is the figure that compares runs on machines of different speed.
 """
 
 from __future__ import annotations
@@ -196,7 +197,8 @@ def cpu_ratio(aisle: list[dict], echo: list[dict], rates: list[float]) -> float 
     ratio under about 2 (both being CPU-bound on the same two cores)."""
     aisle_at = {r["offered_rps"]: r for r in aisle}
     echo_at = {r["offered_rps"]: r for r in echo}
-    ratios = [total_cpu_ms(aisle_at[r]) / total_cpu_ms(echo_at[r]) for r in rates if r in aisle_at and r in echo_at]
+    both = [r for r in rates if r in aisle_at and r in echo_at and total_cpu_ms(echo_at[r]) > 0]  # /proc: 10 ms ticks
+    ratios = [total_cpu_ms(aisle_at[r]) / total_cpu_ms(echo_at[r]) for r in both]
     return round(float(np.median(ratios)), 2) if ratios else None
 
 

@@ -254,7 +254,7 @@ class _Timed:
 
     __slots__ = ("name", "histogram", "sink", "_tracer", "_span", "_started")
 
-    def __init__(self, name: str, histogram, sink: dict[str, float] | None = None, tracer=None):
+    def __init__(self, name: str, histogram, sink: dict[str, float] | None = None, tracer: trace.Tracer | None = None):
         self.name, self.histogram, self.sink, self._tracer = name, histogram, sink, tracer
 
     def __enter__(self):

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from click.core import ParameterSource
+
+if TYPE_CHECKING:  # the CLI imports the index code (numpy, ScaNN) only in the commands that use it
+    from services.retrieval.build import ScannConfig
 
 
 def shard_of(item_id: str, shards: int) -> int:
@@ -120,10 +124,8 @@ class BuildPlan:
     target_recall: float | None
     pre_reorder: int
 
-    def scann_config(self, items: int):
+    def scann_config(self, items: int) -> ScannConfig:
         """The ScaNN configuration of a part holding ``items`` items."""
-        from dataclasses import replace
-
         from services.retrieval.build import ScannConfig
 
         config = ScannConfig.for_items(items, self.search_fraction)

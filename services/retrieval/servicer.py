@@ -14,6 +14,7 @@ from aisle.common.v1 import common_pb2
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.core.errors import NotReady
+from services.core.telemetry import ActiveSpan
 from services.core.validation import Violations
 from services.retrieval.answer import add_candidates, add_columns
 from services.retrieval.settings import RetrievalSettings
@@ -74,7 +75,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         for source_id in dict.fromkeys(wanted):
             source = self.sources[source_id]
             k = limits.get(source_id, request.k)
-            with self._tracer.start_as_current_span(source.name) if self.settings.trace_sources else nullcontext():
+            with ActiveSpan(self._tracer.start_span(source.name)) if self.settings.trace_sources else nullcontext():
                 found = source.retrieve(index, query if k == query.k else replace(query, k=k))
             span.set_attribute(f"aisle.candidates.{source.name}", len(found))
             items = index.item_id_array[found.rows].tolist()

@@ -1,4 +1,5 @@
-"""The end-to-end benchmark runs as documented (a tiny run): its JSON has the summary keys and per-process CPU."""
+"""The benchmarks that start processes run as documented (tiny runs): their JSON has the keys and figures the docs
+read (bench/e2e.py, bench/handlers.py, bench/tracing.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ def test_bench_e2e_writes_its_summary_and_cpu_figures(tmp_path):
         "saturation_rps",
         "overhead_per_hop_ms",
         "error_rate_at_200rps",
+        "cpu_ratio_to_echo",
+        "cpu_ms_per_request_at_200rps",
     }
+    assert report["summary"]["cpu_ratio_to_echo"] > 0  # 20/s held by both chains
     (row,) = report["aisle"]
     assert row["errors"] == 0 and row["requests"] == 30
     assert set(row["cpu_ms_per_request"]) == {"retrieval", "ranking", "gateway", "load generator"}
@@ -49,3 +53,16 @@ def test_bench_handlers_times_each_handler_and_the_gateways_stages(tmp_path):
     stages = report["gateway"]["stages_ms"]
     assert set(stages) == {"retrieval", "filtering", "scoring", "selection"} and stages["scoring"] > 0
     assert report["gateway"]["components_ms"]["RankingScorer"] > 0
+
+
+def test_bench_tracing_writes_every_variants_figures_where_it_is_told(tmp_path):
+    out = tmp_path / "not-yet" / "tracing.json"  # a folder that does not exist yet, as bench/results on a clone
+    options = ["--calls", "20", "--concurrency", "2", "--repeats", "1", "--spans", "50", "--out", str(out)]
+    done = subprocess.run([sys.executable, "bench/tracing.py", *options], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert set(result["medians"]) == {"off", "instrumentation", "aisle"}
+    # The server's CPU comes from /proc in 10 ms ticks, which a run this short may not reach; the client's does not.
+    assert all(figures["server_us"] >= 0 and figures["client_us"] > 0 for figures in result["medians"].values())
+    spans = result["span_us"]["medians"]
+    assert set(spans) == {"proxy", "sdk", "aisle"} and min(spans.values()) > 0

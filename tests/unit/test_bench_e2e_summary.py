@@ -39,6 +39,8 @@ def test_the_cpu_ratio_is_the_median_over_the_given_rates_of_every_process_again
     assert cpu_ratio(aisle, echo, [100, 200, 300]) == 2.0  # median of 2, 2, 9
     assert cpu_ratio(aisle, echo[:1], [100, 200]) == 2.0  # a rate the echo chain lacks is left out
     assert cpu_ratio(aisle, echo, []) is None
+    idle = [cpu(100, front=0.0, load=0.0)]  # a run too short for /proc's 10 ms ticks
+    assert cpu_ratio(aisle, idle, [100]) is None
 
 
 def test_a_workdir_with_another_shops_artefacts_or_other_files_is_refused_with_the_fix(tmp_path):

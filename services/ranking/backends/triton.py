@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from opentelemetry import propagate, trace
 
+from services.core.telemetry import ActiveSpan
 from services.ranking.backends.base import (
     BackendUnavailable,
     InferenceFailed,
@@ -274,7 +275,7 @@ class TritonBackend:
             tensor.set_data_from_numpy(values)
             tensors.append(tensor)
         names = [PURCHASE_OUTPUT] + ([RETURN_OUTPUT] if model.contract.has_return_head else [])
-        with self._tracer.start_as_current_span("TritonInfer") as span:
+        with ActiveSpan(self._tracer.start_span("TritonInfer")) as span:
             span.set_attribute("aisle.triton.target", target)
             span.set_attribute("aisle.model.version", model.version)
             headers: dict[str, str] = {}
