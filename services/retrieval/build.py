@@ -68,10 +68,10 @@ def build_scann(
     searcher = builder.build()
     tuning = None
     if target_recall is not None:
-        curve = tune_leaves(searcher, embeddings, config, target_recall)
+        queries = sample_queries(embeddings, TUNING_SAMPLES, seed=1)
+        curve = tune_leaves(searcher, embeddings, queries, config, target_recall)
         config = replace(config, leaves_to_search=choose_leaves(curve, target_recall, config.num_leaves))
-        samples = min(TUNING_SAMPLES, embeddings.shape[0])
-        tuning = {"target_recall": target_recall, "samples": samples, "curve": [asdict(p) for p in curve]}
+        tuning = {"target_recall": target_recall, "samples": len(queries), "curve": [asdict(p) for p in curve]}
     # Relative asset paths, so the folder still loads after the atomic rename into place.
     searcher.serialize(str(directory), relative_path=True)
     return {"ann": "scann", **asdict(config), **({"tuning": tuning} if tuning else {})}
@@ -97,14 +97,13 @@ class TargetRecallUnreachable(ValueError):
 
 
 def tune_leaves(
-    searcher, embeddings: np.ndarray, config: ScannConfig, target_recall: float, k: int = 10, seed: int = 1
+    searcher, embeddings: np.ndarray, queries: np.ndarray, config: ScannConfig, target_recall: float, k: int = 10
 ) -> list[RecallPoint]:
-    """Recall@k of a built ScaNN searcher at more and more leaves searched (:data:`TUNING_FRACTIONS` of the
-    tree), until it reaches ``target_recall``; the queries are sampled item vectors with noise, as for
-    :func:`spot_check_recall`. Shows a progress bar: at a million items the exact answers take seconds."""
+    """Recall@k of a built ScaNN searcher for ``queries`` (sampled item vectors with noise, as for
+    :func:`spot_check_recall`) at more and more leaves searched (:data:`TUNING_FRACTIONS` of the tree), until it
+    reaches ``target_recall``. Shows a progress bar: at a million items the exact answers take seconds."""
     from tqdm.auto import tqdm
 
-    queries = sample_queries(embeddings, TUNING_SAMPLES, seed)
     exact = ExactSearcher(embeddings)
     want = [set(exact.search(query, k)[0].tolist()) for query in tqdm(queries, desc="exact answers", leave=False)]
     ladder = sorted({max(1, math.ceil(config.num_leaves * f)) for f in TUNING_FRACTIONS})

@@ -66,7 +66,7 @@ def test_a_tuned_build_searches_the_fewest_leaves_that_reach_the_target(source, 
         chosen = built["leaves_to_search"]
         assert curve[chosen] >= target
         assert all(recall < target for leaves, recall in curve.items() if leaves < chosen)  # none fewer would do
-        assert built["tuning"]["target_recall"] == target
+        assert built["tuning"]["target_recall"] == target and built["tuning"]["samples"] == 400
     assert low["leaves_to_search"] < high["leaves_to_search"] < high["num_leaves"]
     assert f"searching {high['leaves_to_search']} of {high['num_leaves']} leaves" in result.output
     # What serving loads searches that many leaves, and the serving spot-check (other queries) agrees.
