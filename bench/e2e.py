@@ -56,6 +56,12 @@ ITEMS = 1_000_000
 WARM_UP_S = 1.0
 
 
+def check_items(parser: argparse.ArgumentParser, items: int) -> None:
+    """Refuses (as a usage error) an ``--items`` the synthetic shop cannot be made with."""
+    if items < CATEGORIES:
+        parser.error(f"--items must be at least {CATEGORIES} (one item per category of the synthetic shop)")
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -197,8 +203,8 @@ def cpu_ratio(aisle: list[dict], echo: list[dict], rates: list[float]) -> float 
     ratio under about 2 (both being CPU-bound on the same two cores)."""
     aisle_at = {r["offered_rps"]: r for r in aisle}
     echo_at = {r["offered_rps"]: r for r in echo}
-    both = [r for r in rates if r in aisle_at and r in echo_at and total_cpu_ms(echo_at[r]) > 0]  # /proc: 10 ms ticks
-    ratios = [total_cpu_ms(aisle_at[r]) / total_cpu_ms(echo_at[r]) for r in both]
+    pairs = [(total_cpu_ms(aisle_at[r]), total_cpu_ms(echo_at[r])) for r in rates if r in aisle_at and r in echo_at]
+    ratios = [ours / echo for ours, echo in pairs if echo > 0]  # /proc counts 10 ms ticks: a tiny run may read 0
     return round(float(np.median(ratios)), 2) if ratios else None
 
 
@@ -507,8 +513,7 @@ def main() -> int:
     args = parser.parse_args()
     if not 0 < args.trace_ratio <= 1:
         parser.error("--trace-ratio must be in (0, 1]: --no-tracing turns tracing off")
-    if args.items < CATEGORIES:
-        parser.error(f"--items must be at least {CATEGORIES} (one item per category of the synthetic shop)")
+    check_items(parser, args.items)
     rates = sorted(float(r) for r in args.rates.split(","))
     if args.ranking_backend == "triton" and (missing := triton_missing()):
         parser.error(missing)

@@ -41,6 +41,7 @@ from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb  # noqa: E4
 from bench.e2e import (  # noqa: E402
     ITEMS,
     bench_policies,
+    check_items,
     home_sources,
     log,
     prepare_artifacts,
@@ -51,7 +52,6 @@ from services.core.server import Application  # noqa: E402
 from services.demo.stack import LocalStack  # noqa: E402
 from services.gateway.components.sources import SOURCES  # noqa: E402
 from services.retrieval.index import latest_version  # noqa: E402
-from training.synthetic import CATEGORIES  # noqa: E402
 
 #: Candidates ranked per request, as in bench/e2e.py's default.
 CANDIDATES = 500
@@ -251,8 +251,7 @@ def main() -> None:
     parser.add_argument("--warm-up", type=int, default=200)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "handlers.json")
     args = parser.parse_args()
-    if args.items < CATEGORIES:
-        parser.error(f"--items must be at least {CATEGORIES} (one item per category of the synthetic shop)")
+    check_items(parser, args.items)
     if args.requests < 1 or args.warm_up < 0:
         parser.error("--requests must be at least 1 and --warm-up at least 0")
     args.workdir.mkdir(parents=True, exist_ok=True)
