@@ -146,6 +146,17 @@ def details_of(error: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None
     return info, violations
 
 
+def describe(error: grpc.RpcError) -> str:
+    """A failed call as "CODE (REASON)", e.g. "UNAVAILABLE (INFERENCE_SERVER_UNAVAILABLE)": what a degraded answer
+    says of the dependency that failed it (no server message, which may name hosts)."""
+    code = error.code().name  # type: ignore[attr-defined]
+    try:
+        info, _ = details_of(error)
+    except ValueError:  # status details that contradict the call's code: not ours
+        info = None
+    return f"{code} ({info.reason})" if info is not None and info.reason else code
+
+
 def _packed(message) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)

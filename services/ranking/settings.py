@@ -44,7 +44,10 @@ class RankingSettings(ServiceSettings):
     )
     fallback_to_embedded: bool = Field(
         False,
-        description="With backend=triton: answer with embedded ONNX Runtime when Triton is unavailable (flagged).",
+        description=(
+            "With backend=triton: answer with embedded ONNX Runtime when Triton is unavailable or fails a call "
+            "(flagged)."
+        ),
     )
     batching: bool = Field(True, description="Micro-batch concurrent requests in the embedded backend.")
     max_batch_size: int = Field(

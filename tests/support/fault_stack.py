@@ -5,6 +5,7 @@ while the others keep running."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -19,6 +20,8 @@ from services.demo.stack import ORDER, LocalStack
 from tests.support.faulty_service import DELAY_VARIABLE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+#: A log line worth showing when a fault test fails: a warning or worse, or a call answered with an error.
+PROBLEM = re.compile(r" (WARNING|ERROR|CRITICAL) | -> [A-Z_]+\b")
 
 
 @dataclass
@@ -98,6 +101,14 @@ class FaultStack(LocalStack):
             except grpc.RpcError:
                 return None
         return reply.status
+
+    def first_problems(self, name: str, limit: int = 6) -> str:
+        """The first ``limit`` warnings, errors and failed calls in ``name``'s log, as lines to add to an
+        assertion message (where the outcomes alone cannot say why an answer was degraded)."""
+        path = self.services[name].log_path
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        found = [line[:400] for line in lines if PROBLEM.search(line)][:limit]
+        return f"\n  first problems in {path}:" + "".join(f"\n    {line}" for line in found) if found else ""
 
     def rss_mib(self, name: str) -> float:
         """Resident memory of the service's process (VmRSS), in MiB."""

@@ -32,7 +32,7 @@ class Outcome:
     code: str  # "OK" or the gRPC status code's name
     degradations: tuple[str, ...] = ()  # DegradationReason names
     reply: object = None
-    detail: str = ""  # the error's details
+    detail: str = ""  # the error's details, or each degradation's "stage: detail"
 
     @property
     def ok(self) -> bool:
@@ -101,8 +101,11 @@ class SteadyLoad:
             latency_ms = (time.monotonic() - started) * 1000
             self.outcomes.append(Outcome(started, latency_ms, error.code().name, detail=error.details() or ""))
             return
-        reasons = tuple(common.DegradationReason.Name(d.reason) for d in getattr(reply, "degradations", ()))
-        self.outcomes.append(Outcome(started, (time.monotonic() - started) * 1000, "OK", reasons, reply))
+        latency_ms = (time.monotonic() - started) * 1000
+        degradations = getattr(reply, "degradations", ())
+        reasons = tuple(common.DegradationReason.Name(d.reason) for d in degradations)
+        detail = "; ".join(f"{d.stage}: {d.detail}" for d in degradations)
+        self.outcomes.append(Outcome(started, latency_ms, "OK", reasons, reply, detail))
 
     def mark(self, name: str) -> float:
         """Remembers now under ``name``; returns it."""

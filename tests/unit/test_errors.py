@@ -10,6 +10,7 @@ from services.core.errors import (
     DependencyUnavailable,
     InvalidArgument,
     NotReady,
+    describe,
     status_for,
 )
 
@@ -81,3 +82,26 @@ def test_unexpected_errors_hide_internals():
 def test_invalid_argument_needs_a_violation():
     with pytest.raises(ValueError):
         InvalidArgument({})
+
+
+def failed_call(status: grpc.Status) -> grpc.aio.AioRpcError:
+    """The error a grpc.aio client raises for a call the server ended with ``status``."""
+    message = decoded(status).message
+    return grpc.aio.AioRpcError(status.code, grpc.aio.Metadata(), grpc.aio.Metadata(*status.trailing_metadata), message)
+
+
+def test_describe_names_the_code_and_the_reason_without_the_message():
+    from services.ranking.backends.base import BackendUnavailable
+
+    assert describe(failed_call(status_for(BackendUnavailable("triton at 10.0.0.7 down")))) == (
+        "UNAVAILABLE (INFERENCE_SERVER_UNAVAILABLE)"
+    )
+    assert describe(failed_call(status_for(NotReady("loading")))) == "UNAVAILABLE (NOT_READY)"
+    # A call that failed without rich details (a dead server, gRPC's own deadline): the code alone.
+    bare = grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), "late")
+    assert describe(bare) == "DEADLINE_EXCEEDED"
+    # Details that contradict the call's code are not trusted.
+    rich = status_for(NotReady("loading"))
+    trailing = grpc.aio.Metadata(*rich.trailing_metadata)
+    odd = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), trailing)
+    assert describe(odd) == "INTERNAL"

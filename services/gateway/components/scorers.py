@@ -9,7 +9,7 @@ import numpy as np
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
-from services.core.errors import BudgetExhausted
+from services.core.errors import BudgetExhausted, describe
 from services.gateway.candidates import Candidates, min_max_scaled
 from services.gateway.components.base import ComponentBase, Params
 from services.gateway.pipeline import RequestState
@@ -52,7 +52,7 @@ class RankingScorer(ComponentBase):
             reason = (
                 common.DEGRADATION_REASON_RANKING_TIMEOUT if late else common.DEGRADATION_REASON_RANKING_UNAVAILABLE
             )
-            state.degrade(reason, "ranking", str(error) if isinstance(error, BudgetExhausted) else error.code().name)
+            state.degrade(reason, "ranking", str(error) if isinstance(error, BudgetExhausted) else describe(error))
             self._fallback(candidates)
             return
         purchase, returns = _probabilities(reply)

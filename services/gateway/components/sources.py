@@ -11,6 +11,7 @@ from pydantic import Field
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
+from services.core.errors import describe
 from services.gateway.candidates import Candidates
 from services.gateway.components.base import ComponentBase, Params
 from services.gateway.pipeline import RequestState, SourceFailed
@@ -96,7 +97,7 @@ class RetrievalSources(ComponentBase):
                 if error.code() == grpc.StatusCode.UNAVAILABLE
                 else common.DEGRADATION_REASON_SOURCE_DROPPED
             )
-            raise SourceFailed(f"retrieval {error.code().name}", reason) from None
+            raise SourceFailed(f"retrieval {describe(error)}", reason) from None
         if reply.index_version.version and reply.index_version not in state.versions:
             state.versions.append(reply.index_version)
         state.degradations.extend(reply.degradations)

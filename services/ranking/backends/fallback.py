@@ -1,4 +1,6 @@
-"""Triton first; the embedded backend answers when Triton is unavailable, and the answer says so.
+"""Triton first; the embedded backend answers when Triton is unavailable or fails a request (a python backend stub
+found unhealthy, a broken answer), and the answer says so. A Triton call that ran out of time is not scored again:
+the deadline is spent.
 
 The embedded backend is loaded and warmed at start-up so a fallback costs no loading time. Triton failing to load
 at start-up does not stop the service (every call falls back, flagged) and the watch keeps trying to reach it.
@@ -10,7 +12,13 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from services.ranking.backends.base import BackendUnavailable, ModelNotReady, Ranking, RankingBackend
+from services.ranking.backends.base import (
+    BackendUnavailable,
+    InferenceFailed,
+    ModelNotReady,
+    Ranking,
+    RankingBackend,
+)
 from services.ranking.served_model import ServedModel
 
 log = logging.getLogger(__name__)
@@ -49,8 +57,8 @@ class FallbackBackend:
     async def rank(self, history_ids: Sequence[str], candidate_ids: Sequence[str], timeout: float | None) -> Ranking:
         try:
             return await self.primary.rank(history_ids, candidate_ids, timeout)
-        except (BackendUnavailable, ModelNotReady) as error:
-            log.warning("%s unavailable, falling back to %s: %s", self.primary.kind, self.fallback.kind, error.message)
+        except (BackendUnavailable, ModelNotReady, InferenceFailed) as error:
+            log.warning("%s failed, falling back to %s: %s", self.primary.kind, self.fallback.kind, error.message)
             if self._on_fallback is not None:
                 self._on_fallback()
         ranking = await self.fallback.rank(history_ids, candidate_ids, timeout)

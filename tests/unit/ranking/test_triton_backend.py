@@ -15,6 +15,7 @@ from aisle.common.v1 import common_pb2
 from aisle.ranking.v1 import ranking_service_pb2 as pb
 from services.ranking.backends.base import (
     BackendUnavailable,
+    InferenceFailed,
     InferenceTimeout,
     ModelNotReady,
     Ranking,
@@ -211,6 +212,19 @@ async def test_fallback_answers_when_triton_is_unavailable_and_the_response_says
     assert [s.purchase_probability for s in degraded.scored_items] == [0.5, 0.5]
     assert [d.reason for d in degraded.degradations] == [common_pb2.DEGRADATION_REASON_RANKING_FALLBACK_BACKEND]
     assert degraded.degradations[0].stage == "ranking" and "onnxruntime" in degraded.degradations[0].detail
+
+
+async def test_fallback_answers_when_triton_fails_a_call_but_not_when_the_call_ran_out_of_time(repository):
+    fake = FakeTriton("a:1")
+    backend = FallbackBackend(backend_with(repository, fake), FakeEmbedded())
+    await backend.load()
+    fake.error = InferenceServerException("Stub process 'ranker_0_0' is not healthy.", status="StatusCode.INTERNAL")
+    with pytest.raises(InferenceFailed, match="not healthy"):  # Triton alone: the caller gets INTERNAL
+        await backend.primary.rank([], ["item-1"], timeout=0.5)
+    assert (await backend.rank([], ["item-1"], timeout=0.5)).fallback
+    fake.error = InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+    with pytest.raises(InferenceTimeout):
+        await backend.rank([], ["item-1"], timeout=0.5)
 
 
 async def test_fallback_starts_on_the_embedded_backend_when_triton_is_down(repository):
