@@ -8,6 +8,7 @@ The server's error interceptor applies it, so no servicer builds statuses by han
 from __future__ import annotations
 
 import collections
+import re
 
 import grpc
 from google.protobuf import any_pb2
@@ -18,6 +19,8 @@ from grpc_status import rpc_status
 ERROR_DOMAIN = "aisle.dev"
 #: Trailing metadata with which a server asks gRPC clients not to retry a call (a negative value; gRFC A6).
 NO_RETRY_KEY = "grpc-retry-pushback-ms"
+#: What an ``ErrorInfo.reason`` looks like (google.rpc's rule: UPPER_SNAKE_CASE, at most 63 characters).
+_REASON = re.compile(r"[A-Z][A-Z0-9_]{0,62}")
 
 
 class ServiceError(Exception):
@@ -146,15 +149,19 @@ def details_of(error: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None
     return info, violations
 
 
-def describe(error: grpc.RpcError) -> str:
+def describe(error: grpc.aio.AioRpcError) -> str:
     """A failed call as "CODE (REASON)", e.g. "UNAVAILABLE (INFERENCE_SERVER_UNAVAILABLE)": what a degraded answer
-    says of the dependency that failed it (no server message, which may name hosts)."""
-    code = error.code().name  # type: ignore[attr-defined]
+    says of the dependency that failed it. Only an Aisle service's reason is named (its ``ErrorInfo`` domain, a
+    reason of capitals, digits and underscores); never a message, which may name hosts. Never raises: details that
+    do not decode, or that contradict the call's code, leave the code alone."""
+    code = error.code().name
     try:
         info, _ = details_of(error)
-    except ValueError:  # status details that contradict the call's code: not ours
+    except Exception:  # noqa: BLE001 - any malformed trailer (DecodeError, ValueError): the code is still true
         info = None
-    return f"{code} ({info.reason})" if info is not None and info.reason else code
+    if info is None or info.domain != ERROR_DOMAIN or not _REASON.fullmatch(info.reason):
+        return code
+    return f"{code} ({info.reason})"
 
 
 def _packed(message) -> any_pb2.Any:

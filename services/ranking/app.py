@@ -35,7 +35,8 @@ class RankingMetrics:
         )
         self.fallbacks = Counter(
             "aisle_ranking_fallback",
-            "Requests answered by the embedded backend because Triton was unavailable.",
+            "Requests answered by the embedded backend because Triton could not, by Triton's failure reason.",
+            ["reason"],
             registry=registry,
         )
 
@@ -68,7 +69,7 @@ def build_backend(settings: RankingSettings, metrics: RankingMetrics | None = No
         ready_timeout_s=0 if settings.fallback_to_embedded else settings.triton_ready_timeout_s,
     )
     if settings.fallback_to_embedded:
-        on_fallback = metrics.fallbacks.inc if metrics is not None else None
+        on_fallback = (lambda reason: metrics.fallbacks.labels(reason).inc()) if metrics is not None else None
         return FallbackBackend(triton, build_embedded(settings, metrics), on_fallback)
     return triton
 

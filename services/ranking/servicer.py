@@ -38,7 +38,7 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
             response.degradations.add(
                 reason=common_pb2.DEGRADATION_REASON_RANKING_FALLBACK_BACKEND,
                 stage="ranking",
-                detail=f"scored by the {ranking.backend} backend: the configured backend was unavailable",
+                detail=f"scored by the {ranking.backend} backend; the configured one failed: {ranking.fallback_reason}",
             )
         if request.columnar:
             add_score_columns(response, ranking)

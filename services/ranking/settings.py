@@ -45,8 +45,8 @@ class RankingSettings(ServiceSettings):
     fallback_to_embedded: bool = Field(
         False,
         description=(
-            "With backend=triton: answer with embedded ONNX Runtime when Triton is unavailable or fails a call "
-            "(flagged)."
+            "With backend=triton: answer with embedded ONNX Runtime when Triton is unavailable, not ready or fails "
+            "a call through a fault of its own (flagged, with Triton's reason)."
         ),
     )
     batching: bool = Field(True, description="Micro-batch concurrent requests in the embedded backend.")

@@ -102,11 +102,20 @@ class FaultStack(LocalStack):
                 return None
         return reply.status
 
-    def first_problems(self, name: str, limit: int = 6) -> str:
-        """The first ``limit`` warnings, errors and failed calls in ``name``'s log, as lines to add to an
-        assertion message (where the outcomes alone cannot say why an answer was degraded)."""
+    def log_offset(self, name: str) -> int:
+        """How far ``name``'s log has been written: pass it to :meth:`first_problems` as ``since``."""
         path = self.services[name].log_path
-        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        return path.stat().st_size if path.exists() else 0
+
+    def first_problems(self, name: str, since: int = 0, limit: int = 6) -> str:
+        """The first ``limit`` warnings, errors and failed calls in ``name``'s log from byte ``since`` on, as lines
+        to add to an assertion message (where the outcomes alone cannot say why an answer was degraded)."""
+        path = self.services[name].log_path
+        if not path.exists():
+            return ""
+        with path.open("rb") as log:
+            log.seek(since)
+            lines = log.read().decode(errors="replace").splitlines()
         found = [line[:400] for line in lines if PROBLEM.search(line)][:limit]
         return f"\n  first problems in {path}:" + "".join(f"\n    {line}" for line in found) if found else ""
 

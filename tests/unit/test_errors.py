@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from services.core.errors import (
@@ -100,8 +101,30 @@ def test_describe_names_the_code_and_the_reason_without_the_message():
     # A call that failed without rich details (a dead server, gRPC's own deadline): the code alone.
     bare = grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), "late")
     assert describe(bare) == "DEADLINE_EXCEEDED"
-    # Details that contradict the call's code are not trusted.
+    # Details that do not decode, or that contradict the call's code, are not trusted; the call's code still is.
+    garbage = grpc.aio.Metadata(("grpc-status-details-bin", b"\xff\x00 not a status"))
+    broken = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), garbage, "down")
+    assert describe(broken) == "UNAVAILABLE"
     rich = status_for(NotReady("loading"))
     trailing = grpc.aio.Metadata(*rich.trailing_metadata)
     odd = grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), trailing)
     assert describe(odd) == "INTERNAL"
+
+
+def test_describe_names_only_an_aisle_reason():
+    """Another server's ErrorInfo (a proxy's, another domain's, free text) is not copied into a public answer."""
+
+    def call_with(info: error_details_pb2.ErrorInfo) -> grpc.aio.AioRpcError:
+        packed = any_pb2.Any()
+        packed.Pack(info)
+        status = status_pb2.Status(code=14, message="down", details=[packed])
+        trailing = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
+        return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), trailing, "down")
+
+    assert describe(call_with(error_details_pb2.ErrorInfo(reason="NOT_READY", domain=ERROR_DOMAIN))) == (
+        "UNAVAILABLE (NOT_READY)"
+    )
+    assert describe(call_with(error_details_pb2.ErrorInfo(reason="NOT_READY", domain="proxy.example"))) == "UNAVAILABLE"
+    free_text = error_details_pb2.ErrorInfo(reason="upstream 10.0.0.7:8001 refused", domain=ERROR_DOMAIN)
+    assert describe(call_with(free_text)) == "UNAVAILABLE"
+    assert describe(call_with(error_details_pb2.ErrorInfo(reason="A" * 64, domain=ERROR_DOMAIN))) == "UNAVAILABLE"

@@ -3,7 +3,7 @@
 A backend turns (history ids, candidate ids) into probabilities with the model version it serves now:
 :class:`~services.ranking.backends.onnxruntime.OnnxRuntimeBackend` in-process with micro-batching,
 :class:`~services.ranking.backends.triton.TritonBackend` against Triton servers, and
-:class:`~services.ranking.backends.fallback.FallbackBackend` (Triton first, embedded when Triton is unavailable).
+:class:`~services.ranking.backends.fallback.FallbackBackend` (Triton first, embedded when Triton cannot answer).
 """
 
 from __future__ import annotations
@@ -35,8 +35,13 @@ class Ranking:
     returns: np.ndarray | None  # float32 [C] when the model has the head (meaningless where ``unknown``)
     unknown: np.ndarray  # bool [C]
     backend: str
-    #: True when the configured backend was unavailable and another one answered.
-    fallback: bool = False
+    #: Set when the configured backend failed and another one answered: the failure's reason
+    #: ("INFERENCE_SERVER_UNAVAILABLE", "MODEL_NOT_READY", "INFERENCE_SERVER_FAULT").
+    fallback_reason: str = ""
+
+    @property
+    def fallback(self) -> bool:
+        return bool(self.fallback_reason)
 
     @classmethod
     def of(cls, model: ServedModel, inputs: ModelInputs, scores: Scores, backend: str) -> Ranking:
@@ -68,6 +73,16 @@ class InferenceFailed(ServiceError):
 
     code = grpc.StatusCode.INTERNAL
     reason = "INFERENCE_FAILED"
+
+
+class InferenceServerFault(InferenceFailed):
+    """The inference server failed a request through a fault of its own (Triton's INTERNAL or UNKNOWN: a python
+    backend stub found unhealthy, a crashed model instance): the fallback backend may answer. Not a refusal of the
+    request (INVALID_ARGUMENT: the deployed config and the local contract disagree), not a full queue
+    (RESOURCE_EXHAUSTED: falling back would move the load onto the ranking pods) and not a broken answer (a
+    model fault): those stay :class:`InferenceFailed` and reach the caller."""
+
+    reason = "INFERENCE_SERVER_FAULT"
 
 
 class RankingBackend(Protocol):

@@ -1,6 +1,8 @@
-"""Triton first; the embedded backend answers when Triton is unavailable or fails a request (a python backend stub
-found unhealthy, a broken answer), and the answer says so. A Triton call that ran out of time is not scored again:
-the deadline is spent.
+"""Triton first; the embedded backend answers when Triton cannot: unreachable, the model not ready, or a request
+failed by a fault of Triton's own (a python backend stub found unhealthy); the answer says so and why. A Triton
+call that ran out of time is not scored again (the deadline is spent), and a request Triton refused or answered
+wrongly, or a full queue, reaches the caller: falling back would hide a fault or move Triton's load onto the
+ranking pods.
 
 The embedded backend is loaded and warmed at start-up so a fallback costs no loading time. Triton failing to load
 at start-up does not stop the service (every call falls back, flagged) and the watch keeps trying to reach it.
@@ -14,7 +16,7 @@ from dataclasses import replace
 
 from services.ranking.backends.base import (
     BackendUnavailable,
-    InferenceFailed,
+    InferenceServerFault,
     ModelNotReady,
     Ranking,
     RankingBackend,
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 
 class FallbackBackend:
     def __init__(
-        self, primary: RankingBackend, fallback: RankingBackend, on_fallback: Callable[[], None] | None = None
+        self, primary: RankingBackend, fallback: RankingBackend, on_fallback: Callable[[str], None] | None = None
     ):
         self.primary = primary
         self.fallback = fallback
@@ -57,12 +59,13 @@ class FallbackBackend:
     async def rank(self, history_ids: Sequence[str], candidate_ids: Sequence[str], timeout: float | None) -> Ranking:
         try:
             return await self.primary.rank(history_ids, candidate_ids, timeout)
-        except (BackendUnavailable, ModelNotReady, InferenceFailed) as error:
+        except (BackendUnavailable, ModelNotReady, InferenceServerFault) as error:
             log.warning("%s failed, falling back to %s: %s", self.primary.kind, self.fallback.kind, error.message)
             if self._on_fallback is not None:
-                self._on_fallback()
+                self._on_fallback(error.reason)
+            reason = error.reason
         ranking = await self.fallback.rank(history_ids, candidate_ids, timeout)
-        return replace(ranking, fallback=True)
+        return replace(ranking, fallback_reason=reason)
 
     async def refresh(self) -> bool:
         changed = await self.fallback.refresh()

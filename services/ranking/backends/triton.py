@@ -8,9 +8,10 @@
   a rollback reloaded the model), the call is retried once on the version it serves now.
 - Each call's timeout is the caller's remaining deadline; the OpenTelemetry trace context goes along as gRPC
   metadata (``traceparent``), so Triton's own tracing joins the caller's trace.
-- Errors: cannot reach Triton / UNAVAILABLE -> :class:`BackendUnavailable` (the fallback backend may answer);
-  model or version not ready -> :class:`ModelNotReady` naming the model, version and server; deadline ->
-  :class:`InferenceTimeout`; anything else -> :class:`InferenceFailed`.
+- Errors: cannot reach Triton / UNAVAILABLE -> :class:`BackendUnavailable`; model or version not ready ->
+  :class:`ModelNotReady` naming the model, version and server; INTERNAL / UNKNOWN (Triton's own fault) ->
+  :class:`InferenceServerFault` (for these three the fallback backend may answer); deadline ->
+  :class:`InferenceTimeout`; anything else, and an answer of the wrong shape -> :class:`InferenceFailed`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from services.core.telemetry import ActiveSpan
 from services.ranking.backends.base import (
     BackendUnavailable,
     InferenceFailed,
+    InferenceServerFault,
     InferenceTimeout,
     ModelNotReady,
     Ranking,
@@ -313,4 +315,6 @@ def _mapped(error, target: str, model: ServedModel) -> Exception:
         return BackendUnavailable(f"Triton at {target} is unavailable: {message}")
     if status.endswith("DEADLINE_EXCEEDED"):
         return InferenceTimeout(f"{where} did not answer within the deadline")
+    if status.endswith(("INTERNAL", "UNKNOWN")):
+        return InferenceServerFault(f"{where} failed the request ({status}): {message}")
     return InferenceFailed(f"{where} failed the request ({status or 'no status'}): {message}")

@@ -16,6 +16,7 @@ from aisle.ranking.v1 import ranking_service_pb2 as pb
 from services.ranking.backends.base import (
     BackendUnavailable,
     InferenceFailed,
+    InferenceServerFault,
     InferenceTimeout,
     ModelNotReady,
     Ranking,
@@ -212,19 +213,30 @@ async def test_fallback_answers_when_triton_is_unavailable_and_the_response_says
     assert [s.purchase_probability for s in degraded.scored_items] == [0.5, 0.5]
     assert [d.reason for d in degraded.degradations] == [common_pb2.DEGRADATION_REASON_RANKING_FALLBACK_BACKEND]
     assert degraded.degradations[0].stage == "ranking" and "onnxruntime" in degraded.degradations[0].detail
+    assert degraded.degradations[0].detail.endswith("INFERENCE_SERVER_UNAVAILABLE")
 
 
-async def test_fallback_answers_when_triton_fails_a_call_but_not_when_the_call_ran_out_of_time(repository):
+async def test_fallback_answers_for_a_fault_of_triton_not_for_a_refusal_a_full_queue_or_a_spent_deadline(repository):
     fake = FakeTriton("a:1")
-    backend = FallbackBackend(backend_with(repository, fake), FakeEmbedded())
+    reasons: list[str] = []
+    backend = FallbackBackend(backend_with(repository, fake), FakeEmbedded(), reasons.append)
     await backend.load()
     fake.error = InferenceServerException("Stub process 'ranker_0_0' is not healthy.", status="StatusCode.INTERNAL")
-    with pytest.raises(InferenceFailed, match="not healthy"):  # Triton alone: the caller gets INTERNAL
+    with pytest.raises(InferenceServerFault, match="not healthy"):  # Triton alone: the caller gets INTERNAL
         await backend.primary.rank([], ["item-1"], timeout=0.5)
-    assert (await backend.rank([], ["item-1"], timeout=0.5)).fallback
+    answered = await backend.rank([], ["item-1"], timeout=0.5)
+    assert answered.fallback and answered.fallback_reason == "INFERENCE_SERVER_FAULT"
+    assert reasons == ["INFERENCE_SERVER_FAULT"]
+    # A request Triton refuses (its config and the local contract disagree) or cannot queue reaches the caller.
+    for status in ("StatusCode.INVALID_ARGUMENT", "StatusCode.RESOURCE_EXHAUSTED"):
+        fake.error = InferenceServerException("refused", status=status)
+        with pytest.raises(InferenceFailed) as failure:
+            await backend.rank([], ["item-1"], timeout=0.5)
+        assert not isinstance(failure.value, InferenceServerFault)
     fake.error = InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
     with pytest.raises(InferenceTimeout):
         await backend.rank([], ["item-1"], timeout=0.5)
+    assert reasons == ["INFERENCE_SERVER_FAULT"]
 
 
 async def test_fallback_starts_on_the_embedded_backend_when_triton_is_down(repository):
