@@ -60,10 +60,10 @@ class FallbackBackend:
         try:
             return await self.primary.rank(history_ids, candidate_ids, timeout)
         except (BackendUnavailable, ModelNotReady, InferenceServerFault) as error:
+            reason = error.reason
             log.warning("%s failed, falling back to %s: %s", self.primary.kind, self.fallback.kind, error.message)
             if self._on_fallback is not None:
-                self._on_fallback(error.reason)
-            reason = error.reason
+                self._on_fallback(reason)
         ranking = await self.fallback.rank(history_ids, candidate_ids, timeout)
         return replace(ranking, fallback_reason=reason)
 
