@@ -15,6 +15,10 @@ p99_ms_at_200rps, saturation_rps, overhead_per_hop_ms, error_rate_at_200rps, ech
 cpu_ratio_to_echo, cpu_ms_per_request_at_200rps), CPU milliseconds per request for every process, and
 bench/results/e2e_latency.png.
 
+Every process (the services, the echo chain and this load generator) runs the services' gRPC runtime
+(``GRPC_EXPERIMENTS``, services/core/grpc_runtime.py); ``GRPC_EXPERIMENTS= .venv/bin/python bench/e2e.py ...`` runs
+them all on gRPC's own defaults instead. The JSON records which.
+
 The latencies and the saturation rate move with the machine's speed (by up to three and a half times from one
 session's machine to the next here); ``cpu_ratio_to_echo`` in the summary, Aisle's CPU per request over the echo
 chain's at the rates both held, is the figure that compares runs on machines of different speed.
@@ -38,6 +42,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from services.core.grpc_runtime import configure_grpc_runtime  # noqa: E402
+
+configure_grpc_runtime()  # before anything imports grpc: the services' own gRPC runtime
 
 import grpc  # noqa: E402
 
@@ -597,6 +605,8 @@ def main() -> int:
         "trace_ratio": None if args.no_tracing else args.trace_ratio,
         "retrieve_calls_per_request": 3 if args.call_per_source else 1,
         "ranking_backend": args.ranking_backend,
+        # The gRPC runtime of every process of both chains, the load generator too (services/core/grpc_runtime.py).
+        "grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", ""),
         "cpus": os.cpu_count(),
         "aisle": aisle,
         "echo_chain": echo,

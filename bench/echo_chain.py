@@ -4,7 +4,8 @@
     python bench/echo_chain.py back PORT                      # answers at once
 
 Generic byte-level handlers: no protobuf work, no business logic, so the difference to Aisle at the same rate is
-the cost of Aisle's own work per hop.
+the cost of Aisle's own work per hop. Started by bench/e2e.py, it inherits the benchmark's environment, so it runs
+the same gRPC runtime (``GRPC_EXPERIMENTS``) as the services it is compared with.
 """
 
 from __future__ import annotations

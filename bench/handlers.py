@@ -33,6 +33,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from services.core.grpc_runtime import configure_grpc_runtime  # noqa: E402
+
+configure_grpc_runtime()  # before anything imports grpc: the services' own gRPC runtime
+
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from aisle.common.v1 import common_pb2 as common  # noqa: E402

@@ -60,6 +60,10 @@ from services.demo.triton import local_triton, triton_missing
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from services.core.grpc_runtime import configure_grpc_runtime  # noqa: E402
+
+configure_grpc_runtime()  # before anything imports grpc: the services' own gRPC runtime
+
 import grpc  # noqa: E402
 
 from aisle.common.v1 import common_pb2  # noqa: E402

@@ -35,6 +35,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from services.core.grpc_runtime import configure_grpc_runtime  # noqa: E402
+
+configure_grpc_runtime()  # before anything imports grpc: the services' own gRPC runtime
+
 BATCHES = (1, 32, 256)
 CANDIDATES = 500
 ITEMS = 5000

@@ -27,6 +27,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from services.core.grpc_runtime import configure_grpc_runtime  # noqa: E402
+
+configure_grpc_runtime()  # before anything imports grpc: the services' own gRPC runtime
+
 from bench.process_cpu import cpu_seconds  # noqa: E402
 from services.retrieval.build import ScannConfig, build_scann  # noqa: E402
 from services.retrieval.search import ExactSearcher, FilteredSearch, ScannSearcher, ScannSearchParams  # noqa: E402

@@ -32,6 +32,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from services.core.grpc_runtime import configure_grpc_runtime  # noqa: E402
+
+configure_grpc_runtime()  # before anything imports grpc: the services' own gRPC runtime
+
 import grpc  # noqa: E402
 
 from bench.process_cpu import cpu_seconds  # noqa: E402

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import dataclass
-from pathlib import Path
+from services.core.grpc_runtime import configure_grpc_runtime
 
-import pytest
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+configure_grpc_runtime()  # before anything imports grpc: in-process servers run the services' gRPC runtime
 
-from services.core.telemetry import configure_tracing
+import shutil  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
+
+from services.core.telemetry import configure_tracing  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_TEMPLATE = PROJECT_ROOT / "model_repository" / "ranker" / "config.pbtxt"

@@ -22,6 +22,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from services.core.grpc_runtime import grpc_runtime_in_force
 from services.core.interceptors import ErrorInterceptor
 from services.core.metrics import MetricsInterceptor, RpcMetrics, start_metrics_server
 from services.core.rpc_tracing import TracingInterceptor, tracing_enabled
@@ -109,12 +110,13 @@ class ServiceHost:
                 self.settings.metrics_port, self.settings.host, self.registry
             )
         log.info(
-            "%s listening on %s:%d (metrics port %s, %s event loop), NOT_SERVING until loaded",
+            "%s listening on %s:%d (metrics port %s, %s event loop, %s), NOT_SERVING until loaded",
             self.settings.service_label,
             self.settings.host,
             port,
             self.metrics_port,
             type(asyncio.get_running_loop()).__module__.split(".")[0],
+            grpc_runtime_in_force(),
         )
         return port
 

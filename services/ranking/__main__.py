@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from services.core.bootstrap import serve_main
-from services.ranking.app import build_application
-from services.ranking.settings import RankingSettings
+from services.core.grpc_runtime import configure_grpc_runtime
+
+configure_grpc_runtime()  # before anything imports grpc
+
+from services.core.bootstrap import serve_main  # noqa: E402
+from services.ranking.app import build_application  # noqa: E402
+from services.ranking.settings import RankingSettings  # noqa: E402
 
 
 def main(overrides: dict | None = None) -> int:

@@ -4,6 +4,7 @@ read (bench/e2e.py, bench/handlers.py, bench/tracing.py)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ def test_bench_e2e_writes_its_summary_and_cpu_figures(tmp_path):
         "cpu_ms_per_request_at_200rps",
     }
     assert report["summary"]["cpu_ratio_to_echo"] > 0  # 20/s held by both chains
+    assert report["grpc_experiments"] == os.environ["GRPC_EXPERIMENTS"]  # what tests/conftest.py left in force
     (row,) = report["aisle"]
     assert row["errors"] == 0 and row["requests"] == 30
     assert set(row["cpu_ms_per_request"]) == {"retrieval", "ranking", "gateway", "load generator"}

@@ -12,6 +12,7 @@ import grpc
 import pytest
 
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
+from services.core.grpc_runtime import grpc_runtime_in_force
 from services.demo.stack import LocalStack
 from tests.integration.requests import home_request
 
@@ -49,6 +50,7 @@ def test_processes_answer_and_stop_cleanly(trained, tmp_path, event_loop):
     for name in codes:
         log = (tmp_path / "logs" / f"{name}.log").read_text()
         assert "shutting down" in log and f"{event_loop} event loop" in log
+        assert grpc_runtime_in_force() in log  # the gRPC runtime this test process runs, passed on
 
 
 def test_make_demo_runs_end_to_end(tmp_path):

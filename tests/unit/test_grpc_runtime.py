@@ -1,0 +1,63 @@
+"""The gRPC runtime every process starts with: set before grpc is imported, an operator's value kept."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.core.grpc_runtime import EXPERIMENTS, VARIABLE, configure_grpc_runtime, grpc_runtime_in_force
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_sets_the_experiments_when_the_environment_has_none_and_grpc_is_not_imported():
+    environ: dict[str, str] = {}
+    assert configure_grpc_runtime(environ, modules={}) == EXPERIMENTS
+    assert environ == {VARIABLE: EXPERIMENTS}
+
+
+@pytest.mark.parametrize("value", ["", "-event_engine_client", "some_other_experiment"])
+def test_an_operators_value_wins_even_empty(value):
+    environ = {VARIABLE: value}
+    assert configure_grpc_runtime(environ, modules={"grpc": object()}) == value  # any time: nothing to set
+    assert environ == {VARIABLE: value}
+
+
+def test_too_late_after_grpc_is_imported_it_warns_and_changes_nothing(caplog):
+    environ: dict[str, str] = {}
+    with caplog.at_level(logging.WARNING, logger="services.core.grpc_runtime"):
+        assert configure_grpc_runtime(environ, modules={"grpc": object()}) == ""
+    assert environ == {}
+    assert "grpc was imported before GRPC_EXPERIMENTS was set" in caplog.text and EXPERIMENTS in caplog.text
+
+
+def test_what_the_start_up_log_says():
+    assert grpc_runtime_in_force({VARIABLE: EXPERIMENTS}) == f"GRPC_EXPERIMENTS={EXPERIMENTS}"
+    assert grpc_runtime_in_force({VARIABLE: ""}) == grpc_runtime_in_force({}) == "gRPC's default experiments"
+
+
+def test_the_tests_run_the_services_runtime():
+    assert VARIABLE in os.environ  # tests/conftest.py set it before any test imported grpc (or kept the caller's)
+
+
+@pytest.mark.parametrize("service", ["retrieval", "ranking", "gateway"])
+@pytest.mark.parametrize("outer", [None, ""])
+def test_each_services_main_sets_it_first_unless_the_environment_does(service, outer):
+    env = {key: value for key, value in os.environ.items() if key != VARIABLE}
+    if outer is not None:
+        env[VARIABLE] = outer
+    code = (
+        f"import sys, os; import services.{service}.__main__; "
+        f"print('grpc' in sys.modules, repr(os.environ.get({VARIABLE!r})))"
+    )
+    command = [sys.executable, "-c", code]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    expected = EXPERIMENTS if outer is None else outer
+    assert result.stdout.split() == ["True", repr(expected)]  # grpc imported by the service, after the variable
+    assert "grpc was imported before" not in result.stderr
