@@ -3,13 +3,17 @@ import torch (only ``aisle train`` and ``aisle demo`` need the ``train`` extra).
 
 from __future__ import annotations
 
-import importlib
-import sys
-from pathlib import Path
+from services.core.grpc_runtime import configure_grpc_runtime
 
-import click
+configure_grpc_runtime()  # before any subcommand imports grpc: `aisle serve` and `aisle demo` run the services' gRPC
 
-from services.core.settings import ServiceSettings
+import importlib  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+from services.core.settings import ServiceSettings  # noqa: E402
 
 #: service -> (settings class path, main module)
 SERVICES = {

@@ -3,17 +3,19 @@
 grpcio 1.80 made EventEngine, gRPC's new I/O layer, the default for Python. On this project's request path (small
 unary calls, one asyncio loop per process) its client and listener cost more CPU per call than the I/O layer it
 replaces, which gRPC still ships behind its ``GRPC_EXPERIMENTS`` switches. With both turned off, an echo call
-(bench/tracing.py) took 11 % less CPU on the server and 21 % less on the client; end to end at 200 requests/s, over
-eight alternating pairs of runs, the echo chain used a median 25 % less CPU per request and Aisle's four
-processes 6 % less (docs/benchmarks.md, "gRPC's I/O layer"). Aisle's processes therefore start with :data:`EXPERIMENTS`
-unless the environment says otherwise:
+(bench/tracing.py) took 8-11 % less CPU on the server and 17-21 % less on the client (with and without spans); end
+to end at 200 requests/s, over eight alternating pairs of runs, the echo chain used a median 25 % less CPU per
+request and Aisle's four processes 6 % less (docs/benchmarks.md, "gRPC's I/O layer"). Aisle's processes therefore
+start with :data:`EXPERIMENTS` unless the environment says otherwise:
 
 - ``GRPC_EXPERIMENTS`` already set wins, an empty value included (gRPC's own defaults, EventEngine on);
 - only experiments gRPC knows are named: an unknown one is logged by gRPC at start-up and ignored, so a gRPC that
   has removed these switches runs its defaults. Measure again (``make bench-e2e``) when upgrading grpcio.
 
 The variable is read when gRPC's core starts, so :func:`configure_grpc_runtime` must run before anything imports
-``grpc``: the first lines of each service's ``__main__``, of the benchmarks and of the tests' ``conftest.py``.
+``grpc``: the first lines of each service's ``__main__``, of the ``aisle`` command (services/cli.py), of the
+benchmarks and of the tests' ``conftest.py``. tests/unit/test_grpc_runtime.py fails when grpcio no longer knows a
+switch.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from services.core.grpc_runtime import VARIABLE as GRPC_VARIABLE
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: Where `make triton` (scripts/install_triton.sh) installs the server; AISLE_TRITON_HOME points elsewhere.
 TRITON_HOME = Path(os.environ.get("AISLE_TRITON_HOME", PROJECT_ROOT / ".cache" / "triton"))
@@ -86,8 +88,13 @@ class LocalTriton:
         command = local_triton_command(
             self.launcher, self.repository, self.models, self.grpc_port, self.http_port, self.metrics_port
         )
+        # Triton's own gRPC reads GRPC_EXPERIMENTS too: the Aisle process that starts it must not pass its runtime on
+        # (services/core/grpc_runtime.py), so the local server runs as the Triton container does.
+        env = {key: value for key, value in os.environ.items() if key != GRPC_VARIABLE}
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            )
         while time.monotonic() - began < timeout:
             if self.process.poll() is not None:
                 raise RuntimeError(f"Triton exited with {self.process.returncode}:\n{self.log_tail()}")

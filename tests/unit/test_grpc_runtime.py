@@ -45,19 +45,42 @@ def test_the_tests_run_the_services_runtime():
     assert VARIABLE in os.environ  # tests/conftest.py set it before any test imported grpc (or kept the caller's)
 
 
-@pytest.mark.parametrize("service", ["retrieval", "ranking", "gateway"])
-@pytest.mark.parametrize("outer", [None, ""])
-def test_each_services_main_sets_it_first_unless_the_environment_does(service, outer):
+SERVICE_MAINS = ["services.retrieval.__main__", "services.ranking.__main__", "services.gateway.__main__"]
+
+
+def after_import(module: str, outer: str | None) -> list[str]:
+    """Imports ``module`` in a fresh interpreter (``GRPC_EXPERIMENTS`` unset, or ``outer``): whether grpc got
+    imported, and the variable's value then."""
     env = {key: value for key, value in os.environ.items() if key != VARIABLE}
     if outer is not None:
         env[VARIABLE] = outer
-    code = (
-        f"import sys, os; import services.{service}.__main__; "
-        f"print('grpc' in sys.modules, repr(os.environ.get({VARIABLE!r})))"
-    )
+    code = f"import sys, os; import {module}; print('grpc' in sys.modules, repr(os.environ.get({VARIABLE!r})))"
     command = [sys.executable, "-c", code]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    expected = EXPERIMENTS if outer is None else outer
-    assert result.stdout.split() == ["True", repr(expected)]  # grpc imported by the service, after the variable
     assert "grpc was imported before" not in result.stderr
+    return result.stdout.split()
+
+
+@pytest.mark.parametrize("module", SERVICE_MAINS)
+@pytest.mark.parametrize("outer", [None, ""])
+def test_each_services_main_sets_it_first_unless_the_environment_does(module, outer):
+    expected = EXPERIMENTS if outer is None else outer
+    assert after_import(module, outer) == ["True", repr(expected)]  # grpc imported by the service, after the variable
+
+
+def test_the_cli_sets_it_before_any_subcommand_imports_grpc():
+    """`aisle serve` and `aisle demo` (whose parent process calls the gateway) run the services' runtime: the CLI
+    sets it when imported, and importing it imports no grpc, so it is in time."""
+    assert after_import("services.cli", None) == ["False", repr(EXPERIMENTS)]
+
+
+@pytest.mark.parametrize(("switches", "unknown"), [(EXPERIMENTS, False), ("-no_such_experiment", True)])
+def test_the_installed_grpcio_knows_both_switches(switches, unknown):
+    """gRPC logs an unknown switch and ignores it: when an upgrade removes these, this fails, and the runtime (and
+    its measurements, docs/benchmarks.md) needs a new look."""
+    env = {**os.environ, VARIABLE: switches}
+    code = "import grpc; grpc.insecure_channel('127.0.0.1:1').close()"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ("Unknown experiment" in result.stderr) == unknown, result.stderr[-2000:]

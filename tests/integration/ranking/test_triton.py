@@ -5,8 +5,10 @@ Triton refuses, rollback, unload, model not found, and the fallback to the embed
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -18,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 from aisle.common.v1 import common_pb2
 from services.cli import main
 from services.core.errors import details_of
+from services.core.grpc_runtime import VARIABLE as GRPC_VARIABLE
 from services.ranking.backends.base import ModelNotReady
 from services.ranking.backends.triton import TritonBackend
 from tests.integration.ranking.breakers import poison_weights
@@ -75,10 +78,17 @@ async def assert_same_scores(repository, triton, item_ids, model_name: str = "ra
     return list(zip(embedded_answers, triton_answers, strict=True))
 
 
+def process_environment(pid: int) -> dict[str, str]:
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(entry.decode(errors="replace").partition("=")[::2] for entry in entries if entry)
+
+
 async def test_ready_and_same_scores_as_embedded_for_the_trained_ranker(trained, tmp_path):
     repository = copy_model_repository(trained.model_repository, tmp_path / "repo")
     with triton_server(repository, tmp_path / "triton.log") as triton:
         assert await asyncio.to_thread(http_status, f"{triton.http_url}/v2/models/ranker/versions/1/ready") == 200
+        # Aisle's gRPC runtime is not passed on: the local server runs gRPC's defaults, as the Triton container does.
+        assert os.environ.get(GRPC_VARIABLE) and GRPC_VARIABLE not in process_environment(triton.process.pid)
         client = InferenceServerClient(triton.grpc_target)
         assert await client.is_server_ready() and await client.is_model_ready("ranker", "1")
         await client.close()
