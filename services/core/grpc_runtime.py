@@ -3,9 +3,10 @@
 grpcio 1.80 made EventEngine, gRPC's new I/O layer, the default for Python. On this project's request path (small
 unary calls, one asyncio loop per process) its client and listener cost more CPU per call than the I/O layer it
 replaces, which gRPC still ships behind its ``GRPC_EXPERIMENTS`` switches. With both turned off, an echo call
-(bench/tracing.py) took 8-11 % less CPU on the server and 17-21 % less on the client (with and without spans); end
-to end at 200 requests/s, over eight alternating pairs of runs, the echo chain used a median 25 % less CPU per
-request and Aisle's four processes 6 % less (docs/benchmarks.md, "gRPC's I/O layer"). Aisle's processes therefore
+(bench/tracing.py) took 8-11 % less CPU on the server and 17-21 % less on the client (with and without spans):
+about 0.2 ms over the six call ends of a request, 3 % of Aisle's CPU. End to end at 200 requests/s, in twelve pairs
+of runs alternating with gRPC's defaults, the echo chain used a median 19 % less CPU per request and Aisle's four
+processes 5 % less, within the machine's noise (docs/benchmarks.md, "gRPC's I/O layer"). Aisle's processes therefore
 start with :data:`EXPERIMENTS` unless the environment says otherwise:
 
 - ``GRPC_EXPERIMENTS`` already set wins, an empty value included (gRPC's own defaults, EventEngine on);
