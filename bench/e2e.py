@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 from services.core.grpc_runtime import configure_grpc_runtime  # noqa: E402
 
-configure_grpc_runtime()  # before anything imports grpc: the services' own gRPC runtime
+#: The gRPC runtime of every process of both chains, this load generator's too (services/core/grpc_runtime.py).
+GRPC_RUNTIME = configure_grpc_runtime()  # before anything imports grpc: the services' own gRPC runtime
 
 import grpc  # noqa: E402
 
@@ -605,8 +606,7 @@ def main() -> int:
         "trace_ratio": None if args.no_tracing else args.trace_ratio,
         "retrieve_calls_per_request": 3 if args.call_per_source else 1,
         "ranking_backend": args.ranking_backend,
-        # The gRPC runtime of every process of both chains, the load generator too (services/core/grpc_runtime.py).
-        "grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", ""),
+        "grpc_experiments": GRPC_RUNTIME,
         "cpus": os.cpu_count(),
         "aisle": aisle,
         "echo_chain": echo,
