@@ -7,7 +7,9 @@ The workdir is bench/e2e.py's: the synthetic shop's artefacts are made there onc
 ``--items`` says otherwise) and reused.
 
 - ranking: ``RankingServicer.Rank`` on the embedded backend, as its server would call it;
-- retrieval: ``RetrievalServicer.Retrieve``, with the time of each source;
+- retrieval: ``RetrievalServicer.Retrieve``, with the time of each source, for the home page's request (the
+  end-to-end benchmark's) and for the cart's (``retrieval_cart``: the shipped cart policy's sources, three cart
+  items searched for their neighbours, the history excluded);
 - gateway: ``RecommendationServicer.Recommend`` with retrieval and ranking as real processes, so its figure is the
   gateway's own work plus the client side of its two calls; the time of each stage and component comes from the
   gateway's own histograms.
@@ -59,6 +61,8 @@ from services.retrieval.index import latest_version  # noqa: E402
 
 #: Candidates ranked per request, as in bench/e2e.py's default.
 CANDIDATES = 500
+#: Items in the cart of the retrieval benchmark's cart requests (each one an item-to-item search).
+CART_ITEMS = 3
 
 
 class _Context:
@@ -153,7 +157,44 @@ async def ranking_figures(workdir: Path, item_ids: list[str], count: int, warm_u
         await app.close()
 
 
-async def retrieval_figures(workdir: Path, item_ids: list[str], count: int, warm_up: int, rng) -> dict:
+def cart_sources() -> tuple[dict[int, int], bool]:
+    """The shipped cart policy's retrieval call: source -> candidates wanted, and whether it excludes the history."""
+    import yaml
+
+    from services.gateway.policies import DEFAULT_POLICY_FILE
+
+    (call,) = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())["policies"]["cart"]["sources"]
+    params = call["params"]
+    return {SOURCES[name]: k for name, k in params["sources"].items()}, bool(params.get("exclude_history"))
+
+
+def retrieve_requests(item_ids: list[str], count: int, rng, surface: str) -> list:
+    """``count`` Retrieve requests as the gateway sends them for ``surface``: "home" (the end-to-end benchmark's
+    sources, no anchors) or "cart" (the shipped cart policy's sources, three cart items as anchors, the history
+    excluded: item-to-item searches and a per-request filter mask)."""
+    if surface == "home":
+        limits, exclude_history, anchors = {SOURCES[name]: k for name, k in home_sources(CANDIDATES).items()}, False, 0
+    else:
+        (limits, exclude_history), anchors = cart_sources(), CART_ITEMS
+    return [
+        retrieval_pb.RetrieveRequest(
+            surface=common.SURFACE_HOME if surface == "home" else common.SURFACE_CART,
+            context=common.RequestContext(region="GB"),
+            history=random_history(item_ids, rng),
+            anchor_item_ids=[item_ids[j] for j in rng.integers(0, len(item_ids), size=anchors)],
+            sources=list(limits),
+            source_limits=[retrieval_pb.SourceLimit(source=s, k=k) for s, k in limits.items()],
+            exclude_history=exclude_history,
+            consent=True,
+            columnar=True,
+        )
+        for _ in range(count)
+    ]
+
+
+async def retrieval_figures(
+    workdir: Path, item_ids: list[str], count: int, warm_up: int, rng, surface: str = "home"
+) -> dict:
     from services.retrieval.app import build_application
     from services.retrieval.servicer import RetrievalServicer
     from services.retrieval.settings import RetrievalSettings
@@ -167,25 +208,17 @@ async def retrieval_figures(workdir: Path, item_ids: list[str], count: int, warm
     for source in servicer.sources.values():  # each source timed by a wrapper around its retrieve
         source.retrieve = timed(source.retrieve, source.name, spent)
     context = _Context()
-    limits = {SOURCES[name]: k for name, k in home_sources(CANDIDATES).items()}  # as the gateway asks
-    requests = [
-        retrieval_pb.RetrieveRequest(
-            surface=common.SURFACE_HOME,
-            context=common.RequestContext(region="GB"),
-            history=random_history(item_ids, rng),
-            sources=list(limits),
-            source_limits=[retrieval_pb.SourceLimit(source=s, k=k) for s, k in limits.items()],
-            consent=True,
-            columnar=True,
-        )
-        for _ in range(count + warm_up)
-    ]
+    requests = retrieve_requests(item_ids, count + warm_up, rng, surface)
     try:
         figures = await measure(lambda request: retrieve(request, context), requests, warm_up, spent.clear)
     finally:
         await app.close()
     figures["sources_ms"] = per_request_ms(spent, count)
     return figures
+
+
+async def retrieval_cart_figures(workdir: Path, item_ids: list[str], count: int, warm_up: int, rng) -> dict:
+    return await retrieval_figures(workdir, item_ids, count, warm_up, rng, surface="cart")
 
 
 def timed(function: Callable, name: str, spent: dict[str, float]) -> Callable:
@@ -263,7 +296,13 @@ def main() -> None:
     item_ids = (latest_version(args.workdir / "ann_index") / "item_ids.txt").read_text().split()
     rng = np.random.default_rng(0)
     figures = {}
-    for name, run in (("ranking", ranking_figures), ("retrieval", retrieval_figures), ("gateway", gateway_figures)):
+    handlers = (
+        ("ranking", ranking_figures),
+        ("retrieval", retrieval_figures),
+        ("retrieval_cart", retrieval_cart_figures),
+        ("gateway", gateway_figures),
+    )
+    for name, run in handlers:
         figures[name] = asyncio.run(run(args.workdir, item_ids, args.requests, args.warm_up, rng))
         log(f"{name}: {figures[name]}")
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "items": len(item_ids), **figures}

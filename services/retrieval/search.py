@@ -21,7 +21,7 @@ def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tupl
     """Rows of the ``k`` highest scores among ``allowed`` rows, sorted best first (ties by row)."""
     if allowed is not None:
         scores = np.where(allowed, scores, -np.inf)
-        k = min(k, int(allowed.sum()))
+        k = min(k, int(np.count_nonzero(allowed)))
     k = min(k, scores.shape[0])
     if k <= 0:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
@@ -104,8 +104,10 @@ class FilteredSearch:
 
     - nothing filtered out: the searcher as is;
     - few rows allowed (at most ``exact_threshold``): exact search over exactly those rows;
-    - otherwise: ask the searcher for ``k / allowed fraction x overfetch`` rows, keep the allowed ones, and grow
-      the request until ``k`` are found; past ``max_fetch`` rows, exact search over the allowed rows.
+    - otherwise: ask the searcher for ``k / allowed fraction x overfetch`` rows, or ``k`` plus the number of rows
+      filtered out when that is fewer (then ``k`` allowed rows are certain to be among them), keep the allowed
+      ones, and grow the request until ``k`` are found; past ``max_fetch`` rows, exact search over the allowed
+      rows.
     """
 
     def __init__(
@@ -125,14 +127,16 @@ class FilteredSearch:
         total = self.exact.embeddings.shape[0]
         if allowed is None:
             return self.searcher.search(query, k)
-        allowed_count = int(allowed.sum()) if allowed_count is None else allowed_count
+        allowed_count = int(np.count_nonzero(allowed)) if allowed_count is None else allowed_count
         if allowed_count == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         if allowed_count == total and self.searcher is not self.exact:
             return self.searcher.search(query, k)
         if self.searcher is self.exact or allowed_count <= self.exact_threshold:
             return self.exact.search_rows(query, np.flatnonzero(allowed), k)
-        fetch = int(min(total, max(2 * k, k * total / allowed_count * self.overfetch)))
+        # The filters remove `total - allowed_count` rows in all, so fetching k more than that always leaves k:
+        # a few excluded items (the history, the cart) cost a few more rows, not an over-fetch in proportion.
+        fetch = int(min(total, max(2 * k, k * total / allowed_count * self.overfetch), k + total - allowed_count))
         while True:
             # A deep over-fetch reaches far-away neighbours: search more leaves in proportion (sqrt keeps it cheap).
             widen = (fetch / k) ** 0.5

@@ -193,9 +193,14 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         if not excluded and not brands and not categories:
             return base, count
         allowed = base.copy()
-        allowed[excluded] = False
-        if brands:
-            allowed &= ~np.isin(index.brand_codes, brands)
-        if categories:
-            allowed &= ~np.isin(index.category_codes, categories)
-        return allowed, int(allowed.sum())
+        if excluded:
+            rows = np.unique(np.asarray(excluded, dtype=np.int64))
+            count -= int(np.count_nonzero(base[rows]))  # a handful of rows: no pass over the whole mask
+            allowed[rows] = False
+        if brands or categories:
+            if brands:
+                allowed &= ~np.isin(index.brand_codes, brands)
+            if categories:
+                allowed &= ~np.isin(index.category_codes, categories)
+            count = int(np.count_nonzero(allowed))  # a tenth of the time of allowed.sum() on a boolean mask
+        return allowed, count

@@ -68,3 +68,33 @@ def test_for_items_scales_leaves_with_the_catalog(tmp_path):
     assert large.leaves_to_search == 200
     params = build_scann(clustered_embeddings(3000), tmp_path, ScannConfig.for_items(3000))
     assert params["ann"] == "scann" and (tmp_path / "scann_assets.pbtxt").is_file()
+
+
+class _Recording:
+    """A searcher that records how many rows each search asked for."""
+
+    def __init__(self, inner):
+        self.inner, self.asked = inner, []
+
+    def search(self, query, k, **options):
+        self.asked.append(k)
+        return self.inner.search(query, k)
+
+
+def test_a_few_filtered_rows_cost_as_many_more_rows_not_a_proportional_over_fetch(scann_index):
+    exact = ExactSearcher(scann_index.embeddings)
+    recording = _Recording(searcher_for(scann_index))
+    search = FilteredSearch(recording, exact, exact_threshold=0)
+    query = clustered_embeddings(1, seed=5)[0]
+    allowed = np.ones(len(scann_index), dtype=bool)
+    best = exact.search(query, 100)[0]
+    allowed[best[:7]] = False  # the history and the cart: a few rows, here among the nearest
+    rows, _ = search.search(query, 100, allowed)
+    assert recording.asked == [107]  # k + the 7 rows filtered out, not twice k
+    assert len(rows) == 100 and allowed[rows].all()
+    assert recall(rows, exact.search_rows(query, np.flatnonzero(allowed), 100)[0]) >= 0.9
+    recording.asked.clear()
+    half = np.random.default_rng(2).random(len(scann_index)) < 0.5
+    search.search(query, 100, half)
+    # Many filtered out: k / allowed share x over-fetch, as before.
+    assert recording.asked[0] == int(100 * len(half) / np.count_nonzero(half) * search.overfetch)

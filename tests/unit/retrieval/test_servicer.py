@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aisle.common.v1 import common_pb2 as common
+from aisle.retrieval.v1 import retrieval_service_pb2 as pb
+from services.retrieval.servicer import RetrievalServicer
+from services.retrieval.state import open_index
+from tests.support.retrieval import write_index
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    return open_index(write_index(tmp_path_factory.mktemp("index")), exact_threshold=20_000, min_recall=0.8)
+
+
+def _mask(index, request: pb.RetrieveRequest, region_column=None):
+    rows = index.rows
+    history = list(request.history)
+    anchors = [rows[item] for item in request.anchor_item_ids if item in rows]
+    return RetrievalServicer.allowed_mask(request, index, region_column, history, anchors)
+
+
+def test_the_allowed_count_is_the_masks_own_count_whatever_is_excluded(index):
+    ids = index.artifact.item_ids
+    base, base_count = index.availability.base_mask(0, False)
+    out = [ids[row] for row in np.flatnonzero(~base)[:3]]  # excluded, but already out of stock or not sold here
+    a, b, c, d = np.flatnonzero(base)[:4].tolist()
+    viewed = [ids[a], ids[b], ids[a], *out]  # an item twice
+    request = pb.RetrieveRequest(
+        history=[common.Interaction(item_id=item, event_type=common.EVENT_TYPE_VIEW) for item in viewed],
+        anchor_item_ids=[ids[b], ids[c], "not-in-this-index"],  # an anchor that is in the history too
+        exclusions=common.Exclusions(item_ids=[ids[d], ids[c]]),
+        exclude_history=True,
+    )
+    allowed, count = _mask(index, request, region_column=0)
+    assert count == int(np.count_nonzero(allowed)) == base_count - 4  # a, b, c and d, each once
+    assert not allowed[[a, b, c, d]].any()
+    assert base.sum() == base_count  # the shared base mask is not changed
+    for exclusions in (common.Exclusions(brands=["b3"]), common.Exclusions(categories=["c1"], item_ids=[ids[0]])):
+        allowed, count = _mask(index, pb.RetrieveRequest(exclusions=exclusions))
+        assert count == int(np.count_nonzero(allowed)) < len(ids)
+    allowed, count = _mask(index, pb.RetrieveRequest())
+    assert (allowed, count) == index.availability.base_mask(None, False)
