@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from services.core.errors import ServiceError, status_for
+from services.core.errors import ServiceError, describe, status_for
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,10 @@ class UnaryWrapper(grpc.aio.ServerInterceptor):
 class ErrorInterceptor(UnaryWrapper):
     """Turns exceptions raised by servicers into ``google.rpc.Status`` answers (see :mod:`services.core.errors`).
 
-    :class:`ServiceError` keeps its code and reason; anything else is logged with its traceback and answered as
-    INTERNAL without internal details.
+    :class:`ServiceError` keeps its code and reason; a downstream call's failure that the servicer let through is
+    answered with that call's code, "downstream call failed: CODE (REASON)" (:func:`~services.core.errors.describe`)
+    and the reason DEPENDENCY_FAILED; anything else is logged with its traceback and answered as INTERNAL without
+    internal details.
     """
 
     def wrap(self, behavior, method: str):
@@ -61,9 +63,11 @@ class ErrorInterceptor(UnaryWrapper):
             except grpc.aio.AbortError:
                 raise
             except grpc.aio.AioRpcError as error:
-                # A downstream call failed and the servicer did not handle it: pass its code on, not INTERNAL.
-                log.warning("%s: downstream call failed: %s %s", method, error.code().name, error.details())
-                await _abort(context, _downstream(error))
+                # A downstream call failed and the servicer did not handle it: pass its code (and the Aisle reason
+                # it came with) on, not INTERNAL; its message stays in the log, where a host it names may be.
+                described = describe(error)
+                log.warning("%s: downstream call failed: %s: %s", method, described, error.details())
+                await _abort(context, _downstream(error.code(), described))
             except Exception as error:
                 log.exception("%s failed", method)
                 await _abort(context, error)
@@ -71,9 +75,9 @@ class ErrorInterceptor(UnaryWrapper):
         return mapped
 
 
-def _downstream(error: grpc.aio.AioRpcError) -> ServiceError:
-    mapped = ServiceError(f"downstream call failed: {error.code().name}", reason="DEPENDENCY_FAILED")
-    mapped.code = error.code() if error.code() != grpc.StatusCode.OK else grpc.StatusCode.INTERNAL
+def _downstream(code: grpc.StatusCode, described: str) -> ServiceError:
+    mapped = ServiceError(f"downstream call failed: {described}", reason="DEPENDENCY_FAILED")
+    mapped.code = code if code != grpc.StatusCode.OK else grpc.StatusCode.INTERNAL
     return mapped
 
 

@@ -1,0 +1,67 @@
+"""The error interceptor against real servers on 127.0.0.1: a downstream failure the servicer did not handle."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.core.errors import ServiceError, details_of
+from services.core.interceptors import ErrorInterceptor
+from services.ranking.backends.base import BackendUnavailable
+
+
+class Failing(health_pb2_grpc.HealthServicer):
+    def __init__(self, error: ServiceError):
+        self.error = error
+
+    async def Check(self, request, context):  # noqa: N802
+        raise self.error
+
+
+class Forwarding(health_pb2_grpc.HealthServicer):
+    """Calls the downstream server and lets its failure propagate, as a servicer with no fallback does."""
+
+    def __init__(self, downstream: health_pb2_grpc.HealthStub):
+        self.downstream = downstream
+
+    async def Check(self, request, context):  # noqa: N802
+        return await self.downstream.Check(request, timeout=5)
+
+
+async def _serve(servicer) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (BackendUnavailable("inference server 10.0.0.7:8001 down"), "UNAVAILABLE (INFERENCE_SERVER_UNAVAILABLE)"),
+        (ServiceError("no such model on triton-0.internal"), "INTERNAL (INTERNAL)"),
+    ],
+)
+async def test_an_unhandled_downstream_failure_passes_on_its_code_and_reason_never_its_message(error, said, caplog):
+    downstream, target = await _serve(Failing(error))
+    channel = grpc.aio.insecure_channel(target)
+    front, front_target = await _serve(Forwarding(health_pb2_grpc.HealthStub(channel)))
+    caller = grpc.aio.insecure_channel(front_target)
+    try:
+        with caplog.at_level(logging.WARNING), pytest.raises(grpc.aio.AioRpcError) as failed:
+            await health_pb2_grpc.HealthStub(caller).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    finally:
+        await caller.close()
+        await channel.close()
+        await front.stop(0)
+        await downstream.stop(0)
+    assert failed.value.code() == error.code
+    assert failed.value.details() == f"downstream call failed: {said}"
+    info, _ = details_of(failed.value)
+    assert info is not None and info.reason == "DEPENDENCY_FAILED"
+    # The downstream message (which may name a host) is in the front's log, not in its answer.
+    assert any(error.message in record.getMessage() and said in record.getMessage() for record in caplog.records)
