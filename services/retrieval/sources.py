@@ -116,19 +116,20 @@ class ItemToItemSource:
 
     def retrieve(self, index: ServingIndex, query: Query) -> Sourced:
         anchors = list(dict(query.anchors).items())[-MAX_SEARCHED_ANCHORS:]
-        best: dict[int, tuple[float, str]] = {}
-        for anchor, vector in anchors:
-            rows, scores = index.search.search(vector, query.k, query.allowed, query.allowed_count)
-            for row, score in zip(rows.tolist(), scores.tolist(), strict=True):
-                if row not in best or score > best[row][0]:
-                    best[row] = (score, anchor)
-        ordered = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[: query.k]
-        return Sourced(
-            self.source,
-            np.array([row for row, _ in ordered], dtype=np.int64),
-            np.array([score for _, (score, _) in ordered], dtype=np.float32),
-            [anchor for _, (_, anchor) in ordered],
-        )
+        if not anchors:
+            return _empty(self.source)
+        found = [index.search.search(vector, query.k, query.allowed, query.allowed_count) for _, vector in anchors]
+        rows = np.concatenate([r for r, _ in found])
+        scores = np.concatenate([s for _, s in found]).astype(np.float32, copy=False)
+        which = np.repeat(np.arange(len(found)), [r.size for r, _ in found])
+        # Each row once, with its best score over the anchors (the earlier anchor on a tie) ...
+        by_row = np.lexsort((which, -scores, rows))
+        first = np.ones(by_row.size, dtype=bool)
+        first[1:] = rows[by_row[1:]] != rows[by_row[:-1]]
+        best = by_row[first]
+        # ... then best first (ties by row), k of them.
+        best = best[np.lexsort((rows[best], -scores[best]))][: query.k]
+        return Sourced(self.source, rows[best], scores[best], [anchors[i][0] for i in which[best].tolist()])
 
 
 class CoVisitationSource:

@@ -321,3 +321,47 @@ def test_the_kept_history_leaves_out_returned_items_and_needs_consent():
     ]
     assert RetrievalServicer.kept_history(pb.RetrieveRequest(history=history, consent=True)) == ["b", "c"]
     assert RetrievalServicer.kept_history(pb.RetrieveRequest(history=history, consent=False)) == []
+
+
+def _best_over_anchors(answers: list[tuple[str, list[int], list[float]]], k: int):
+    """The item-to-item merge by definition: each row's best score over the anchors (the first anchor on a
+    tie), best first, ties by row."""
+    best: dict[int, tuple[float, str]] = {}
+    for anchor, rows, scores in answers:
+        for row, score in zip(rows, scores, strict=True):
+            if row not in best or score > best[row][0]:
+                best[row] = (score, anchor)
+    ordered = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[:k]
+    return [row for row, _ in ordered], [score for _, (score, _) in ordered], [anchor for _, (_, anchor) in ordered]
+
+
+class _Canned:
+    """A search that answers each anchor's vector with canned rows and scores (ties and overlaps on purpose)."""
+
+    def __init__(self, answers: dict[float, tuple[np.ndarray, np.ndarray]]):
+        self.answers = answers
+
+    def search(self, vector, k, allowed=None, allowed_count=None):
+        rows, scores = self.answers[float(vector[0])]
+        return rows[:k], scores[:k]
+
+
+def test_item_to_item_merges_anchors_as_the_definition_does_ties_included():
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        count, k = int(rng.integers(1, 5)), int(rng.integers(1, 12))
+        answers, canned = [], {}
+        for a in range(count):
+            rows = rng.choice(30, size=int(rng.integers(0, 12)), replace=False)
+            scores = np.round(rng.random(rows.size), 1).astype(np.float32)  # coarse: many equal scores
+            order = np.lexsort((rows, -scores))
+            rows, scores = rows[order].astype(np.int64), scores[order]
+            canned[float(a)] = (rows, scores)
+            answers.append((f"A{a}", rows.tolist(), scores.tolist()))
+        index = dataclasses.make_dataclass("Index", ["search"])(_Canned(canned))
+        anchors = [(f"A{a}", np.full(4, a, dtype=np.float32)) for a in range(count)]
+        found = ItemToItemSource().retrieve(index, Query([], None, anchors, None, np.ones(30, dtype=bool), 30, k))
+        rows, scores, named = _best_over_anchors(answers, k)
+        assert found.rows.tolist() == rows
+        assert found.scores.tolist() == scores
+        assert (found.anchors or []) == named
