@@ -45,19 +45,21 @@ class Candidates:
     - ``source_rank``: int array, the best position within any source;
     - ``scores``: name -> float array ("retrieval", "purchase", "return", "relevance", "profit", "final"). NaN
       means "none for this item" (P(return) of an item the model does not know);
-    - ``exploration``: bool array, the items an exploration slot placed.
+    - ``exploration``: bool array, the items an exploration slot placed;
+    - ``anchor``: object array of str, the history or page item that led the row's ``source`` to the item ("" for
+      none).
 
     Sparse, by item id (few items have them, and they survive any reordering):
 
     - ``also``: the further sources that proposed an item, in the order the merge met them;
-    - ``anchors``: ``{source: item id}``, the history or anchor item behind a candidate;
+    - ``anchors``: ``{source: item id}`` for the further sources' anchors (the merge keeps them);
     - ``reasons``: extra reasons (what a selector wants said about an item it moved).
 
     Components never change an array or map in place that they did not make: :meth:`take` returns new columns,
     a scorer sets a new score column, and a selector that adds reasons sets a new map.
     """
 
-    __slots__ = ("item_ids", "source", "source_rank", "scores", "exploration", "also", "anchors", "reasons")
+    __slots__ = ("item_ids", "source", "source_rank", "scores", "exploration", "anchor", "also", "anchors", "reasons")
 
     def __init__(
         self,
@@ -69,12 +71,14 @@ class Candidates:
         also: Mapping[str, tuple[int, ...]] | None = None,
         anchors: Mapping[str, Mapping[int, str]] | None = None,
         reasons: Mapping[str, Sequence[common.Reason]] | None = None,
+        anchor: np.ndarray | None = None,
     ):
         self.item_ids = item_ids
         self.source = source
         self.source_rank = source_rank
         self.scores = scores if scores is not None else {}
         self.exploration = exploration if exploration is not None else np.zeros(len(item_ids), dtype=bool)
+        self.anchor = anchor if anchor is not None else np.full(len(item_ids), "", dtype=object)
         self.also = also if also is not None else {}
         self.anchors = anchors if anchors is not None else {}
         self.reasons = reasons if reasons is not None else {}
@@ -106,22 +110,17 @@ class Candidates:
         retrieval_scores: Sequence[float],
         anchors: list[str],
     ) -> Candidates:
-        """One row per retrieved candidate (one source each); ``anchors`` holds "" where there is none."""
-        anchored = [
-            (item, source, anchor) for item, source, anchor in zip(item_ids, sources, anchors, strict=True) if anchor
-        ]
-        # One anchored source per item (the usual case) in one comprehension; reversed, so the first row wins.
-        anchor_maps = {item: {source: anchor} for item, source, anchor in reversed(anchored)}
-        if len(anchor_maps) < len(anchored):  # an item anchored by several sources keeps each one's anchor
-            anchor_maps = {}
-            for item, source, anchor in anchored:
-                anchor_maps.setdefault(item, {}).setdefault(source, anchor)
+        """One row per retrieved candidate (one source each); ``anchors`` holds "" where there is none. An item that
+        several rows propose keeps each row's anchor until :func:`merge` makes it one row."""
+        count = len(item_ids)
+        if not count == len(sources) == len(source_rank) == len(retrieval_scores) == len(anchors):
+            raise ValueError(f"columns of unequal lengths ({count} item ids)")
         return cls(
-            np.array(item_ids, dtype=object).reshape(len(item_ids)),
+            np.array(item_ids, dtype=object).reshape(count),
             np.array(sources, dtype=np.int64),
             np.array(source_rank, dtype=np.int64),
             {"retrieval": np.array(retrieval_scores, dtype=np.float64)},
-            anchors=anchor_maps,
+            anchor=np.array(anchors, dtype=object).reshape(count),
         )
 
     def __len__(self) -> int:
@@ -143,6 +142,7 @@ class Candidates:
             self.also,
             self.anchors,
             self.reasons,
+            self.anchor[rows],
         )
 
     def score(self, name: str, default: float = 0.0) -> np.ndarray:
@@ -183,10 +183,13 @@ class Candidates:
 
     def row(self, i: int) -> Candidate:
         item_id = self.item_ids[i]
+        anchors = dict(self.anchors.get(item_id, {}))
+        if self.anchor[i]:
+            anchors[int(self.source[i])] = self.anchor[i]
         return Candidate(
             item_id,
             list(self.sources(i)),
-            dict(self.anchors.get(item_id, {})),
+            anchors,
             int(self.source_rank[i]),
             {name: float(values[i]) for name, values in self.scores.items() if not np.isnan(values[i])},
             list(self.reasons.get(item_id, ())),
@@ -222,6 +225,7 @@ class Candidates:
             also,
             anchors,
             reasons,
+            np.concatenate([p.anchor for p in parts]),
         )
 
 
@@ -235,7 +239,8 @@ def merge(results: Sequence[Candidates], limit: int) -> Candidates:
     """De-duplicates by item keeping every source, interleaving sources by rank, at most ``limit`` items.
 
     The first row seen for an item (best rank; earlier result on ties) is kept; the sources of the others are
-    added to it (``also``), and the anchors of every source stay with the item.
+    added to it (``also``), and so are their anchors (``anchors``): for each source, the anchor of the item's first
+    row from it that has one (the kept row's own stays in its column).
     """
     parts = [result for result in results if len(result)]
     if not parts:
@@ -248,19 +253,29 @@ def merge(results: Sequence[Candidates], limit: int) -> Candidates:
     first = dict(zip(reversed(ids), range(count - 1, -1, -1), strict=True))
     if len(first) == count:
         return whole.take(order[:limit])
-    firsts = np.fromiter(first.values(), dtype=np.int64, count=len(first))
-    merged = whole.take(order[np.sort(firsts)[:limit]])
-    kept = set(merged.ids())
+    firsts = np.sort(np.fromiter(first.values(), dtype=np.int64, count=len(first)))
+    merged = whole.take(order[firsts[:limit]])
+    # An item is kept when its first row is among the first `limit` items' first rows.
+    last_kept = int(firsts[min(limit, firsts.size) - 1]) if limit > 0 else -1
     sources = whole.source[order].tolist()
     duplicate = np.ones(count, dtype=bool)
     duplicate[firsts] = False
-    also = dict(whole.also)
-    for position in np.flatnonzero(duplicate).tolist():
+    positions = np.flatnonzero(duplicate)
+    anchored = whole.anchor[order[positions]].tolist()
+    also, anchors = dict(whole.also), dict(whole.anchors)
+    for position, anchor in zip(positions.tolist(), anchored, strict=True):
         item = ids[position]
-        if item not in kept:  # cut by the limit
+        kept_row = first[item]
+        if kept_row > last_kept:  # cut by the limit
             continue
-        source, have = sources[position], also.get(item, ())
-        if source != sources[first[item]] and source not in have:
-            also[item] = (*have, source)
-    merged.also = also
+        source = sources[position]
+        same = source == sources[kept_row]
+        if not same:
+            have = also.get(item, ())
+            if source not in have:
+                also[item] = (*have, source)
+        # A further row's anchor, unless the item has one for that source already (in the kept row, or sparse).
+        if anchor and source not in anchors.get(item, ()) and not (same and whole.anchor[order[kept_row]]):
+            anchors[item] = {**anchors.get(item, {}), source: anchor}
+    merged.also, merged.anchors = also, anchors
     return merged

@@ -133,3 +133,45 @@ def test_co_visitation_and_buy_again_reasons():
     [viewed] = reasons_for(Candidate("lamp", [buy_again]), history, "")
     assert (bought.code, bought.text, bought.related_item_id) == (common.REASON_CODE_BUY_AGAIN, "Buy it again", "mug")
     assert (viewed.code, viewed.text) == (common.REASON_CODE_BUY_AGAIN, "You looked at this recently")
+
+
+def _merged_by_definition(parts: list[list[tuple]], limit: int) -> list[tuple]:
+    """(item, sources, anchors) of each merged row, by the definition: rows in rank order (earlier part, then
+    earlier row, on ties), an item's first row kept, its further sources in the order met, and for each source the
+    anchor of the item's first row from it that has one."""
+    rows = sorted(
+        (
+            (rank, p, r, item, source, anchor)
+            for p, part in enumerate(parts)
+            for r, (item, source, rank, anchor) in enumerate(part)
+        ),
+        key=lambda row: row[:3],
+    )
+    merged: dict[str, tuple[list[int], dict[int, str]]] = {}
+    for _, _, _, item, source, anchor in rows:
+        sources, anchors = merged.setdefault(item, ([], {}))
+        if source not in sources:
+            sources.append(source)
+        if anchor and source not in anchors:
+            anchors[source] = anchor
+    return [(item, sources, anchors) for item, (sources, anchors) in list(merged.items())[:limit]]
+
+
+def test_merge_matches_its_definition_on_random_answers():
+    rng = np.random.default_rng(7)
+    sources = [TWO_TOWER, I2I, POPULAR, common.CANDIDATE_SOURCE_CO_VISITATION]
+    for _ in range(300):
+        parts = []
+        for _ in range(int(rng.integers(1, 4))):
+            part = []
+            for source in rng.choice(sources, size=int(rng.integers(1, 4)), replace=False).tolist():
+                items = rng.choice(12, size=int(rng.integers(1, 8)), replace=False)
+                part += [
+                    (f"i{item}", source, rank, f"h{rng.integers(3)}" if rng.random() < 0.5 else "")
+                    for rank, item in enumerate(items.tolist())
+                ]
+            parts.append(part)
+        limit = int(rng.integers(1, 15))
+        merged = merge([retrieved(*part) for part in parts], limit)
+        got = [(row.item_id, row.sources, row.anchors) for row in merged.rows()]
+        assert got == _merged_by_definition(parts, limit)
