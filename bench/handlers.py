@@ -296,14 +296,16 @@ def main() -> None:
     item_ids = (latest_version(args.workdir / "ann_index") / "item_ids.txt").read_text().split()
     rng = np.random.default_rng(0)
     figures = {}
+    # The cart's requests come from a generator of their own, so the others are the requests of the runs before
+    # the cart was measured (one generator, in this order).
     handlers = (
-        ("ranking", ranking_figures),
-        ("retrieval", retrieval_figures),
-        ("retrieval_cart", retrieval_cart_figures),
-        ("gateway", gateway_figures),
+        ("ranking", ranking_figures, rng),
+        ("retrieval", retrieval_figures, rng),
+        ("retrieval_cart", retrieval_cart_figures, np.random.default_rng(1)),
+        ("gateway", gateway_figures, rng),
     )
-    for name, run in handlers:
-        figures[name] = asyncio.run(run(args.workdir, item_ids, args.requests, args.warm_up, rng))
+    for name, run, generator in handlers:
+        figures[name] = asyncio.run(run(args.workdir, item_ids, args.requests, args.warm_up, generator))
         log(f"{name}: {figures[name]}")
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "items": len(item_ids), **figures}
     args.out.parent.mkdir(parents=True, exist_ok=True)

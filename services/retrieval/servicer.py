@@ -194,9 +194,9 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             return base, count
         allowed = base.copy()
         if excluded:
-            rows = np.unique(np.asarray(excluded, dtype=np.int64))
-            count -= int(np.count_nonzero(base[rows]))  # a handful of rows: no pass over the whole mask
-            allowed[rows] = False
+            dropped = np.unique(np.asarray(excluded, dtype=np.int64))
+            count -= int(np.count_nonzero(base[dropped]))  # a handful of rows: no pass over the whole mask
+            allowed[dropped] = False
         if brands or categories:
             if brands:
                 allowed &= ~np.isin(index.brand_codes, brands)

@@ -38,8 +38,15 @@ def test_the_allowed_count_is_the_masks_own_count_whatever_is_excluded(index):
     assert count == int(np.count_nonzero(allowed)) == base_count - 4  # a, b, c and d, each once
     assert not allowed[[a, b, c, d]].any()
     assert base.sum() == base_count  # the shared base mask is not changed
-    for exclusions in (common.Exclusions(brands=["b3"]), common.Exclusions(categories=["c1"], item_ids=[ids[0]])):
+    anywhere, anywhere_count = index.availability.base_mask(None, False)
+    brand = index.brand_codes == index.brand_vocabulary["b3"]
+    category = index.category_codes == index.category_vocabulary["c1"]
+    for exclusions, out in (
+        (common.Exclusions(brands=["b3"]), brand),
+        (common.Exclusions(categories=["c1"], item_ids=[ids[a]]), category | (np.arange(len(ids)) == a)),
+    ):
         allowed, count = _mask(index, pb.RetrieveRequest(exclusions=exclusions))
-        assert count == int(np.count_nonzero(allowed)) < len(ids)
-    allowed, count = _mask(index, pb.RetrieveRequest())
-    assert (allowed, count) == index.availability.base_mask(None, False)
+        assert not allowed[out].any() and (allowed == (anywhere & ~out)).all()
+        assert count == int(np.count_nonzero(allowed)) == anywhere_count - int(np.count_nonzero(anywhere & out))
+    allowed, count = _mask(index, pb.RetrieveRequest())  # nothing excluded: the shared mask itself
+    assert allowed is anywhere and count == anywhere_count
