@@ -18,6 +18,10 @@ import numpy as np
 from aisle.common.v1 import common_pb2 as common
 
 
+class UnequalColumns(ValueError):
+    """An answer's candidate columns have different lengths: no row can be trusted."""
+
+
 @dataclass(slots=True)
 class Candidate:
     """One item of the answer, as the response and its reasons read it."""
@@ -114,7 +118,7 @@ class Candidates:
         several rows propose keeps each row's anchor until :func:`merge` makes it one row."""
         count = len(item_ids)
         if not count == len(sources) == len(source_rank) == len(retrieval_scores) == len(anchors):
-            raise ValueError(f"columns of unequal lengths ({count} item ids)")
+            raise UnequalColumns(f"columns of unequal lengths ({count} item ids)")
         return cls(
             np.array(item_ids, dtype=object).reshape(count),
             np.array(sources, dtype=np.int64),

@@ -12,7 +12,7 @@ from pydantic import Field
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
 from services.core.errors import describe
-from services.gateway.candidates import Candidates
+from services.gateway.candidates import Candidates, UnequalColumns
 from services.gateway.components.base import ComponentBase, Params
 from services.gateway.pipeline import RequestState, SourceFailed
 
@@ -108,11 +108,12 @@ class RetrievalSources(ComponentBase):
             columns = reply.columns
             item_ids, sources, ranks = list(columns.item_ids), list(columns.sources), list(columns.source_ranks)
             scores, anchors = list(columns.scores), list(columns.anchor_item_ids)
-            if not len(item_ids) == len(sources) == len(ranks) == len(scores) == len(anchors):
-                raise SourceFailed(f"retrieval answered columns of unequal lengths ({len(item_ids)} item ids)")
-        if not item_ids:
+        try:
+            candidates = Candidates.from_columns(item_ids, sources, ranks, scores, anchors)
+        except UnequalColumns as error:
+            raise SourceFailed(f"retrieval answered {error}") from None
+        if not len(candidates):
             return Candidates.empty()
-        candidates = Candidates.from_columns(item_ids, sources, ranks, scores, anchors)
         popular = np.zeros(len(candidates), dtype=bool)
         for source in POPULAR_SOURCES:
             popular |= candidates.source == source
