@@ -45,13 +45,7 @@ def build_application(
 
 
 def build_router(settings: RetrievalSettings) -> Application:
-    router = ShardRouter(
-        settings.shards,
-        settings.shard_timeout_ms / 1000,
-        settings.max_message_bytes,
-        settings.index_path,
-        settings.query_threads,
-    )
+    router = ShardRouter(settings)
     return Application(
         service_names=[SERVICE_NAME],
         register=lambda server: pb_grpc.add_RetrievalServiceServicer_to_server(router, server),

@@ -43,7 +43,8 @@ class OnnxQueryTower:
     """The two-tower model's query tower, exported to ONNX and shipped inside the index version.
 
     Contract: input ``history_item_ids`` INT64 [batch, L] (index row + 1, 0 = padding, left-padded, oldest
-    first; L fixed or dynamic); output ``query_embedding`` FP32 [batch, dimension]. Checked and warmed up on load.
+    first; L fixed or dynamic); output ``query_embedding`` FP32 [batch, dimension]. Checked and warmed up on load
+    with the index's first and last item, so a tower that cannot encode every item is refused there.
     """
 
     name = "query_tower"
@@ -71,7 +72,15 @@ class OnnxQueryTower:
         # A fixed length means left-pad/truncate to it; a dynamic one takes the newest items as they are.
         self.length = int(history.shape[1]) if isinstance(history.shape[1], int) else None
         self.dimension = dimension
-        warm = self._run(np.array([min(1, item_count)] * 2, dtype=np.int64))
+        # The first and the last item's tokens: a tower whose item table is shorter than the index fails here,
+        # at load, instead of on the first history holding one of the items past its table.
+        try:
+            warm = self._run(np.array([min(1, item_count), item_count], dtype=np.int64))
+        except Exception as exc:  # ORT raises its own types for a model it cannot run
+            raise InvalidIndex(
+                f"{path}: query tower fails its warm-up on tokens 1 and {item_count} (the index's first and last "
+                f"item): {str(exc).strip()}"
+            ) from None
         if warm.shape != (dimension,) or not np.isfinite(warm).all():
             raise InvalidIndex(f"{path}: query tower gives {warm.shape} vectors, the index has {dimension} dims")
 

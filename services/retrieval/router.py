@@ -2,10 +2,12 @@
 
 Each shard is an ordinary retrieval service serving a slice of the catalog (``aisle index build --shards N``
 writes ``shard-<i>/`` folders and a ``router/`` folder with every item's vector and the query tower, which the
-router memory-maps to encode queries; its ``index_path`` points there).
+router memory-maps to encode queries; its ``index_path`` points there, and it swaps in newer versions published
+there as index servers do). The router validates a request with the index server's own rules before any work.
 Scores within one source are comparable across shards (same query vector, same popularity counts), so the merge
 is a top-k by score per source. A shard that fails or runs late is dropped and the answer flagged; only when no
-shard answers does the call fail.
+shard answers does the call fail. During a rollout (shards and router on different versions) the answer is flagged
+too, and a candidate the router's query data does not hold keeps what its shard said about it.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from services.core.channels import create_channel
 from services.core.errors import DependencyUnavailable, NotReady
 from services.core.health import wait_until_serving
 from services.retrieval.answer import move_to_columns
-from services.retrieval.index import InvalidIndex, latest_version, load_index
+from services.retrieval.index import InvalidIndex, load_index
 from services.retrieval.query_encoder import MeanEmbeddingEncoder, OnnxQueryTower
+from services.retrieval.servicer import SOURCE_IDS, validate_retrieve
+from services.retrieval.settings import RetrievalSettings
+from services.retrieval.state import IndexWatcher, VersionHolder
 
 log = logging.getLogger(__name__)
 
@@ -91,47 +96,68 @@ class QueryResolver:
                 resolved.anchor_vectors.add(item_id=item, vector=self.artifact.embeddings[self.rows[item]].tolist())
         return resolved
 
-    def name_history_anchors(self, request: pb.RetrieveRequest, response: pb.RetrieveResponse) -> None:
-        history = list(dict.fromkeys(self.rows[i.item_id] for i in request.history if i.item_id in self.rows))
+    def name_history_anchors(self, request: pb.RetrieveRequest, response: pb.RetrieveResponse) -> int:
+        """Names the history item closest to each two-tower candidate; returns how many candidates this data does
+        not hold (a shard on a newer version than the router's): those keep the anchor their shard named."""
         two_tower = [c for c in response.candidates if c.source == common_pb2.CANDIDATE_SOURCE_TWO_TOWER]
-        if not history or not two_tower or not request.consent:
-            return
+        known = [c for c in two_tower if c.item_id in self.rows]
+        unknown = len(two_tower) - len(known)
+        history = list(dict.fromkeys(self.rows[i.item_id] for i in request.history if i.item_id in self.rows))
+        if not history or not known or not request.consent:
+            return unknown
         embeddings = self.artifact.embeddings
-        vectors = np.stack([embeddings[self.rows[c.item_id]] for c in two_tower])
+        vectors = np.stack([embeddings[self.rows[c.item_id]] for c in known])
         best = (vectors @ np.asarray(embeddings[history]).T).argmax(axis=1)
-        for candidate, choice in zip(two_tower, best, strict=True):
+        for candidate, choice in zip(known, best, strict=True):
             candidate.anchor_item_id = self.artifact.item_ids[history[int(choice)]]
+        return unknown
+
+
+class QueryDataHolder(VersionHolder[QueryResolver]):
+    """The router's query data being served: a new version under the router root is swapped in as the index
+    servers swap theirs, and one that fails to load, or was built for another shard count, is refused."""
+
+    what = "router query data"
+
+    def __init__(self, shards: int, threads: int = 1):
+        super().__init__()
+        self.shards, self.threads = shards, threads
+
+    def open(self, path: Path) -> QueryResolver:
+        resolver = QueryResolver(path, self.threads)
+        built_for = resolver.artifact.build.get("shards")
+        if built_for is not None and built_for != self.shards:
+            raise InvalidIndex(
+                f"{path} was built for {built_for} shards but {self.shards} shard targets are set: a shard's slice "
+                f"of the catalog would be missing or served twice; set shard_targets to the {built_for} shards, "
+                f"or rebuild with `aisle index build --shards {self.shards}`"
+            )
+        return resolver
 
 
 class ShardRouter(pb_grpc.RetrievalServiceServicer):
-    def __init__(
-        self, targets: list[str], timeout_s: float, max_message_bytes: int, query_path: Path, threads: int = 1
-    ):
-        self.targets, self.timeout_s, self.max_message_bytes = targets, timeout_s, max_message_bytes
-        self.query_path, self.threads = query_path, threads
-        self.resolver: QueryResolver | None = None
+    def __init__(self, settings: RetrievalSettings, queries: QueryDataHolder | None = None):
+        self.settings, self.targets = settings, settings.shards
+        self.timeout_s = settings.shard_timeout_ms / 1000
+        self.queries = queries if queries is not None else QueryDataHolder(len(self.targets), settings.query_threads)
+        self.watcher = IndexWatcher(self.queries, settings.index_path, settings.index_poll_s)
         self.stubs: list[pb_grpc.RetrievalServiceStub] = []
         self._channels: list[grpc.aio.Channel] = []
 
     async def connect(self, log_every_s: float = 5.0) -> None:
-        """Loads the global query data, opens a channel per shard and waits until every shard is SERVING."""
-        self.resolver = await asyncio.to_thread(QueryResolver, latest_version(self.query_path), self.threads)
-        built_for = self.resolver.artifact.build.get("shards")
-        if built_for is not None and built_for != len(self.targets):
-            raise InvalidIndex(
-                f"{self.resolver.artifact.path} was built for {built_for} shards but {len(self.targets)} shard "
-                f"targets are set: a shard's slice of the catalog would be missing or served twice; set "
-                f"shard_targets to the {built_for} shards, or rebuild with `aisle index build --shards "
-                f"{len(self.targets)}`"
-            )
+        """Loads the global query data, opens a channel per shard and waits until every shard is SERVING; then
+        watches the router root for newer query data."""
+        await self.queries.load_latest(self.settings.index_path)
         for target in self.targets:
-            channel = create_channel(target, [SERVICE_NAME], max_message_bytes=self.max_message_bytes)
+            channel = create_channel(target, [SERVICE_NAME], max_message_bytes=self.settings.max_message_bytes)
             self._channels.append(channel)
             self.stubs.append(pb_grpc.RetrievalServiceStub(channel))
         for target, channel in zip(self.targets, self._channels, strict=True):
             await wait_until_serving(channel, SERVICE_NAME, log_every_s, what=f"index shard {target}")
+        self.watcher.start()
 
     async def close(self) -> None:
+        await self.watcher.stop()
         for channel in self._channels:
             await channel.close()
 
@@ -142,9 +168,12 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
         return await asyncio.gather(*calls, return_exceptions=True)
 
     async def Retrieve(self, request: pb.RetrieveRequest, context) -> pb.RetrieveResponse:  # noqa: N802
-        if self.resolver is None:
+        resolver = self.queries.current  # one version of the query data for the whole request
+        if resolver is None or not self.stubs:
             raise NotReady("router not connected to its shards yet")
-        results = await self._fan_out("Retrieve", self.resolver.resolve(request), context)
+        # The shards' own rules, before any work: resolving adds a vector per anchor and encodes the history.
+        validate_retrieve(request, self.settings, resolver.artifact, SOURCE_IDS)
+        results = await self._fan_out("Retrieve", resolver.resolve(request), context)
         answered, dropped = [], []
         for target, result in zip(self.targets, results, strict=True):
             if isinstance(result, grpc.aio.AioRpcError):
@@ -164,7 +193,7 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
             )
         limits = {limit.source: limit.k for limit in request.source_limits}
         merged = merge_shard_responses(answered, request.k, limits)
-        self.resolver.name_history_anchors(request, merged)
+        unknown = resolver.name_history_anchors(request, merged)
         for target, code in dropped:
             log.warning("shard %s dropped: %s", target, code)
             merged.degradations.add(
@@ -176,6 +205,14 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
                 reason=common_pb2.DEGRADATION_REASON_MIXED_INDEX_VERSIONS,
                 stage="retrieval router",
                 detail="shards answered from index versions " + ", ".join(versions),
+            )
+        ours = resolver.artifact.version
+        if unknown or ours not in versions:  # the router's query data and the shards' index are rolled apart
+            detail = f"router query data is version {ours}, shards answered from " + ", ".join(versions)
+            if unknown:
+                detail += f"; {unknown} two-tower candidates unknown to the router keep their shard's anchor"
+            merged.degradations.add(
+                reason=common_pb2.DEGRADATION_REASON_MIXED_INDEX_VERSIONS, stage="retrieval router", detail=detail
             )
         if request.columnar:
             move_to_columns(merged)

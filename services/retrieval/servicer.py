@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
 
@@ -17,6 +17,7 @@ from services.core.errors import NotReady
 from services.core.telemetry import ActiveSpan
 from services.core.validation import Violations
 from services.retrieval.answer import add_candidates, add_columns
+from services.retrieval.index import IndexArtifact
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.sources import Query, Source, default_sources
 from services.retrieval.state import IndexHolder, ServingIndex
@@ -27,7 +28,59 @@ SOURCE_NAMES = {value: name for name, value in common_pb2.CandidateSource.items(
 #: What a request that names no source gets: personal sources with history, context-only ones without.
 PERSONAL_DEFAULT = (common_pb2.CANDIDATE_SOURCE_TWO_TOWER, common_pb2.CANDIDATE_SOURCE_POPULARITY)
 ANONYMOUS_DEFAULT = (common_pb2.CANDIDATE_SOURCE_COLD_START,)
+#: The sources a retrieval replica with the default sources serves (what a shard router accepts).
+SOURCE_IDS = tuple(source.source for source in default_sources())
 MAX_AVAILABILITY_UPDATES = 10_000
+
+
+def validate_retrieve(
+    request: pb.RetrieveRequest, settings: RetrievalSettings, artifact: IndexArtifact, sources: Collection[int]
+) -> int | None:
+    """Raises InvalidArgument naming each bad field; returns the request region's column in ``artifact`` (None:
+    any). The index server and the shard router both call it, before any work, so both answer alike."""
+    check = Violations()
+    check.subject("subject", request.subject, required=False)
+    check.history("history", request.history, limit=settings.max_history)
+    check.ids("anchor_item_ids", request.anchor_item_ids, limit=settings.max_anchors)
+    for i, source in enumerate(request.sources):
+        check.enum(f"sources[{i}]", source, list(sources), SOURCE_NAMES)
+    check.count("source_limits", request.source_limits, limit=len(SOURCE_NAMES))
+    for i, limit in enumerate(request.source_limits[: len(SOURCE_NAMES)]):
+        if limit.source not in request.sources:
+            check.add(f"source_limits[{i}].source", "must also be listed in sources")
+        if limit.k < 1 or limit.k > settings.max_k:
+            check.add(f"source_limits[{i}].k", f"must be between 1 and {settings.max_k}, got {limit.k}")
+    limited = {limit.source for limit in request.source_limits}
+    k_needed = not request.sources or any(source not in limited for source in request.sources)
+    if (k_needed and request.k < 1) or request.k < 0 or request.k > settings.max_k:
+        check.add("k", f"must be between 1 and {settings.max_k}, got {request.k}")
+    exclusions = request.exclusions
+    total = len(exclusions.item_ids) + len(exclusions.brands) + len(exclusions.categories)
+    if total > settings.max_exclusions:
+        check.add("exclusions", f"must have at most {settings.max_exclusions} entries in all, got {total}")
+    else:
+        check.ids("exclusions.item_ids", exclusions.item_ids, limit=settings.max_exclusions)
+    if request.history_query_vector:  # optional: a router's encoded history
+        _check_vector(check, "history_query_vector", request.history_query_vector, artifact.dimension)
+    check.count("anchor_vectors", request.anchor_vectors, limit=settings.max_anchors)
+    for i, anchor in enumerate(request.anchor_vectors[: settings.max_anchors]):
+        _check_vector(check, f"anchor_vectors[{i}].vector", anchor.vector, artifact.dimension)
+    region = request.context.region
+    column = artifact.region_column(region) if region else None
+    # An index built without regional data serves every region alike.
+    if region and column is None and artifact.regions:
+        shown = ", ".join(artifact.regions[:50]) or "none"
+        check.add("context.region", f"unknown region {region[:32]!r}; this index knows: {shown}")
+    check.raise_if_any()
+    return column
+
+
+def _check_vector(check: Violations, field: str, vector: Sequence[float], dimension: int) -> None:
+    """A precomputed vector (a router's) holds ``dimension`` finite values."""
+    if len(vector) != dimension:
+        check.add(field, f"must have {dimension} values, got {len(vector)}")
+    elif not np.isfinite(vector).all():
+        check.add(field, "must hold finite numbers")
 
 
 class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
@@ -46,7 +99,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
 
     async def Retrieve(self, request: pb.RetrieveRequest, context) -> pb.RetrieveResponse:  # noqa: N802
         index = self._serving()  # one version for the whole request, even if a swap happens meanwhile
-        region_column = self.validate(request, index)
+        region_column = validate_retrieve(request, self.settings, index.artifact, self.sources)
         rows = index.rows
         history = [i for i in request.history if i.item_id in rows] if request.consent else []
         history_rows = [rows[i.item_id] for i in history]
@@ -124,49 +177,6 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         check.raise_if_any()
         applied, unknown = self.holder.apply_availability(request.updates)
         return pb.UpdateAvailabilityResponse(applied_count=applied, unknown_item_ids=unknown)
-
-    def validate(self, request: pb.RetrieveRequest, index: ServingIndex) -> int | None:
-        """Raises InvalidArgument naming each bad field; returns the request region's column (None: any)."""
-        settings = self.settings
-        check = Violations()
-        check.subject("subject", request.subject, required=False)
-        check.history("history", request.history, limit=settings.max_history)
-        check.ids("anchor_item_ids", request.anchor_item_ids, limit=settings.max_anchors)
-        for i, source in enumerate(request.sources):
-            check.enum(f"sources[{i}]", source, list(self.sources), SOURCE_NAMES)
-        check.count("source_limits", request.source_limits, limit=len(SOURCE_NAMES))
-        for i, limit in enumerate(request.source_limits[: len(SOURCE_NAMES)]):
-            if limit.source not in request.sources:
-                check.add(f"source_limits[{i}].source", "must also be listed in sources")
-            if limit.k < 1 or limit.k > settings.max_k:
-                check.add(f"source_limits[{i}].k", f"must be between 1 and {settings.max_k}, got {limit.k}")
-        limited = {limit.source for limit in request.source_limits}
-        k_needed = not request.sources or any(source not in limited for source in request.sources)
-        if (k_needed and request.k < 1) or request.k < 0 or request.k > settings.max_k:
-            check.add("k", f"must be between 1 and {settings.max_k}, got {request.k}")
-        exclusions = request.exclusions
-        total = len(exclusions.item_ids) + len(exclusions.brands) + len(exclusions.categories)
-        if total > settings.max_exclusions:
-            check.add("exclusions", f"must have at most {settings.max_exclusions} entries in all, got {total}")
-        else:
-            check.ids("exclusions.item_ids", exclusions.item_ids, limit=settings.max_exclusions)
-        dimension = index.artifact.dimension
-        if request.history_query_vector and len(request.history_query_vector) != dimension:
-            check.add("history_query_vector", f"must have {dimension} values, got {len(request.history_query_vector)}")
-        elif request.history_query_vector and not np.isfinite(request.history_query_vector).all():
-            check.add("history_query_vector", "must hold finite numbers")
-        check.count("anchor_vectors", request.anchor_vectors, limit=settings.max_anchors)
-        for i, anchor in enumerate(request.anchor_vectors[: settings.max_anchors]):
-            if len(anchor.vector) != dimension:
-                check.add(f"anchor_vectors[{i}].vector", f"must have {dimension} values, got {len(anchor.vector)}")
-        region = request.context.region
-        column = index.artifact.region_column(region) if region else None
-        # An index built without regional data serves every region alike.
-        if region and column is None and index.artifact.regions:
-            shown = ", ".join(index.artifact.regions[:50]) or "none"
-            check.add("context.region", f"unknown region {region[:32]!r}; this index knows: {shown}")
-        check.raise_if_any()
-        return column
 
     @staticmethod
     def allowed_mask(

@@ -2,7 +2,9 @@
 
 :class:`IndexHolder` swaps a whole :class:`ServingIndex` in one assignment, so a request sees one version from
 start to end. A new version is validated (checksums, shapes, query tower, a recall spot-check against exact
-search) before it replaces the old one; a bad one is refused with a log line and the old one keeps serving.
+search) before it replaces the old one; a bad one is refused with a log line and the old one keeps serving, and is
+tried again only once its files change. :class:`VersionHolder` and :class:`IndexWatcher` serve a shard router's
+query data the same way.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 
@@ -139,38 +142,112 @@ class _Update:
     at: float
 
 
-class IndexHolder:
-    """The index being served, its swaps, and the availability updates that outlive swaps."""
+def version_stamp(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime in ns) of every file of a version folder: a copy still going on, or completed since,
+    changes it; an untouched folder keeps it."""
+    stamps = []
+    for file in sorted(path.rglob("*")):
+        try:
+            info = file.stat()
+        except OSError:  # removed while listed: the next stamp differs anyway
+            continue
+        if file.is_file():
+            stamps.append((str(file.relative_to(path)), info.st_size, info.st_mtime_ns))
+    return tuple(stamps)
 
-    def __init__(self, exact_threshold: int = 20_000, min_recall: float = 0.8, threads: int = 1):
-        self.exact_threshold, self.min_recall, self.threads = exact_threshold, min_recall, threads
-        self.current: ServingIndex | None = None
-        self.refused: set[Path] = set()
-        self._updates: dict[str, _Update] = {}
+
+class RefusedVersions:
+    """Versions that failed their checks, keyed on their files' stamps when they were tried.
+
+    A version is tried again only when its files change (a copy seen half-done, complete since); an unchanged bad
+    version is not reloaded on every poll. Keying on the path alone would refuse a completed copy until restart.
+    """
+
+    def __init__(self) -> None:
+        self._stamps: dict[Path, tuple] = {}
+        self._reasons: dict[Path, str] = {}
+
+    def add(self, path: Path, stamp: tuple, reason: str) -> None:
+        self._stamps[path], self._reasons[path] = stamp, reason
+
+    def refuses(self, path: Path) -> bool:
+        """True while ``path`` holds the very files that were refused."""
+        stamp = self._stamps.get(path)
+        return stamp is not None and stamp == version_stamp(path)
+
+    def reason(self, path: Path) -> str:
+        return self._reasons.get(path, "not refused")
+
+    def __contains__(self, path: object) -> bool:
+        """Whether ``path`` was ever refused (whatever its files are now)."""
+        return path in self._stamps
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(self._stamps)
+
+
+Served = TypeVar("Served")
+
+
+class VersionHolder(Generic[Served]):
+    """One served version of what a folder holds, its swaps and its refusals.
+
+    :meth:`open` loads and validates a version (blocking, run in a thread; raises :class:`InvalidIndex`); a
+    version that passes replaces the served one in one assignment, a bad one is refused with a log line and the
+    old one keeps serving. What is served has an ``artifact`` with the ``path`` it came from.
+    """
+
+    #: What a log line calls the served thing.
+    what = "index"
+
+    def __init__(self) -> None:
+        self.current: Served | None = None
+        self.refused = RefusedVersions()
         self._swap_lock = asyncio.Lock()
+
+    def open(self, path: Path) -> Served:
+        raise NotImplementedError
+
+    def adopt(self, candidate: Served) -> None:
+        """Called with a validated version just before it serves."""
 
     async def load_latest(self, root: Path) -> None:
         """Serves the newest version under ``root``; raises if it cannot (the start-up path)."""
         path = latest_version(root)
         if not await self.swap(path):
-            raise InvalidIndex(f"{path} was refused; see the log line above")
+            raise InvalidIndex(f"{path} was refused: {self.refused.reason(path)}")
 
     async def swap(self, path: Path) -> bool:
         """Validates ``path`` and serves it. False (old version keeps serving) when it is refused."""
         async with self._swap_lock:
+            # Stamped before loading: files that change during the load make the next poll try again.
+            stamp = await asyncio.to_thread(version_stamp, path)
             try:
-                candidate = await asyncio.to_thread(
-                    open_index, path, self.exact_threshold, self.min_recall, self.threads
-                )
+                candidate = await asyncio.to_thread(self.open, path)
             except InvalidIndex as exc:
-                self.refused.add(path)
-                serving = self.current.version if self.current else "nothing"
-                log.error("refused index %s: %s; still serving %s", path, exc, serving)
+                self.refused.add(path, stamp, str(exc))
+                serving = self.current.artifact.version if self.current is not None else "nothing"
+                log.error("refused %s %s: %s; still serving %s", self.what, path, exc, serving)
                 return False
-            self._reapply_updates(candidate)
+            self.adopt(candidate)
             self.current = candidate
-            log.info("now serving index %s from %s", candidate.version, path)
+            log.info("now serving %s %s from %s", self.what, candidate.artifact.version, path)
             return True
+
+
+class IndexHolder(VersionHolder[ServingIndex]):
+    """The index being served, its swaps, and the availability updates that outlive swaps."""
+
+    def __init__(self, exact_threshold: int = 20_000, min_recall: float = 0.8, threads: int = 1):
+        super().__init__()
+        self.exact_threshold, self.min_recall, self.threads = exact_threshold, min_recall, threads
+        self._updates: dict[str, _Update] = {}
+
+    def open(self, path: Path) -> ServingIndex:
+        return open_index(path, self.exact_threshold, self.min_recall, self.threads)
+
+    def adopt(self, candidate: ServingIndex) -> None:
+        self._reapply_updates(candidate)
 
     def apply_availability(self, updates: Iterable[pb.AvailabilityUpdate]) -> tuple[int, list[str]]:
         """Applies updates to the serving index and remembers them for later versions."""
@@ -206,9 +283,10 @@ def _apply(index: ServingIndex, row: int, update: _Update) -> None:
 
 
 class IndexWatcher:
-    """Polls the index root and swaps in newer versions as they appear (each is tried once)."""
+    """Polls a root of versions and swaps in newer ones as they appear (each is tried once, and again only if its
+    files change)."""
 
-    def __init__(self, holder: IndexHolder, root: Path, interval_s: float):
+    def __init__(self, holder: VersionHolder, root: Path, interval_s: float):
         self.holder, self.root, self.interval_s = holder, root, interval_s
         self._task: asyncio.Task | None = None
 
@@ -226,13 +304,15 @@ class IndexWatcher:
             self._task = None
 
     async def check_once(self) -> bool:
-        """Swaps in the newest version if it is new and not refused before; True if a swap happened."""
+        """Swaps in the newest version if it is new and not refused as it is; True if a swap happened."""
         try:
             newest = latest_version(self.root)
         except InvalidIndex:
             return False
         serving = self.holder.current
-        if newest in self.holder.refused or (serving is not None and serving.artifact.path == newest):
+        if serving is not None and serving.artifact.path == newest:
+            return False
+        if self.holder.refused.refuses(newest):
             return False
         return await self.holder.swap(newest)
 

@@ -267,7 +267,7 @@ async def test_two_shards_behind_a_router_equal_the_unsharded_index(tmp_path):
     # A router given fewer targets than the index has shards refuses to load, naming both counts.
     from services.retrieval.router import ShardRouter
 
-    lonely = ShardRouter(["127.0.0.1:1"], 0.05, 4 << 20, tmp_path / "sharded" / "router")
+    lonely = ShardRouter(settings_for(tmp_path / "sharded" / "router", shard_targets="127.0.0.1:1"))
     with pytest.raises(InvalidIndex, match="built for 2 shards but 1 shard targets"):
         await lonely.connect()
 
@@ -315,6 +315,82 @@ async def test_a_shard_that_is_down_is_dropped_and_flagged(tmp_path):
     assert len(reply.candidates) == 10
     [degradation] = reply.degradations
     assert degradation.reason == common.DEGRADATION_REASON_SOURCE_DROPPED and str(shard1.port) in degradation.stage
+
+
+async def test_a_router_behind_its_shards_answers_flagged_and_catches_up(tmp_path):
+    from click.testing import CliRunner
+
+    def build(whole):
+        out = str(tmp_path / "s")
+        result = CliRunner().invoke(index_cli, ["build", str(whole), "--out", out, "--shards", "2", "--ann", "exact"])
+        assert result.exit_code == 0, result.output
+
+    build(write_index(tmp_path / "v1", count=3000))
+    build(write_index(tmp_path / "v2", count=3300))  # the next build: 300 new items, I03000..I03299
+    old, new = sorted(p.name for p in (tmp_path / "s" / "router").iterdir() if not p.name.startswith("."))
+    # The shards have rolled to the new build; the router's new query data is not published yet.
+    (tmp_path / "s" / "router" / new).rename(tmp_path / "unpublished")
+    message = request(k=300, sources=(TWO_TOWER,), history=("I00005", "I00050", "I00500"))
+    async with (
+        retrieval(tmp_path / "s" / "shard-0") as (shard0, _),
+        retrieval(tmp_path / "s" / "shard-1") as (shard1, _),
+    ):
+        targets = f"127.0.0.1:{shard0.port},127.0.0.1:{shard1.port}"
+        async with retrieval(tmp_path / "s" / "router", shard_targets=targets, index_poll_s=0.05) as (_, router):
+            behind = await router.Retrieve(message, timeout=5)
+            (tmp_path / "unpublished").rename(tmp_path / "s" / "router" / new)
+            for _ in range(100):
+                caught_up = await router.Retrieve(message, timeout=5)
+                if not caught_up.degradations:
+                    break
+                await asyncio.sleep(0.05)
+    history = {"I00005", "I00050", "I00500"}
+    unknown = [c for c in behind.candidates if c.item_id >= "I03000"]
+    assert len(behind.candidates) == 300 and unknown  # new items answered, not an INTERNAL error
+    assert all(not c.anchor_item_id or c.anchor_item_id in history for c in unknown)  # the shard's own anchor
+    [degradation] = behind.degradations
+    assert degradation.reason == common.DEGRADATION_REASON_MIXED_INDEX_VERSIONS
+    assert f"router query data is version {old}" in degradation.detail and new in degradation.detail
+    assert f"{len(unknown)} two-tower candidates unknown to the router" in degradation.detail
+    # Once the router's data of the new build is published, the router swaps it in and names every anchor.
+    assert not caught_up.degradations and caught_up.index_version.version == new
+    assert {c.anchor_item_id for c in caught_up.candidates} <= history and all(
+        c.anchor_item_id for c in caught_up.candidates
+    )
+
+
+async def test_a_router_refuses_invalid_requests_as_an_index_server_does(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from services.retrieval.router import QueryResolver
+
+    whole = write_index(tmp_path / "whole", count=3000, version="20260101T000000Z")
+    out = str(tmp_path / "sharded")
+    result = CliRunner().invoke(index_cli, ["build", str(whole), "--out", out, "--shards", "2", "--ann", "exact"])
+    assert result.exit_code == 0, result.output
+    resolved = []
+    real_resolve = QueryResolver.resolve
+    monkeypatch.setattr(QueryResolver, "resolve", lambda self, r: resolved.append(r) or real_resolve(self, r))
+    anchors = request(sources=(I2I,), history=())
+    anchors.anchor_item_ids.extend(f"I{i % 3000:05d}" for i in range(20_000))  # grows past 4 MB once resolved
+    nan_anchor = request(sources=(I2I,), history=())
+    nan_anchor.anchor_vectors.add(item_id="I00001", vector=[float("nan")] * 16)
+    history = request(history=[f"I{i % 3000:05d}" for i in range(201)])
+    async with whole_and_sharded(whole, tmp_path / "sharded") as (single, router):
+        for message, field in (
+            (anchors, "anchor_item_ids"),
+            (nan_anchor, "anchor_vectors[0].vector"),
+            (history, "history"),
+        ):
+            failures = []
+            for stub in (single, router):
+                with pytest.raises(grpc.aio.AioRpcError) as failure:
+                    await stub.Retrieve(message, timeout=5)
+                failures.append(failure.value)
+            assert [f.code() for f in failures] == [grpc.StatusCode.INVALID_ARGUMENT] * 2
+            assert field in details_of(failures[1])[1]
+            assert details_of(failures[0])[1] == details_of(failures[1])[1]
+    assert not resolved  # refused before any work
 
 
 def events(*pairs: tuple[str, int]) -> list[common.Interaction]:

@@ -5,7 +5,9 @@ import pytest
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
-from services.retrieval.servicer import RetrievalServicer
+from services.core.errors import InvalidArgument
+from services.retrieval.servicer import SOURCE_IDS, RetrievalServicer, validate_retrieve
+from services.retrieval.settings import RetrievalSettings
 from services.retrieval.state import open_index
 from tests.support.retrieval import write_index
 
@@ -50,3 +52,16 @@ def test_the_allowed_count_is_the_masks_own_count_whatever_is_excluded(index):
         assert count == int(np.count_nonzero(allowed)) == anywhere_count - int(np.count_nonzero(anywhere & out))
     allowed, count = _mask(index, pb.RetrieveRequest())  # nothing excluded: the shared mask itself
     assert allowed is anywhere and count == anywhere_count
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_an_anchor_vector_must_hold_finite_numbers(index, value):
+    vector = [0.1] * index.artifact.dimension
+    vector[3] = value
+    request = pb.RetrieveRequest(
+        k=5, anchor_vectors=[pb.AnchorVector(item_id="I00001", vector=[0.1] * index.artifact.dimension)]
+    )
+    request.anchor_vectors.add(item_id="I00002", vector=vector)
+    with pytest.raises(InvalidArgument) as failure:
+        validate_retrieve(request, RetrievalSettings(), index.artifact, SOURCE_IDS)
+    assert failure.value.violations == {"anchor_vectors[1].vector": "must hold finite numbers"}

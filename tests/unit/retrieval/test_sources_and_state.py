@@ -8,6 +8,7 @@ import pytest
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
+from services.retrieval import state
 from services.retrieval.index import METADATA_FILE, save_index
 from services.retrieval.router import merge_shard_responses
 from services.retrieval.sources import (
@@ -141,6 +142,25 @@ async def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(tmp_pa
     assert not await watcher.check_once()  # a refused version is not retried
     good = write_index(tmp_path, version="20260103T000000Z", seed=2)
     assert await watcher.check_once() and holder.current.artifact.path == good
+
+
+async def test_a_version_seen_half_copied_is_tried_again_once_the_copy_completes(tmp_path, monkeypatch):
+    holder = IndexHolder()
+    write_index(tmp_path, count=300, version="20260101T000000Z")
+    await holder.load_latest(tmp_path)
+    copied = write_index(tmp_path, count=300, version="20260102T000000Z", seed=1)
+    (copied / "item_table.npz").rename(tmp_path / "in-flight.npz")  # metadata there, a data file not yet
+    opened = []
+    real_open = state.open_index
+    monkeypatch.setattr(state, "open_index", lambda path, *a: opened.append(path.name) or real_open(path, *a))
+    watcher = IndexWatcher(holder, tmp_path, interval_s=0)
+    assert not await watcher.check_once() and copied in holder.refused
+    assert "missing item_table.npz" in holder.refused.reason(copied)
+    assert not await watcher.check_once()  # unchanged: not loaded again
+    assert opened == ["20260102T000000Z"]
+    (tmp_path / "in-flight.npz").rename(copied / "item_table.npz")  # the copy completes
+    assert await watcher.check_once() and holder.current.artifact.path == copied
+    assert opened == ["20260102T000000Z"] * 2
 
 
 async def test_availability_updates_outlive_a_swap_to_an_older_build(tmp_path):

@@ -1,0 +1,99 @@
+"""The shard router's parts without servers: its query data's swaps, anchors for unknown items, validation first."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aisle.common.v1 import common_pb2 as common
+from aisle.retrieval.v1 import retrieval_service_pb2 as pb
+from services.core.errors import InvalidArgument
+from services.retrieval.index import METADATA_FILE, InvalidIndex, save_index_like
+from services.retrieval.router import QueryDataHolder, QueryResolver, ShardRouter
+from services.retrieval.settings import RetrievalSettings
+from services.retrieval.state import IndexWatcher
+from tests.support.retrieval import write_index
+
+TWO_TOWER = common.CANDIDATE_SOURCE_TWO_TOWER
+
+
+def router_version(root, version, shards=2, **write):
+    """A router/ version built for ``shards`` shards, as `aisle index build --shards` writes one."""
+    from services.retrieval.index import load_index
+
+    whole = load_index(write_index(root.parent / f"whole-{version}", version=version, **write))
+    return save_index_like(whole, root, version=version, sharding={"shards": shards})
+
+
+async def test_new_query_data_is_swapped_in_and_bad_versions_are_refused(tmp_path):
+    root = tmp_path / "router"
+    first = router_version(root, "20260101T000000Z", count=300)
+    holder = QueryDataHolder(shards=2)
+    await holder.load_latest(root)
+    watcher = IndexWatcher(holder, root, interval_s=0)
+    # Corrupt, then built for another shard count: each refused, the previous data keeps serving.
+    corrupt = router_version(root, "20260102T000000Z", count=300)
+    metadata = json.loads((corrupt / METADATA_FILE).read_text())
+    metadata["checksums"]["item_ids.txt"] = "0" * 64
+    (corrupt / METADATA_FILE).write_text(json.dumps(metadata))
+    assert not await watcher.check_once() and holder.current.artifact.path == first
+    three = router_version(root, "20260103T000000Z", shards=3, count=300)
+    assert not await watcher.check_once() and holder.current.artifact.path == first
+    assert "built for 3 shards but 2 shard targets" in holder.refused.reason(three)
+    newer = router_version(root, "20260104T000000Z", count=320)
+    assert await watcher.check_once() and holder.current.artifact.path == newer
+    assert "I00310" in holder.current.rows
+
+
+async def test_query_data_for_another_shard_count_is_refused_at_start(tmp_path):
+    router_version(tmp_path / "router", "20260101T000000Z", count=300)
+    with pytest.raises(InvalidIndex, match="built for 2 shards but 1 shard targets"):
+        await QueryDataHolder(shards=1).load_latest(tmp_path / "router")
+
+
+def test_a_candidate_the_router_does_not_hold_keeps_its_shards_anchor(tmp_path):
+    resolver = QueryResolver(write_index(tmp_path, count=300))
+    request = pb.RetrieveRequest(consent=True, history=[common.Interaction(item_id=i) for i in ("I00005", "I00050")])
+    response = pb.RetrieveResponse(
+        candidates=[
+            pb.Candidate(item_id="I00007", source=TWO_TOWER, score=0.9),
+            pb.Candidate(item_id="I09999", source=TWO_TOWER, score=0.8, anchor_item_id="I00050"),  # newer shard's
+            pb.Candidate(item_id="I00051", source=TWO_TOWER, score=0.7),
+            pb.Candidate(item_id="I08888", source=common.CANDIDATE_SOURCE_POPULARITY, score=3.0),
+        ]
+    )
+    assert resolver.name_history_anchors(request, response) == 1
+    anchors = [c.anchor_item_id for c in response.candidates]
+    assert anchors[1] == "I00050" and anchors[3] == ""
+    assert anchors[0] in {"I00005", "I00050"} and anchors[2] in {"I00005", "I00050"}
+
+
+class _NoShard:
+    def __getattr__(self, name):
+        raise AssertionError("an invalid request reached a shard")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda r: r.anchor_item_ids.extend(f"I{i % 300:05d}" for i in range(20_000)), "anchor_item_ids"),
+        (lambda r: r.history.extend([common.Interaction(item_id="I00001")] * 330_000), "history"),
+        (lambda r: r.anchor_vectors.add(item_id="I00001", vector=[float("nan")] * 16), "anchor_vectors[0].vector"),
+        (lambda r: setattr(r.context, "region", "ZZ"), "context.region"),
+    ],
+)
+async def test_the_router_validates_before_it_resolves(tmp_path, monkeypatch, mutate, field):
+    root = tmp_path / "router"
+    router_version(root, "20260101T000000Z", count=300)
+    settings = RetrievalSettings(index_path=root, shard_targets="a:1,b:2", index_poll_s=0, metrics_port=None)
+    router = ShardRouter(settings)
+    await router.queries.load_latest(root)
+    router.stubs = [_NoShard(), _NoShard()]
+    resolved = []
+    monkeypatch.setattr(QueryResolver, "resolve", lambda self, request: resolved.append(request))
+    message = pb.RetrieveRequest(k=10, consent=True)
+    mutate(message)
+    with pytest.raises(InvalidArgument) as failure:
+        await router.Retrieve(message, context=None)
+    assert field in failure.value.violations and not resolved
