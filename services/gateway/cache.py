@@ -1,5 +1,9 @@
-"""A per-segment cache of answers for anonymous traffic (no usable history): same surface, region, device,
-anchors, variant and k get the same answer for ``ttl_s``. Cleared when a model or index version changes."""
+"""A per-segment cache of answers that nothing about the subject shapes: same surface, region, device, anchors,
+variant and k get the same answer for ``ttl_s``. Cleared when a model or index version changes.
+
+:meth:`AnonymousCache.segment` says whether the request's kind may share answers (no consent, or a guest); the
+servicer also keeps out, reading and writing, every request with history or exposure counts, which shape the
+answer (the exposure cap, exploration): one shopper's answer must not be served to another."""
 
 from __future__ import annotations
 

@@ -2,13 +2,14 @@
 
 ``JsonlEventSink`` appends JSON lines to a file (the local default; training reads it back with
 :func:`read_events`). A Redis Streams or Kafka producer implements the same ``write``. Writes go through a bounded
-queue: when it is full, ``write`` raises :class:`EventLogFull` (the caller answers RESOURCE_EXHAUSTED) rather than
-dropping anything silently.
+queue: when it is full, or the file cannot be written, ``write`` raises :class:`EventLogFull` (the caller answers
+RESOURCE_EXHAUSTED) rather than dropping anything silently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -44,11 +45,35 @@ class NullEventSink:
 
 
 class JsonlEventSink:
-    def __init__(self, path: Path, max_pending: int = 10_000):
+    """Appends to a JSON-lines file through a bounded queue, from one writer task.
+
+    A failed append (disk full, permissions, a bad path) keeps its batch and is retried with a growing delay, up
+    to ``max_retry_delay_s``; while it fails, and once the writer has stopped, :meth:`write` refuses
+    (:class:`EventLogFull`) rather than accept events it cannot write. :meth:`close` waits ``close_timeout_s`` at
+    most for the queue to drain, then logs how many events were never written.
+    """
+
+    #: Records per append.
+    max_batch = 1000
+
+    def __init__(
+        self,
+        path: Path,
+        max_pending: int = 10_000,
+        retry_delay_s: float = 0.1,
+        max_retry_delay_s: float = 5.0,
+        close_timeout_s: float = 5.0,
+    ):
         self.path = path
-        self.queue: asyncio.Queue[dict[str, Any]] | None = None
+        self.queue: asyncio.Queue[str] | None = None
         self.max_pending = max_pending
+        self.retry_delay_s = retry_delay_s
+        self.max_retry_delay_s = max_retry_delay_s
+        self.close_timeout_s = close_timeout_s
+        #: The kind of error the last append failed with (no path: callers see it), or None when it succeeded.
+        self.failure: str | None = None
         self._writer: asyncio.Task | None = None
+        self._held = 0  # records the writer took off the queue and has not written yet
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,40 +81,85 @@ class JsonlEventSink:
         self._writer = asyncio.get_running_loop().create_task(self._drain(), name="event-log")
 
     async def write(self, records: Sequence[dict[str, Any]]) -> None:
-        if self.queue is None:
+        if self.queue is None or self._writer is None:
             raise RuntimeError("event sink not started")
-        if self.queue.qsize() + len(records) > self.max_pending:
-            raise EventLogFull(f"{self.queue.qsize()} events pending")
-        for record in records:
-            self.queue.put_nowait(record)
+        if self._writer.done():
+            raise EventLogFull("the event log writer has stopped")
+        if self.failure is not None:
+            raise EventLogFull(f"the event log cannot be written now ({self.failure})")
+        pending = self.queue.qsize() + self._held
+        if pending + len(records) > self.max_pending:
+            raise EventLogFull(f"{pending} events pending")
+        # Encoded here, so that a record that cannot be encoded fails its caller, not the writer.
+        lines = [json.dumps(record, separators=(",", ":")) + "\n" for record in records]
+        for line in lines:
+            self.queue.put_nowait(line)
 
     async def _drain(self) -> None:
         assert self.queue is not None
         while True:
             batch = [await self.queue.get()]
-            while not self.queue.empty() and len(batch) < 1000:
+            while not self.queue.empty() and len(batch) < self.max_batch:
                 batch.append(self.queue.get_nowait())
-            lines = "".join(json.dumps(record, separators=(",", ":")) + "\n" for record in batch)
-            await asyncio.to_thread(self._append, lines)
+            self._held = len(batch)
+            await self._append_until_written("".join(batch).encode(), len(batch))
+            self._held = 0
             for _ in batch:
                 self.queue.task_done()
 
-    def _append(self, lines: str) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(lines)
+    async def _append_until_written(self, data: bytes, count: int) -> None:
+        delay = self.retry_delay_s
+        while True:
+            try:
+                await asyncio.to_thread(self._append, data)
+            except Exception as error:  # noqa: BLE001 - any failure to write is retried; none ends the writer
+                self.failure = type(error).__name__
+                log.error(
+                    "event log %s: %d events not written (%s); retrying in %.2f s", self.path, count, error, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.max_retry_delay_s)
+                continue
+            if self.failure is not None:
+                log.warning("event log %s: writing again", self.path)
+                self.failure = None
+            return
+
+    def _append(self, data: bytes) -> None:
+        with self.path.open("ab") as handle:
+            start = handle.tell()
+            try:
+                handle.write(data)
+                handle.flush()
+            except BaseException:
+                # A torn write would join the retried batch's first line to its tail: cut it off where possible.
+                with contextlib.suppress(OSError):
+                    handle.truncate(start)
+                raise
 
     async def flush(self) -> None:
-        if self.queue is not None:
-            await self.queue.join()
+        """Waits until every accepted event is written (or the writer has stopped)."""
+        if self.queue is not None and self._writer is not None:
+            await self._until_drained(timeout=None)
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await self.flush()
-            self._writer.cancel()
-            try:
-                await self._writer
-            except asyncio.CancelledError:
-                pass
+        if self._writer is None or self.queue is None:
+            return
+        await self._until_drained(self.close_timeout_s)
+        self._writer.cancel()
+        await asyncio.gather(self._writer, return_exceptions=True)
+        unwritten = self.queue.qsize() + self._held
+        if unwritten:
+            cause = self.failure or f"not written within {self.close_timeout_s} s"
+            log.error("event log %s: %d events could not be written (%s)", self.path, unwritten, cause)
+
+    async def _until_drained(self, timeout: float | None) -> None:
+        assert self.queue is not None and self._writer is not None
+        drained = asyncio.ensure_future(self.queue.join())
+        try:
+            await asyncio.wait({drained, self._writer}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drained.cancel()
 
 
 def read_events(path: Path) -> Iterator[dict[str, Any]]:

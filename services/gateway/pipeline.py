@@ -27,12 +27,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
-from services.core.errors import BudgetExhausted
+from services.core.errors import BudgetExhausted, DependencyUnavailable, ServiceError
 from services.core.metrics import LATENCY_BUCKETS
 from services.core.telemetry import ActiveSpan
 from services.gateway.budget import RequestBudget
 from services.gateway.candidates import Candidates, merge
 from services.gateway.catalog import ItemCatalog
+from services.gateway.events import EventLogFull
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,9 @@ class RequestState:
     stage_ms: dict[str, float] = field(default_factory=dict)
     #: Candidates the sources (or the fallback) proposed, before any filter.
     fetched: int = 0
+    #: A source failed or was dropped, or retrieval flagged a dropped part, during the retrieval stage (what a
+    #: degradation recorded before it, e.g. the session store's, is not).
+    retrieval_failed: bool = False
 
     @property
     def region(self) -> str:
@@ -108,6 +112,21 @@ class SourceFailed(Exception):
     def __init__(self, message: str, reason: int = common.DEGRADATION_REASON_SOURCE_DROPPED):
         super().__init__(message)
         self.reason = reason
+
+
+#: Degradations that say a source (or part of retrieval) did not answer.
+_RETRIEVAL_FAILURES = frozenset(
+    {common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE, common.DEGRADATION_REASON_SOURCE_DROPPED}
+)
+
+
+def _fail_closed(source: str, error: Exception, detail: str) -> ServiceError:
+    """What the caller gets when a fail-closed source does not answer: a status it can act on, not INTERNAL."""
+    if isinstance(error, ServiceError):  # BudgetExhausted: too little of the deadline was left to ask
+        return error
+    if isinstance(error, TimeoutError):
+        return BudgetExhausted(f"source {source}: {detail}", reason="RETRIEVAL_TIMEOUT")
+    return DependencyUnavailable(f"source {source} failed: {detail}", reason="RETRIEVAL_UNAVAILABLE")
 
 
 class PipelineMetrics:
@@ -173,13 +192,11 @@ class Pipeline:
 
     async def run(self, state: RequestState, metrics: PipelineMetrics) -> Candidates:
         with self._stage("retrieval", state, metrics):
+            before = len(state.degradations)
             candidates = await self._fetch(self.sources, state, metrics)
+            state.retrieval_failed = any(d.reason in _RETRIEVAL_FAILURES for d in state.degradations[before:])
             # Retrieval down or too slow (a source was dropped) and nothing came back: serve the fallback.
-            sources_failed = any(
-                d.reason in (common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE, common.DEGRADATION_REASON_SOURCE_DROPPED)
-                for d in state.degradations
-            )
-            if not len(candidates) and sources_failed and self.fallback:
+            if not len(candidates) and state.retrieval_failed and self.fallback:
                 candidates = await self._fetch(self.fallback, state, metrics)
         metrics.child(metrics.candidates, self.name).observe(len(candidates))
         state.fetched = len(candidates)
@@ -223,7 +240,7 @@ class Pipeline:
                         reason = common.DEGRADATION_REASON_SOURCE_DROPPED
                         detail = f"no answer within {timeout * 1000:.0f} ms"
                     if not source.fail_open:
-                        raise
+                        raise _fail_closed(source.name, error, detail) from None
                     state.degrade(reason, source.name, detail)
                     return Candidates.empty()
 
@@ -245,6 +262,8 @@ class Pipeline:
             try:
                 with self._component(effect, metrics):
                     await effect.run(state, items, response)
+            except EventLogFull as error:  # says what is wrong; a traceback per request during an outage would not
+                log.warning("side effect %s: %s", effect.name, error)
             except Exception:  # a side effect never fails the request that triggered it
                 log.exception("side effect %s failed", effect.name)
 

@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 
+import numpy as np
 from opentelemetry import trace
 
 from aisle.common.v1 import common_pb2 as common
@@ -33,6 +34,16 @@ SURFACE_NAMES = {value: name for name, value in common.Surface.items()}
 EVENT_NAMES = {value: name for name, value in common.EventType.items()}
 #: Events that count as a success for the exploration bandit.
 SUCCESS_EVENTS = {common.EVENT_TYPE_CLICK, common.EVENT_TYPE_ADD_TO_CART, common.EVENT_TYPE_PURCHASE}
+
+
+def shown_in(response: pb.RecommendResponse) -> Candidates:
+    """A cached answer's items as the exposure logger reads them, its exploration picks marked again (the
+    answer's items carry the exploration reason)."""
+    shown = Candidates.of([i.item_id for i in response.items], common.CANDIDATE_SOURCE_UNSPECIFIED)
+    shown.exploration = np.array(
+        [any(r.code == common.REASON_CODE_EXPLORATION for r in i.reasons) for i in response.items], dtype=bool
+    )
+    return shown
 
 
 class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
@@ -72,7 +83,8 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                 log.warning("session store unavailable: %s", error)
                 stored, session_error = [], f"session store unavailable: {type(error).__name__}"
             history = (stored + list(request.history))[-settings.max_history :]
-        segment = self.cache.segment(request, variant, k) if not history else None
+        # The shared cache only holds answers that nothing about the subject shapes: no history, no exposures.
+        segment = self.cache.segment(request, variant, k) if not history and not exposures else None
         if segment is not None and (cached := self.cache.get(segment)) is not None:
             response = pb.RecommendResponse()
             response.CopyFrom(cached)
@@ -82,8 +94,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             state = RequestState(
                 request, key, [], k, RequestBudget(1.0, None, 0.0), self.catalog, variant, ("", ""), exposures
             )
-            shown = Candidates.of([i.item_id for i in response.items], common.CANDIDATE_SOURCE_UNSPECIFIED)
-            self._after(pipeline.after_response(state, shown, response, self.metrics))
+            self._after(pipeline.after_response(state, shown_in(response), response, self.metrics))
             return response
         budget = RequestBudget(settings.total_budget_ms / 1000, context.time_remaining(), settings.min_stage_ms / 1000)
         budget.check_feasible()
@@ -93,10 +104,9 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         if session_error:
             state.degrade(common.DEGRADATION_REASON_SOURCE_DROPPED, "sessions", session_error)
         items = await pipeline.run(state, self.metrics)
-        failed = {common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE, common.DEGRADATION_REASON_SOURCE_DROPPED}
         # Nothing proposed at all because retrieval failed: no answer is possible. (Proposed, then all filtered out,
-        # is a short answer, not an outage: a retry would not help.)
-        if not len(items) and not state.fetched and any(d.reason in failed for d in state.degradations):
+        # is a short answer, not an outage: a retry would not help. A session-store outage is not retrieval's.)
+        if not len(items) and not state.fetched and state.retrieval_failed:
             raise DependencyUnavailable(
                 "retrieval is down or too slow and no cached popular items are available yet",
                 reason="RETRIEVAL_UNAVAILABLE",
@@ -172,7 +182,9 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         try:
             await self.deps.events.write(records)
         except EventLogFull as error:
-            raise ResourceExhausted(f"event log is full ({error}); retry shortly", retry_after_s=1.0) from None
+            raise ResourceExhausted(
+                f"event log cannot take events now ({error}); retry shortly", retry_after_s=1.0
+            ) from None
         by_subject: dict[str, list[common.Interaction]] = {}
         for event in consented:
             interaction = common.Interaction(

@@ -143,11 +143,15 @@ async def test_cached_anonymous_answers_are_still_logged_as_exposures(trained, t
         context=common.RequestContext(region="GB"),
         experiment_variant_override="control",
     )
+    # Another guest: the first one's exposures (logged after the first answer) would keep it out of the cache.
+    other = pb.RecommendRequest()
+    other.CopyFrom(request)
+    other.subject.session_id = "another-guest"
     async with stack(trained, gateway_extra=extra) as hosts:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['gateway'].port}") as channel:
             stub = pb_grpc.RecommendationServiceStub(channel)
             first = await stub.Recommend(request, timeout=5)
-            second = await stub.Recommend(request, timeout=5)
+            second = await stub.Recommend(other, timeout=5)
         await hosts["gateway"].app.close()
     assert not first.degradations, first.degradations
     assert [i.item_id for i in second.items] == [i.item_id for i in first.items]
@@ -155,3 +159,5 @@ async def test_cached_anonymous_answers_are_still_logged_as_exposures(trained, t
     exposures = [r for r in read_events(log) if r["type"] == "exposure"]
     assert [r["tracking_token"] for r in exposures] == [first.tracking_token, second.tracking_token]
     assert all(r["variant"] == "control" for r in exposures)
+    explored = [[i["exploration"] for i in r["items"]] for r in exposures]
+    assert explored[1] == explored[0], "the cached answer's exploration picks are logged as such"

@@ -1,0 +1,306 @@
+"""The servicer's cache rule and exposure records, the pipeline's failure rules, and the JSON-lines event log when
+its file cannot be written."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client import CollectorRegistry
+
+from aisle.common.v1 import common_pb2 as common
+from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
+from aisle.recommendation.v1 import recommendation_service_pb2 as pb
+from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
+from services.core.errors import BudgetExhausted, DependencyUnavailable, status_for
+from services.gateway.cache import AnonymousCache
+from services.gateway.candidates import Candidates
+from services.gateway.catalog import ItemCatalog
+from services.gateway.components.base import ComponentBase, Dependencies, Params
+from services.gateway.components.selectors import FeedbackStats
+from services.gateway.components.sources import PopularCache
+from services.gateway.events import EventLogFull, JsonlEventSink, read_events
+from services.gateway.pipeline import Pipeline, PipelineMetrics, SourceFailed
+from services.gateway.policies import DEFAULT_POLICY_FILE, load_policies
+from services.gateway.servicer import RecommendationServicer
+from services.gateway.sessions import InMemorySessionStore, subject_key
+from services.gateway.settings import GatewaySettings
+from tests.unit.gateway.helpers import deps, state
+
+ITEMS = [f"i{n}" for n in range(60)]
+CATALOG = ItemCatalog(
+    {item: {"title": item, "category": f"c{n % 5}", "brand": f"b{n % 7}"} for n, item in enumerate(ITEMS)}
+)
+
+
+class PopularRetrieval:
+    """Every item, most popular first; counts its calls (a cache hit makes none)."""
+
+    def __init__(self, items: list[str]):
+        self.items, self.calls = items, 0
+
+    async def Retrieve(self, request, timeout=None):  # noqa: N802
+        self.calls += 1
+        n = len(self.items)
+        columns = retrieval_pb.CandidateColumns(
+            item_ids=self.items,
+            scores=[1.0] * n,
+            sources=[common.CANDIDATE_SOURCE_POPULARITY] * n,
+            source_ranks=list(range(n)),
+            anchor_item_ids=[""] * n,
+        )
+        return retrieval_pb.RetrieveResponse(columns=columns)
+
+
+class OrderRanking:
+    async def Rank(self, request, timeout=None):  # noqa: N802
+        n = len(request.candidate_item_ids)
+        return ranking_pb.RankResponse(
+            columns=ranking_pb.ScoreColumns(purchase_probabilities=[1 - i / n for i in range(n)])
+        )
+
+
+class Downstream:
+    def __init__(self, items: list[str]):
+        self.retrieval, self.ranking = PopularRetrieval(items), OrderRanking()
+
+
+class RecordingSink:
+    def __init__(self):
+        self.records: list[dict] = []
+
+    async def write(self, records):
+        self.records.extend(records)
+
+
+class Context:
+    def time_remaining(self) -> float:
+        return 5.0
+
+
+class DownSessions(InMemorySessionStore):
+    async def history(self, key):
+        raise ConnectionError("redis down")
+
+
+def servicer(items=ITEMS, sessions=None, cache_ttl_s: float = 30.0) -> RecommendationServicer:
+    sessions = InMemorySessionStore() if sessions is None else sessions  # an empty store is falsy
+    dependencies = Dependencies(Downstream(items), sessions, FeedbackStats(), PopularCache(), RecordingSink())
+    return RecommendationServicer(
+        GatewaySettings(catalog_path=None, metrics_port=None),
+        load_policies(DEFAULT_POLICY_FILE, CATALOG, dependencies),
+        CATALOG,
+        dependencies,
+        PipelineMetrics(CollectorRegistry()),
+        AnonymousCache(cache_ttl_s),
+    )
+
+
+def guest(session_id: str, k: int = 5) -> pb.RecommendRequest:
+    return pb.RecommendRequest(
+        subject=common.Subject(session_id=session_id),
+        surface=common.SURFACE_HOME,
+        consent=True,
+        k=k,
+        context=common.RequestContext(region="GB"),
+        experiment_variant_override="control",
+    )
+
+
+async def recommend(service: RecommendationServicer, request: pb.RecommendRequest) -> pb.RecommendResponse:
+    response = await service.Recommend(request, Context())
+    await asyncio.gather(*service._background)  # the exposure side effects
+    return response
+
+
+async def shown_too_often(service: RecommendationServicer, session_id: str, items: list[str]) -> None:
+    key = subject_key(common.Subject(session_id=session_id))
+    for _ in range(9):  # the home policy's cap is 8
+        await service.deps.sessions.add_exposures(key, items)
+
+
+def ids(response: pb.RecommendResponse) -> list[str]:
+    return [item.item_id for item in response.items]
+
+
+async def test_a_guest_whose_exposures_shape_the_answer_is_not_served_from_the_cache():
+    service = servicer()
+    await shown_too_often(service, "capped", ["i0", "i1", "i2"])
+    await recommend(service, guest("fresh"))  # fills the cache
+    answer = await recommend(service, guest("capped"))
+    assert service.deps.downstream.retrieval.calls == 2
+    assert not {"i0", "i1", "i2"} & set(ids(answer)), "the guest's exposure cap applies"
+
+
+async def test_a_guest_whose_exposures_shape_the_answer_does_not_fill_the_cache():
+    service = servicer()
+    await shown_too_often(service, "capped", ["i0", "i1", "i2"])
+    await recommend(service, guest("capped"))
+    assert len(service.cache) == 0
+    other = await recommend(service, guest("fresh"))
+    assert service.deps.downstream.retrieval.calls == 2
+    assert ids(other)[:2] == ["i0", "i1"], "another guest's cap does not shape this answer"
+
+
+async def test_guests_about_whom_nothing_is_known_still_share_the_cache():
+    service = servicer()
+    first = await recommend(service, guest("a"))
+    second = await recommend(service, guest("b"))
+    assert ids(second) == ids(first) and service.deps.downstream.retrieval.calls == 1
+
+
+def explored(response: pb.RecommendResponse) -> list[str]:
+    return [i.item_id for i in response.items if any(r.code == common.REASON_CODE_EXPLORATION for r in i.reasons)]
+
+
+async def test_a_cache_hit_logs_the_exploration_picks_of_the_cached_answer():
+    service = servicer()
+    miss = await recommend(service, guest("a"))
+    hit = await recommend(service, guest("b"))
+    assert service.deps.downstream.retrieval.calls == 1 and explored(hit) == explored(miss) != []
+    logged = [[i["item_id"] for i in r["items"] if i["exploration"]] for r in service.deps.events.records]
+    assert logged == [explored(miss), explored(hit)]
+
+
+async def test_a_session_store_outage_is_not_taken_for_a_retrieval_outage():
+    service = servicer(items=[], sessions=DownSessions(), cache_ttl_s=0)
+    request = pb.RecommendRequest(subject=common.Subject(user_id="u"), surface=common.SURFACE_HOME, consent=True, k=5)
+    answer = await recommend(service, request)  # retrieval is healthy and finds nothing: a short answer
+    assert not answer.items
+    assert {(d.reason, d.stage) for d in answer.degradations} == {
+        (common.DEGRADATION_REASON_SOURCE_DROPPED, "sessions"),
+        (common.DEGRADATION_REASON_SHORT_ANSWER, "selection"),
+    }
+
+
+class Source(ComponentBase):
+    kind = "source"
+    share = 0.5
+    fail_open = True
+
+    def __init__(self, name: str, answer=(), error: Exception | None = None, slow: bool = False, fail_open=True):
+        super().__init__(name, Params(), deps())
+        self.answer, self.error, self.slow, self.fail_open, self.fetched = list(answer), error, slow, fail_open, 0
+
+    async def fetch(self, request_state, timeout):
+        self.fetched += 1
+        if self.slow:
+            await asyncio.sleep(5)
+        if self.error is not None:
+            raise self.error
+        return Candidates.of(self.answer, common.CANDIDATE_SOURCE_POPULARITY)
+
+
+def pipeline(sources, fallback=()) -> Pipeline:
+    return Pipeline("p", "1", list(sources), list(fallback), [], [], [], [])
+
+
+async def test_a_session_degradation_does_not_bring_in_the_fallback():
+    fallback = Source("Fallback", ["i1"])
+    request_state = state(budget_s=0.2)
+    request_state.degrade(common.DEGRADATION_REASON_SOURCE_DROPPED, "sessions", "session store unavailable")
+    items = await pipeline([Source("Retrieval")], [fallback]).run(request_state, PipelineMetrics(CollectorRegistry()))
+    assert not len(items) and fallback.fetched == 0 and not request_state.retrieval_failed
+
+
+async def test_a_dropped_source_that_left_nothing_brings_in_the_fallback():
+    fallback = Source("Fallback", ["i1"])
+    request_state = state(budget_s=0.2)
+    dropped = Source("Retrieval", error=SourceFailed("down", common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE))
+    items = await pipeline([dropped], [fallback]).run(request_state, PipelineMetrics(CollectorRegistry()))
+    assert items.ids() == ["i1"] and request_state.retrieval_failed
+
+
+async def test_a_fail_closed_source_that_failed_is_unavailable_not_internal():
+    down = Source("Retrieval", error=SourceFailed("retrieval UNAVAILABLE"), fail_open=False)
+    with pytest.raises(DependencyUnavailable) as failure:
+        await pipeline([down]).run(state(budget_s=0.2), PipelineMetrics(CollectorRegistry()))
+    assert failure.value.reason == "RETRIEVAL_UNAVAILABLE" and "Retrieval" in failure.value.message
+    assert status_for(failure.value).code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_fail_closed_source_that_timed_out_is_deadline_exceeded_not_internal():
+    slow = Source("Retrieval", slow=True, fail_open=False)
+    with pytest.raises(BudgetExhausted) as failure:
+        await pipeline([slow]).run(state(budget_s=0.1), PipelineMetrics(CollectorRegistry()))
+    assert failure.value.reason == "RETRIEVAL_TIMEOUT" and "Retrieval" in failure.value.message
+    assert status_for(failure.value).code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class RefusedLog(ComponentBase):
+    kind = "side_effect"
+
+    async def run(self, request_state, items, response):
+        raise EventLogFull("the event log cannot be written now (OSError)")
+
+
+async def test_a_refused_exposure_record_is_one_warning_not_a_traceback(caplog):
+    logged = Pipeline("p", "1", [], [], [], [], [], [RefusedLog("ExposureLogger", Params(), deps())])
+    await logged.after_response(
+        state(), Candidates.empty(), pb.RecommendResponse(), PipelineMetrics(CollectorRegistry())
+    )
+    [record] = [r for r in caplog.records if "ExposureLogger" in r.getMessage()]
+    assert record.levelno == logging.WARNING and record.exc_info is None and "OSError" in record.getMessage()
+
+
+async def eventually(condition, within_s: float = 2.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_the_event_log_writer_survives_a_failed_append_and_writes_the_batch_later(tmp_path: Path, caplog):
+    path = tmp_path / "events.jsonl"
+    sink = JsonlEventSink(path, max_pending=100, retry_delay_s=0.01)
+    await sink.start()
+    path.mkdir()  # a transient failure: appending raises IsADirectoryError
+    await sink.write([{"n": 1}, {"n": 2}])
+    await eventually(lambda: sink.failure is not None)
+    with pytest.raises(EventLogFull, match="IsADirectoryError"):
+        await sink.write([{"n": 3}])  # refused, not accepted into a log that cannot be written
+    path.rmdir()
+    await eventually(lambda: sink.failure is None)
+    await sink.write([{"n": 4}])
+    await sink.close()
+    assert [r["n"] for r in read_events(path)] == [1, 2, 4]
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert failures and all(r.exc_info is None for r in failures), "one line per failed attempt, no traceback"
+
+
+async def test_close_returns_within_its_bound_and_says_what_was_lost(tmp_path: Path, caplog):
+    path = tmp_path / "events.jsonl"
+    sink = JsonlEventSink(path, max_pending=100, retry_delay_s=0.01, close_timeout_s=0.2)
+    await sink.start()
+    path.mkdir()  # stays broken
+    await sink.write([{"n": 1}, {"n": 2}, {"n": 3}])
+    started = time.monotonic()
+    await sink.close()
+    assert time.monotonic() - started < 1.0
+    assert "3 events could not be written" in caplog.text
+    with pytest.raises(EventLogFull):
+        await sink.write([{"n": 4}])
+
+
+async def test_a_stopped_writer_refuses_writes(tmp_path: Path):
+    sink = JsonlEventSink(tmp_path / "events.jsonl", max_pending=100)
+    await sink.start()
+    sink._writer.cancel()
+    await asyncio.sleep(0)
+    with pytest.raises(EventLogFull, match="stopped"):
+        await sink.write([{"n": 1}])
+    await sink.close()
+
+
+async def test_a_record_that_cannot_be_encoded_is_refused_and_the_log_keeps_writing(tmp_path: Path):
+    sink = JsonlEventSink(tmp_path / "events.jsonl", max_pending=100)
+    await sink.start()
+    with pytest.raises(TypeError):
+        await sink.write([{"n": 1}, {"n": object()}])
+    await sink.write([{"n": 2}])
+    await sink.close()
+    assert [r["n"] for r in read_events(tmp_path / "events.jsonl")] == [2]
