@@ -1,5 +1,13 @@
 """Selectors alone sort and cut, by returning ``candidates.take(order)``. They run in the policy's order; the last
-one is usually TruncateSelector."""
+one is usually TruncateSelector.
+
+A selector that enforces a business rule (ExposureCapSelector, BrandQuotaSelector) cuts the rows that break it
+instead of moving them back: a row only moved back was brought into the answer again by a later selector that
+reorders or promotes (MMR's window once fewer than k x window rows were left, an exploration slot). It keeps such
+rows only as far as they are needed to fill the top k, and then keeps no more than k rows, so the later selectors
+can only reorder the answer, never change which rows break the rule. Candidates carry no record of a demotion, and
+a per-row mark could not state a quota anyway (a brand's third item breaks it only with the other two in the top).
+"""
 
 from __future__ import annotations
 
@@ -25,13 +33,25 @@ class SortSelector(ComponentBase):
         return candidates.take(np.argsort(-candidates.final, kind="stable"))
 
 
+def within_rule(candidates: Candidates, keeps: np.ndarray, k: int) -> Candidates:
+    """The rows that keep a rule (``keeps``), in their order, then the first of the others only as many as the top k
+    needs; the other rows are cut (see the module's docstring)."""
+    if keeps.all():
+        return candidates
+    kept = np.flatnonzero(keeps)
+    fill = np.flatnonzero(~keeps)[: max(0, k - kept.size)]
+    return candidates.take(np.concatenate([kept, fill]))
+
+
 class ExposureCapParams(Params):
-    #: Items already shown this many times to the subject (within the session store's window) go to the back.
+    #: Items already shown this many times to the subject (within the session store's window) are cut, unless
+    #: fewer than k others are left: then the first of them fill the top k, after the others.
     max_exposures: int = 5
 
 
 class ExposureCapSelector(ComponentBase):
-    """Demotes items the subject has seen too often, keeping the order among the rest."""
+    """Keeps out of the answer the items the subject has seen too often, as far as the other candidates fill it;
+    the order is otherwise kept."""
 
     kind: ClassVar[str] = "selector"
     Params = ExposureCapParams
@@ -41,10 +61,7 @@ class ExposureCapSelector(ComponentBase):
         if not seen:
             return candidates
         shown = np.fromiter(map(seen.get, candidates.ids(), repeat(0)), dtype=np.int64, count=len(candidates))
-        tired = shown >= cap
-        if not tired.any():
-            return candidates
-        return candidates.take(np.concatenate([np.flatnonzero(~tired), np.flatnonzero(tired)]))
+        return within_rule(candidates, shown < cap, state.k)
 
 
 class DiversityParams(Params):
@@ -111,31 +128,25 @@ class BrandQuotaParams(Params):
 
 
 class BrandQuotaSelector(ComponentBase):
-    """At most ``max_per_brand`` items of one brand (supplier) in the top k; the rest move after them."""
+    """At most ``max_per_brand`` items of one brand (supplier) in the answer: a brand's further items are cut,
+    wherever they are, unless fewer than k items keep the quota; then the first of them fill the top k, after
+    the others. The order is otherwise kept."""
 
     kind: ClassVar[str] = "selector"
     requires: ClassVar[frozenset[str]] = frozenset({"brand"})
     Params = BrandQuotaParams
 
     def select(self, state: RequestState, candidates: Candidates) -> Candidates:
+        # Every row, not only the top k: a later selector (an exploration slot) may promote any of them.
+        brand_of, quota = state.catalog.get, self.params.max_per_brand
         counts: dict[str, int] = {}
-        top: list[int] = []
-        later: list[int] = []
-        position = 0
-        for position, item in enumerate(candidates.ids()):
-            if len(top) == state.k:  # the top is full: the rest keep their order
-                break
-            brand = state.catalog.get(item, "brand")
-            if counts.get(brand, 0) < self.params.max_per_brand:
-                counts[brand] = counts.get(brand, 0) + 1
-                top.append(position)
-            else:
-                later.append(position)
-        else:
-            position = len(candidates)
-        if not later:
-            return candidates
-        return candidates.take(np.array(top + later + list(range(position, len(candidates))), dtype=np.int64))
+        keeps = np.empty(len(candidates), dtype=bool)
+        for row, item in enumerate(candidates.ids()):
+            brand = brand_of(item, "brand")
+            seen = counts.get(brand, 0)
+            counts[brand] = seen + 1
+            keeps[row] = seen < quota
+        return within_rule(candidates, keeps, state.k)
 
 
 class FeedbackStats:

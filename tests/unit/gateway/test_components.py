@@ -151,10 +151,21 @@ def test_sort_and_truncate():
     assert ids(TruncateSelector("t", Params(), deps()).select(state(k=2), items)) == ["a", "b"]
 
 
-def test_exposure_cap_demotes_items_seen_too_often():
+def test_exposure_cap_cuts_items_seen_too_often_unless_they_fill_the_top():
     selector = ExposureCapSelector("x", ExposureCapParams(max_exposures=2), deps())
-    got = selector.select(state(exposures={"i0": 2, "i1": 1}), candidates("i0", "i1", "i2"))
-    assert ids(got) == ["i1", "i2", "i0"]
+    seen = {"i0": 2, "i1": 1, "i3": 5}
+    # k others are left: the capped items are cut, so no later selector can bring them back.
+    assert ids(selector.select(state(k=2, exposures=seen), candidates("i0", "i1", "i2", "i3", "i4"))) == [
+        "i1",
+        "i2",
+        "i4",
+    ]
+    # Too few others: the first capped items fill the top k after them, and nothing beyond the top is kept.
+    got = selector.select(state(k=4, exposures=seen), candidates("i0", "i1", "i2", "i3", "i4"))
+    assert ids(got) == ["i1", "i2", "i4", "i0"]
+    assert ids(selector.select(state(exposures=seen), candidates("i0", "i1", "i2"))) == ["i1", "i2", "i0"]
+    unchanged = candidates("i1", "i2")
+    assert selector.select(state(exposures=seen), unchanged) is unchanged
 
 
 def test_mmr_spreads_categories_in_the_top():
@@ -210,12 +221,17 @@ def test_mmr_matches_its_definition_on_random_lists():
         assert ids(got) == expected + items[size:], (case, relevance, categories, w)
 
 
-def test_brand_quota_moves_the_excess_after_the_top():
-    got = BrandQuotaSelector("x", BrandQuotaParams(max_per_brand=1), deps()).select(
-        state(k=3), candidates("i0", "i2", "i1", "i3", "i4")
-    )
-    # One b0 and one b1 fill the quota; the third slot cannot be filled within it, so the rest follow in order.
-    assert ids(got) == ["i0", "i1", "i2", "i3", "i4"]
+def test_brand_quota_cuts_a_brands_further_items_unless_they_fill_the_top():
+    # Even i2, i4, i6 are b0, odd i1, i3, i5 b1.
+    quota_of = {q: BrandQuotaSelector("x", BrandQuotaParams(max_per_brand=q), deps()) for q in (1, 2)}
+    items = candidates("i0", "i2", "i1", "i4", "i3", "i5", "i6")
+    # Enough items keep the quota: every further item of a brand is cut, also beyond the top k (where a later
+    # selector, an exploration slot, could promote it).
+    assert ids(quota_of[2].select(state(k=3), items)) == ["i0", "i2", "i1", "i3"]
+    # One b0 and one b1 fill the quota; the third slot cannot be filled within it: the next item fills it.
+    assert ids(quota_of[1].select(state(k=3), items)) == ["i0", "i1", "i2"]
+    unchanged = candidates("i0", "i1", "i2")
+    assert quota_of[2].select(state(k=3), unchanged) is unchanged
 
 
 def test_exploration_takes_bounded_slots_for_new_items_and_marks_them():
