@@ -38,7 +38,9 @@ RATE_BASKETS = 10_000
 class RecentSales:
     """Baskets holding each item, by day: :meth:`at` counts those bought in the ``days`` whole days before a
     moment's day (never the moment's own day, so an example never sees its own basket), :meth:`rate_at` gives
-    them per :data:`RATE_BASKETS` baskets of that window (the ranker's ``log_trending``)."""
+    them per :data:`RATE_BASKETS` baskets of that window (the ranker's ``log_trending``), :meth:`to_date` counts every
+    day before (popularity as of the moment, for the offline evaluation's popularity baseline, fills and popular
+    source)."""
 
     def __init__(self, num_items: int, times: np.ndarray, baskets: Sequence[np.ndarray], days: int = TRENDING_DAYS):
         if days < 1:
@@ -66,6 +68,22 @@ class RecentSales:
         """float64 [num_items]: baskets bought on the ``days`` days before ``moment``'s day."""
         low, high = np.searchsorted(self._day, self._window(moment))
         return np.bincount(self._items[low:high], minlength=self.num_items).astype(np.float64)
+
+    def to_date(self, moments: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Popularity as of each moment: baskets holding each item bought on any day before the moment's day (never
+        that day, as :meth:`at`), as a snapshot refreshed daily would hold it. Returns (counts float64 [distinct
+        days, num_items], rows int64 [len(moments)]): moment i's counts are ``counts[rows[i]]``."""
+        days = np.asarray(moments, dtype=np.int64).reshape(-1) // DAY_S
+        unique, rows = np.unique(days, return_inverse=True)
+        ends = np.searchsorted(self._day, unique)  # entries of the days before each distinct day
+        counts = np.zeros((len(unique), self.num_items), dtype=np.float64)
+        running = np.zeros(self.num_items, dtype=np.float64)
+        start = 0
+        for row, end in enumerate(ends):
+            running += np.bincount(self._items[start:end], minlength=self.num_items)
+            counts[row] = running
+            start = end
+        return counts, rows.astype(np.int64)
 
     def rate_at(self, moment: int) -> np.ndarray:
         """float64 [num_items]: :meth:`at` per :data:`RATE_BASKETS` baskets bought in the same days (0 when none)."""

@@ -7,15 +7,15 @@ history is every earlier basket (flattened, oldest first) and the targets are th
 - Two-tower: one (history, item) pair per target item; in-batch sampled softmax with logQ correction.
 - Ranker: per example, the candidate set serving would form for that history (the trained two-tower's top items,
   the items bought together with the newest ones (co-visitation), the customer's own earlier items, the most popular
-  items and the best sellers of the days before the basket: :meth:`AisleRecommender.candidates`), labelled by the
-  basket; up to ``positives`` of its purchased items and negatives drawn uniformly from the rest, ``ranker_candidates``
-  in all. Each example appears twice per epoch: once with the repeat candidate set and once with the discovery one
-  (the customer's own items excluded before retrieval), so the ranker also learns to order new items. Uniform
-  sampling of negatives shifts every logit by the same constant, which the calibration fitted on validation
-  removes; the discovery-shaped lists leave the ranker under-rating items bought before on a mixed list, which the
-  calibration's bought-before term corrects when validation agrees (:func:`calibrate`). Binary cross-entropy for
-  P(purchase) plus ``listwise_weight`` x a softmax cross-entropy of the basket's items among the example's
-  candidates (the order NDCG measures); the return head is trained on the positives only (label: the customer
+  items and the best sellers, both counted over the days before the basket: :meth:`AisleRecommender.candidates`),
+  labelled by the basket; up to ``positives`` of its purchased items and negatives drawn uniformly from the rest,
+  ``ranker_candidates`` in all. Each example appears twice per epoch: once with the repeat candidate set and once
+  with the discovery one (the customer's own items excluded before retrieval), so the ranker also learns to order
+  new items. Uniform sampling of negatives shifts every logit by the same constant, which the calibration fitted on
+  validation removes; the discovery-shaped lists leave the ranker under-rating items bought before on a mixed list,
+  which the calibration's bought-before term corrects when validation agrees (:func:`calibrate`). Binary
+  cross-entropy for P(purchase) plus ``listwise_weight`` x a softmax cross-entropy of the basket's items among the
+  example's candidates (the order NDCG measures); the return head is trained on the positives only (label: the customer
   returned that item later in the training window). The ranker holds frozen copies of the trained two-tower and of
   the training data's co-occurrence (``retrieval_feature``, ``cooccurrence_feature``) and sees their scores.
 """
@@ -276,7 +276,7 @@ def train_two_tower(
     per_epoch = min(len(item_of), config.tower_examples_per_epoch)
     steps = max(1, per_epoch // config.tower_batch)
     categories = np.unique(dataset.catalog.categories, return_inverse=True)[1]
-    popularity = split.popularity()
+    popularity, baskets = split.popularity(), split.basket_count()  # novelty's counts
     bar = tqdm(total=config.tower_epochs * steps, desc="two-tower", unit="batch", disable=not progress)
     for epoch in range(config.tower_epochs):
         model.train()
@@ -292,7 +292,7 @@ def train_two_tower(
             bar.set_postfix(loss=f"{curves.tower_loss[-1]:.3f}")
         model.eval()
         retriever = TwoTowerRetriever(torch_query_fn(model), model.all_item_vectors(), config.history_length)
-        metrics = evaluate(retriever, validation, "repeat", popularity, categories).metrics
+        metrics = evaluate(retriever, validation, "repeat", popularity, categories, baskets=baskets).metrics
         curves.validation.append({"stage": "two_tower", "epoch": epoch + 1, **_numbers(metrics)})
         log.info("two-tower epoch %d: loss %.3f, validation %s", epoch + 1, curves.tower_loss[-1], _short(metrics))
     bar.close()
@@ -371,7 +371,7 @@ def train_ranker(
 ) -> SequenceRanker:
     """``similarity``: the training baskets' co-occurrence (computed here when not given); ``covisitation``: the
     co-visitation source's table, so the training lists hold its candidates as serving will."""
-    popularity = split.popularity()
+    popularity, baskets = split.popularity(), split.basket_count()  # novelty's counts
     if similarity is None and config.cooccurrence_feature:
         similarity = cooccurrence(split)
     retrieval = serving_recommender(config, tower, None, snapshot, split, covisitation)
@@ -454,7 +454,7 @@ def train_ranker(
             bar.set_postfix(loss=f"{curves.ranker_loss[-1]:.3f}")
         model.eval()
         recommender = serving_recommender(config, tower, model, snapshot, split, covisitation)
-        metrics = evaluate(recommender, validation, "repeat", popularity, categories).metrics
+        metrics = evaluate(recommender, validation, "repeat", popularity, categories, baskets=baskets).metrics
         curves.validation.append({"stage": "ranker", "epoch": epoch + 1, **_numbers(metrics)})
         log.info("ranker epoch %d: loss %.3f, validation %s", epoch + 1, curves.ranker_loss[-1], _short(metrics))
         if best is None or metrics["ndcg@10"] > best[0]:
@@ -516,11 +516,11 @@ def calibrate(fitted: FittedModels, validation: list[EvalCase], categories: np.n
     logits, labels, before = _calibration_data(fitted, recommender, validation)
     with_shift = fit_calibration(logits, labels, before)
     without_shift = fit_calibration(logits, labels, np.zeros_like(before))
-    popularity = fitted.split.popularity()
+    popularity, baskets = fitted.split.popularity(), fitted.split.basket_count()  # novelty's counts
 
     def validated(calibration: tuple[float, float, float]) -> dict:
         _set_calibration(fitted.ranker, *calibration)
-        return evaluate(recommender, validation, "repeat", popularity, categories).metrics
+        return evaluate(recommender, validation, "repeat", popularity, categories, baskets=baskets).metrics
 
     metrics = validated(with_shift)
     without = validated(without_shift) if with_shift[2] != 0.0 else metrics

@@ -1,1 +1,2 @@
-"""Shop data: the event and catalog schema, loaders for each source, and leakage-free time-aware splits."""
+"""Shop data: the event and catalog schema, loaders for each source, and the per-customer hold-out split (what it
+keeps apart and what it leaks: ``splits``)."""

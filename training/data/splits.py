@@ -1,11 +1,19 @@
-"""Time-aware hold-out without leakage.
+"""Per-customer hold-out of the last baskets (leave-last-basket-out), and what it does and does not keep apart.
 
 Purchases are grouped into baskets per user (the ``basket_id`` when the data has one, else purchases less than
 ``SESSION_GAP_S`` apart; for plain-text sequences every item is its own basket). For a user with at least
 ``MIN_BASKETS`` baskets the last basket is the test target and the one before it the validation target; everything
-before the validation basket is training data. Users with fewer baskets (and anonymous sessions) only contribute to
-training. Every statistic a model or baseline uses (popularity, co-occurrence, return rates, the item feature
-snapshot) is computed from :attr:`Split.train` and :attr:`Split.train_returns` only.
+before the validation basket is training data. Users with fewer baskets (and anonymous sessions) contribute every
+basket to training. No held-out basket, and no return after its customer's validation basket, reaches
+:attr:`Split.train` or :attr:`Split.train_returns`, which every statistic a model or baseline uses comes from.
+
+What this protocol leaks: the hold-out is per customer, not by date. Other customers' training baskets carry no
+date limit, so the training part holds purchases made after a test (or validation) basket, and a statistic counted
+over all of it (``Split.popularity()``, co-occurrence, return rates, the models' training data) has seen that
+basket's future (Ji et al., "A Critical Study on Data Leakage in Recommender System Offline Evaluation", 2023).
+The offline evaluation therefore counts the popularity a case sees as of the case's day
+(``training.features.RecentSales.to_date``); docs/evaluation.md ("Protocol") lists what stays counted over the
+whole training part.
 """
 
 from __future__ import annotations
@@ -46,16 +54,23 @@ class Split:
     train: list[UserBaskets]
     validation: list[EvalCase]
     test: list[EvalCase]
-    #: Per user code: training data ends strictly before this time (int64 max for training-only users).
+    #: Per user code: the user's own training data ends strictly before this time (int64 max for training-only
+    #: users); other users' training baskets may be later.
     cutoff: np.ndarray
     #: Return events in the training window: columns user, item, time.
     train_returns: np.ndarray
 
     def popularity(self) -> np.ndarray:
-        """Training baskets holding each item (float64 [num_items])."""
+        """Training baskets holding each item (float64 [num_items]), over the whole training part: it includes
+        other customers' baskets bought after a test case (see the module docstring), so the offline evaluation's
+        popularity baseline and fills read :meth:`training.features.RecentSales.to_date` instead."""
         rows = [b for user in self.train for b in user.baskets]
         flat = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
         return np.bincount(flat, minlength=self.num_items).astype(np.float64)
+
+    def basket_count(self) -> int:
+        """Training baskets (what novelty's p(i) divides by; ``popularity().sum()`` counts basket lines)."""
+        return sum(len(user.baskets) for user in self.train)
 
     def return_rates(self) -> np.ndarray:
         """Returns per purchase in the training window, smoothed towards the overall rate, clipped to [0, 1]."""
@@ -67,7 +82,7 @@ class Split:
     def summary(self) -> dict:
         return {
             "users_with_training_data": len(self.train),
-            "training_baskets": sum(len(u.baskets) for u in self.train),
+            "training_baskets": self.basket_count(),
             "validation_users": len(self.validation),
             "test_users": len(self.test),
             "mean_test_basket": float(np.mean([len(c.target) for c in self.test])) if self.test else 0.0,

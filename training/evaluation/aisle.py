@@ -7,7 +7,9 @@ are excluded before retrieval), the ``trending`` items most bought in the days b
 service's trending source reads the same counts, as of its index's export) and the ``popular`` most popular
 items. The ranker scores them with P(purchase);
 items that are not candidates follow in popularity order (they only matter for Recall@100 when there are fewer
-than 100 candidates).
+than 100 candidates). With recent sales (dated cases, as training and the offline evaluation give), "popular" is
+as of the case's day too (``RecentSales.to_date``: baskets of the days before it), so no case sees sales made after
+it; without, the static ``popularity`` counts are read, as serving reads its index's column.
 
 The towers and the ranker come in as functions, so the same code evaluates the torch models during training and
 the exported ONNX files (what is served) in ``aisle evaluate``.
@@ -22,7 +24,7 @@ import numpy as np
 from services.ranking.features import ItemFeatureSnapshot
 from services.retrieval.covisitation import MAX_ANCHORS, CoVisitationTable, co_visited
 from training.data.splits import EvalCase
-from training.evaluation.baselines import ScoredBatch, _popularity_fill, _recent_distinct
+from training.evaluation.baselines import ScoredBatch, _popularity_fill, _recent_distinct, dated_fill
 from training.features import RecentSales, history_tokens, ranker_inputs
 
 QueryFn = Callable[[np.ndarray], np.ndarray]  # history tokens [B, L] -> query vectors [B, D]
@@ -71,8 +73,9 @@ class AisleRecommender:
         self.popular_order = np.argsort(-popularity, kind="stable")
         self.retrieve, self.repeat, self.popular = retrieve, repeat, popular
         self.covisitation, self.co_visit = covisitation, co_visit if covisitation is not None else 0
-        # Recent sales as of each case's day: the trending candidates and the ranker's log_trending feature.
-        # Without them the ranker reads the snapshot's own column, as serving does.
+        # Recent sales as of each case's day: the trending candidates, the ranker's log_trending feature, and the
+        # popular source and fill (popularity to date). Without them the ranker reads the snapshot's own column and
+        # the popular source the static ``popularity``, as serving does.
         self.recent, self.trending = recent, trending if recent is not None else 0
 
     @classmethod
@@ -115,10 +118,27 @@ class AisleRecommender:
         """The buy-again source's rows for a history window: its newest ``repeat`` distinct items."""
         return _recent_distinct(window, self.repeat)
 
-    def popular_items(self, allowed: np.ndarray | None = None) -> np.ndarray:
-        """The popularity source's rows: the ``popular`` most popular ``allowed`` items, ties by row."""
-        order = self.popular_order if allowed is None else self.popular_order[allowed[self.popular_order]]
+    def popular_items(self, allowed: np.ndarray | None = None, order: np.ndarray | None = None) -> np.ndarray:
+        """The popularity source's rows: the ``popular`` most popular ``allowed`` items, ties by row. ``order``:
+        the items by descending popularity as of a case (default: the static ``popularity``'s)."""
+        order = self.popular_order if order is None else order
+        order = order if allowed is None else order[allowed[order]]
         return order[: self.popular]
+
+    def popularity_fill(self, cases: list[EvalCase]) -> np.ndarray:
+        """[cases, items] scores below every candidate's that order the rest of the catalog by popularity, as of
+        each case's day when cases are dated (``recent``), else by the static counts."""
+        if self.recent is None:
+            return np.tile(self.fill, (len(cases), 1))
+        return dated_fill(self.recent, cases)
+
+    def _popular_orders(self, cases: list[EvalCase]) -> list[np.ndarray | None]:
+        """Per case, the items by popularity as of its day (None: the static order)."""
+        if self.recent is None or not self.popular:
+            return [None] * len(cases)
+        counts, rows = self.recent.to_date([c.time for c in cases])
+        orders = np.argsort(-counts, axis=1, kind="stable")
+        return [orders[r] for r in rows]
 
     def trending_items(self, sales: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:
         """The trending source's rows for recent sales ``sales`` (``RecentSales.at``), as retrieval serves its
@@ -131,6 +151,7 @@ class AisleRecommender:
     def candidates(self, cases: list[EvalCase], exclude_history: bool) -> np.ndarray:
         """[U, C] catalog rows, -1 padding."""
         similarity = self.retriever.score(cases).scores
+        popular_orders = self._popular_orders(cases)
         rows = []
         for u, case in enumerate(cases):
             history = np.unique(case.history)
@@ -147,7 +168,7 @@ class AisleRecommender:
             if exclude_history and len(history):
                 allowed = np.ones(len(scores), dtype=bool)
                 allowed[history] = False
-            parts = [retrieved, self.popular_items(allowed)]
+            parts = [retrieved, self.popular_items(allowed, popular_orders[u])]
             if self.trending:
                 parts.append(self.trending_items(self.recent.at(case.time), allowed))
             if self.co_visit:
@@ -174,7 +195,7 @@ class AisleRecommender:
             self.snapshot, [c.history for c in cases], candidates, self.history_length, *self.dated(cases)
         )
         purchase, _ = self.rank_fn(history, tokens, features)
-        scores = np.tile(self.fill, (len(cases), 1))
+        scores = self.popularity_fill(cases)
         probabilities = np.full(scores.shape, np.nan, dtype=np.float32)
         users, slots = np.nonzero(candidates >= 0)
         items = candidates[users, slots]

@@ -1,6 +1,10 @@
 """Baselines measured on the same split as Aisle: popularity, item-to-item co-occurrence and buy-again.
 
-Each is built from training data only (``Split.train``) and scores every catalog item for a batch of users.
+Each is built from training data only (``Split.train``) and scores every catalog item for a batch of users. The
+popularity each case sees (the popularity baseline, and the fill after the other baselines' own items) is counted
+as of the case's day (:meth:`training.features.RecentSales.to_date`): the split holds out per customer, so the
+training part also holds other customers' baskets bought after a test basket, which ``Split.popularity()`` counts.
+The co-occurrence matrix is counted over the whole training part (see docs/evaluation.md, "Protocol").
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import numpy as np
 
 from services.retrieval.covisitation import basket_pairs
 from training.data.splits import EvalCase, Split
+from training.features import RecentSales
 
 
 @dataclass
@@ -20,19 +25,26 @@ class ScoredBatch:
 
 
 def _popularity_fill(popularity: np.ndarray) -> np.ndarray:
-    """Scores in [0, 1e-3) that order items by popularity, for filling a list after a model's own items."""
-    ranks = np.argsort(np.argsort(-popularity, kind="stable"), kind="stable")
-    return (1e-3 * (1.0 - (ranks + 1) / (len(popularity) + 1))).astype(np.float32)
+    """Scores in [0, 1e-3) that order items by popularity (ties by row), for filling a list after a model's own
+    items; ``popularity`` [items] or one row per case [cases, items]."""
+    ranks = np.argsort(np.argsort(-popularity, axis=-1, kind="stable"), axis=-1, kind="stable")
+    return (1e-3 * (1.0 - (ranks + 1) / (popularity.shape[-1] + 1))).astype(np.float32)
+
+
+def dated_fill(sales: RecentSales, cases: list[EvalCase]) -> np.ndarray:
+    """[cases, items] :func:`_popularity_fill` of the popularity as of each case's day (``RecentSales.to_date``)."""
+    counts, rows = sales.to_date([c.time for c in cases])
+    return _popularity_fill(counts)[rows]
 
 
 class Popularity:
     name = "popularity"
 
     def __init__(self, split: Split):
-        self.fill = _popularity_fill(split.popularity())
+        self.sales = RecentSales.from_split(split)
 
     def score(self, cases: list[EvalCase], exclude_history: bool = False) -> ScoredBatch:
-        return ScoredBatch(np.tile(self.fill, (len(cases), 1)))
+        return ScoredBatch(dated_fill(self.sales, cases))
 
 
 def cooccurrence(split: Split) -> np.ndarray:
@@ -45,17 +57,18 @@ def cooccurrence(split: Split) -> np.ndarray:
 
 
 class ItemToItem:
-    """Sum of co-occurrence similarities to the user's most recent distinct items (newer weigh more)."""
+    """Sum of co-occurrence similarities to the user's most recent distinct items (newer weigh more); popularity as
+    of the case's day fills the rest of the list."""
 
     name = "item_to_item"
 
     def __init__(self, split: Split, recent: int = 10, decay: float = 0.8):
         self.similarity = cooccurrence(split)
-        self.fill = _popularity_fill(split.popularity())
+        self.sales = RecentSales.from_split(split)
         self.recent, self.decay = recent, decay
 
     def score(self, cases: list[EvalCase], exclude_history: bool = False) -> ScoredBatch:
-        scores = np.tile(self.fill, (len(cases), 1))
+        scores = dated_fill(self.sales, cases)
         for u, case in enumerate(cases):
             recent = _recent_distinct(case.history, self.recent)
             if len(recent):
@@ -65,19 +78,19 @@ class ItemToItem:
 
 
 class BuyAgain:
-    """The customer's own past purchases by frequency (baskets holding the item), ties by recency; popularity fills
-    the rest of the list."""
+    """The customer's own past purchases by frequency (baskets holding the item), ties by recency; popularity as of
+    the case's day fills the rest of the list."""
 
     name = "buy_again"
 
     def __init__(self, split: Split):
-        self.fill = _popularity_fill(split.popularity())
+        self.sales = RecentSales.from_split(split)
 
     def score(self, cases: list[EvalCase], exclude_history: bool = False) -> ScoredBatch:
-        scores = np.tile(self.fill, (len(cases), 1))
+        scores = dated_fill(self.sales, cases)
         for u, case in enumerate(cases):
             if len(case.history):
-                scores[u] += repeat_scores(case.history, len(self.fill))
+                scores[u] += repeat_scores(case.history, scores.shape[1])
         return ScoredBatch(scores)
 
 

@@ -23,12 +23,26 @@ CUTOFFS = (10, 100)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """[U, k] item rows by descending score (ties: lower row first)."""
+    """[U, k] item rows by descending score, ties by lower row first: the first k of a stable sort, also when
+    ties straddle the cut-off (NaN ranks as -inf).
+
+    One partition finds each row's k-th best score; rows above it are in, and of those equal to it the lowest
+    rows fill the remaining places, so the cost stays a partition plus O(U x items) comparisons, not a full sort.
+    """
     k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -part_scores), axis=1)
-    return np.take_along_axis(part, order, axis=1)
+    if k <= 0:
+        return np.zeros((scores.shape[0], 0), dtype=np.int64)
+    if np.isnan(scores).any():
+        scores = np.where(np.isnan(scores), -np.inf, scores)
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # [U, 1]: the k-th best score of each row
+    above = scores > kth
+    tied = scores == kth
+    places = k - above.sum(axis=1, keepdims=True)  # how many of the tied rows get in (at least 1)
+    chosen = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= places))
+    rows = np.nonzero(chosen)[1].reshape(len(scores), k)  # exactly k per row, in row order
+    row_scores = np.take_along_axis(scores, rows, axis=1)
+    order = np.lexsort((rows, -row_scores), axis=1)
+    return np.take_along_axis(rows, order, axis=1)
 
 
 def user_metrics(top: np.ndarray, targets: list[np.ndarray], k: int = 10, k_recall: int = 100) -> dict[str, np.ndarray]:
@@ -56,8 +70,10 @@ def coverage(top: np.ndarray, num_items: int) -> float:
     return float(len(np.unique(top)) / num_items) if num_items else 0.0
 
 
-def novelty(top: np.ndarray, popularity: np.ndarray) -> float:
-    p = (popularity + 1.0) / (popularity.sum() + len(popularity))
+def novelty(top: np.ndarray, popularity: np.ndarray, baskets: int) -> float:
+    """Mean -log2 p(i) over ``top``, p(i) as defined above: ``popularity`` = training baskets holding each item,
+    ``baskets`` = training baskets (not ``popularity.sum()``, which counts basket lines)."""
+    p = (popularity + 1.0) / (baskets + len(popularity))
     return float(np.mean(-np.log2(p[top])))
 
 

@@ -63,8 +63,11 @@ def evaluate(
     categories: np.ndarray,
     batch: int = 256,
     progress: bool = False,
+    baskets: int | None = None,
 ) -> ModelResult:
-    """Metrics of one model over ``cases`` (already restricted with :func:`protocol_cases`)."""
+    """Metrics of one model over ``cases`` (already restricted with :func:`protocol_cases`). ``popularity`` and
+    ``baskets``: training baskets holding each item and training baskets in all, for novelty, which is left out
+    when ``baskets`` is not given."""
     exclude = protocol == "discovery"
     tops, per_user, probabilities, labels, top_probabilities, top_labels = [], [], [], [], [], []
     bar = tqdm(total=len(cases), desc=f"{model.name} [{protocol}]", unit="user", disable=not progress, leave=False)
@@ -100,11 +103,12 @@ def evaluate(
     metrics.update(
         {
             "coverage": coverage(top, len(popularity)),
-            "novelty": novelty(top, popularity) if len(top) else 0.0,
             "diversity": intra_list_diversity(top, categories) if len(top) else 0.0,
             "users": len(cases),
         }
     )
+    if baskets is not None:
+        metrics["novelty"] = novelty(top, popularity, baskets) if len(top) else 0.0
     calibrated = None
     if probabilities:
         calibrated = {

@@ -114,7 +114,7 @@ def evaluate_artifacts(
     except (OSError, ValueError, KeyError) as exc:  # unreadable, or another release's columns
         raise ArtifactError(str(exc)) from None
     query_fn, rank_fn = onnx_functions(run)
-    popularity = split.popularity()
+    popularity, baskets = split.popularity(), split.basket_count()  # for novelty (the models date their own)
     recent = RecentSales.from_split(split, config.get("trending_days", TRENDING_DAYS))
     aisle = AisleRecommender.from_config(
         config, query_fn, embeddings, rank_fn, snapshot, popularity, index.covisitation, recent
@@ -131,6 +131,9 @@ def evaluate_artifacts(
             "ranking": "full ranking over the whole catalog, binary relevance = items of the held-out last basket",
             "two_tower": "the retrieval stage alone (its recall@100 is the retrieval stage's)",
             "discovery": "items in the customer's history excluded; target = the basket's new items",
+            "split": "per-customer hold-out, no date cut-off across customers: popularity and recent sales are "
+            "counted as of each case's day; co-occurrence and the models' training data over the whole training "
+            "part, which holds other customers' later baskets (docs/evaluation.md, Protocol)",
         },
         "protocols": {},
     }
@@ -138,7 +141,8 @@ def evaluate_artifacts(
     for protocol in PROTOCOLS:
         cases = protocol_cases(split.test, protocol)
         results[protocol] = {
-            m.name: evaluate(m, cases, protocol, popularity, categories, progress=progress) for m in models
+            m.name: evaluate(m, cases, protocol, popularity, categories, progress=progress, baskets=baskets)
+            for m in models
         }
         section = {
             "users": len(cases),
@@ -248,7 +252,8 @@ def write_markdown(report: dict, run: dict, figures: list[Path], path: Path) -> 
         f"Data `{report['data']['spec'].get('path', report['data']['spec'])}` ({report['data']['fingerprint']}), "
         f"{report['data']['items']} items, {report['data']['test_users']} test customers; "
         f"ranker `{report['artifacts']['ranker']}`.",
-        "Full ranking over the whole catalog; target = the customer's last basket.",
+        "Full ranking over the whole catalog; target = the customer's last basket (per-customer hold-out, "
+        "no date cut-off: see the report's notes).",
         "",
     ]
     for protocol in PROTOCOLS:

@@ -55,6 +55,22 @@ def test_recent_sales_rates_do_not_depend_on_how_many_baskets_are_seen():
     assert np.allclose(doubled.rate_at(11 * DAY_S), sales.rate_at(11 * DAY_S))
 
 
+def test_sales_to_date_count_every_day_before_the_moment_never_its_own_day():
+    sales = recent(days=3)  # the window does not matter: every earlier day counts
+    moments = [10 * DAY_S + 50_000, 4 * DAY_S, 0, 10 * DAY_S, 40 * DAY_S]
+    counts, rows = sales.to_date(moments)
+    assert len(counts) == 4  # one row per distinct day
+    assert [counts[r].tolist() for r in rows] == [
+        [2, 3, 1, 0],  # days 0-9; day 10's own baskets are not counted
+        [2, 2, 0, 0],  # days 0-3
+        [0, 0, 0, 0],  # nothing before the first day
+        [2, 3, 1, 0],
+        [3, 3, 3, 0],  # long after the data: every basket
+    ]
+    empty, rows = sales.to_date([])
+    assert empty.shape == (0, 4) and rows.shape == (0,)
+
+
 def test_a_recent_window_shorter_than_a_day_is_refused():
     with pytest.raises(ValueError, match="at least 1 day"):
         recent(days=0)

@@ -52,12 +52,31 @@ def test_top_k_orders_by_score_then_row():
     assert top_k(scores, 3).tolist() == [[1, 3, 2]]
 
 
+def test_top_k_breaks_ties_at_the_cut_off_by_row():
+    scores = np.zeros((2, 1000), dtype=np.float32)
+    scores[1, 500] = 1.0  # one clear winner, the other 999 tied
+    assert top_k(scores, 10).tolist() == [list(range(10)), [500] + list(range(9))]
+    # The evaluation ranks the top 100 and reads its first 10: the same 10 as asking for 10.
+    assert (top_k(scores, 100)[:, :10] == top_k(scores, 10)).all()
+
+
+def test_top_k_is_a_stable_sort_by_descending_score():
+    rng = np.random.default_rng(0)
+    for width, k in ((1, 1), (7, 3), (50, 10), (300, 100), (40, 40), (5, 9)):
+        scores = rng.integers(0, 4, size=(6, width)).astype(np.float32)  # many ties everywhere
+        scores[rng.random(scores.shape) < 0.2] = -np.inf  # excluded items (discovery) tie too
+        want = np.argsort(-scores, axis=1, kind="stable")[:, : min(k, width)]
+        assert top_k(scores, k).tolist() == want.tolist()
+
+
 def test_coverage_novelty_diversity_by_hand():
     top = np.array([[0, 1], [0, 2]])
     assert coverage(top, 10) == pytest.approx(0.3)
-    popularity = np.array([3.0, 1.0, 0.0])  # smoothed p = (pop + 1) / (4 + 3) = 4/7, 2/7, 1/7
-    want = np.mean([-math.log2(4 / 7), -math.log2(2 / 7), -math.log2(4 / 7), -math.log2(1 / 7)])
-    assert novelty(top, popularity) == pytest.approx(want)
+    # Three training baskets: item 0 in all three, item 1 in one (with 0), item 2 in none; 4 (basket, item) pairs.
+    # p = (baskets holding the item + 1) / (training baskets + catalog size) = 4/6, 2/6, 1/6.
+    popularity = np.array([3.0, 1.0, 0.0])
+    want = np.mean([-math.log2(4 / 6), -math.log2(2 / 6), -math.log2(4 / 6), -math.log2(1 / 6)])
+    assert novelty(top, popularity, baskets=3) == pytest.approx(want)
     categories = np.array([0, 0, 1])
     # List [0, 1]: same category -> 0; list [0, 2]: different -> 1.
     assert intra_list_diversity(top, categories) == pytest.approx(0.5)
