@@ -6,6 +6,7 @@ clashing; services register their own metrics (stage latencies, degradations) in
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -73,20 +74,30 @@ class MetricsInterceptor(UnaryWrapper):
 
         async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
-            failed = True
             try:
                 response = await behavior(request, context)
-                failed = False
-                return response
-            finally:
-                code = context.code()
-                if code is None:
-                    code_name = "UNKNOWN" if failed else "OK"
-                else:
-                    code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-                metrics.observe(name, code_name, time.perf_counter() - started)
+            except asyncio.CancelledError:  # past its deadline, cancelled by the caller, or shut down: no code set
+                remaining = context.time_remaining()
+                late = remaining is not None and remaining <= 0
+                metrics.observe(name, "DEADLINE_EXCEEDED" if late else "CANCELLED", time.perf_counter() - started)
+                raise
+            except BaseException:
+                metrics.observe(name, _code_name(context.code(), "UNKNOWN"), time.perf_counter() - started)
+                raise
+            metrics.observe(name, _code_name(context.code(), "OK"), time.perf_counter() - started)
+            return response
 
         return timed
+
+
+def _code_name(code: Any, unset: str) -> str:
+    """The name of the code a call was answered with: ``context.code()`` holds the enum or its number, or None when
+    none was set (``unset`` then)."""
+    if code is None:
+        return unset
+    if isinstance(code, int) and not isinstance(code, bool):
+        code = next((c for c in grpc.StatusCode if c.value[0] == code), code)
+    return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
 def start_metrics_server(port: int, host: str, registry: CollectorRegistry):

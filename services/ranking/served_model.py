@@ -8,6 +8,7 @@ can never mix one version's tokens with another's weights.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from services.ranking.model_config import (
     CANDIDATES_INPUT,
     FEATURES_INPUT,
     HISTORY_INPUT,
+    METADATA_FILE,
     VOCABULARY_FILE,
     ModelConfigError,
     ModelContract,
@@ -56,13 +58,26 @@ class ServedModel:
 
     @classmethod
     def read(cls, name: str, version: str, folder: Path, contract: ModelContract) -> ServedModel:
-        """Reads the version's item vocabulary (and feature snapshot when the contract needs one)."""
+        """Reads the version's item vocabulary (and feature snapshot when the contract needs one).
+
+        An empty vocabulary (a copy that failed half-way) would answer every candidate as unknown, and one of another
+        size than ``metadata.json`` records is not the one the model was trained with: both are refused."""
         if not (folder / VOCABULARY_FILE).is_file():
             raise ModelConfigError(f"{folder}: missing {VOCABULARY_FILE} (the model's item tokens)")
         try:
             vocabulary = ItemVocabulary.read(folder / VOCABULARY_FILE)
         except ValueError as exc:
             raise ModelConfigError(f"{folder / VOCABULARY_FILE}: {exc}") from None
+        if not len(vocabulary):
+            raise ModelConfigError(
+                f"{folder / VOCABULARY_FILE}: no items (every candidate would be unknown); an incomplete copy?"
+            )
+        recorded = recorded_item_count(folder)
+        if recorded is not None and recorded != len(vocabulary):
+            raise ModelConfigError(
+                f"{folder}: {METADATA_FILE} records {recorded} items (data.items), but {VOCABULARY_FILE} has "
+                f"{len(vocabulary)}; an incomplete copy, or files of different versions?"
+            )
         features = None
         if contract.has_candidate_features:
             features = read_features(folder, len(vocabulary))
@@ -87,6 +102,24 @@ class ServedModel:
         if self.features is not None:
             tensors[FEATURES_INPUT] = candidate_features(self.features, history, candidates)
         return tensors
+
+
+def recorded_item_count(folder: Path) -> int | None:
+    """The item count the export recorded in ``metadata.json`` (``data.items``); None without one."""
+    path = folder / METADATA_FILE
+    if not path.is_file():
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ModelConfigError(f"{path}: cannot read it: {exc}") from None
+    try:
+        metadata = json.loads(text)
+    except ValueError as exc:
+        raise ModelConfigError(f"{path}: not valid JSON: {exc}") from None
+    data = metadata.get("data") if isinstance(metadata, dict) else None
+    items = data.get("items") if isinstance(data, dict) else None
+    return items if isinstance(items, int) and not isinstance(items, bool) else None
 
 
 def read_features(folder: Path, vocabulary_size: int) -> ItemFeatureSnapshot:

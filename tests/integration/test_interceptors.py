@@ -1,15 +1,19 @@
-"""The error interceptor against real servers on 127.0.0.1: a downstream failure the servicer did not handle."""
+"""The error and metrics interceptors against real servers on 127.0.0.1: a downstream failure the servicer did
+not handle, and calls that end by their deadline or their caller's cancelling."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from services.core.errors import ServiceError, details_of
 from services.core.interceptors import ErrorInterceptor
+from services.core.metrics import MetricsInterceptor, RpcMetrics
 from services.ranking.backends.base import BackendUnavailable
 
 
@@ -31,8 +35,14 @@ class Forwarding(health_pb2_grpc.HealthServicer):
         return await self.downstream.Check(request, timeout=5)
 
 
-async def _serve(servicer) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+class Slow(health_pb2_grpc.HealthServicer):
+    async def Check(self, request, context):  # noqa: N802
+        await asyncio.sleep(5)
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+async def _serve(servicer, *interceptors: grpc.aio.ServerInterceptor) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server(interceptors=[*interceptors, ErrorInterceptor()])
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -85,3 +95,54 @@ async def test_a_downstream_without_aisle_details_is_named_by_its_code_alone():
     assert failed.value.details() == "downstream call failed: UNAVAILABLE"
     info, _ = details_of(failed.value)
     assert info is not None and info.reason == "DEPENDENCY_FAILED"
+
+
+def _handled(registry: CollectorRegistry) -> dict[str, float]:
+    """aisle_grpc_server_handled_total by code."""
+    return {
+        sample.labels["code"]: sample.value
+        for metric in registry.collect()
+        if metric.name == "aisle_grpc_server_handled"
+        for sample in metric.samples
+        if sample.name == "aisle_grpc_server_handled_total"
+    }
+
+
+async def _counted(registry: CollectorRegistry) -> dict[str, float]:
+    """The counts once the server has recorded the call (a cancelled handler ends after the caller gave up)."""
+    for _ in range(200):
+        counts = _handled(registry)
+        if counts:
+            return counts
+        await asyncio.sleep(0.01)
+    return {}
+
+
+async def test_a_call_past_its_deadline_is_counted_as_deadline_exceeded():
+    registry = CollectorRegistry()
+    server, target = await _serve(Slow(), MetricsInterceptor(RpcMetrics(registry, "test")))
+    channel = grpc.aio.insecure_channel(target)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.2)
+        counts = await _counted(registry)
+    finally:
+        await channel.close()
+        await server.stop(0)
+    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert counts == {"DEADLINE_EXCEEDED": 1.0}
+
+
+async def test_a_call_its_caller_cancels_is_counted_as_cancelled():
+    registry = CollectorRegistry()
+    server, target = await _serve(Slow(), MetricsInterceptor(RpcMetrics(registry, "test")))
+    channel = grpc.aio.insecure_channel(target)
+    try:
+        call = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        await asyncio.sleep(0.2)  # the server is in the handler
+        call.cancel()
+        counts = await _counted(registry)
+    finally:
+        await channel.close()
+        await server.stop(0)
+    assert counts == {"CANCELLED": 1.0}

@@ -1,9 +1,11 @@
 """Embedded backend: ONNX Runtime in-process, reading the same ``config.pbtxt`` contract as Triton.
 
 Concurrent requests are micro-batched (:mod:`services.ranking.batching`). A version is served only after it passed
-every check (config contract, graph inputs/outputs, item files, a warm-up inference giving probabilities); a
-refresh that finds a newer (or, after a rollback, an older) version loads it beside the current one and swaps only
-when it is ready, so requests never see a half-loaded model and a broken version never serves.
+every check (config contract, graph inputs/outputs, item files, a warm-up inference over the whole vocabulary's
+token range giving probabilities, and the batch/padding parity the micro-batcher relies on); a refresh that finds a
+newer (or, after a rollback, an older) version loads it beside the current one and swaps only when it is ready, so
+requests never see a half-loaded model and a broken version never serves. A refused version is tried again only
+once one of its files changed (a copy that was still in progress completed), not on every poll.
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 
 from services.core.onnx_runtime import GPU_DISTRIBUTION, check_onnxruntime_install
 from services.ranking.backends.base import ModelNotReady, Ranking, Scores
-from services.ranking.batching import BatcherClosed, MicroBatcher
+from services.ranking.batching import BatcherClosed, MicroBatcher, stack_rows
 from services.ranking.model_config import (
     CANDIDATES_INPUT,
     CONFIG_FILE,
     FEATURES_INPUT,
+    HISTORY_INPUT,
     MODEL_FILE,
     PURCHASE_OUTPUT,
     RETURN_OUTPUT,
@@ -40,6 +44,14 @@ _ORT_TYPES = {"tensor(int64)": np.dtype(np.int64), "tensor(float)": np.dtype(np.
 #: Queue delay when neither the settings nor config.pbtxt's dynamic_batching give one (Triton's usual start).
 DEFAULT_QUEUE_DELAY_US = 500
 CPU_PROVIDER = "CPUExecutionProvider"
+#: Largest score difference accepted between a row scored alone and the same row in a padded batch.
+BATCH_PARITY_TOLERANCE = 1e-5
+#: The same on a GPU, whose kernels (TF32 matmuls, per-shape algorithms) differ by batch shape more than a CPU's;
+#: a model that mixes candidates changes scores by far more (a softmax over its row: 1e-1 and up).
+GPU_BATCH_PARITY_TOLERANCE = 1e-3
+
+#: (path relative to the version folder, size, mtime_ns) of each of a version's files.
+FolderStamp = tuple[tuple[str, int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -63,8 +75,8 @@ class _Loaded:
     model: ServedModel
     session: object
     providers: tuple[str, ...]
-    #: (mtime_ns, size) of model.onnx when loaded: a refresh reloads a version whose file was replaced.
-    stamp: tuple[int, int]
+    #: The version's files when loaded: a refresh reloads a version one of whose files was replaced.
+    stamp: FolderStamp
 
 
 class OnnxRuntimeBackend:
@@ -87,7 +99,7 @@ class OnnxRuntimeBackend:
         self.batching = batching if batching is not None else BatchingOptions()
         self.providers: list[str] = []
         self._loaded: _Loaded | None = None
-        self._refused: dict[str, tuple[int, int]] = {}  # version -> stamp of a model.onnx that failed to load
+        self._refused: dict[str, FolderStamp] = {}  # version -> its files when it failed to load
         self._executor = ThreadPoolExecutor(max_workers=self.batching.instances, thread_name_prefix="ort")
         self._batcher: MicroBatcher | None = None
         #: See inline_max_candidates; set per loaded version.
@@ -145,7 +157,7 @@ class OnnxRuntimeBackend:
             if current is not None and version == current.model.version and stamp == current.stamp:
                 return False
             if self._refused.get(version) == stamp:
-                return False  # already refused in this form; it will not pass now
+                return False  # already refused with these very files; it will not pass now
             try:
                 loaded = await asyncio.to_thread(self._open, version, folder)
             except (ModelConfigError, OSError) as error:
@@ -227,6 +239,8 @@ class OnnxRuntimeBackend:
         _warm_up(folder, session, model)
         # get_available_providers() lists CUDA even where it cannot load; the session knows what it got.
         providers = tuple(session.get_providers())
+        gpu = providers[0] != CPU_PROVIDER
+        check_batch_parity(folder, session, model, GPU_BATCH_PARITY_TOLERANCE if gpu else BATCH_PARITY_TOLERANCE)
         log.info(
             "loaded %s version %s from %s with %s (%s), %d items%s",
             self.model_name,
@@ -275,12 +289,20 @@ class OnnxRuntimeBackend:
         return Scores(purchase=purchase, returns=returns)
 
 
-def _stamp(folder: Path) -> tuple[int, int]:
+def _stamp(folder: Path) -> FolderStamp:
+    """Every file of the version by name, size and modification time: a copy in progress changes it."""
+    stamps = []
     try:
-        stat = (folder / MODEL_FILE).stat()
+        for path in folder.rglob("*"):
+            try:
+                info = path.stat()
+            except OSError:  # removed meanwhile
+                continue
+            if S_ISREG(info.st_mode):
+                stamps.append((str(path.relative_to(folder)), info.st_size, info.st_mtime_ns))
     except OSError:
-        return (0, 0)
-    return (stat.st_mtime_ns, stat.st_size)
+        return ()
+    return tuple(sorted(stamps))
 
 
 def _run_loaded(key: object, tensors: dict[str, np.ndarray]) -> list[np.ndarray | None]:
@@ -322,7 +344,10 @@ def check_graph(path: Path, session, contract: ModelContract) -> None:
 
 
 def warm_up_inputs(model: ServedModel, rows: int = 2, candidates: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
-    """A small random request batch over the model's vocabulary (history and candidates), features joined."""
+    """A small random request batch over the model's vocabulary (history and candidates), features joined.
+
+    The first row holds the largest token (the vocabulary's last item) as its first candidate and newest history
+    item, so a model whose item table is shorter than the vocabulary fails here, whatever the random draw."""
     rng = np.random.default_rng(seed)
     size = len(model.vocabulary)
     history = rng.integers(0, size + 1, size=(rows, model.history_length), dtype=np.int64)
@@ -331,6 +356,9 @@ def warm_up_inputs(model: ServedModel, rows: int = 2, candidates: int = 16, seed
         if size
         else np.zeros((rows, candidates), dtype=np.int64)
     )
+    if size:
+        tokens[0, 0] = size
+        history[0, -1] = size
     return model.tensors(history, tokens)
 
 
@@ -343,6 +371,50 @@ def check_probabilities(folder: Path, scores: Scores, shape: tuple[int, ...], wh
             raise ModelConfigError(f"{folder}: {what} {name} scores have shape {values.shape}, want {shape}")
         if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
             raise ModelConfigError(f"{folder}: {what} {name} scores are not probabilities in [0, 1]")
+
+
+def batch_parity(session, model: ServedModel) -> float:
+    """Largest change of a score between a row alone and the same row inside a padded batch of mixed widths.
+
+    Raises what the session raises (ONNX Runtime's own errors); :func:`check_batch_parity` names them."""
+    widths = [11, 3, 7, 1]
+    full = warm_up_inputs(model, rows=len(widths), candidates=max(widths), seed=7)
+    history, candidates = full[HISTORY_INPUT], full[CANDIDATES_INPUT]
+    history[1, :] = 0  # an empty history too
+    rows = [model.tensors(history[i : i + 1], candidates[i : i + 1, :w]) for i, w in enumerate(widths)]
+    padded = (CANDIDATES_INPUT, FEATURES_INPUT)
+    merged = {
+        name: stack_rows([row[name] for row in rows], max(widths) if name in padded else None) for name in rows[0]
+    }
+    together = run_session(session, model.contract, merged)
+    worst = 0.0
+    for i, (row, width) in enumerate(zip(rows, widths, strict=True)):
+        alone = run_session(session, model.contract, row)
+        for mine, batched in ((alone.purchase, together.purchase), (alone.returns, together.returns)):
+            if mine is not None and batched is not None:
+                worst = max(worst, float(np.abs(mine[0] - batched[i, :width]).max()))
+    return worst
+
+
+def check_batch_parity(folder: Path, session, model: ServedModel, tolerance: float = BATCH_PARITY_TOLERANCE) -> float:
+    """The micro-batcher pads requests of different widths into one batch, which is sound only when each candidate
+    is scored independently of the others in its row and batch; returns the largest difference, or raises
+    :class:`ModelConfigError` when the run fails or a score changes by more than ``tolerance``."""
+    try:
+        difference = batch_parity(session, model)
+    except Exception as exc:  # ORT raises its own exception types (a fixed batch size, an out-of-range token)
+        raise ModelConfigError(f"{folder}: batch/padding parity run failed: {_first_line(exc)}") from None
+    if not difference <= tolerance:
+        raise ModelConfigError(
+            f"{folder}: a candidate's score changes by {difference:.2e} when other candidates share its row or batch "
+            "(padding); the micro-batcher needs each candidate scored independently"
+        )
+    return difference
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _warm_up(folder: Path, session, model: ServedModel) -> None:

@@ -5,7 +5,9 @@
 - The version: the newest version Triton reports READY (or the configured one). Item tokens and features are built
   here from that version's files in the local copy of the model repository (callers send ids), and each call names
   the version, so tokens and weights always belong together. When Triton stops serving that version (a publish or
-  a rollback reloaded the model), the call is retried once on the version it serves now.
+  a rollback reloaded the model), the call is retried once on the version it serves now. Calls that meet the old
+  version together ask Triton once: the first asks, the others wait for its answer, each no longer than its own
+  deadline allows.
 - Each call's timeout is the caller's remaining deadline; the OpenTelemetry trace context goes along as gRPC
   metadata (``traceparent``), so Triton's own tracing joins the caller's trace.
 - Errors: cannot reach Triton / UNAVAILABLE -> :class:`BackendUnavailable`; model or version not ready ->
@@ -149,16 +151,31 @@ class TritonBackend:
     async def refresh(self) -> bool:
         """Follows the version Triton serves (after a publish or rollback reloaded the model)."""
         async with self._lock:
-            current = self._model
-            try:
-                version, target, client = await self._ready_version()
-                if current is not None and current.version == version:
-                    return False  # still the one whose tokens are in memory (its folder may be retired by now)
-                model = await self._describe(version, target, client)
-            except (ModelNotReady, BackendUnavailable, ModelConfigError) as error:
-                log.warning("keeping version %s: %s", self.model_version or "none", error)
-                return False
-            self._model = model
+            return await self._switch(CONTROL_TIMEOUT_S)
+
+    async def _follow(self, seen: ServedModel, timeout: float) -> None:
+        """What a call that met a version Triton no longer serves does: switches unless another call already did
+        since the call read ``seen`` (single flight), waiting and asking no longer than ``timeout`` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._lock:
+                    if self._model is seen:
+                        await self._switch(min(timeout, CONTROL_TIMEOUT_S))
+        except TimeoutError:
+            pass  # the caller finds the version unchanged and its time spent
+
+    async def _switch(self, control_timeout: float) -> bool:
+        """Under the lock: takes the version Triton serves now if it is another; True when it switched."""
+        current = self._model
+        try:
+            version, target, client = await self._ready_version(control_timeout)
+            if current is not None and current.version == version:
+                return False  # still the one whose tokens are in memory (its folder may be retired by now)
+            model = await self._describe(version, target, client, control_timeout)
+        except (ModelNotReady, BackendUnavailable, ModelConfigError) as error:
+            log.warning("keeping version %s: %s", self.model_version or "none", error)
+            return False
+        self._model = model
         log.info(
             "now serving %s version %s from Triton (was %s)",
             self.model_name,
@@ -173,7 +190,7 @@ class TritonBackend:
             await client.close()
         self._model = None
 
-    async def _ready_version(self) -> tuple[str, str, object]:
+    async def _ready_version(self, control_timeout: float = CONTROL_TIMEOUT_S) -> tuple[str, str, object]:
         """(version, target, client): the newest version READY on the first Triton that answers (or the
         configured version, which must be READY there)."""
         from tritonclient.utils import InferenceServerException
@@ -181,7 +198,7 @@ class TritonBackend:
         errors = []
         for target, client in zip(self.targets, self._all_clients(), strict=True):
             try:
-                index = await client.get_model_repository_index(as_json=True, client_timeout=CONTROL_TIMEOUT_S)
+                index = await client.get_model_repository_index(as_json=True, client_timeout=control_timeout)
             except InferenceServerException as error:
                 errors.append(f"{target}: {error}")
                 continue
@@ -202,13 +219,15 @@ class TritonBackend:
             raise ModelNotReady(f"model {self.model_name!r} has no ready version on Triton at {target}")
         raise BackendUnavailable(f"no Triton server answered: {'; '.join(errors)}")
 
-    async def _describe(self, version: str, target: str, client) -> ServedModel:
+    async def _describe(
+        self, version: str, target: str, client, control_timeout: float = CONTROL_TIMEOUT_S
+    ) -> ServedModel:
         """Checks Triton's view of the version against the local config and reads its item files."""
         from tritonclient.utils import InferenceServerException
 
         try:
             metadata = await client.get_model_metadata(
-                self.model_name, version, as_json=True, client_timeout=CONTROL_TIMEOUT_S
+                self.model_name, version, as_json=True, client_timeout=control_timeout
             )
         except InferenceServerException as error:  # e.g. unloaded between the two calls
             raise ModelNotReady(f"model {self.model_name!r} version {version} on Triton at {target}: {error}") from None
@@ -252,10 +271,15 @@ class TritonBackend:
                 # Ask Triton what it serves now (unless another request already switched): retry once on it.
                 if not version_retried:
                     version_retried = True
-                    if self._model is model:
-                        await self.refresh()
+                    left = budget - (time.monotonic() - started) - DEADLINE_MARGIN_S
+                    if left > 0 and self._model is model:
+                        await self._follow(model, left)
                     if self._model is not model:
                         continue
+                    if budget - (time.monotonic() - started) - DEADLINE_MARGIN_S <= 0:
+                        raise InferenceTimeout(
+                            f"{gone}; no time left to follow Triton's version switch (budget {budget * 1000:.1f} ms)"
+                        ) from None
                 raise ModelNotReady(str(gone)) from None
             except BackendUnavailable:
                 unavailable += 1

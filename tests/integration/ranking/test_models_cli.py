@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
 from services.cli import main
-from services.ranking.model_config import model_versions
+from services.ranking.backends.onnxruntime import check_batch_parity
+from services.ranking.model_config import (
+    CONFIG_FILE,
+    VOCABULARY_FILE,
+    ModelConfigError,
+    model_versions,
+    read_model_config,
+)
+from services.ranking.repository import PARITY_SAMPLE_FILE
+from services.ranking.served_model import ServedModel
 from tests.integration.ranking.breakers import poison_weights, rename_input, truncate
 from tests.integration.ranking.conftest import FEATURES, copy_model_repository
+from tests.integration.ranking.tiny_models import ITEMS, add_version, tiny_repository
 
 
 def aisle(*args: str):
@@ -111,3 +123,73 @@ def test_publish_validates_then_renames_into_place_and_rollback_retires(reposito
     assert result.exit_code == 1 and "immutable" in result.output
     assert aisle("rollback", "--repository", repository, "--to", "9").exit_code == 1
     assert aisle("validate", repository).exit_code == 0
+
+
+def test_validate_reports_each_broken_version_and_goes_on(tmp_path):
+    large = 1000  # the vocabulary's last token is often missed by a random sample input
+    repository = tiny_repository(
+        tmp_path,
+        {
+            1: {"items": large, "candidate_rows": large},
+            2: {"items": large, "history_rows": large},
+            3: {},
+            4: {"softmax": True},
+            5: {},
+        },
+    )
+    model_dir = repository / "ranker"
+    (model_dir / "3" / VOCABULARY_FILE).write_text("")
+    # A parity sample naming a token past the model's table: ONNX Runtime fails on it.
+    np.savez(
+        model_dir / "5" / PARITY_SAMPLE_FILE,
+        history_item_ids=np.zeros((1, 50), dtype=np.int64),
+        candidate_item_ids=np.array([[1, ITEMS + 7]], dtype=np.int64),
+        purchase_probability=np.zeros((1, 2), dtype=np.float32),
+    )
+    add_version(model_dir, 6)
+    result = aisle("validate", repository)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    failed = [line for line in result.output.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 5, result.output
+    for version, message in [
+        (1, "inference on sample input failed"),
+        (2, "inference on sample input failed"),
+        (3, f"{VOCABULARY_FILE}: no items"),
+        (4, "when other candidates share its row or batch"),
+        (5, f"{PARITY_SAMPLE_FILE}: ONNX Runtime failed on the sample input"),
+    ]:
+        assert any(f"ranker/{version}" in line and message in line for line in failed), (version, result.output)
+    assert f"ok      {model_dir / '6'}: onnx.checker passed" in result.output
+
+
+def test_publish_refuses_a_vocabulary_larger_than_the_item_table(tmp_path):
+    repository = tiny_repository(tmp_path, {1: {}})
+    source = add_version(tmp_path, 9, items=1000, candidate_rows=1000)
+    result = aisle("publish", source, "--repository", repository)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "refused:" in result.output and "inference on sample input failed" in result.output
+    assert model_versions(repository / "ranker") == [1]
+    assert not [p for p in (repository / "ranker").iterdir() if p.name.startswith(".staging-")]
+
+
+class FailsBatched:
+    """An ONNX Runtime session that fails on more than one row (a graph exported with a fixed batch of one)."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def run(self, names, tensors):
+        if len(next(iter(tensors.values()))) > 1:
+            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input")
+        return self.session.run(names, tensors)
+
+
+def test_a_parity_run_that_fails_is_a_model_config_error(tmp_path):
+    repository = tiny_repository(tmp_path, {1: {}})
+    model_dir = repository / "ranker"
+    contract = read_model_config(model_dir / CONFIG_FILE)
+    model = ServedModel.read("ranker", "1", model_dir / "1", contract)
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    check_batch_parity(model_dir / "1", session, model)
+    with pytest.raises(ModelConfigError, match="batch/padding parity run failed: .*invalid dimensions"):
+        check_batch_parity(model_dir / "1", FailsBatched(session), model)

@@ -3,7 +3,9 @@ and the fallback to the embedded backend (flagged in the response)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +137,57 @@ async def test_a_reloaded_model_is_followed_without_failing_the_call(repository)
     ranking = await backend.rank([], ["item-1"], timeout=0.5)
     assert ranking.model_version == "2" and backend.model_version == "2"
     assert [c["version"] for c in fake.calls] == ["1", "2"]
+
+
+class SlowControl(FakeTriton):
+    """Control calls (repository index, metadata) that take ``delay`` seconds; records each one's client timeout."""
+
+    def __init__(self, target: str, ready=("1",), delay: float = 0.01):
+        super().__init__(target, ready)
+        self.delay = delay
+        self.control_timeouts: list[float | None] = []
+
+    async def get_model_repository_index(self, as_json=False, client_timeout=None):
+        self.control_timeouts.append(client_timeout)
+        await asyncio.sleep(self.delay)
+        return await super().get_model_repository_index(as_json, client_timeout)
+
+    async def get_model_metadata(self, model_name, model_version="", as_json=False, client_timeout=None):
+        self.control_timeouts.append(client_timeout)
+        await asyncio.sleep(self.delay)
+        return await super().get_model_metadata(model_name, model_version, as_json, client_timeout)
+
+
+async def test_a_version_switch_makes_one_round_of_control_calls_for_all_requests_in_flight(repository):
+    fake = SlowControl("a:1", ready=("1",))
+    backend = backend_with(repository, fake)
+    await backend.load()
+    fake.ready = ["2"]  # a publish reloaded the model
+    fake.control_timeouts.clear()
+    rankings = await asyncio.gather(*(backend.rank([], ["item-1"], timeout=1.0) for _ in range(50)))
+    assert {r.model_version for r in rankings} == {"2"}
+    assert len(fake.control_timeouts) == 2  # one repository index, one metadata call
+
+
+async def test_following_a_version_switch_keeps_to_the_callers_deadline(repository):
+    fake = SlowControl("a:1", ready=("1",))
+    backend = backend_with(repository, fake)
+    await backend.load()
+    fake.ready, fake.delay = ["2"], 1.0  # Triton's control calls got slow
+    fake.control_timeouts.clear()
+    started = time.monotonic()
+    with pytest.raises(InferenceTimeout, match="version switch"):
+        await backend.rank([], ["item-1"], timeout=0.1)
+    assert time.monotonic() - started < 0.3
+    assert fake.control_timeouts and all(t <= 0.1 for t in fake.control_timeouts)
+    # Waiting for a switch another caller (here the repository watch) is making is bounded the same way.
+    watch = asyncio.create_task(backend.refresh())
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(InferenceTimeout, match="version switch"):
+        await backend.rank([], ["item-1"], timeout=0.1)
+    assert time.monotonic() - started < 0.3
+    assert await watch and backend.model_version == "2"
 
 
 async def test_one_unreachable_server_is_skipped(repository):

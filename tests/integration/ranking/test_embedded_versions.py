@@ -1,0 +1,131 @@
+"""Which versions the embedded backend serves: one that fails a check is refused at load and by the repository
+watch, and the previous version keeps serving. Tiny hand-built models, so each case takes milliseconds."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.ranking.backends.onnxruntime import OnnxRuntimeBackend
+from services.ranking.model_config import METADATA_FILE, VOCABULARY_FILE, ModelConfigError
+from tests.integration.ranking.tiny_models import ITEMS, add_version, item_ids, tiny_repository
+
+REFUSED = "services.ranking.backends.onnxruntime"
+
+
+@contextlib.asynccontextmanager
+async def serving(repository: Path, version: str = "") -> AsyncIterator[OnnxRuntimeBackend]:
+    backend = OnnxRuntimeBackend(repository, "ranker", version)
+    try:
+        await backend.load()
+        yield backend
+    finally:
+        await backend.close()
+
+
+async def refused_at_load(repository: Path, version: str) -> str:
+    """The reason a backend pinned to ``version`` refuses to start with it."""
+    with pytest.raises(ModelConfigError) as refusal:
+        async with serving(repository, version):
+            pass
+    return str(refusal.value)
+
+
+async def scores(backend: OnnxRuntimeBackend) -> tuple[str, list[float]]:
+    ranking = await backend.rank(item_ids(3), item_ids(3), None)
+    return ranking.model_version, ranking.purchase.tolist()
+
+
+#: 1000 items and tables one row short: the last item (token 1000) has no row, which a random warm-up of 32
+#: candidates and 100 history tokens usually misses.
+LARGE = 1000
+SHORT_TABLES = [{"items": LARGE, "candidate_rows": LARGE}, {"items": LARGE, "history_rows": LARGE}]
+
+
+@pytest.mark.parametrize("tables", SHORT_TABLES, ids=["candidate-table", "history-table"])
+async def test_a_vocabulary_larger_than_the_item_table_is_refused(tmp_path, tables, caplog):
+    repository = tiny_repository(tmp_path, {1: {"items": LARGE}})
+    async with serving(repository) as backend:
+        before = await scores(backend)
+        add_version(repository / "ranker", 2, **tables)
+        with caplog.at_level(logging.ERROR, logger=REFUSED):
+            assert not await backend.refresh()
+        assert await scores(backend) == before
+        # The largest token is in both inputs of the warm-up, so the refusal does not depend on the random draw.
+        assert "version 2 of ranker refused" in caplog.text and "warm-up inference failed" in caplog.text
+        last = item_ids(LARGE)[-1]
+        assert (await backend.rank([last], [last], None)).model_version == "1"
+    assert "warm-up inference failed" in await refused_at_load(repository, "2")
+
+
+async def test_an_empty_vocabulary_is_refused_and_the_previous_version_keeps_serving(tmp_path, caplog):
+    repository = tiny_repository(tmp_path, {1: {}})
+    async with serving(repository) as backend:
+        before = await scores(backend)
+        folder = add_version(repository / "ranker", 2)
+        (folder / VOCABULARY_FILE).write_text("")  # a copy that failed half-way
+        with caplog.at_level(logging.ERROR, logger=REFUSED):
+            assert not await backend.refresh()
+        assert await scores(backend) == before and min(before[1]) > 0
+        assert f"{VOCABULARY_FILE}: no items" in caplog.text
+    assert "no items" in await refused_at_load(repository, "2")
+
+
+async def test_a_vocabulary_of_another_size_than_the_metadata_records_is_refused(tmp_path):
+    repository = tiny_repository(tmp_path, {1: {}, 2: {}})
+    (repository / "ranker" / "1" / METADATA_FILE).write_text(json.dumps({"data": {"items": ITEMS}}))
+    (repository / "ranker" / "2" / METADATA_FILE).write_text(json.dumps({"data": {"items": ITEMS + 5}}))
+    reason = await refused_at_load(repository, "2")
+    assert f"records {ITEMS + 5} items" in reason and f"has {ITEMS}" in reason
+    async with serving(repository, "1") as backend:  # the count matches: served
+        assert backend.model_version == "1"
+    (repository / "ranker" / "2" / METADATA_FILE).write_text("{not json")
+    assert "not valid JSON" in await refused_at_load(repository, "2")
+
+
+async def test_a_version_whose_scores_depend_on_the_other_candidates_is_refused(tmp_path, caplog):
+    repository = tiny_repository(tmp_path, {1: {}})
+    started = time.perf_counter()
+    async with serving(repository) as backend:
+        load_s = time.perf_counter() - started
+        before = await scores(backend)
+        add_version(repository / "ranker", 2, softmax=True)
+        with caplog.at_level(logging.ERROR, logger=REFUSED):
+            assert not await backend.refresh()
+        assert await scores(backend) == before
+        assert "when other candidates share its row or batch" in caplog.text
+    assert "share its row or batch" in await refused_at_load(repository, "2")
+    assert load_s < 5, f"loading a tiny model took {load_s:.2f} s"
+
+
+async def test_a_version_refused_mid_copy_is_tried_again_once_its_files_change(tmp_path):
+    repository = tiny_repository(tmp_path, {1: {}})
+    async with serving(repository) as backend:
+        opened: list[str] = []
+        open_version = backend._open
+
+        def counting_open(version, folder):
+            opened.append(version)
+            return open_version(version, folder)
+
+        backend._open = counting_open
+        folder = add_version(repository / "ranker", 2)
+        vocabulary = (folder / VOCABULARY_FILE).read_text()
+        (folder / VOCABULARY_FILE).unlink()  # a copy in progress: model.onnx is there, the vocabulary not yet
+        assert not await backend.refresh()
+        assert not await backend.refresh()  # unchanged: not opened again on every poll
+        assert opened == ["2"] and backend.model_version == "1"
+        (folder / VOCABULARY_FILE).write_text(vocabulary)  # the copy completes
+        assert await backend.refresh()
+        assert opened == ["2", "2"] and backend.model_version == "2"
+        assert not await backend.refresh()
+        assert opened == ["2", "2"]
+        ranking = await backend.rank([], item_ids(2), None)
+        assert ranking.model_version == "2" and np.all(ranking.purchase > 0)
