@@ -92,3 +92,11 @@ class Violations:
     def region(self, field: str, value: str) -> None:
         if len(value) > 16 or (value and not value.replace("-", "").replace("_", "").isalnum()):
             self.add(field, f"must be a short region code such as GB or DE, got {value[:32]!r}")
+
+    def exclusions(self, field: str, exclusions: Message, *, limit: int) -> None:
+        """An ``Exclusions`` message: at most ``limit`` item ids, brands and categories in all, its item ids valid."""
+        total = len(exclusions.item_ids) + len(exclusions.brands) + len(exclusions.categories)
+        if total > limit:
+            self.add(field, f"must have at most {limit} entries in all, got {total}")
+        else:
+            self.ids(f"{field}.item_ids", exclusions.item_ids, limit=limit)

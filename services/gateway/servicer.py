@@ -222,12 +222,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                 f"must name the page's product or the cart's items for {SURFACE_NAMES[request.surface]}",
             )
         check.k("k", request.k, limit=settings.max_k)
-        exclusions = request.exclusions
-        total = len(exclusions.item_ids) + len(exclusions.brands) + len(exclusions.categories)
-        if total > settings.max_exclusions:
-            check.add("exclusions", f"must have at most {settings.max_exclusions} entries in all, got {total}")
-        else:
-            check.ids("exclusions.item_ids", exclusions.item_ids, limit=settings.max_exclusions)
+        check.exclusions("exclusions", request.exclusions, limit=settings.max_exclusions)
         if request.experiment_variant_override:
             try:
                 self.policies.variant_for("", request.experiment_variant_override)

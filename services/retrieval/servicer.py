@@ -54,12 +54,7 @@ def validate_retrieve(
     k_needed = not request.sources or any(source not in limited for source in request.sources)
     if (k_needed and request.k < 1) or request.k < 0 or request.k > settings.max_k:
         check.add("k", f"must be between 1 and {settings.max_k}, got {request.k}")
-    exclusions = request.exclusions
-    total = len(exclusions.item_ids) + len(exclusions.brands) + len(exclusions.categories)
-    if total > settings.max_exclusions:
-        check.add("exclusions", f"must have at most {settings.max_exclusions} entries in all, got {total}")
-    else:
-        check.ids("exclusions.item_ids", exclusions.item_ids, limit=settings.max_exclusions)
+    check.exclusions("exclusions", request.exclusions, limit=settings.max_exclusions)
     if request.history_query_vector:  # optional: a router's encoded history
         _check_vector(check, "history_query_vector", request.history_query_vector, artifact.dimension)
     check.count("anchor_vectors", request.anchor_vectors, limit=settings.max_anchors)

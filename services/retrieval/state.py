@@ -20,6 +20,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
+from services.core.versions import folder_stamp
 from services.retrieval.build import searcher_for, spot_check_recall
 from services.retrieval.index import IndexArtifact, InvalidIndex, latest_version, load_index
 from services.retrieval.query_encoder import MeanEmbeddingEncoder, OnnxQueryTower, QueryEncoder
@@ -142,20 +143,6 @@ class _Update:
     at: float
 
 
-def version_stamp(path: Path) -> tuple[tuple[str, int, int], ...]:
-    """(name, size, mtime in ns) of every file of a version folder: a copy still going on, or completed since,
-    changes it; an untouched folder keeps it."""
-    stamps = []
-    for file in sorted(path.rglob("*")):
-        try:
-            info = file.stat()
-        except OSError:  # removed while listed: the next stamp differs anyway
-            continue
-        if file.is_file():
-            stamps.append((str(file.relative_to(path)), info.st_size, info.st_mtime_ns))
-    return tuple(stamps)
-
-
 class RefusedVersions:
     """Versions that failed their checks, keyed on their files' stamps when they were tried.
 
@@ -173,7 +160,7 @@ class RefusedVersions:
     def refuses(self, path: Path) -> bool:
         """True while ``path`` holds the very files that were refused."""
         stamp = self._stamps.get(path)
-        return stamp is not None and stamp == version_stamp(path)
+        return stamp is not None and stamp == folder_stamp(path)
 
     def reason(self, path: Path) -> str:
         return self._reasons.get(path, "not refused")
@@ -221,7 +208,7 @@ class VersionHolder(Generic[Served]):
         """Validates ``path`` and serves it. False (old version keeps serving) when it is refused."""
         async with self._swap_lock:
             # Stamped before loading: files that change during the load make the next poll try again.
-            stamp = await asyncio.to_thread(version_stamp, path)
+            stamp = await asyncio.to_thread(folder_stamp, path)
             try:
                 candidate = await asyncio.to_thread(self.open, path)
             except InvalidIndex as exc:

@@ -83,3 +83,16 @@ def test_thousands_of_violations_list_the_first_and_count_the_rest():
     assert len(error.value.violations) == MAX_REPORTED_VIOLATIONS
     assert "exclusions.item_ids[0]" in error.value.violations
     assert error.value.message.endswith(f"and {5000 - MAX_REPORTED_VIOLATIONS} more violations not listed")
+
+
+def test_exclusions_count_items_brands_and_categories_together_then_check_each_item_id():
+    too_many = common.Exclusions(item_ids=["a", "b"], brands=["x"], categories=["y", "z"])
+    check = Violations()
+    check.exclusions("exclusions", too_many, limit=4)
+    assert violations_of(check) == {"exclusions": "must have at most 4 entries in all, got 5"}
+    check = Violations()
+    check.exclusions("exclusions", common.Exclusions(item_ids=["ok", ""], brands=["x"]), limit=4)
+    assert set(violations_of(check)) == {"exclusions.item_ids[1]"}
+    check = Violations()
+    check.exclusions("exclusions", common.Exclusions(item_ids=["ok"], categories=["y"]), limit=4)
+    check.raise_if_any()

@@ -16,11 +16,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from stat import S_ISREG
 
 import numpy as np
 
 from services.core.onnx_runtime import GPU_DISTRIBUTION, check_onnxruntime_install
+from services.core.versions import FolderStamp, folder_stamp
 from services.ranking.backends.base import ModelNotReady, Ranking, Scores
 from services.ranking.batching import BatcherClosed, MicroBatcher, stack_rows
 from services.ranking.model_config import (
@@ -49,9 +49,6 @@ BATCH_PARITY_TOLERANCE = 1e-5
 #: The same on a GPU, whose kernels (TF32 matmuls, per-shape algorithms) differ by batch shape more than a CPU's;
 #: a model that mixes candidates changes scores by far more (a softmax over its row: 1e-1 and up).
 GPU_BATCH_PARITY_TOLERANCE = 1e-3
-
-#: (path relative to the version folder, size, mtime_ns) of each of a version's files.
-FolderStamp = tuple[tuple[str, int, int], ...]
 
 
 @dataclass(frozen=True)
@@ -152,7 +149,7 @@ class OnnxRuntimeBackend:
             except ModelConfigError as error:
                 log.warning("keeping version %s: %s", self.model_version, error)
                 return False
-            stamp = _stamp(folder)
+            stamp = folder_stamp(folder)
             current = self._loaded
             if current is not None and version == current.model.version and stamp == current.stamp:
                 return False
@@ -222,7 +219,7 @@ class OnnxRuntimeBackend:
         distribution = check_onnxruntime_install()
         import onnxruntime as ort
 
-        stamp = _stamp(folder)
+        stamp = folder_stamp(folder)
         contract = read_model_config(self.repository / self.model_name / CONFIG_FILE)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
@@ -287,22 +284,6 @@ class OnnxRuntimeBackend:
         except BatcherClosed as error:
             raise ModelNotReady(str(error)) from None
         return Scores(purchase=purchase, returns=returns)
-
-
-def _stamp(folder: Path) -> FolderStamp:
-    """Every file of the version by name, size and modification time: a copy in progress changes it."""
-    stamps = []
-    try:
-        for path in folder.rglob("*"):
-            try:
-                info = path.stat()
-            except OSError:  # removed meanwhile
-                continue
-            if S_ISREG(info.st_mode):
-                stamps.append((str(path.relative_to(folder)), info.st_size, info.st_mtime_ns))
-    except OSError:
-        return ()
-    return tuple(sorted(stamps))
 
 
 def _run_loaded(key: object, tensors: dict[str, np.ndarray]) -> list[np.ndarray | None]:
