@@ -93,7 +93,7 @@ class ComponentSpec(_Strict):
 
 
 class PolicySpec(_Strict):
-    sources: list[ComponentSpec]
+    sources: list[ComponentSpec] = Field(min_length=1)
     fallback: list[ComponentSpec] = []
     filters: list[ComponentSpec] = []
     scorers: list[ComponentSpec] = []
@@ -238,6 +238,12 @@ def _build_pipeline(name: str, version: str, policy: PolicySpec, catalog: ItemCa
                 continue
             built.append(cls(component_spec.name or cls.__name__, params, deps))
         steps[step] = built
+    last = policy.selectors[-1].component if policy.selectors else None
+    if last != TruncateSelector.__name__:
+        errors.append(
+            f"policies.{name}.selectors: must end with TruncateSelector (without it the answer holds up to "
+            f"candidate_limit ({policy.candidate_limit}) items, not the k the request asked for)"
+        )
     pipeline = Pipeline(
         name=name,
         version=version,

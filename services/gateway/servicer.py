@@ -170,6 +170,8 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             {
                 "type": EVENT_NAMES[e.event_type].removeprefix("EVENT_TYPE_").lower(),
                 "at": time.time(),
+                # When the shop says it happened (a batch sent later, a queue on its side); None: not given.
+                "event_time": e.event_time.seconds + e.event_time.nanos / 1e9 if e.HasField("event_time") else None,
                 "subject": subject_key(e.subject),
                 "item_id": e.item_id,
                 "quantity": e.quantity,

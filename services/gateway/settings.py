@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from services.core.settings import ServiceSettings, settings_config
 
@@ -73,3 +73,13 @@ class GatewaySettings(ServiceSettings):
     ranking_wait_s: float = Field(
         10.0, ge=0, le=600, description="How long start-up waits for ranking before serving degraded answers."
     )
+
+    @model_validator(mode="after")
+    def _event_log_takes_a_whole_call(self) -> GatewaySettings:
+        # A TrackEvents call is accepted whole or refused whole: a buffer smaller than one call refuses it forever.
+        if self.event_log != "off" and self.event_log_max_pending < self.max_events_per_call:
+            raise ValueError(
+                f"event_log_max_pending ({self.event_log_max_pending}) must be at least max_events_per_call "
+                f"({self.max_events_per_call}): a call of that many events would be refused on every retry"
+            )
+        return self

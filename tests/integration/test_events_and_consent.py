@@ -3,6 +3,8 @@ RESOURCE_EXHAUSTED, and hostile requests get INVALID_ARGUMENT naming the field."
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -12,7 +14,7 @@ from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from services.core.errors import details_of
-from services.gateway.events import read_events
+from services.gateway.events import JsonlEventSink, read_events
 from tests.integration.conftest import stack
 from tests.integration.test_recommend_path import history_of
 
@@ -75,17 +77,39 @@ async def test_without_consent_nothing_is_stored_or_logged(trained, tmp_path):
     assert not log.exists() or log.read_text() == ""
 
 
-async def test_event_log_overload_is_resource_exhausted_with_retry_info(trained, tmp_path):
-    extra = {"event_log": "jsonl", "event_log_path": tmp_path / "e.jsonl", "event_log_max_pending": 5}
+async def test_event_log_overload_is_resource_exhausted_with_retry_info(trained, tmp_path, monkeypatch):
+    # A slow disk: the writer holds the first call's batch until the test lets it write.
+    disk = threading.Event()
+    append = JsonlEventSink._append
+
+    def slow_append(sink, data):
+        disk.wait(10)
+        return append(sink, data)
+
+    monkeypatch.setattr(JsonlEventSink, "_append", slow_append)
+    log = tmp_path / "e.jsonl"
+    extra = {"event_log": "jsonl", "event_log_path": log, "event_log_max_pending": 5, "max_events_per_call": 5}
+    sent = accepted = rejected = 0
     async with stack(trained, gateway_extra=extra) as hosts:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['gateway'].port}") as channel:
             stub = pb_grpc.RecommendationServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as failure:
-                await stub.TrackEvents(pb.TrackEventsRequest(events=[tracked(f"I{i}") for i in range(6)]), timeout=5)
-    assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    status = rpc_status.from_call(failure.value)
+            for batch in ([f"I{i}" for i in range(5)], ["I5", "I6", "I7"]):
+                sent += len(batch)
+                try:
+                    reply = await stub.TrackEvents(pb.TrackEventsRequest(events=[tracked(i) for i in batch]), timeout=5)
+                    accepted += reply.accepted_count
+                except grpc.aio.AioRpcError as error:
+                    failure = error
+                    rejected += len(batch)
+            disk.set()
+        await hosts["gateway"].app.close()  # waits for the buffer to drain
+    assert failure.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = rpc_status.from_call(failure)
     retry = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
     assert retry, "RetryInfo tells the caller when to come back"
+    assert (sent, accepted, rejected) == (8, 5, 3)
+    written = [r["item_id"] for r in read_events(log) if r["type"] == "purchase"]
+    assert written == [f"I{i}" for i in range(5)], "every accepted event is written, no refused one is"
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,12 @@ def test_cross_field_rule_is_checked():
         load_settings(GatewaySettings, {"retrieval_share": "0.6", "ranking_share": "0.5"})
 
 
+def test_an_event_buffer_smaller_than_one_call_is_refused():
+    with pytest.raises(SettingsError, match="event_log_max_pending"):
+        load_settings(GatewaySettings, {"event_log_max_pending": "100", "max_events_per_call": "1000"})
+    assert load_settings(GatewaySettings, {"event_log": "off", "event_log_max_pending": "100"}).event_log == "off"
+
+
 def test_a_misspelt_variable_is_refused_rather_than_ignored(monkeypatch):
     monkeypatch.setenv("AISLE_RETRIEVAL_PROT", "1")
     with pytest.raises(SettingsError, match="AISLE_RETRIEVAL_PROT"):

@@ -114,12 +114,27 @@ class RetrievalSources(ComponentBase):
             raise SourceFailed(f"retrieval answered {error}") from None
         if not len(candidates):
             return Candidates.empty()
-        popular = np.zeros(len(candidates), dtype=bool)
-        for source in POPULAR_SOURCES:
-            popular |= candidates.source == source
-        if popular.any():
-            self.deps.popular_cache.store(state.region, candidates.item_ids[popular].tolist())
+        if self._shared_by_the_region(request):
+            popular = np.zeros(len(candidates), dtype=bool)
+            for source in POPULAR_SOURCES:
+                popular |= candidates.source == source
+            if popular.any():
+                self.deps.popular_cache.store(state.region, candidates.item_ids[popular].tolist())
         return candidates
+
+    def _shared_by_the_region(self, request) -> bool:
+        """Whether this call's popular items are the region's, fit for its fallback: retrieval leaves out the
+        anchors, the request's exclusions and (per the params) the shopper's history, so one shopper's answer
+        would otherwise become everyone's fallback without the items that were only that shopper's to skip."""
+        exclusions = request.exclusions
+        return not (
+            request.anchor_item_ids
+            or exclusions.item_ids
+            or exclusions.brands
+            or exclusions.categories
+            or self.params.exclude_history
+            or self.params.exclude_purchased
+        )
 
 
 class RetrievalSourceParams(RetrievalParamsBase):

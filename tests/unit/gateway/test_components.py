@@ -418,3 +418,41 @@ async def test_ranking_reads_score_columns_with_nan_as_no_return_probability():
         (common.DEGRADATION_REASON_RANKING_UNAVAILABLE, "ranking scored 1 of 2 candidates")
     ]
     assert "purchase" not in broken.scores and len(broken.scores["relevance"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("exclusions", "params", "shared"),
+    [
+        (None, {}, True),
+        (common.Exclusions(item_ids=["i3"]), {}, False),
+        (common.Exclusions(brands=["b1"]), {}, False),
+        (None, {"exclude_history": True}, False),
+        (None, {"exclude_purchased": True}, False),
+    ],
+)
+async def test_only_a_call_that_excludes_nothing_fills_the_regions_popular_fallback(exclusions, params, shared):
+    from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
+    from services.gateway.components.sources import RetrievalSources, RetrievalSourcesParams
+
+    answer = retrieval_pb.RetrieveResponse(
+        columns=retrieval_pb.CandidateColumns(
+            item_ids=["i2", "i1"],
+            sources=[common.CANDIDATE_SOURCE_POPULARITY] * 2,
+            source_ranks=[0, 1],
+            scores=[50.0, 40.0],
+            anchor_item_ids=["", ""],
+        )
+    )
+
+    class Retrieval:
+        async def Retrieve(self, request, timeout):  # noqa: N802
+            return answer
+
+    class Downstream:
+        retrieval = Retrieval()
+
+    shared_deps = deps(Downstream())
+    source = RetrievalSources("Retrieval", RetrievalSourcesParams(sources={"popularity": 5}, **params), shared_deps)
+    got = await source.fetch(state(exclusions=exclusions), 1.0)
+    assert got.ids() == ["i2", "i1"]  # the answer itself is the same either way
+    assert shared_deps.popular_cache.get("GB") == (["i2", "i1"] if shared else [])

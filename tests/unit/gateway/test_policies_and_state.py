@@ -76,6 +76,15 @@ def test_a_variant_can_name_a_ranking_model_version():
             lambda r: r["policies"]["email"]["sources"][0]["params"].update(source="telepathy"),
             "policies.email.sources[0] (RetrievalSource): source",
         ),
+        (lambda r: r["policies"]["cart"].update(sources=[]), "policies.cart.sources: List should have at least 1"),
+        (
+            lambda r: r["policies"]["home"]["selectors"].pop(),
+            "policies.home.selectors: must end with TruncateSelector",
+        ),
+        (
+            lambda r: r["policies"]["home"].update(selectors=[]),
+            "policies.home.selectors: must end with TruncateSelector",
+        ),
     ],
 )
 def test_a_bad_policy_stops_start_up_saying_where(edit, message):

@@ -304,3 +304,18 @@ async def test_a_record_that_cannot_be_encoded_is_refused_and_the_log_keeps_writ
     await sink.write([{"n": 2}])
     await sink.close()
     assert [r["n"] for r in read_events(tmp_path / "events.jsonl")] == [2]
+
+
+async def test_tracked_events_keep_the_time_the_shop_gives_them():
+    service = servicer()
+    event = pb.TrackedEvent(
+        subject=common.Subject(user_id="u1"), item_id="i1", event_type=common.EVENT_TYPE_PURCHASE, consent=True
+    )
+    dated = pb.TrackedEvent()
+    dated.CopyFrom(event)
+    dated.event_time.FromSeconds(1_700_000_000)
+    dated.event_time.nanos = 250_000_000
+    await service.TrackEvents(pb.TrackEventsRequest(events=[dated, event]), Context())
+    records = service.deps.events.records
+    assert [r["event_time"] for r in records] == [1_700_000_000.25, None]
+    assert all(r["at"] > 1_700_000_000 for r in records)  # the time it was received, as before
