@@ -72,6 +72,7 @@ class ServiceHost:
         self._metrics_server = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._stop_task: asyncio.Task | None = None  # held: the loop keeps only a weak reference to a task
 
     async def start(self) -> int:
         """Binds and starts the server with health NOT_SERVING; returns the bound port."""
@@ -172,7 +173,8 @@ class ServiceHost:
 
     def _on_signal(self, signum: int) -> None:
         log.info("received %s", signal.Signals(signum).name)
-        asyncio.get_running_loop().create_task(self.stop())
+        if self._stop_task is None:
+            self._stop_task = asyncio.get_running_loop().create_task(self.stop())
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

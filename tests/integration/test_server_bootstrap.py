@@ -87,3 +87,19 @@ async def test_metrics_endpoint_counts_rpcs_by_method_and_code(trained):
     assert 'aisle_grpc_server_handled_total{code="OK",method="Retrieve",service="retrieval"} 1.0' in body
     assert 'aisle_grpc_server_handled_total{code="INVALID_ARGUMENT",method="Retrieve",service="retrieval"} 1.0' in body
     assert 'aisle_grpc_server_handling_seconds_count{method="Retrieve",service="retrieval"} 2.0' in body
+
+
+async def test_a_signal_starts_one_stop_and_holds_it_until_it_is_done(trained):
+    import gc
+    import signal
+
+    settings = retrieval_settings(trained)
+    host = ServiceHost(settings, build_retrieval(settings))
+    await host.start()
+    host._on_signal(signal.SIGTERM)
+    host._on_signal(signal.SIGTERM)  # a second signal starts no second stop
+    stopping = host._stop_task
+    assert stopping is not None
+    gc.collect()  # the loop holds a task weakly: the host's reference keeps it alive
+    await asyncio.wait_for(host.wait_stopped(), 10)
+    assert stopping.done() and host._stop_task is stopping
