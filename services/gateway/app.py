@@ -28,7 +28,7 @@ from services.gateway.pipeline import PipelineMetrics
 from services.gateway.policies import load_policies
 from services.gateway.servicer import RecommendationServicer
 from services.gateway.sessions import InMemorySessionStore, SessionStore
-from services.gateway.settings import GatewaySettings
+from services.gateway.settings import PUBLIC_SUBJECT_SALT, GatewaySettings
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,11 @@ def build_application(
 ) -> Application:
     """Loads the catalog and the policies (refusing bad ones with a message saying where) and wires the servicer."""
     registry = registry if registry is not None else CollectorRegistry()
+    if settings.subject_key_salt.get_secret_value() == PUBLIC_SUBJECT_SALT:
+        log.warning(
+            "subject keys use the public default salt: set AISLE_GATEWAY_SUBJECT_KEY_SALT from a secret in "
+            "production, or a guessable shopper id can be found from its key"
+        )
     downstream = downstream if downstream is not None else Downstream(settings)
     catalog = ItemCatalog.load(settings.catalog_path)
     sessions = sessions if sessions is not None else build_session_store(settings)

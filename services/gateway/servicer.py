@@ -58,13 +58,14 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
     ):
         self.settings, self.policies, self.catalog, self.deps, self.metrics = settings, policies, catalog, deps, metrics
         self.cache = cache if cache is not None else AnonymousCache(0)
+        self._salt = settings.subject_key_salt.get_secret_value()
         self._background: set[asyncio.Task] = set()
 
     async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:  # noqa: N802
         started = time.perf_counter()
         self.validate(request)
         settings = self.settings
-        key = subject_key(request.subject)
+        key = subject_key(request.subject, self._salt)
         variant = self.policies.variant_for(key, request.experiment_variant_override)
         pipeline = self.policies.pipeline_for(request.surface, variant)
         k = request.k or settings.default_k
@@ -172,7 +173,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                 "at": time.time(),
                 # When the shop says it happened (a batch sent later, a queue on its side); None: not given.
                 "event_time": e.event_time.seconds + e.event_time.nanos / 1e9 if e.HasField("event_time") else None,
-                "subject": subject_key(e.subject),
+                "subject": subject_key(e.subject, self._salt),
                 "item_id": e.item_id,
                 "quantity": e.quantity,
                 "unit_price": e.unit_price,
@@ -194,7 +195,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             )
             if event.HasField("event_time"):
                 interaction.event_time.CopyFrom(event.event_time)
-            by_subject.setdefault(subject_key(event.subject), []).append(interaction)
+            by_subject.setdefault(subject_key(event.subject, self._salt), []).append(interaction)
         try:
             for key, interactions in by_subject.items():
                 await self.deps.sessions.append(key, interactions)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from services.core.settings import ServiceSettings, settings_config
 
 DEFAULT_POLICY_FILE = Path(__file__).with_name("policies.yaml")
+#: The subject-key salt when none is set: public, so fit for development only.
+PUBLIC_SUBJECT_SALT = "aisle"
 
 
 class GatewaySettings(ServiceSettings):
@@ -51,6 +53,12 @@ class GatewaySettings(ServiceSettings):
     max_anchors: int = Field(50, ge=1, le=1000, description="Most anchor items a request may carry.")
     max_exclusions: int = Field(5000, ge=0, le=100_000, description="Most exclusion entries per request.")
     max_events_per_call: int = Field(1000, ge=1, le=100_000, description="Most events one TrackEvents call may carry.")
+    subject_key_salt: SecretStr = Field(
+        SecretStr(PUBLIC_SUBJECT_SALT),
+        description="Secret mixed into the hashed subject keys that stores, logs and traces hold. Set it from a "
+        "secret in production: with the public default, the key of a guessable id (an e-mail) can be found by "
+        "hashing candidates. Changing it starts every shopper's session afresh.",
+    )
     session_store: Literal["memory", "redis"] = Field(
         "memory", description="Where session events live: this process, or Redis shared by every replica."
     )

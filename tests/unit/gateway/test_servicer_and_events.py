@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
@@ -87,11 +88,11 @@ class DownSessions(InMemorySessionStore):
         raise ConnectionError("redis down")
 
 
-def servicer(items=ITEMS, sessions=None, cache_ttl_s: float = 30.0) -> RecommendationServicer:
+def servicer(items=ITEMS, sessions=None, cache_ttl_s: float = 30.0, salt: str = "aisle") -> RecommendationServicer:
     sessions = InMemorySessionStore() if sessions is None else sessions  # an empty store is falsy
     dependencies = Dependencies(Downstream(items), sessions, FeedbackStats(), PopularCache(), RecordingSink())
     return RecommendationServicer(
-        GatewaySettings(catalog_path=None, metrics_port=None),
+        GatewaySettings(catalog_path=None, metrics_port=None, subject_key_salt=SecretStr(salt)),
         load_policies(DEFAULT_POLICY_FILE, CATALOG, dependencies),
         CATALOG,
         dependencies,
@@ -319,3 +320,16 @@ async def test_tracked_events_keep_the_time_the_shop_gives_them():
     records = service.deps.events.records
     assert [r["event_time"] for r in records] == [1_700_000_000.25, None]
     assert all(r["at"] > 1_700_000_000 for r in records)  # the time it was received, as before
+
+
+async def test_the_subject_keys_in_the_log_follow_the_configured_salt():
+    event = pb.TrackedEvent(
+        subject=common.Subject(user_id="ann@example.com"), item_id="i1", event_type=common.EVENT_TYPE_VIEW, consent=True
+    )
+    keys = []
+    for salt in ("aisle", "a-secret", "another-secret"):
+        service = servicer(salt=salt)
+        await service.TrackEvents(pb.TrackEventsRequest(events=[event]), Context())
+        keys.append(service.deps.events.records[0]["subject"])
+    assert keys[0] == subject_key(event.subject)  # the public default
+    assert len(set(keys)) == 3 and not any("ann" in key for key in keys)
