@@ -157,6 +157,12 @@ class PipelineMetrics:
             registry=registry,
         )
         self.degraded = Counter("aisle_gateway_degraded", "Degraded answers, by reason.", ["reason"], registry=registry)
+        self.side_effect_failed = Counter(
+            "aisle_gateway_side_effect_failures",
+            "Side effects that did not run to the end (an exposure record the event log refused, for instance).",
+            ["policy", "component", "reason"],
+            registry=registry,
+        )
         self.candidates = Histogram(
             "aisle_gateway_candidates",
             "Candidates per request after the merge (what the scorers see).",
@@ -263,8 +269,10 @@ class Pipeline:
                 with self._component(effect, metrics):
                     await effect.run(state, items, response)
             except EventLogFull as error:  # says what is wrong; a traceback per request during an outage would not
+                metrics.side_effect_failed.labels(self.name, effect.name, "event_log_full").inc()
                 log.warning("side effect %s: %s", effect.name, error)
             except Exception:  # a side effect never fails the request that triggered it
+                metrics.side_effect_failed.labels(self.name, effect.name, "error").inc()
                 log.exception("side effect %s failed", effect.name)
 
 

@@ -130,7 +130,7 @@ class BrandQuotaParams(Params):
 class BrandQuotaSelector(ComponentBase):
     """At most ``max_per_brand`` items of one brand (supplier) in the answer: a brand's further items are cut,
     wherever they are, unless fewer than k items keep the quota; then the first of them fill the top k, after
-    the others. The order is otherwise kept."""
+    the others. The order is otherwise kept. Items the catalog snapshot does not hold have no brand and no quota."""
 
     kind: ClassVar[str] = "selector"
     requires: ClassVar[frozenset[str]] = frozenset({"brand"})
@@ -143,6 +143,9 @@ class BrandQuotaSelector(ComponentBase):
         keeps = np.empty(len(candidates), dtype=bool)
         for row, item in enumerate(candidates.ids()):
             brand = brand_of(item, "brand")
+            if brand is None:  # not in the catalog snapshot (yet): no brand to count it against
+                keeps[row] = True
+                continue
             seen = counts.get(brand, 0)
             counts[brand] = seen + 1
             keeps[row] = seen < quota

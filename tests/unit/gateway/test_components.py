@@ -234,6 +234,12 @@ def test_brand_quota_cuts_a_brands_further_items_unless_they_fill_the_top():
     assert quota_of[2].select(state(k=3), unchanged) is unchanged
 
 
+def test_items_the_catalog_does_not_hold_count_against_no_brand():
+    quota = BrandQuotaSelector("x", BrandQuotaParams(max_per_brand=1), deps())
+    fresh = candidates("new-1", "i0", "new-2", "i2", "new-3")  # new-*: not in the snapshot yet; i0 and i2 are b0
+    assert ids(quota.select(state(k=4), fresh)) == ["new-1", "i0", "new-2", "new-3"]
+
+
 def test_exploration_takes_bounded_slots_for_new_items_and_marks_them():
     shared = deps()
     for item in IDS[:8]:

@@ -241,11 +241,12 @@ class RefusedLog(ComponentBase):
 
 async def test_a_refused_exposure_record_is_one_warning_not_a_traceback(caplog):
     logged = Pipeline("p", "1", [], [], [], [], [], [RefusedLog("ExposureLogger", Params(), deps())])
-    await logged.after_response(
-        state(), Candidates.empty(), pb.RecommendResponse(), PipelineMetrics(CollectorRegistry())
-    )
+    registry = CollectorRegistry()
+    await logged.after_response(state(), Candidates.empty(), pb.RecommendResponse(), PipelineMetrics(registry))
     [record] = [r for r in caplog.records if "ExposureLogger" in r.getMessage()]
     assert record.levelno == logging.WARNING and record.exc_info is None and "OSError" in record.getMessage()
+    labels = {"policy": "p", "component": "ExposureLogger", "reason": "event_log_full"}
+    assert registry.get_sample_value("aisle_gateway_side_effect_failures_total", labels) == 1  # counted, not lost
 
 
 async def eventually(condition, within_s: float = 2.0) -> None:
