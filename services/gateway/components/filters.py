@@ -74,13 +74,16 @@ class RecentlyBoughtParams(Params):
 
 
 class RecentlyBoughtFilter(ComponentBase):
-    """Items the subject bought within the window (events without a time count as recent)."""
+    """Items the subject bought within the window before the request's time (``context.request_time``, else the
+    server's clock); events without a time count as recent."""
 
     kind: ClassVar[str] = "filter"
     Params = RecentlyBoughtParams
 
     def apply(self, state: RequestState, candidates: Candidates) -> np.ndarray | None:
-        cutoff = datetime.now(UTC) - timedelta(days=self.params.days)
+        context = state.request.context
+        now = context.request_time.ToDatetime(UTC) if context.HasField("request_time") else datetime.now(UTC)
+        cutoff = now - timedelta(days=self.params.days)
         bought = {
             e.item_id
             for e in state.history

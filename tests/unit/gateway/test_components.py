@@ -91,6 +91,22 @@ def test_recently_bought_uses_the_event_time_window():
     assert kept == ["i1", "i3"] and removed == ["i2"]
 
 
+def test_recently_bought_counts_its_window_back_from_the_requests_own_time():
+    from datetime import UTC, datetime
+
+    bought = common.Interaction(item_id="i1", event_type=common.EVENT_TYPE_PURCHASE)
+    bought.event_time.FromDatetime(datetime(2026, 1, 10, tzinfo=UTC))
+    items = candidates("i1", "i2")
+    recently_bought = RecentlyBoughtFilter("x", RecentlyBoughtParams(days=30), deps())
+    asked = state(history=[bought])
+    asked.request.context.request_time.FromDatetime(datetime(2026, 1, 20, tzinfo=UTC))  # 10 days after: recent
+    assert ids(candidates("i1", "i2").take(recently_bought.apply(asked, items))) == ["i2"]
+    asked.request.context.request_time.FromDatetime(datetime(2026, 3, 1, tzinfo=UTC))  # 50 days after: not
+    assert recently_bought.apply(asked, items) is None
+    # Unset: the server's clock, by which January 2026 is more than 30 days ago.
+    assert recently_bought.apply(state(history=[bought]), items) is None
+
+
 def test_in_stock_filter_reads_the_catalog():
     items = candidates("i3", "i4", "unknown")
     kept, removed = split(items, InStockFilter("x", Params(), deps()).apply(state(), items))
