@@ -9,6 +9,7 @@ can never mix one version's tokens with another's weights.
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,7 @@ def read_features(folder: Path, vocabulary_size: int) -> ItemFeatureSnapshot:
         )
     try:
         snapshot = ItemFeatureSnapshot.load(path)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # BadZipFile: a truncated copy
         raise ModelConfigError(f"{path}: not a readable item feature snapshot: {exc}") from None
     try:
         snapshot.require_current(path)

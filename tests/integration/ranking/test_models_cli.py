@@ -50,9 +50,23 @@ def test_a_good_repository_validates(repository):
         (poison_weights, "sample-input purchase scores are not probabilities in [0, 1]"),
         (truncate, "onnx.checker refuses it"),
         (lambda path: (path.parent / "item_features.npz").unlink(), "has no item_features.npz"),
+        (
+            # Cut short, as an interrupted copy leaves it: numpy raises zipfile.BadZipFile.
+            lambda path: (path.parent / "item_features.npz").write_bytes(
+                (path.parent / "item_features.npz").read_bytes()[:300]
+            ),
+            "item_features.npz: not a readable item feature snapshot",
+        ),
         (lambda path: (path.parent / "item_vocabulary.txt").unlink(), "missing item_vocabulary.txt"),
     ],
-    ids=["wrong-input-name", "nan-output", "corrupt-file", "no-feature-snapshot", "no-vocabulary"],
+    ids=[
+        "wrong-input-name",
+        "nan-output",
+        "corrupt-file",
+        "no-feature-snapshot",
+        "cut-feature-snapshot",
+        "no-vocabulary",
+    ],
 )
 def test_a_broken_version_is_refused_with_a_specific_message(repository, breaker, message):
     breaker(repository / "ranker" / "1" / "model.onnx")
