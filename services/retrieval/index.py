@@ -162,6 +162,8 @@ def save_index(
             _check_anchor_ids(covisitation_anchors)
         anchors = count if covisitation_anchors is None else len(covisitation_anchors)
         _check_covisitation(covisitation, count, anchors)
+    if (root / METADATA_FILE).is_file():  # a version folder given where its root belongs: it would be corrupted
+        raise ValueError(f"{root} is an index version, not a folder of versions: write to its parent, {root.parent}")
     version = version or new_version()
     root.mkdir(parents=True, exist_ok=True)
     final = root / version
@@ -244,6 +246,8 @@ def save_index_like(artifact: IndexArtifact, root: Path, **changes) -> Path:
 
 def _check_inputs(item_ids, embeddings, popularity, categories, brands, regions, sold_in, trending, stock):
     count = len(item_ids)
+    if not count:
+        raise ValueError("an index needs at least one item (a shard of a catalog smaller than the shard count?)")
     if embeddings.ndim != 2 or embeddings.shape[0] != count or embeddings.shape[1] < 1:
         raise ValueError(f"embeddings must be [{count}, dim], got {embeddings.shape}")
     for name, values in (("popularity", popularity), ("trending", trending), ("stock", stock)):

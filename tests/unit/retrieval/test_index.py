@@ -101,6 +101,23 @@ def test_missing_root_says_how_to_make_one(tmp_path):
         latest_version(tmp_path / "nope")
 
 
+def test_a_version_folder_is_refused_as_a_root_and_left_as_it_was(tmp_path):
+    version = write(tmp_path, version="v1")
+    files = sorted(p.name for p in version.iterdir())
+    with pytest.raises(
+        ValueError, match=f"is an index version, not a folder of versions: write to its parent, {tmp_path}"
+    ):
+        write(version, version="v2")
+    assert sorted(p.name for p in version.iterdir()) == files
+    assert load_index(latest_version(tmp_path)).item_ids  # still loads: nothing was written into it
+
+
+def test_an_index_without_items_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="at least one item"):
+        write(tmp_path, count=0)
+    assert not list(tmp_path.iterdir())
+
+
 def test_bad_inputs_are_refused_before_writing(tmp_path):
     with pytest.raises(ValueError, match="unique"):
         save_index(
