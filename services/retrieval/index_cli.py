@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import click
 from click.core import ParameterSource
 
+from services.retrieval.availability import push_availability
+
 if TYPE_CHECKING:  # the CLI imports the index code (numpy, ScaNN) only in the commands that use it
     from services.retrieval.build import ScannConfig
 
@@ -23,7 +25,10 @@ def shard_of(item_id: str, shards: int) -> int:
 
 @click.group()
 def index() -> None:
-    """Build retrieval index versions (ScaNN or exact, whole or sharded)."""
+    """Build retrieval index versions (ScaNN or exact, whole or sharded); push stock and region updates."""
+
+
+index.add_command(push_availability)
 
 
 @index.command()

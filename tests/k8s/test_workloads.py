@@ -229,6 +229,16 @@ def test_network_policies_deny_by_default_and_open_only_the_documented_paths(ren
             assert ingress_sources(policies[callee], "grpc") == [
                 {"podSelector": {"matchLabels": {NAME_LABEL: "gateway"}}}
             ]
+        # Stock updates: only pods labelled as availability writers (any namespace), and only to retrieval.
+        writer = {"aisle.dev/availability-writer": "true"}
+        assert ingress_sources(policies["retrieval-availability-writers"], "grpc") == [
+            {"namespaceSelector": {}, "podSelector": {"matchLabels": writer}}
+        ]
+        writer_policy = policies["retrieval-availability-writers"]["podSelector"]
+        assert writer_policy == {"matchLabels": {NAME_LABEL: "retrieval"}}, (
+            f"{render.name}: writers reach retrieval only"
+        )
+        assert policies["availability-writer"]["podSelector"] == {"matchLabels": writer}
         if "triton" in policies:
             for port in ("grpc", "http"):
                 from_ranking = [{"podSelector": {"matchLabels": {NAME_LABEL: "ranking"}}}]
