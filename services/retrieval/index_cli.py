@@ -92,12 +92,20 @@ def build(
         raise click.UsageError("pass --search-fraction or --target-recall, not both (the tuning picks the fraction)")
     if target_recall is not None and ann == "exact":
         raise click.UsageError("--target-recall tunes a ScaNN search: exact search has recall 1 (drop --ann exact)")
-    from services.retrieval.index import InvalidIndex, latest_version, load_index, new_version
+    from services.retrieval.index import METADATA_FILE, InvalidIndex, latest_version, load_index, new_version
 
+    if out.exists() and not out.is_dir():
+        raise click.ClickException(f"--out {out} is a file: give a folder of index versions (made if missing)")
+    if (out / METADATA_FILE).is_file():  # a version folder: building into it would corrupt it
+        raise click.ClickException(f"--out {out} is an index version: give the folder of versions, {out.parent}")
     try:
         artifact = load_index(latest_version(source))
     except InvalidIndex as exc:
         raise click.ClickException(f"cannot read the source index: {exc}") from None
+    if shards > len(artifact.item_ids):
+        raise click.ClickException(
+            f"--shards {shards} is more than the index's {len(artifact.item_ids)} items: some shards would be empty"
+        )
     # One version name for the router and every shard: they are published, pinned and rolled out together.
     version = new_version()
     # A sharded version is built whole in a hidden folder and published only once every part is built, so a shard

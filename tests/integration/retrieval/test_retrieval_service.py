@@ -508,3 +508,27 @@ async def test_co_visitation_and_buy_again_shards_merge_to_the_unsharded_answer(
             if message is messages[1]:  # I00100 was bought: excluded from both sources
                 assert "I00100" not in {c.item_id for c in got.candidates}
                 assert [c.item_id for c in got.candidates if c.source == BUY_AGAIN][:1] == ["I00103"]
+
+
+@pytest.mark.parametrize(
+    ("out", "shards", "message"),
+    [
+        ("a-file", 1, "is a file: give a folder of index versions"),
+        ("version", 1, "is an index version: give the folder of versions"),
+        ("version", 2, "is an index version: give the folder of versions"),
+        ("fresh", 40, "--shards 40 is more than the index's 30 items"),
+    ],
+)
+def test_index_build_refuses_an_out_or_a_shard_count_it_would_get_wrong(tmp_path, out, shards, message):
+    from click.testing import CliRunner
+
+    source = write_index(tmp_path / "source", count=30, version="20260101T000000Z")
+    (tmp_path / "a-file").write_text("not a folder")
+    targets = {"a-file": tmp_path / "a-file", "version": source, "fresh": tmp_path / "fresh"}
+    before = sorted(p.name for p in source.iterdir())
+    args = ["build", str(source), "--out", str(targets[out]), "--shards", str(shards), "--ann", "exact"]
+    result = CliRunner().invoke(index_cli, args)
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # a message, not a traceback
+    assert sorted(p.name for p in source.iterdir()) == before and load_index(source).item_ids  # untouched
+    assert not (tmp_path / "fresh").exists()
