@@ -1,7 +1,9 @@
 """Starts retrieval, ranking and gateway as separate processes on free local ports, as production runs them.
 
 Each process is configured only through its ``AISLE_<SERVICE>_*`` environment variables, logs to its own file,
-and is stopped with SIGTERM (graceful shutdown), then SIGKILL if it overstays.
+and is stopped with SIGTERM (graceful shutdown), then SIGKILL if it overstays. With ``die_with_parent`` (what
+``aisle demo`` uses) each service also gets SIGTERM from the kernel when the process that started it dies, however
+it dies (``services/demo/child.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 #: Start order: the gateway waits for retrieval, so it goes last.
 ORDER = ("retrieval", "ranking", "gateway")
+
+
+class ServiceStartError(RuntimeError):
+    """A service exited, or did not report SERVING in time, while the stack started."""
+
+    def __init__(self, service: str, reason: str, log_path: Path, log_tail: str) -> None:
+        super().__init__(f"{service} {reason}; see {log_path}:\n{log_tail}")
+        self.service, self.reason, self.log_path, self.log_tail = service, reason, log_path, log_tail
+
+
+class ServiceStartTimeout(ServiceStartError, TimeoutError):
+    """The service kept running but never reported SERVING."""
 
 
 def free_port() -> int:
@@ -46,12 +60,14 @@ class ServiceProcess:
 @dataclass
 class LocalStack:
     """``settings[service]`` holds extra settings (without prefix, e.g. ``{"index_path": ...}``); ``env`` holds
-    other variables every process gets (``OTEL_*``, for instance)."""
+    other variables every process gets (``OTEL_*``, for instance). ``die_with_parent``: each service stops (SIGTERM)
+    when the thread that started it exits, on Linux; start the stack from a thread that outlives it."""
 
     workdir: Path
     settings: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     python: str = sys.executable
+    die_with_parent: bool = False
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -98,9 +114,12 @@ class LocalStack:
     def start_service(self, name: str, base_env: Mapping[str, str] | None = None) -> None:
         service = self.services[name]
         env = {**(base_env if base_env is not None else os.environ), **service.env}
+        command = [self.python, "-m", f"services.{name}"]
+        if self.die_with_parent:
+            command = [self.python, "-m", "services.demo.child", str(os.getpid()), f"services.{name}"]
         with service.log_path.open("ab") as log:
             service.process = subprocess.Popen(
-                [self.python, "-m", f"services.{name}"],
+                command,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -114,10 +133,8 @@ class LocalStack:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 if service.process is not None and service.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{name} exited with code {service.process.returncode}; see {service.log_path}:\n"
-                        + tail(service.log_path)
-                    )
+                    reason = f"exited with code {service.process.returncode}"
+                    raise ServiceStartError(name, reason, service.log_path, tail(service.log_path))
                 try:
                     reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -125,7 +142,8 @@ class LocalStack:
                 except grpc.RpcError:
                     pass
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name} not SERVING after {timeout:.0f}s; see {service.log_path}")
+                    reason = f"not SERVING after {timeout:.0f}s"
+                    raise ServiceStartTimeout(name, reason, service.log_path, tail(service.log_path))
                 time.sleep(0.1)
 
     def stop_service(self, name: str, grace: float = 15.0) -> int | None:

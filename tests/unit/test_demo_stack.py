@@ -1,0 +1,47 @@
+"""``LocalStack`` start-up failures, with stand-in service programs: a service that exits, or never serves, stops
+the start with the service's name and the end of its log, and nothing it started keeps running."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from services.demo.stack import LocalStack, ServiceStartError
+
+
+def stand_in(tmp_path: Path, body: str) -> str:
+    """An executable that takes the place of the Python that runs a service."""
+    program = tmp_path / "python"
+    program.write_text("#!/bin/sh\n" + body)
+    program.chmod(program.stat().st_mode | stat.S_IXUSR)
+    return str(program)
+
+
+def test_a_service_that_exits_names_itself_and_shows_its_log_tail(tmp_path):
+    stack = LocalStack(tmp_path, python=stand_in(tmp_path, "echo 'loading model.onnx'\necho 'bad protobuf'\nexit 3\n"))
+
+    with pytest.raises(ServiceStartError) as raised:
+        stack.start(timeout=30, only=("ranking",))
+
+    error = raised.value
+    assert isinstance(error, RuntimeError)  # callers that caught RuntimeError still do
+    assert error.service == "ranking" and error.log_path == tmp_path / "logs" / "ranking.log"
+    assert "exited with code 3" in error.reason
+    assert error.log_tail.splitlines() == ["loading model.onnx", "bad protobuf"]
+
+
+def test_a_service_that_never_serves_times_out_and_is_stopped(tmp_path):
+    stack = LocalStack(tmp_path, python=stand_in(tmp_path, "echo 'waiting for nothing'\nexec sleep 600\n"))
+
+    with pytest.raises(ServiceStartError) as raised:
+        stack.start(timeout=1, only=("retrieval",))
+
+    assert isinstance(raised.value, TimeoutError) and raised.value.service == "retrieval"
+    assert "not SERVING after 1s" in raised.value.reason and "waiting for nothing" in raised.value.log_tail
+    process = stack.services["retrieval"].process
+    assert process.poll() is not None  # stopped by start() on the way out
+    with pytest.raises(ProcessLookupError):
+        os.kill(process.pid, 0)
