@@ -6,6 +6,7 @@ inside the commands.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import click
@@ -118,12 +119,17 @@ def train(
             f"{config_path} not found: point --model-repository at a repository "
             "whose model folder has its config.pbtxt (the project's model_repository/ has one)"
         )
+    from training.data.schema import DataError
+    from training.export import ExportError
+
     if skeleton:
-        _train_skeleton(out, model_repository, model_name, users, items, epochs or 3, seed)
+        try:
+            _train_skeleton(out, model_repository, model_name, users, items, epochs or 3, seed)
+        except (ExportError, OSError) as exc:
+            raise click.ClickException(_one_line(exc)) from None
         return
     import torch
 
-    from training.data.schema import DataError
     from training.fit import FitConfig
     from training.run import train_and_export
 
@@ -139,6 +145,8 @@ def train(
         run = train_and_export(spec, out, model_repository, model_name, config, progress=progress)
     except DataError as exc:
         raise click.ClickException(str(exc)) from None
+    except (ExportError, OSError) as exc:  # a contract mismatch, a full disk: one line, no traceback
+        raise click.ClickException(_one_line(exc)) from None
     validation = run.fitted.validation
     click.echo(f"model version: {run.ranker_dir}")
     click.echo(f"index:         {run.index_dir}")
@@ -149,6 +157,11 @@ def train(
         + ", ".join(f"{k}={validation[k]:.4f}" for k in ("ndcg@10", "hr@10", "recall@100") if k in validation)
     )
     click.echo(f"next:          aisle evaluate --artifacts {out} --out {out / 'evaluation.json'}")
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _train_skeleton(out: Path, model_repository: Path, model_name: str, users: int, items: int, epochs: int, seed: int):
@@ -263,7 +276,7 @@ def refresh_features(
     from services.ranking.model_config import ModelConfigError, resolve_version
     from training.data.loaders import load_dataset
     from training.data.schema import DataError
-    from training.refresh import RefreshError, refresh_index, version_trending_days
+    from training.refresh import RefreshError, index_to_refresh, refresh_index, version_trending_days
     from training.refresh import refresh_features as refresh
 
     configure_logging("INFO", "refresh-features")
@@ -272,11 +285,20 @@ def refresh_features(
     spec = _data_spec(data, data_format, catalog, strict)
     try:
         _, source = resolve_version(model_repository / model_name, str(version) if version else "")
+        index = index_to_refresh(index_root) if index_root else None  # a wrong --index fails before OUT is written
         dataset = load_dataset(spec)
         refreshed = refresh(dataset, source, out)
-        index_version = refresh_index(dataset, index_root, version_trending_days(source)) if index_root else None
+        try:
+            index_version = (
+                refresh_index(dataset, index_root, version_trending_days(source), index) if index_root else None
+            )
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)  # written just now: the corrected retry must not find it
+            raise
     except (ModelConfigError, RefreshError, DataError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(_one_line(exc)) from None
     click.echo(f"refreshed:     {source} -> {refreshed.folder}")
     click.echo(
         f"items:         {refreshed.matched} matched, {refreshed.missing} no longer in the catalog; "

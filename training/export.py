@@ -34,9 +34,11 @@ from services.ranking.model_config import (
     PURCHASE_OUTPUT,
     RETURN_OUTPUT,
     VOCABULARY_FILE,
-    model_versions,
+    ModelConfigError,
+    ModelContract,
     read_model_config,
 )
+from services.ranking.repository import next_version
 from services.retrieval.covisitation import CoVisitationTable
 from services.retrieval.index import save_index
 
@@ -64,22 +66,13 @@ def export_ranker(
     ``model(history, candidates[, features])`` returns P(purchase), or (P(purchase), P(return)) when the config
     declares ``return_probability``. ``snapshot`` is required when the config declares ``candidate_features``.
     """
-    config_path = model_dir / "config.pbtxt"
-    if not config_path.is_file():
-        raise ExportError(
-            f"{config_path} is missing: a model folder needs its config.pbtxt before versions can be exported"
-        )
-    contract = read_model_config(config_path)
-    if contract.history_length != model.history_length:
-        raise ExportError(
-            f"{config_path} says history length {contract.history_length}, the model has {model.history_length}"
-        )
+    contract = _contract(model_dir, model.history_length)
     with_features = FEATURES_INPUT in contract.inputs
     if with_features and snapshot is None:
-        raise ExportError(f"{config_path} declares {FEATURES_INPUT!r}: pass the item feature snapshot")
+        raise ExportError(f"{model_dir / 'config.pbtxt'} declares {FEATURES_INPUT!r}: pass the item feature snapshot")
     if with_features and snapshot is not None and len(snapshot) != len(item_ids):
         raise ExportError(f"the feature snapshot has {len(snapshot)} items, the vocabulary {len(item_ids)}")
-    version = version if version is not None else max(model_versions(model_dir), default=0) + 1
+    version = version if version is not None else next_version(model_dir)
     final = model_dir / str(version)
     if final.exists():
         raise ExportError(f"{final} already exists; versions are immutable, pick a new one")
@@ -114,6 +107,54 @@ def export_ranker(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def prepare_out(out: Path) -> None:
+    """Creates the artefacts folder ``out`` (``--out``) and checks it takes files, before anything is trained."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file: give a folder for the index, query tower and run record")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise ExportError(f"--out {out} is not a writable folder: {exc}") from None
+
+
+def check_ranker_contract(model_dir: Path, history_length: int, candidate_features: int | None) -> ModelContract:
+    """The model folder's ``config.pbtxt`` against the model about to be exported (its history window, and
+    ``candidate_features`` of that width, or none); called before training, so a mismatch costs no training."""
+    contract = _contract(model_dir, history_length)
+    declared = contract.inputs[FEATURES_INPUT].shape[-1] if FEATURES_INPUT in contract.inputs else None
+    if declared != candidate_features:
+        said = f"declares {declared} {FEATURES_INPUT}" if declared is not None else f"declares no {FEATURES_INPUT}"
+        has = candidate_features if candidate_features is not None else "none"
+        raise ExportError(f"{model_dir / 'config.pbtxt'} {said}, the model takes {has}: {_PICK_THE_FOLDER}")
+    return contract
+
+
+_PICK_THE_FOLDER = (
+    "pick the model folder made for this model (--model-name sequence_ranker for `aisle train`, "
+    "ranker for `aisle train --skeleton`)"
+)
+
+
+def _contract(model_dir: Path, history_length: int) -> ModelContract:
+    config_path = model_dir / "config.pbtxt"
+    if not config_path.is_file():
+        raise ExportError(
+            f"{config_path} is missing: a model folder needs its config.pbtxt before versions can be exported"
+        )
+    try:
+        contract = read_model_config(config_path)
+    except ModelConfigError as exc:
+        raise ExportError(str(exc)) from None
+    if contract.history_length != history_length:
+        raise ExportError(
+            f"{config_path} says history length {contract.history_length}, the model has {history_length}: "
+            + _PICK_THE_FOLDER
+        )
+    return contract
 
 
 def export_index(

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from services.ranking.features import CANDIDATE_FEATURES, ItemFeatureSnapshot
 from services.retrieval.covisitation import CoVisitationTable
-from training.data.schema import Dataset
+from training.data.schema import DataError, Dataset
 from training.data.splits import EvalCase, Split, split_dataset
 from training.evaluation.aisle import AisleRecommender, TwoTowerRetriever
 from training.evaluation.baselines import cooccurrence
@@ -217,12 +217,17 @@ def _fit(dataset: Dataset, config: FitConfig, progress: bool) -> FittedModels:
     started = time.perf_counter()
     split = split_dataset(dataset)
     if not split.validation:
-        raise ValueError(
-            f"{dataset.name}: no customer has 3 or more baskets, so nothing can be held out for validation and test"
+        raise DataError(
+            f"{dataset.name}: no customer has 3 or more baskets, so nothing can be held out for validation and test: "
+            f"train on more of the shop's purchases ({dataset.report.rows_kept} of {dataset.report.rows_read} rows "
+            "were usable; the load report in the log says why the others were skipped)"
         )
     examples = basket_examples(split)
     if not examples.targets:
-        raise ValueError(f"{dataset.name}: no training basket has an earlier basket to learn from")
+        raise DataError(
+            f"{dataset.name}: no training basket has an earlier basket to learn from: train on more of the shop's "
+            "purchases (customers with several baskets over time)"
+        )
     # The exported snapshot's recent sales are the whole data's as of its end; every training example and
     # evaluation case gets the training baskets' as of its own day instead (ranker_inputs with recent sales).
     sales = export_sales(dataset, config.trending_days)

@@ -1,16 +1,21 @@
-"""``aisle train``: synthetic shop -> trained ranker -> model repository version + retrieval index + catalog."""
+"""``aisle train --skeleton``: synthetic shop -> trained ranker -> model repository version + retrieval index + catalog.
+
+As in training/run.py: ``--out`` and the model's ``config.pbtxt`` are checked before training, and the ranker
+version is published last (the index version written for it is removed again if that fails)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from services.ranking.repository import next_version, retire
 from services.retrieval.covisitation import CoVisitationTable
-from training.export import export_index, export_ranker
+from training.export import check_ranker_contract, export_index, export_ranker, prepare_out
 from training.synthetic import SyntheticShop, generate_shop, session_baskets
 from training.train_tiny import TrainConfig, TrainResult, train_tiny_ranker
 
@@ -52,6 +57,9 @@ def train_synthetic(
     config: TrainConfig = TrainConfig(),
     progress: bool = True,
 ) -> TrainedArtifacts:
+    model_dir = model_repository / model_name
+    prepare_out(out_dir)
+    check_ranker_contract(model_dir, config.history_length, None)
     shop = generate_shop(n_users=users, n_items=items, seed=config.seed)
     log.info("synthetic shop: %d users, %d items, %d events", users, items, len(shop.events.user))
     result = train_tiny_ranker(shop.sequences(), len(shop.catalog), config, progress=progress)
@@ -66,22 +74,31 @@ def train_synthetic(
         },
         **result.summary(),
     }
-    version_dir = export_ranker(result.model, model_repository / model_name, catalog.item_ids, metadata)
     # Items bought in the same session, for the co-visitation source ("often bought with ...").
     baskets = session_baskets(shop.events)
     holding = np.bincount(np.concatenate(baskets), minlength=len(catalog)) if baskets else np.zeros(len(catalog))
     covisitation = CoVisitationTable.from_baskets(baskets, holding, COVISITATION_NEIGHBOURS)
-    index_dir = export_index(
-        result.model,
-        out_dir / "index",
-        catalog.item_ids,
-        result.popularity,
-        catalog.categories,
-        catalog.brands,
-        model_name,
-        version_dir.name,
-        covisitation=covisitation,
-    )
-    catalog_path = out_dir / CATALOG_FILE
-    write_catalog(shop, catalog_path)
+    version = next_version(model_dir)
+    index_dir = version_dir = None
+    try:
+        index_dir = export_index(
+            result.model,
+            out_dir / "index",
+            catalog.item_ids,
+            result.popularity,
+            catalog.categories,
+            catalog.brands,
+            model_name,
+            str(version),
+            covisitation=covisitation,
+        )
+        version_dir = export_ranker(result.model, model_dir, catalog.item_ids, metadata, version=version)
+        catalog_path = out_dir / CATALOG_FILE
+        write_catalog(shop, catalog_path)
+    except BaseException:
+        if version_dir is not None:
+            retire(model_dir, version)
+        if index_dir is not None:
+            shutil.rmtree(index_dir, ignore_errors=True)
+        raise
     return TrainedArtifacts(version_dir, index_dir, catalog_path, result)

@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +31,8 @@ import numpy as np
 
 from services.ranking.features import FEATURES_FILE, TRENDING_COLUMN, ItemFeatureSnapshot, ItemVocabulary
 from services.ranking.model_config import CONFIG_FILE, METADATA_FILE, MODEL_FILE, VOCABULARY_FILE
-from services.retrieval.index import InvalidIndex, latest_version, load_index, save_index_like
+from services.retrieval.index import METADATA_FILE as INDEX_METADATA_FILE
+from services.retrieval.index import IndexArtifact, InvalidIndex, latest_version, load_index, save_index_like
 from training.data.schema import Dataset
 from training.data.splits import split_dataset
 from training.features import DAY_S, TRENDING_DAYS, export_sales, item_snapshot
@@ -63,6 +65,8 @@ def refresh_features(dataset: Dataset, source: Path, out: Path) -> Refreshed:
             raise RefreshError(f"{source} has no {name}: refresh a version `aisle train` exported (one with features)")
     try:
         current = ItemFeatureSnapshot.load(source / FEATURES_FILE).require_current(source / FEATURES_FILE)
+    except (zipfile.BadZipFile, EOFError) as exc:  # cut short, as an interrupted copy leaves it
+        raise RefreshError(f"{source / FEATURES_FILE}: not a readable item feature snapshot: {exc}") from None
     except (OSError, ValueError, KeyError) as exc:  # unreadable, or another release's columns
         raise RefreshError(str(exc)) from None
     try:
@@ -140,10 +144,13 @@ def _write(source: Path, out: Path, snapshot: ItemFeatureSnapshot, metadata: dic
         raise
 
 
-def refresh_index(dataset: Dataset, root: Path, trending_days: int = TRENDING_DAYS) -> Path:
-    """Adds a version to the exported index ``root`` (as ``aisle train`` writes it: whole, exact search) whose
-    ``trending`` column holds ``dataset``'s recent sales as of its newest basket; every other part is the newest
-    version's. Items the data's catalog no longer holds have no recent sales. Returns the new version's path."""
+def index_to_refresh(root: Path) -> IndexArtifact:
+    """The newest version of the exported index ``root``, checked as :func:`refresh_index` needs it; the CLI calls
+    this before writing anything, so a wrong ``--index`` costs no half-done refresh."""
+    if (root / INDEX_METADATA_FILE).is_file():
+        raise RefreshError(
+            f"{root} is an index version, not an index root: pass the folder of versions, --index {root.parent}"
+        )
     try:
         artifact = load_index(latest_version(root))
     except InvalidIndex as exc:
@@ -153,6 +160,17 @@ def refresh_index(dataset: Dataset, root: Path, trending_days: int = TRENDING_DA
             f"{artifact.path} is a built (sharded or ScaNN) version: refresh the index `aisle train` exported, then "
             "build from it with `aisle index build` as after training"
         )
+    return artifact
+
+
+def refresh_index(
+    dataset: Dataset, root: Path, trending_days: int = TRENDING_DAYS, artifact: IndexArtifact | None = None
+) -> Path:
+    """Adds a version to the exported index ``root`` (as ``aisle train`` writes it: whole, exact search) whose
+    ``trending`` column holds ``dataset``'s recent sales as of its newest basket; every other part is the newest
+    version's (``artifact``, when :func:`index_to_refresh` read it already). Items the data's catalog no longer holds
+    have no recent sales. Returns the new version's path."""
+    artifact = artifact if artifact is not None else index_to_refresh(root)
     counts = export_sales(dataset, trending_days).latest()
     rows = dataset.catalog.rows()
     found = [(i, rows[item]) for i, item in enumerate(artifact.item_ids) if item in rows]

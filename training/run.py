@@ -4,10 +4,15 @@ Artefacts (``out`` is ``--out``):
 
     <model repository>/<model name>/<version>/   model.onnx, item_vocabulary.txt, item_features.npz, metadata.json
     out/index/<index version>/                   the retrieval index (two-tower item embeddings), via save_index
-    out/query_tower/<model version>/             query_tower.onnx + metadata.json (the two-tower's query tower)
+    out/query_tower/<model version>-<UTC time>/  query_tower.onnx + metadata.json (the two-tower's query tower)
     out/catalog.json                             item titles and attributes, for people reading answers
     out/training_run.json                        what was trained on and where everything went (read by evaluate)
     out/training_curves.json                     losses per step, validation metrics per epoch
+
+``--out`` and the model folder's ``config.pbtxt`` are checked before anything is trained. The ranker version is
+published last: the query tower and the index version (which names the ranker version it goes with) are written
+first and removed again if the ranker's export fails, and a ranker version whose run record cannot be written is
+retired, so a failed run leaves no ranker version without its index.
 """
 
 from __future__ import annotations
@@ -15,16 +20,20 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from services.ranking.features import CANDIDATE_FEATURES
+from services.ranking.repository import next_version, retire
 from services.retrieval.index import save_index
 from training.data.loaders import load_dataset
 from training.data.schema import Dataset
-from training.export import QUERY_TOWER_FILE, export_query_tower, export_ranker
+from training.export import QUERY_TOWER_FILE, check_ranker_contract, export_query_tower, export_ranker, prepare_out
 from training.fit import FitConfig, FittedModels, fit
 from training.models.two_tower import QueryTower
 
@@ -65,8 +74,12 @@ def train_and_export(
     config: FitConfig | None = None,
     progress: bool = True,
 ) -> TrainingRun:
+    config = config or FitConfig()
+    model_dir = model_repository / model_name
+    prepare_out(out)
+    check_ranker_contract(model_dir, config.ranker_history_length, len(CANDIDATE_FEATURES))
     dataset = load_dataset(spec)
-    fitted = fit(dataset, config or FitConfig(), progress=progress)
+    fitted = fit(dataset, config, progress=progress)
     split, catalog = fitted.split, dataset.catalog
     versions = {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
     metadata = {
@@ -74,9 +87,8 @@ def train_and_export(
         "training": fitted.summary(),
         "versions": versions,
     }
-    ranker_dir = export_ranker(
-        fitted.ranker, model_repository / model_name, catalog.item_ids, metadata, snapshot=fitted.snapshot
-    )
+    # The repository's own numbering (retired numbers are never reused); the ranker is published last, under it.
+    version = next_version(model_dir)
     item_vectors = fitted.two_tower.all_item_vectors()
     index_args = dict(
         item_ids=catalog.item_ids,
@@ -85,20 +97,55 @@ def train_and_export(
         categories=catalog.categories,
         brands=catalog.brands,
         model_name=model_name,
-        model_version=ranker_dir.name,
+        model_version=str(version),
         covisitation=fitted.covisitation,
         # The trending source's counts, from the same baskets as the exported snapshot's log_trending rates.
         trending=fitted.export_sales.latest(),
     )
-    query_tower_dir = out / "query_tower" / ranker_dir.name
-    export_query_tower(
-        QueryTower(fitted.two_tower),
-        query_tower_dir,
-        len(catalog),
-        {"model": "two_tower", "model_version": ranker_dir.name, "data": metadata["data"]["fingerprint"]},
-    )
-    # The retrieval index carries the query tower itself (checksummed with the rest of the version).
-    index_dir = save_index(out / "index", query_tower=query_tower_dir / QUERY_TOWER_FILE, **index_args)
+    # Keyed by time too: a version number of another repository (or of one rebuilt) must not collide here.
+    query_tower_dir = out / "query_tower" / f"{version}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+    written = index_dir = ranker_dir = None
+    try:
+        written = export_query_tower(
+            QueryTower(fitted.two_tower),
+            query_tower_dir,
+            len(catalog),
+            {"model": "two_tower", "model_version": str(version), "data": metadata["data"]["fingerprint"]},
+        )
+        # The retrieval index carries the query tower itself (checksummed with the rest of the version).
+        index_dir = save_index(out / "index", query_tower=query_tower_dir / QUERY_TOWER_FILE, **index_args)
+        ranker_dir = export_ranker(
+            fitted.ranker, model_dir, catalog.item_ids, metadata, version=version, snapshot=fitted.snapshot
+        )
+        run_file = _write_run(
+            out, spec, dataset, fitted, model_repository, model_name, versions, ranker_dir, index_dir, query_tower_dir
+        )
+    except BaseException:
+        # Nothing half-published: a published ranker goes out of the serving set (its number stays used), the index
+        # version and query tower written for it go.
+        if ranker_dir is not None:
+            retire(model_dir, version)
+        for folder in (index_dir, written):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
+    log.info("exported %s, %s, %s", ranker_dir, index_dir, query_tower_dir)
+    return TrainingRun(ranker_dir, index_dir, query_tower_dir, run_file, fitted)
+
+
+def _write_run(
+    out: Path,
+    spec: dict,
+    dataset: Dataset,
+    fitted: FittedModels,
+    model_repository: Path,
+    model_name: str,
+    versions: dict,
+    ranker_dir: Path,
+    index_dir: Path,
+    query_tower_dir: Path,
+) -> Path:
+    """The catalog, the curves and the run record (read by ``aisle evaluate``); returns the run record's path."""
     write_catalog(dataset, out / CATALOG_FILE)
     (out / CURVES_FILE).write_text(
         json.dumps(
@@ -131,5 +178,4 @@ def train_and_export(
         + "\n",
         encoding="utf-8",
     )
-    log.info("exported %s, %s, %s", ranker_dir, index_dir, query_tower_dir)
-    return TrainingRun(ranker_dir, index_dir, query_tower_dir, run_file, fitted)
+    return run_file

@@ -10,6 +10,7 @@ cannot be read at all, or lacks a required column, always raises. Events without
 
 from __future__ import annotations
 
+import codecs
 import csv
 import logging
 import math
@@ -50,23 +51,41 @@ _PRODUCT_CODE = re.compile(r"^\d{5}[A-Z]{0,2}$")
 _FORMATS = ("online-retail", "events", "sequences")
 
 
-def _table(path: Path) -> pa.Table:
-    """Parquet as stored; CSV with every column read as text (each value is then checked row by row)."""
+def _table(path: Path, notes: list[str] | None = None) -> pa.Table:
+    """Parquet as stored; CSV with every column read as text (each value is then checked row by row). A CSV that
+    is not UTF-8 is read as Latin-1 (ISO-8859-1, as the widely circulated Online Retail CSV is), with a note."""
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             return pq.read_table(path)
-        with path.open(newline="", encoding="utf-8") as handle:
+        encoding = _csv_encoding(path)
+        if encoding != "utf-8" and notes is not None:
+            notes.append(f"{path.name} is not UTF-8: read as {encoding} (ISO-8859-1)")
+        with path.open(newline="", encoding=encoding) as handle:
             header = next(csv.reader(handle), None)
         if not header:
             raise DataError(f"{path}: empty file, expected a header row")
         return pacsv.read_csv(
             path,
+            read_options=pacsv.ReadOptions(encoding=encoding),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in header}, strings_can_be_null=True
             ),
         )
-    except (OSError, pa.ArrowInvalid, UnicodeDecodeError) as exc:
+    except (OSError, pa.ArrowInvalid, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read: {exc}") from None
+
+
+def _csv_encoding(path: Path) -> str:
+    """``utf-8`` when the whole file decodes as UTF-8, else ``latin-1`` (which decodes any bytes)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with path.open("rb") as handle:
+        try:
+            while chunk := handle.read(1 << 20):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return "latin-1"
+    return "utf-8"
 
 
 def _location(path: Path, row: int) -> str:
@@ -140,12 +159,26 @@ def _text(value) -> str:
     return "" if value is None else str(value).strip()
 
 
+def _regions(value) -> tuple[str, ...] | None:
+    """A catalog row's regions: a ``|``-separated string or a list of strings (empty: sold everywhere); None if
+    it is anything else (a number, say)."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = value.split("|")
+    if not isinstance(value, list | tuple) or not all(isinstance(r, str) for r in value):
+        return None
+    return tuple(r.strip() for r in value if r.strip())
+
+
 def load_catalog(path: Path, strict: bool = False, report: LoadReport | None = None) -> ItemCatalog:
     """A catalog file in the documented schema. Missing price: the median; margin: ASSUMED_MARGIN; stock: 1."""
-    table = _table(path)
+    notes: list[str] = []
+    table = _table(path, notes)
     if "item_id" not in table.column_names:
         raise DataError(f"{path}: missing required column 'item_id' (catalog columns: {', '.join(CATALOG_COLUMNS)})")
     report = report or LoadReport(str(path))
+    report.notes.extend(notes)
     rows = _Rows(path, report, strict)
     columns = {name: table.column(name).to_pylist() for name in CATALOG_COLUMNS if name in table.column_names}
     seen: set[str] = set()
@@ -160,13 +193,14 @@ def load_catalog(path: Path, strict: bool = False, report: LoadReport | None = N
             continue
         values = {name: columns[name][i] if name in columns else None for name in CATALOG_COLUMNS}
         price, margin, stock = _number(values["price"]), _number(values["margin"]), _number(values["stock"], int)
-        if any(v is not None and (math.isnan(v) or v < 0) for v in (price, margin, stock)):
+        if any(v is not None and not (math.isfinite(v) and v >= 0) for v in (price, margin, stock)):
             rows.bad(i, "catalog_bad_number", item)
             continue
+        regions = _regions(values["regions"])
+        if regions is None:
+            rows.bad(i, "catalog_bad_regions", f"{item}: {values['regions']!r}")
+            continue
         seen.add(item)
-        regions = values["regions"]
-        if isinstance(regions, str):
-            regions = [r for r in regions.split("|") if r.strip()]
         kept["item_id"].append(item)
         kept["title"].append(_text(values["title"]) or item)
         kept["category"].append(_text(values["category"]) or "unknown")
@@ -174,7 +208,12 @@ def load_catalog(path: Path, strict: bool = False, report: LoadReport | None = N
         kept["price"].append(math.nan if price is None else price)
         kept["margin"].append(ASSUMED_MARGIN if margin is None else margin)
         kept["stock"].append(1 if stock is None else stock)
-        kept["regions"].append(tuple(str(r).strip() for r in (regions or ())))
+        kept["regions"].append(regions)
+    if not kept["item_id"]:
+        skipped = ", ".join(
+            f"{n} {reason}" for reason, n in sorted(report.skipped.items()) if reason.startswith("catalog")
+        )
+        raise DataError(f"{path}: no usable catalog row ({skipped or 'the file has none'}); see docs/training.md")
     prices = np.asarray(kept["price"], dtype=np.float64)
     known = prices[np.isfinite(prices)]
     prices[~np.isfinite(prices)] = float(np.median(known)) if known.size else 0.0
@@ -214,15 +253,16 @@ def _derived_catalog(item_ids: list[str], item_prices: dict[str, list[float]], r
 
 def load_events(path: Path, catalog_path: Path | None = None, strict: bool = False) -> Dataset:
     """A shop's events export (Parquet or CSV) in the documented schema, with an optional catalog file."""
-    table = _table(path)
+    notes: list[str] = []
+    table = _table(path, notes)
     missing = [c for c in ("event_type", "timestamp", "item_id") if c not in table.column_names]
     if missing or not ({"user_id", "session_id"} & set(table.column_names)):
         need = missing + ([] if {"user_id", "session_id"} & set(table.column_names) else ["user_id or session_id"])
         raise DataError(f"{path}: missing required column(s) {', '.join(need)} (see docs/training.md)")
-    report = LoadReport(str(path), rows_read=table.num_rows)
+    report = LoadReport(str(path), rows_read=table.num_rows, notes=notes)
     rows = _Rows(path, report, strict)
     catalog = load_catalog(catalog_path, strict, report) if catalog_path else None
-    known = catalog.rows() if catalog else None
+    known = catalog.rows() if catalog is not None else None
     column = {name: table.column(name).to_pylist() if name in table.column_names else None for name in _EVENT_NAMES}
     out: dict[str, list] = {
         name: [] for name in ("user", "item", "kind", "time", "qty", "price", "region", "dev", "bk")
@@ -322,7 +362,11 @@ def load_sequences(path: Path, strict: bool = False) -> Dataset:
     except OSError as exc:
         raise DataError(f"{path}: cannot read: {exc}") from None
     with handle:
-        for number, line in enumerate(handle, start=1):
+        try:
+            lines = handle.read().split("\n")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: cannot read: {exc} (save it as UTF-8)") from None
+        for number, line in enumerate(lines, start=1):
             tokens = line.split()
             if not tokens or tokens[0].startswith("#"):
                 continue
@@ -374,6 +418,81 @@ def title_category(title: str) -> str:
     return word[:-1] if plural else word
 
 
+def _numbers(path: Path, table: pa.Table, name: str, kind=float) -> np.ndarray:
+    """A numeric column value by value (Parquet numbers or CSV text): NaN where a value is missing or not a
+    (whole, for ``int``) number. A column without a single number cannot be the data: DataError."""
+    values = table.column(name).to_pylist()
+    numbers = np.array([_number(v, kind) for v in values], dtype=np.float64)  # None -> NaN
+    if len(numbers) and not np.isfinite(numbers).any():
+        raise DataError(
+            f"{path}: no {name} value is a number (the first is {values[0]!r}): Online Retail's {name} holds "
+            "plain numbers (e.g. 6, 2.55); check the column or the file's delimiter"
+        )
+    return numbers
+
+
+def _customer_ids(values: list) -> tuple[np.ndarray, np.ndarray]:
+    """CustomerID as numbers (NaN for guests: missing, blank or 'nan') and where a value is not a whole number."""
+    ids = np.full(len(values), np.nan)
+    bad = np.zeros(len(values), dtype=bool)
+    for i, value in enumerate(values):
+        number = _number(value)
+        if number is None or (math.isnan(number) and str(value).strip().lower() == "nan"):
+            continue  # a guest
+        if math.isfinite(number) and number == int(number):
+            ids[i] = number
+        else:
+            bad[i] = True
+    return ids, bad
+
+
+#: ``12/1/2010 8:26`` (as the common CSV export of the Online Retail sheet writes InvoiceDate), seconds optional.
+_SLASHED_DATE = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})(?:[ T]+(\d{1,2}):(\d{2})(?::(\d{2}))?)?$")
+
+
+def _invoice_times(path: Path, values: list) -> np.ndarray:
+    """InvoiceDate as unix seconds read as UTC, -1 where a value is no date. Timestamps, ISO 8601 text
+    (``2010-12-01 08:26:00``) or slashed dates (``12/1/2010 8:26``): month first unless some date's first part is
+    over 12 (then day first); a file whose slashed dates read either way is refused as ambiguous."""
+    slashed = [_SLASHED_DATE.match(v.strip()) if isinstance(v, str) else None for v in values]
+    matches = [m for m in slashed if m]
+    day_first = False
+    if matches:
+        first, second = (max(int(m.group(part)) for m in matches) for part in (1, 2))
+        if first > 12 and second > 12:
+            raise DataError(
+                f"{path}: InvoiceDate mixes month/day/year and day/month/year dates: save the dates as ISO 8601 "
+                "(2010-12-01 08:26)"
+            )
+        if first <= 12 and second <= 12 and any(m.group(1) != m.group(2) for m in matches):
+            raise DataError(
+                f"{path}: InvoiceDate dates like {matches[0].group(0)!r} read as month/day or as day/month alike "
+                "(no part is over 12): save the dates as ISO 8601 (2010-12-01 08:26)"
+            )
+        day_first = first > 12
+    times = np.full(len(values), -1, dtype=np.int64)
+    for i, (value, match) in enumerate(zip(values, slashed, strict=True)):
+        when = _slashed_time(match, day_first) if match else _timestamp(value)
+        if when is not None:
+            times[i] = when
+    if len(times) and (times <= 0).all():
+        raise DataError(
+            f"{path}: no InvoiceDate value is a date (the first is {values[0]!r}): expected timestamps, ISO 8601 "
+            "(2010-12-01 08:26:00) or month/day/year (12/1/2010 8:26)"
+        )
+    return times
+
+
+def _slashed_time(match: re.Match, day_first: bool) -> int | None:
+    first, second, year = int(match.group(1)), int(match.group(2)), int(match.group(3))
+    day, month = (first, second) if day_first else (second, first)
+    hour, minute, second_ = (int(match.group(part) or 0) for part in (4, 5, 6))
+    try:
+        return int(datetime(year, month, day, hour, minute, second_, tzinfo=UTC).timestamp())
+    except ValueError:  # 2/30/2011, 25:00
+        return None
+
+
 def load_online_retail(path: Path, include_guests: bool = True, strict: bool = False) -> Dataset:
     """UCI Online Retail (see its README): invoices -> purchases, ``C`` invoices -> returns.
 
@@ -382,34 +501,41 @@ def load_online_retail(path: Path, include_guests: bool = True, strict: bool = F
     ASSUMED_MARGIN; stock 1 (in stock); sold everywhere; region = Country (``Unspecified`` = unknown); consent
     assumed; timestamps = InvoiceDate read as UTC. Guest rows (no CustomerID) become one anonymous session per
     invoice (training only: a single basket is never held out) unless ``include_guests`` is false.
-    Skipped and counted: non-product stock codes (postage, fees, manual adjustments, gift vouchers), purchases
-    with quantity <= 0 or unit price <= 0, cancellations with quantity >= 0, returns of items never purchased.
+    Skipped and counted: non-product stock codes (postage, fees, manual adjustments, gift vouchers), values that
+    are missing or unreadable (Quantity not a whole number, UnitPrice not a finite number, CustomerID not a number,
+    InvoiceDate not a date; see :func:`_invoice_times` for the formats), purchases with quantity <= 0 or unit price
+    <= 0, cancellations with quantity >= 0, returns of items never purchased.
     """
-    table = _table(path)
+    notes: list[str] = []
+    table = _table(path, notes)
     needed = ("InvoiceNo", "StockCode", "Description", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "Country")
     missing = [c for c in needed if c not in table.column_names]
     if missing:
         raise DataError(f"{path}: not an Online Retail file, missing column(s) {', '.join(missing)}")
-    report = LoadReport(str(path), rows_read=table.num_rows)
+    report = LoadReport(str(path), rows_read=table.num_rows, notes=notes)
     invoice = np.asarray(table.column("InvoiceNo").to_pylist(), dtype=object)
     code = np.asarray([str(c).strip().upper() for c in table.column("StockCode").to_pylist()], dtype=object)
     description = table.column("Description").to_pylist()
-    quantity = table.column("Quantity").to_numpy(zero_copy_only=False).astype(np.int64)
-    when = table.column("InvoiceDate").cast(pa.timestamp("s")).cast(pa.int64()).to_numpy(zero_copy_only=False)
-    price = table.column("UnitPrice").to_numpy(zero_copy_only=False).astype(np.float64)
-    customer = table.column("CustomerID").to_numpy(zero_copy_only=False).astype(np.float64)
+    # Value by value: NaN (or -1 for times) where a value is missing or unreadable, counted below as a bad row.
+    quantity = _numbers(path, table, "Quantity", int)
+    when = _invoice_times(path, table.column("InvoiceDate").to_pylist())
+    price = _numbers(path, table, "UnitPrice")
+    customer, bad_customer = _customer_ids(table.column("CustomerID").to_pylist())
     country = table.column("Country").to_pylist()
 
     cancelled = np.array([str(i).startswith("C") for i in invoice])
     product = np.array([bool(_PRODUCT_CODE.match(c)) for c in code])
-    guest = ~np.isfinite(customer)
+    guest = ~np.isfinite(customer) & ~bad_customer
     reasons = [
         ("non_product_code", ~product),
         ("guest_row", guest if not include_guests else np.zeros_like(guest)),
+        ("bad_quantity", ~np.isfinite(quantity)),
+        ("bad_price", ~np.isfinite(price)),
+        ("bad_customer_id", bad_customer),
+        ("bad_timestamp", when <= 0),
         ("non_positive_quantity", ~cancelled & (quantity <= 0)),
         ("non_positive_price", ~cancelled & (price <= 0)),
         ("cancellation_with_positive_quantity", cancelled & (quantity >= 0)),
-        ("bad_timestamp", when <= 0),
     ]
     keep = np.ones(len(invoice), dtype=bool)
     for reason, bad in reasons:
@@ -530,13 +656,16 @@ def detect_format(path: Path) -> str:
     suffix = path.suffix.lower()
     if suffix in (".txt", ".seq"):
         return "sequences"
-    if suffix in (".parquet", ".pq"):
-        names = pq.read_schema(path).names
-    elif suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            names = next(csv.reader(handle), [])
-    else:
+    if suffix not in (".parquet", ".pq", ".csv"):
         raise DataError(f"{path}: unknown file type {suffix!r}; use .parquet, .csv or .txt, or pass --format")
+    try:
+        if suffix == ".csv":
+            with path.open(newline="", encoding=_csv_encoding(path)) as handle:
+                names = next(csv.reader(handle), [])
+        else:
+            names = pq.read_schema(path).names
+    except (OSError, pa.ArrowInvalid, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read: {exc} (is it the {suffix} file its name says?)") from None
     return "online-retail" if "InvoiceNo" in names and "StockCode" in names else "events"
 
 

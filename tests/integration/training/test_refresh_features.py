@@ -16,7 +16,7 @@ from services.cli import main
 from services.ranking.features import FEATURES_FILE, STATIC_FEATURES, TRENDING_COLUMN, ItemFeatureSnapshot
 from services.ranking.model_config import model_versions
 from services.ranking.repository import publish
-from services.retrieval.index import latest_version, load_index
+from services.retrieval.index import index_versions, latest_version, load_index
 from tests.support.tiny_training import SHOP, TINY
 from training.data.loaders import load_dataset
 from training.data.schema import Dataset
@@ -163,3 +163,45 @@ def test_the_index_gets_a_version_with_the_newer_recent_sales(run, newer, tmp_pa
     assert np.array_equal(after.covisitation.indptr, before.covisitation.indptr)
     with pytest.raises(RefreshError, match="cannot read"):
         refresh_index(newer, tmp_path / "no-index", TINY.trending_days)
+
+
+def test_a_wrong_index_is_refused_before_out_is_written(run, version, tmp_path):
+    data = tmp_path / "sequences.txt"
+    vocabulary = (version / "item_vocabulary.txt").read_text().splitlines()
+    data.write_text(f"u1 {vocabulary[0]} {vocabulary[1]}\n", encoding="utf-8")
+    out, empty = tmp_path / "fresh", tmp_path / "empty"
+    empty.mkdir()
+    args = ["refresh-features", "--model-repository", str(version.parent.parent), "--data", str(data)]
+    runner = CliRunner()
+    result = runner.invoke(main, [*args, "--out", str(out), "--index", str(empty)])
+    assert result.exit_code == 1 and "cannot read the index" in result.output and not out.exists()
+    index = tmp_path / "index"
+    shutil.copytree(run.index_dir.parent, index)
+    served = latest_version(index)
+    before = sorted(p.name for p in served.iterdir())
+    result = runner.invoke(main, [*args, "--out", str(out), "--index", str(served)])
+    assert (
+        result.exit_code == 1
+        and f"is an index version, not an index root: pass the folder of versions, --index {index}" in result.output
+    )
+    assert not out.exists() and sorted(p.name for p in served.iterdir()) == before
+    result = runner.invoke(main, [*args, "--out", str(out), "--index", str(index)])  # the corrected retry
+    assert result.exit_code == 0, result.output
+    assert (out / "model.onnx").is_file() and len(index_versions(index)) == 2
+
+
+def test_a_version_with_a_truncated_snapshot_is_refused(version, newer, tmp_path):
+    cut = tmp_path / "cut"
+    shutil.copytree(version, cut)
+    (cut / FEATURES_FILE).write_bytes((version / FEATURES_FILE).read_bytes()[:300])
+    with pytest.raises(RefreshError, match=f"{FEATURES_FILE}: not a readable item feature snapshot"):
+        refresh_features(newer, cut, tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_refresh_features_names_a_data_file_it_cannot_read(version, tmp_path):
+    data = tmp_path / "events.parquet"
+    data.write_text("event_type,timestamp,user_id,item_id\n", encoding="utf-8")
+    args = ["refresh-features", "--model-repository", str(version.parent.parent), "--data", str(data)]
+    result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "fresh")])
+    assert result.exit_code == 1 and "cannot read" in result.output and "Traceback" not in result.output

@@ -68,3 +68,14 @@ def test_calibration_has_no_bought_before_shift_when_the_lists_hold_one_group():
     for group in (np.zeros(50_000, bool), np.ones(50_000, bool)):  # discovery lists / only items bought before
         scale, _, shift = fit_calibration(logits, labels, group)
         assert shift == 0.0 and scale == pytest.approx(1.0, abs=0.05)
+
+
+def test_too_little_usable_data_is_a_data_error_with_the_fix(tmp_path):
+    from training.data.loaders import load_sequences
+    from training.data.schema import DataError
+    from training.fit import fit
+
+    path = tmp_path / "short.txt"
+    path.write_text("u1 a b\nu2 b c\n", encoding="utf-8")
+    with pytest.raises(DataError, match="3 or more baskets.*train on more"):
+        fit(load_sequences(path))

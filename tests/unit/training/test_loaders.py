@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +224,107 @@ def test_the_real_online_retail_file():
     assert report.rows_kept + sum(report.skipped.values()) == report.rows_read
     assert 3_500 < len(dataset.catalog) < 4_070
     assert dataset.fingerprint.endswith("518b36c8452f511e938535aebce2c3ea051432fe999bd85e81720ebb07af5931")
+
+
+RETAIL_HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+
+
+def test_online_retail_csv_values_are_checked_row_by_row(tmp_path):
+    """Unreadable values skip their row under a reason (or stop --strict); none gives a traceback or a NaN."""
+    path = write(
+        tmp_path,
+        "retail.csv",
+        RETAIL_HEADER
+        + "536365,85123A,HEART HOLDER,6,2010-12-01 08:26:00,2.55,17850,United Kingdom\n"
+        + "536365,22423,JUMBO BAG,three,2010-12-01 08:26:00,1.95,17850,United Kingdom\n"
+        + "536366,22423,JUMBO BAG,2,2010-12-02 09:00:00,,17850,United Kingdom\n"
+        + "536367,22423,JUMBO BAG,2,2010-12-02 09:00:00,inf,17850,United Kingdom\n"
+        + "536368,22423,JUMBO BAG,2,yesterday,1.95,17850,United Kingdom\n"
+        + "536369,22423,JUMBO BAG,2,2010-12-03 09:00:00,1.95,A17850,United Kingdom\n"
+        + "536370,22423,JUMBO BAG,2,2010-12-03 09:00:00,1.95,,United Kingdom\n",
+    )
+    dataset = load_online_retail(path)
+    assert dict(dataset.report.skipped) == {
+        "bad_quantity": 1,
+        "bad_price": 2,
+        "bad_timestamp": 1,
+        "bad_customer_id": 1,
+    }
+    assert dataset.report.examples["bad_quantity"] == [f"{path}:3"]
+    assert np.isfinite(dataset.catalog.prices).all() and dataset.catalog.prices.tolist() == [1.95, 2.55]
+    assert [dataset.events.users[u] for u in dataset.events.user] == ["17850", "guest:536370"]
+    with pytest.raises(DataError, match=r"retail.csv:3: bad_quantity"):
+        load_online_retail(path, strict=True)
+
+
+def test_online_retail_reads_month_first_slashed_dates_when_the_file_says_so(tmp_path):
+    rows = [
+        "536365,85123A,HEART HOLDER,6,12/1/2010 8:26,2.55,17850,United Kingdom",
+        "536366,85123A,HEART HOLDER,1,12/13/2010 17:05,2.55,17850,United Kingdom",
+    ]
+    path = write(tmp_path, "retail.csv", RETAIL_HEADER + "\n".join(rows) + "\n")
+    times = load_online_retail(path).events.timestamp.tolist()
+    assert [datetime.fromtimestamp(t, UTC) for t in times] == [
+        datetime(2010, 12, 1, 8, 26, tzinfo=UTC),
+        datetime(2010, 12, 13, 17, 5, tzinfo=UTC),
+    ]
+    day_first = write(tmp_path, "uk.csv", RETAIL_HEADER + rows[0].replace("12/1/", "13/1/") + "\n")
+    assert datetime.fromtimestamp(int(load_online_retail(day_first).events.timestamp[0]), UTC).month == 1
+    ambiguous = write(tmp_path, "ambiguous.csv", RETAIL_HEADER + rows[0] + "\n")
+    with pytest.raises(DataError, match="ambiguous|month/day or as day/month.*ISO 8601"):
+        load_online_retail(ambiguous)
+
+
+def test_an_unreadable_online_retail_column_is_one_error_with_the_fix(tmp_path):
+    row = "536365,85123A,HEART HOLDER,6,2010-12-01 08:26:00,2.55,17850,United Kingdom\n"
+    path = write(tmp_path, "retail.csv", RETAIL_HEADER + row.replace(",6,", ",six,"))
+    with pytest.raises(DataError, match="no Quantity value is a number"):
+        load_online_retail(path)
+    path = write(tmp_path, "retail.csv", RETAIL_HEADER + row.replace("2010-12-01 08:26:00", "1st December"))
+    with pytest.raises(DataError, match="no InvoiceDate value is a date.*ISO 8601"):
+        load_online_retail(path)
+
+
+def test_files_that_are_not_what_their_name_says_are_one_error(tmp_path):
+    not_parquet = write(tmp_path, "events.parquet", "event_type,timestamp,user_id,item_id\n")
+    truncated = tmp_path / "truncated.parquet"
+    pq.write_table(pa.table({"event_type": ["purchase"] * 50, "item_id": ["A"] * 50}), truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    for path in (not_parquet, truncated):
+        with pytest.raises(DataError, match="cannot read"):
+            detect_format(path)
+        with pytest.raises(DataError, match="cannot read"):
+            load_dataset({"format": "auto", "path": str(path)})
+
+
+def test_a_latin_1_csv_is_read_with_a_note(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_bytes("event_type,timestamp,user_id,item_id\npurchase,1700000000,Jérôme,i1\n".encode("latin-1"))
+    assert detect_format(path) == "events"
+    dataset = load_dataset({"format": "auto", "path": str(path)})
+    assert dataset.events.users == ["Jérôme"]
+    assert any("not UTF-8" in note for note in dataset.report.notes)
+    sequences = tmp_path / "seq.txt"
+    sequences.write_bytes("Jérôme a b\n".encode("latin-1"))
+    with pytest.raises(DataError, match="cannot read.*UTF-8"):
+        load_sequences(sequences)
+
+
+def test_catalog_values_of_the_wrong_type_are_counted(tmp_path):
+    events = write(tmp_path, "events.csv", "event_type,timestamp,user_id,item_id\npurchase,1700000000,u1,A\n")
+    catalog = tmp_path / "catalog.parquet"
+    pq.write_table(
+        pa.table(
+            {"item_id": ["A", "B", "C"], "margin": ["0.3", "inf", "0.2"], "regions": pa.array([None, None, None])}
+        ),
+        catalog,
+    )
+    dataset = load_events(events, catalog)
+    assert dataset.catalog.item_ids == ["A", "C"] and dataset.report.skipped["catalog_bad_number"] == 1
+    pq.write_table(pa.table({"item_id": ["A", "B"], "regions": [44, 7]}), catalog)
+    with pytest.raises(DataError, match=r"row 1: catalog_bad_regions"):
+        load_events(events, catalog, strict=True)
+    with pytest.raises(DataError, match=r"no usable catalog row \(2 catalog_bad_regions\)"):
+        load_events(events, catalog)
+    pq.write_table(pa.table({"item_id": ["A", "B"], "regions": [["GB", "DE"], ["FR"]]}), catalog)
+    assert load_events(events, catalog).catalog.regions == [("GB", "DE"), ("FR",)]
