@@ -27,10 +27,12 @@ from pathlib import Path
 import click
 
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
-from services.core.validation import MAX_ID_LENGTH  # what a retrieval server accepts, checked there too
 
 #: Bad input lines listed in an error; the rest are counted (as the services count field violations).
 MAX_REPORTED_ERRORS = 20
+#: Longest item id a retrieval server accepts: services.core.validation.MAX_ID_LENGTH (a test holds the two equal),
+#: not imported, because that module imports grpc and `aisle` must not before it sets gRPC's runtime.
+MAX_ID_LENGTH = 256
 #: Updates per call. A server checks and applies a call on its event loop (about 4 ms per 1,000 updates on the
 #: project's machine, 40 ms for its limit of 10,000), so smaller calls keep its Retrieve answers prompt, and they
 #: fit a shard router's per-shard deadline (shard_timeout_ms, 50 ms), which it applies to this call too.
