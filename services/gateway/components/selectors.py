@@ -125,31 +125,44 @@ class MMRDiversitySelector(ComponentBase):
 
 class BrandQuotaParams(Params):
     max_per_brand: int = 3
+    #: Rows kept after the top k, for the selectors after this one (an exploration slot's pool: 50 by default);
+    #: the candidates past them are cut unread, since looking up every candidate's brand costs about 0.6 ms for
+    #: 500 of a 1M-item catalog.
+    depth: int = Field(default=60, ge=0)
 
 
 class BrandQuotaSelector(ComponentBase):
     """At most ``max_per_brand`` items of one brand (supplier) in the answer: a brand's further items are cut,
     wherever they are, unless fewer than k items keep the quota; then the first of them fill the top k, after
-    the others. The order is otherwise kept. Items the catalog snapshot does not hold have no brand and no quota."""
+    the others. The order is otherwise kept; ``depth`` rows are kept after the top k, the rest cut. Items the
+    catalog snapshot does not hold have no brand and no quota."""
 
     kind: ClassVar[str] = "selector"
     requires: ClassVar[frozenset[str]] = frozenset({"brand"})
     Params = BrandQuotaParams
 
     def select(self, state: RequestState, candidates: Candidates) -> Candidates:
-        # Every row, not only the top k: a later selector (an exploration slot) may promote any of them.
-        brand_of, quota = state.catalog.get, self.params.max_per_brand
+        # Beyond the top k too, as deep as ``depth``: a later selector (an exploration slot) may promote those rows.
+        # What lies deeper is cut, so nothing that breaks the quota is left for anyone to promote.
+        brand_of, quota, wanted = state.catalog.get, self.params.max_per_brand, state.k + self.params.depth
         counts: dict[str, int] = {}
-        keeps = np.empty(len(candidates), dtype=bool)
+        kept: list[int] = []
+        broke: list[int] = []
         for row, item in enumerate(candidates.ids()):
             brand = brand_of(item, "brand")
-            if brand is None:  # not in the catalog snapshot (yet): no brand to count it against
-                keeps[row] = True
-                continue
             seen = counts.get(brand, 0)
-            counts[brand] = seen + 1
-            keeps[row] = seen < quota
-        return within_rule(candidates, keeps, state.k)
+            if brand is None or seen < quota:  # None: not in the catalog snapshot (yet), no brand to count against
+                kept.append(row)
+                if len(kept) == wanted:
+                    break
+            else:
+                broke.append(row)
+            if brand is not None:
+                counts[brand] = seen + 1
+        if len(kept) == len(candidates):
+            return candidates
+        fill = broke[: max(0, state.k - len(kept))]  # only as many as the top k needs to be full
+        return candidates.take(np.array(kept + fill, dtype=np.int64))
 
 
 class FeedbackStats:

@@ -250,6 +250,22 @@ def test_brand_quota_cuts_a_brands_further_items_unless_they_fill_the_top():
     assert quota_of[2].select(state(k=3), unchanged) is unchanged
 
 
+def test_brand_quota_keeps_depth_rows_after_the_top_and_reads_no_further():
+    class Counting(ItemCatalog):
+        reads = 0
+
+        def get(self, item_id, field, default=None):
+            Counting.reads += 1
+            return super().get(item_id, field, default)
+
+    brands = {f"x{n}": {"brand": f"b{n // 2}", "category": "c"} for n in range(100)}  # two items per brand
+    catalog = Counting(brands)
+    quota = BrandQuotaSelector("x", BrandQuotaParams(max_per_brand=1, depth=3), deps())
+    got = quota.select(state(k=4, catalog=catalog), candidates(*brands))
+    assert ids(got) == ["x0", "x2", "x4", "x6", "x8", "x10", "x12"]  # k + depth rows, one per brand
+    assert Counting.reads == 13  # up to x12: the other 87 candidates are cut unread
+
+
 def test_items_the_catalog_does_not_hold_count_against_no_brand():
     quota = BrandQuotaSelector("x", BrandQuotaParams(max_per_brand=1), deps())
     fresh = candidates("new-1", "i0", "new-2", "i2", "new-3")  # new-*: not in the snapshot yet; i0 and i2 are b0
