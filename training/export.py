@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from services.ranking.model_config import (
     ModelContract,
     read_model_config,
 )
-from services.ranking.repository import next_version
+from services.ranking.repository import next_version, retire
 from services.retrieval.covisitation import CoVisitationTable
 from services.retrieval.index import save_index
 
@@ -107,6 +107,35 @@ def export_ranker(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+class Publication:
+    """What one training run has exported so far: the folders it wrote beside the ranker (index version, query
+    tower) and the ranker version once published. See :func:`published_together`."""
+
+    def __init__(self) -> None:
+        self.folders: list[Path] = []
+        self.ranker: Path | None = None
+
+    def wrote(self, folder: Path) -> Path:
+        self.folders.append(folder)
+        return folder
+
+
+@contextlib.contextmanager
+def published_together(model_dir: Path, version: int) -> Iterator[Publication]:
+    """Around the export of ranker ``version`` and what goes with it, the ranker published last: when the block
+    fails, the folders it wrote go and the ranker, if published, is retired (its number stays used), so a failed
+    run leaves no ranker version without its index."""
+    publication = Publication()
+    try:
+        yield publication
+    except BaseException:
+        if publication.ranker is not None:
+            retire(model_dir, version)
+        for folder in publication.folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def prepare_out(out: Path) -> None:

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from services.ranking.repository import next_version, retire
+from services.ranking.repository import next_version
 from services.retrieval.covisitation import CoVisitationTable
-from training.export import check_ranker_contract, export_index, export_ranker, prepare_out
+from training.export import check_ranker_contract, export_index, export_ranker, prepare_out, published_together
 from training.synthetic import SyntheticShop, generate_shop, session_baskets
 from training.train_tiny import TrainConfig, TrainResult, train_tiny_ranker
 
@@ -79,26 +78,23 @@ def train_synthetic(
     holding = np.bincount(np.concatenate(baskets), minlength=len(catalog)) if baskets else np.zeros(len(catalog))
     covisitation = CoVisitationTable.from_baskets(baskets, holding, COVISITATION_NEIGHBOURS)
     version = next_version(model_dir)
-    index_dir = version_dir = None
-    try:
-        index_dir = export_index(
-            result.model,
-            out_dir / "index",
-            catalog.item_ids,
-            result.popularity,
-            catalog.categories,
-            catalog.brands,
-            model_name,
-            str(version),
-            covisitation=covisitation,
+    with published_together(model_dir, version) as publication:
+        index_dir = publication.wrote(
+            export_index(
+                result.model,
+                out_dir / "index",
+                catalog.item_ids,
+                result.popularity,
+                catalog.categories,
+                catalog.brands,
+                model_name,
+                str(version),
+                covisitation=covisitation,
+            )
         )
-        version_dir = export_ranker(result.model, model_dir, catalog.item_ids, metadata, version=version)
+        version_dir = publication.ranker = export_ranker(
+            result.model, model_dir, catalog.item_ids, metadata, version=version
+        )
         catalog_path = out_dir / CATALOG_FILE
         write_catalog(shop, catalog_path)
-    except BaseException:
-        if version_dir is not None:
-            retire(model_dir, version)
-        if index_dir is not None:
-            shutil.rmtree(index_dir, ignore_errors=True)
-        raise
     return TrainedArtifacts(version_dir, index_dir, catalog_path, result)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,11 +28,18 @@ import numpy as np
 import torch
 
 from services.ranking.features import CANDIDATE_FEATURES
-from services.ranking.repository import next_version, retire
+from services.ranking.repository import next_version
 from services.retrieval.index import save_index
 from training.data.loaders import load_dataset
 from training.data.schema import Dataset
-from training.export import QUERY_TOWER_FILE, check_ranker_contract, export_query_tower, export_ranker, prepare_out
+from training.export import (
+    QUERY_TOWER_FILE,
+    check_ranker_contract,
+    export_query_tower,
+    export_ranker,
+    prepare_out,
+    published_together,
+)
 from training.fit import FitConfig, FittedModels, fit
 from training.models.two_tower import QueryTower
 
@@ -104,31 +110,25 @@ def train_and_export(
     )
     # Keyed by time too: a version number of another repository (or of one rebuilt) must not collide here.
     query_tower_dir = out / "query_tower" / f"{version}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
-    written = index_dir = ranker_dir = None
-    try:
-        written = export_query_tower(
-            QueryTower(fitted.two_tower),
-            query_tower_dir,
-            len(catalog),
-            {"model": "two_tower", "model_version": str(version), "data": metadata["data"]["fingerprint"]},
+    with published_together(model_dir, version) as publication:
+        publication.wrote(
+            export_query_tower(
+                QueryTower(fitted.two_tower),
+                query_tower_dir,
+                len(catalog),
+                {"model": "two_tower", "model_version": str(version), "data": metadata["data"]["fingerprint"]},
+            )
         )
         # The retrieval index carries the query tower itself (checksummed with the rest of the version).
-        index_dir = save_index(out / "index", query_tower=query_tower_dir / QUERY_TOWER_FILE, **index_args)
-        ranker_dir = export_ranker(
+        index_dir = publication.wrote(
+            save_index(out / "index", query_tower=query_tower_dir / QUERY_TOWER_FILE, **index_args)
+        )
+        ranker_dir = publication.ranker = export_ranker(
             fitted.ranker, model_dir, catalog.item_ids, metadata, version=version, snapshot=fitted.snapshot
         )
         run_file = _write_run(
             out, spec, dataset, fitted, model_repository, model_name, versions, ranker_dir, index_dir, query_tower_dir
         )
-    except BaseException:
-        # Nothing half-published: a published ranker goes out of the serving set (its number stays used), the index
-        # version and query tower written for it go.
-        if ranker_dir is not None:
-            retire(model_dir, version)
-        for folder in (index_dir, written):
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
-        raise
     log.info("exported %s, %s, %s", ranker_dir, index_dir, query_tower_dir)
     return TrainingRun(ranker_dir, index_dir, query_tower_dir, run_file, fitted)
 
