@@ -9,8 +9,6 @@ from collections.abc import Sequence
 
 from google.protobuf.message import Message
 
-from services.core.errors import InvalidArgument
-
 #: Longest id (item, user, session) any service accepts.
 MAX_ID_LENGTH = 256
 
@@ -18,6 +16,15 @@ MAX_ID_LENGTH = 256
 #: Field violations reported per request; the rest are counted. Thousands of bad entries would otherwise make an
 #: error trailer past gRPC's metadata limit, and the caller would get RESOURCE_EXHAUSTED naming nothing.
 MAX_REPORTED_VIOLATIONS = 20
+
+
+def id_problem(value: str) -> str | None:
+    """What is wrong with a non-empty id (item, user, session), or None."""
+    if len(value) > MAX_ID_LENGTH:
+        return f"must be at most {MAX_ID_LENGTH} characters, got {len(value)}"
+    if not value.isprintable():
+        return "must contain printable characters only"
+    return None
 
 
 class Violations:
@@ -40,6 +47,10 @@ class Violations:
 
     def raise_if_any(self) -> None:
         if self._found:
+            # Imported here: services.core.errors imports grpc, and a command line tool that checks ids with this
+            # module (aisle index push-availability) must not import it before it sets gRPC's runtime.
+            from services.core.errors import InvalidArgument
+
             raise InvalidArgument(self._found, omitted=self._omitted)
 
     def id(self, field: str, value: str, *, required: bool = True) -> None:
@@ -47,10 +58,8 @@ class Violations:
             if required:
                 self.add(field, "must not be empty")
             return
-        if len(value) > MAX_ID_LENGTH:
-            self.add(field, f"must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
-        elif not value.isprintable():
-            self.add(field, "must contain printable characters only")
+        if problem := id_problem(value):
+            self.add(field, problem)
 
     def ids(self, field: str, values: Sequence[str], *, limit: int) -> None:
         if len(values) > limit:

@@ -27,12 +27,10 @@ from pathlib import Path
 import click
 
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
+from services.core.validation import id_problem
 
 #: Bad input lines listed in an error; the rest are counted (as the services count field violations).
 MAX_REPORTED_ERRORS = 20
-#: Longest item id a retrieval server accepts: services.core.validation.MAX_ID_LENGTH (a test holds the two equal),
-#: not imported, because that module imports grpc and `aisle` must not before it sets gRPC's runtime.
-MAX_ID_LENGTH = 256
 #: Updates per call. A server checks and applies a call on its event loop (about 4 ms per 1,000 updates on the
 #: project's machine, 40 ms for its limit of 10,000), so smaller calls keep its Retrieve answers prompt, and they
 #: fit a shard router's per-shard deadline (shard_timeout_ms, 50 ms), which it applies to this call too.
@@ -81,10 +79,8 @@ def parse_update(text: str | bytes) -> pb.AvailabilityUpdate:
         raise _FieldError("item_id", "must be a string")
     if not item_id:
         raise _FieldError("item_id", "must not be empty")
-    if len(item_id) > MAX_ID_LENGTH:
-        raise _FieldError("item_id", f"must be at most {MAX_ID_LENGTH} characters, got {len(item_id)}")
-    if not item_id.isprintable():
-        raise _FieldError("item_id", "must contain printable characters only")
+    if problem := id_problem(item_id):  # the retrieval servers' own rule
+        raise _FieldError("item_id", problem)
     if "stock" not in value:  # the server sets stock on every update: a missing one would read as 0, out of stock
         raise _FieldError("stock", "required (units in stock; 0 or less is out of stock)")
     stock = value["stock"]

@@ -176,10 +176,3 @@ def test_an_empty_input_sends_nothing(tmp_path):
     updates.write_text("\n")
     result = CliRunner().invoke(push_availability, [str(updates), "--target", "127.0.0.1:1"])
     assert result.exit_code == 0 and "nothing to send" in result.output
-
-
-def test_ids_are_held_to_the_servers_own_length_limit():
-    from services.core import validation
-    from services.retrieval import availability
-
-    assert availability.MAX_ID_LENGTH == validation.MAX_ID_LENGTH
