@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -16,6 +17,7 @@ from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
 from services.core.channels import create_channel
+from services.core.errors import describe
 from services.core.health import wait_until_serving
 from services.core.server import Application
 from services.gateway.cache import AnonymousCache
@@ -121,7 +123,7 @@ def build_application(
     async def load() -> None:
         await events.start()
         await downstream.connect()
-        await warm_popular_cache(downstream, deps.popular_cache)
+        await warm_popular_cache(downstream, deps.popular_cache, settings.fallback_region_list)
 
     async def close() -> None:
         await downstream.close()
@@ -154,14 +156,23 @@ def build_event_sink(settings: GatewaySettings) -> EventSink:
     return NullEventSink()
 
 
-async def warm_popular_cache(downstream: Downstream, cache: PopularCache, k: int = 100) -> None:
-    """Fills the fallback cache once at start-up, so even the first requests after a retrieval outage have an
-    answer. Later successful popularity answers keep it fresh per region."""
-    try:
-        reply = await downstream.retrieval.Retrieve(
-            retrieval_pb.RetrieveRequest(k=k, sources=[common_pb2.CANDIDATE_SOURCE_POPULARITY]), timeout=2.0
-        )
-    except grpc.aio.AioRpcError as error:
-        log.warning("could not warm the popular-items cache: %s", error.code().name)
-        return
-    cache.store("", [c.item_id for c in reply.candidates])
+async def warm_popular_cache(
+    downstream: Downstream, cache: PopularCache, regions: Sequence[str] = (), k: int = 100
+) -> None:
+    """Fills the fallback cache once at start-up (the region-less list and each of ``regions``), so even the first
+    requests after a retrieval outage have an answer. Later successful popularity answers keep it fresh per region."""
+    for region in ("", *regions):
+        try:
+            reply = await downstream.retrieval.Retrieve(
+                retrieval_pb.RetrieveRequest(
+                    k=k,
+                    sources=[common_pb2.CANDIDATE_SOURCE_POPULARITY],
+                    context=common_pb2.RequestContext(region=region),
+                ),
+                timeout=2.0,
+            )
+        except grpc.aio.AioRpcError as error:
+            where = f" for region {region!r}" if region else ""
+            log.warning("could not warm the popular-items cache%s: %s", where, describe(error))
+            continue
+        cache.store(region, [c.item_id for c in reply.candidates])

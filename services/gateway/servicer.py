@@ -109,7 +109,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         # is a short answer, not an outage: a retry would not help. A session-store outage is not retrieval's.)
         if not len(items) and not state.fetched and state.retrieval_failed:
             raise DependencyUnavailable(
-                "retrieval is down or too slow and no cached popular items are available yet",
+                "retrieval is down or too slow and no popular items are cached for this region yet",
                 reason="RETRIEVAL_UNAVAILABLE",
             )
         response = self._response(state, items, pipeline, variant)

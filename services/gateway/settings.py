@@ -75,12 +75,22 @@ class GatewaySettings(ServiceSettings):
     anonymous_cache_ttl_s: float = Field(
         30.0, ge=0, le=3600, description="Cache of answers for anonymous traffic per segment; 0 disables."
     )
+    fallback_regions: str = Field(
+        "",
+        description="Comma-separated regions whose popular items start-up caches, beside the region-less list: the "
+        "answer while retrieval is down for a region no call has filled the cache for yet (a region's fallback "
+        "serves only that region's list, unless the policy's CachedPopularSource has other_regions: true).",
+    )
     dependency_wait_log_s: float = Field(
         5.0, gt=0, le=600, description="How often start-up logs that it still waits for retrieval."
     )
     ranking_wait_s: float = Field(
         10.0, ge=0, le=600, description="How long start-up waits for ranking before serving degraded answers."
     )
+
+    @property
+    def fallback_region_list(self) -> list[str]:
+        return [r.strip() for r in self.fallback_regions.split(",") if r.strip()]
 
     @model_validator(mode="after")
     def _event_log_takes_a_whole_call(self) -> GatewaySettings:

@@ -167,19 +167,40 @@ async def test_ranking_down_gives_a_flagged_retrieval_order_answer(trained):
     assert "model" not in {v.kind for v in response.versions}
 
 
-async def test_retrieval_down_serves_cached_popular_items_flagged(trained):
-    async with stack(trained) as hosts:
+async def test_retrieval_down_serves_the_regions_cached_popular_items_flagged(trained):
+    async with stack(trained, gateway_extra={"fallback_regions": "GB, DE"}) as hosts:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['retrieval'].port}") as channel:
+            popular = await retrieval_grpc.RetrievalServiceStub(channel).Retrieve(
+                retrieval_pb.RetrieveRequest(
+                    k=100, sources=[common.CANDIDATE_SOURCE_POPULARITY], context=common.RequestContext(region="GB")
+                ),
+                timeout=5,
+            )
         await hosts["retrieval"].stop(grace=0, drain=0)
         response = await recommend(hosts["gateway"].port, home_request(history_of(trained), k=5))
     assert len(response.items) == 5
     assert all(item.sources == [common.CANDIDATE_SOURCE_FALLBACK_CACHE] for item in response.items)
+    # Start-up cached GB's own list (AISLE_GATEWAY_FALLBACK_REGIONS): items sold in GB.
+    assert {item.item_id for item in response.items} <= {c.item_id for c in popular.candidates}
     assert common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE in {d.reason for d in response.degradations}
     assert all(item.HasField("purchase_probability") for item in response.items)  # ranking still ranks them
 
 
+async def test_retrieval_down_is_unavailable_for_a_region_no_answer_cached_not_another_regions_list(trained):
+    # Start-up cached only the region-less list; the request is for GB, whose stock and sales it did not keep to.
+    async with stack(trained) as hosts:
+        await hosts["retrieval"].stop(grace=0, drain=0)
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await recommend(hosts["gateway"].port, home_request(history_of(trained), k=5))
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    info, _ = details_of(failure.value)
+    assert info is not None and info.reason == "RETRIEVAL_UNAVAILABLE"
+    assert "for this region" in failure.value.details()
+
+
 async def test_fallback_items_all_excluded_is_a_short_answer_not_an_outage(trained):
     categories = sorted({item["category"] for item in json.loads((trained.root / "catalog.json").read_text()).values()})
-    async with stack(trained) as hosts:
+    async with stack(trained, gateway_extra={"fallback_regions": "GB"}) as hosts:
         await hosts["retrieval"].stop(grace=0, drain=0)
         request = home_request(history_of(trained), k=5)
         request.exclusions.categories.extend(categories)  # the cached popular items exist, but none may be shown

@@ -162,18 +162,30 @@ class PopularCache:
     def store(self, region: str, item_ids: list[str]) -> None:
         self._items[region] = (self.clock(), list(item_ids))
 
-    def get(self, region: str) -> list[str]:
-        for key in (region, ""):
+    def get(self, region: str, other_regions: bool = False) -> list[str]:
+        """The region's fresh list ("" is the list of calls without a region). Another region's list, the
+        region-less one first, only with ``other_regions``: retrieval filtered it by that region's stock and
+        sales, so it may hold items not sold in this one."""
+        entry = self._items.get(region)
+        if entry and self._fresh(entry):
+            return entry[1]
+        if not other_regions:
+            return []
+        for key in ["", *self._items]:
             entry = self._items.get(key)
-            if entry and self.clock() - entry[0] <= self.ttl_s:
+            if key != region and entry and self._fresh(entry):
                 return entry[1]
-        # Any region's list beats no answer.
-        fresh = [items for at, items in self._items.values() if self.clock() - at <= self.ttl_s]
-        return fresh[0] if fresh else []
+        return []
+
+    def _fresh(self, entry: tuple[float, list[str]]) -> bool:
+        return self.clock() - entry[0] <= self.ttl_s
 
 
 class CachedPopularParams(Params):
     share: float = 0.05
+    #: When the region has no cached list: serve another region's (items perhaps not sold in this region) rather
+    #: than fail the call. Off: a shop that sells by region would rather show nothing than a forbidden item.
+    other_regions: bool = False
 
 
 class CachedPopularSource(ComponentBase):
@@ -190,7 +202,7 @@ class CachedPopularSource(ComponentBase):
         return self.params.share
 
     async def fetch(self, state: RequestState, timeout: float) -> Candidates:
-        items = self.deps.popular_cache.get(state.region)
+        items = self.deps.popular_cache.get(state.region, self.params.other_regions)
         return Candidates.of(
             items, common.CANDIDATE_SOURCE_FALLBACK_CACHE, scores={"retrieval": -np.arange(len(items), dtype=float)}
         )

@@ -494,3 +494,38 @@ async def test_only_a_call_that_excludes_nothing_fills_the_regions_popular_fallb
     got = await source.fetch(state(exclusions=exclusions), 1.0)
     assert got.ids() == ["i2", "i1"]  # the answer itself is the same either way
     assert shared_deps.popular_cache.get("GB") == (["i2", "i1"] if shared else [])
+
+
+def test_the_popular_cache_serves_a_region_only_its_own_list_unless_told_otherwise():
+    from services.gateway.components.sources import PopularCache
+
+    now = [0.0]
+    cache = PopularCache(ttl_s=60, clock=lambda: now[0])
+    cache.store("FR", ["f1", "f2"])
+    cache.store("", ["g1"])
+    assert cache.get("FR") == ["f1", "f2"]
+    assert cache.get("") == ["g1"]
+    # FR's list was filtered by FR's stock and sales: it may hold items not sold in GB.
+    assert cache.get("GB") == []
+    assert cache.get("GB", other_regions=True) == ["g1"]  # the region-less list first
+    now[0] = 30.0
+    cache.store("DE", ["d1"])
+    now[0] = 61.0  # FR's and the region-less lists are stale, DE's is not
+    assert cache.get("FR") == [] and cache.get("GB", other_regions=True) == ["d1"]
+    assert cache.get("DE", other_regions=True) == ["d1"]
+    now[0] = 91.0
+    assert cache.get("GB", other_regions=True) == []
+
+
+@pytest.mark.parametrize(("other_regions", "expected"), [(False, []), (True, ["f1", "f2"])])
+async def test_the_cached_popular_source_keeps_to_the_requests_region_unless_its_params_allow_others(
+    other_regions, expected
+):
+    from services.gateway.components.sources import CachedPopularParams, CachedPopularSource
+
+    shared = deps()
+    shared.popular_cache.store("FR", ["f1", "f2"])  # the request's region is GB
+    source = CachedPopularSource("Fallback", CachedPopularParams(other_regions=other_regions), shared)
+    got = await source.fetch(state(), 1.0)
+    assert got.ids() == expected
+    assert (got.source == common.CANDIDATE_SOURCE_FALLBACK_CACHE).all()
