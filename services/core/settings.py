@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound="ServiceSettings")
+#: The value that unsets an optional setting, as an environment variable or a flag.
+NONE = "none"
 
 
 class SettingsError(ValueError):
@@ -24,9 +26,10 @@ class SettingsError(ValueError):
 def settings_config(env_prefix: str) -> SettingsConfigDict:
     """Configuration for a service's settings class: its environment prefix, strict about unknown fields.
 
-    ``none`` as a value unsets an optional setting (``AISLE_GATEWAY_METRICS_PORT=none`` disables metrics).
+    ``none`` as a value unsets an optional setting (``AISLE_GATEWAY_METRICS_PORT=none`` disables metrics; so does
+    the flag ``--metrics-port none``, see :func:`load_settings`).
     """
-    return SettingsConfigDict(env_prefix=env_prefix, extra="forbid", frozen=True, env_parse_none_str="none")
+    return SettingsConfigDict(env_prefix=env_prefix, extra="forbid", frozen=True, env_parse_none_str=NONE)
 
 
 class ServiceSettings(BaseSettings):
@@ -74,6 +77,8 @@ def load_settings(cls: type[S], overrides: Mapping[str, Any] | None = None) -> S
     unknown = sorted(set(given) - set(cls.model_fields))
     if unknown:
         raise SettingsError(f"unknown setting(s) for {cls.service_label}: {', '.join(unknown)}")
+    # ``none`` unsets an optional setting given as a flag too, as it does in the environment.
+    given = {key: None if value == NONE and _optional(cls, key) else value for key, value in given.items()}
     # A misspelt variable would otherwise be ignored silently and the default used.
     prefix = str(cls.model_config.get("env_prefix", "")).upper()
     known = {cls.env_name(name) for name in cls.model_fields}
@@ -87,6 +92,10 @@ def load_settings(cls: type[S], overrides: Mapping[str, Any] | None = None) -> S
         return cls(**given)
     except ValidationError as exc:
         raise SettingsError(_describe(cls, exc)) from None
+
+
+def _optional(cls: type[ServiceSettings], field: str) -> bool:
+    return type(None) in get_args(cls.model_fields[field].annotation)
 
 
 def _describe(cls: type[ServiceSettings], exc: ValidationError) -> str:

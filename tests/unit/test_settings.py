@@ -29,6 +29,14 @@ def test_environment_is_read_with_the_service_prefix(monkeypatch):
     assert settings.port == 6000 and settings.metrics_port is None
 
 
+def test_none_as_a_flag_unsets_an_optional_setting_as_it_does_in_the_environment():
+    gateway = load_settings(GatewaySettings, {"metrics_port": "none", "catalog_path": "none"})
+    assert gateway.metrics_port is None and gateway.catalog_path is None
+    assert load_settings(RankingSettings, {"max_queue_delay_us": "none"}).max_queue_delay_us is None
+    with pytest.raises(SettingsError, match="AISLE_GATEWAY_PORT / --port"):  # not optional: none is a bad value
+        load_settings(GatewaySettings, {"port": "none"})
+
+
 def test_flags_override_the_environment(monkeypatch):
     monkeypatch.setenv("AISLE_GATEWAY_DEFAULT_K", "7")
     assert load_settings(GatewaySettings, {"default_k": "9", "port": None}).default_k == 9
