@@ -32,8 +32,8 @@ from services.core.validation import id_problem
 #: Bad input lines listed in an error; the rest are counted (as the services count field violations).
 MAX_REPORTED_ERRORS = 20
 #: Updates per call. A server checks and applies a call on its event loop (about 4 ms per 1,000 updates on the
-#: project's machine, 40 ms for its limit of 10,000), so smaller calls keep its Retrieve answers prompt, and they
-#: fit a shard router's per-shard deadline (shard_timeout_ms, 50 ms), which it applies to this call too.
+#: project's machine, 40 ms for its limit of 10,000), so smaller calls keep its Retrieve answers prompt. (A shard
+#: router gives each shard shard_update_timeout_ms, 10 s, within the call's own deadline.)
 DEFAULT_BATCH_SIZE = 1000
 #: Serialized bytes per call, well under the servers' 4 MiB message limit whatever the ids and region lists.
 MAX_BATCH_BYTES = 1024 * 1024

@@ -139,6 +139,7 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
     def __init__(self, settings: RetrievalSettings, queries: QueryDataHolder | None = None):
         self.settings, self.targets = settings, settings.shards
         self.timeout_s = settings.shard_timeout_ms / 1000
+        self.update_timeout_s = settings.shard_update_timeout_ms / 1000
         self.queries = queries if queries is not None else QueryDataHolder(len(self.targets), settings.query_threads)
         self.watcher = IndexWatcher(self.queries, settings.index_path, settings.index_poll_s)
         self.stubs: list[pb_grpc.RetrievalServiceStub] = []
@@ -161,9 +162,9 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
         for channel in self._channels:
             await channel.close()
 
-    async def _fan_out(self, method: str, request, context):
+    async def _fan_out(self, method: str, request, context, timeout_s: float):
         remaining = context.time_remaining()
-        timeout = self.timeout_s if remaining is None else min(self.timeout_s, remaining)
+        timeout = timeout_s if remaining is None else min(timeout_s, remaining)
         calls = [getattr(stub, method)(request, timeout=timeout) for stub in self.stubs]
         return await asyncio.gather(*calls, return_exceptions=True)
 
@@ -173,7 +174,7 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
             raise NotReady("router not connected to its shards yet")
         # The shards' own rules, before any work: resolving adds a vector per anchor and encodes the history.
         validate_retrieve(request, self.settings, resolver.artifact, SOURCE_IDS)
-        results = await self._fan_out("Retrieve", resolver.resolve(request), context)
+        results = await self._fan_out("Retrieve", resolver.resolve(request), context, self.timeout_s)
         answered, dropped = [], []
         for target, result in zip(self.targets, results, strict=True):
             if isinstance(result, grpc.aio.AioRpcError):
@@ -221,7 +222,7 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
     async def UpdateAvailability(  # noqa: N802
         self, request: pb.UpdateAvailabilityRequest, context
     ) -> pb.UpdateAvailabilityResponse:
-        results = await self._fan_out("UpdateAvailability", request, context)
+        results = await self._fan_out("UpdateAvailability", request, context, self.update_timeout_s)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             error = failed[0]

@@ -38,7 +38,16 @@ class RetrievalSettings(ServiceSettings):
         description="Comma-separated gRPC targets of index shards. When set, this process is a router: it fans "
         "requests out to the shards and merges their top-k, and serves no index itself.",
     )
-    shard_timeout_ms: float = Field(50.0, gt=0, le=10_000, description="Router: deadline of each shard call.")
+    shard_timeout_ms: float = Field(
+        50.0, gt=0, le=10_000, description="Router: deadline of each shard's Retrieve call (the request path)."
+    )
+    shard_update_timeout_ms: float = Field(
+        10_000.0,
+        gt=0,
+        le=600_000,
+        description="Router: deadline of each shard's UpdateAvailability call (a batch of stock updates; within "
+        "the caller's own deadline).",
+    )
     max_k: int = Field(2000, ge=1, le=100_000, description="Largest k a request may ask for, per source.")
     max_history: int = Field(200, ge=1, le=10_000, description="Longest history a request may carry.")
     max_anchors: int = Field(50, ge=1, le=1000, description="Most anchor items a request may carry.")

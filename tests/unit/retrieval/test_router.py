@@ -97,3 +97,36 @@ async def test_the_router_validates_before_it_resolves(tmp_path, monkeypatch, mu
     with pytest.raises(InvalidArgument) as failure:
         await router.Retrieve(message, context=None)
     assert field in failure.value.violations and not resolved
+
+
+class _TimedShard:
+    """A shard stub that records the deadline each call was given and answers at once."""
+
+    def __init__(self, timeouts: list[tuple[str, float]]):
+        self.timeouts = timeouts
+
+    async def UpdateAvailability(self, request, timeout):  # noqa: N802
+        self.timeouts.append(("UpdateAvailability", timeout))
+        return pb.UpdateAvailabilityResponse(applied_count=len(request.updates))
+
+
+class _Context:
+    def __init__(self, remaining: float | None):
+        self.remaining = remaining
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+
+@pytest.mark.parametrize(("remaining", "expected"), [(None, 2.0), (30.0, 2.0), (0.5, 0.5)])
+async def test_stock_updates_reach_the_shards_with_the_update_deadline_not_the_request_paths(remaining, expected):
+    # 50 ms suits a Retrieve on the request path; a batch of stock updates gets its own, longer deadline.
+    settings = RetrievalSettings(
+        index_path="unused", shard_targets="a:1,b:2", shard_timeout_ms=50, shard_update_timeout_ms=2000
+    )
+    router, timeouts = ShardRouter(settings), []
+    router.stubs = [_TimedShard(timeouts), _TimedShard(timeouts)]
+    update = pb.AvailabilityUpdate(item_id="I00001", stock=0)
+    reply = await router.UpdateAvailability(pb.UpdateAvailabilityRequest(updates=[update]), _Context(remaining))
+    assert reply.applied_count == 2  # each shard answered (only one holds the item; the fake counts all)
+    assert timeouts == [("UpdateAvailability", expected)] * 2
