@@ -87,7 +87,8 @@ def build(
     target_recall: float | None,
     pre_reorder: int,
 ) -> None:
-    """Build a new index version from SOURCE, an index version folder (as `aisle train` exports them)."""
+    """Build a new index version from SOURCE, an index root (its newest version is used) or one version folder (as
+    `aisle train` exports them)."""
     if target_recall is not None and ctx.get_parameter_source("search_fraction") is not ParameterSource.DEFAULT:
         raise click.UsageError("pass --search-fraction or --target-recall, not both (the tuning picks the fraction)")
     if target_recall is not None and ann == "exact":
