@@ -13,6 +13,7 @@ import click
 from click.core import ParameterSource
 
 from services.retrieval.availability import push_availability
+from services.retrieval.settings import RetrievalSettings
 
 if TYPE_CHECKING:  # the CLI imports the index code (numpy, ScaNN) only in the commands that use it
     from services.retrieval.build import ScannConfig
@@ -69,6 +70,14 @@ index.add_command(push_availability)
     "this (measured on 400 sampled queries after the build; the curve is kept in the version's metadata).",
 )
 @click.option(
+    "--min-recall",
+    type=click.FloatRange(0.0, 1.0),
+    default=RetrievalSettings.model_fields["min_spot_check_recall"].default,
+    show_default=True,
+    help="Refuse to publish a ScaNN part whose recall@10 spot-check against exact search is lower: the servers "
+    "run the same check at load (AISLE_RETRIEVAL_MIN_SPOT_CHECK_RECALL) and would refuse the version.",
+)
+@click.option(
     "--pre-reorder",
     type=click.IntRange(1, 100_000),
     default=1000,
@@ -85,6 +94,7 @@ def build(
     leaves: int | None,
     search_fraction: float,
     target_recall: float | None,
+    min_recall: float,
     pre_reorder: int,
 ) -> None:
     """Build a new index version from SOURCE, an index root (its newest version is used) or one version folder (as
@@ -112,7 +122,7 @@ def build(
     # A sharded version is built whole in a hidden folder and published only once every part is built, so a shard
     # that fails (a recall target it cannot reach) leaves no router or shard of the new version behind.
     root = out / f".building-{version}" if shards > 1 else out
-    plan = BuildPlan(ann, shards, leaves, search_fraction, target_recall, pre_reorder)
+    plan = BuildPlan(ann, shards, leaves, search_fraction, target_recall, pre_reorder, min_recall)
     try:
         _build_parts(artifact, root, version, plan)
     except BaseException:
@@ -137,6 +147,7 @@ class BuildPlan:
     search_fraction: float
     target_recall: float | None
     pre_reorder: int
+    min_recall: float = 0.0
 
     def scann_config(self, items: int) -> ScannConfig:
         """The ScaNN configuration of a part holding ``items`` items."""
@@ -181,7 +192,7 @@ def _build_parts(artifact, root: Path, version: str, plan: BuildPlan) -> None:
             use_scann = plan.ann == "scann" or (plan.ann == "auto" and rows.size > EXACT_BELOW_ITEMS)
             build_ann = None
             if use_scann:
-                build_ann = _scann_builder(plan.scann_config(rows.size), plan.target_recall, shard)
+                build_ann = _scann_builder(plan.scann_config(rows.size), plan.target_recall, plan.min_recall, shard)
             elif plan.target_recall is not None:
                 click.echo(f"shard {shard}: {rows.size} items are searched exactly (recall 1): no tuning needed")
 
@@ -216,16 +227,27 @@ def _build_parts(artifact, root: Path, version: str, plan: BuildPlan) -> None:
             click.echo(f"wrote {path} ({rows.size} items, {'scann' if use_scann else 'exact'})")
 
 
-def _scann_builder(config, target_recall: float | None, shard: int):
+def _scann_builder(config, target_recall: float | None, min_recall: float, shard: int):
     """``build_ann`` for :func:`save_index`: builds the ScaNN searcher (tuned to ``target_recall`` if given) and
-    says what the tuning chose; an unreachable target is a CLI error."""
-    from services.retrieval.build import TargetRecallUnreachable, build_scann
+    says what the tuning chose; an unreachable target, or a searcher that fails the servers' recall spot-check
+    (below ``min_recall``), is a CLI error and nothing is published."""
+    from services.retrieval.build import ScannConfig, TargetRecallUnreachable, build_scann, spot_check_recall
+    from services.retrieval.search import ScannSearcher
 
     def build_ann(embeddings, folder):
         try:
             built = build_scann(embeddings, folder, config, target_recall)
         except TargetRecallUnreachable as exc:
             raise click.ClickException(f"shard {shard}: {exc}") from None
+        fields = ScannConfig.__dataclass_fields__
+        searcher = ScannSearcher(folder, ScannConfig(**{k: v for k, v in built.items() if k in fields}).search_params())
+        recall = spot_check_recall(searcher, embeddings)  # the check the servers run when they load the version
+        if recall < min_recall:
+            raise click.ClickException(
+                f"shard {shard}: recall@10 spot-check {recall:.3f} is below --min-recall {min_recall:.3f}, so the "
+                "servers would refuse this version; nothing was published. Search more leaves (a higher "
+                "--search-fraction, or --target-recall) or use --ann exact"
+            )
         if "tuning" in built:
             [point] = [p for p in built["tuning"]["curve"] if p["leaves_to_search"] == built["leaves_to_search"]]
             click.echo(

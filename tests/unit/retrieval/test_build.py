@@ -128,3 +128,19 @@ def test_a_sharded_build_is_published_whole_once_every_shard_is_tuned(source, tm
         built = json.loads((latest_version(out / f"shard-{shard}") / METADATA_FILE).read_text())["build"]
         assert built["tuning"]["curve"][-1]["recall"] >= 0.9 and built["shard"] == shard
         assert f"shard {shard}: searching {built['leaves_to_search']} of" in result.output
+
+
+def test_a_build_the_servers_would_refuse_is_refused_and_publishes_nothing(source, tmp_path):
+    from services.retrieval.state import open_index
+
+    # One leaf of 300 searched: far below the servers' recall spot-check (AISLE_RETRIEVAL_MIN_SPOT_CHECK_RECALL).
+    options = ("--leaves", "300", "--search-fraction", "0.001")
+    result, built = build(source, tmp_path / "refused", *options)
+    assert result.exit_code == 1, result.output
+    assert "spot-check" in result.output and "below --min-recall 0.800" in result.output, result.output
+    assert built is None and not [p for p in (tmp_path / "refused").rglob("*") if p.is_dir()]
+    # The check is the servers' own: with it lowered the same build is published, and a server refuses it at load.
+    result, built = build(source, tmp_path / "published", *options, "--min-recall", "0")
+    assert result.exit_code == 0 and built["leaves_to_search"] == 1, result.output
+    with pytest.raises(InvalidIndex, match="recall spot-check"):
+        open_index(latest_version(tmp_path / "published"), exact_threshold=0, min_recall=0.8)
