@@ -14,10 +14,11 @@ import asyncio  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable, Mapping  # noqa: E402
-from typing import Any, TypeVar  # noqa: E402
+from typing import Any, NoReturn, TypeVar  # noqa: E402
 
 from prometheus_client import CollectorRegistry  # noqa: E402
 
+from services.core.errors import is_expected_failure  # noqa: E402
 from services.core.logs import configure_logging  # noqa: E402
 from services.core.server import Application, ServiceHost  # noqa: E402
 from services.core.settings import ServiceSettings, SettingsError, load_settings  # noqa: E402
@@ -58,13 +59,32 @@ def serve_main(
     configure_logging(settings.log_level, settings.service_label)
     configure_tracing(f"aisle-{settings.service_label}")
     registry = CollectorRegistry()
+    log = logging.getLogger(__name__)
     try:
         host = ServiceHost(settings, build(settings, registry), registry, freeze_heap=True)
         with asyncio.Runner(loop_factory=new_loop) as runner:
             runner.run(host.run())
+            if host.load_interrupted:
+                _exit_without_the_load(settings.service_label)
     except Exception as error:  # start-up failures end here, with the reason in the log
-        logging.getLogger(__name__).error("%s did not start: %s", settings.service_label, error)
+        if is_expected_failure(error):  # its message says what is wrong and where: one line
+            log.error("%s did not start: %s", settings.service_label, error)
+            log.debug("where it failed", exc_info=error)
+        else:
+            log.error("%s did not start: %s", settings.service_label, error, exc_info=error)
         return EXIT_LOAD_FAILED
     finally:
         shutdown_tracing()
     return 0
+
+
+def _exit_without_the_load(label: str) -> NoReturn:
+    """Ends the process now, after a stop interrupted the load. What the load handed to threads (a model or an
+    index read in ``asyncio.to_thread``) cannot be interrupted, and both the event loop's close and the interpreter's
+    exit wait for those threads: a SIGTERM would otherwise take as long as the load."""
+    logging.getLogger(__name__).info("%s exits without waiting for the interrupted load", label)
+    shutdown_tracing()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -104,6 +104,19 @@ class NotFound(ServiceError):
     reason = "NOT_FOUND"
 
 
+def is_expected_failure(error: BaseException) -> bool:
+    """True for a failure raised on purpose with a message that says what is wrong and where (a missing model, a
+    refused version, an invalid index, a bad setting): an instance of an exception class defined in Aisle's own
+    package (``ServiceError``, ``SettingsError``, ``ModelConfigError``, ``InvalidIndex``...). Its message is all an
+    operator needs. Anything else (a bare ``ValueError``, a ``KeyError``, a library's own error) is unexpected, and
+    its traceback is worth logging. The class's module is read, so core need not import the services' classes."""
+    return type(error).__module__.split(".")[0] == _PACKAGE
+
+
+#: Aisle's own top-level package, where every exception class it raises on purpose is defined.
+_PACKAGE = __name__.split(".")[0]
+
+
 def status_for(error: BaseException) -> grpc.Status:
     """The ``grpc.Status`` (with rich details in the trailing metadata) that a caller gets for ``error``."""
     if isinstance(error, ServiceError):

@@ -3,15 +3,17 @@
 :class:`ServiceHost` builds a ``grpc.aio`` server with the standard health service (SERVING only after the
 application's ``load`` step has finished), server reflection, tracing, metrics and error interceptors, a Prometheus
 endpoint, and graceful shutdown: on SIGTERM health flips to NOT_SERVING, new calls are refused and in-flight calls
-get ``grace_period_s`` to finish.
+get ``grace_period_s`` to finish; a load still in progress is cancelled first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +33,10 @@ from services.core.settings import ServiceSettings
 log = logging.getLogger(__name__)
 
 Hook = Callable[[], Awaitable[None]]
+
+
+class StartupError(RuntimeError):
+    """The server could not start; the message names the setting to change and how."""
 
 
 @dataclass
@@ -73,6 +79,8 @@ class ServiceHost:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._stop_task: asyncio.Task | None = None  # held: the loop keeps only a weak reference to a task
+        self._load_task: asyncio.Task | None = None  # the application's load step, cancelled by a stop
+        self._serving = False
 
     async def start(self) -> int:
         """Binds and starts the server with health NOT_SERVING; returns the bound port."""
@@ -99,17 +107,31 @@ class ServiceHost:
             ],
             server,
         )
-        address = f"{self.settings.host}:{self.settings.port}"
-        port = server.add_insecure_port(address)
-        if port == 0:
-            raise RuntimeError(f"could not bind the gRPC server to {address}")
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.start()
-        self.server, self.port = server, port
+        # The metrics port first: a gRPC server that has bound its port keeps it until the process ends unless it is
+        # started, so a busy metrics port found after it would leave the gRPC port taken.
         if self.settings.metrics_port is not None:
-            self._metrics_server, self.metrics_port = start_metrics_server(
-                self.settings.metrics_port, self.settings.host, self.registry
-            )
+            try:
+                self._metrics_server, self.metrics_port = start_metrics_server(
+                    self.settings.metrics_port, self.settings.host, self.registry
+                )
+            except OSError as error:
+                raise self._unbindable("metrics", self.settings.metrics_port, "metrics_port", error) from None
+        try:
+            address = f"{self.settings.host}:{self.settings.port}"
+            try:
+                port = server.add_insecure_port(address)
+            except RuntimeError:  # gRPC says only "Failed to bind to address": find out why
+                port = 0
+            if port == 0:
+                problem = _bind_problem(self.settings.host, self.settings.port)
+                raise self._unbindable("gRPC", self.settings.port, "port", problem)
+            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+            await server.start()
+        except BaseException:
+            self._stop_metrics_server()
+            self.metrics_port = None
+            raise
+        self.server, self.port = server, port
         log.info(
             "%s listening on %s:%d (metrics port %s, %s event loop, %s), NOT_SERVING until loaded",
             self.settings.service_label,
@@ -122,9 +144,22 @@ class ServiceHost:
         return port
 
     async def load(self) -> None:
-        """Runs the application's ``load`` step, then marks every service SERVING."""
-        if self.app.load is not None:
-            await self.app.load()
+        """Runs the application's ``load`` step, then marks every service SERVING.
+
+        The step runs as a task of its own that :meth:`stop` cancels: a SIGTERM while a large model or index is
+        loading ends the load (returning from here without SERVING) rather than waiting for it."""
+        if self.app.load is not None and not self._stopping:
+            loading = self._load_task = asyncio.get_running_loop().create_task(
+                self.app.load(), name=f"{self.settings.service_label}-load"
+            )
+            try:
+                await loading
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not (loading.cancelled() and self._stopping and (current is None or not current.cancelling())):
+                    raise  # this caller was cancelled, or the load cancelled itself: not a stop
+                log.info("%s stopped while loading", self.settings.service_label)
+                return
         if self._stopping:
             return
         if self.freeze_heap:
@@ -133,20 +168,35 @@ class ServiceHost:
             gc.collect()
             gc.freeze()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._serving = True
         log.info("%s is SERVING", self.settings.service_label)
+
+    @property
+    def load_interrupted(self) -> bool:
+        """True when a stop cancelled the load step: work it handed to threads (``asyncio.to_thread``) may still
+        be running, and cannot be interrupted."""
+        return self._load_task is not None and self._load_task.cancelled()
 
     async def stop(self, grace: float | None = None, drain: float | None = None) -> None:
         """NOT_SERVING first; after ``drain`` seconds (still answering, so load balancers can notice) new calls
-        are refused and in-flight ones get ``grace`` seconds to finish. Defaults come from the settings."""
+        are refused and in-flight ones get ``grace`` seconds to finish. Defaults come from the settings.
+
+        A load still in progress is cancelled, and ``close`` runs only once it has ended; without a load that
+        finished nobody was sent here, so there is nothing to drain."""
         if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
         grace = self.settings.grace_period_s if grace is None else grace
-        drain = self.settings.drain_delay_s if drain is None else drain
+        if drain is None:
+            drain = self.settings.drain_delay_s if self._serving else 0.0
         log.info("%s shutting down (drain %.1fs, grace %.1fs)", self.settings.service_label, drain, grace)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         try:
+            loading = self._load_task
+            if loading is not None and not loading.done() and loading is not asyncio.current_task():
+                loading.cancel()
+                await asyncio.wait({loading})  # whatever it ends with, load() reports it
             if drain > 0:
                 await asyncio.sleep(drain)
             if self.server is not None:
@@ -154,9 +204,7 @@ class ServiceHost:
         finally:
             if self.app.close is not None:
                 await self.app.close()
-            if self._metrics_server is not None:
-                self._metrics_server.shutdown()
-                self._metrics_server.server_close()
+            self._stop_metrics_server()
             self._stopped.set()
             log.info("%s stopped", self.settings.service_label)
 
@@ -185,8 +233,10 @@ class ServiceHost:
         self.install_signal_handlers()
         try:
             await self.load()
-        except BaseException:
-            log.exception("%s failed to load; stopping", self.settings.service_label)
+        except BaseException as error:
+            # Raised, not logged here: the caller reports it (serve_main: one line when the message says it all).
+            if isinstance(error, Exception):
+                log.info("%s failed to load; stopping", self.settings.service_label)
             await self.stop(grace=0, drain=0)
             raise
         await self.wait_stopped()
@@ -194,3 +244,40 @@ class ServiceHost:
     async def _set_health(self, status: int) -> None:
         for name in (OVERALL_HEALTH, *self.app.service_names):
             await self.health.set(name, status)
+
+    def _stop_metrics_server(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+
+    def _unbindable(self, what: str, port: int, field: str, problem: OSError | str) -> StartupError:
+        """The error for a port that cannot be bound, naming the setting that fixes it."""
+        settings = type(self.settings)
+        host, code = self.settings.host, getattr(problem, "errno", None)
+        if isinstance(problem, socket.gaierror) or code == errno.EADDRNOTAVAIL:
+            return StartupError(
+                f"{host} is not an address of this machine ({_reason(problem)}): set "
+                f"{settings.env_name('host')} / {settings.flag_name('host')} to one (0.0.0.0 for every interface)"
+            )
+        fix = f"set {settings.env_name(field)} / {settings.flag_name(field)} to a free port, 0 to pick one"
+        fix += ", or none to disable" if field == "metrics_port" else ""
+        if code == errno.EADDRINUSE:
+            return StartupError(f"{what} port {port} is in use: {fix}")
+        return StartupError(f"{what} port {port} on {host} cannot be bound ({_reason(problem)}): {fix}")
+
+
+def _bind_problem(host: str, port: int) -> OSError | str:
+    """Why gRPC could not bind ``host:port``, found by binding it here (gRPC's own error does not say)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            probe.bind(address)
+    except OSError as error:
+        return error
+    return "gRPC refused the address"
+
+
+def _reason(problem: OSError | str) -> str:
+    return problem if isinstance(problem, str) else problem.strerror or str(problem)

@@ -8,6 +8,7 @@ flag, so the operator knows what to change.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, TypeVar, get_args
 
@@ -101,11 +102,24 @@ def _optional(cls: type[ServiceSettings], field: str) -> bool:
 def _describe(cls: type[ServiceSettings], exc: ValidationError) -> str:
     lines = [f"invalid {cls.service_label} settings:"]
     for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        if not error["loc"]:  # a rule across settings (a model validator): its message names them
+            lines.append(f"  {_across(cls, error['msg'])}")
+            continue
+        field = str(error["loc"][0])
         value = error.get("input")
         shown = f" (got {value!r})" if field in cls.model_fields and not isinstance(value, dict) else ""
         lines.append(f"  {cls.env_name(field)} / {cls.flag_name(field)}: {error['msg']}{shown}")
     return "\n".join(lines)
+
+
+def _across(cls: type[ServiceSettings], message: str) -> str:
+    """A cross-setting error's message, with how to set each setting it names."""
+    message = message.removeprefix("Value error, ")
+    found = ((re.search(rf"\b{name}\b", message), name) for name in cls.model_fields)
+    named = [name for _, name in sorted((match.start(), name) for match, name in found if match)]
+    if not named:
+        return message
+    return f"{message} (set with {', '.join(f'{cls.env_name(n)} / {cls.flag_name(n)}' for n in named)})"
 
 
 def describe_settings(cls: type[ServiceSettings]) -> list[tuple[str, str, str, str]]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
 import urllib.request
 
 import grpc
@@ -12,7 +14,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
-from services.core.server import ServiceHost
+from services.core.server import Application, ServiceHost, StartupError
+from services.ranking.settings import RankingSettings
 from services.retrieval.app import SERVICE_NAME as RETRIEVAL_SERVICE
 from services.retrieval.app import build_application as build_retrieval
 from tests.integration.conftest import health_status, retrieval_settings, serving
@@ -103,3 +106,85 @@ async def test_a_signal_starts_one_stop_and_holds_it_until_it_is_done(trained):
     gc.collect()  # the loop holds a task weakly: the host's reference keeps it alive
     await asyncio.wait_for(host.wait_stopped(), 10)
     assert stopping.done() and host._stop_task is stopping
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+async def test_a_busy_metrics_port_is_named_with_its_setting_and_leaves_no_server_running():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        grpc_port = _free_port()
+        settings = RankingSettings(host="127.0.0.1", port=grpc_port, metrics_port=busy)
+        host = ServiceHost(settings, Application(service_names=[], register=lambda server: None))
+        with pytest.raises(StartupError) as error:
+            await host.start()
+    assert str(error.value) == (
+        f"metrics port {busy} is in use: set AISLE_RANKING_METRICS_PORT / --metrics-port to a free port, "
+        "0 to pick one, or none to disable"
+    )
+    assert host.server is None and _bindable(grpc_port)  # the gRPC server bound first is gone, not leaked
+
+
+async def test_a_busy_grpc_port_is_named_with_its_setting_and_leaves_no_metrics_server_running():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        metrics_port = _free_port()
+        settings = RankingSettings(host="127.0.0.1", port=busy, metrics_port=metrics_port)
+        with pytest.raises(StartupError) as error:
+            await ServiceHost(settings, Application(service_names=[], register=lambda server: None)).start()
+    assert str(error.value) == (
+        f"gRPC port {busy} is in use: set AISLE_RANKING_PORT / --port to a free port, 0 to pick one"
+    )
+    assert _bindable(metrics_port)
+
+
+async def test_a_stop_during_the_load_cancels_it_and_closes_only_after_it_ended():
+    """SIGTERM while a large model or index loads: the load ends at once, nothing it would start afterwards starts,
+    and close never runs beside it."""
+    events: list[str] = []
+    loading = asyncio.Event()
+
+    async def load():
+        events.append("load started")
+        loading.set()
+        try:
+            await asyncio.sleep(60)  # a long model/index read
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.2)  # its own clean-up, which close must not overlap
+            events.append("load cancelled")
+            raise
+        events.append("watch started")
+
+    async def close():
+        events.append("closed")
+
+    settings = RankingSettings(host="127.0.0.1", port=0, metrics_port=None, grace_period_s=5, drain_delay_s=5)
+    host = ServiceHost(settings, Application(service_names=[], register=lambda server: None, load=load, close=close))
+    running = asyncio.create_task(host.run())
+    try:
+        await asyncio.wait_for(loading.wait(), 10)
+        host._on_signal(signal.SIGTERM)
+        await asyncio.wait_for(running, 3)  # not the 60 s of the load, nor the drain: it never served
+        assert events == ["load started", "load cancelled", "closed"]
+        assert host.load_interrupted
+    finally:
+        host.remove_signal_handlers()
+        running.cancel()
+        await host.stop(grace=0, drain=0)

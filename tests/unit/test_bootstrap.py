@@ -1,8 +1,13 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+
+#: services.core.bootstrap.EXIT_LOAD_FAILED (not imported here: importing it sets the thread variables in this process)
+EXIT_LOAD_FAILED = 3
 
 
 def test_serving_processes_default_to_one_blas_thread_unless_told_otherwise():
@@ -33,3 +38,92 @@ def test_event_loop_setting_picks_the_loop_and_names_the_fix_when_missing(monkey
     monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed
     with pytest.raises(SettingsError, match="pip install uvloop"):
         loop_factory("uvloop")
+
+
+#: A service run by ``serve_main`` as ``aisle serve`` runs one; argv[1] picks what its load step does.
+PROBE_SERVICE = """
+import asyncio, os, signal, sys, time
+from services.core.bootstrap import serve_main
+from services.core.server import Application
+from services.core.settings import ServiceSettings, settings_config
+from services.ranking.model_config import ModelConfigError
+
+class ProbeSettings(ServiceSettings):
+    model_config = settings_config("AISLE_PROBE_")
+    service_label = "probe"
+
+def build(settings, registry):
+    async def load():
+        if sys.argv[1] == "sigterm-during-load":
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.to_thread(time.sleep, 60)  # a large model or index read: a thread nothing can interrupt
+            print("load finished; watch started", flush=True)
+        elif sys.argv[1] == "expected-failure":
+            raise ModelConfigError("model_repository/ranker: no version folder with model.onnx")
+        elif sys.argv[1] == "unexpected-failure":
+            {}["a bug"]
+
+    async def close():
+        print("closed", flush=True)
+
+    return Application([], lambda server: None, load, close)
+
+sys.exit(serve_main(ProbeSettings, build))
+"""
+
+
+def run_probe(mode: str, timeout: float = 30, **env: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("AISLE_")}
+    environment.update({"AISLE_PROBE_PORT": "0", "AISLE_PROBE_METRICS_PORT": "none", **env})
+    return subprocess.run(
+        [sys.executable, "-c", PROBE_SERVICE, mode], capture_output=True, text=True, timeout=timeout, env=environment
+    )
+
+
+def test_sigterm_during_a_load_in_a_thread_exits_at_once_and_starts_nothing_after_close():
+    started = time.monotonic()
+    result = run_probe("sigterm-during-load", timeout=20)  # the load alone takes 60 s
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 15
+    assert result.stdout.split("\n")[:1] == ["closed"] and "watch started" not in result.stdout
+    assert "stopped while loading" in result.stderr
+
+
+def test_an_expected_load_failure_is_one_line_without_a_traceback():
+    result = run_probe("expected-failure")
+    assert result.returncode == EXIT_LOAD_FAILED
+    assert "probe did not start: model_repository/ranker: no version folder with model.onnx" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_an_unexpected_load_failure_keeps_its_traceback():
+    result = run_probe("unexpected-failure")
+    assert result.returncode == EXIT_LOAD_FAILED
+    assert "probe did not start: 'a bug'" in result.stderr
+    assert "Traceback" in result.stderr and "KeyError" in result.stderr
+
+
+def test_a_busy_metrics_port_names_its_setting_without_a_traceback():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        result = run_probe("expected-failure", AISLE_PROBE_METRICS_PORT=str(busy))
+    assert result.returncode == EXIT_LOAD_FAILED
+    assert (
+        f"probe did not start: metrics port {busy} is in use: set AISLE_PROBE_METRICS_PORT / --metrics-port to a "
+        "free port, 0 to pick one, or none to disable"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+
+
+def test_expected_failures_are_the_classes_aisle_raises_on_purpose():
+    from services.core.errors import NotReady, is_expected_failure
+    from services.core.settings import SettingsError
+    from services.ranking.model_config import ModelConfigError
+    from services.retrieval.index import InvalidIndex
+
+    for error in (ModelConfigError("m"), InvalidIndex("i"), SettingsError("s"), NotReady("n")):
+        assert is_expected_failure(error), error
+    for error in (ValueError("v"), KeyError("k"), RuntimeError("r"), OSError("o")):
+        assert not is_expected_failure(error), error

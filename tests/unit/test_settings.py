@@ -67,6 +67,18 @@ def test_an_event_buffer_smaller_than_one_call_is_refused():
     assert load_settings(GatewaySettings, {"event_log": "off", "event_log_max_pending": "100"}).event_log == "off"
 
 
+def test_a_cross_setting_error_names_the_settings_it_involves_not_a_question_mark(monkeypatch):
+    monkeypatch.setenv("AISLE_GATEWAY_EVENT_LOG_MAX_PENDING", "10")
+    with pytest.raises(SettingsError) as error:
+        load_settings(GatewaySettings)
+    assert str(error.value).splitlines() == [
+        "invalid gateway settings:",
+        "  event_log_max_pending (10) must be at least max_events_per_call (1000): a call of that many events would "
+        "be refused on every retry (set with AISLE_GATEWAY_EVENT_LOG_MAX_PENDING / --event-log-max-pending, "
+        "AISLE_GATEWAY_MAX_EVENTS_PER_CALL / --max-events-per-call)",
+    ]
+
+
 def test_a_misspelt_variable_is_refused_rather_than_ignored(monkeypatch):
     monkeypatch.setenv("AISLE_RETRIEVAL_PROT", "1")
     with pytest.raises(SettingsError, match="AISLE_RETRIEVAL_PROT"):
