@@ -2,7 +2,9 @@
 two-tower's query tower as ONNX.
 
 A model version is written into a hidden staging folder, checked (ONNX checker, the ``config.pbtxt`` contract,
-ONNX Runtime vs torch parity), then renamed into place, so a server never sees half a version. Rankers whose
+ONNX Runtime vs torch parity, and every check a server runs before it serves a version:
+:func:`services.ranking.backends.onnxruntime.check_version`), then renamed into place, so a server never sees half a
+version, nor one it would refuse. Rankers whose
 ``config.pbtxt`` declares ``candidate_features`` (the sequence ranker) are exported with that third input and the
 version carries the :class:`ItemFeatureSnapshot` as ``item_features.npz``; a declared ``return_probability``
 output must come out of the model as its second output.
@@ -25,7 +27,8 @@ import numpy as np
 import onnx
 import torch
 
-from services.ranking.backends.onnxruntime import check_graph
+from services.core.id_lines import format_id_lines, id_list_problem
+from services.ranking.backends.onnxruntime import check_graph, check_version
 from services.ranking.features import FEATURES_FILE, ItemFeatureSnapshot, candidate_features
 from services.ranking.model_config import (
     CANDIDATES_INPUT,
@@ -67,6 +70,7 @@ def export_ranker(
     declares ``return_probability``. ``snapshot`` is required when the config declares ``candidate_features``.
     """
     contract = _contract(model_dir, model.history_length)
+    _check_item_ids(item_ids)
     with_features = FEATURES_INPUT in contract.inputs
     if with_features and snapshot is None:
         raise ExportError(f"{model_dir / 'config.pbtxt'} declares {FEATURES_INPUT!r}: pass the item feature snapshot")
@@ -82,10 +86,17 @@ def export_ranker(
         onnx_path = staging / MODEL_FILE
         _export_onnx(model, onnx_path, contract)
         onnx.checker.check_model(str(onnx_path), full_check=True)
-        (staging / VOCABULARY_FILE).write_text("\n".join(item_ids) + "\n", encoding="utf-8")
+        (staging / VOCABULARY_FILE).write_text(format_id_lines(item_ids), encoding="utf-8")
         if with_features:
             snapshot.save(staging / FEATURES_FILE)
-        parity = _parity(model, onnx_path, contract, snapshot if with_features else None)
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        try:
+            check_graph(onnx_path, session, contract)
+        except ModelConfigError as exc:
+            raise ExportError(str(exc)) from None
+        parity = _parity(model, session, contract, snapshot if with_features else None)
         (staging / "metadata.json").write_text(
             json.dumps(
                 {
@@ -102,11 +113,23 @@ def export_ranker(
             + "\n",
             encoding="utf-8",
         )
+        try:  # the servers' own checks, on the files as they will be published
+            check_version(staging, session, model_dir.name, str(version), contract)
+        except ModelConfigError as exc:
+            reason = str(exc).replace(str(staging), str(final))
+            raise ExportError(f"not published, the servers would refuse it: {reason}") from None
         os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def _check_item_ids(item_ids: Sequence[str]) -> None:
+    """The vocabulary file holds one id per line (:mod:`services.core.id_lines`)."""
+    problem = id_list_problem(item_ids, "item id")
+    if problem is not None:
+        raise ExportError(f"{problem}; nothing was exported")
 
 
 class Publication:
@@ -334,12 +357,8 @@ def _check_parity(got: np.ndarray, want: np.ndarray) -> float:
     return diff
 
 
-def _parity(model: torch.nn.Module, path: Path, contract, snapshot: ItemFeatureSnapshot | None) -> float:
+def _parity(model: torch.nn.Module, session, contract, snapshot: ItemFeatureSnapshot | None) -> float:
     """Largest |ORT - torch| over every output, on a batch of 3 (one one-item history) x 37 candidates."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    check_graph(path, session, contract)
     rng = np.random.default_rng(1)
     history = rng.integers(0, model.num_items + 1, size=(3, model.history_length), dtype=np.int64)
     history[0, :-1] = 0  # a one-item history

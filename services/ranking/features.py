@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.core.id_lines import read_id_lines
 from services.core.id_table import MISSING, HashCollision, IdTable
 
 PADDING_TOKEN = MISSING + 1  # tokens are vocabulary positions + 1: 0, padding, for an unknown id
@@ -34,7 +35,9 @@ class ItemVocabulary:
 
     @classmethod
     def read(cls, path: Path) -> ItemVocabulary:
-        return cls([line for line in path.read_text(encoding="utf-8").splitlines() if line])
+        """One id per line (:mod:`services.core.id_lines`): ValueError naming the line when one is empty, which would
+        shift every later item's token by one, or holds a carriage return."""
+        return cls(read_id_lines(path))
 
     def __len__(self) -> int:
         return self._size

@@ -1,9 +1,11 @@
 """The retrieval index artefact: one immutable, versioned folder per index build.
 
     <index root>/<version>/
-        metadata.json          format, version, model, dimension, item_count, regions, build parameters and a
-                               sha256 for every other file (the contract; checked on every load)
-        item_ids.txt           one item id per line; row i of every matrix below (token i + 1 in query_tower.onnx)
+        metadata.json          format, version, model, dimension, item_count, regions, build parameters,
+                               created_at, data_as_of (when the stock and regions were exported) and a sha256 for
+                               every other file (the contract; checked on every load)
+        item_ids.txt           one item id per line (none empty); row i of every matrix below (token i + 1 in
+                               query_tower.onnx)
         item_embeddings.npy    float32 [items, dimension]
         item_table.npz         popularity [items], trending [items], stock [items], sold_in [items, regions],
                                region_popularity [regions, items]
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.core.id_lines import format_id_lines, id_list_problem, read_id_lines
 from services.retrieval.covisitation import CoVisitationTable
 
 FORMAT = "aisle-index/1"
@@ -75,8 +78,12 @@ class IndexArtifact:
     categories: list[str]
     brands: list[str]
     build: dict = field(default_factory=dict)
-    #: When the version was written (seconds since the epoch); availability updates older than this are stale.
+    #: When the version was written (seconds since the epoch).
     created_at: float = 0.0
+    #: When its stock and regions were exported (seconds since the epoch): availability updates older than this are
+    #: stale, newer ones still apply. A version built from another keeps its source's; ``created_at`` for a version
+    #: written before metadata recorded it.
+    data_as_of: float = 0.0
     query_tower: Path | None = None
     scann_dir: Path | None = None
     #: Items bought together, per anchor (None: the index has no co-visitation data).
@@ -136,6 +143,7 @@ def save_index(
     sharding: dict[str, int] | None = None,
     covisitation: CoVisitationTable | None = None,
     covisitation_anchors: Sequence[str] | None = None,
+    data_as_of: float | None = None,
 ) -> Path:
     """Writes a complete index version under ``root`` atomically; returns its path.
 
@@ -144,7 +152,10 @@ def save_index(
     structure into ``folder`` (see :mod:`services.retrieval.build`) and returns its parameters for the metadata.
     ``sharding`` (``{"shards": n}`` for a router's data, ``{"shards": n, "shard": i}`` for a shard) is recorded with
     the build parameters. ``covisitation`` is the co-visitation source's table; its anchors are this index's rows
-    unless ``covisitation_anchors`` names them (a shard's table is keyed by every catalog item).
+    unless ``covisitation_anchors`` names them (a shard's table is keyed by every catalog item). ``data_as_of``
+    (seconds since the epoch) is when ``stock`` and ``sold_in`` were exported, default now: a version built from
+    another passes its source's ``data_as_of``, so a replica that swaps it in keeps the availability updates pushed
+    since that export (see :attr:`IndexArtifact.data_as_of`).
     """
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     count = len(item_ids)
@@ -165,13 +176,15 @@ def save_index(
     if (root / METADATA_FILE).is_file():  # a version folder given where its root belongs: it would be corrupted
         raise ValueError(f"{root} is an index version, not a folder of versions: write to its parent, {root.parent}")
     version = version or new_version()
+    written = datetime.now(UTC)
+    as_of = written if data_as_of is None else datetime.fromtimestamp(data_as_of, UTC)
     root.mkdir(parents=True, exist_ok=True)
     final = root / version
     if final.exists():
         raise FileExistsError(f"index version {final} already exists; versions are immutable")
     staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
     try:
-        (staging / IDS_FILE).write_text("\n".join(item_ids) + "\n", encoding="utf-8")
+        (staging / IDS_FILE).write_text(format_id_lines(item_ids), encoding="utf-8")
         np.save(staging / EMBEDDINGS_FILE, embeddings)
         with (staging / TABLE_FILE).open("wb") as handle:
             np.savez(
@@ -185,7 +198,7 @@ def save_index(
         (staging / ATTRIBUTES_FILE).write_text(
             json.dumps({"category": list(categories), "brand": list(brands)}), encoding="utf-8"
         )
-        (staging / REGIONS_FILE).write_text("".join(f"{r}\n" for r in regions), encoding="utf-8")
+        (staging / REGIONS_FILE).write_text(format_id_lines(regions), encoding="utf-8")
         if query_tower is not None:
             shutil.copyfile(query_tower, staging / QUERY_TOWER_FILE)
         if covisitation is not None:
@@ -193,7 +206,7 @@ def save_index(
                 np.savez(handle, indptr=covisitation.indptr, rows=covisitation.rows, scores=covisitation.scores)
             if covisitation_anchors is not None:
                 (staging / COVISITATION_ANCHORS_FILE).write_text(
-                    "".join(f"{a}\n" for a in covisitation_anchors), encoding="utf-8"
+                    format_id_lines(covisitation_anchors), encoding="utf-8"
                 )
         build = {"ann": "exact"}
         if build_ann is not None:
@@ -210,7 +223,8 @@ def save_index(
             "regions": regions,
             "metric": "dot_product",
             "build": build,
-            "created_at": datetime.now(UTC).isoformat(),
+            "created_at": written.isoformat(),
+            "data_as_of": as_of.isoformat(),
             "checksums": {name: _sha256(staging / name) for name in _files(staging)},
         }
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
@@ -223,7 +237,8 @@ def save_index(
 
 def save_index_like(artifact: IndexArtifact, root: Path, **changes) -> Path:
     """A new whole version under ``root`` holding ``artifact``'s items and data (query tower and co-visitation table
-    included, no ANN structure), with ``changes`` (any :func:`save_index` keyword) in place of its own."""
+    included, no ANN structure; stock data as of the artifact's ``data_as_of``), with ``changes`` (any
+    :func:`save_index` keyword) in place of its own."""
     data = dict(
         item_ids=artifact.item_ids,
         embeddings=artifact.embeddings,
@@ -240,6 +255,7 @@ def save_index_like(artifact: IndexArtifact, root: Path, **changes) -> Path:
         query_tower=artifact.query_tower,
         covisitation=artifact.covisitation,
         covisitation_anchors=artifact.covisitation_anchors,
+        data_as_of=artifact.data_as_of,
     )
     return save_index(root, **{**data, **changes})
 
@@ -257,10 +273,8 @@ def _check_inputs(item_ids, embeddings, popularity, categories, brands, regions,
         raise ValueError("categories and brands must have one entry per item")
     if sold_in.shape != (count, len(regions)):
         raise ValueError(f"sold_in must be [{count}, {len(regions)}], got {sold_in.shape}")
-    if len(set(regions)) != len(regions) or any(not r or "\n" in r for r in regions):
-        raise ValueError("regions must be unique, non-empty and single-line")
-    if len(set(item_ids)) != count or any(not item or "\n" in item for item in item_ids):
-        raise ValueError("item ids must be unique, non-empty and single-line")
+    _check_ids(regions, "region")
+    _check_ids(item_ids, "item id")
     if not np.isfinite(embeddings).all():
         raise ValueError("embeddings contain NaN or infinite values")
 
@@ -277,8 +291,21 @@ def _check_covisitation(table: CoVisitationTable, count: int, anchors: int) -> N
 
 
 def _check_anchor_ids(anchors: Sequence[str]) -> None:
-    if len(set(anchors)) != len(anchors) or any(not a or "\n" in a for a in anchors):
-        raise ValueError("co-visitation anchor ids must be unique, non-empty and single-line")
+    _check_ids(anchors, "co-visitation anchor id")
+
+
+def _check_ids(ids: Sequence[str], what: str) -> None:
+    """Ids written one per line: see :mod:`services.core.id_lines`."""
+    problem = id_list_problem(ids, what)
+    if problem is not None:
+        raise ValueError(problem)
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return read_id_lines(path)
+    except ValueError as exc:
+        raise InvalidIndex(f"{path}: {exc}") from None
 
 
 def index_versions(root: Path) -> list[Path]:
@@ -334,12 +361,12 @@ def load_index(path: Path, mmap: bool = False) -> IndexArtifact:
 
 
 def _read(path: Path, metadata: dict, mmap: bool) -> IndexArtifact:
-    item_ids = (path / IDS_FILE).read_text(encoding="utf-8").splitlines()
+    item_ids = _read_lines(path / IDS_FILE)
     embeddings = np.load(path / EMBEDDINGS_FILE, allow_pickle=False, mmap_mode="r" if mmap else None)
     with np.load(path / TABLE_FILE, allow_pickle=False) as table:
         columns = {name: table[name] for name in table.files}
     attributes = json.loads((path / ATTRIBUTES_FILE).read_text(encoding="utf-8"))
-    regions = (path / REGIONS_FILE).read_text(encoding="utf-8").splitlines()
+    regions = _read_lines(path / REGIONS_FILE)
     count, dimension = metadata.get("item_count"), metadata.get("dimension")
     expected = {
         "popularity": (count,),
@@ -381,7 +408,8 @@ def _read(path: Path, metadata: dict, mmap: bool) -> IndexArtifact:
         categories=list(attributes["category"]),
         brands=list(attributes["brand"]),
         build=dict(metadata.get("build", {})),
-        created_at=_timestamp(metadata.get("created_at")),
+        created_at=(created := _timestamp(metadata.get("created_at"))),
+        data_as_of=_timestamp(metadata["data_as_of"]) if "data_as_of" in metadata else created,
         query_tower=path / QUERY_TOWER_FILE if (path / QUERY_TOWER_FILE).is_file() else None,
         scann_dir=path / SCANN_DIR if (path / SCANN_DIR).is_dir() else None,
         covisitation=covisitation,
@@ -391,7 +419,7 @@ def _read(path: Path, metadata: dict, mmap: bool) -> IndexArtifact:
 
 def _read_covisitation(path: Path, count: int, sharded: bool) -> tuple[CoVisitationTable | None, list[str] | None]:
     anchors_file = path / COVISITATION_ANCHORS_FILE
-    anchors = anchors_file.read_text(encoding="utf-8").splitlines() if anchors_file.is_file() else None
+    anchors = _read_lines(anchors_file) if anchors_file.is_file() else None
     if not (path / COVISITATION_FILE).is_file():
         if anchors is not None:
             raise InvalidIndex(f"{path}: {COVISITATION_ANCHORS_FILE} without {COVISITATION_FILE}")
@@ -410,8 +438,8 @@ def _read_covisitation(path: Path, count: int, sharded: bool) -> tuple[CoVisitat
         table = CoVisitationTable(
             arrays["indptr"].astype(np.int64), arrays["rows"].astype(np.int64), arrays["scores"].astype(np.float32)
         )
-        if anchors is not None:
-            _check_anchor_ids(anchors)
+        if anchors is not None and len(set(anchors)) != len(anchors):  # lines are non-empty (_read_lines)
+            raise ValueError("co-visitation anchor ids must be unique")
         _check_covisitation(table, count, count if anchors is None else len(anchors))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
         raise InvalidIndex(f"{path}: {COVISITATION_FILE}: {exc}") from None

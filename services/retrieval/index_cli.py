@@ -217,6 +217,7 @@ def _build_parts(artifact, root: Path, version: str, plan: BuildPlan) -> None:
                 trending=artifact.trending[rows],
                 stock=artifact.stock[rows],
                 query_tower=artifact.query_tower,
+                data_as_of=artifact.data_as_of,  # its stock data's time: later updates outlive the swap
                 build_ann=build_ann,
                 version=version,
                 sharding={"shards": shards, "shard": shard} if shards > 1 else None,

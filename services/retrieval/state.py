@@ -3,8 +3,9 @@
 :class:`IndexHolder` swaps a whole :class:`ServingIndex` in one assignment, so a request sees one version from
 start to end. A new version is validated (checksums, shapes, query tower, a recall spot-check against exact
 search) before it replaces the old one; a bad one is refused with a log line and the old one keeps serving, and is
-tried again only once its files change. :class:`VersionHolder` and :class:`IndexWatcher` serve a shard router's
-query data the same way.
+tried again only once its files change. At start-up the newest version that passes serves: a bad newest one is
+refused (and remembered) alike, so a restarted replica serves what the running ones kept serving.
+:class:`VersionHolder` and :class:`IndexWatcher` serve a shard router's query data the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ import numpy as np
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
 from services.core.versions import folder_stamp
 from services.retrieval.build import searcher_for, spot_check_recall
-from services.retrieval.index import IndexArtifact, InvalidIndex, latest_version, load_index
+from services.retrieval.index import (
+    METADATA_FILE,
+    IndexArtifact,
+    InvalidIndex,
+    index_versions,
+    latest_version,
+    load_index,
+)
 from services.retrieval.query_encoder import MeanEmbeddingEncoder, OnnxQueryTower, QueryEncoder
 from services.retrieval.search import ExactSearcher, FilteredSearch
 
@@ -199,10 +207,30 @@ class VersionHolder(Generic[Served]):
         """Called with a validated version just before it serves."""
 
     async def load_latest(self, root: Path) -> None:
-        """Serves the newest version under ``root``; raises if it cannot (the start-up path)."""
-        path = latest_version(root)
-        if not await self.swap(path):
-            raise InvalidIndex(f"{path} was refused: {self.refused.reason(path)}")
+        """Serves the newest version under ``root`` that passes its checks (the start-up path).
+
+        A newer version that fails is refused as a running replica refuses it (a log line naming it and why; not
+        tried again until its files change) and the next older one is tried, so a bad version on disk does not stop
+        replicas from starting; raises only when none passes (or ``root`` is a version folder that fails)."""
+        newest = latest_version(root)  # raises, naming the fix, when there is no version at all
+        candidates = [newest] if (root / METADATA_FILE).is_file() else index_versions(root)[::-1]
+        for path in candidates:
+            if await self.swap(path):
+                if path != newest:
+                    log.warning(
+                        "serving %s %s, older than the newest under %s: %d newer refused (logged above)",
+                        self.what,
+                        path.name,
+                        root,
+                        candidates.index(path),
+                    )
+                return
+        if len(candidates) == 1:
+            raise InvalidIndex(f"{newest} was refused: {self.refused.reason(newest)}")
+        raise InvalidIndex(
+            f"none of the {len(candidates)} versions under {root} passes its checks; the newest, {newest.name}, was "
+            f"refused: {self.refused.reason(newest)}"
+        )
 
     async def swap(self, path: Path) -> bool:
         """Validates ``path`` and serves it. False (old version keeps serving) when it is refused."""
@@ -253,10 +281,13 @@ class IndexHolder(VersionHolder[ServingIndex]):
         return applied, unknown
 
     def _reapply_updates(self, index: ServingIndex) -> None:
-        """Updates newer than the version's build carry over; older ones are superseded by its data."""
-        created = index.artifact.created_at
+        """Updates newer than the version's stock data carry over; older ones are superseded by its data.
+
+        Compared with when the data was exported (``data_as_of``), not when the version was written: a version
+        built later from an older export holds none of the updates pushed in between."""
+        as_of = index.artifact.data_as_of
         for item, update in list(self._updates.items()):
-            if update.at <= created:
+            if update.at <= as_of:
                 del self._updates[item]
             elif (row := index.rows.get(item)) is not None:
                 _apply(index, row, update)

@@ -5,7 +5,10 @@ every check (config contract, graph inputs/outputs, item files, a warm-up infere
 token range giving probabilities, and the batch/padding parity the micro-batcher relies on); a refresh that finds a
 newer (or, after a rollback, an older) version loads it beside the current one and swaps only when it is ready, so
 requests never see a half-loaded model and a broken version never serves. A refused version is tried again only
-once one of its files changed (a copy that was still in progress completed), not on every poll.
+once one of its files changed (a copy that was still in progress completed), not on every poll. At start-up the
+newest version that passes serves: a bad newest one is refused (and remembered) as a refresh refuses it, so a
+restarted server serves what the running ones kept serving. ``training.export`` runs the same checks
+(:func:`check_version`) before it publishes a version.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from services.ranking.model_config import (
     RETURN_OUTPUT,
     ModelConfigError,
     ModelContract,
+    model_versions,
     read_model_config,
     resolve_version,
 )
@@ -132,11 +136,51 @@ class OnnxRuntimeBackend:
 
     # --- life cycle -------------------------------------------------------------------------------------------
     async def load(self) -> None:
+        """Serves the requested version, or else the newest one that passes its checks (the start-up path).
+
+        A newer version that fails is refused as :meth:`refresh` refuses it (a log line naming it and why; not tried
+        again until its files change) and the next older one is tried, so a bad version in the repository does not
+        stop servers from starting; raises only when none passes, or when the requested one fails."""
         async with self._lock:
             model_dir = self.repository / self.model_name
-            version, folder = resolve_version(model_dir, self.requested_version)
-            loaded = await asyncio.to_thread(self._open, version, folder)
-            self._install(loaded)
+            version, folder = resolve_version(model_dir, self.requested_version)  # raises when there is none
+            if self.requested_version:
+                self._install(await asyncio.to_thread(self._open, version, folder))
+                return
+            newest, first_error = version, None
+            candidates = [str(v) for v in reversed(model_versions(model_dir))]
+            for version in candidates:
+                folder = model_dir / version
+                stamp = folder_stamp(folder)
+                try:
+                    loaded = await asyncio.to_thread(self._open, version, folder)
+                except (ModelConfigError, OSError) as error:
+                    self._refused[version] = stamp  # as refresh() records it: not retried until its files change
+                    first_error = first_error or error
+                    log.error(
+                        "version %s of %s refused at start-up (%s): %s",
+                        version,
+                        self.model_name,
+                        "no older version left" if version == candidates[-1] else "trying the next older one",
+                        error,
+                    )
+                    continue
+                self._install(loaded)
+                if version != newest:
+                    log.warning(
+                        "serving %s version %s, not the newest (%s): %d newer refused (logged above)",
+                        self.model_name,
+                        version,
+                        newest,
+                        candidates.index(version),
+                    )
+                return
+            if len(candidates) == 1:
+                raise first_error
+            raise ModelConfigError(
+                f"{model_dir}: none of the {len(candidates)} versions passes its checks; the newest, {newest}, was "
+                f"refused: {first_error}"
+            )
 
     async def refresh(self) -> bool:
         """Follows the repository: serves its newest complete version if that is not the one served now."""
@@ -231,13 +275,11 @@ class OnnxRuntimeBackend:
             session = ort.InferenceSession(str(folder / MODEL_FILE), options, providers=wanted)
         except Exception as exc:  # ORT raises its own exception types for corrupt or invalid files
             raise ModelConfigError(f"{folder / MODEL_FILE}: ONNX Runtime cannot load it: {exc}") from None
-        check_graph(folder / MODEL_FILE, session, contract)
-        model = ServedModel.read(self.model_name, version, folder, contract)
-        _warm_up(folder, session, model)
         # get_available_providers() lists CUDA even where it cannot load; the session knows what it got.
         providers = tuple(session.get_providers())
         gpu = providers[0] != CPU_PROVIDER
-        check_batch_parity(folder, session, model, GPU_BATCH_PARITY_TOLERANCE if gpu else BATCH_PARITY_TOLERANCE)
+        tolerance = GPU_BATCH_PARITY_TOLERANCE if gpu else BATCH_PARITY_TOLERANCE
+        model = check_version(folder, session, self.model_name, version, contract, tolerance)
         log.info(
             "loaded %s version %s from %s with %s (%s), %d items%s",
             self.model_name,
@@ -300,6 +342,26 @@ def run_session(session, contract: ModelContract, tensors: dict[str, np.ndarray]
     names = [PURCHASE_OUTPUT] + ([RETURN_OUTPUT] if contract.has_return_head else [])
     outputs = session.run(names, tensors)
     return Scores(purchase=outputs[0], returns=outputs[1] if len(outputs) > 1 else None)
+
+
+def check_version(
+    folder: Path,
+    session,
+    model_name: str,
+    version: str,
+    contract: ModelContract,
+    tolerance: float = BATCH_PARITY_TOLERANCE,
+) -> ServedModel:
+    """Every check a version folder passes before it serves, on an ONNX Runtime ``session`` of its ``model.onnx``:
+    the graph against ``config.pbtxt``, its item files, a warm-up inference over the vocabulary's token range that
+    gives probabilities, and the batch/padding parity the micro-batcher relies on. Returns the model to serve, or
+    raises :class:`ModelConfigError` naming the failed check. The export runs it too, so it never publishes a
+    version that servers would refuse."""
+    check_graph(folder / MODEL_FILE, session, contract)
+    model = ServedModel.read(model_name, version, folder, contract)
+    _warm_up(folder, session, model)
+    check_batch_parity(folder, session, model, tolerance)
+    return model
 
 
 def check_graph(path: Path, session, contract: ModelContract) -> None:

@@ -172,10 +172,11 @@ async def test_availability_updates_outlive_a_swap_to_an_older_build(tmp_path):
     )
     assert (applied, unknown) == (1, ["nope"])
     assert holder.current.availability.stock[0] == 0
-    # The next version was written before the update (its created_at is older): the update still applies.
+    # The next version's stock data was exported before the update (its data_as_of is older): the update still
+    # applies.
     newer = write_index(tmp_path, version="20260102T000000Z", seed=3)
     metadata = json.loads((newer / METADATA_FILE).read_text())
-    metadata["created_at"] = "2000-01-01T00:00:00+00:00"
+    metadata["data_as_of"] = "2000-01-01T00:00:00+00:00"
     (newer / METADATA_FILE).write_text(json.dumps(metadata))
     assert await holder.swap(newer)
     assert holder.current.availability.stock[0] == 0
