@@ -57,7 +57,13 @@ def _model_dir(repository: Path, model: str) -> Path:
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--repository", type=click.Path(path_type=Path), default=Path("model_repository"), show_default=True)
 @click.option("--model", default="ranker", show_default=True, help="Model folder in the repository.")
-@click.option("--version", type=click.IntRange(min=1), default=None, help="Version number (default: the next one).")
+@click.option(
+    "--version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Version number (default: the next one); one given must never have been used (retired ones included) and "
+    "must be above the newest.",
+)
 @click.option("--triton", "triton_targets", multiple=True, metavar="HOST:PORT", help=_TRITON_HELP)
 def publish(source: Path, repository: Path, model: str, version: int | None, triton_targets: tuple[str, ...]) -> None:
     """Add SOURCE (a folder with model.onnx, item_vocabulary.txt, ...) as a new version.
@@ -99,25 +105,55 @@ def publish(source: Path, repository: Path, model: str, version: int | None, tri
 @click.option("--to", "to", type=click.IntRange(min=1), default=None, help="Version to serve (default: the previous).")
 @click.option("--triton", "triton_targets", multiple=True, metavar="HOST:PORT", help=_TRITON_HELP)
 def rollback(repository: Path, model: str, to: int | None, triton_targets: tuple[str, ...]) -> None:
-    """Serve an earlier version again: newer versions are retired (kept on disk as .retired-*), never deleted."""
+    """Serve an earlier version again: newer versions are retired (kept on disk as .retired-*), never deleted.
+
+    Triton loads what the model folder holds, so the versions are retired first and the servers told then; when a
+    server cannot load the earlier version, the retired versions are put back and the servers reloaded, so the
+    repository and Triton both keep serving what they served before.
+    """
     from services.ranking.model_config import ModelConfigError
     from services.ranking.repository import rollback as roll_back
-    from services.ranking.repository import tell_triton
+    from services.ranking.repository import tell_triton, undo
 
     model_dir = _model_dir(repository, model)
     try:
-        serving, retired = roll_back(model_dir, to)
+        rolled = roll_back(model_dir, to)
     except (ModelConfigError, OSError) as error:
         click.echo(f"refused: {error}", err=True)
         sys.exit(1)
-    click.echo(f"retired {', '.join(map(str, retired))}; {model} version {serving} is now the newest")
-    problems = tell_triton(triton_targets, model, serving)
-    for line in problems:
-        click.echo(f"FAILED  {line}", err=True)
+    problems = tell_triton(triton_targets, model, rolled.serving)
     if problems:
+        for line in problems:
+            click.echo(f"FAILED  {line}", err=True)
+        newest = rolled.retired[-1]
+        try:
+            undo(model_dir, rolled)
+        except OSError as error:
+            click.echo(
+                f"rollback failed and the retired versions could not be put back ({error}): move "
+                f"{', '.join(str(folder) for folder in rolled.folders.values())} back by hand and rerun the rollback",
+                err=True,
+            )
+            sys.exit(1)
+        again = tell_triton(triton_targets, model, newest)
+        for line in again:
+            click.echo(f"FAILED  {line}", err=True)
+        if again:
+            click.echo(
+                f"rollback undone on disk ({model} version {newest} is the newest again), but the Triton servers above "
+                f"did not reload it: load {model!r} on them again (Triton's repository load API) once they answer",
+                err=True,
+            )
+        else:
+            click.echo(
+                f"rollback undone: Triton could not serve version {rolled.serving}; {model} version {newest} "
+                "serves as before",
+                err=True,
+            )
         sys.exit(1)
+    click.echo(f"retired {', '.join(map(str, rolled.retired))}; {model} version {rolled.serving} is now the newest")
     for target in triton_targets:
-        click.echo(f"Triton at {target} serves version {serving}")
+        click.echo(f"Triton at {target} serves version {rolled.serving}")
 
 
 def _newest(model_dir: Path) -> int:

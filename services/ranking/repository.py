@@ -9,10 +9,13 @@
   outputs on its sample input). A version that fails is reported with its reason and the others are still checked.
 - **publish** copies a version into a hidden staging folder beside the versions, validates it there, renames it
   into place (atomic: a server never sees half a version) and asks Triton servers to load it (explicit model
-  control). Embedded servers pick it up with their repository watch. A Triton that cannot load it gets the
-  version retired again, so the previous version keeps serving.
+  control). Its number is the next one; one given by hand must be new and above the newest
+  (:func:`check_new_version`). Embedded servers pick it up with their repository watch. A Triton that cannot load
+  it gets the version retired again, so the previous version keeps serving.
 - **rollback** retires versions newer than the target (renamed to ``.retired-<version>-<time>``, kept on disk,
-  never reused) and asks Triton servers to reload; embedded servers follow with their watch.
+  never reused) and asks Triton servers to reload; embedded servers follow with their watch. A Triton that cannot
+  load the target gets the retired versions put back in place (:func:`undo`) and reloaded, so disk and Triton keep
+  serving what they served before.
 
 ``onnx`` comes with the ``train`` extra; it is imported only here (never by the serving code).
 """
@@ -303,29 +306,57 @@ class Published:
     checked: list[str]
 
 
-def next_version(model_dir: Path) -> int:
-    """One more than any version ever used here, retired and incomplete ones included (numbers are never reused)."""
-    used = [0]
+def used_versions(model_dir: Path) -> set[int]:
+    """Every version number used here: version folders, retired ones and ones being (or once being) published."""
+    used = set()
     for entry in model_dir.iterdir():
         name = entry.name
         if _is_version_name(name):
-            used.append(int(name))
+            used.add(int(name))
         elif name.startswith((RETIRED_PREFIX, STAGING_PREFIX)):
             number = name.split("-")[1] if name.count("-") >= 2 else ""
             if number.isdigit():
-                used.append(int(number))
-    return max(used) + 1
+                used.add(int(number))
+    return used
+
+
+def next_version(model_dir: Path) -> int:
+    """One more than any version ever used here, retired and incomplete ones included (numbers are never reused)."""
+    return max(used_versions(model_dir), default=0) + 1
+
+
+def check_new_version(model_dir: Path, version: int) -> None:
+    """Refuses a version number given by hand that was used before or would not be served.
+
+    A number is never reused: a Triton-backed ranking pod that last saw the retired version of that number would
+    keep its item tokens for the new weights. And a number at or below the newest version would never be served
+    (every server serves the newest)."""
+    fix = f"omit --version to publish as version {next_version(model_dir)}"
+    if (model_dir / str(version)).exists():
+        raise ModelConfigError(f"{model_dir / str(version)} already exists; versions are immutable: {fix}")
+    if version in used_versions(model_dir):
+        raise ModelConfigError(
+            f"{model_dir}: version {version} was used before (retired, or a publish of it is or was in progress) "
+            f"and numbers are never reused: {fix}"
+        )
+    newest = max(model_versions(model_dir), default=0)
+    if version <= newest:
+        raise ModelConfigError(
+            f"{model_dir}: version {version} is below the newest version {newest}, which would keep serving: {fix}"
+        )
 
 
 def publish(source: Path, model_dir: Path, version: int | None = None) -> Published:
-    """Copies ``source`` (a folder with model.onnx, item_vocabulary.txt, ...) in as a new version, atomically."""
+    """Copies ``source`` (a folder with model.onnx, item_vocabulary.txt, ...) in as a new version, atomically.
+    ``version`` defaults to the next one; one given must be new and above the newest (:func:`check_new_version`)."""
     contract = read_model_config(model_dir / CONFIG_FILE)
     if not source.is_dir():
         raise ModelConfigError(f"{source}: not a folder (publish takes a version folder with {MODEL_FILE})")
-    version = version if version is not None else next_version(model_dir)
+    if version is None:
+        version = next_version(model_dir)
+    else:
+        check_new_version(model_dir, version)
     final = model_dir / str(version)
-    if final.exists():
-        raise ModelConfigError(f"{final} already exists; versions are immutable, publish a new one")
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=model_dir))
     try:
         for item in source.iterdir():
@@ -349,8 +380,21 @@ def retire(model_dir: Path, version: int) -> Path:
     return target
 
 
-def rollback(model_dir: Path, to: int | None = None) -> tuple[int, list[int]]:
-    """Retires every version newer than ``to`` (default: the one before the newest); returns (serving, retired)."""
+@dataclass(frozen=True)
+class RolledBack:
+    """What a rollback did: the version now newest, and where each retired version went (for :func:`undo`)."""
+
+    serving: int
+    folders: dict[int, Path]
+
+    @property
+    def retired(self) -> list[int]:
+        return sorted(self.folders)
+
+
+def rollback(model_dir: Path, to: int | None = None) -> RolledBack:
+    """Retires every version newer than ``to`` (default: the one before the newest): all of them or, when one
+    cannot be moved, none."""
     versions = model_versions(model_dir)
     if not versions:
         raise ModelConfigError(f"{model_dir}: no versions to roll back")
@@ -365,9 +409,20 @@ def rollback(model_dir: Path, to: int | None = None) -> tuple[int, list[int]]:
         raise ModelConfigError(f"{model_dir}: version {to} is already the newest")
     # The target must be servable before anything is moved out of its way.
     validate_version(model_dir, model_dir / str(to))
-    for version in sorted(newer, reverse=True):
-        retire(model_dir, version)
-    return to, sorted(newer)
+    folders: dict[int, Path] = {}
+    try:
+        for version in sorted(newer, reverse=True):
+            folders[version] = retire(model_dir, version)
+    except BaseException:
+        undo(model_dir, RolledBack(to, folders))
+        raise
+    return RolledBack(to, folders)
+
+
+def undo(model_dir: Path, rolled_back: RolledBack) -> None:
+    """Puts the versions a rollback retired back in place (the same folders, so the same files and stamps)."""
+    for version, folder in sorted(rolled_back.folders.items()):
+        os.rename(folder, model_dir / str(version))
 
 
 def _sync(folder: Path) -> None:

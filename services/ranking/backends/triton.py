@@ -2,12 +2,16 @@
 
 - Addresses: a list of ``host:port`` used round-robin, or one ``dns:///name:port`` (a Kubernetes headless Service)
   whose addresses gRPC balances round-robin itself.
-- The version: the newest version Triton reports READY (or the configured one). Item tokens and features are built
-  here from that version's files in the local copy of the model repository (callers send ids), and each call names
-  the version, so tokens and weights always belong together. When Triton stops serving that version (a publish or
-  a rollback reloaded the model), the call is retried once on the version it serves now. Calls that meet the old
-  version together ask Triton once: the first asks, the others wait for its answer, each no longer than its own
-  deadline allows.
+- The version, per server: the newest version each server reports READY (or the configured one), see
+  :class:`_Routes`. Item tokens and features are built here from that version's files in the local copy of the model
+  repository (callers send ids), and each call goes to one server naming the version that server serves, so tokens
+  and weights always belong together. A version is known by its number and its folder (:data:`FolderKey`): a number
+  whose folder was replaced is read again, never served with the old tokens. When a server stops serving its
+  version (a publish or a rollback reloaded the model), the call is retried once on what the servers serve now.
+  Calls that meet the old version together ask Triton once: the first asks, the others wait for its answer, each
+  no longer than its own deadline allows.
+- A version Triton serves but the local copy lacks (not synced yet, or retired by a rollback Triton was not told
+  of) is :class:`ModelNotReady`, not a configuration error: that server gets no calls until the folder is there.
 - Each call's timeout is the caller's remaining deadline; the OpenTelemetry trace context goes along as gRPC
   metadata (``traceparent``), so Triton's own tracing joins the caller's trace.
 - Errors: cannot reach Triton / UNAVAILABLE -> :class:`BackendUnavailable`; model or version not ready ->
@@ -29,6 +33,7 @@ import numpy as np
 from opentelemetry import propagate, trace
 
 from services.core.telemetry import ActiveSpan
+from services.core.versions import FolderStamp, folder_stamp
 from services.ranking.backends.base import (
     BackendUnavailable,
     InferenceFailed,
@@ -58,6 +63,63 @@ CONTROL_TIMEOUT_S = 2.0
 
 class _VersionGone(Exception):
     """Triton no longer serves the version the request was built for (reloaded meanwhile)."""
+
+
+#: What tells one version folder from another under the same number: the folder's inode (a folder put in place
+#: anew gets another; a retired one put back keeps its own) and its files by name, size and modification time.
+FolderKey = tuple[int, FolderStamp]
+
+
+def folder_key(folder: Path) -> FolderKey | None:
+    """The folder's :data:`FolderKey`; None when it is missing or cannot be read."""
+    try:
+        inode = folder.stat().st_ino
+    except OSError:
+        return None
+    stamp = folder_stamp(folder)
+    return (inode, stamp) if stamp else None
+
+
+class _Routes:
+    """Which version each Triton server serves, with that version's item files: what a call is built from.
+
+    Why per server: ``aisle models publish`` loads the servers one after another, and with the project's
+    ``version_policy: latest 1`` a server unloads the old version as soon as the new one is ready, so while a publish
+    (or rollback) goes on, some servers serve only the new version and the others only the old one; no version is
+    READY on every server. Pinning one version would fail every call sent to a server on the other one (about half
+    of them with two servers), and sending all calls to the servers that have the pinned version would pile the
+    load of the whole fleet onto the first (or last) server to switch. So each server keeps its share of the calls
+    and answers with the version it serves: a call is built with the tokens of that server's version and names that
+    version, so no call mixes versions (the answer says which version scored it), and for the few seconds of a
+    reload the answers come from both versions, as they would from the servers themselves.
+
+    ``models`` has one entry per target (``None``: the server serves no version this backend can use, so it gets no
+    calls); ``keys`` has, per version, its folder's :data:`FolderKey` when its files were read; ``problems`` says
+    why servers get no calls."""
+
+    __slots__ = ("models", "keys", "problems", "live", "by_version", "newest")
+
+    def __init__(
+        self, models: Sequence[ServedModel | None], keys: dict[str, FolderKey | None], problems: Sequence[str] = ()
+    ):
+        self.models = tuple(models)
+        self.problems = tuple(problems)
+        self.live = tuple(index for index, model in enumerate(self.models) if model is not None)
+        self.by_version = {model.version: model for model in self.models if model is not None}
+        self.keys = {version: keys[version] for version in self.by_version}
+        self.newest = max(self.by_version.values(), key=lambda model: int(model.version), default=None)
+
+    def same_as(self, other: _Routes) -> bool:
+        return all(mine is theirs for mine, theirs in zip(self.models, other.models, strict=True))
+
+    def summary(self, targets: Sequence[str]) -> str:
+        return ", ".join(
+            f"{target}: version {model.version if model is not None else 'none'}"
+            for target, model in zip(targets, self.models, strict=True)
+        )
+
+
+_READY, _NONE, _UNREACHABLE = "ready", "none", "unreachable"
 
 
 def triton_client(target: str):
@@ -105,23 +167,25 @@ class TritonBackend:
         self._client_factory = client_factory
         self._clients: list | None = None
         self._turn = itertools.count()
-        self._model: ServedModel | None = None
+        self._routes: _Routes | None = None
         self._lock = asyncio.Lock()
         # Got after the tracer provider is set, not at import (the API's proxy costs a context manager per span).
         self._tracer = trace.get_tracer(__name__)
 
     @property
     def model(self) -> ServedModel | None:
-        return self._model
+        """The newest version a server serves now (while a reload goes on, some servers may serve an older one)."""
+        routes = self._routes
+        return routes.newest if routes is not None else None
 
     @property
     def model_version(self) -> str:
-        model = self._model
+        model = self.model
         return model.version if model is not None else ""
 
     @property
     def history_length(self) -> int:
-        model = self._model
+        model = self.model
         return model.history_length if model is not None else 0
 
     # --- life cycle -------------------------------------------------------------------------------------------
@@ -136,92 +200,169 @@ class TritonBackend:
         while True:
             try:
                 async with self._lock:
-                    version, target, client = await self._ready_version()
-                    self._model = await self._describe(version, target, client)
+                    self._routes = await self._route(None, CONTROL_TIMEOUT_S)
                 break
             except (ModelNotReady, BackendUnavailable) as error:
                 if time.monotonic() >= deadline:
                     raise ModelNotReady(f"{error.message} (waited {self.ready_timeout_s:.0f} s)") from None
                 log.info("waiting for Triton: %s", error.message)
                 await asyncio.sleep(0.5)
-        log.info(
-            "serving %s version %s from Triton at %s", self.model_name, self.model_version, ", ".join(self.targets)
-        )
+        log.info("serving %s from Triton: %s", self.model_name, self._routes.summary(self.targets))
+        for problem in self._routes.problems:
+            log.warning("a Triton server gets no calls for now: %s", problem)
 
     async def refresh(self) -> bool:
-        """Follows the version Triton serves (after a publish or rollback reloaded the model)."""
+        """Follows the versions Triton serves (after a publish or rollback reloaded the model)."""
         async with self._lock:
             return await self._switch(CONTROL_TIMEOUT_S)
 
-    async def _follow(self, seen: ServedModel, timeout: float) -> None:
+    async def _follow(self, seen: _Routes, timeout: float) -> None:
         """What a call that met a version Triton no longer serves does: switches unless another call already did
         since the call read ``seen`` (single flight), waiting and asking no longer than ``timeout`` seconds."""
         try:
             async with asyncio.timeout(timeout):
                 async with self._lock:
-                    if self._model is seen:
+                    if self._routes is seen:
                         await self._switch(min(timeout, CONTROL_TIMEOUT_S))
         except TimeoutError:
-            pass  # the caller finds the version unchanged and its time spent
+            pass  # the caller finds the versions unchanged and its time spent
 
     async def _switch(self, control_timeout: float) -> bool:
-        """Under the lock: takes the version Triton serves now if it is another; True when it switched."""
-        current = self._model
+        """Under the lock: takes the versions Triton serves now if they are others; True when it switched."""
+        current = self._routes
         try:
-            version, target, client = await self._ready_version(control_timeout)
-            if current is not None and current.version == version:
-                return False  # still the one whose tokens are in memory (its folder may be retired by now)
-            model = await self._describe(version, target, client, control_timeout)
+            routes = await self._route(current, control_timeout)
         except (ModelNotReady, BackendUnavailable, ModelConfigError) as error:
             log.warning("keeping version %s: %s", self.model_version or "none", error)
             return False
-        self._model = model
+        if current is not None and routes.same_as(current):
+            return False  # the same versions with the same files (a folder may be retired by now)
+        self._routes = routes
         log.info(
-            "now serving %s version %s from Triton (was %s)",
+            "now serving %s from Triton: %s (was %s)",
             self.model_name,
-            model.version,
-            current.version if current else "none",
+            routes.summary(self.targets),
+            current.summary(self.targets) if current is not None else "none",
         )
+        for problem in routes.problems:
+            log.warning("a Triton server gets no calls for now: %s", problem)
         return True
 
     async def close(self) -> None:
         clients, self._clients = self._clients or [], None
         for client in clients:
             await client.close()
-        self._model = None
+        self._routes = None
 
-    async def _ready_version(self, control_timeout: float = CONTROL_TIMEOUT_S) -> tuple[str, str, object]:
-        """(version, target, client): the newest version READY on the first Triton that answers (or the
-        configured version, which must be READY there)."""
+    async def _route(self, current: _Routes | None, control_timeout: float) -> _Routes:
+        """Asks every server which version it serves and reads the item files of the versions not read yet (or whose
+        folder changed since). A server that does not answer keeps its version (or gets the newest: a call to it
+        moves on to the next server while it is down); one whose version cannot be served from here (not ready,
+        folder missing locally, refused) gets no calls. Raises when no server is left to call (the caller keeps
+        ``current``), and at start-up (no ``current``) also when a server's model disagrees with the repository
+        (:class:`ModelConfigError`: a deployment error, not a state to wait out)."""
+        clients = self._all_clients()
+        answers = await asyncio.gather(
+            *(
+                self._ready_on(target, client, control_timeout)
+                for target, client in zip(self.targets, clients, strict=True)
+            )
+        )
+        models: list[ServedModel | None] = [None] * len(self.targets)
+        keys: dict[str, FolderKey | None] = {}
+        found: dict[str, ServedModel | None] = {}
+        problems: list[str] = []  # why a server gets no calls
+        unreachable: list[tuple[int, str]] = []
+        refused: ModelConfigError | None = None
+        for index, (state, value) in enumerate(answers):
+            if state == _UNREACHABLE:
+                unreachable.append((index, value))
+                continue
+            if state == _NONE:
+                problems.append(value)
+                continue
+            if value not in found:
+                try:
+                    found[value] = await self._model_for(value, index, current, control_timeout, keys)
+                except (ModelNotReady, ModelConfigError) as error:
+                    found[value] = None
+                    problems.append(str(error))
+                    if isinstance(error, ModelConfigError) and refused is None:
+                        refused = error
+            models[index] = found[value]
+        if refused is not None and current is None:
+            raise refused  # at start-up a server whose model disagrees with the repository is a deployment error
+        if all(model is None for model in models):
+            if refused is not None:
+                raise refused
+            if len(unreachable) == len(self.targets):
+                raise BackendUnavailable(f"no Triton server answered: {'; '.join(why for _, why in unreachable)}")
+            raise ModelNotReady("; ".join(problems))
+        newest = max((m for m in models if m is not None), key=lambda model: int(model.version))
+        for index, _ in unreachable:
+            kept = current.models[index] if current is not None else None
+            if kept is None:
+                models[index] = newest
+            elif found.get(kept.version) is not None:
+                models[index] = found[kept.version]  # read again meanwhile: one model per version
+            else:
+                models[index] = kept
+                keys.setdefault(kept.version, current.keys[kept.version])
+        return _Routes(models, keys, problems)
+
+    async def _ready_on(self, target: str, client, control_timeout: float) -> tuple[str, str]:
+        """(_READY, version) for the version ``target`` serves (the newest READY, or the configured one);
+        (_NONE, why) when it serves none of those; (_UNREACHABLE, why) when it did not answer."""
         from tritonclient.utils import InferenceServerException
 
-        errors = []
-        for target, client in zip(self.targets, self._all_clients(), strict=True):
-            try:
-                index = await client.get_model_repository_index(as_json=True, client_timeout=control_timeout)
-            except InferenceServerException as error:
-                errors.append(f"{target}: {error}")
-                continue
-            ready = sorted(
-                int(m["version"])
-                for m in index.get("models", [])
-                if m.get("name") == self.model_name and m.get("state") == "READY" and m.get("version", "").isdigit()
+        try:
+            index = await client.get_model_repository_index(as_json=True, client_timeout=control_timeout)
+        except InferenceServerException as error:
+            return _UNREACHABLE, f"{target}: {error}"
+        ready = sorted(
+            int(m["version"])
+            for m in index.get("models", [])
+            if m.get("name") == self.model_name and m.get("state") == "READY" and m.get("version", "").isdigit()
+        )
+        if self.requested_version:
+            if int(self.requested_version) not in ready:
+                return _NONE, (
+                    f"model {self.model_name!r} version {self.requested_version} is not ready on Triton at "
+                    f"{target} (ready: {ready or 'none'})"
+                )
+            return _READY, self.requested_version
+        if ready:
+            return _READY, str(ready[-1])
+        return _NONE, f"model {self.model_name!r} has no ready version on Triton at {target}"
+
+    async def _model_for(
+        self,
+        version: str,
+        index: int,
+        current: _Routes | None,
+        control_timeout: float,
+        keys: dict[str, FolderKey | None],
+    ) -> ServedModel:
+        """The version's model: the one in memory while its folder is unchanged (or gone: retired after Triton
+        loaded it), else read again. The number alone is not enough: a folder replaced under the same number holds
+        other tokens."""
+        known = current.by_version.get(version) if current is not None else None
+        if known is not None:
+            key = folder_key(self.repository / self.model_name / version)
+            if key is None or key == current.keys[version]:
+                keys[version] = current.keys[version]
+                return known
+            log.warning(
+                "version %s of %s changed on disk under the same number: reading it again", version, self.model_name
             )
-            if self.requested_version:
-                if int(self.requested_version) not in ready:
-                    raise ModelNotReady(
-                        f"model {self.model_name!r} version {self.requested_version} is not ready on Triton at "
-                        f"{target} (ready: {ready or 'none'})"
-                    )
-                return self.requested_version, target, client
-            if ready:
-                return str(ready[-1]), target, client
-            raise ModelNotReady(f"model {self.model_name!r} has no ready version on Triton at {target}")
-        raise BackendUnavailable(f"no Triton server answered: {'; '.join(errors)}")
+        model, keys[version] = await self._describe(
+            version, self.targets[index], self._all_clients()[index], control_timeout
+        )
+        return model
 
     async def _describe(
         self, version: str, target: str, client, control_timeout: float = CONTROL_TIMEOUT_S
-    ) -> ServedModel:
+    ) -> tuple[ServedModel, FolderKey | None]:
         """Checks Triton's view of the version against the local config and reads its item files."""
         from tritonclient.utils import InferenceServerException
 
@@ -233,7 +374,7 @@ class TritonBackend:
             raise ModelNotReady(f"model {self.model_name!r} version {version} on Triton at {target}: {error}") from None
         return self._local_model(version, metadata, target)
 
-    def _local_model(self, version: str, metadata: dict, target: str) -> ServedModel:
+    def _local_model(self, version: str, metadata: dict, target: str) -> tuple[ServedModel, FolderKey | None]:
         model_dir = self.repository / self.model_name
         contract = read_model_config(model_dir / CONFIG_FILE)
         served = {t["name"]: t["datatype"] for t in metadata.get("inputs", [])}
@@ -249,7 +390,16 @@ class TritonBackend:
                 f"Triton at {target} serves outputs {sorted(outputs)}, "
                 f"{CONFIG_FILE} declares {sorted(contract.outputs)}"
             )
-        return ServedModel.read(self.model_name, version, model_dir / version, contract)
+        folder = model_dir / version
+        if not folder.is_dir():
+            # Not a configuration error: the local copy is behind (not synced yet) or the version was retired by
+            # a rollback Triton was not told of. Not ready from here until the folder is there.
+            raise ModelNotReady(
+                f"Triton at {target} serves {self.model_name!r} version {version}, which {model_dir} lacks "
+                "(not synced yet, or retired without telling Triton)"
+            )
+        key = folder_key(folder)  # before reading: files changing meanwhile make the next key differ
+        return ServedModel.read(self.model_name, version, folder, contract), key
 
     # --- scoring ----------------------------------------------------------------------------------------------
     async def rank(self, history_ids: Sequence[str], candidate_ids: Sequence[str], timeout: float | None) -> Ranking:
@@ -258,23 +408,26 @@ class TritonBackend:
         unavailable = 0
         version_retried = False
         while True:
-            model = self._model
-            if model is None:
+            routes = self._routes
+            if routes is None or not routes.live:
                 raise ModelNotReady(f"model {self.model_name!r} is not ready on Triton yet")
+            # One server and the version it serves: the tokens are that version's.
+            index = routes.live[next(self._turn) % len(routes.live)]
+            model = routes.models[index]
             inputs = model.inputs(history_ids, candidate_ids)
             remaining = budget - (time.monotonic() - started) - DEADLINE_MARGIN_S
             if remaining <= 0:
                 raise InferenceTimeout(f"no time left for the Triton call (budget {budget * 1000:.1f} ms)")
             try:
-                scores = await self._infer(model, inputs, remaining)
+                scores = await self._infer(index, model, inputs, remaining)
             except _VersionGone as gone:
                 # Ask Triton what it serves now (unless another request already switched): retry once on it.
                 if not version_retried:
                     version_retried = True
                     left = budget - (time.monotonic() - started) - DEADLINE_MARGIN_S
-                    if left > 0 and self._model is model:
-                        await self._follow(model, left)
-                    if self._model is not model:
+                    if left > 0 and self._routes is routes:
+                        await self._follow(routes, left)
+                    if self._routes is not routes:
                         continue
                     if budget - (time.monotonic() - started) - DEADLINE_MARGIN_S <= 0:
                         raise InferenceTimeout(
@@ -283,18 +436,16 @@ class TritonBackend:
                 raise ModelNotReady(str(gone)) from None
             except BackendUnavailable:
                 unavailable += 1
-                if unavailable < len(self.targets):
+                if unavailable < len(routes.live):
                     continue  # round-robin: the next call goes to the next address
                 raise
             return Ranking.of(model, inputs, scores, self.kind)
 
-    async def _infer(self, model: ServedModel, inputs: ModelInputs, timeout: float) -> Scores:
+    async def _infer(self, index: int, model: ServedModel, inputs: ModelInputs, timeout: float) -> Scores:
         from tritonclient.grpc import InferInput, InferRequestedOutput
         from tritonclient.utils import InferenceServerException
 
-        clients = self._all_clients()
-        index = next(self._turn) % len(clients)
-        target, client = self.targets[index], clients[index]
+        target, client = self.targets[index], self._all_clients()[index]
         tensors = []
         for name, values in inputs.tensors.items():
             tensor = InferInput(name, list(values.shape), _TRITON_TYPES[values.dtype])

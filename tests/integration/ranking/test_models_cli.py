@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -207,3 +210,88 @@ def test_a_parity_run_that_fails_is_a_model_config_error(tmp_path):
     check_batch_parity(model_dir / "1", session, model)
     with pytest.raises(ModelConfigError, match="batch/padding parity run failed: .*invalid dimensions"):
         check_batch_parity(model_dir / "1", FailsBatched(session), model)
+
+
+def refusal(result) -> str:
+    """The one line a refused command wrote (and checks it is one line)."""
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("refused: "), result.output
+    return lines[0]
+
+
+def test_publish_refuses_a_version_number_used_before_or_below_the_newest(tmp_path):
+    repository = tiny_repository(tmp_path, {1: {}, 2: {}})
+    model_dir = repository / "ranker"
+    source = add_version(tmp_path, 9)
+    assert "published ranker version 3" in aisle("publish", source, "--repository", repository).output
+    assert aisle("rollback", "--repository", repository).exit_code == 0  # 3 retired
+    # A retired number: a Triton-backed pod that last saw the old 3 would send its tokens to the new 3's weights.
+    line = refusal(aisle("publish", source, "--repository", repository, "--version", 3))
+    assert "version 3 was used before" in line and line.endswith("omit --version to publish as version 4")
+    (model_dir / ".staging-4-abc").mkdir()  # a publish of 4 in progress (or interrupted)
+    line = refusal(aisle("publish", source, "--repository", repository, "--version", 4))
+    assert "version 4 was used before" in line and line.endswith("omit --version to publish as version 5")
+    line = refusal(aisle("publish", source, "--repository", repository, "--version", 2))
+    assert "already exists; versions are immutable" in line
+    assert model_versions(model_dir) == [1, 2]
+    # A new number above the newest is taken as given; one below the newest would never be served.
+    result = aisle("publish", source, "--repository", repository, "--version", 7)
+    assert result.exit_code == 0 and "published ranker version 7" in result.output, result.output
+    line = refusal(aisle("publish", source, "--repository", repository, "--version", 6))
+    assert "version 6 is below the newest version 7" in line and line.endswith("publish as version 8")
+    assert model_versions(model_dir) == [1, 2, 7]
+    assert [p.name for p in model_dir.iterdir() if p.name.startswith(".staging-")] == [".staging-4-abc"]
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_rollback_triton_cannot_load_is_undone(tmp_path):
+    repository = tiny_repository(tmp_path, {1: {}, 2: {}, 3: {}})
+    model_dir = repository / "ranker"
+    target = f"127.0.0.1:{closed_port()}"
+    result = aisle("rollback", "--repository", repository, "--to", 1, "--triton", target)
+    assert result.exit_code == 1, result.output
+    assert model_versions(model_dir) == [1, 2, 3]
+    assert not [p for p in model_dir.iterdir() if p.name.startswith(".retired-")]
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith(f"FAILED  Triton at {target} could not load 'ranker'"), result.output
+    assert lines[-1].startswith("rollback undone on disk (ranker version 3 is the newest again), but the Triton")
+    assert "retired" not in result.output
+
+
+def test_a_rollback_undone_tells_triton_to_serve_the_newest_again(tmp_path, monkeypatch):
+    repository = tiny_repository(tmp_path, {1: {}, 2: {}, 3: {}})
+    told: list[int] = []
+
+    def tell_triton(targets, model, version):
+        told.append(version)
+        return ["Triton at t:1 could not load 'ranker': out of memory"] if version == 1 else []
+
+    monkeypatch.setattr("services.ranking.repository.tell_triton", tell_triton)
+    result = aisle("rollback", "--repository", repository, "--to", 1, "--triton", "t:1")
+    assert result.exit_code == 1 and told == [1, 3], result.output
+    assert model_versions(repository / "ranker") == [1, 2, 3]
+    assert result.output.strip().splitlines()[-1] == (
+        "rollback undone: Triton could not serve version 1; ranker version 3 serves as before"
+    )
+
+
+def test_a_rollback_that_cannot_retire_every_version_retires_none(tmp_path, monkeypatch):
+    repository = tiny_repository(tmp_path, {1: {}, 2: {}, 3: {}})
+    model_dir = repository / "ranker"
+    real_rename = os.rename
+
+    def rename(source, target):
+        if Path(source) == model_dir / "2":
+            raise PermissionError(13, "Permission denied", str(source))
+        real_rename(source, target)
+
+    monkeypatch.setattr("services.ranking.repository.os.rename", rename)
+    line = refusal(aisle("rollback", "--repository", repository, "--to", 1))
+    assert "Permission denied" in line
+    assert model_versions(model_dir) == [1, 2, 3]
+    assert not [p for p in model_dir.iterdir() if p.name.startswith(".retired-")]

@@ -302,3 +302,100 @@ async def test_fallback_starts_on_the_embedded_backend_when_triton_is_down(repos
     fake.error = None
     assert await backend.refresh()  # the watch finds Triton back
     assert not (await backend.rank([], ["item-1"], timeout=0.5)).fallback
+
+
+# --- versions across servers and version folders -------------------------------------------------------------------
+def reversed_vocabulary(folder: Path) -> Path:
+    """A version folder whose vocabulary lists ITEMS backwards: item-1 is token 20 there, token 1 elsewhere."""
+    folder.mkdir()
+    (folder / "item_vocabulary.txt").write_text("\n".join(reversed(ITEMS)) + "\n")
+    return folder
+
+
+def token_sent(ranking: Ranking) -> int:
+    """The item-1 token the call sent, read back from the fake's score (token / 100 + version / 1000)."""
+    return round((float(ranking.purchase[0]) - int(ranking.model_version) / 1000) * 100)
+
+
+async def test_servers_reloading_one_after_another_each_answer_with_their_own_version_and_its_tokens(repository):
+    shutil.rmtree(repository / "ranker" / "2")
+    reversed_vocabulary(repository / "ranker" / "2")
+    a, b = FakeTriton("a:1", ready=("1",)), FakeTriton("b:1", ready=("1",))
+    backend = backend_with(repository, a, b)
+    await backend.load()
+    # `aisle models publish --triton a:1 --triton b:1` loads a first; with version_policy latest 1, a then serves
+    # only version 2 while b still serves only version 1.
+    a.ready = ["2"]
+    rankings = [await backend.rank([], ["item-1"], timeout=0.5) for _ in range(8)]
+    assert {r.model_version for r in rankings} == {"1", "2"}  # no call failed, both servers kept answering
+    assert all(token_sent(r) == (20 if r.model_version == "2" else 1) for r in rankings)  # each version's tokens
+    assert [c["version"] for c in b.calls] == ["1"] * len(b.calls) and len(b.calls) >= 3
+    assert backend.model_version == "2"
+    # b has loaded version 2 as well.
+    b.ready = ["2"]
+    rankings = [await backend.rank([], ["item-1"], timeout=0.5) for _ in range(4)]
+    assert [(r.model_version, token_sent(r)) for r in rankings] == [("2", 20)] * 4
+    # The reviewer's case: a server with both versions ready and one with the old one only.
+    a.ready, b.ready = ["1", "2"], ["1"]
+    backend = backend_with(repository, a, b)
+    await backend.load()
+    rankings = [await backend.rank([], ["item-1"], timeout=0.5) for _ in range(6)]
+    assert sorted(r.model_version for r in rankings) == ["1"] * 3 + ["2"] * 3
+
+
+async def test_a_server_serving_a_version_missing_here_gets_no_calls(repository):
+    a, b = FakeTriton("a:1", ready=("3",)), FakeTriton("b:1", ready=("2",))  # no ranker/3 in the local copy
+    backend = backend_with(repository, a, b)
+    await backend.load()
+    assert {(await backend.rank([], ["item-1"], timeout=0.5)).model_version for _ in range(4)} == {"2"}
+    assert not a.calls
+    reversed_vocabulary(repository / "ranker" / "3")  # the local copy catches up
+    assert await backend.refresh()
+    assert {(await backend.rank([], ["item-1"], timeout=0.5)).model_version for _ in range(4)} == {"2", "3"}
+
+
+async def test_a_version_number_reused_for_other_files_is_read_again(repository):
+    model_dir = repository / "ranker"
+    shutil.copytree(model_dir / "2", model_dir / "3")
+    fake = FakeTriton("a:1", ready=("3",))
+    backend = backend_with(repository, fake)
+    await backend.load()
+    assert token_sent(await backend.rank([], ["item-1"], timeout=0.5)) == 1
+    # Version 3 retired and a new 3 put in place by hand, while this pod was not looking: Triton serves the new 3.
+    (model_dir / "3").rename(model_dir / ".retired-3-1")
+    reversed_vocabulary(model_dir / "3")
+    assert await backend.refresh()
+    ranking = await backend.rank([], ["item-1"], timeout=0.5)
+    assert (ranking.model_version, token_sent(ranking)) == ("3", 20)
+    # A retired folder put back (a rollback undone) is the same folder: nothing to read again.
+    (model_dir / "3").rename(model_dir / ".retired-3-2")
+    (model_dir / ".retired-3-1").rename(model_dir / "3")
+    assert await backend.refresh()
+    assert token_sent(await backend.rank([], ["item-1"], timeout=0.5)) == 1
+    assert not await backend.refresh()
+
+
+async def test_a_pod_starts_on_the_embedded_backend_while_triton_serves_a_version_missing_here(repository):
+    from services.ranking.backends.onnxruntime import BatchingOptions, OnnxRuntimeBackend
+    from tests.integration.ranking.tiny_models import add_version, item_ids
+
+    # The local copy has version 1 only (3 retired by a rollback Triton did not hear of, or not synced yet).
+    shutil.rmtree(repository / "ranker" / "1")
+    shutil.rmtree(repository / "ranker" / "2")
+    add_version(repository / "ranker", 1, items=20)
+    fake = FakeTriton("a:1", ready=("3",))
+    with pytest.raises(ModelNotReady, match=r"serves 'ranker' version 3, which .*/ranker lacks"):
+        await backend_with(repository, fake).load()
+    embedded = OnnxRuntimeBackend(repository, "ranker", batching=BatchingOptions(enabled=False))
+    backend = FallbackBackend(backend_with(repository, fake), embedded)
+    try:
+        await backend.load()
+        assert backend.model_version == "1"
+        answer = await backend.rank([], item_ids(2), timeout=1.0)
+        assert answer.backend == "onnxruntime" and answer.fallback_reason == "MODEL_NOT_READY"
+        add_version(repository / "ranker", 3, items=20)  # the copy catches up: Triton is used again
+        assert await backend.refresh()
+        answer = await backend.rank([], item_ids(2), timeout=1.0)
+        assert answer.backend == "triton" and answer.model_version == "3" and not answer.fallback
+    finally:
+        await backend.close()
