@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -92,9 +91,7 @@ async def test_a_vocabulary_of_another_size_than_the_metadata_records_is_refused
 
 async def test_a_version_whose_scores_depend_on_the_other_candidates_is_refused(tmp_path, caplog):
     repository = tiny_repository(tmp_path, {1: {}})
-    started = time.perf_counter()
     async with serving(repository) as backend:
-        load_s = time.perf_counter() - started
         before = await scores(backend)
         add_version(repository / "ranker", 2, softmax=True)
         with caplog.at_level(logging.ERROR, logger=REFUSED):
@@ -102,7 +99,6 @@ async def test_a_version_whose_scores_depend_on_the_other_candidates_is_refused(
         assert await scores(backend) == before
         assert "when other candidates share its row or batch" in caplog.text
     assert "share its row or batch" in await refused_at_load(repository, "2")
-    assert load_s < 5, f"loading a tiny model took {load_s:.2f} s"
 
 
 async def test_a_version_refused_mid_copy_is_tried_again_once_its_files_change(tmp_path):

@@ -57,9 +57,9 @@ async def test_each_caller_gets_its_own_rows_under_concurrency(executor):
 async def test_a_lone_request_waits_no_longer_than_the_max_delay(executor):
     micro = batcher(executor, max_delay_s=0.05)
     started = time.perf_counter()
-    await micro.submit("m", request(1, 5), 5)
-    elapsed = time.perf_counter() - started
-    assert 0.04 <= elapsed < 0.5
+    # Nothing else arrives: without the delay's end the request would wait for ever (the bound is only a guard).
+    await asyncio.wait_for(micro.submit("m", request(1, 5), 5), timeout=10)
+    assert time.perf_counter() - started >= 0.04  # it waited for company, up to the delay
     assert list(micro.batch_sizes) == [1]
     await micro.close()
 
@@ -68,7 +68,7 @@ async def test_a_full_batch_goes_without_waiting_for_the_delay(executor):
     micro = batcher(executor, max_delay_s=5.0, max_batch_size=4)
     started = time.perf_counter()
     await asyncio.gather(*(micro.submit("m", request(u, 3), 3) for u in range(4)))
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < micro.max_delay_s / 2  # it did not wait out the 5 s delay
     assert list(micro.batch_sizes) == [4]
     await micro.close()
 
@@ -143,9 +143,8 @@ async def test_without_a_delay_an_idle_batcher_runs_at_once_and_batches_what_que
         return echo(key, tensors)
 
     micro = batcher(executor, run=slow, max_delay_s=0.0)
-    started = time.perf_counter()
     await micro.submit("m", request(1, 3), 3)
-    assert time.perf_counter() - started < 0.5 and list(micro.batch_sizes) == [1]
+    assert list(micro.batch_sizes) == [1]
     results = await asyncio.gather(*(micro.submit("m", request(u, 3), 3) for u in range(10)))
     assert list(micro.batch_sizes) == [1, 1, 9]  # the first ran alone on the idle instance, the rest queued behind it
     assert [r[0][0, 0] for r in results] == [1 + u + 1000 * u for u in range(10)]

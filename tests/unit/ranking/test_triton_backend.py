@@ -178,7 +178,7 @@ async def test_following_a_version_switch_keeps_to_the_callers_deadline(reposito
     started = time.monotonic()
     with pytest.raises(InferenceTimeout, match="version switch"):
         await backend.rank([], ["item-1"], timeout=0.1)
-    assert time.monotonic() - started < 0.3
+    assert time.monotonic() - started < fake.delay  # it did not wait for the slow control call to answer
     assert fake.control_timeouts and all(t <= 0.1 for t in fake.control_timeouts)
     # Waiting for a switch another caller (here the repository watch) is making is bounded the same way.
     watch = asyncio.create_task(backend.refresh())
@@ -186,7 +186,7 @@ async def test_following_a_version_switch_keeps_to_the_callers_deadline(reposito
     started = time.monotonic()
     with pytest.raises(InferenceTimeout, match="version switch"):
         await backend.rank([], ["item-1"], timeout=0.1)
-    assert time.monotonic() - started < 0.3
+    assert time.monotonic() - started < fake.delay  # nor for the watch's switch
     assert await watch and backend.model_version == "2"
 
 
