@@ -1,7 +1,8 @@
 """SIGTERM: health NOT_SERVING first, new calls refused, the in-flight call finishes.
 
 The gateway's downstream is a slow in-memory fake here, so the call is reliably in flight when the signal lands;
-the server, its signal handling and the client are real.
+the server, its signal handling and the client are real. The fake records when it is closed: the gateway must close
+its downstream channels only after the call in flight has finished (a closed channel would fail its Rank call).
 """
 
 from __future__ import annotations
@@ -33,15 +34,18 @@ class SlowDownstream:
         self.entered, self.release = asyncio.Event(), asyncio.Event()
         self.armed = False
         self.retrieval, self.ranking = self, self
+        self.in_flight = 0
+        self.closed_with_calls_in_flight: int | None = None  # set by close()
 
     async def connect(self) -> None:
         return None
 
     async def close(self) -> None:
-        return None
+        self.closed_with_calls_in_flight = self.in_flight
 
     async def Retrieve(self, request, timeout):  # noqa: N802
         if self.armed:  # start-up (the popular-cache warm-up) passes straight through
+            self.in_flight += 1  # until its Rank call answers
             self.entered.set()
             await self.release.wait()
         return retrieval_pb.RetrieveResponse(
@@ -54,6 +58,8 @@ class SlowDownstream:
         )
 
     async def Rank(self, request, timeout):  # noqa: N802
+        assert self.closed_with_calls_in_flight is None, "the downstream was closed before the call ranked"
+        self.in_flight = max(0, self.in_flight - 1)
         return ranking_pb.RankResponse(
             scored_items=[
                 ranking_pb.ScoredItem(item_id=i, purchase_probability=0.5) for i in request.candidate_item_ids
@@ -102,6 +108,7 @@ async def test_sigterm_lets_the_in_flight_call_finish_and_refuses_new_ones(tmp_p
             response = await asyncio.wait_for(in_flight, 10)
             assert len(response.items) == 3 and all(i.item_id.startswith("item-") for i in response.items)
         await asyncio.wait_for(host.wait_stopped(), 10)
+        assert downstream.closed_with_calls_in_flight == 0  # closed, and only once the call had finished
     finally:
         host.remove_signal_handlers()
         downstream.release.set()
