@@ -338,6 +338,8 @@ def load_index(path: Path, mmap: bool = False) -> IndexArtifact:
         metadata = json.loads((path / METADATA_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise InvalidIndex(f"{path}: unreadable {METADATA_FILE}: {exc}") from None
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("checksums", {}), dict):
+        raise InvalidIndex(f"{path}: {METADATA_FILE} is not an object with a checksums object")
     if metadata.get("format") != FORMAT:
         raise InvalidIndex(f"{path}: format {metadata.get('format')!r} is not {FORMAT!r}")
     checksums = metadata.get("checksums", {})
@@ -354,10 +356,11 @@ def load_index(path: Path, mmap: bool = False) -> IndexArtifact:
         raise InvalidIndex(f"{path}: files not in the metadata: {sorted(extra)[:5]}")
     try:
         return _read(path, metadata, mmap)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
         if isinstance(exc, InvalidIndex):
             raise
-        raise InvalidIndex(f"{path}: unreadable: {exc}") from None
+        # TypeError / AttributeError: JSON of the wrong shape (a list where an object belongs, say)
+        raise InvalidIndex(f"{path}: unreadable: {type(exc).__name__}: {exc}") from None
 
 
 def _read(path: Path, metadata: dict, mmap: bool) -> IndexArtifact:

@@ -9,6 +9,7 @@ import pytest
 
 from services.retrieval.covisitation import CoVisitationTable
 from services.retrieval.index import (
+    ATTRIBUTES_FILE,
     COVISITATION_ANCHORS_FILE,
     COVISITATION_FILE,
     EMBEDDINGS_FILE,
@@ -93,6 +94,30 @@ def test_metadata_that_disagrees_with_the_data_is_refused(tmp_path):
     metadata["dimension"] = 8
     (path / METADATA_FILE).write_text(json.dumps(metadata))
     with pytest.raises(InvalidIndex, match="shapes disagree"):
+        load_index(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda metadata: [metadata], "is not an object"),
+        (lambda metadata: {**metadata, "checksums": []}, "is not an object with a checksums object"),
+        (lambda metadata: {**metadata, "build": []}, "unreadable: AttributeError"),
+    ],
+)
+def test_metadata_of_the_wrong_shape_is_refused_as_an_invalid_index(tmp_path, change, message):
+    path = write(tmp_path)
+    metadata = json.loads((path / METADATA_FILE).read_text())
+    (path / METADATA_FILE).write_text(json.dumps(change(metadata)))
+    with pytest.raises(InvalidIndex, match=message):
+        load_index(path)
+    # Valid JSON too: attributes of the wrong shape are refused alike (their checksum matched: made by hand).
+    path = write(tmp_path / "attributes")
+    metadata = json.loads((path / METADATA_FILE).read_text())
+    (path / ATTRIBUTES_FILE).write_text("[]")
+    metadata["checksums"][ATTRIBUTES_FILE] = hashlib.sha256(b"[]").hexdigest()
+    (path / METADATA_FILE).write_text(json.dumps(metadata))
+    with pytest.raises(InvalidIndex, match="unreadable"):
         load_index(path)
 
 
