@@ -138,11 +138,14 @@ def _check_contract(path: Path, contract: ModelContract) -> None:
 
 
 def model_versions(model_dir: Path) -> list[int]:
-    """Complete version folders (holding ``model.onnx``), oldest first."""
+    """Complete version folders (holding ``model.onnx``), oldest first. Only canonical numbers count: a folder
+    ``010`` is not version 10, whose folder is ``10`` (``aisle models validate`` reports it as a stray)."""
     if not model_dir.is_dir():
         return []
     return sorted(
-        int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and int(p.name) > 0 and (p / MODEL_FILE).is_file()
+        int(p.name)
+        for p in model_dir.iterdir()
+        if p.name.isdigit() and p.name == str(int(p.name)) and int(p.name) > 0 and (p / MODEL_FILE).is_file()
     )
 
 

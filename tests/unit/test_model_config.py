@@ -62,6 +62,8 @@ def test_version_resolution(tmp_path):
         (tmp_path / version / "model.onnx").write_bytes(b"x")
     (tmp_path / "11").mkdir()  # no model.onnx: incomplete, never chosen
     (tmp_path / ".staging-12-x").mkdir()
+    (tmp_path / "020").mkdir()  # not version 20 (whose folder would be 20/): a stray, never chosen
+    (tmp_path / "020" / "model.onnx").write_bytes(b"x")
     assert resolve_version(tmp_path) == ("10", tmp_path / "10")
     assert resolve_version(tmp_path, "2") == ("2", tmp_path / "2")
     with pytest.raises(ModelConfigError, match="version 11 has no model.onnx"):
