@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -95,7 +96,9 @@ def reusable_copy(demo_run, tmp_path: Path) -> Path:
 
 
 class DemoProcess:
-    """`aisle demo` as a child process whose output is read line by line while it runs."""
+    """`aisle demo` as a child process whose output is read line by line while it runs. Used as a context
+    manager: on the way out, whatever the test's outcome, the demo (stopped or not) and the services it started are
+    killed if still running."""
 
     def __init__(self, *args: str) -> None:
         self.process = subprocess.Popen(
@@ -106,8 +109,28 @@ class DemoProcess:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.output: list[str] = []
+        #: The demo's service processes, once seen (after the demo exits they are no longer its children).
+        self.services: list[int] = []
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
+
+    def __enter__(self) -> DemoProcess:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.kill_all()
+
+    def kill_all(self) -> None:
+        """SIGKILL (which ends a SIGSTOPped process too) the services, then the demo, where still running."""
+        pids = set(self.services)
+        if self.process.poll() is None:
+            pids.update(children(self.process.pid))
+        for pid in filter(a_service, pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
 
     def _read(self) -> None:
         for line in self.process.stdout:
@@ -156,12 +179,20 @@ def running(pid: int) -> bool:
         return False
 
 
+def a_service(pid: int) -> bool:
+    """Still running and an Aisle service (not another process that reused a recorded id)."""
+    try:
+        return running(pid) and b"services." in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def services_of_a_serving_demo(demo: DemoProcess) -> list[int]:
     """Waits until the demo has printed its three services (all SERVING), then freezes it (SIGSTOP) so that it
     cannot finish on its own before the test's signal arrives. Returns the service processes' ids."""
     demo.wait_for("   gateway ")
     os.kill(demo.process.pid, signal.SIGSTOP)
-    services = children(demo.process.pid)
+    services = demo.services = children(demo.process.pid)
     assert len(services) == 3, services
     return services
 
@@ -177,27 +208,27 @@ def still_running(pids: list[int], within: float) -> list[int]:
 
 def test_sigterm_stops_the_demo_and_its_services(demo_run, tmp_path):
     """`timeout`, `kill`, CI timeouts and supervisors send SIGTERM: the demo stops its services, then exits 143."""
-    demo = DemoProcess("--workdir", str(reusable_copy(demo_run, tmp_path)), "--reuse")
-    services = services_of_a_serving_demo(demo)
+    with DemoProcess("--workdir", str(reusable_copy(demo_run, tmp_path)), "--reuse") as demo:
+        services = services_of_a_serving_demo(demo)
 
-    os.kill(demo.process.pid, signal.SIGTERM)
-    os.kill(demo.process.pid, signal.SIGCONT)
-    output = demo.rest()
+        os.kill(demo.process.pid, signal.SIGTERM)
+        os.kill(demo.process.pid, signal.SIGCONT)
+        output = demo.rest()
 
-    assert demo.process.returncode == 128 + signal.SIGTERM, output[-3000:]
-    assert "Traceback" not in output and "stopped by SIGTERM" in output
-    assert still_running(services, within=0) == []  # stopped before the demo exited
+        assert demo.process.returncode == 128 + signal.SIGTERM, output[-3000:]
+        assert "Traceback" not in output and "stopped by SIGTERM" in output
+        assert still_running(services, within=0) == []  # stopped before the demo exited
 
 
 def test_services_die_with_a_killed_demo(demo_run, tmp_path):
     """SIGKILL leaves the demo no chance to stop anything: the services stop themselves (parent-death signal)."""
-    demo = DemoProcess("--workdir", str(reusable_copy(demo_run, tmp_path)), "--reuse")
-    services = services_of_a_serving_demo(demo)
+    with DemoProcess("--workdir", str(reusable_copy(demo_run, tmp_path)), "--reuse") as demo:
+        services = services_of_a_serving_demo(demo)
 
-    os.kill(demo.process.pid, signal.SIGKILL)
-    demo.rest()
+        os.kill(demo.process.pid, signal.SIGKILL)
+        demo.rest()
 
-    assert still_running(services, within=30) == []
+        assert still_running(services, within=30) == []
 
 
 def test_a_service_that_cannot_start_is_a_one_line_error_with_its_log(demo_run, tmp_path):

@@ -3,6 +3,7 @@ RESOURCE_EXHAUSTED, and hostile requests get INVALID_ARGUMENT naming the field."
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import grpc
@@ -14,7 +15,10 @@ from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from services.core.errors import details_of
+from services.gateway import app as gateway_app
+from services.gateway.components.side_effects import ExposureLogger
 from services.gateway.events import JsonlEventSink, read_events
+from services.gateway.sessions import InMemorySessionStore, subject_key
 from tests.integration.conftest import stack
 from tests.integration.test_recommend_path import history_of
 
@@ -62,19 +66,43 @@ async def test_tracked_events_change_the_next_recommendation(trained, tmp_path):
     assert "shopper-1" not in log.read_text()  # ids are hashed
 
 
-async def test_without_consent_nothing_is_stored_or_logged(trained, tmp_path):
+async def test_without_consent_nothing_is_stored_or_logged(trained, tmp_path, monkeypatch):
+    # The gateway's own session store, held here: an answer without consent never reads it, so only reading it
+    # directly shows what the gateway wrote there.
+    sessions = InMemorySessionStore()
+    monkeypatch.setattr(gateway_app, "build_session_store", lambda settings: sessions)
+    exposures_logged = asyncio.Event()
+    log_exposures = ExposureLogger.run
+
+    async def run_then_flag(component, *args):
+        try:
+            await log_exposures(component, *args)
+        finally:
+            exposures_logged.set()
+
+    monkeypatch.setattr(ExposureLogger, "run", run_then_flag)
     log = tmp_path / "events.jsonl"
     async with stack(trained, gateway_extra={"event_log": "jsonl", "event_log_path": log}) as hosts:
+        salt = hosts["gateway"].settings.subject_key_salt.get_secret_value()
+        key = subject_key(common.Subject(user_id="shopper-1"), salt)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['gateway'].port}") as channel:
             stub = pb_grpc.RecommendationServiceStub(channel)
             reply = await stub.TrackEvents(
                 pb.TrackEventsRequest(events=[tracked(i, consent=False) for i in history_of(trained, 3)]), timeout=5
             )
             assert reply.accepted_count == 3
+            assert await sessions.history(key) == [] and len(sessions) == 0
             answer = await stub.Recommend(home(consent=False), timeout=5)
+            assert answer.items
+            await asyncio.wait_for(exposures_logged.wait(), 5)  # the exposure side effect ran after the answer
             assert not any(common.CANDIDATE_SOURCE_TWO_TOWER in i.sources for i in answer.items)
+            assert await sessions.exposures(key) == {} and await sessions.history(key) == []
+            assert len(sessions) == 0, "no session of any key was made"
+            # The store read above is the gateway's: a consented event of another shopper lands in it.
+            await stub.TrackEvents(pb.TrackEventsRequest(events=[tracked("I1", user="shopper-2")]), timeout=5)
+            assert len(sessions) == 1
         await hosts["gateway"].app.close()
-    assert not log.exists() or log.read_text() == ""
+    assert [r["subject"] for r in read_events(log)] == [subject_key(common.Subject(user_id="shopper-2"), salt)]
 
 
 async def test_event_log_overload_is_resource_exhausted_with_retry_info(trained, tmp_path, monkeypatch):

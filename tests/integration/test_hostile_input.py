@@ -10,7 +10,7 @@ import threading
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from aisle.common.v1 import common_pb2 as common
@@ -73,10 +73,29 @@ def outcome(call, request) -> None:
         assert details_of(error)[1], "INVALID_ARGUMENT must name at least one field"
 
 
-def healthy(port: int) -> bool:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+def health_of(port: int) -> str:
+    """The server's overall health, or the error that kept it from answering (a dead or wedged server)."""
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    except grpc.RpcError as error:
+        return error.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+@pytest.fixture(autouse=True)
+def still_healthy(ports):
+    """After each test's examples (not each example: one check per server per test keeps the run short), every
+    server still answers its health check SERVING, whichever tests ran before or at all."""
+    yield
+    assert {name: health_of(port) for name, port in ports.items()} == dict.fromkeys(ports, "SERVING")
+
+
+@pytest.fixture(scope="module")
+def served_version(trained) -> str:
+    """The ranker version the ranking server serves: with no version configured, the newest one published."""
+    versions = [p.name for p in (trained.model_repository / "ranker").iterdir() if p.name.isdigit()]
+    return max(versions, key=int)
 
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -154,21 +173,37 @@ def test_retrieve(ports, k, history, anchors, sources, context, vector, consent)
         outcome(retrieval_grpc.RetrievalServiceStub(channel).Retrieve, request)
 
 
+#: Stands for the version the ranking server serves (known only once it runs) in the strategies below.
+SERVED = "served"
+valid_candidates = st.lists(st.sampled_from(["I00001", "SKU000001", "SKU000002"]), min_size=1, max_size=5)
+
+
 @FAST
 @given(
-    candidates=st.lists(ids, max_size=30),
-    history=st.lists(interactions, max_size=8),
-    model_version=st.sampled_from(["", "1", "999"]),
+    # Valid requests are drawn often too (and named below): only those reach the model version check.
+    candidates=st.one_of(st.lists(ids, max_size=30), valid_candidates),
+    history=st.one_of(st.just([]), st.lists(interactions, max_size=8)),
+    version=st.sampled_from(["", SERVED, "999"]),
 )
-def test_rank(ports, candidates, history, model_version):
+@example(candidates=["SKU000001"], history=[], version="")
+@example(candidates=["SKU000001"], history=[], version=SERVED)
+@example(candidates=["SKU000001"], history=[], version="999")
+def test_rank(ports, served_version, candidates, history, version):
+    model_version = served_version if version == SERVED else version
     request = ranking_pb.RankRequest(candidate_item_ids=candidates, history=history, model_version=model_version)
+    # Only a request that names a version other than the served one may be NOT_FOUND; no version, or the served
+    # one, is answered or refused as the caller's mistake (INVALID_ARGUMENT naming a field), like any RPC here.
+    other_version = model_version not in ("", served_version)
     with grpc.insecure_channel(f"127.0.0.1:{ports['ranking']}") as channel:
         try:
-            ranking_grpc.RankingServiceStub(channel).Rank(request, timeout=5)
+            reply = ranking_grpc.RankingServiceStub(channel).Rank(request, timeout=5)
         except grpc.RpcError as error:
-            # Asking for a version that is not served is NOT_FOUND with the reason; everything else is the caller's.
-            assert error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), error.details()
-
-
-def test_every_server_is_still_healthy(ports):
-    assert all(healthy(port) for port in ports.values())
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                assert other_version, (model_version, served_version, error.details())
+                assert f"version {model_version} " in error.details(), error.details()
+            else:
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (error.code(), error.details())
+                assert details_of(error)[1], "INVALID_ARGUMENT must name at least one field"
+        else:
+            assert not other_version, f"answered for version {model_version}, which is not served"
+            assert reply.model_version.version == served_version

@@ -109,26 +109,27 @@ async def test_two_gateway_processes_share_one_session(trained, redis_url, tmp_p
         ports = [free_port(), free_port()]
         env = {k: v for k, v in os.environ.items() if not k.startswith("AISLE_")}
         processes = []
-        for port in ports:
-            settings = {
-                "PORT": port,
-                "METRICS_PORT": "none",
-                "RETRIEVAL_TARGET": f"127.0.0.1:{retrieval.port}",
-                "RANKING_TARGET": f"127.0.0.1:{ranking.port}",
-                "CATALOG_PATH": trained.root / "catalog.json",
-                "SESSION_STORE": "redis",
-                "REDIS_URL": redis_url,
-                "EVENT_LOG": "redis",
-                "ANONYMOUS_CACHE_TTL_S": 0,
-            }
-            process_env = {**env, **{f"AISLE_GATEWAY_{k}": str(v) for k, v in settings.items()}}
-            log = (tmp_path / f"gateway-{port}.log").open("wb")
-            processes.append(
-                await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "services.gateway", env=process_env, stdout=log, stderr=log
-                )
-            )
-        try:
+        try:  # from the first start on: whatever fails, every gateway started is stopped
+            for port in ports:
+                settings = {
+                    "PORT": port,
+                    "METRICS_PORT": "none",
+                    "RETRIEVAL_TARGET": f"127.0.0.1:{retrieval.port}",
+                    "RANKING_TARGET": f"127.0.0.1:{ranking.port}",
+                    "CATALOG_PATH": trained.root / "catalog.json",
+                    "SESSION_STORE": "redis",
+                    "REDIS_URL": redis_url,
+                    "EVENT_LOG": "redis",
+                    "ANONYMOUS_CACHE_TTL_S": 0,
+                }
+                process_env = {**env, **{f"AISLE_GATEWAY_{k}": str(v) for k, v in settings.items()}}
+                # The gateway writes to its own copy of the descriptor: this process's is closed once it runs.
+                with (tmp_path / f"gateway-{port}.log").open("wb") as log:
+                    processes.append(
+                        await asyncio.create_subprocess_exec(
+                            sys.executable, "-m", "services.gateway", env=process_env, stdout=log, stderr=log
+                        )
+                    )
             for port in ports:
                 async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                     await asyncio.wait_for(wait_until_serving(channel, "", 5.0), 120)
@@ -140,8 +141,17 @@ async def test_two_gateway_processes_share_one_session(trained, redis_url, tmp_p
             async with grpc.aio.insecure_channel(f"127.0.0.1:{ports[1]}") as second:
                 answer = await pb_grpc.RecommendationServiceStub(second).Recommend(home(user="roaming"), timeout=5)
         finally:
-            for process in processes:
-                process.terminate()
-                await asyncio.wait_for(process.wait(), 30)
+            for process in processes:  # all signalled first, so that one slow to stop does not delay the other
+                if process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.terminate()
+            try:
+                await asyncio.wait_for(asyncio.gather(*(p.wait() for p in processes)), 30)
+            except TimeoutError:  # killed, not left behind; the exit codes below say it did not stop
+                for process in processes:
+                    if process.returncode is None:
+                        process.kill()
+                await asyncio.gather(*(p.wait() for p in processes))
     assert any(common.CANDIDATE_SOURCE_TWO_TOWER in i.sources for i in answer.items)
-    assert [p.returncode for p in processes] == [0, 0]
+    logs = {port: (tmp_path / f"gateway-{port}.log").read_text(errors="replace")[-2000:] for port in ports}
+    assert [p.returncode for p in processes] == [0, 0], logs

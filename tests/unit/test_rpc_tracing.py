@@ -55,6 +55,14 @@ def spans_of(exporter, trace_id: int, kind: SpanKind) -> list:
     return [s for s in exporter.get_finished_spans() if s.context.trace_id == trace_id and s.kind == kind]
 
 
+async def until(condition, within_s: float = 10.0) -> None:
+    """Polls ``condition`` until it holds; fails after ``within_s`` (a bound on a hang, not a latency check)."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 async def test_a_server_span_continues_the_callers_trace(span_exporter):
     async with echo_server() as target, grpc.aio.insecure_channel(target) as channel:
         call = channel.unary_unary(METHOD, request_serializer=_identity, response_deserializer=_identity)
@@ -88,7 +96,8 @@ async def test_a_failed_call_has_its_code_on_the_server_span(span_exporter, requ
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call(request_bytes, metadata=(("traceparent", caller),), timeout=timeout)
         assert raised.value.code() == code
-        await asyncio.sleep(0.1)  # the server side of a cancelled call ends after the client's
+        # The server side of a cancelled call ends after the client's: wait (bounded) for its span.
+        await until(lambda: spans_of(span_exporter, int(caller[3:35], 16), SpanKind.SERVER))
     [span] = spans_of(span_exporter, int(caller[3:35], 16), SpanKind.SERVER)
     assert span.attributes["rpc.grpc.status_code"] == code.value[0]
     assert span.status.status_code == status

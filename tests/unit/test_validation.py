@@ -50,11 +50,19 @@ def test_history_checks_ids_and_quantities():
     assert set(violations_of(check)) == {"history[1].quantity"}
 
 
-@pytest.mark.parametrize("value", [-1, 101])
+@pytest.mark.parametrize("value", [-1, 101, 10**6])
 def test_k_out_of_range(value):
     check = Violations()
     check.k("k", value, limit=100)
     assert "k" in violations_of(check)
+
+
+@pytest.mark.parametrize("value", [0, 1, 100])
+def test_k_within_range_including_both_bounds(value):
+    # 0 asks for the server default; the limit itself is allowed: the range is inclusive at both ends.
+    check = Violations()
+    check.k("k", value, limit=100)
+    check.raise_if_any()
 
 
 def test_enum_lists_the_allowed_names():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import yaml
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
+from services.gateway.budget import RequestBudget
 from services.gateway.cache import AnonymousCache
 from services.gateway.candidates import Candidates
 from services.gateway.catalog import ItemCatalog
@@ -114,12 +114,24 @@ def test_variant_assignment_is_stable_and_balanced():
 
 
 class SlowSource(ComponentBase):
+    """Never answers on its own; records the timeout it was handed and whether it was cut (cancelled)."""
+
     kind = "source"
     share = 0.2
     fail_open = True
 
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.timeouts: list[float] = []
+        self.cancelled = False
+
     async def fetch(self, state, timeout):
-        await asyncio.sleep(5)
+        self.timeouts.append(timeout)
+        try:
+            await asyncio.Event().wait()  # only the pipeline's cut ends this
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
         return Candidates.empty()
 
 
@@ -135,17 +147,18 @@ class QuickSource(ComponentBase):
 async def test_a_slow_source_is_cut_at_its_slice_and_the_answer_comes_in_budget():
     from prometheus_client import CollectorRegistry
 
-    pipeline = Pipeline(
-        "p", "1", [SlowSource("Slow", Params(), deps()), QuickSource("Quick", Params(), deps())], [], [], [], [], []
-    )
+    slow = SlowSource("Slow", Params(), deps())
+    pipeline = Pipeline("p", "1", [slow, QuickSource("Quick", Params(), deps())], [], [], [], [], [])
     request_state = state(budget_s=0.1)
-    started = time.perf_counter()
-    items = await pipeline.run(request_state, PipelineMetrics(CollectorRegistry()))
-    elapsed = time.perf_counter() - started
+    request_state.budget = RequestBudget(0.1, None, 0.001, clock=lambda: 0.0)  # frozen: the slice is exact
+    items = await asyncio.wait_for(pipeline.run(request_state, PipelineMetrics(CollectorRegistry())), 5)
     assert items.ids() == ["i1"]
-    assert elapsed < 0.1  # the slow source had 20 ms (0.2 x 100 ms)
+    # The slow source was handed its slice, 20 ms (0.2 x 100 ms), and cut there.
+    assert slow.timeouts == [pytest.approx(0.02)]  # 0.2 x 0.1 s
+    assert slow.cancelled
     [degradation] = request_state.degradations
     assert degradation.reason == common.DEGRADATION_REASON_SOURCE_DROPPED and degradation.stage == "Slow"
+    assert degradation.detail == "no answer within 20 ms"
 
 
 async def test_each_stage_gets_a_span_from_the_sdk_tracer_not_the_api_proxy(span_exporter):

@@ -274,15 +274,26 @@ async def test_the_event_log_writer_survives_a_failed_append_and_writes_the_batc
     assert failures and all(r.exc_info is None for r in failures), "one line per failed attempt, no traceback"
 
 
-async def test_close_returns_within_its_bound_and_says_what_was_lost(tmp_path: Path, caplog):
+async def test_close_returns_within_its_bound_and_says_what_was_lost(tmp_path: Path, caplog, monkeypatch):
     path = tmp_path / "events.jsonl"
     sink = JsonlEventSink(path, max_pending=100, retry_delay_s=0.01, close_timeout_s=0.2)
     await sink.start()
     path.mkdir()  # stays broken
     await sink.write([{"n": 1}, {"n": 2}, {"n": 3}])
-    started = time.monotonic()
+    # What close hands to its wait on the writer: the bound, never None (an unbounded wait on a broken disk).
+    bounds: list[float | None] = []
+    wait = asyncio.wait
+
+    async def recorded_wait(tasks, *, timeout=None, return_when=asyncio.ALL_COMPLETED):
+        if sink._writer in tasks:
+            bounds.append(timeout)
+            assert timeout is not None, "close waits for the writer without a bound"
+        return await wait(tasks, timeout=timeout, return_when=return_when)
+
+    monkeypatch.setattr(asyncio, "wait", recorded_wait)
     await sink.close()
-    assert time.monotonic() - started < 1.0
+    assert bounds == [0.2]
+    assert sink._writer.done()
     assert "3 events could not be written" in caplog.text
     with pytest.raises(EventLogFull):
         await sink.write([{"n": 4}])
