@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.demo.stack import ORDER, LocalStack
 from tests.support.faulty_service import DELAY_VARIABLE
+from training.synthetic import REGIONS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: A log line worth showing when a fault test fails: a warning or worse, or a call answered with an error.
@@ -144,6 +145,9 @@ def fault_stack(
             "event_log": "off",
             "anonymous_cache_ttl_s": "0",
             "ranking_wait_s": "30",
+            # As a deployment sets it: every region the requests name has a fallback list from start-up, so a
+            # request whose region no answer has filled yet (exclusions keep theirs out) still gets one.
+            "fallback_regions": ",".join(REGIONS),
         },
     }
     merged = {name: {"drain_delay_s": str(drain_delay_s), **base[name], **settings.get(name, {})} for name in ORDER}
