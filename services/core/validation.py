@@ -5,12 +5,23 @@ Field paths follow the proto field names (``history[3].item_id``), so a caller c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from google.protobuf.message import Message
 
 #: Longest id (item, user, session) any service accepts.
 MAX_ID_LENGTH = 256
+
+#: Most ``RequestContext.attributes`` entries; keys are at most :data:`MAX_ID_LENGTH` characters, values at most
+#: :data:`MAX_ATTRIBUTE_VALUE_LENGTH` (room for a user agent or a referring URL). Together at most about 160 KB.
+MAX_ATTRIBUTES = 32
+MAX_ATTRIBUTE_VALUE_LENGTH = 1024
+
+#: google.protobuf.Timestamp's valid range, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z (what
+#: ``ToDatetime`` and the JSON mapping accept): seconds, and nanos within the second.
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+MAX_TIMESTAMP_NANOS = 999_999_999
 
 
 #: Field violations reported per request; the rest are counted. Thousands of bad entries would otherwise make an
@@ -24,6 +35,18 @@ def id_problem(value: str) -> str | None:
         return f"must be at most {MAX_ID_LENGTH} characters, got {len(value)}"
     if not value.isprintable():
         return "must contain printable characters only"
+    return None
+
+
+def timestamp_problem(value: Message) -> str | None:
+    """What is wrong with a ``google.protobuf.Timestamp``, or None (an unset one is the epoch: valid)."""
+    if not MIN_TIMESTAMP_SECONDS <= value.seconds <= MAX_TIMESTAMP_SECONDS:
+        return (
+            "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999999Z "
+            f"(seconds {MIN_TIMESTAMP_SECONDS} to {MAX_TIMESTAMP_SECONDS}), got seconds {value.seconds}"
+        )
+    if not 0 <= value.nanos <= MAX_TIMESTAMP_NANOS:
+        return f"nanos must be between 0 and {MAX_TIMESTAMP_NANOS}, got {value.nanos}"
     return None
 
 
@@ -92,6 +115,12 @@ class Violations:
             self.id(f"{field}[{i}].item_id", interaction.item_id)
             if interaction.quantity < 0:
                 self.add(f"{field}[{i}].quantity", f"must not be negative, got {interaction.quantity}")
+            self.timestamp(f"{field}[{i}].event_time", interaction.event_time)
+
+    def timestamp(self, field: str, value: Message) -> None:
+        """A ``google.protobuf.Timestamp`` within its valid range (see :func:`timestamp_problem`)."""
+        if problem := timestamp_problem(value):
+            self.add(field, problem)
 
     def enum(self, field: str, value: int, allowed: Sequence[int], names: dict[int, str]) -> None:
         if value not in allowed:
@@ -102,10 +131,37 @@ class Violations:
         if len(value) > 16 or (value and not value.replace("-", "").replace("_", "").isalnum()):
             self.add(field, f"must be a short region code such as GB or DE, got {value[:32]!r}")
 
+    def attributes(self, field: str, attributes: Mapping[str, str]) -> None:
+        """A ``RequestContext.attributes`` map: at most :data:`MAX_ATTRIBUTES` entries, each key a non-empty printable
+        string of at most :data:`MAX_ID_LENGTH` characters, each value printable and at most
+        :data:`MAX_ATTRIBUTE_VALUE_LENGTH` characters. An entry is named by its key (cut to 32 characters)."""
+        if len(attributes) > MAX_ATTRIBUTES:
+            self.add(field, f"must have at most {MAX_ATTRIBUTES} entries, got {len(attributes)}")
+            return
+        for key, value in sorted(attributes.items()):
+            entry = f"{field}[{key[:32]!r}]"
+            if not key:
+                self.add(entry, "key must not be empty")
+            elif problem := id_problem(key):
+                self.add(entry, f"key {problem}")
+            elif len(value) > MAX_ATTRIBUTE_VALUE_LENGTH:
+                self.add(entry, f"value must be at most {MAX_ATTRIBUTE_VALUE_LENGTH} characters, got {len(value)}")
+            elif not value.isprintable():
+                self.add(entry, "value must contain printable characters only")
+
+    def context(self, field: str, context: Message) -> None:
+        """A ``RequestContext``: its region code, its request time (when set) and its attributes."""
+        self.region(f"{field}.region", context.region)
+        self.timestamp(f"{field}.request_time", context.request_time)
+        self.attributes(f"{field}.attributes", context.attributes)
+
     def exclusions(self, field: str, exclusions: Message, *, limit: int) -> None:
-        """An ``Exclusions`` message: at most ``limit`` item ids, brands and categories in all, its item ids valid."""
+        """An ``Exclusions`` message: at most ``limit`` item ids, brands and categories in all, each a valid id
+        (non-empty, at most :data:`MAX_ID_LENGTH` printable characters)."""
         total = len(exclusions.item_ids) + len(exclusions.brands) + len(exclusions.categories)
         if total > limit:
             self.add(field, f"must have at most {limit} entries in all, got {total}")
         else:
             self.ids(f"{field}.item_ids", exclusions.item_ids, limit=limit)
+            self.ids(f"{field}.brands", exclusions.brands, limit=limit)
+            self.ids(f"{field}.categories", exclusions.categories, limit=limit)

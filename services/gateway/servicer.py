@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 
@@ -14,8 +15,9 @@ from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from services.core.errors import DependencyUnavailable, InvalidArgument, ResourceExhausted
+from services.core.settings import ServiceSettings
 from services.core.telemetry import current_trace_id
-from services.core.validation import Violations
+from services.core.validation import MAX_ID_LENGTH, Violations, timestamp_problem
 from services.gateway.budget import RequestBudget
 from services.gateway.cache import AnonymousCache
 from services.gateway.candidates import Candidates
@@ -34,6 +36,15 @@ SURFACE_NAMES = {value: name for name, value in common.Surface.items()}
 EVENT_NAMES = {value: name for name, value in common.EventType.items()}
 #: Events that count as a success for the exploration bandit.
 SUCCESS_EVENTS = {common.EVENT_TYPE_CLICK, common.EVENT_TYPE_ADD_TO_CART, common.EVENT_TYPE_PURCHASE}
+#: Largest message retrieval and ranking accept (their default ``max_message_bytes``): the gateway reads up to 16 MB
+#: so that an oversized field is named, and must not pass on a request that they would refuse at the transport
+#: (that answer would look like a retrieval outage).
+DOWNSTREAM_MESSAGE_BYTES = ServiceSettings.model_fields["max_message_bytes"].default
+#: Most bytes one history entry takes on the wire: an id of MAX_ID_LENGTH four-byte characters, its event type,
+#: quantity and time. The history sent on is the session store's and the request's, up to ``max_history`` entries.
+MAX_INTERACTION_BYTES = 4 * MAX_ID_LENGTH + 64
+#: The other fields of a Recommend request that the gateway forwards to retrieval.
+FORWARDED_FIELDS = ("subject", "context", "anchor_item_ids", "exclusions")
 
 
 def shown_in(response: pb.RecommendResponse) -> Candidates:
@@ -73,12 +84,15 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         span.set_attribute("aisle.surface", SURFACE_NAMES[request.surface])
         span.set_attribute("aisle.policy", pipeline.name)
         span.set_attribute("aisle.variant", variant)
-        span.set_attribute("aisle.subject", key)  # hashed: never the id in clear
-        # Without consent nothing about the shopper is used or stored: context (region, page, cart) only.
+        # Without consent nothing about the shopper is used or stored: context (region, page, cart) only. The key
+        # (hashed, never the id in clear) picks the variant and seeds exploration for this request only; it goes
+        # onto the exported span only with consent (with the public default salt a guessable id is recoverable).
+        if request.consent:
+            span.set_attribute("aisle.subject", key)
         history, exposures, session_error = [], {}, ""
         if request.consent:
             try:
-                stored = await self.deps.sessions.history(key)
+                stored = usable(await self.deps.sessions.history(key))
                 exposures = await self.deps.sessions.exposures(key)
             except Exception as error:  # a session store outage costs personalisation, not the answer
                 log.warning("session store unavailable: %s", error)
@@ -165,6 +179,10 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             check.enum(f"events[{i}].event_type", event.event_type, list(EVENT_NAMES)[1:], EVENT_NAMES)
             if event.quantity < 0:
                 check.add(f"events[{i}].quantity", f"must not be negative, got {event.quantity}")
+            if not (math.isfinite(event.unit_price) and event.unit_price >= 0):
+                check.add(f"events[{i}].unit_price", f"must be a finite number, not negative, got {event.unit_price}")
+            check.timestamp(f"events[{i}].event_time", event.event_time)
+            check.context(f"events[{i}].context", event.context)
         check.raise_if_any()
         consented = [e for e in request.events if e.consent]
         records = [
@@ -215,8 +233,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         check = Violations()
         check.subject("subject", request.subject)
         check.enum("surface", request.surface, list(SURFACES.values()), SURFACE_NAMES)
-        check.region("context.region", request.context.region)
-        check.count("context.attributes", request.context.attributes, limit=32)
+        check.context("context", request.context)
         check.history("history", request.history, limit=settings.max_history)
         check.ids("anchor_item_ids", request.anchor_item_ids, limit=settings.max_anchors)
         if request.surface in (common.SURFACE_PRODUCT_PAGE, common.SURFACE_CART) and not request.anchor_item_ids:
@@ -231,7 +248,44 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                 self.policies.variant_for("", request.experiment_variant_override)
             except KeyError:
                 check.add("experiment_variant_override", "is not a variant of the running experiment")
+        if not check:
+            self._check_forwarded_size(check, request)
         check.raise_if_any()
+
+    def _check_forwarded_size(self, check: Violations, request: pb.RecommendRequest) -> None:
+        """What retrieval is sent (this request's subject, context, anchors and exclusions, and up to
+        ``max_history`` entries of history) fits in the message size it accepts: the fields' own limits count
+        entries and characters, and 5,000 exclusions of 256 four-byte characters would not fit. Names the largest
+        field. (History is given room for its limit, at most half the message.)"""
+        history_room = min(self.settings.max_history * MAX_INTERACTION_BYTES, DOWNSTREAM_MESSAGE_BYTES // 2)
+        room = DOWNSTREAM_MESSAGE_BYTES - history_room - 1024
+        exclusions = request.exclusions
+        entries = len(exclusions.item_ids) + len(exclusions.brands) + len(exclusions.categories)
+        entries += len(request.anchor_item_ids) + 2  # the subject's id and the region
+        if entries * (4 * MAX_ID_LENGTH + 8) + request.context.ByteSize() <= room:
+            return  # cannot be too large: skip serialising the request to measure it
+        sizes = {name: _wire_size(request, name) for name in FORWARDED_FIELDS}
+        if sum(sizes.values()) > room:
+            largest = max(sizes, key=sizes.__getitem__)
+            check.add(
+                largest,
+                f"is {sizes[largest]} bytes; with the rest of the request it must fit in the {room} bytes "
+                f"left for it in a message to retrieval (at most {DOWNSTREAM_MESSAGE_BYTES} bytes)",
+            )
+
+
+def usable(stored: list[common.Interaction]) -> list[common.Interaction]:
+    """Stored events the pipeline can read: one with an ``event_time`` out of Timestamp's range (stored before
+    TrackEvents checked it) is left out, so it neither fails the request nor is forwarded for retrieval and
+    ranking to refuse."""
+    return [e for e in stored if timestamp_problem(e.event_time) is None]
+
+
+def _wire_size(request: pb.RecommendRequest, name: str) -> int:
+    value = getattr(request, name)
+    if name == "anchor_item_ids":
+        return sum(len(item.encode()) + 3 for item in value)
+    return value.ByteSize() + 4 if request.HasField(name) else 0
 
 
 __all__ = ["RecommendationServicer", "InvalidArgument"]

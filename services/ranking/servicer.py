@@ -8,7 +8,13 @@ from aisle.common.v1 import common_pb2
 from aisle.ranking.v1 import ranking_service_pb2 as pb
 from aisle.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
 from services.core.errors import NotFound
-from services.core.validation import MAX_ID_LENGTH, Violations
+from services.core.validation import (
+    MAX_ID_LENGTH,
+    MAX_TIMESTAMP_NANOS,
+    MAX_TIMESTAMP_SECONDS,
+    MIN_TIMESTAMP_SECONDS,
+    Violations,
+)
 from services.ranking.backends.base import ModelNotReady, Ranking, RankingBackend
 from services.ranking.settings import RankingSettings
 from services.ranking.wire import encode_scored_items
@@ -50,8 +56,9 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
         # The per-entry checks name the bad entry; most requests pass the one-pass tests here and skip them.
         check = Violations()
         check.subject("subject", request.subject, required=False)
+        check.context("context", request.context)
         limit = self.settings.max_history
-        if len(history_ids) > limit or not _plainly_valid(history_ids) or _negative_quantity(request.history):
+        if len(history_ids) > limit or not _plainly_valid(history_ids) or not _plain_interactions(request.history):
             check.history("history", request.history, limit=limit)
         if not candidate_ids:
             check.add("candidate_item_ids", "must list at least one item")
@@ -96,8 +103,21 @@ def add_score_columns(response: pb.RankResponse, ranking: Ranking) -> None:
         response.columns.return_probabilities.extend(np.where(ranking.unknown, np.nan, ranking.returns).tolist())
 
 
-def _negative_quantity(history) -> bool:
-    return min((interaction.quantity for interaction in history), default=0) < 0
+def _plain_interactions(history) -> bool:
+    """True when no interaction has a negative quantity or an event time out of Timestamp's range (what
+    ``Violations.history`` checks besides the ids), in one pass."""
+    for interaction in history:
+        time = interaction.event_time
+        seconds, nanos = time.seconds, time.nanos
+        if (
+            interaction.quantity < 0
+            or seconds < MIN_TIMESTAMP_SECONDS
+            or seconds > MAX_TIMESTAMP_SECONDS
+            or nanos < 0
+            or nanos > MAX_TIMESTAMP_NANOS
+        ):
+            return False
+    return True
 
 
 def _plainly_valid(ids) -> bool:

@@ -40,6 +40,7 @@ def validate_retrieve(
     any). The index server and the shard router both call it, before any work, so both answer alike."""
     check = Violations()
     check.subject("subject", request.subject, required=False)
+    check.context("context", request.context)
     check.history("history", request.history, limit=settings.max_history)
     check.ids("anchor_item_ids", request.anchor_item_ids, limit=settings.max_anchors)
     for i, source in enumerate(request.sources):

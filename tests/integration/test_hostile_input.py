@@ -9,6 +9,7 @@ import threading
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -22,18 +23,46 @@ from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
 from services.core.errors import details_of
 from tests.integration.conftest import stack
+from tests.support.hostile import ATTRIBUTES, HUGE_ATTRIBUTES, HUGE_REGIONS, PAST_DOWNSTREAM_ATTRIBUTES, TIMESTAMPS
 
 ids = st.one_of(st.text(max_size=40), st.sampled_from(["", "I00001", "SKU000001", "x" * 300, "\x00\n"]))
 big_ints = st.integers(min_value=-(2**31), max_value=2**31 - 1)
+#: Unset, google.protobuf.Timestamp's limits and past them (tests/support/hostile.py), or anything at all.
+timestamps = st.one_of(
+    st.none(),
+    st.sampled_from(TIMESTAMPS).map(lambda t: Timestamp(seconds=t[0], nanos=t[1])),
+    st.builds(Timestamp, seconds=st.integers(min_value=-(2**63), max_value=2**63 - 1), nanos=big_ints),
+)
 interactions = st.builds(
-    common.Interaction, item_id=ids, event_type=big_ints.filter(lambda v: 0 <= v < 2**20), quantity=big_ints
+    common.Interaction,
+    item_id=ids,
+    event_type=big_ints.filter(lambda v: 0 <= v < 2**20),
+    quantity=big_ints,
+    event_time=st.one_of(st.none(), st.none(), timestamps),  # mostly unset: the other fields are tested too
 )
 subjects = st.one_of(
     st.just(common.Subject()), st.builds(common.Subject, user_id=ids), st.builds(common.Subject, session_id=ids)
 )
-contexts = st.builds(
-    common.RequestContext, region=st.text(max_size=20), device=st.integers(min_value=0, max_value=2**20)
+#: Small drawn maps, and the lists of limits and oversized ones (up to 1 MB: within every service's message limit).
+attributes = st.one_of(
+    st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
+    st.sampled_from(ATTRIBUTES + HUGE_ATTRIBUTES),
 )
+
+
+def contexts_with(attributes: st.SearchStrategy) -> st.SearchStrategy:
+    return st.builds(
+        common.RequestContext,
+        region=st.one_of(st.sampled_from(["GB", "DE", ""]), st.text(max_size=20), st.sampled_from(HUGE_REGIONS)),
+        device=st.integers(min_value=0, max_value=2**20),
+        request_time=timestamps,
+        attributes=attributes,
+    )
+
+
+contexts = contexts_with(attributes)
+#: The gateway reads up to 16 MB, so it also gets 6 MB of attributes: past the 4 MiB it may pass on to retrieval.
+gateway_contexts = contexts_with(st.one_of(attributes, st.just(PAST_DOWNSTREAM_ATTRIBUTES)))
 exclusions = st.builds(
     common.Exclusions,
     item_ids=st.lists(ids, max_size=5),
@@ -105,7 +134,7 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 @given(
     subject=subjects,
     surface=st.integers(min_value=0, max_value=2**20),
-    context=contexts,
+    context=gateway_contexts,
     history=st.lists(interactions, max_size=8),
     anchors=st.lists(ids, max_size=4),
     k=big_ints,
@@ -140,6 +169,9 @@ def test_recommend(ports, subject, surface, context, history, anchors, k, exclus
             quantity=big_ints,
             consent=st.booleans(),
             tracking_token=ids,
+            event_time=timestamps,
+            unit_price=st.floats(allow_nan=True, allow_infinity=True),
+            context=st.one_of(st.none(), contexts),
         ),
         max_size=6,
     )
@@ -147,6 +179,54 @@ def test_recommend(ports, subject, surface, context, history, anchors, k, exclus
 def test_track_events(ports, events):
     with grpc.insecure_channel(f"127.0.0.1:{ports['gateway']}") as channel:
         outcome(pb_grpc.RecommendationServiceStub(channel).TrackEvents, pb.TrackEventsRequest(events=events))
+
+
+@FAST
+@given(context=gateway_contexts, times=st.lists(timestamps, max_size=3), consent=st.booleans())
+def test_recommend_valid_but_for_its_context_and_times(ports, context, times, consent):
+    """Drawn context and history times on an otherwise valid request, so that they reach the pipeline (the
+    recently-bought filter reads both) and what the gateway passes on to retrieval."""
+    request = pb.RecommendRequest(
+        subject=common.Subject(user_id="u-hostile-context"),
+        surface=common.SURFACE_HOME,
+        context=context,
+        consent=consent,
+        history=[
+            common.Interaction(item_id="SKU000001", event_type=common.EVENT_TYPE_PURCHASE, event_time=when)
+            for when in times
+        ],
+        k=5,
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{ports['gateway']}") as channel:
+        outcome(pb_grpc.RecommendationServiceStub(channel).Recommend, request)
+
+
+@FAST
+@given(
+    event_time=timestamps,
+    unit_price=st.floats(allow_nan=True, allow_infinity=True),
+    context=st.one_of(st.none(), contexts),
+)
+def test_no_tracked_event_fails_the_shoppers_next_recommend(ports, event_time, unit_price, context):
+    """Whatever one consenting event carries, it is stored or refused naming the field; either way the shopper's
+    next Recommend is answered (anyone who knows the id can send events for it)."""
+    shopper = common.Subject(user_id="u-hostile-events")
+    event = pb.TrackedEvent(
+        subject=shopper,
+        item_id="SKU000001",
+        event_type=common.EVENT_TYPE_PURCHASE,
+        consent=True,
+        event_time=event_time,
+        unit_price=unit_price,
+        context=context,
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{ports['gateway']}") as channel:
+        stub = pb_grpc.RecommendationServiceStub(channel)
+        outcome(stub.TrackEvents, pb.TrackEventsRequest(events=[event]))
+        request = pb.RecommendRequest(
+            subject=shopper, surface=common.SURFACE_HOME, context=common.RequestContext(region="GB"), consent=True, k=5
+        )
+        stub.Recommend(request, timeout=5)
 
 
 @FAST
@@ -184,13 +264,16 @@ valid_candidates = st.lists(st.sampled_from(["I00001", "SKU000001", "SKU000002"]
     candidates=st.one_of(st.lists(ids, max_size=30), valid_candidates),
     history=st.one_of(st.just([]), st.lists(interactions, max_size=8)),
     version=st.sampled_from(["", SERVED, "999"]),
+    context=st.one_of(st.none(), contexts),
 )
-@example(candidates=["SKU000001"], history=[], version="")
-@example(candidates=["SKU000001"], history=[], version=SERVED)
-@example(candidates=["SKU000001"], history=[], version="999")
-def test_rank(ports, served_version, candidates, history, version):
+@example(candidates=["SKU000001"], history=[], version="", context=None)
+@example(candidates=["SKU000001"], history=[], version=SERVED, context=None)
+@example(candidates=["SKU000001"], history=[], version="999", context=None)
+def test_rank(ports, served_version, candidates, history, version, context):
     model_version = served_version if version == SERVED else version
-    request = ranking_pb.RankRequest(candidate_item_ids=candidates, history=history, model_version=model_version)
+    request = ranking_pb.RankRequest(
+        candidate_item_ids=candidates, history=history, model_version=model_version, context=context
+    )
     # Only a request that names a version other than the served one may be NOT_FOUND; no version, or the served
     # one, is answered or refused as the caller's mistake (INVALID_ARGUMENT naming a field), like any RPC here.
     other_version = model_version not in ("", served_version)

@@ -7,6 +7,7 @@ import json
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
@@ -99,6 +100,16 @@ async def test_exclusions_are_respected(trained):
         (lambda r: r.history.add(item_id=""), "history[5].item_id"),
         (lambda r: setattr(r.context, "region", "not a region!"), "context.region"),
         (lambda r: setattr(r, "surface", common.SURFACE_CART), "anchor_item_ids"),
+        (lambda r: r.history.add(item_id="I1", event_time=Timestamp(seconds=2**40)), "history[5].event_time"),
+        (lambda r: r.context.request_time.CopyFrom(Timestamp(nanos=-1)), "context.request_time"),
+        # 6 MB of attributes: within the gateway's 16 MB, past retrieval's 4 MiB (once an UNAVAILABLE "outage").
+        (
+            lambda r: r.context.attributes.update({f"a{i}": "x" * 200_000 for i in range(30)}),
+            "context.attributes['a0']",
+        ),
+        (lambda r: r.exclusions.brands.append("b" * 300), "exclusions.brands[0]"),
+        # Each id valid, 5 MB in all: named here rather than refused by retrieval's transport.
+        (lambda r: r.exclusions.item_ids.extend(f"{n:04d}" + "😀" * 252 for n in range(5000)), "exclusions"),
     ],
 )
 async def test_invalid_recommend_request_names_the_field(trained, mutate, field):
@@ -122,11 +133,54 @@ async def test_retrieval_and_ranking_name_bad_fields_too(trained):
                 )
         assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "sources[0]" in details_of(failure.value)[1]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['retrieval'].port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                request = retrieval_pb.RetrieveRequest(
+                    k=5,
+                    sources=[common.CANDIDATE_SOURCE_POPULARITY],
+                    history=[common.Interaction(item_id="I1", event_time=Timestamp(seconds=-(2**40)))],
+                    context=common.RequestContext(request_time=Timestamp(seconds=2**40)),
+                )
+                await retrieval_grpc.RetrievalServiceStub(channel).Retrieve(request, timeout=2)
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert {"history[0].event_time", "context.request_time"} <= set(details_of(failure.value)[1])
         async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['ranking'].port}") as channel:
             with pytest.raises(grpc.aio.AioRpcError) as failure:
                 await ranking_grpc.RankingServiceStub(channel).Rank(ranking_pb.RankRequest(), timeout=2)
         assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "candidate_item_ids" in details_of(failure.value)[1]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['ranking'].port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                request = ranking_pb.RankRequest(
+                    candidate_item_ids=[trained.item_ids[0]],
+                    history=[common.Interaction(item_id=trained.item_ids[1], event_time=Timestamp(nanos=10**9))],
+                    context=common.RequestContext(request_time=Timestamp(seconds=2**40)),
+                )
+                await ranking_grpc.RankingServiceStub(channel).Rank(request, timeout=2)
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert {"history[0].event_time", "context.request_time"} <= set(details_of(failure.value)[1])
+
+
+async def test_an_event_time_out_of_range_is_refused_and_the_shopper_still_gets_answers(trained):
+    """Anyone who knows a shopper's id could once store such an event for them, and every Recommend of theirs then
+    failed with INTERNAL (the recently-bought filter could not read its time)."""
+    event = pb.TrackedEvent(
+        subject=common.Subject(user_id="u-1"),
+        item_id=trained.item_ids[0],
+        event_type=common.EVENT_TYPE_PURCHASE,
+        consent=True,
+        event_time=Timestamp(seconds=2**40),
+    )
+    async with stack(trained) as hosts:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['gateway'].port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await pb_grpc.RecommendationServiceStub(channel).TrackEvents(
+                    pb.TrackEventsRequest(events=[event]), timeout=5
+                )
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert set(details_of(failure.value)[1]) == {"events[0].event_time"}
+        response = await recommend(hosts["gateway"].port, home_request(history_of(trained), k=5))
+    assert len(response.items) == 5
 
 
 async def test_ranking_scores_unknown_candidates_with_the_documented_default(trained):

@@ -1,6 +1,8 @@
 """Generated batches of malformed and extreme requests for every public RPC, for memory-bound tests: each request
 is a valid base with one to three hostile mutations (limits and one past them, huge and odd strings, unknown enum
-values, NaN vectors, oversized messages). Seeded, so a batch is the same every time it is built."""
+values, NaN vectors, timestamps out of range, oversized context fields, oversized messages). Seeded, so a batch is
+the same every time it is built. The lists of odd values are shared with the property tests
+(tests/integration/test_hostile_input.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
@@ -17,6 +21,39 @@ from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
 #: Strings no id should be: empty, control characters, limits (256) and past them, multi-byte, paths, formats.
 ODD = ["", " ", "\x00", "\n", "x" * 256, "x" * 257, "é" * 300, "😀" * 80, "../../etc/passwd", "%s%n{0}", "I00001\n"]
 BIG_INTS = [-(2**31), -1, 0, 1, 2**31 - 1]
+#: (seconds, nanos) of google.protobuf.Timestamp: ordinary, its first and last instants (0001-01-01T00:00:00Z,
+#: 9999-12-31T23:59:59.999999999Z) and one past each, far past them, and nanos out of 0..999,999,999.
+TIMESTAMPS = [
+    (1_700_000_000, 0),
+    (-62_135_596_800, 0),
+    (-62_135_596_801, 0),
+    (253_402_300_799, 999_999_999),
+    (253_402_300_800, 0),
+    (2**40, 0),
+    (-(2**63), 0),
+    (2**63 - 1, 0),
+    (0, -1),
+    (0, 1_000_000_000),
+    (-1, -(2**31)),
+]
+#: Regions: valid, unknown, too long, control characters; then one of 1 MB.
+REGIONS = ["GB", "DE", "", "ZZ", "x" * 1000, "\x00"]
+HUGE_REGIONS = ["x" * 1_000_000]
+#: Context attributes at the limits and past them: count (32), key length (256), value length (1,024), an empty key,
+#: control characters; then oversized ones, and one of 6 MB (read by the gateway, whose limit is 16 MB, to name it;
+#: past the 4 MiB that retrieval and ranking read).
+ATTRIBUTES = [
+    {},
+    {"page": "home"},
+    {f"k{i:0255d}": "v" * 1024 for i in range(32)},
+    {f"k{i}": "v" for i in range(33)},
+    {"k" * 257: "v"},
+    {"": "v"},
+    {"k": "v" * 1025},
+    {"k": "\x00\n"},
+]
+HUGE_ATTRIBUTES = [{f"k{i}": "v" * 100 for i in range(2000)}, {"k": "v" * 1_000_000}]
+PAST_DOWNSTREAM_ATTRIBUTES = {f"k{i}": "v" * 200_000 for i in range(30)}
 #: Outcomes a hostile request may have: an answer or a named refusal. Anything else is a bug.
 ALLOWED = frozenset({"OK", "INVALID_ARGUMENT", "NOT_FOUND", "RESOURCE_EXHAUSTED"})
 
@@ -42,9 +79,14 @@ class Maker:
                 item_id=item,
                 event_type=self.rng.choice([1, 2, 3, 4, 99, 2**20]),
                 quantity=self.rng.choice(BIG_INTS),
+                event_time=self.timestamp() if self.rng.random() < 0.05 else None,
             )
             for item in self.ids(count)
         ]
+
+    def timestamp(self) -> Timestamp:
+        seconds, nanos = self.rng.choice(TIMESTAMPS)
+        return Timestamp(seconds=seconds, nanos=nanos)
 
     def subject(self) -> common.Subject:
         which = self.rng.choice(["none", "user", "session", "huge"])
@@ -54,13 +96,16 @@ class Maker:
             return common.Subject(user_id="u" * 100_000)
         return common.Subject(**{f"{which}_id": self.rng.choice(ODD + ["u-1", "s-1"])})
 
-    def context(self) -> common.RequestContext:
-        context = common.RequestContext(
-            region=self.rng.choice(["GB", "DE", "", "ZZ", "x" * 1000, "\x00"]), device=self.rng.choice([0, 1, 99])
+    def context(self, huge: bool = True) -> common.RequestContext:
+        """``huge``: 2,000 attributes too (not for each of a thousand events in one call). The megabyte regions and
+        attributes are left to the property tests: in these batches, repeated every round, their transient buffers
+        would move a server's resident size by more than the memory tests' bound, hiding what they measure."""
+        return common.RequestContext(
+            region=self.rng.choice(REGIONS),
+            device=self.rng.choice([0, 1, 99]),
+            request_time=self.timestamp() if self.rng.random() < 0.3 else None,
+            attributes=self.rng.choice(ATTRIBUTES + HUGE_ATTRIBUTES[:1] if huge else ATTRIBUTES),
         )
-        for i in range(self.rng.choice([0, 32, 33, 2000])):
-            context.attributes[f"k{i}"] = "v" * 100
-        return context
 
 
 def full_exclusions(rng: random.Random, item_ids: Sequence[str]) -> list[str]:
@@ -138,7 +183,8 @@ def track_events_batch(item_ids: Sequence[str], count: int, seed: int = 1) -> li
             quantity=rng.choice(BIG_INTS),
             unit_price=rng.choice([0.0, 9.99, -1.0, math.nan, math.inf, -1e308]),
             tracking_token=rng.choices(["", "t" * 32, "t" * 100_000, "\x00"], weights=[30, 60, 1, 9])[0],
-            context=make.context() if rng.random() < 0.2 else common.RequestContext(region="GB"),
+            event_time=make.timestamp() if rng.random() < 0.3 else None,
+            context=make.context(huge=False) if rng.random() < 0.2 else common.RequestContext(region="GB"),
             consent=rng.random() < 0.5,
         )
 

@@ -1,10 +1,21 @@
 from __future__ import annotations
 
+from datetime import UTC
+
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from aisle.common.v1 import common_pb2 as common
 from services.core.errors import InvalidArgument
-from services.core.validation import MAX_ID_LENGTH, Violations
+from services.core.validation import (
+    MAX_ATTRIBUTE_VALUE_LENGTH,
+    MAX_ATTRIBUTES,
+    MAX_ID_LENGTH,
+    MAX_TIMESTAMP_NANOS,
+    MAX_TIMESTAMP_SECONDS,
+    MIN_TIMESTAMP_SECONDS,
+    Violations,
+)
 
 
 def violations_of(check: Violations) -> dict[str, str]:
@@ -104,3 +115,102 @@ def test_exclusions_count_items_brands_and_categories_together_then_check_each_i
     check = Violations()
     check.exclusions("exclusions", common.Exclusions(item_ids=["ok"], categories=["y"]), limit=4)
     check.raise_if_any()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [
+        (MIN_TIMESTAMP_SECONDS, 0),  # 0001-01-01T00:00:00Z
+        (MAX_TIMESTAMP_SECONDS, MAX_TIMESTAMP_NANOS),  # 9999-12-31T23:59:59.999999999Z
+        (0, 0),  # unset: the epoch
+        (-1, 500_000_000),  # before the epoch, nanos still count forward
+    ],
+)
+def test_timestamps_within_protobufs_range_pass(seconds, nanos):
+    check = Violations()
+    check.timestamp("event_time", Timestamp(seconds=seconds, nanos=nanos))
+    check.raise_if_any()
+    Timestamp(seconds=seconds, nanos=nanos).ToDatetime(UTC)  # what the gateway's filter does with one
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [
+        (MIN_TIMESTAMP_SECONDS - 1, 0),
+        (MAX_TIMESTAMP_SECONDS + 1, 0),
+        (2**40, 0),
+        (-(2**63), 0),
+        (2**63 - 1, 0),
+        (0, -1),
+        (0, MAX_TIMESTAMP_NANOS + 1),
+        (-1, -(2**31)),
+    ],
+)
+def test_timestamps_outside_protobufs_range_are_named(seconds, nanos):
+    value = Timestamp(seconds=seconds, nanos=nanos)
+    with pytest.raises(ValueError):
+        value.ToDatetime(UTC)  # why it matters: what reads it later fails
+    check = Violations()
+    check.timestamp("events[0].event_time", value)
+    assert set(violations_of(check)) == {"events[0].event_time"}
+
+
+def test_history_checks_each_event_time():
+    history = [
+        common.Interaction(item_id="a", event_time=Timestamp(seconds=1_700_000_000)),
+        common.Interaction(item_id="b", event_time=Timestamp(seconds=2**40)),
+        common.Interaction(item_id="c", event_time=Timestamp(nanos=-1)),
+    ]
+    check = Violations()
+    check.history("history", history, limit=5)
+    assert set(violations_of(check)) == {"history[1].event_time", "history[2].event_time"}
+
+
+def test_context_checks_region_request_time_and_attributes():
+    fine = common.RequestContext(region="GB", attributes={"page": "home"})
+    fine.request_time.FromSeconds(1_700_000_000)
+    check = Violations()
+    check.context("context", fine)
+    check.context("unset", common.RequestContext())
+    check.raise_if_any()
+    bad = common.RequestContext(region="R" * 1000, attributes={"page": "x" * 10_000})
+    bad.request_time.seconds = -(2**40)
+    check = Violations()
+    check.context("context", bad)
+    assert set(violations_of(check)) == {"context.region", "context.request_time", "context.attributes['page']"}
+
+
+def test_attributes_are_bounded_in_number_key_and_value():
+    largest = {f"{i:0{MAX_ID_LENGTH}d}": "v" * MAX_ATTRIBUTE_VALUE_LENGTH for i in range(MAX_ATTRIBUTES)}
+    check = Violations()
+    check.attributes("context.attributes", largest)
+    check.attributes("empty", {})
+    check.attributes("empty_value", {"k": ""})
+    check.raise_if_any()
+    check = Violations()
+    check.attributes("context.attributes", {f"k{i}": "v" for i in range(MAX_ATTRIBUTES + 1)})
+    assert violations_of(check) == {"context.attributes": f"must have at most {MAX_ATTRIBUTES} entries, got 33"}
+    check = Violations()
+    check.attributes(
+        "a",
+        {
+            "": "v",
+            "k" * (MAX_ID_LENGTH + 1): "v",
+            "tab\tkey": "v",
+            "long": "v" * (MAX_ATTRIBUTE_VALUE_LENGTH + 1),
+            "odd": "\x00",
+            "fine": "Mozilla/5.0 (X11; Linux x86_64)",
+        },
+    )
+    found = violations_of(check)
+    assert set(found) == {"a['']", f"a[{'k' * 32!r}]", "a['tab\\tkey']", "a['long']", "a['odd']"}
+    assert found[f"a[{'k' * 32!r}]"] == f"key must be at most {MAX_ID_LENGTH} characters, got {MAX_ID_LENGTH + 1}"
+
+
+def test_exclusions_check_each_brand_and_category_like_an_id():
+    exclusions = common.Exclusions(
+        item_ids=["ok"], brands=["b", "x" * (MAX_ID_LENGTH + 1)], categories=["", "c", "new\nline"]
+    )
+    check = Violations()
+    check.exclusions("exclusions", exclusions, limit=10)
+    assert set(violations_of(check)) == {"exclusions.brands[1]", "exclusions.categories[0]", "exclusions.categories[2]"}

@@ -9,6 +9,7 @@ from typing import ClassVar
 import numpy as np
 
 from aisle.common.v1 import common_pb2 as common
+from services.core.validation import timestamp_problem
 from services.gateway.candidates import Candidates
 from services.gateway.components.base import ComponentBase, Params
 from services.gateway.pipeline import RequestState
@@ -73,23 +74,32 @@ class RecentlyBoughtParams(Params):
     days: float = 30.0
 
 
+def _when(timestamp) -> datetime | None:
+    """A Timestamp as a datetime; None for one out of Timestamp's range, which ``ToDatetime`` refuses (requests
+    are validated, but a session store may hold events written before TrackEvents checked their time)."""
+    return None if timestamp_problem(timestamp) else timestamp.ToDatetime(UTC)
+
+
 class RecentlyBoughtFilter(ComponentBase):
     """Items the subject bought within the window before the request's time (``context.request_time``, else the
-    server's clock); events without a time count as recent."""
+    server's clock); events without a time count as recent, events whose time is not a valid Timestamp do not."""
 
     kind: ClassVar[str] = "filter"
     Params = RecentlyBoughtParams
 
     def apply(self, state: RequestState, candidates: Candidates) -> np.ndarray | None:
         context = state.request.context
-        now = context.request_time.ToDatetime(UTC) if context.HasField("request_time") else datetime.now(UTC)
-        cutoff = now - timedelta(days=self.params.days)
-        bought = {
-            e.item_id
-            for e in state.history
-            if e.event_type == common.EVENT_TYPE_PURCHASE
-            and (not e.HasField("event_time") or e.event_time.ToDatetime(UTC) >= cutoff)
-        }
+        now = (_when(context.request_time) if context.HasField("request_time") else None) or datetime.now(UTC)
+        # A window reaching back before year 1 (a request time in its first days) starts at year 1.
+        cutoff = now - min(timedelta(days=self.params.days), now - datetime.min.replace(tzinfo=UTC))
+        bought = set()
+        for e in state.history:
+            if e.event_type != common.EVENT_TYPE_PURCHASE:
+                continue
+            if not e.HasField("event_time"):
+                bought.add(e.item_id)
+            elif (when := _when(e.event_time)) is not None and when >= cutoff:
+                bought.add(e.item_id)
         return _mask(candidates, lambda item: item not in bought) if bought else None
 
 

@@ -107,6 +107,58 @@ def test_recently_bought_counts_its_window_back_from_the_requests_own_time():
     assert recently_bought.apply(state(history=[bought]), items) is None
 
 
+def test_recently_bought_skips_a_stored_event_time_it_cannot_read():
+    """A session store may hold events written before TrackEvents checked their time: such an event counts as
+    neither recent nor old (it is skipped), and the filter does not fail the request."""
+    from datetime import UTC, datetime
+
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    unreadable = [
+        common.Interaction(item_id="i1", event_type=common.EVENT_TYPE_PURCHASE, event_time=Timestamp(seconds=2**40)),
+        common.Interaction(item_id="i2", event_type=common.EVENT_TYPE_PURCHASE, event_time=Timestamp(seconds=-(2**40))),
+        common.Interaction(item_id="i3", event_type=common.EVENT_TYPE_PURCHASE, event_time=Timestamp(nanos=-1)),
+    ]
+    recent = common.Interaction(item_id="i4", event_type=common.EVENT_TYPE_PURCHASE)
+    recent.event_time.FromDatetime(datetime.now(UTC))
+    items = candidates("i1", "i2", "i3", "i4", "i5")
+    keep = RecentlyBoughtFilter("x", RecentlyBoughtParams(days=30), deps()).apply(
+        state(history=[*unreadable, recent]), items
+    )
+    assert split(items, keep) == (["i1", "i2", "i3", "i5"], ["i4"])
+
+
+def test_recently_bought_window_from_the_first_day_of_year_one_starts_at_year_one():
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from services.core.validation import MIN_TIMESTAMP_SECONDS
+
+    bought = common.Interaction(
+        item_id="i1", event_type=common.EVENT_TYPE_PURCHASE, event_time=Timestamp(seconds=MIN_TIMESTAMP_SECONDS)
+    )
+    asked = state(history=[bought])
+    asked.request.context.request_time.seconds = MIN_TIMESTAMP_SECONDS + 86_400  # a day in: the window is 30
+    items = candidates("i1", "i2")
+    assert split(items, RecentlyBoughtFilter("x", RecentlyBoughtParams(days=30), deps()).apply(asked, items)) == (
+        ["i2"],
+        ["i1"],
+    )
+
+
+def test_recently_bought_uses_the_servers_clock_for_a_request_time_it_cannot_read():
+    from datetime import UTC, datetime
+
+    bought = common.Interaction(item_id="i1", event_type=common.EVENT_TYPE_PURCHASE)
+    bought.event_time.FromDatetime(datetime.now(UTC))
+    asked = state(history=[bought])
+    asked.request.context.request_time.seconds = 2**40  # refused by validation; a component is not the place to fail
+    items = candidates("i1", "i2")
+    assert split(items, RecentlyBoughtFilter("x", RecentlyBoughtParams(days=30), deps()).apply(asked, items)) == (
+        ["i2"],
+        ["i1"],
+    )
+
+
 def test_in_stock_filter_reads_the_catalog():
     items = candidates("i3", "i4", "unknown")
     kept, removed = split(items, InStockFilter("x", Params(), deps()).apply(state(), items))
