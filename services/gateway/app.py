@@ -97,7 +97,7 @@ def build_application(
         downstream=downstream,
         sessions=sessions,
         feedback=FeedbackStats(),
-        popular_cache=PopularCache(),
+        popular_cache=PopularCache(max_regions=settings.fallback_max_regions, keep=settings.fallback_region_list),
         events=events,
         columnar=settings.columnar_answers,
     )
@@ -117,7 +117,11 @@ def build_application(
         catalog,
         deps,
         PipelineMetrics(registry, settings.trace_components),
-        AnonymousCache(settings.anonymous_cache_ttl_s),
+        AnonymousCache(
+            settings.anonymous_cache_ttl_s,
+            max_entries=settings.anonymous_cache_max_entries,
+            max_bytes=settings.anonymous_cache_max_bytes,
+        ),
     )
 
     async def load() -> None:
@@ -143,7 +147,12 @@ def build_session_store(settings: GatewaySettings) -> SessionStore:
         from services.gateway.redis_store import RedisSessionStore
 
         return RedisSessionStore(settings.redis_url, settings.session_ttl_s, settings.session_max_events)
-    return InMemorySessionStore(settings.session_ttl_s, settings.session_max_events)
+    return InMemorySessionStore(
+        settings.session_ttl_s,
+        settings.session_max_events,
+        max_sessions=settings.session_max_sessions,
+        max_bytes=settings.session_max_bytes,
+    )
 
 
 def build_event_sink(settings: GatewaySettings) -> EventSink:

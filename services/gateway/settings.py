@@ -65,6 +65,22 @@ class GatewaySettings(ServiceSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the session store / event stream.")
     session_ttl_s: float = Field(1800, gt=0, le=30 * 86400, description="Idle time after which a session is dropped.")
     session_max_events: int = Field(200, ge=1, le=10_000, description="Events kept per session.")
+    session_max_sessions: int = Field(
+        100_000,
+        ge=1,
+        le=10_000_000,
+        description="Sessions the in-memory store keeps (session_store=memory); past it the least recently used "
+        "session is dropped.",
+    )
+    session_max_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=64 * 1024 * 1024 * 1024,
+        description="Approximate memory the in-memory session store may hold (session_store=memory): each event's "
+        "serialized size, each exposure-counted item id's size and a fixed cost per session, event and item "
+        "(services/gateway/sessions.py, within about 12 % of resident memory); past it the least recently used "
+        "sessions are dropped. Sized for the 512 MiB gateway pod, with room for the rest of the process.",
+    )
     event_log: Literal["off", "jsonl", "redis"] = Field(
         "jsonl", description="Where exposures and tracked events go: nowhere, a JSON-lines file, or a Redis stream."
     )
@@ -75,11 +91,30 @@ class GatewaySettings(ServiceSettings):
     anonymous_cache_ttl_s: float = Field(
         30.0, ge=0, le=3600, description="Cache of answers for anonymous traffic per segment; 0 disables."
     )
+    anonymous_cache_max_entries: int = Field(
+        5_000, ge=1, le=1_000_000, description="Answers the anonymous cache keeps; past it the least recently used go."
+    )
+    anonymous_cache_max_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=64 * 1024,
+        le=16 * 1024 * 1024 * 1024,
+        description="Memory the anonymous cache may hold: each answer as kept, serialized, plus its segment key (the "
+        "anchors' strings); past it expired, then least recently used answers go, and an answer larger than the "
+        "whole budget is not cached. Sized for the 512 MiB gateway pod, with room for the rest of the process.",
+    )
     fallback_regions: str = Field(
         "",
         description="Comma-separated regions whose popular items start-up caches, beside the region-less list: the "
         "answer while retrieval is down for a region no call has filled the cache for yet (a region's fallback "
         "serves only that region's list, unless the policy's CachedPopularSource has other_regions: true).",
+    )
+    fallback_max_regions: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Regions besides the region-less list and fallback_regions whose popular items the fallback "
+        "cache keeps (any region a call names is remembered): past it the least recently stored goes. List the "
+        "regions your shop sells in under fallback_regions, which are never pushed out.",
     )
     dependency_wait_log_s: float = Field(
         5.0, gt=0, le=600, description="How often start-up logs that it still waits for retrieval."

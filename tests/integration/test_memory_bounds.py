@@ -27,6 +27,7 @@ from tests.integration.test_recommend_path import history_of
 from tests.support.fault_stack import FaultStack, fault_stack
 from tests.support.hostile import ALLOWED, Hostile, rank_batch, recommend_batch, retrieve_batch, track_events_batch
 from tests.support.load import record
+from training.synthetic import REGIONS
 
 pytestmark = pytest.mark.e2e
 
@@ -41,6 +42,9 @@ MEASURED_ROUNDS = 4
 #: largest growth seen over eight runs of this batch was 19 MiB.
 BOUND_MIB = 32.0
 CONCURRENCY = 8
+#: What this module's gateway may keep of callers' input, for its anonymous answers and for its in-memory sessions
+#: each: well under BOUND_MIB, so that either one kept past its budget shows.
+GATEWAY_BUDGET_BYTES = 4 * 1024 * 1024
 
 STUBS = {
     "Recommend": lambda channel: pb_grpc.RecommendationServiceStub(channel).Recommend,
@@ -67,6 +71,27 @@ def processes(shop) -> FaultStack:
     stack.start()
     yield stack
     stack.stop()
+
+
+@pytest.fixture
+def budgeted(processes) -> FaultStack:
+    """The module's stack with its gateway restarted on anonymous-cache and session budgets of GATEWAY_BUDGET_BYTES
+    each, and restarted without them afterwards (so the hostile batches meet the shipped defaults)."""
+    processes.ensure_running()
+    gateway = processes.services["gateway"]
+    plain = dict(gateway.env)
+    budgets = {"AISLE_GATEWAY_ANONYMOUS_CACHE_MAX_BYTES", "AISLE_GATEWAY_SESSION_MAX_BYTES"}
+    gateway.env = {**plain, **dict.fromkeys(budgets, str(GATEWAY_BUDGET_BYTES))}
+    processes.terminate("gateway")
+    gateway.process.wait(30)
+    processes.restart("gateway")
+    try:
+        yield processes
+    finally:
+        gateway.env = plain
+        processes.terminate("gateway")
+        gateway.process.wait(30)
+        processes.restart("gateway")
 
 
 def batches(trained, dimension: int) -> dict[str, list[Hostile]]:
@@ -189,3 +214,77 @@ async def test_fresh_item_ids_in_tracked_events_do_not_grow_the_gateway_without_
         growth = processes.rss_mib("gateway") - baseline
     record("fresh item ids in TrackEvents: gateway memory", {"events": 200_000, "growth_mib": round(growth, 1)})
     assert growth < BOUND_MIB, f"200,000 fresh item ids grew the gateway by {growth:.1f} MiB"
+
+
+async def test_fresh_anonymous_answers_and_sessions_do_not_grow_the_gateway_past_its_budgets(budgeted, trained):
+    """Each answer to a guest is cached under its segment, each consented event kept in its shopper's session: as
+    large as callers can make them (50 anchors of 256 characters in the key, ids of 256 characters), the gateway
+    keeps no more than its byte budgets (the reviewer measured about 85 KB of resident memory per cached answer,
+    1 KB per stored event, before the budgets)."""
+    processes = budgeted
+    ids = list(trained.item_ids)
+
+    def guest(n: int) -> pb.RecommendRequest:
+        return pb.RecommendRequest(
+            subject=common.Subject(session_id=f"guest-{n}"),
+            surface=common.SURFACE_PRODUCT_PAGE,
+            consent=False,
+            k=10,
+            anchor_item_ids=[ids[n % len(ids)], *(f"{n}-{a}".ljust(256, "a") for a in range(49))],
+            context=common.RequestContext(region=REGIONS[n % len(REGIONS)]),
+        )
+
+    def views(call: int) -> pb.TrackEventsRequest:
+        return pb.TrackEventsRequest(
+            events=[
+                pb.TrackedEvent(
+                    subject=common.Subject(user_id=f"shopper-{call}-{i // 200}"),
+                    event_type=common.EVENT_TYPE_VIEW,
+                    item_id=f"{call}-{i}".ljust(256, "x"),
+                    quantity=1,
+                    consent=True,
+                )
+                for i in range(1000)
+            ]
+        )
+
+    async with grpc.aio.insecure_channel(processes.gateway_target) as channel:
+        stub = pb_grpc.RecommendationServiceStub(channel)
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def recommend(n: int) -> pb.RecommendResponse:
+            async with gate:
+                return await stub.Recommend(guest(n), timeout=20)
+
+        async def track(call: int) -> None:
+            for _ in range(100):  # the event log may ask for a retry while it writes
+                try:
+                    reply = await stub.TrackEvents(views(call), timeout=20)
+                    assert reply.accepted_count == 1000
+                    return
+                except grpc.aio.AioRpcError as error:
+                    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
+                    await asyncio.sleep(0.2)
+            raise AssertionError("the event log refused a call for 20 s")
+
+        first, again = await recommend(0), await recommend(0)
+        assert list(first.stage_latencies) == list(again.stage_latencies), "answered from the cache: it is on"
+        # Warm-up: the cache and the store fill to their budgets, the allocator to its working size.
+        await asyncio.gather(*(recommend(n) for n in range(1, 400)))
+        for call in range(20):
+            await track(call)
+        baseline = await settled_rss(processes, "gateway")
+        await asyncio.gather(*(recommend(n) for n in range(400, 3400)))
+        for call in range(20, 170):
+            await track(call)
+        growth = await settled_rss(processes, "gateway") - baseline
+    record(
+        "fresh anonymous answers and sessions: gateway memory",
+        {
+            "answers": 3000,
+            "events": 150_000,
+            "budget_mib_each": GATEWAY_BUDGET_BYTES / 2**20,
+            "growth_mib": round(growth, 1),
+        },
+    )
+    assert growth < BOUND_MIB, f"3,000 fresh answers and 150,000 events grew the gateway by {growth:.1f} MiB"

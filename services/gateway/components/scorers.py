@@ -35,8 +35,7 @@ class RankingScorer(ComponentBase):
         try:
             timeout = state.budget.stage_timeout(self.name, self.params.share)
             reply = await self.deps.downstream.ranking.Rank(
-                ranking_pb.RankRequest(
-                    subject=request.subject,
+                ranking_pb.RankRequest(  # no subject: what ranking needs of the shopper is the history
                     surface=request.surface,
                     context=request.context,
                     history=state.history,

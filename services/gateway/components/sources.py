@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from itertools import islice
 from typing import Annotated, ClassVar, Literal
 
 import grpc
@@ -75,8 +77,7 @@ class RetrievalSources(ComponentBase):
             return Candidates.empty()
         try:
             reply = await self.deps.downstream.retrieval.Retrieve(
-                retrieval_pb.RetrieveRequest(
-                    subject=request.subject,
+                retrieval_pb.RetrieveRequest(  # no subject: what retrieval needs of the shopper is the history
                     surface=request.surface,
                     context=request.context,
                     history=state.history,
@@ -153,14 +154,28 @@ class RetrievalSource(RetrievalSources):
 
 
 class PopularCache:
-    """Popular items per region from recent successful answers: what the gateway serves when retrieval is down."""
+    """Popular items per region from recent successful answers: what the gateway serves when retrieval is down.
 
-    def __init__(self, ttl_s: float = 3600, clock=time.monotonic):
-        self.ttl_s, self.clock = ttl_s, clock
+    Any region a call names gets a list (retrieval accepts any region when its index has none), so besides the
+    region-less list and the ``keep`` regions (the configured fallback regions, never pushed out) it keeps at most
+    ``max_regions`` lists, the least recently stored going first; expired lists go whenever one is stored."""
+
+    def __init__(self, ttl_s: float = 3600, max_regions: int = 256, keep: Iterable[str] = (), clock=time.monotonic):
+        self.ttl_s, self.max_regions, self.clock = ttl_s, max_regions, clock
+        self.keep = frozenset(("", *keep))
+        #: region -> (stored at, items), least recently stored first.
         self._items: dict[str, tuple[float, list[str]]] = {}
 
     def store(self, region: str, item_ids: list[str]) -> None:
+        self._items.pop(region, None)
+        # One ttl for all, in the order stored: the expired lists are the first ones.
+        while self._items and not self._fresh(next(iter(self._items.values()))):
+            del self._items[next(iter(self._items))]
         self._items[region] = (self.clock(), list(item_ids))
+        excess = len(self._items) - sum(key in self._items for key in self.keep) - self.max_regions
+        if excess > 0:
+            for key in list(islice((key for key in self._items if key not in self.keep), excess)):
+                del self._items[key]
 
     def get(self, region: str, other_regions: bool = False) -> list[str]:
         """The region's fresh list ("" is the list of calls without a region). Another region's list, the
@@ -179,6 +194,9 @@ class PopularCache:
 
     def _fresh(self, entry: tuple[float, list[str]]) -> bool:
         return self.clock() - entry[0] <= self.ttl_s
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class CachedPopularParams(Params):

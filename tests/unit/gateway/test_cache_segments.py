@@ -153,3 +153,95 @@ async def test_guests_in_different_regions_do_not_share_an_answer():
     elsewhere.context.region = "DE"
     await recommend(service, elsewhere)
     assert service.deps.downstream.retrieval.calls == 2
+
+
+def large_answer(tag: str, items: int = 200) -> pb.RecommendResponse:
+    """An answer as large as a caller can make one: k=200 items with long ids and reasons."""
+    response = pb.RecommendResponse(tracking_token=tag)
+    for n in range(items):
+        item = response.items.add(item_id=f"{tag}-{n}".ljust(256, "x"), score=1.0, position=n)
+        item.reasons.add(text="Popular in GB")
+    return response
+
+
+def long_anchors(tag: str) -> list[str]:
+    return [f"{tag}-{a}".ljust(256, "a") for a in range(50)]
+
+
+def test_the_cache_holds_at_most_max_bytes_of_answers_and_keys():
+    clock = FakeClock()
+    cache = AnonymousCache(ttl_s=60, max_entries=10_000, max_bytes=1024 * 1024, clock=clock)
+    for n in range(100):
+        segment = cache.segment(request(anchor_item_ids=long_anchors(str(n)), k=200), "control", 200)
+        cache.put(segment, large_answer(str(n)))
+        assert cache.bytes <= 1024 * 1024
+        assert cache.get(segment).tracking_token == str(n), "the answer just put is served"
+    # Each entry counts its serialized answer (about 55 KB) and its key (50 anchors of 256 characters, about 15 KB).
+    assert 10 <= len(cache) <= 16
+
+
+def test_the_byte_count_covers_what_the_entries_hold():
+    """The count is what the cache holds, not an estimate of it: answers are kept serialized (a parsed message
+    takes several times its serialized size, out of the count's sight)."""
+    import gc
+    import tracemalloc
+
+    cache = AnonymousCache(ttl_s=60, max_entries=10_000, max_bytes=64 * 1024 * 1024)
+    puts = [
+        (cache.segment(request(anchor_item_ids=long_anchors(str(n)), k=200), "control", 200), large_answer(str(n)))
+        for n in range(50)
+    ]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for segment, answer in puts:
+            cache.put(segment, answer)
+        del puts, segment, answer
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(cache) == 50
+    assert held <= cache.bytes <= 1.5 * held, (held, cache.bytes)
+
+
+def test_expired_answers_are_dropped_when_an_answer_is_put_not_only_ignored():
+    clock = FakeClock()
+    cache = AnonymousCache(ttl_s=60, clock=clock)
+    for k in range(1, 6):
+        cache.put(cache.segment(request(k=k), "control", k), pb.RecommendResponse(tracking_token=str(k)))
+    clock.now += 61
+    fresh = cache.segment(request(k=6), "control", 6)
+    cache.put(fresh, pb.RecommendResponse(tracking_token="6"))
+    assert len(cache) == 1 and cache.get(fresh).tracking_token == "6"
+
+
+def test_the_least_recently_used_answer_goes_first():
+    clock = FakeClock()
+    cache = AnonymousCache(ttl_s=60, max_entries=3, clock=clock)
+    a, b, c, d = (cache.segment(request(k=k), "control", k) for k in range(1, 5))
+    for tag, segment in zip("abc", (a, b, c), strict=True):
+        cache.put(segment, pb.RecommendResponse(tracking_token=tag))
+    assert cache.get(a).tracking_token == "a"  # a is now the most recently used
+    cache.put(d, pb.RecommendResponse(tracking_token="d"))
+    assert cache.get(b) is None, "the least recently used answer went"
+    assert [cache.get(s).tracking_token for s in (a, c, d)] == ["a", "c", "d"]
+
+
+def test_an_answer_larger_than_the_whole_budget_is_not_cached_and_the_others_stay():
+    cache = AnonymousCache(ttl_s=60, max_bytes=16 * 1024)
+    small = cache.segment(request(), "control", 5)
+    cache.put(small, pb.RecommendResponse(tracking_token="small"))
+    huge = cache.segment(request(k=200), "control", 200)
+    cache.put(huge, large_answer("huge"))
+    assert cache.get(huge) is None and cache.get(small).tracking_token == "small"
+
+
+def test_a_version_change_empties_the_byte_count_too():
+    cache = AnonymousCache(ttl_s=60)
+    cache.observe_versions([common.ArtifactVersion(kind="index", name="items", version="1")])
+    cache.put(cache.segment(request(), "control", 5), large_answer("t"))
+    assert cache.bytes > 0
+    cache.observe_versions([common.ArtifactVersion(kind="index", name="items", version="2")])
+    assert len(cache) == 0 and cache.bytes == 0

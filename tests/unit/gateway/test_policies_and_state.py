@@ -189,6 +189,80 @@ async def test_session_store_bounds_events_and_expires():
     assert await store.history("b") == []
 
 
+def long_events(tag: str, count: int, length: int = 256) -> list[common.Interaction]:
+    """Events as large as a caller can make them: item ids of the longest valid length, an event time each."""
+    events = []
+    for n in range(count):
+        event = common.Interaction(item_id=f"{tag}-{n}".ljust(length, "x"), event_type=common.EVENT_TYPE_VIEW)
+        event.event_time.seconds = 1_700_000_000
+        events.append(event)
+    return events
+
+
+async def test_session_store_holds_at_most_max_bytes_dropping_the_least_recently_used():
+    store = InMemorySessionStore(max_events=200, max_bytes=1024 * 1024)
+    for n in range(60):  # 200 events of 256-character ids: about 60 KB a session
+        await store.append(f"s{n}", long_events(str(n), 200))
+        assert store.bytes <= 1024 * 1024
+        assert len(await store.history(f"s{n}")) == 200, "the session just written is kept"
+    assert 10 <= len(store) <= 17
+    assert await store.history("s0") == []  # the first written, least recently used, went first
+
+
+async def test_session_store_counts_its_bytes_through_trims_expiry_and_eviction():
+    now = [0.0]
+    store = InMemorySessionStore(ttl_s=10, max_events=3, clock=lambda: now[0])
+    await store.append("a", long_events("a", 3))
+    one = store.bytes
+    await store.append("a", long_events("b", 3))  # three replace three of the same size
+    assert store.bytes == one
+    await store.add_exposures("a", ["i1", "i2", "i1"])
+    with_exposures = store.bytes
+    assert with_exposures > one
+    await store.add_exposures("a", ["i1", "i2"])  # counts of items already counted cost nothing more
+    assert store.bytes == with_exposures
+    await store.append("b", long_events("c", 3))
+    now[0] = 11.0  # both expired: the next write drops them, not only the next read of each
+    await store.append("c", long_events("d", 3))
+    assert len(store) == 1 and store.bytes == one
+
+
+async def test_session_store_keeps_the_recently_read_session_over_an_older_one():
+    store = InMemorySessionStore(max_events=200, max_bytes=200 * 1024)
+    for key in ("a", "b", "c"):
+        await store.append(key, long_events(key, 200))
+    assert len(store) == 3
+    assert await store.history("a")  # a is now the most recently used
+    await store.append("d", long_events("d", 200))
+    assert await store.history("b") == [], "the least recently used session went"
+    assert all([await store.history(key) for key in ("a", "c", "d")])
+
+
+async def test_session_store_byte_count_covers_what_it_holds():
+    """The counted bytes follow the memory the sessions really hold (traced): events are kept serialized, so each
+    costs its size and a fixed overhead, not a message's several hundred bytes more."""
+    import gc
+    import tracemalloc
+
+    store = InMemorySessionStore(max_events=200)
+    writes = [(f"{n:032d}", long_events(str(n), 50, length=64)) for n in range(200)]
+    shown = [[f"{n}-{i}".ljust(32, "y") for i in range(20)] for n in range(200)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for (key, events), items in zip(writes, shown, strict=True):
+            await store.append(key, events)
+            await store.add_exposures(key, items)
+        del writes, shown, key, events, items
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(store) == 200
+    assert held <= store.bytes <= 1.6 * held, (held, store.bytes)
+
+
 def test_subject_keys_hide_ids():
     key = subject_key(common.Subject(user_id="alice@example.com"))
     assert "alice" not in key and len(key) == 32

@@ -1,0 +1,144 @@
+"""What callers can make the gateway keep is bounded: the fallback cache's regions, and the settings that size the
+anonymous cache and the in-memory sessions reach them and fit the pod's memory limit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from aisle.common.v1 import common_pb2 as common
+from aisle.recommendation.v1 import recommendation_service_pb2 as pb
+from services.gateway import app as gateway_app
+from services.gateway.components.sources import PopularCache
+from services.gateway.events import NullEventSink
+from services.gateway.sessions import InMemorySessionStore
+from services.gateway.settings import GatewaySettings
+from tests.unit.gateway.test_servicer_and_events import Context, servicer
+
+ROOT = Path(__file__).resolve().parents[3]
+MIB = 1024 * 1024
+
+
+def test_the_popular_cache_keeps_at_most_max_regions_besides_the_region_less_and_configured_ones():
+    now = [0.0]
+    cache = PopularCache(ttl_s=3600, max_regions=3, keep=["GB", "DE"], clock=lambda: now[0])
+    cache.store("", ["g"])
+    cache.store("GB", ["gb"])
+    cache.store("DE", ["de"])
+    for n in range(10):
+        now[0] += 1
+        cache.store(f"R{n}", [f"r{n}"])
+    assert len(cache) == 6
+    assert [cache.get(region) for region in ("", "GB", "DE")] == [["g"], ["gb"], ["de"]], "never pushed out"
+    assert [cache.get(f"R{n}") for n in range(10)] == [[]] * 7 + [["r7"], ["r8"], ["r9"]]
+
+
+def test_the_popular_cache_pushes_out_the_least_recently_stored_region():
+    now = [0.0]
+    cache = PopularCache(ttl_s=3600, max_regions=3, clock=lambda: now[0])
+    for region in ("FR", "IT", "ES", "FR"):  # FR stored again: now the most recent
+        now[0] += 1
+        cache.store(region, [region.lower()])
+    cache.store("NL", ["nl"])
+    assert cache.get("IT") == [], "the least recently stored went"
+    assert [cache.get(region) for region in ("FR", "ES", "NL")] == [["fr"], ["es"], ["nl"]]
+
+
+def test_the_popular_cache_drops_expired_lists_when_one_is_stored():
+    now = [0.0]
+    cache = PopularCache(ttl_s=60, max_regions=100, keep=["GB"], clock=lambda: now[0])
+    for region in ("", "GB", "FR", "IT"):
+        cache.store(region, [region])
+    now[0] = 30.0
+    cache.store("ES", ["es"])
+    now[0] = 61.0  # all but ES expired: they serve nothing any more, so they are not kept either
+    cache.store("NL", ["nl"])
+    assert len(cache) == 2 and cache.get("ES") == ["es"] and cache.get("NL") == ["nl"]
+
+
+async def test_requests_naming_fresh_regions_leave_at_most_max_regions_lists():
+    """The reviewer's reproduction: every distinct 16-character region passes validation, and retrieval answers
+    any region when its index has no regional data (as the fake retrieval here does)."""
+    service = servicer(cache_ttl_s=0)
+    cache = service.deps.popular_cache
+    for n in range(cache.max_regions + 50):
+        request = pb.RecommendRequest(
+            subject=common.Subject(session_id=f"s{n}"),
+            surface=common.SURFACE_HOME,
+            k=5,
+            context=common.RequestContext(region=f"R{n:015d}"),
+        )
+        await service.Recommend(request, Context())
+    await asyncio.gather(*service._background)
+    assert len(cache) == cache.max_regions
+    assert cache.get(f"R{cache.max_regions + 49:015d}"), "the latest region's list is kept"
+
+
+def test_the_memory_settings_reach_the_caches_and_the_session_store(monkeypatch, tmp_path):
+    built = {}
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({"i1": {"title": "Mug", "category": "c1", "brand": "b1"}}))
+
+    class Capture:
+        def __init__(self, settings, policies, catalog, deps, metrics, cache):
+            built.update(deps=deps, cache=cache)
+
+    monkeypatch.setattr(gateway_app, "RecommendationServicer", Capture)
+    settings = GatewaySettings(
+        catalog_path=catalog,
+        metrics_port=None,
+        event_log="off",
+        anonymous_cache_max_entries=123,
+        anonymous_cache_max_bytes=5 * MIB,
+        session_max_sessions=456,
+        session_max_bytes=7 * MIB,
+        fallback_max_regions=9,
+        fallback_regions="GB, DE",
+    )
+    gateway_app.build_application(settings, CollectorRegistry(), events=NullEventSink())
+    cache, deps = built["cache"], built["deps"]
+    assert (cache.max_entries, cache.max_bytes) == (123, 5 * MIB)
+    assert (deps.sessions.max_sessions, deps.sessions.max_bytes) == (456, 7 * MIB)
+    assert deps.popular_cache.max_regions == 9 and deps.popular_cache.keep == {"", "GB", "DE"}
+    store = gateway_app.build_session_store(settings)
+    assert isinstance(store, InMemorySessionStore) and (store.max_sessions, store.max_bytes) == (456, 7 * MIB)
+
+
+def gateway_memory_limit() -> int:
+    for document in yaml.safe_load_all((ROOT / "k8s/base/gateway.yaml").read_text()):
+        if document and document.get("kind") == "Deployment":
+            containers = document["spec"]["template"]["spec"]["containers"]
+            (gateway,) = [c for c in containers if c["name"] == "gateway"]
+            limit = gateway["resources"]["limits"]["memory"]
+            assert limit.endswith("Mi"), limit
+            return int(limit[:-2]) * MIB
+    raise AssertionError("no gateway Deployment in k8s/base/gateway.yaml")
+
+
+def k8s_base_settings() -> dict[str, str]:
+    """The gateway ConfigMap's variables (k8s/base/config/gateway.env) as settings names."""
+    settings = {}
+    for line in (ROOT / "k8s/base/config/gateway.env").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            settings[name.removeprefix("AISLE_GATEWAY_").lower()] = value
+    return settings
+
+
+@pytest.mark.parametrize("source", ["defaults", "k8s base"])
+def test_what_callers_can_fill_leaves_half_the_pods_memory_to_the_rest(source):
+    """The in-memory sessions, the anonymous cache and the fallback cache are what callers fill; the process itself
+    (about 100 MiB measured, docs/reliability.md), the catalog and in-flight messages need the rest."""
+    bounds = ("session_max_bytes", "anonymous_cache_max_bytes", "fallback_max_regions", "fallback_regions")
+    values = {k: v for k, v in k8s_base_settings().items() if k in bounds} if source == "k8s base" else {}
+    settings = GatewaySettings(**values)
+    # A region's list: the shipped policies' popular items (popularity 50 + cold_start 50) of ids up to 256
+    # characters, about 300 bytes each.
+    fallback = (settings.fallback_max_regions + 1 + len(settings.fallback_region_list)) * 100 * 300
+    filled = settings.session_max_bytes + settings.anonymous_cache_max_bytes + fallback
+    assert filled <= gateway_memory_limit() / 2, f"{filled / MIB:.0f} MiB"
