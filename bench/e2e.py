@@ -57,7 +57,7 @@ from bench.process_cpu import cpu_seconds  # noqa: E402
 from services.demo.stack import LocalStack, free_port  # noqa: E402
 from services.demo.triton import local_triton, triton_missing  # noqa: E402
 from services.retrieval.index import latest_version  # noqa: E402
-from training.synthetic import CATEGORIES  # noqa: E402
+from training.synthetic import CATEGORIES, REGIONS  # noqa: E402
 
 #: Items in the synthetic shop's catalog by default: the performance issue's 1M-item catalog.
 ITEMS = 1_000_000
@@ -635,6 +635,7 @@ def main() -> int:
                     "policy_file": str(bench_policies(workdir, args.candidates, not args.call_per_source)),
                     "event_log": "off",
                     "anonymous_cache_ttl_s": "0",
+                    "fallback_regions": ",".join(REGIONS),  # as a deployment sets it (k8s/base/config/gateway.env)
                     **loop,
                 },
             },

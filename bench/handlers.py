@@ -58,6 +58,7 @@ from services.core.server import Application  # noqa: E402
 from services.demo.stack import LocalStack  # noqa: E402
 from services.gateway.components.sources import SOURCES  # noqa: E402
 from services.retrieval.index import latest_version  # noqa: E402
+from training.synthetic import REGIONS  # noqa: E402
 
 #: Candidates ranked per request, as in bench/e2e.py's default.
 CANDIDATES = 500
@@ -253,6 +254,7 @@ async def gateway_figures(workdir: Path, item_ids: list[str], count: int, warm_u
             policy_file=bench_policies(workdir, CANDIDATES),
             event_log="off",
             anonymous_cache_ttl_s=0,
+            fallback_regions=",".join(REGIONS),
             metrics_port=None,
         )
         registry = CollectorRegistry()

@@ -227,6 +227,8 @@ def run_demo(workdir: Path, retrain: bool = True) -> int:
 
 
 def _run_demo(workdir: Path, retrain: bool) -> int:
+    from training.synthetic import REGIONS as SHOP_REGIONS
+
     prepare_models(workdir, retrain)
     catalog = json.loads((workdir / "catalog.json").read_text(encoding="utf-8"))
     stack = LocalStack(
@@ -237,6 +239,8 @@ def _run_demo(workdir: Path, retrain: bool) -> int:
             "gateway": {
                 "catalog_path": str(workdir / "catalog.json"),
                 "event_log_path": str(workdir / "events" / "events.jsonl"),
+                # As a deployment sets it: the fallback for each of the shop's regions is cached at start-up.
+                "fallback_regions": ",".join(SHOP_REGIONS),
             },
         },
         die_with_parent=True,
