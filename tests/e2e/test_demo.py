@@ -188,9 +188,15 @@ def a_service(pid: int) -> bool:
 
 
 def services_of_a_serving_demo(demo: DemoProcess) -> list[int]:
-    """Waits until the demo has printed its three services (all SERVING), then freezes it (SIGSTOP) so that it
-    cannot finish on its own before the test's signal arrives. Returns the service processes' ids."""
-    demo.wait_for("   gateway ")
+    """Waits until the demo has started its three services, then freezes it (SIGSTOP) so that it cannot finish on its
+    own before the test's signal arrives: as soon as the third (the gateway) exists, while the demo still waits for it
+    to be SERVING. (Freezing it once it had printed them raced with its requests on a busy machine: it could finish
+    first.) Returns the service processes' ids."""
+    demo.wait_for("== starting retrieval")
+    deadline = time.monotonic() + 120
+    while len(children(demo.process.pid)) < 3:
+        assert demo.process.poll() is None and time.monotonic() < deadline, "the demo never started three services"
+        time.sleep(0.02)
     os.kill(demo.process.pid, signal.SIGSTOP)
     services = demo.services = children(demo.process.pid)
     assert len(services) == 3, services
