@@ -133,7 +133,7 @@ async def run_batch(target: str, batch: list[Hostile], examples: dict | None = N
 GATEWAY_GROWTH = pytest.mark.xfail(
     strict=False,
     reason="open (2026-12-06): under CI load the gateway's resident size grew 38-46 MiB over the measured rounds "
-    "since this session's validation and budget changes (passes on an idle machine); find what it keeps, then drop this",
+    "since this session's validation and budget changes (passes on an idle machine); find what it keeps, drop this",
 )
 
 
