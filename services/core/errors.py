@@ -57,6 +57,18 @@ class InvalidArgument(ServiceError):
         super().__init__(f"invalid request: {message}")
 
 
+class Relayed(ServiceError):
+    """A downstream call's refusal passed on to the caller as it came: its code, message and rich details (a router
+    relays a shard's INVALID_ARGUMENT, whose field violations are the caller's)."""
+
+    reason = "RELAYED"
+
+    def __init__(self, error: grpc.aio.AioRpcError):
+        super().__init__(error.details() or "")
+        self.code = error.code()
+        self.status = _Status(error.code(), error.details() or "", tuple(error.trailing_metadata() or ()))
+
+
 class NotReady(ServiceError):
     """The service cannot answer yet (model or index not loaded)."""
 
@@ -119,6 +131,8 @@ _PACKAGE = __name__.split(".")[0]
 
 def status_for(error: BaseException) -> grpc.Status:
     """The ``grpc.Status`` (with rich details in the trailing metadata) that a caller gets for ``error``."""
+    if isinstance(error, Relayed):
+        return error.status
     if isinstance(error, ServiceError):
         code, reason, message, metadata = error.code, error.reason, error.message, error.metadata
     else:

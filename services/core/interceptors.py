@@ -15,7 +15,12 @@ log = logging.getLogger(__name__)
 
 class UnaryWrapper(grpc.aio.ServerInterceptor):
     """Base of the interceptors that wrap each unary method's behaviour: the wrapped handler is made once per
-    method (and handler), not on every call."""
+    method (and handler), not on every call.
+
+    A wrapper that lets an error through drops its reference to the request first (``del request``). gRPC keeps an
+    aborted call's AbortError on the call's state, which the context reaches and every frame the error passed
+    through holds: a reference cycle, alive until Python's cyclic collector runs, in which a frame that still
+    holds the request keeps it (up to the 16 MB message limit) that long."""
 
     def __init__(self) -> None:
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -51,26 +56,36 @@ class ErrorInterceptor(UnaryWrapper):
     answered with that call's code, "downstream call failed: CODE (REASON)" (:func:`~services.core.errors.describe`)
     and the reason DEPENDENCY_FAILED; anything else is logged with its traceback and answered as INTERNAL without
     internal details.
+
+    The call is aborted outside the except blocks, after the request is dropped: gRPC keeps an aborted call's
+    AbortError in a reference cycle with the call's context (see :class:`UnaryWrapper`), and a handler that aborted
+    from inside ``except`` chained the servicer's error, whose traceback holds the servicer's frames and with them
+    the request. A stream of refused large requests then held tens of MiB until Python's cyclic collector ran.
+    (Setting the code and returning instead would send an empty response message first, and a client never
+    retries a call that got one.)
     """
 
     def wrap(self, behavior, method: str):
         async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 return await behavior(request, context)
+            except grpc.aio.AbortError:
+                del request
+                raise
             except ServiceError as error:
                 log.info("%s -> %s (%s): %s", method, error.code.name, error.reason, error.message)
-                await _abort(context, error)
-            except grpc.aio.AbortError:
-                raise
+                status = status_for(error)
             except grpc.aio.AioRpcError as error:
                 # A downstream call failed and the servicer did not handle it: pass its code (and the Aisle reason
                 # it came with) on, not INTERNAL; its message stays in the log, where a host it names may be.
                 described = describe(error)
                 log.warning("%s: downstream call failed: %s: %s", method, described, error.details())
-                await _abort(context, _downstream(error.code(), described))
+                status = status_for(_downstream(error.code(), described))
             except Exception as error:
                 log.exception("%s failed", method)
-                await _abort(context, error)
+                status = status_for(error)
+            del request
+            await context.abort(status.code, status.details, status.trailing_metadata)
 
         return mapped
 
@@ -79,8 +94,3 @@ def _downstream(code: grpc.StatusCode, described: str) -> ServiceError:
     mapped = ServiceError(f"downstream call failed: {described}", reason="DEPENDENCY_FAILED")
     mapped.code = code if code != grpc.StatusCode.OK else grpc.StatusCode.INTERNAL
     return mapped
-
-
-async def _abort(context: grpc.aio.ServicerContext, error: BaseException) -> None:
-    status = status_for(error)
-    await context.abort(status.code, status.details, status.trailing_metadata)

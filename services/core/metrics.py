@@ -80,9 +80,11 @@ class MetricsInterceptor(UnaryWrapper):
                 remaining = context.time_remaining()
                 late = remaining is not None and remaining <= 0
                 metrics.observe(name, "DEADLINE_EXCEEDED" if late else "CANCELLED", time.perf_counter() - started)
+                del request  # see UnaryWrapper
                 raise
             except BaseException:
                 metrics.observe(name, _code_name(context.code(), "UNKNOWN"), time.perf_counter() - started)
+                del request  # see UnaryWrapper
                 raise
             metrics.observe(name, _code_name(context.code(), "OK"), time.perf_counter() - started)
             return response

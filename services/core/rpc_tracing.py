@@ -122,9 +122,11 @@ class TracingInterceptor(UnaryWrapper):
                     remaining = context.time_remaining()
                     late = remaining is not None and remaining <= 0
                     _server_outcome(span, grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED)
+                    del request  # see UnaryWrapper
                     raise
                 except BaseException as error:
                     _server_outcome(span, _status_code(context.code()), context.details() or str(error))
+                    del request  # see UnaryWrapper
                     raise
                 span.set_attribute(STATUS_CODE, 0)
                 return response

@@ -25,7 +25,7 @@ from aisle.common.v1 import common_pb2
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.core.channels import create_channel
-from services.core.errors import DependencyUnavailable, NotReady
+from services.core.errors import DependencyUnavailable, NotReady, Relayed
 from services.core.health import wait_until_serving
 from services.retrieval.answer import move_to_columns
 from services.retrieval.index import InvalidIndex, load_index
@@ -180,7 +180,7 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
             if isinstance(result, grpc.aio.AioRpcError):
                 if result.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     # Every shard validates alike: pass the caller's error on with its details.
-                    await context.abort(result.code(), result.details(), result.trailing_metadata())
+                    raise Relayed(result)
                 dropped.append((target, result.code().name))
             elif isinstance(result, BaseException):
                 raise result
@@ -227,7 +227,7 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
         if failed:
             error = failed[0]
             if isinstance(error, grpc.aio.AioRpcError):
-                await context.abort(error.code(), error.details(), error.trailing_metadata())
+                raise Relayed(error)
             raise error
         unknown = set.intersection(*(set(r.unknown_item_ids) for r in results)) if results else set()
         return pb.UpdateAvailabilityResponse(

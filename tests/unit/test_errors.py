@@ -11,6 +11,7 @@ from services.core.errors import (
     DependencyUnavailable,
     InvalidArgument,
     NotReady,
+    Relayed,
     describe,
     status_for,
 )
@@ -128,3 +129,15 @@ def test_describe_names_only_an_aisle_reason():
     free_text = error_details_pb2.ErrorInfo(reason="upstream 10.0.0.7:8001 refused", domain=ERROR_DOMAIN)
     assert describe(call_with(free_text)) == "UNAVAILABLE"
     assert describe(call_with(error_details_pb2.ErrorInfo(reason="A" * 64, domain=ERROR_DOMAIN))) == "UNAVAILABLE"
+
+
+def test_a_relayed_refusal_reaches_the_caller_as_the_downstream_gave_it():
+    # A shard's INVALID_ARGUMENT names the caller's fields: the router passes code, message and details on as they
+    # are, not as a dependency's failure.
+    refused = failed_call(status_for(InvalidArgument({"history[3].item_id": "unknown"})))
+    relayed = status_for(Relayed(refused))
+    assert relayed.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert relayed.details == refused.details()
+    assert tuple(relayed.trailing_metadata) == tuple(refused.trailing_metadata())
+    violations = unpack(decoded(relayed), error_details_pb2.BadRequest).field_violations
+    assert [(v.field, v.description) for v in violations] == [("history[3].item_id", "unknown")]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import grpc
 import pytest
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
-from services.core.errors import InvalidArgument
+from services.core.errors import InvalidArgument, Relayed, status_for
 from services.retrieval.index import METADATA_FILE, InvalidIndex, save_index_like
 from services.retrieval.router import QueryDataHolder, QueryResolver, ShardRouter
 from services.retrieval.settings import RetrievalSettings
@@ -130,3 +131,20 @@ async def test_stock_updates_reach_the_shards_with_the_update_deadline_not_the_r
     reply = await router.UpdateAvailability(pb.UpdateAvailabilityRequest(updates=[update]), _Context(remaining))
     assert reply.applied_count == 2  # each shard answered (only one holds the item; the fake counts all)
     assert timeouts == [("UpdateAvailability", expected)] * 2
+
+
+class _RefusingShard:
+    async def UpdateAvailability(self, request, timeout):  # noqa: N802
+        status = status_for(InvalidArgument({"updates[0].item_id": "empty"}))
+        raise grpc.aio.AioRpcError(status.code, grpc.aio.Metadata(), grpc.aio.Metadata(*status.trailing_metadata))
+
+
+async def test_a_shards_refusal_of_a_stock_update_is_relayed_as_it_came():
+    settings = RetrievalSettings(index_path="unused", shard_targets="a:1,b:2")
+    router = ShardRouter(settings)
+    router.stubs = [_TimedShard([]), _RefusingShard()]
+    with pytest.raises(Relayed) as relayed:
+        await router.UpdateAvailability(pb.UpdateAvailabilityRequest(updates=[pb.AvailabilityUpdate()]), _Context(None))
+    status = status_for(relayed.value)
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert any(key == "grpc-status-details-bin" for key, _ in status.trailing_metadata)
