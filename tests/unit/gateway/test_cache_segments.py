@@ -8,7 +8,7 @@ import pytest
 from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from services.gateway.cache import AnonymousCache
-from tests.unit.gateway.test_servicer_and_events import guest, ids, recommend, servicer
+from tests.unit.gateway.servicers import guest, ids, recommend, servicer
 
 
 class FakeClock:

@@ -14,7 +14,7 @@ from services.gateway.components.side_effects import ExposureLogger
 from services.gateway.components.sources import PopularCache
 from services.gateway.sessions import InMemorySessionStore, subject_key
 from tests.unit.gateway.helpers import state
-from tests.unit.gateway.test_servicer_and_events import Context, RecordingSink, ids, recommend, servicer
+from tests.unit.gateway.servicers import Context, RecordingSink, ids, recommend, servicer
 
 
 def event(user: str, item: str, consent: bool, kind=common.EVENT_TYPE_PURCHASE) -> pb.TrackedEvent:

@@ -18,7 +18,7 @@ from services.gateway.components.sources import PopularCache
 from services.gateway.events import NullEventSink
 from services.gateway.sessions import InMemorySessionStore
 from services.gateway.settings import GatewaySettings
-from tests.unit.gateway.test_servicer_and_events import Context, servicer
+from tests.unit.gateway.servicers import Context, servicer
 
 ROOT = Path(__file__).resolve().parents[3]
 MIB = 1024 * 1024

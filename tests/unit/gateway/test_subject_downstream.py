@@ -15,7 +15,7 @@ from services.ranking.servicer import RankingServicer
 from services.ranking.settings import RankingSettings
 from services.retrieval.servicer import SOURCE_IDS, validate_retrieve
 from services.retrieval.settings import RetrievalSettings
-from tests.unit.gateway.test_servicer_and_events import ITEMS, Context, OrderRanking, PopularRetrieval, servicer
+from tests.unit.gateway.servicers import ITEMS, Context, OrderRanking, PopularRetrieval, servicer
 
 USER = "alice@example.com"
 

@@ -12,7 +12,7 @@ from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from services.core.errors import InvalidArgument
 from services.core.validation import MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS
 from services.gateway.sessions import subject_key
-from tests.unit.gateway.test_servicer_and_events import Context, ids, recommend, servicer
+from tests.unit.gateway.servicers import Context, ids, recommend, servicer
 
 OUT_OF_RANGE = [
     Timestamp(seconds=2**40),
