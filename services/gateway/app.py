@@ -51,10 +51,10 @@ class Downstream:
     async def connect(self) -> None:
         settings = self.settings
         retrieval_channel = create_channel(
-            settings.retrieval_target, [RETRIEVAL_SERVICE], max_message_bytes=settings.max_message_bytes
+            settings.retrieval_target, [RETRIEVAL_SERVICE], max_message_bytes=settings.downstream_max_message_bytes
         )
         ranking_channel = create_channel(
-            settings.ranking_target, [RANKING_SERVICE], max_message_bytes=settings.max_message_bytes
+            settings.ranking_target, [RANKING_SERVICE], max_message_bytes=settings.downstream_max_message_bytes
         )
         self._channels = [retrieval_channel, ranking_channel]
         self.retrieval = retrieval_grpc.RetrievalServiceStub(retrieval_channel)

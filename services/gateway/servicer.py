@@ -15,7 +15,6 @@ from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from services.core.errors import DependencyUnavailable, InvalidArgument, ResourceExhausted
-from services.core.settings import ServiceSettings
 from services.core.telemetry import current_trace_id
 from services.core.validation import MAX_ID_LENGTH, Violations, timestamp_problem
 from services.gateway.budget import RequestBudget
@@ -36,10 +35,6 @@ SURFACE_NAMES = {value: name for name, value in common.Surface.items()}
 EVENT_NAMES = {value: name for name, value in common.EventType.items()}
 #: Events that count as a success for the exploration bandit.
 SUCCESS_EVENTS = {common.EVENT_TYPE_CLICK, common.EVENT_TYPE_ADD_TO_CART, common.EVENT_TYPE_PURCHASE}
-#: Largest message retrieval and ranking accept (their default ``max_message_bytes``): the gateway reads up to 16 MB
-#: so that an oversized field is named, and must not pass on a request that they would refuse at the transport
-#: (that answer would look like a retrieval outage).
-DOWNSTREAM_MESSAGE_BYTES = ServiceSettings.model_fields["max_message_bytes"].default
 #: Most bytes one history entry takes on the wire: an id of MAX_ID_LENGTH four-byte characters, its event type,
 #: quantity and time. The history sent on is the session store's and the request's, up to ``max_history`` entries.
 MAX_INTERACTION_BYTES = 4 * MAX_ID_LENGTH + 64
@@ -254,11 +249,14 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
 
     def _check_forwarded_size(self, check: Violations, request: pb.RecommendRequest) -> None:
         """What retrieval is sent (this request's subject, context, anchors and exclusions, and up to
-        ``max_history`` entries of history) fits in the message size it accepts: the fields' own limits count
-        entries and characters, and 5,000 exclusions of 256 four-byte characters would not fit. Names the largest
-        field. (History is given room for its limit, at most half the message.)"""
-        history_room = min(self.settings.max_history * MAX_INTERACTION_BYTES, DOWNSTREAM_MESSAGE_BYTES // 2)
-        room = DOWNSTREAM_MESSAGE_BYTES - history_room - 1024
+        ``max_history`` entries of history) fits in the message size it accepts, ``downstream_max_message_bytes``
+        (the gateway itself reads up to 16 MB, so that an oversized field is named: a request retrieval refused at
+        the transport would look like a retrieval outage). The fields' own limits count entries and characters,
+        and 5,000 exclusions of 256 four-byte characters would not fit. Names the largest field. (History is given
+        room for its limit, at most half the message.)"""
+        limit = self.settings.downstream_max_message_bytes
+        history_room = min(self.settings.max_history * MAX_INTERACTION_BYTES, limit // 2)
+        room = limit - history_room - 1024
         exclusions = request.exclusions
         entries = len(exclusions.item_ids) + len(exclusions.brands) + len(exclusions.categories)
         entries += len(request.anchor_item_ids) + 2  # the subject's id and the region
@@ -270,7 +268,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             check.add(
                 largest,
                 f"is {sizes[largest]} bytes; with the rest of the request it must fit in the {room} bytes "
-                f"left for it in a message to retrieval (at most {DOWNSTREAM_MESSAGE_BYTES} bytes)",
+                f"left for it in a message to retrieval (at most {limit} bytes)",
             )
 
 

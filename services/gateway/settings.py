@@ -27,6 +27,13 @@ class GatewaySettings(ServiceSettings):
         description="Largest gRPC message accepted (above the validators' limits, so oversized fields get "
         "INVALID_ARGUMENT naming the field rather than a transport error).",
     )
+    downstream_max_message_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=64 * 1024,
+        le=64 * 1024 * 1024,
+        description="Largest message retrieval and ranking accept (their max_message_bytes): the gateway sends "
+        "and reads nothing larger, and refuses a request whose forwarded part would not fit, naming its field.",
+    )
     retrieval_target: str = Field("127.0.0.1:50061", min_length=1, description="gRPC target of retrieval.")
     ranking_target: str = Field("127.0.0.1:50062", min_length=1, description="gRPC target of ranking.")
     policy_file: Path = Field(DEFAULT_POLICY_FILE, description="Policies (YAML): components per surface/variant.")

@@ -14,9 +14,9 @@ from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from services.core.errors import InvalidArgument
 from services.core.validation import MAX_ATTRIBUTE_VALUE_LENGTH, MAX_ATTRIBUTES, MAX_ID_LENGTH
-from services.gateway.servicer import DOWNSTREAM_MESSAGE_BYTES
 from services.gateway.sessions import subject_key
-from tests.unit.gateway.test_servicer_and_events import Context, recommend, servicer
+from services.gateway.settings import GatewaySettings
+from tests.unit.gateway.servicers import Context, recommend, servicer
 
 
 def event(**fields) -> pb.TrackedEvent:
@@ -52,8 +52,8 @@ async def refused_track(*events: pb.TrackedEvent) -> dict[str, str]:
     return refused.value.violations
 
 
-async def refused_recommend(request: pb.RecommendRequest) -> dict[str, str]:
-    service = servicer(cache_ttl_s=0)
+async def refused_recommend(request: pb.RecommendRequest, **settings) -> dict[str, str]:
+    service = servicer(cache_ttl_s=0, **settings)
     with pytest.raises(InvalidArgument) as refused:
         await recommend(service, request)
     assert service.deps.downstream.retrieval.calls == 0
@@ -122,8 +122,19 @@ async def test_exclusions_that_pass_their_own_limits_but_not_retrievals_message_
     """5,000 ids of 256 four-byte characters each are each valid, but 5 MB in all: retrieval (4 MiB) would refuse
     the message and the answer would look like a retrieval outage. The gateway names the field instead."""
     exclusions = common.Exclusions(item_ids=[f"{n:04d}" + "😀" * (MAX_ID_LENGTH - 4) for n in range(5000)])
-    assert exclusions.ByteSize() > DOWNSTREAM_MESSAGE_BYTES
+    assert exclusions.ByteSize() > GatewaySettings.model_fields["downstream_max_message_bytes"].default
     assert set(await refused_recommend(shopper(exclusions=exclusions))) == {"exclusions"}
+
+
+async def test_the_forwarded_size_follows_the_limit_retrieval_is_deployed_with():
+    """Where retrieval and ranking run with a smaller ``max_message_bytes``, the gateway is given it too
+    (``downstream_max_message_bytes``) and names the field that would not fit: 5,000 plain ids of 256 characters,
+    1.3 MB, pass the default 4 MiB and not 1 MiB."""
+    exclusions = common.Exclusions(item_ids=[f"{n:04d}".ljust(MAX_ID_LENGTH, "x") for n in range(5000)])
+    service = servicer(cache_ttl_s=0)
+    await recommend(service, shopper(exclusions=exclusions))  # answered under the default limit
+    violations = await refused_recommend(shopper(exclusions=exclusions), downstream_max_message_bytes=1024 * 1024)
+    assert set(violations) == {"exclusions"} and "1048576 bytes" in violations["exclusions"], violations
 
 
 async def test_the_largest_request_the_limits_allow_in_plain_characters_is_answered():
