@@ -34,7 +34,7 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
             raise ModelNotReady("ranking model not loaded yet")
         self.check_model(request)
         remaining = context.time_remaining() if context is not None else None
-        ranking = await self.backend.rank(history_ids, candidate_ids, remaining)
+        ranking = await self.backend.rank(history_ids, candidate_ids, remaining, request.model_version)
         response = pb.RankResponse(
             model_version=common_pb2.ArtifactVersion(
                 kind="model", name=ranking.model_name, version=ranking.model_version
@@ -67,14 +67,11 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
         check.raise_if_any()
 
     def check_model(self, request: pb.RankRequest) -> None:
+        """The model asked for is this service's. (A pinned version is the backend's to check: with several Triton
+        servers, some may serve it while others do not, and a call goes to one that does.)"""
         backend = self.backend
         if request.model_name and request.model_name != backend.model_name:
             raise NotFound(f"model {request.model_name!r} is not served here (serving {backend.model_name!r})")
-        if request.model_version and request.model_version != backend.model_version:
-            raise NotFound(
-                f"version {request.model_version} of {backend.model_name!r} is not served "
-                f"(serving {backend.model_version})"
-            )
 
 
 def add_scored_items(response: pb.RankResponse, candidate_ids: list[str], ranking: Ranking) -> None:

@@ -15,7 +15,7 @@ from typing import Protocol
 import grpc
 import numpy as np
 
-from services.core.errors import DependencyUnavailable, NotReady, ServiceError
+from services.core.errors import DependencyUnavailable, NotFound, NotReady, ServiceError
 from services.ranking.served_model import ModelInputs, ServedModel
 
 
@@ -54,6 +54,14 @@ class ModelNotReady(NotReady):
     """No model version is loaded (or the one asked for is not ready on the inference server)."""
 
     reason = "MODEL_NOT_READY"
+
+
+class VersionNotServed(NotFound):
+    """A caller pinned a model version that no server (or copy) this backend calls serves now."""
+
+    def __init__(self, model_name: str, version: str, serving: Sequence[str]):
+        names = ", ".join(sorted(serving, key=lambda v: (len(v), v))) if serving else "nothing yet"
+        super().__init__(f"version {version} of {model_name!r} is not served (serving {names})")
 
 
 class BackendUnavailable(DependencyUnavailable):
@@ -101,8 +109,12 @@ class RankingBackend(Protocol):
     async def load(self) -> None:
         """Loads, checks and warms up the model; raises if it must not serve."""
 
-    async def rank(self, history_ids: Sequence[str], candidate_ids: Sequence[str], timeout: float | None) -> Ranking:
-        """Scores ``candidate_ids`` for a subject with ``history_ids`` (oldest first) within ``timeout`` seconds."""
+    async def rank(
+        self, history_ids: Sequence[str], candidate_ids: Sequence[str], timeout: float | None, version: str = ""
+    ) -> Ranking:
+        """Scores ``candidate_ids`` for a subject with ``history_ids`` (oldest first) within ``timeout`` seconds;
+        with ``version`` (a caller's pinned model version), with that version only, or raises
+        :class:`VersionNotServed`."""
 
     async def refresh(self) -> bool:
         """Serves the repository's (or server's) current version if it changed; True when it switched.

@@ -56,15 +56,17 @@ class FallbackBackend:
                 error.message,
             )
 
-    async def rank(self, history_ids: Sequence[str], candidate_ids: Sequence[str], timeout: float | None) -> Ranking:
+    async def rank(
+        self, history_ids: Sequence[str], candidate_ids: Sequence[str], timeout: float | None, version: str = ""
+    ) -> Ranking:
         try:
-            return await self.primary.rank(history_ids, candidate_ids, timeout)
+            return await self.primary.rank(history_ids, candidate_ids, timeout, version)
         except (BackendUnavailable, ModelNotReady, InferenceServerFault) as error:
             reason = error.reason
             log.warning("%s failed, falling back to %s: %s", self.primary.kind, self.fallback.kind, error.message)
             if self._on_fallback is not None:
                 self._on_fallback(reason)
-        ranking = await self.fallback.rank(history_ids, candidate_ids, timeout)
+        ranking = await self.fallback.rank(history_ids, candidate_ids, timeout, version)
         return replace(ranking, fallback_reason=reason)
 
     async def refresh(self) -> bool:

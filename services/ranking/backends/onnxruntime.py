@@ -24,7 +24,7 @@ import numpy as np
 
 from services.core.onnx_runtime import GPU_DISTRIBUTION, check_onnxruntime_install
 from services.core.versions import FolderStamp, folder_stamp
-from services.ranking.backends.base import ModelNotReady, Ranking, Scores
+from services.ranking.backends.base import ModelNotReady, Ranking, Scores, VersionNotServed
 from services.ranking.batching import BatcherClosed, MicroBatcher, stack_rows
 from services.ranking.model_config import (
     CANDIDATES_INPUT,
@@ -293,8 +293,12 @@ class OnnxRuntimeBackend:
         return _Loaded(model, session, providers, stamp)
 
     # --- scoring ----------------------------------------------------------------------------------------------
-    async def rank(self, history_ids: Sequence[str], candidate_ids: Sequence[str], timeout: float | None) -> Ranking:
+    async def rank(
+        self, history_ids: Sequence[str], candidate_ids: Sequence[str], timeout: float | None, version: str = ""
+    ) -> Ranking:
         loaded = self._current()
+        if version and version != loaded.model.version:
+            raise VersionNotServed(self.model_name, version, [loaded.model.version])
         inputs = loaded.model.inputs(history_ids, candidate_ids)
         scores = await self._infer(loaded, inputs.tensors, inputs.candidate_count)
         return Ranking.of(loaded.model, inputs, scores, self.kind)

@@ -42,6 +42,7 @@ from services.ranking.backends.base import (
     ModelNotReady,
     Ranking,
     Scores,
+    VersionNotServed,
 )
 from services.ranking.model_config import (
     CONFIG_FILE,
@@ -402,7 +403,11 @@ class TritonBackend:
         return ServedModel.read(self.model_name, version, folder, contract), key
 
     # --- scoring ----------------------------------------------------------------------------------------------
-    async def rank(self, history_ids: Sequence[str], candidate_ids: Sequence[str], timeout: float | None) -> Ranking:
+    async def rank(
+        self, history_ids: Sequence[str], candidate_ids: Sequence[str], timeout: float | None, version: str = ""
+    ) -> Ranking:
+        """Each call goes to the next server in turn (see :class:`_Routes`); a pinned ``version`` goes to the
+        servers that serve it only, and is not found while none does."""
         started = time.monotonic()
         budget = timeout if timeout is not None else self.default_timeout_s
         unavailable = 0
@@ -411,8 +416,13 @@ class TritonBackend:
             routes = self._routes
             if routes is None or not routes.live:
                 raise ModelNotReady(f"model {self.model_name!r} is not ready on Triton yet")
+            live = routes.live
+            if version:
+                live = tuple(index for index in live if routes.models[index].version == version)
+                if not live:
+                    raise VersionNotServed(self.model_name, version, list(routes.by_version))
             # One server and the version it serves: the tokens are that version's.
-            index = routes.live[next(self._turn) % len(routes.live)]
+            index = live[next(self._turn) % len(live)]
             model = routes.models[index]
             inputs = model.inputs(history_ids, candidate_ids)
             remaining = budget - (time.monotonic() - started) - DEADLINE_MARGIN_S
@@ -436,7 +446,7 @@ class TritonBackend:
                 raise ModelNotReady(str(gone)) from None
             except BackendUnavailable:
                 unavailable += 1
-                if unavailable < len(routes.live):
+                if unavailable < len(live):
                     continue  # round-robin: the next call goes to the next address
                 raise
             return Ranking.of(model, inputs, scores, self.kind)

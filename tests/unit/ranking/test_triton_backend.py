@@ -22,6 +22,7 @@ from services.ranking.backends.base import (
     InferenceTimeout,
     ModelNotReady,
     Ranking,
+    VersionNotServed,
 )
 from services.ranking.backends.fallback import FallbackBackend
 from services.ranking.backends.triton import DEADLINE_MARGIN_S, TritonBackend
@@ -245,7 +246,7 @@ class FakeEmbedded:
     async def refresh(self):
         return False
 
-    async def rank(self, history_ids, candidate_ids, timeout):
+    async def rank(self, history_ids, candidate_ids, timeout, version=""):
         count = len(candidate_ids)
         return Ranking("ranker", "1", np.full(count, 0.5, np.float32), None, np.zeros(count, bool), self.kind)
 
@@ -399,3 +400,23 @@ async def test_a_pod_starts_on_the_embedded_backend_while_triton_serves_a_versio
         assert answer.backend == "triton" and answer.model_version == "3" and not answer.fallback
     finally:
         await backend.close()
+
+
+async def test_a_pinned_version_is_scored_by_the_servers_that_serve_it_and_found_while_one_does(repository):
+    """Mid-publish, server a serves version 2 and b still serves 1: a caller pinning a version gets it from the
+    server that has it (not from whichever server's turn it is), and NOT_FOUND only for a version none serves."""
+    a, b = FakeTriton("a:1", ready=("2",)), FakeTriton("b:1", ready=("1",))
+    backend = backend_with(repository, a, b)
+    await backend.load()
+    servicer = RankingServicer(RankingSettings(), backend)
+    for pinned, server in (("2", a), ("1", b)):
+        before = len(server.calls)
+        for _ in range(4):
+            reply = await servicer.Rank(pb.RankRequest(candidate_item_ids=["item-1"], model_version=pinned), None)
+            assert reply.model_version.version == pinned
+        assert len(server.calls) - before == 4 and {c["version"] for c in server.calls[before:]} == {pinned}
+    with pytest.raises(VersionNotServed, match=r"version 3 of 'ranker' is not served \(serving 1, 2\)"):
+        await servicer.Rank(pb.RankRequest(candidate_item_ids=["item-1"], model_version="3"), None)
+    unpinned = [(await servicer.Rank(pb.RankRequest(candidate_item_ids=["item-1"]), None)).model_version.version]
+    unpinned.append((await servicer.Rank(pb.RankRequest(candidate_item_ids=["item-1"]), None)).model_version.version)
+    assert sorted(unpinned) == ["1", "2"], "without a pin, each server keeps its share of the calls"
