@@ -13,7 +13,7 @@ from pydantic import Field
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
-from services.core.errors import describe
+from services.core.errors import Relayed, describe
 from services.gateway.candidates import Candidates, UnequalColumns
 from services.gateway.components.base import ComponentBase, Params
 from services.gateway.pipeline import RequestState, SourceFailed
@@ -93,6 +93,11 @@ class RetrievalSources(ComponentBase):
                 timeout=timeout,
             )
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                # Retrieval refused the caller's request (a region its index does not sell in, a limit set lower
+                # there): the caller's error, with retrieval's field named, not an outage for the fallback to cover
+                # (a region's fallback list serves only its own region, so the answer would say retrieval is down).
+                raise Relayed(error) from None
             reason = (
                 common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE
                 if error.code() == grpc.StatusCode.UNAVAILABLE

@@ -14,14 +14,24 @@ from prometheus_client import CollectorRegistry
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
-from services.core.errors import BudgetExhausted, DependencyUnavailable, status_for
+from services.core.errors import BudgetExhausted, DependencyUnavailable, InvalidArgument, Relayed, status_for
 from services.gateway.candidates import Candidates
 from services.gateway.components.base import ComponentBase, Params
 from services.gateway.events import EventLogFull, JsonlEventSink, read_events
 from services.gateway.pipeline import Pipeline, PipelineMetrics, SourceFailed
 from services.gateway.sessions import subject_key
 from tests.unit.gateway.helpers import deps, state
-from tests.unit.gateway.servicers import Context, DownSessions, guest, ids, recommend, servicer, shown_too_often
+from tests.unit.gateway.servicers import (
+    ITEMS,
+    Context,
+    DownSessions,
+    PopularRetrieval,
+    guest,
+    ids,
+    recommend,
+    servicer,
+    shown_too_often,
+)
 
 
 async def test_a_guest_whose_exposures_shape_the_answer_is_not_served_from_the_cache():
@@ -72,6 +82,35 @@ async def test_a_session_store_outage_is_not_taken_for_a_retrieval_outage():
         (common.DEGRADATION_REASON_SOURCE_DROPPED, "sessions"),
         (common.DEGRADATION_REASON_SHORT_ANSWER, "selection"),
     }
+
+
+class RegionalRetrieval(PopularRetrieval):
+    """Retrieval over an index that sells in GB only: it refuses other regions as its servicer does."""
+
+    async def Retrieve(self, request, timeout=None):  # noqa: N802
+        if request.context.region not in ("", "GB"):
+            status = status_for(InvalidArgument({"context.region": "unknown region; this index knows: GB"}))
+            trailing = grpc.aio.Metadata(*status.trailing_metadata)
+            raise grpc.aio.AioRpcError(status.code, grpc.aio.Metadata(), trailing, status.details)
+        return await super().Retrieve(request, timeout)
+
+
+async def test_a_request_retrieval_refuses_is_the_callers_error_not_a_retrieval_outage():
+    """A region the index does not sell in passes the gateway's own checks; retrieval refuses it. The caller gets
+    retrieval's INVALID_ARGUMENT with its field, not UNAVAILABLE "retrieval is down" (the fallback serves a region
+    only its own list, and this region has none), which a client would retry and an operator be paged for."""
+    service = servicer(cache_ttl_s=0)
+    service.deps.downstream.retrieval = RegionalRetrieval(ITEMS)
+    for region in ("", "GB"):  # as start-up warms them
+        service.deps.popular_cache.store(region, ITEMS[:20])
+    request = guest("abroad")
+    request.context.region = "XX"
+    with pytest.raises(Relayed) as refused:
+        await recommend(service, request)
+    status = status_for(refused.value)
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "context.region" in status.details
+    assert len((await recommend(service, guest("home"))).items) == 5  # GB is answered
 
 
 class Source(ComponentBase):
