@@ -5,6 +5,7 @@ Field paths follow the proto field names (``history[3].item_id``), so a caller c
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 
 from google.protobuf.message import Message
@@ -27,6 +28,11 @@ MAX_TIMESTAMP_NANOS = 999_999_999
 #: Field violations reported per request; the rest are counted. Thousands of bad entries would otherwise make an
 #: error trailer past gRPC's metadata limit, and the caller would get RESOURCE_EXHAUSTED naming nothing.
 MAX_REPORTED_VIOLATIONS = 20
+#: And at most this many bytes of them, as the ``grpc-message`` trailer carries them (percent-encoded: three bytes
+#: for each byte outside printable ASCII). The same text goes again, base64-encoded, in the ``BadRequest`` details:
+#: together well under gRPC's 8 KiB soft limit on received metadata, whatever characters a caller's values bring
+#: into field names and descriptions (32 non-ASCII attribute keys once made 17.7 KB, past even the hard limit).
+MAX_REPORTED_BYTES = 2048
 
 
 def id_problem(value: str) -> str | None:
@@ -36,6 +42,22 @@ def id_problem(value: str) -> str | None:
     if not value.isprintable():
         return "must contain printable characters only"
     return None
+
+
+def label_problem(value: str, limit: int = MAX_ID_LENGTH) -> str | None:
+    """What is wrong with a non-empty label (a brand, a category, an attribute value), or None. Free text, unlike
+    an id: spaces of any script are allowed (a no-break space in "Dr. Martens", an ideographic space), control,
+    format and line-separator characters are not."""
+    if len(value) > limit:
+        return f"must be at most {limit} characters, got {len(value)}"
+    if not value.isprintable() and not all(c.isprintable() or unicodedata.category(c) == "Zs" for c in value):
+        return "must not contain control, format or line-separator characters"
+    return None
+
+
+def _trailer_bytes(text: str) -> int:
+    """Bytes ``text`` takes in a ``grpc-message`` trailer (percent-encoded outside printable ASCII, and '%')."""
+    return sum(1 if 0x20 <= byte <= 0x7E and byte != 0x25 else 3 for byte in text.encode())
 
 
 def timestamp_problem(value: Message) -> str | None:
@@ -51,19 +73,23 @@ def timestamp_problem(value: Message) -> str | None:
 
 
 class Violations:
-    """Collects field violations for one request (the first :data:`MAX_REPORTED_VIOLATIONS`, and a count)."""
+    """Collects field violations for one request: the first :data:`MAX_REPORTED_VIOLATIONS` that fit in
+    :data:`MAX_REPORTED_BYTES` (the first always), and a count of the rest."""
 
     def __init__(self) -> None:
         self._found: dict[str, str] = {}
         self._omitted = 0
+        self._bytes = 0
 
     def add(self, field: str, description: str) -> None:
         if field in self._found:
             return
-        if len(self._found) >= MAX_REPORTED_VIOLATIONS:
+        size = _trailer_bytes(field) + _trailer_bytes(description) + 4  # "; " and ": "
+        if self._found and (len(self._found) >= MAX_REPORTED_VIOLATIONS or self._bytes + size > MAX_REPORTED_BYTES):
             self._omitted += 1
             return
         self._found[field] = description
+        self._bytes += size
 
     def __bool__(self) -> bool:
         return bool(self._found)
@@ -129,25 +155,24 @@ class Violations:
 
     def region(self, field: str, value: str) -> None:
         if len(value) > 16 or (value and not value.replace("-", "").replace("_", "").isalnum()):
-            self.add(field, f"must be a short region code such as GB or DE, got {value[:32]!r}")
+            self.add(field, f"must be a short region code such as GB or DE, got {ascii(value[:32])}")
 
     def attributes(self, field: str, attributes: Mapping[str, str]) -> None:
         """A ``RequestContext.attributes`` map: at most :data:`MAX_ATTRIBUTES` entries, each key a non-empty printable
         string of at most :data:`MAX_ID_LENGTH` characters, each value printable and at most
-        :data:`MAX_ATTRIBUTE_VALUE_LENGTH` characters. An entry is named by its key (cut to 32 characters)."""
+        :data:`MAX_ATTRIBUTE_VALUE_LENGTH` characters, a label (:func:`label_problem`). An entry is named by its key,
+        cut to 32 characters and written in ASCII (``ascii``), so that callers' characters stay small in the error."""
         if len(attributes) > MAX_ATTRIBUTES:
             self.add(field, f"must have at most {MAX_ATTRIBUTES} entries, got {len(attributes)}")
             return
         for key, value in sorted(attributes.items()):
-            entry = f"{field}[{key[:32]!r}]"
+            entry = f"{field}[{ascii(key[:32])}]"
             if not key:
                 self.add(entry, "key must not be empty")
             elif problem := id_problem(key):
                 self.add(entry, f"key {problem}")
-            elif len(value) > MAX_ATTRIBUTE_VALUE_LENGTH:
-                self.add(entry, f"value must be at most {MAX_ATTRIBUTE_VALUE_LENGTH} characters, got {len(value)}")
-            elif not value.isprintable():
-                self.add(entry, "value must contain printable characters only")
+            elif value and (problem := label_problem(value, MAX_ATTRIBUTE_VALUE_LENGTH)):
+                self.add(entry, f"value {problem}")
 
     def context(self, field: str, context: Message) -> None:
         """A ``RequestContext``: its region code, its request time (when set) and its attributes."""
@@ -156,12 +181,20 @@ class Violations:
         self.attributes(f"{field}.attributes", context.attributes)
 
     def exclusions(self, field: str, exclusions: Message, *, limit: int) -> None:
-        """An ``Exclusions`` message: at most ``limit`` item ids, brands and categories in all, each a valid id
-        (non-empty, at most :data:`MAX_ID_LENGTH` printable characters)."""
+        """An ``Exclusions`` message: at most ``limit`` item ids, brands and categories in all; each item id a valid
+        id, each brand and category a non-empty label (:func:`label_problem`: a brand the catalog spells with a
+        no-break space can be excluded)."""
         total = len(exclusions.item_ids) + len(exclusions.brands) + len(exclusions.categories)
         if total > limit:
             self.add(field, f"must have at most {limit} entries in all, got {total}")
         else:
             self.ids(f"{field}.item_ids", exclusions.item_ids, limit=limit)
-            self.ids(f"{field}.brands", exclusions.brands, limit=limit)
-            self.ids(f"{field}.categories", exclusions.categories, limit=limit)
+            self.labels(f"{field}.brands", exclusions.brands)
+            self.labels(f"{field}.categories", exclusions.categories)
+
+    def labels(self, field: str, values: Sequence[str]) -> None:
+        for i, value in enumerate(values):
+            if not value:
+                self.add(f"{field}[{i}]", "must not be empty")
+            elif problem := label_problem(value):
+                self.add(f"{field}[{i}]", problem)

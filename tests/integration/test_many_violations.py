@@ -40,3 +40,19 @@ async def test_thousands_of_bad_ids_are_invalid_argument_naming_the_field(traine
     assert set(codes.values()) == {grpc.StatusCode.INVALID_ARGUMENT}, codes
     assert_names_the_field(retrieval_error.value, "exclusions.item_ids")
     assert_names_the_field(gateway_error.value, "exclusions.item_ids")
+
+
+async def test_violations_that_echo_callers_characters_stay_invalid_argument(trained):
+    """Attribute keys of emoji (each entry is named by its key) made a 17.7 KB trailer, and the caller saw
+    RESOURCE_EXHAUSTED "received metadata size exceeds hard limit"."""
+    keys = {"\U0001f600" * 31 + chr(0x1F601 + i): "v" * 1025 for i in range(32)}
+    async with stack(trained) as hosts:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{hosts['retrieval'].port}") as channel:
+            request = retrieval_pb.RetrieveRequest(
+                k=10,
+                sources=[common.CANDIDATE_SOURCE_POPULARITY],
+                context=common.RequestContext(region="GB", attributes=keys),
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await retrieval_grpc.RetrievalServiceStub(channel).Retrieve(request, timeout=10)
+    assert_names_the_field(refused.value, "context.attributes")

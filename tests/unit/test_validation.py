@@ -6,7 +6,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from aisle.common.v1 import common_pb2 as common
-from services.core.errors import InvalidArgument
+from services.core.errors import InvalidArgument, status_for
 from services.core.validation import (
     MAX_ATTRIBUTE_VALUE_LENGTH,
     MAX_ATTRIBUTES,
@@ -15,6 +15,8 @@ from services.core.validation import (
     MAX_TIMESTAMP_SECONDS,
     MIN_TIMESTAMP_SECONDS,
     Violations,
+    _trailer_bytes,
+    label_problem,
 )
 
 
@@ -207,10 +209,48 @@ def test_attributes_are_bounded_in_number_key_and_value():
     assert found[f"a[{'k' * 32!r}]"] == f"key must be at most {MAX_ID_LENGTH} characters, got {MAX_ID_LENGTH + 1}"
 
 
-def test_exclusions_check_each_brand_and_category_like_an_id():
+def test_exclusions_check_each_brand_and_category_as_a_label():
     exclusions = common.Exclusions(
-        item_ids=["ok"], brands=["b", "x" * (MAX_ID_LENGTH + 1)], categories=["", "c", "new\nline"]
+        item_ids=["ok"],
+        # Spaces of any script belong in a brand's or category's name; control characters do not.
+        brands=["b", "x" * (MAX_ID_LENGTH + 1), "Dr.\xa0Martens", "ユニクロ\u3000ジャパン"],
+        categories=["", "c", "new\nline", "tab\there", "soft\xadhyphen"],
     )
     check = Violations()
-    check.exclusions("exclusions", exclusions, limit=10)
-    assert set(violations_of(check)) == {"exclusions.brands[1]", "exclusions.categories[0]", "exclusions.categories[2]"}
+    check.exclusions("exclusions", exclusions, limit=20)
+    assert set(violations_of(check)) == {
+        "exclusions.brands[1]",
+        "exclusions.categories[0]",
+        "exclusions.categories[2]",
+        "exclusions.categories[3]",
+        "exclusions.categories[4]",
+    }
+
+
+def test_a_label_allows_spaces_of_any_script_and_refuses_control_format_and_line_separators():
+    for fine in ["Dr.\xa0Martens", "ユニクロ\u3000ジャパン", "plain", "v" * MAX_ID_LENGTH]:
+        assert label_problem(fine) is None, fine
+    for bad in ["a\tb", "a\nb", "a\u2028b", "a\u200bb", "\x00", "v" * (MAX_ID_LENGTH + 1)]:
+        assert label_problem(bad) is not None, ascii(bad)
+
+
+def test_the_listed_violations_fit_in_grpcs_trailer_whatever_characters_callers_send():
+    """32 attribute keys of emoji, each with a value past its limit: every listed field name and the message stay
+    ASCII and within the byte budget, so the trailer stays under gRPC's 8 KiB soft limit (it was 17.7 KB, and the
+    caller got RESOURCE_EXHAUSTED naming nothing)."""
+    keys = {"\U0001f600" * 31 + chr(0x1F601 + i): "v" * (MAX_ATTRIBUTE_VALUE_LENGTH + 1) for i in range(MAX_ATTRIBUTES)}
+    check = Violations()
+    check.context("context", common.RequestContext(region="é" * 40, attributes=keys))
+    with pytest.raises(InvalidArgument) as refused:
+        check.raise_if_any()
+    error = refused.value
+    assert "context.region" in error.violations and error.message.isascii()
+    assert 1 < len(error.violations) < MAX_ATTRIBUTES + 1 and "more violations not listed" in error.message
+    # On the wire: grpc-message (the message, percent-encoded outside printable ASCII) and the -bin trailers in
+    # base64.
+    status = status_for(error)
+    trailer = _trailer_bytes(status.details) + sum(
+        len(key) + (4 * -(-len(value) // 3) if key.endswith("-bin") else len(value))
+        for key, value in status.trailing_metadata
+    )
+    assert trailer < 8192, trailer
