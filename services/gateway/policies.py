@@ -238,6 +238,12 @@ def _build_pipeline(name: str, version: str, policy: PolicySpec, catalog: ItemCa
                 continue
             built.append(cls(component_spec.name or cls.__name__, params, deps))
         steps[step] = built
+    order = [spec.component for spec in policy.selectors]
+    if "BrandQuotaSelector" in order and "ExposureCapSelector" in order[order.index("BrandQuotaSelector") :]:
+        errors.append(
+            f"policies.{name}.selectors: ExposureCapSelector must come before BrandQuotaSelector (the quota keeps "
+            "only k + depth rows, so a cap after it could find them all over-exposed and show them anyway)"
+        )
     last = policy.selectors[-1].component if policy.selectors else None
     if last != TruncateSelector.__name__:
         errors.append(

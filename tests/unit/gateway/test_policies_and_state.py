@@ -85,6 +85,10 @@ def test_a_variant_can_name_a_ranking_model_version():
             lambda r: r["policies"]["home"].update(selectors=[]),
             "policies.home.selectors: must end with TruncateSelector",
         ),
+        (  # the quota keeps k + depth rows: a cap after it could find them all over-exposed and show them anyway
+            lambda r: r["policies"]["home_diverse"]["selectors"].insert(4, {"component": "ExposureCapSelector"}),
+            "policies.home_diverse.selectors: ExposureCapSelector must come before BrandQuotaSelector",
+        ),
     ],
 )
 def test_a_bad_policy_stops_start_up_saying_where(edit, message):
