@@ -259,9 +259,10 @@ class TritonBackend:
         """Asks every server which version it serves and reads the item files of the versions not read yet (or whose
         folder changed since). A server that does not answer keeps its version (or gets the newest: a call to it
         moves on to the next server while it is down); one whose version cannot be served from here (not ready,
-        folder missing locally, refused) gets no calls. Raises when no server is left to call (the caller keeps
-        ``current``), and at start-up (no ``current``) also when a server's model disagrees with the repository
-        (:class:`ModelConfigError`: a deployment error, not a state to wait out)."""
+        folder missing locally, refused) gets no calls. Raises when no server is left to call: the caller keeps
+        ``current``, and at start-up the pod does not start, with :class:`ModelConfigError` when a server's model
+        disagrees with the repository (a deployment error, not a state to wait out). While another server serves a
+        version that passes, a restarted pod starts on it, as the running pods keep serving from it."""
         clients = self._all_clients()
         answers = await asyncio.gather(
             *(
@@ -291,8 +292,6 @@ class TritonBackend:
                     if isinstance(error, ModelConfigError) and refused is None:
                         refused = error
             models[index] = found[value]
-        if refused is not None and current is None:
-            raise refused  # at start-up a server whose model disagrees with the repository is a deployment error
         if all(model is None for model in models):
             if refused is not None:
                 raise refused

@@ -420,3 +420,18 @@ async def test_a_pinned_version_is_scored_by_the_servers_that_serve_it_and_found
     unpinned = [(await servicer.Rank(pb.RankRequest(candidate_item_ids=["item-1"]), None)).model_version.version]
     unpinned.append((await servicer.Rank(pb.RankRequest(candidate_item_ids=["item-1"]), None)).model_version.version)
     assert sorted(unpinned) == ["1", "2"], "without a pin, each server keeps its share of the calls"
+
+
+async def test_a_restarted_pod_starts_on_the_servers_whose_version_passes_as_running_pods_serve_from_them(repository):
+    """Version 2's local copy is bad (an empty vocabulary line) and server a serves only 2: running pods give a no
+    calls and keep serving from b; a restarted pod must start the same way, not crash-loop. With no server left on
+    a version that passes, start-up still refuses, naming the bad folder."""
+    (repository / "ranker" / "2" / "item_vocabulary.txt").write_text("item-1\n\nitem-2\n")
+    a, b = FakeTriton("a:1", ready=("2",)), FakeTriton("b:1", ready=("1",))
+    restarted = backend_with(repository, a, b)
+    await restarted.load()
+    versions = {(await restarted.rank([], ["item-1"], timeout=0.5)).model_version for _ in range(4)}
+    assert versions == {"1"} and not a.calls and len(b.calls) == 4
+    alone = backend_with(repository, FakeTriton("c:1", ready=("2",)))
+    with pytest.raises(ModelConfigError, match="item_vocabulary.txt: line 2 is empty"):
+        await alone.load()
