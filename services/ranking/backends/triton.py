@@ -8,6 +8,8 @@
   and weights always belong together. A version is known by its number and its folder (:data:`FolderKey`): a number
   whose folder was replaced is read again, never served with the old tokens. When a server stops serving its
   version (a publish or a rollback reloaded the model), the call is retried once on what the servers serve now.
+  Behind one ``dns:///`` target the pods look like one server: while they serve different versions (a Triton
+  rollout), a call and its retry may each reach a pod on the other version and fail (k8s/README.md says so).
   Calls that meet the old version together ask Triton once: the first asks, the others wait for its answer, each
   no longer than its own deadline allows.
 - A version Triton serves but the local copy lacks (not synced yet, or retired by a rollback Triton was not told
