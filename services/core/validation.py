@@ -55,6 +55,11 @@ def label_problem(value: str, limit: int = MAX_ID_LENGTH) -> str | None:
     return None
 
 
+def region_problem(value: str) -> bool:
+    """True when ``value`` is not a region code: at most 16 letters, digits, '-' and '_' (empty: no region)."""
+    return len(value) > 16 or bool(value and not value.replace("-", "").replace("_", "").isalnum())
+
+
 def _trailer_bytes(text: str) -> int:
     """Bytes ``text`` takes in a ``grpc-message`` trailer (percent-encoded outside printable ASCII, and '%')."""
     return sum(1 if 0x20 <= byte <= 0x7E and byte != 0x25 else 3 for byte in text.encode())
@@ -154,7 +159,7 @@ class Violations:
             self.add(field, f"must be one of {shown}, got {names.get(value, value)}")
 
     def region(self, field: str, value: str) -> None:
-        if len(value) > 16 or (value and not value.replace("-", "").replace("_", "").isalnum()):
+        if region_problem(value):
             self.add(field, f"must be a short region code such as GB or DE, got {ascii(value[:32])}")
 
     def attributes(self, field: str, attributes: Mapping[str, str]) -> None:

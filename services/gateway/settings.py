@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from services.core.settings import ServiceSettings, settings_config
+from services.core.validation import region_problem
 
 DEFAULT_POLICY_FILE = Path(__file__).with_name("policies.yaml")
 #: The subject-key salt when none is set: public, so fit for development only.
@@ -133,6 +134,17 @@ class GatewaySettings(ServiceSettings):
     @property
     def fallback_region_list(self) -> list[str]:
         return [r.strip() for r in self.fallback_regions.split(",") if r.strip()]
+
+    @field_validator("fallback_regions")
+    @classmethod
+    def _region_codes(cls, value: str) -> str:
+        bad = [r.strip() for r in value.split(",") if region_problem(r.strip())]
+        if bad:
+            raise ValueError(
+                f"not region codes: {', '.join(map(ascii, bad))}; list them comma-separated as requests name them, "
+                "e.g. GB,DE,FR"
+            )
+        return value
 
     @model_validator(mode="after")
     def _event_log_takes_a_whole_call(self) -> GatewaySettings:

@@ -56,6 +56,17 @@ def test_every_bad_setting_is_listed():
     assert "--port" in str(error.value) and "--total-budget-ms" in str(error.value)
 
 
+def test_fallback_regions_that_are_not_region_codes_are_refused_with_the_form_to_use(monkeypatch):
+    # "GB;DE" would warm one list under a key no request names, and the setting would do nothing.
+    monkeypatch.setenv("AISLE_GATEWAY_FALLBACK_REGIONS", "GB;DE,FR")
+    with pytest.raises(SettingsError) as error:
+        load_settings(GatewaySettings)
+    message = str(error.value)
+    assert "AISLE_GATEWAY_FALLBACK_REGIONS" in message and "'GB;DE'" in message and "e.g. GB,DE,FR" in message
+    monkeypatch.setenv("AISLE_GATEWAY_FALLBACK_REGIONS", "GB, DE,FR")
+    assert load_settings(GatewaySettings).fallback_region_list == ["GB", "DE", "FR"]
+
+
 def test_cross_field_rule_is_checked():
     with pytest.raises(SettingsError, match="retrieval_share"):
         load_settings(GatewaySettings, {"retrieval_share": "0.6", "ranking_share": "0.5"})
