@@ -146,12 +146,18 @@ def build_session_store(settings: GatewaySettings) -> SessionStore:
     if settings.session_store == "redis":
         from services.gateway.redis_store import RedisSessionStore
 
-        return RedisSessionStore(settings.redis_url, settings.session_ttl_s, settings.session_max_events)
+        return RedisSessionStore(
+            settings.redis_url,
+            settings.session_ttl_s,
+            settings.session_max_events,
+            max_exposed_items=settings.session_max_exposed_items,
+        )
     return InMemorySessionStore(
         settings.session_ttl_s,
         settings.session_max_events,
         max_sessions=settings.session_max_sessions,
         max_bytes=settings.session_max_bytes,
+        max_exposed_items=settings.session_max_exposed_items,
     )
 
 

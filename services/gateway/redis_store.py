@@ -16,6 +16,7 @@ import redis.asyncio as redis
 
 from aisle.common.v1 import common_pb2 as common
 from services.gateway.events import EventLogFull
+from services.gateway.sessions import least_shown
 
 EVENTS_STREAM = "aisle:events"
 
@@ -29,9 +30,12 @@ def _exposures_key(key: str) -> str:
 
 
 class RedisSessionStore:
-    def __init__(self, url: str, ttl_s: float, max_events: int):
+    """Past ``max_exposed_items`` exposure counts in a session, the least shown are forgotten
+    (:func:`~services.gateway.sessions.least_shown`; among equals, in the order Redis lists them)."""
+
+    def __init__(self, url: str, ttl_s: float, max_events: int, max_exposed_items: int = 2000):
         self.client = redis.Redis.from_url(url, socket_timeout=0.05, socket_connect_timeout=1.0)
-        self.ttl_ms, self.max_events = int(ttl_s * 1000), max_events
+        self.ttl_ms, self.max_events, self.max_exposed_items = int(ttl_s * 1000), max_events, max_exposed_items
 
     async def history(self, key: str) -> list[common.Interaction]:
         raw = await self.client.lrange(_events_key(key), 0, -1)
@@ -59,7 +63,12 @@ class RedisSessionStore:
             for item in item_ids:
                 pipe.hincrby(name, item, 1)
             pipe.pexpire(name, self.ttl_ms)
-            await pipe.execute()
+            pipe.hlen(name)
+            *_, size = await pipe.execute()
+        if size > self.max_exposed_items:
+            forget = least_shown(await self.exposures(key), self.max_exposed_items)
+            if forget:
+                await self.client.hdel(name, *forget)
 
     async def close(self) -> None:
         await self.client.aclose()

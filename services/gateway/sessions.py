@@ -60,9 +60,20 @@ class _Session:
     bytes: int = SESSION_BYTES
 
 
+def least_shown(exposures: dict[str, int], limit: int) -> list[str]:
+    """The items to forget so that at most ``limit`` stay: the least shown, the first shown first among equals
+    (``exposures`` in the order items were first shown). An exposure cap acts on the most shown items; a session
+    that showed more distinct items than ``limit`` (a scraper, not a shopper) loses the counts that matter least."""
+    excess = len(exposures) - limit
+    if excess <= 0:
+        return []
+    return [item for item, _ in sorted(exposures.items(), key=lambda entry: entry[1])[:excess]]
+
+
 class InMemorySessionStore:
-    """One process's sessions: ``max_events`` per session, ``ttl_s`` idle lifetime, and LRU over ``max_sessions``
-    and ``max_bytes``.
+    """One process's sessions: ``max_events`` per session, exposure counts for ``max_exposed_items`` items per
+    session (:func:`least_shown` goes first), ``ttl_s`` idle lifetime, and LRU over ``max_sessions`` and
+    ``max_bytes``.
 
     Bytes are counted, not measured: ``SESSION_BYTES`` per session, each event's serialized size plus
     ``EVENT_BYTES``, and each exposure-counted item's id string plus ``EXPOSURE_BYTES``. Past either bound the least
@@ -75,9 +86,10 @@ class InMemorySessionStore:
         max_sessions: int = 100_000,
         max_bytes: int = 128 * 1024 * 1024,
         clock=time.monotonic,
+        max_exposed_items: int = 2000,
     ):
         self.ttl_s, self.max_events, self.max_sessions, self.clock = ttl_s, max_events, max_sessions, clock
-        self.max_bytes = max_bytes
+        self.max_bytes, self.max_exposed_items = max_bytes, max_exposed_items
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._bytes = 0
 
@@ -135,6 +147,9 @@ class InMemorySessionStore:
             if not count:
                 added += sys.getsizeof(item) + EXPOSURE_BYTES
             session.exposures[item] = count + 1
+        for item in least_shown(session.exposures, self.max_exposed_items):
+            del session.exposures[item]
+            added -= sys.getsizeof(item) + EXPOSURE_BYTES
         self._grew(session, added)
 
     async def close(self) -> None:

@@ -73,6 +73,13 @@ class GatewaySettings(ServiceSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the session store / event stream.")
     session_ttl_s: float = Field(1800, gt=0, le=30 * 86400, description="Idle time after which a session is dropped.")
     session_max_events: int = Field(200, ge=1, le=10_000, description="Events kept per session.")
+    session_max_exposed_items: int = Field(
+        2000,
+        ge=1,
+        le=1_000_000,
+        description="Distinct items whose exposures one session counts, for the exposure caps; past it the least "
+        "shown are forgotten (a scraper showing the whole catalog would otherwise fill the session store alone).",
+    )
     session_max_sessions: int = Field(
         100_000,
         ge=1,

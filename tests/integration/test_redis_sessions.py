@@ -37,6 +37,15 @@ async def test_store_round_trip_bounds_and_exposures(redis_url):
     await store.close()
 
 
+async def test_a_session_counts_exposures_for_at_most_max_exposed_items_in_redis_too(redis_url):
+    store = RedisSessionStore(redis_url, ttl_s=60, max_events=3, max_exposed_items=3)
+    await store.add_exposures("k", ["a", "a", "a", "b", "b", "c"])
+    await store.add_exposures("k", ["d", "e"])  # c, d and e were shown once: two of them are forgotten
+    counts = await store.exposures("k")
+    assert len(counts) == 3 and (counts["a"], counts["b"]) == (3, 2)
+    await store.close()
+
+
 async def test_stream_sink_keeps_every_event_and_refuses_when_overloaded(redis_url):
     sink = RedisStreamEventSink(redis_url, max_pending=10)
     await sink.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from services.gateway import app as gateway_app
 from services.gateway.components.sources import PopularCache
 from services.gateway.events import NullEventSink
-from services.gateway.sessions import InMemorySessionStore
+from services.gateway.sessions import EXPOSURE_BYTES, SESSION_BYTES, InMemorySessionStore
 from services.gateway.settings import GatewaySettings
 from tests.unit.gateway.servicers import Context, servicer
 
@@ -97,13 +98,14 @@ def test_the_memory_settings_reach_the_caches_and_the_session_store(monkeypatch,
         anonymous_cache_max_bytes=5 * MIB,
         session_max_sessions=456,
         session_max_bytes=7 * MIB,
+        session_max_exposed_items=789,
         fallback_max_regions=9,
         fallback_regions="GB, DE",
     )
     gateway_app.build_application(settings, CollectorRegistry(), events=NullEventSink())
     cache, deps = built["cache"], built["deps"]
     assert (cache.max_entries, cache.max_bytes) == (123, 5 * MIB)
-    assert (deps.sessions.max_sessions, deps.sessions.max_bytes) == (456, 7 * MIB)
+    assert (deps.sessions.max_sessions, deps.sessions.max_bytes, deps.sessions.max_exposed_items) == (456, 7 * MIB, 789)
     assert deps.popular_cache.max_regions == 9 and deps.popular_cache.keep == {"", "GB", "DE"}
     store = gateway_app.build_session_store(settings)
     assert isinstance(store, InMemorySessionStore) and (store.max_sessions, store.max_bytes) == (456, 7 * MIB)
@@ -142,3 +144,23 @@ def test_what_callers_can_fill_leaves_half_the_pods_memory_to_the_rest(source):
     fallback = (settings.fallback_max_regions + 1 + len(settings.fallback_region_list)) * 100 * 300
     filled = settings.session_max_bytes + settings.anonymous_cache_max_bytes + fallback
     assert filled <= gateway_memory_limit() / 2, f"{filled / MIB:.0f} MiB"
+
+
+async def test_a_session_counts_exposures_for_at_most_max_exposed_items_forgetting_the_least_shown():
+    store = InMemorySessionStore(max_exposed_items=3)
+    await store.add_exposures("s", ["a", "a", "a", "b", "b", "c"])
+    await store.add_exposures("s", ["d"])  # c and d were shown once each: c, shown first, is forgotten
+    assert await store.exposures("s") == {"a": 3, "b": 2, "d": 1}
+    assert store.bytes == SESSION_BYTES + sum(sys.getsizeof(item) + EXPOSURE_BYTES for item in "abd")
+
+
+async def test_one_session_showing_the_whole_catalog_does_not_push_out_the_others():
+    """A scraper with consent asking for k=200 again and again: its exposure counts stay bounded, so the shoppers'
+    sessions stay (without the bound its counts alone filled ``max_bytes`` and evicted everyone)."""
+    store = InMemorySessionStore(max_bytes=2 * MIB, max_exposed_items=2000)
+    for shopper in range(100):
+        await store.append(f"shopper-{shopper}", [common.Interaction(item_id=f"i{shopper}")])
+    for page in range(500):  # 100,000 distinct ids of 40 characters
+        await store.add_exposures("scraper", [f"{page:05d}-{n:03d}".ljust(40, "x") for n in range(200)])
+    assert len(await store.exposures("scraper")) == 2000
+    assert all([await store.history(f"shopper-{shopper}") for shopper in range(100)])
