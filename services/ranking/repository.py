@@ -411,7 +411,9 @@ def rollback(model_dir: Path, to: int | None = None) -> RolledBack:
     validate_version(model_dir, model_dir / str(to))
     folders: dict[int, Path] = {}
     try:
-        for version in sorted(newer, reverse=True):
+        # Oldest first: the newest stays the newest until the last move, so a watching pod never sees a version in
+        # between as the newest and loads it.
+        for version in sorted(newer):
             folders[version] = retire(model_dir, version)
     except BaseException:
         undo(model_dir, RolledBack(to, folders))
@@ -420,8 +422,9 @@ def rollback(model_dir: Path, to: int | None = None) -> RolledBack:
 
 
 def undo(model_dir: Path, rolled_back: RolledBack) -> None:
-    """Puts the versions a rollback retired back in place (the same folders, so the same files and stamps)."""
-    for version, folder in sorted(rolled_back.folders.items()):
+    """Puts the versions a rollback retired back in place (the same folders, so the same files and stamps), the
+    newest first: a watching pod goes straight back to it, not through the versions in between."""
+    for version, folder in sorted(rolled_back.folders.items(), reverse=True):
         os.rename(folder, model_dir / str(version))
 
 
@@ -449,7 +452,14 @@ def triton_load(target: str, model_name: str, expect_version: int, timeout_s: fl
             client.load_model(model_name, client_timeout=timeout_s)
         except InferenceServerException as error:
             raise TritonLoadError(f"Triton at {target} could not load {model_name!r}: {_first_line(error)}") from None
-        if not client.is_model_ready(model_name, str(expect_version), client_timeout=10):
+        try:
+            ready = client.is_model_ready(model_name, str(expect_version), client_timeout=10)
+        except InferenceServerException as error:  # it loaded, then did not answer: not known to serve it
+            raise TritonLoadError(
+                f"Triton at {target} did not say whether {model_name!r} version {expect_version} is ready: "
+                f"{_first_line(error)}"
+            ) from None
+        if not ready:
             raise TritonLoadError(f"Triton at {target}: {model_name!r} version {expect_version} is not ready")
     finally:
         client.close()

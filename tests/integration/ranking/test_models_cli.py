@@ -295,3 +295,45 @@ def test_a_rollback_that_cannot_retire_every_version_retires_none(tmp_path, monk
     assert "Permission denied" in line
     assert model_versions(model_dir) == [1, 2, 3]
     assert not [p for p in model_dir.iterdir() if p.name.startswith(".retired-")]
+
+
+def test_a_rollback_and_its_undo_never_make_a_version_in_between_the_newest(tmp_path, monkeypatch):
+    """A pod watching the repository loads whatever is newest when it looks: rolling 4 back to 1 must go 4 -> 1,
+    and undoing it 1 -> 4, never through 3 or 2."""
+    repository = tiny_repository(tmp_path, {1: {}, 2: {}, 3: {}, 4: {}})
+    model_dir = repository / "ranker"
+    newest_seen: list[int] = []
+    real_rename = os.rename
+
+    def rename(source, target):
+        real_rename(source, target)
+        newest_seen.append(model_versions(model_dir)[-1])
+
+    monkeypatch.setattr("services.ranking.repository.os.rename", rename)
+    monkeypatch.setattr("services.ranking.repository.tell_triton", lambda targets, model, version: ["down"])
+    result = aisle("rollback", "--repository", repository, "--to", 1, "--triton", "t:1")
+    assert result.exit_code == 1 and model_versions(model_dir) == [1, 2, 3, 4], result.output
+    assert newest_seen == [4, 4, 1, 4, 4, 4], newest_seen
+
+
+def test_triton_load_that_cannot_say_whether_the_version_is_ready_is_a_load_error(monkeypatch):
+    from tritonclient.utils import InferenceServerException
+
+    from services.ranking.repository import TritonLoadError, triton_load
+
+    class Client:
+        def __init__(self, url):
+            pass
+
+        def load_model(self, name, client_timeout=None):
+            pass
+
+        def is_model_ready(self, name, version, client_timeout=None):
+            raise InferenceServerException("Deadline Exceeded")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr("tritonclient.grpc.InferenceServerClient", Client)
+    with pytest.raises(TritonLoadError, match="did not say whether 'ranker' version 3 is ready: Deadline Exceeded"):
+        triton_load("t:1", "ranker", 3)
