@@ -124,12 +124,23 @@ def build_application(
         ),
     )
 
+    warmer: list[asyncio.Task] = []
+
     async def load() -> None:
         await events.start()
         await downstream.connect()
         await warm_popular_cache(downstream, deps.popular_cache, settings.fallback_region_list)
+        warmer.append(
+            asyncio.get_running_loop().create_task(
+                keep_popular_cache_warm(downstream, deps.popular_cache, settings.fallback_region_list),
+                name="popular-cache-warmer",
+            )
+        )
 
     async def close() -> None:
+        for task in warmer:
+            task.cancel()
+        await asyncio.gather(*warmer, return_exceptions=True)
         await downstream.close()
         await events.close()
         await sessions.close()
@@ -169,6 +180,21 @@ def build_event_sink(settings: GatewaySettings) -> EventSink:
 
         return RedisStreamEventSink(settings.redis_url, settings.event_log_max_pending)
     return NullEventSink()
+
+
+async def keep_popular_cache_warm(
+    downstream: Downstream, cache: PopularCache, regions: Sequence[str] = (), every_s: float | None = None
+) -> None:
+    """Warms the region-less list and ``regions`` again every half of the cache's TTL (``every_s``), so they never
+    expire: answers refresh a region's list only when it is asked without anchors, exclusions or history, and a
+    quiet region's list would otherwise be gone an hour after start-up, when an outage would need it."""
+    every_s = cache.ttl_s / 2 if every_s is None else every_s
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await warm_popular_cache(downstream, cache, regions)
+        except Exception as error:  # noqa: BLE001 - one failed round must not end the warming for good
+            log.warning("could not warm the popular-items cache again: %s", error)
 
 
 async def warm_popular_cache(

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
+from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
 from services.gateway import app as gateway_app
 from services.gateway.components.sources import PopularCache
 from services.gateway.events import NullEventSink
@@ -164,3 +165,38 @@ async def test_one_session_showing_the_whole_catalog_does_not_push_out_the_other
         await store.add_exposures("scraper", [f"{page:05d}-{n:03d}".ljust(40, "x") for n in range(200)])
     assert len(await store.exposures("scraper")) == 2000
     assert all([await store.history(f"shopper-{shopper}") for shopper in range(100)])
+
+
+async def test_the_configured_regions_lists_are_warmed_again_before_they_expire():
+    """A quiet region's list is refreshed by no answer (only calls without anchors, exclusions or history refresh
+    it): without warming again, it would expire an hour after start-up and an outage then would find none."""
+
+    class Retrieval:
+        def __init__(self):
+            self.regions: list[str] = []
+
+        async def Retrieve(self, request, timeout=None):  # noqa: N802
+            self.regions.append(request.context.region)
+            item = retrieval_pb.Candidate(item_id=f"top-{request.context.region}")
+            return retrieval_pb.RetrieveResponse(candidates=[item])
+
+    class Downstream:
+        retrieval = Retrieval()
+
+    now = [0.0]
+    cache = PopularCache(ttl_s=100, keep=["GB"], clock=lambda: now[0])
+    await gateway_app.warm_popular_cache(Downstream, cache, ["GB"])  # start-up, at 0 s
+    warmer = asyncio.create_task(gateway_app.keep_popular_cache_warm(Downstream, cache, ["GB"], every_s=0.01))
+    try:
+        now[0] = 90.0
+        asked = len(Downstream.retrieval.regions)
+        for _ in range(500):  # until a round of warming has run at 90 s
+            if len(Downstream.retrieval.regions) >= asked + 2:
+                break
+            await asyncio.sleep(0.01)
+        now[0] = 150.0  # past the TTL since start-up, within it since the round
+        assert cache.get("GB") == ["top-GB"] and cache.get("") == ["top-"]
+    finally:
+        warmer.cancel()
+    now[0] = 300.0
+    assert cache.get("GB") == [], "a list nobody warms again expires"
