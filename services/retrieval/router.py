@@ -226,9 +226,9 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             error = failed[0]
-            if isinstance(error, grpc.aio.AioRpcError):
-                raise Relayed(error)
-            raise error
+            if isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise Relayed(error)  # the caller's fields, as the shard named them
+            raise error  # a shard's failure: its code and Aisle reason reach the caller, its message (hosts) not
         unknown = set.intersection(*(set(r.unknown_item_ids) for r in results)) if results else set()
         return pb.UpdateAvailabilityResponse(
             applied_count=sum(r.applied_count for r in results),

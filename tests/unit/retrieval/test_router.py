@@ -148,3 +148,19 @@ async def test_a_shards_refusal_of_a_stock_update_is_relayed_as_it_came():
     status = status_for(relayed.value)
     assert status.code == grpc.StatusCode.INVALID_ARGUMENT
     assert any(key == "grpc-status-details-bin" for key, _ in status.trailing_metadata)
+
+
+class _DownShard:
+    async def UpdateAvailability(self, request, timeout):  # noqa: N802
+        details = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:10.0.0.7:50061"
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+async def test_a_shard_that_fails_a_stock_update_is_not_relayed_with_its_message():
+    # Only a refusal is the caller's to read; a failure's message may name hosts: it goes to the error
+    # interceptor, which answers with the code alone ("downstream call failed: UNAVAILABLE").
+    router = ShardRouter(RetrievalSettings(index_path="unused", shard_targets="a:1,b:2"))
+    router.stubs = [_TimedShard([]), _DownShard()]
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await router.UpdateAvailability(pb.UpdateAvailabilityRequest(updates=[pb.AvailabilityUpdate()]), _Context(None))
+    assert not isinstance(failed.value, Relayed) and failed.value.code() == grpc.StatusCode.UNAVAILABLE
