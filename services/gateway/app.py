@@ -200,9 +200,11 @@ async def keep_popular_cache_warm(
 async def warm_popular_cache(
     downstream: Downstream, cache: PopularCache, regions: Sequence[str] = (), k: int = 100
 ) -> None:
-    """Fills the fallback cache once at start-up (the region-less list and each of ``regions``), so even the first
-    requests after a retrieval outage have an answer. Later successful popularity answers keep it fresh per region."""
-    for region in ("", *regions):
+    """Fills the fallback cache (the region-less list and each of ``regions``, asked together: one at a time, a
+    slow retrieval's 2 s per region would hold start-up past its probe), so even the first requests after a
+    retrieval outage have an answer. Later successful popularity answers keep it fresh per region."""
+
+    async def one(region: str) -> None:
         try:
             reply = await downstream.retrieval.Retrieve(
                 retrieval_pb.RetrieveRequest(
@@ -215,5 +217,7 @@ async def warm_popular_cache(
         except grpc.aio.AioRpcError as error:
             where = f" for region {region!r}" if region else ""
             log.warning("could not warm the popular-items cache%s: %s", where, describe(error))
-            continue
+            return
         cache.store(region, [c.item_id for c in reply.candidates])
+
+    await asyncio.gather(*(one(region) for region in dict.fromkeys(("", *regions))))

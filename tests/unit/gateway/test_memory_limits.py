@@ -200,3 +200,25 @@ async def test_the_configured_regions_lists_are_warmed_again_before_they_expire(
         warmer.cancel()
     now[0] = 300.0
     assert cache.get("GB") == [], "a list nobody warms again expires"
+
+
+async def test_start_up_asks_for_every_regions_list_at_once():
+    """One at a time, a slow retrieval's 2 s deadline per region would hold start-up past its probe."""
+
+    class Retrieval:
+        in_flight = most = 0
+
+        async def Retrieve(self, request, timeout=None):  # noqa: N802
+            Retrieval.in_flight += 1
+            Retrieval.most = max(Retrieval.most, Retrieval.in_flight)
+            await asyncio.sleep(0.01)
+            Retrieval.in_flight -= 1
+            return retrieval_pb.RetrieveResponse(candidates=[retrieval_pb.Candidate(item_id="top")])
+
+    class Downstream:
+        retrieval = Retrieval()
+
+    regions = [f"R{n}" for n in range(10)]
+    cache = PopularCache(keep=regions)
+    await gateway_app.warm_popular_cache(Downstream, cache, [*regions, "R0"])
+    assert Retrieval.most == 11 and all(cache.get(region) == ["top"] for region in ["", *regions])
