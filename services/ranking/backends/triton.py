@@ -1,15 +1,14 @@
 """Triton backend: scores on Triton Inference Servers through ``tritonclient.grpc.aio``.
 
-- Addresses: a list of ``host:port`` used round-robin, or one ``dns:///name:port`` (a Kubernetes headless Service)
-  whose addresses gRPC balances round-robin itself.
+- Addresses: ``host:port`` targets, and ``dns:///name:port`` ones (a Kubernetes headless Service) resolved again at
+  each refresh into one address per pod; each address is a server of its own, and calls take turns over them.
 - The version, per server: the newest version each server reports READY (or the configured one), see
   :class:`_Routes`. Item tokens and features are built here from that version's files in the local copy of the model
   repository (callers send ids), and each call goes to one server naming the version that server serves, so tokens
   and weights always belong together. A version is known by its number and its folder (:data:`FolderKey`): a number
   whose folder was replaced is read again, never served with the old tokens. When a server stops serving its
   version (a publish or a rollback reloaded the model), the call is retried once on what the servers serve now.
-  Behind one ``dns:///`` target the pods look like one server: while they serve different versions (a Triton
-  rollout), a call and its retry may each reach a pod on the other version and fail (k8s/README.md says so).
+  During a Triton rollout behind a headless Service, each pod is asked for its version and called with it.
   Calls that meet the old version together ask Triton once: the first asks, the others wait for its answer, each
   no longer than its own deadline allows.
 - A version Triton serves but the local copy lacks (not synced yet, or retired by a rollback Triton was not told
@@ -27,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,8 @@ _TRITON_TYPES = {np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32", np.dt
 DEADLINE_MARGIN_S = 0.002
 #: Seconds one readiness/metadata call may take.
 CONTROL_TIMEOUT_S = 2.0
+#: A target naming a DNS name (a Kubernetes headless Service) rather than one address: resolved at each refresh.
+DNS_PREFIX = "dns:///"
 
 
 class _VersionGone(Exception):
@@ -100,11 +102,17 @@ class _Routes:
     calls); ``keys`` has, per version, its folder's :data:`FolderKey` when its files were read; ``problems`` says
     why servers get no calls."""
 
-    __slots__ = ("models", "keys", "problems", "live", "by_version", "newest")
+    __slots__ = ("targets", "clients", "models", "keys", "problems", "live", "by_version", "newest")
 
     def __init__(
-        self, models: Sequence[ServedModel | None], keys: dict[str, FolderKey | None], problems: Sequence[str] = ()
+        self,
+        targets: Sequence[str],
+        clients: Sequence[object],
+        models: Sequence[ServedModel | None],
+        keys: dict[str, FolderKey | None],
+        problems: Sequence[str] = (),
     ):
+        self.targets, self.clients = tuple(targets), tuple(clients)
         self.models = tuple(models)
         self.problems = tuple(problems)
         self.live = tuple(index for index, model in enumerate(self.models) if model is not None)
@@ -113,12 +121,17 @@ class _Routes:
         self.newest = max(self.by_version.values(), key=lambda model: int(model.version), default=None)
 
     def same_as(self, other: _Routes) -> bool:
-        return all(mine is theirs for mine, theirs in zip(self.models, other.models, strict=True))
+        return self.targets == other.targets and all(
+            mine is theirs for mine, theirs in zip(self.models, other.models, strict=True)
+        )
 
-    def summary(self, targets: Sequence[str]) -> str:
+    def model_of(self, target: str) -> ServedModel | None:
+        return self.models[self.targets.index(target)] if target in self.targets else None
+
+    def summary(self) -> str:
         return ", ".join(
             f"{target}: version {model.version if model is not None else 'none'}"
-            for target, model in zip(targets, self.models, strict=True)
+            for target, model in zip(self.targets, self.models, strict=True)
         )
 
 
@@ -126,7 +139,7 @@ _READY, _NONE, _UNREACHABLE = "ready", "none", "unreachable"
 
 
 def triton_client(target: str):
-    """A ``tritonclient.grpc.aio`` client; ``dns:///...`` targets balance round-robin over the name's addresses."""
+    """A ``tritonclient.grpc.aio`` client for one address (:class:`TritonBackend` resolves ``dns:///`` names)."""
     from tritonclient.grpc.aio import InferenceServerClient
 
     options = [
@@ -145,7 +158,20 @@ def triton_client(target: str):
     return InferenceServerClient(url=target, channel_args=options)
 
 
+async def resolve_addresses(host: str, port: str) -> list[str]:
+    """Every address ``host`` resolves to, as ``ip:port`` (``[ip]:port`` for IPv6), sorted: a Kubernetes headless
+    Service's name resolves to one address per ready pod."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    addresses = {info[4][0] for info in infos}
+    return sorted(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in addresses)
+
+
 class TritonBackend:
+    """Scores on Triton (see the module's docstring). ``targets``: ``host:port`` addresses, or ``dns:///name:port``
+    names resolved again at each refresh into one address per pod, each then a server of its own (its version, its
+    share of the calls); through one name, gRPC would spread calls over pods that serve different versions during a
+    rollout, and a call naming one version would meet a pod serving the other."""
+
     kind = "triton"
 
     def __init__(
@@ -158,17 +184,22 @@ class TritonBackend:
         default_timeout_s: float = 1.0,
         ready_timeout_s: float = 30.0,
         client_factory: Callable[[str], object] = triton_client,
+        resolver: Callable[[str, str], Awaitable[list[str]]] = resolve_addresses,
     ):
         if not targets:
             raise ValueError("the triton backend needs at least one address")
-        self.targets = list(targets)
+        self.declared = list(targets)
+        #: The addresses in use: the declared ``host:port`` ones, and those a ``dns:///`` name resolved to last.
+        self.targets = [target for target in self.declared if not target.startswith(DNS_PREFIX)]
+        self._resolver = resolver
+        self._resolved: dict[str, list[str]] = {}  # dns:/// target -> its addresses when last resolved
         self.repository = repository
         self.model_name = model_name
         self.requested_version = version
         self.default_timeout_s = default_timeout_s
         self.ready_timeout_s = ready_timeout_s
         self._client_factory = client_factory
-        self._clients: list | None = None
+        self._clients: dict[str, object] = {}
         self._turn = itertools.count()
         self._routes: _Routes | None = None
         self._lock = asyncio.Lock()
@@ -192,10 +223,28 @@ class TritonBackend:
         return model.history_length if model is not None else 0
 
     # --- life cycle -------------------------------------------------------------------------------------------
-    def _all_clients(self) -> list:
-        if self._clients is None:
-            self._clients = [self._client_factory(target) for target in self.targets]
-        return self._clients
+    async def _addresses(self) -> list[str]:
+        """The declared ``host:port`` targets and what each ``dns:///`` one resolves to now (what it resolved to
+        last when the name does not resolve); clients for new addresses are made, those of gone ones closed."""
+        addresses: list[str] = []
+        for target in self.declared:
+            if not target.startswith(DNS_PREFIX):
+                addresses.append(target)
+                continue
+            host, _, port = target.removeprefix(DNS_PREFIX).rpartition(":")
+            try:
+                self._resolved[target] = await self._resolver(host, port)
+            except OSError as error:
+                log.warning("cannot resolve %s (%s): using its last addresses", target, error)
+            addresses.extend(self._resolved.get(target, []))
+        addresses = list(dict.fromkeys(addresses))
+        for gone in set(self._clients) - set(addresses):
+            await self._clients.pop(gone).close()
+        for address in addresses:
+            if address not in self._clients:
+                self._clients[address] = self._client_factory(address)
+        self.targets = addresses
+        return addresses
 
     async def load(self) -> None:
         """Waits (up to ``ready_timeout_s``) for Triton to serve the model, then takes the version it serves."""
@@ -210,7 +259,7 @@ class TritonBackend:
                     raise ModelNotReady(f"{error.message} (waited {self.ready_timeout_s:.0f} s)") from None
                 log.info("waiting for Triton: %s", error.message)
                 await asyncio.sleep(0.5)
-        log.info("serving %s from Triton: %s", self.model_name, self._routes.summary(self.targets))
+        log.info("serving %s from Triton: %s", self.model_name, self._routes.summary())
         for problem in self._routes.problems:
             log.warning("a Triton server gets no calls for now: %s", problem)
 
@@ -244,15 +293,15 @@ class TritonBackend:
         log.info(
             "now serving %s from Triton: %s (was %s)",
             self.model_name,
-            routes.summary(self.targets),
-            current.summary(self.targets) if current is not None else "none",
+            routes.summary(),
+            current.summary() if current is not None else "none",
         )
         for problem in routes.problems:
             log.warning("a Triton server gets no calls for now: %s", problem)
         return True
 
     async def close(self) -> None:
-        clients, self._clients = self._clients or [], None
+        clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.close()
         self._routes = None
@@ -265,14 +314,14 @@ class TritonBackend:
         ``current``, and at start-up the pod does not start, with :class:`ModelConfigError` when a server's model
         disagrees with the repository (a deployment error, not a state to wait out). While another server serves a
         version that passes, a restarted pod starts on it, as the running pods keep serving from it."""
-        clients = self._all_clients()
+        targets = await self._addresses()
+        if not targets:
+            raise BackendUnavailable(f"no Triton address: {', '.join(self.declared)} resolved to none")
+        clients = [self._clients[target] for target in targets]
         answers = await asyncio.gather(
-            *(
-                self._ready_on(target, client, control_timeout)
-                for target, client in zip(self.targets, clients, strict=True)
-            )
+            *(self._ready_on(target, client, control_timeout) for target, client in zip(targets, clients, strict=True))
         )
-        models: list[ServedModel | None] = [None] * len(self.targets)
+        models: list[ServedModel | None] = [None] * len(targets)
         keys: dict[str, FolderKey | None] = {}
         found: dict[str, ServedModel | None] = {}
         problems: list[str] = []  # why a server gets no calls
@@ -287,7 +336,9 @@ class TritonBackend:
                 continue
             if value not in found:
                 try:
-                    found[value] = await self._model_for(value, index, current, control_timeout, keys)
+                    found[value] = await self._model_for(
+                        value, targets[index], clients[index], current, control_timeout, keys
+                    )
                 except (ModelNotReady, ModelConfigError) as error:
                     found[value] = None
                     problems.append(str(error))
@@ -297,12 +348,12 @@ class TritonBackend:
         if all(model is None for model in models):
             if refused is not None:
                 raise refused
-            if len(unreachable) == len(self.targets):
+            if len(unreachable) == len(targets):
                 raise BackendUnavailable(f"no Triton server answered: {'; '.join(why for _, why in unreachable)}")
             raise ModelNotReady("; ".join(problems))
         newest = max((m for m in models if m is not None), key=lambda model: int(model.version))
         for index, _ in unreachable:
-            kept = current.models[index] if current is not None else None
+            kept = current.model_of(targets[index]) if current is not None else None
             if kept is None:
                 models[index] = newest
             elif found.get(kept.version) is not None:
@@ -310,7 +361,7 @@ class TritonBackend:
             else:
                 models[index] = kept
                 keys.setdefault(kept.version, current.keys[kept.version])
-        return _Routes(models, keys, problems)
+        return _Routes(targets, clients, models, keys, problems)
 
     async def _ready_on(self, target: str, client, control_timeout: float) -> tuple[str, str]:
         """(_READY, version) for the version ``target`` serves (the newest READY, or the configured one);
@@ -340,7 +391,8 @@ class TritonBackend:
     async def _model_for(
         self,
         version: str,
-        index: int,
+        target: str,
+        client,
         current: _Routes | None,
         control_timeout: float,
         keys: dict[str, FolderKey | None],
@@ -357,9 +409,7 @@ class TritonBackend:
             log.warning(
                 "version %s of %s changed on disk under the same number: reading it again", version, self.model_name
             )
-        model, keys[version] = await self._describe(
-            version, self.targets[index], self._all_clients()[index], control_timeout
-        )
+        model, keys[version] = await self._describe(version, target, client, control_timeout)
         return model
 
     async def _describe(
@@ -430,7 +480,7 @@ class TritonBackend:
             if remaining <= 0:
                 raise InferenceTimeout(f"no time left for the Triton call (budget {budget * 1000:.1f} ms)")
             try:
-                scores = await self._infer(index, model, inputs, remaining)
+                scores = await self._infer(routes, index, model, inputs, remaining)
             except _VersionGone as gone:
                 # Ask Triton what it serves now (unless another request already switched): retry once on it.
                 if not version_retried:
@@ -452,11 +502,13 @@ class TritonBackend:
                 raise
             return Ranking.of(model, inputs, scores, self.kind)
 
-    async def _infer(self, index: int, model: ServedModel, inputs: ModelInputs, timeout: float) -> Scores:
+    async def _infer(
+        self, routes: _Routes, index: int, model: ServedModel, inputs: ModelInputs, timeout: float
+    ) -> Scores:
         from tritonclient.grpc import InferInput, InferRequestedOutput
         from tritonclient.utils import InferenceServerException
 
-        target, client = self.targets[index], self._all_clients()[index]
+        target, client = routes.targets[index], routes.clients[index]
         tensors = []
         for name, values in inputs.tensors.items():
             tensor = InferInput(name, list(values.shape), _TRITON_TYPES[values.dtype])

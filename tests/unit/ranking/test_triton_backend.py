@@ -435,3 +435,72 @@ async def test_a_restarted_pod_starts_on_the_servers_whose_version_passes_as_run
     alone = backend_with(repository, FakeTriton("c:1", ready=("2",)))
     with pytest.raises(ModelConfigError, match="item_vocabulary.txt: line 2 is empty"):
         await alone.load()
+
+
+async def test_a_headless_service_name_is_resolved_into_one_server_per_pod_each_called_with_its_version(repository):
+    """k8s names Triton by one dns:/// target. During a Triton rollout its pods serve different versions; resolved
+    into one server per pod, each call names the version of the pod it goes to, so none fails (through the one
+    name, gRPC spread calls over the pods and a review measured 35 % of them failing). A pod that leaves the
+    Service's addresses is no longer called and its client is closed; a new one is called from the next refresh."""
+    pods = {"10.0.0.1:8001": FakeTriton("10.0.0.1:8001", ready=("1",)), "10.0.0.2:8001": FakeTriton("10.0.0.2:8001")}
+    pods["10.0.0.2:8001"].ready = ["2"]
+    addresses = ["10.0.0.2:8001", "10.0.0.1:8001"]
+    closed: list[str] = []
+
+    async def resolve(host, port):
+        assert (host, port) == ("triton", "8001")
+        return sorted(addresses)
+
+    def client(address):
+        fake = pods[address]
+
+        async def close():
+            closed.append(address)
+
+        fake.close = close
+        return fake
+
+    backend = TritonBackend(
+        ["dns:///triton:8001"], repository, "ranker", ready_timeout_s=0, client_factory=client, resolver=resolve
+    )
+    await backend.load()
+    assert backend.targets == ["10.0.0.1:8001", "10.0.0.2:8001"]
+    answered = [(await backend.rank([], ["item-1"], timeout=0.5)).model_version for _ in range(100)]
+    assert sorted(set(answered)) == ["1", "2"] and answered.count("1") == 50
+    assert {c["version"] for c in pods["10.0.0.1:8001"].calls} == {"1"}
+    assert {c["version"] for c in pods["10.0.0.2:8001"].calls} == {"2"}
+    # The old pod leaves (rollout done), a new one on version 2 joins.
+    pods["10.0.0.3:8001"] = FakeTriton("10.0.0.3:8001", ready=("2",))
+    addresses[:] = ["10.0.0.2:8001", "10.0.0.3:8001"]
+    assert await backend.refresh()
+    assert closed == ["10.0.0.1:8001"] and backend.targets == ["10.0.0.2:8001", "10.0.0.3:8001"]
+    before = len(pods["10.0.0.1:8001"].calls)
+    answered = [(await backend.rank([], ["item-1"], timeout=0.5)).model_version for _ in range(10)]
+    assert answered == ["2"] * 10 and len(pods["10.0.0.1:8001"].calls) == before
+    assert len(pods["10.0.0.3:8001"].calls) == 5
+
+
+async def test_a_name_that_stops_resolving_keeps_its_last_addresses(repository):
+    fake = FakeTriton("10.0.0.1:8001", ready=("1",))
+    failing = [False]
+
+    async def resolve(host, port):
+        if failing[0]:
+            raise OSError("Temporary failure in name resolution")
+        return ["10.0.0.1:8001"]
+
+    backend = TritonBackend(
+        ["dns:///triton:8001"], repository, "ranker", ready_timeout_s=0, client_factory=lambda a: fake, resolver=resolve
+    )
+    await backend.load()
+    failing[0] = True
+    await backend.refresh()
+    assert backend.targets == ["10.0.0.1:8001"]
+    assert (await backend.rank([], ["item-1"], timeout=0.5)).model_version == "1"
+
+
+async def test_the_resolver_gives_each_address_of_a_name_with_its_port():
+    from services.ranking.backends.triton import resolve_addresses
+
+    addresses = await resolve_addresses("localhost", "8001")
+    assert "127.0.0.1:8001" in addresses and all(a.endswith(":8001") for a in addresses)
