@@ -155,8 +155,11 @@ def save_index(
     unless ``covisitation_anchors`` names them (a shard's table is keyed by every catalog item). ``data_as_of``
     (seconds since the epoch) is when ``stock`` and ``sold_in`` were exported, default now: a version built from
     another passes its source's ``data_as_of``, so a replica that swaps it in keeps the availability updates pushed
-    since that export (see :attr:`IndexArtifact.data_as_of`).
+    since that export (see :attr:`IndexArtifact.data_as_of`). Given neither ``stock`` nor ``sold_in`` (as
+    ``aisle train`` writes one), the version holds no stock data, and its default is the epoch: every update
+    pushed still applies (an item sold out before the version was written stays sold out).
     """
+    stock_given, sold_in_given = stock is not None, sold_in is not None
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     count = len(item_ids)
     regions = list(regions)
@@ -177,6 +180,8 @@ def save_index(
         raise ValueError(f"{root} is an index version, not a folder of versions: write to its parent, {root.parent}")
     version = version or new_version()
     written = datetime.now(UTC)
+    if data_as_of is None and stock_given is False and sold_in_given is False:
+        data_as_of = 0.0  # no stock data of its own: nothing pushed so far is superseded by it
     as_of = written if data_as_of is None else datetime.fromtimestamp(data_as_of, UTC)
     root.mkdir(parents=True, exist_ok=True)
     final = root / version

@@ -66,9 +66,36 @@ def test_save_index_records_when_the_stock_data_was_exported(tmp_path):
     metadata = json.loads((given / METADATA_FILE).read_text())
     assert metadata["data_as_of"] == datetime.fromtimestamp(1_700_000_000.25, UTC).isoformat()
     assert load_index(given).data_as_of == 1_700_000_000.25
-    written = save_index(tmp_path, model_version="2", **kwargs)  # default: the data is as of the export, now
+    written = save_index(tmp_path, model_version="2", stock=[1, 0], **kwargs)  # default: as of the export, now
     artifact = load_index(written)
     assert artifact.data_as_of == artifact.created_at
+    # No stock data at all (what `aisle train` writes): every update pushed so far still applies.
+    assert load_index(save_index(tmp_path, model_version="3", **kwargs)).data_as_of == 0.0
+
+
+async def test_a_version_without_stock_data_keeps_every_update_pushed_before_it(tmp_path):
+    """`aisle train` writes an index from the model alone (every item in stock): a sale pushed before it was
+    written must still hold once a replica swaps it in, or sold-out items come back."""
+    export = write_index(tmp_path / "export", count=300)
+    root = tmp_path / "root"
+    write_index(root, count=300, version="20260101T000000Z")
+    holder = await serving_with_a_sale(root, export)
+    await asyncio.sleep(0.01)
+    source = load_index(export)
+    trained = save_index(
+        root,
+        version="20260103T000000Z",
+        item_ids=source.item_ids,
+        embeddings=source.embeddings,
+        popularity=source.popularity,
+        categories=source.categories,
+        brands=source.brands,
+        model_name="two_tower",
+        model_version="2",
+    )
+    assert load_index(trained).data_as_of == 0.0
+    assert await holder.swap(trained)
+    assert stock(holder, SOLD_OUT) == 0  # still sold out
 
 
 async def test_an_index_written_before_data_as_of_falls_back_to_its_created_at(tmp_path):
