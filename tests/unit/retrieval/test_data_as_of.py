@@ -7,9 +7,10 @@ import asyncio
 import json
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
-from services.retrieval.index import METADATA_FILE, load_index, save_index, save_index_like
+from services.retrieval.index import METADATA_FILE, IndexArtifact, load_index, save_index, save_index_like
 from services.retrieval.state import IndexHolder
 from tests.support.retrieval import write_index
 
@@ -31,13 +32,19 @@ def stock(holder: IndexHolder, item: str) -> int:
     return int(serving.availability.stock[serving.rows[item]])
 
 
-async def test_a_version_built_later_from_an_older_export_keeps_the_updates_pushed_since(tmp_path):
+async def sold_out_after_an_export(tmp_path) -> tuple[IndexHolder, Path, IndexArtifact]:
+    """A replica serving a version under ``root``, told of SOLD_OUT's sale after an export was written: (the
+    replica, root, the export)."""
     export = write_index(tmp_path / "export", count=300)
     root = tmp_path / "root"
     write_index(root, count=300, version="20260101T000000Z")
     holder = await serving_with_a_sale(root, export)
     await asyncio.sleep(0.01)
-    source = load_index(export)
+    return holder, root, load_index(export)
+
+
+async def test_a_version_built_later_from_an_older_export_keeps_the_updates_pushed_since(tmp_path):
+    holder, root, source = await sold_out_after_an_export(tmp_path)
     built = save_index_like(source, root)  # as `aisle index build` and `aisle refresh` derive a version
     after = load_index(built)
     assert after.created_at > time.time() - 60 and after.created_at > source.created_at
@@ -76,12 +83,7 @@ def test_save_index_records_when_the_stock_data_was_exported(tmp_path):
 async def test_a_version_without_stock_data_keeps_every_update_pushed_before_it(tmp_path):
     """`aisle train` writes an index from the model alone (every item in stock): a sale pushed before it was
     written must still hold once a replica swaps it in, or sold-out items come back."""
-    export = write_index(tmp_path / "export", count=300)
-    root = tmp_path / "root"
-    write_index(root, count=300, version="20260101T000000Z")
-    holder = await serving_with_a_sale(root, export)
-    await asyncio.sleep(0.01)
-    source = load_index(export)
+    holder, root, source = await sold_out_after_an_export(tmp_path)
     trained = save_index(
         root,
         version="20260103T000000Z",
