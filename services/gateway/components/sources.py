@@ -120,7 +120,8 @@ class RetrievalSources(ComponentBase):
             raise SourceFailed(f"retrieval answered {error}") from None
         if not len(candidates):
             return Candidates.empty()
-        if self._shared_by_the_region(request):
+        # A partial answer (a shard dropped: its items are missing) is not the region's list either.
+        if self._shared_by_the_region(request) and not reply.degradations:
             popular = np.zeros(len(candidates), dtype=bool)
             for source in POPULAR_SOURCES:
                 popular |= candidates.source == source

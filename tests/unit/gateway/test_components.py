@@ -511,16 +511,19 @@ async def test_ranking_reads_score_columns_with_nan_as_no_return_probability():
 
 
 @pytest.mark.parametrize(
-    ("exclusions", "params", "shared"),
+    ("exclusions", "params", "shared", "partial"),
     [
-        (None, {}, True),
-        (common.Exclusions(item_ids=["i3"]), {}, False),
-        (common.Exclusions(brands=["b1"]), {}, False),
-        (None, {"exclude_history": True}, False),
-        (None, {"exclude_purchased": True}, False),
+        (None, {}, True, False),
+        (common.Exclusions(item_ids=["i3"]), {}, False, False),
+        (common.Exclusions(brands=["b1"]), {}, False, False),
+        (None, {"exclude_history": True}, False, False),
+        (None, {"exclude_purchased": True}, False, False),
+        (None, {}, False, True),  # a shard dropped: its items are missing from the answer
     ],
 )
-async def test_only_a_call_that_excludes_nothing_fills_the_regions_popular_fallback(exclusions, params, shared):
+async def test_only_a_whole_call_that_excludes_nothing_fills_the_regions_popular_fallback(
+    exclusions, params, shared, partial
+):
     from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
     from services.gateway.components.sources import RetrievalSources, RetrievalSourcesParams
 
@@ -533,6 +536,10 @@ async def test_only_a_call_that_excludes_nothing_fills_the_regions_popular_fallb
             anchor_item_ids=["", ""],
         )
     )
+    if partial:
+        answer.degradations.add(
+            reason=common.DEGRADATION_REASON_SOURCE_DROPPED, stage="shard s1:50061", detail="UNAVAILABLE"
+        )
 
     class Retrieval:
         async def Retrieve(self, request, timeout):  # noqa: N802
