@@ -327,24 +327,35 @@ class TritonBackend:
         problems: list[str] = []  # why a server gets no calls
         unreachable: list[tuple[int, str]] = []
         refused: ModelConfigError | None = None
+        serving: dict[str, list[int]] = {}  # version -> the servers that serve it
         for index, (state, value) in enumerate(answers):
             if state == _UNREACHABLE:
                 unreachable.append((index, value))
-                continue
-            if state == _NONE:
+            elif state == _NONE:
                 problems.append(value)
-                continue
-            if value not in found:
+            else:
+                serving.setdefault(value, []).append(index)
+        for version, indexes in serving.items():
+            # Described by the first of its servers that answers: one server's failed metadata call (a transient
+            # error, a reload under way there) does not bench the others serving the version. A model that
+            # disagrees with the repository is the version's, not one server's: no use asking the others.
+            found[version], failures = None, []
+            for index in indexes:
                 try:
-                    found[value] = await self._model_for(
-                        value, targets[index], clients[index], current, control_timeout, keys
+                    found[version] = await self._model_for(
+                        version, targets[index], clients[index], current, control_timeout, keys
                     )
-                except (ModelNotReady, ModelConfigError) as error:
-                    found[value] = None
-                    problems.append(str(error))
-                    if isinstance(error, ModelConfigError) and refused is None:
-                        refused = error
-            models[index] = found[value]
+                    break
+                except ModelNotReady as error:
+                    failures.append(str(error))
+                except ModelConfigError as error:
+                    failures.append(str(error))
+                    refused = refused or error
+                    break
+            if found[version] is None:
+                problems.extend(failures)
+            for index in indexes:
+                models[index] = found[version]
         if all(model is None for model in models):
             if refused is not None:
                 raise refused

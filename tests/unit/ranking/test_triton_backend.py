@@ -504,3 +504,18 @@ async def test_the_resolver_gives_each_address_of_a_name_with_its_port():
 
     addresses = await resolve_addresses("localhost", "8001")
     assert "127.0.0.1:8001" in addresses and all(a.endswith(":8001") for a in addresses)
+
+
+async def test_one_servers_failed_metadata_call_does_not_bench_the_others_serving_the_version(repository):
+    """Both servers serve version 2; asking the first about it fails (a transient error, a reload under way there):
+    the version is described by the second, and both keep their share of the calls."""
+
+    class Flaky(FakeTriton):
+        async def get_model_metadata(self, model_name, model_version="", as_json=False, client_timeout=None):
+            raise InferenceServerException("failed to connect", status="StatusCode.UNAVAILABLE")
+
+    a, b = Flaky("a:1", ready=("2",)), FakeTriton("b:1", ready=("2",))
+    backend = backend_with(repository, a, b)
+    await backend.load()
+    versions = [(await backend.rank([], ["item-1"], timeout=0.5)).model_version for _ in range(4)]
+    assert versions == ["2"] * 4 and len(a.calls) == len(b.calls) == 2
