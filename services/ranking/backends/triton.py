@@ -200,6 +200,8 @@ class TritonBackend:
         self.ready_timeout_s = ready_timeout_s
         self._client_factory = client_factory
         self._clients: dict[str, object] = {}
+        #: version -> (its folder's key, why its files were refused): not read again until the folder changes.
+        self._refused: dict[str, tuple[FolderKey | None, ModelConfigError]] = {}
         self._turn = itertools.count()
         self._routes: _Routes | None = None
         self._lock = asyncio.Lock()
@@ -435,7 +437,8 @@ class TritonBackend:
             )
         except InferenceServerException as error:  # e.g. unloaded between the two calls
             raise ModelNotReady(f"model {self.model_name!r} version {version} on Triton at {target}: {error}") from None
-        return self._local_model(version, metadata, target)
+        # In a thread: a catalog's vocabulary takes a while to read, and calls are served meanwhile.
+        return await asyncio.to_thread(self._local_model, version, metadata, target)
 
     def _local_model(self, version: str, metadata: dict, target: str) -> tuple[ServedModel, FolderKey | None]:
         model_dir = self.repository / self.model_name
@@ -462,7 +465,14 @@ class TritonBackend:
                 "(not synced yet, or retired without telling Triton)"
             )
         key = folder_key(folder)  # before reading: files changing meanwhile make the next key differ
-        return ServedModel.read(self.model_name, version, folder, contract), key
+        refused = self._refused.get(version)
+        if refused is not None and refused[0] == key and key is not None:
+            raise refused[1]  # the same files as last time: not read again at every refresh
+        try:
+            return ServedModel.read(self.model_name, version, folder, contract), key
+        except ModelConfigError as error:
+            self._refused[version] = (key, error)
+            raise
 
     # --- scoring ----------------------------------------------------------------------------------------------
     async def rank(

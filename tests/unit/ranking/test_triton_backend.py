@@ -519,3 +519,31 @@ async def test_one_servers_failed_metadata_call_does_not_bench_the_others_servin
     await backend.load()
     versions = [(await backend.rank([], ["item-1"], timeout=0.5)).model_version for _ in range(4)]
     assert versions == ["2"] * 4 and len(a.calls) == len(b.calls) == 2
+
+
+async def test_a_refused_version_is_not_read_again_at_every_refresh_until_its_files_change(repository, monkeypatch):
+    """Reading a catalog's vocabulary takes a while: a version whose files were refused is not read again at each
+    watch (every 2 s) while its folder is unchanged; changed, it is read again and served once it passes."""
+    from services.ranking.backends import triton as triton_module
+
+    reads: list[str] = []
+    real_read = triton_module.ServedModel.read
+
+    def counting_read(name, version, folder, contract):
+        reads.append(version)
+        return real_read(name, version, folder, contract)
+
+    monkeypatch.setattr(triton_module.ServedModel, "read", staticmethod(counting_read))
+    vocabulary = repository / "ranker" / "2" / "item_vocabulary.txt"
+    good = vocabulary.read_text()
+    vocabulary.write_text("item-1\n\nitem-2\n")
+    a, b = FakeTriton("a:1", ready=("2",)), FakeTriton("b:1", ready=("1",))
+    backend = backend_with(repository, a, b)
+    await backend.load()
+    for _ in range(3):
+        await backend.refresh()
+    assert reads.count("2") == 1 and backend.model_version == "1"
+    await asyncio.sleep(0.01)  # a new modification time
+    vocabulary.write_text(good)
+    assert await backend.refresh()
+    assert reads.count("2") == 2 and backend.model_version == "2"
