@@ -311,7 +311,7 @@ def used_versions(model_dir: Path) -> set[int]:
     used = set()
     for entry in model_dir.iterdir():
         name = entry.name
-        if name.isdigit():  # a stray "010" too: ignored as a version here, Triton would read it as version 10
+        if _is_version_name(name):
             used.add(int(name))
         elif name.startswith((RETIRED_PREFIX, STAGING_PREFIX)):
             number = name.split("-")[1] if name.count("-") >= 2 else ""
