@@ -32,8 +32,9 @@ class RankingSettings(ServiceSettings):
         "",
         validate_default=True,
         description=(
-            "Triton gRPC addresses, comma-separated host:port (used round-robin), or one dns:///name:port of a "
-            "headless Service (round-robin over its addresses). Required with backend=triton."
+            "Triton gRPC addresses, comma-separated host:port, or dns:///name:port of a headless Service, resolved "
+            "again at each model watch into one address per pod (at start-up only with watch_interval_s=0). Calls "
+            "take turns over the addresses. Required with backend=triton."
         ),
     )
     triton_timeout_s: float = Field(
@@ -96,7 +97,13 @@ class RankingSettings(ServiceSettings):
         if info.data.get("backend") == "triton" and not targets:
             raise ValueError("backend=triton needs at least one Triton address (host:port)")
         for target in targets:
-            if not target.startswith("dns:") and ":" not in target:
+            if target.startswith("dns:"):
+                if not target.startswith("dns:///"):
+                    raise ValueError(f"{target!r}: name a headless Service as dns:///name:port")
+                from services.ranking.backends.triton import dns_name
+
+                dns_name(target)  # raises ValueError naming the target and the form
+            elif ":" not in target:
                 raise ValueError(f"{target!r} is not host:port")
         return ",".join(targets)
 

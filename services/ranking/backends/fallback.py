@@ -62,12 +62,16 @@ class FallbackBackend:
         try:
             return await self.primary.rank(history_ids, candidate_ids, timeout, version)
         except (BackendUnavailable, ModelNotReady, InferenceServerFault) as error:
-            reason = error.reason
-            log.warning("%s failed, falling back to %s: %s", self.primary.kind, self.fallback.kind, error.message)
-            if self._on_fallback is not None:
-                self._on_fallback(reason)
+            failed = error
+        if version and version != self.fallback.model_version:
+            # The caller pinned a version the fallback does not serve: the primary's failure is the answer (a
+            # NOT_FOUND from the fallback would say the version is gone, not that the server is down for now).
+            raise failed
+        log.warning("%s failed, falling back to %s: %s", self.primary.kind, self.fallback.kind, failed.message)
         ranking = await self.fallback.rank(history_ids, candidate_ids, timeout, version)
-        return replace(ranking, fallback_reason=reason)
+        if self._on_fallback is not None:
+            self._on_fallback(failed.reason)  # counted once the fallback has answered
+        return replace(ranking, fallback_reason=failed.reason)
 
     async def refresh(self) -> bool:
         changed = await self.fallback.refresh()

@@ -64,6 +64,9 @@ DEADLINE_MARGIN_S = 0.002
 CONTROL_TIMEOUT_S = 2.0
 #: A target naming a DNS name (a Kubernetes headless Service) rather than one address: resolved at each refresh.
 DNS_PREFIX = "dns:///"
+#: How long the client of an address that left the name's addresses stays open for the calls still using it:
+#: longer than any call's deadline.
+CLIENT_CLOSE_GRACE_S = 60.0
 
 
 class _VersionGone(Exception):
@@ -158,6 +161,15 @@ def triton_client(target: str):
     return InferenceServerClient(url=target, channel_args=options)
 
 
+def dns_name(target: str) -> tuple[str, str]:
+    """(host, port) of a ``dns:///host:port`` target (``dns:///[::1]:8001`` too); ValueError without a port."""
+    rest = target.removeprefix(DNS_PREFIX)
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise ValueError(f"{target!r} is not dns:///host:port")
+    return host.removeprefix("[").removesuffix("]"), port
+
+
 async def resolve_addresses(host: str, port: str) -> list[str]:
     """Every address ``host`` resolves to, as ``ip:port`` (``[ip]:port`` for IPv6), sorted: a Kubernetes headless
     Service's name resolves to one address per ready pod."""
@@ -200,6 +212,7 @@ class TritonBackend:
         self.ready_timeout_s = ready_timeout_s
         self._client_factory = client_factory
         self._clients: dict[str, object] = {}
+        self._closing: set[asyncio.Task] = set()  # clients of addresses that left, closed after a grace period
         #: version -> (its folder's key, why its files were refused): not read again until the folder changes.
         self._refused: dict[str, tuple[FolderKey | None, ModelConfigError]] = {}
         self._turn = itertools.count()
@@ -233,20 +246,32 @@ class TritonBackend:
             if not target.startswith(DNS_PREFIX):
                 addresses.append(target)
                 continue
-            host, _, port = target.removeprefix(DNS_PREFIX).rpartition(":")
+            host, port = dns_name(target)
             try:
                 self._resolved[target] = await self._resolver(host, port)
             except OSError as error:
                 log.warning("cannot resolve %s (%s): using its last addresses", target, error)
             addresses.extend(self._resolved.get(target, []))
         addresses = list(dict.fromkeys(addresses))
-        for gone in set(self._clients) - set(addresses):
-            await self._clients.pop(gone).close()
         for address in addresses:
             if address not in self._clients:
                 self._clients[address] = self._client_factory(address)
-        self.targets = addresses
         return addresses
+
+    def _publish(self, routes: _Routes) -> None:
+        """Serves ``routes`` from now on; the clients of addresses they no longer hold are closed once the calls
+        that may still use them (each within its deadline) are over."""
+        self._routes, self.targets = routes, list(routes.targets)
+        for gone in set(self._clients) - set(routes.targets):
+            client = self._clients.pop(gone)
+            task = asyncio.get_running_loop().create_task(self._close_later(client), name=f"close-{gone}")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_later(client) -> None:
+        await asyncio.sleep(CLIENT_CLOSE_GRACE_S)
+        await client.close()
 
     async def load(self) -> None:
         """Waits (up to ``ready_timeout_s``) for Triton to serve the model, then takes the version it serves."""
@@ -254,7 +279,7 @@ class TritonBackend:
         while True:
             try:
                 async with self._lock:
-                    self._routes = await self._route(None, CONTROL_TIMEOUT_S)
+                    self._publish(await self._route(None, CONTROL_TIMEOUT_S))
                 break
             except (ModelNotReady, BackendUnavailable) as error:
                 if time.monotonic() >= deadline:
@@ -291,7 +316,7 @@ class TritonBackend:
             return False
         if current is not None and routes.same_as(current):
             return False  # the same versions with the same files (a folder may be retired by now)
-        self._routes = routes
+        self._publish(routes)
         log.info(
             "now serving %s from Triton: %s (was %s)",
             self.model_name,
@@ -303,10 +328,13 @@ class TritonBackend:
         return True
 
     async def close(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.close()
-        self._routes = None
+        async with self._lock:  # a refresh under way finishes first, so it makes no client after this
+            for task in list(self._closing):
+                task.cancel()
+            clients, self._clients = list(self._clients.values()), {}
+            for client in clients:
+                await client.close()
+            self._routes = None
 
     async def _route(self, current: _Routes | None, control_timeout: float) -> _Routes:
         """Asks every server which version it serves and reads the item files of the versions not read yet (or whose
@@ -437,8 +465,7 @@ class TritonBackend:
             )
         except InferenceServerException as error:  # e.g. unloaded between the two calls
             raise ModelNotReady(f"model {self.model_name!r} version {version} on Triton at {target}: {error}") from None
-        # In a thread: a catalog's vocabulary takes a while to read, and calls are served meanwhile.
-        return await asyncio.to_thread(self._local_model, version, metadata, target)
+        return self._local_model(version, metadata, target)
 
     def _local_model(self, version: str, metadata: dict, target: str) -> tuple[ServedModel, FolderKey | None]:
         model_dir = self.repository / self.model_name

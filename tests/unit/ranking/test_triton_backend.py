@@ -437,7 +437,9 @@ async def test_a_restarted_pod_starts_on_the_servers_whose_version_passes_as_run
         await alone.load()
 
 
-async def test_a_headless_service_name_is_resolved_into_one_server_per_pod_each_called_with_its_version(repository):
+async def test_a_headless_service_name_is_resolved_into_one_server_per_pod_each_called_with_its_version(
+    repository, monkeypatch
+):
     """k8s names Triton by one dns:/// target. During a Triton rollout its pods serve different versions; resolved
     into one server per pod, each call names the version of the pod it goes to, so none fails (through the one
     name, gRPC spread calls over the pods and a review measured 35 % of them failing). A pod that leaves the
@@ -469,11 +471,15 @@ async def test_a_headless_service_name_is_resolved_into_one_server_per_pod_each_
     assert sorted(set(answered)) == ["1", "2"] and answered.count("1") == 50
     assert {c["version"] for c in pods["10.0.0.1:8001"].calls} == {"1"}
     assert {c["version"] for c in pods["10.0.0.2:8001"].calls} == {"2"}
-    # The old pod leaves (rollout done), a new one on version 2 joins.
+    # The old pod leaves (rollout done), a new one on version 2 joins. The old pod's client stays open a while for
+    # the calls that may still use it, then is closed.
+    monkeypatch.setattr("services.ranking.backends.triton.CLIENT_CLOSE_GRACE_S", 0.05)
     pods["10.0.0.3:8001"] = FakeTriton("10.0.0.3:8001", ready=("2",))
     addresses[:] = ["10.0.0.2:8001", "10.0.0.3:8001"]
     assert await backend.refresh()
-    assert closed == ["10.0.0.1:8001"] and backend.targets == ["10.0.0.2:8001", "10.0.0.3:8001"]
+    assert closed == [] and backend.targets == ["10.0.0.2:8001", "10.0.0.3:8001"]
+    await asyncio.sleep(0.2)
+    assert closed == ["10.0.0.1:8001"]
     before = len(pods["10.0.0.1:8001"].calls)
     answered = [(await backend.rank([], ["item-1"], timeout=0.5)).model_version for _ in range(10)]
     assert answered == ["2"] * 10 and len(pods["10.0.0.1:8001"].calls) == before
@@ -547,3 +553,53 @@ async def test_a_refused_version_is_not_read_again_at_every_refresh_until_its_fi
     vocabulary.write_text(good)
     assert await backend.refresh()
     assert reads.count("2") == 2 and backend.model_version == "2"
+
+
+async def test_a_refresh_that_cannot_use_the_new_pods_keeps_the_old_ones_and_their_clients_open(repository):
+    """The old pod leaves the name's addresses while the new one serves a version not synced here yet: the routes
+    in use stay, and so does the old pod's client (closing it made every call fail INTERNAL, "Channel is closed")."""
+    old_pod, new_pod = FakeTriton("10.0.0.1:8001", ready=("1",)), FakeTriton("10.0.0.2:8001", ready=("3",))
+    pods, addresses, closed = {"10.0.0.1:8001": old_pod, "10.0.0.2:8001": new_pod}, ["10.0.0.1:8001"], []
+
+    async def resolve(host, port):
+        return list(addresses)
+
+    def client(address):
+        fake = pods[address]
+
+        async def close():
+            closed.append(address)
+
+        fake.close = close
+        return fake
+
+    backend = TritonBackend(
+        ["dns:///triton:8001"], repository, "ranker", ready_timeout_s=0, client_factory=client, resolver=resolve
+    )
+    await backend.load()
+    addresses[:] = ["10.0.0.2:8001"]
+    assert not await backend.refresh()  # version 3 is not in the local copy: nothing to switch to
+    assert (await backend.rank([], ["item-1"], timeout=0.5)).model_version == "1"
+    assert closed == [] and len(old_pod.calls) == 1
+    await backend.close()
+    assert sorted(closed) == ["10.0.0.1:8001", "10.0.0.2:8001"]
+
+
+@pytest.mark.parametrize("target", ["dns:///triton", "dns:triton:8001", "dns:///triton:http"])
+def test_a_dns_target_without_a_port_is_refused_at_start_up(target):
+    from services.core.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="TRITON_TARGETS"):
+        load_settings(RankingSettings, {"backend": "triton", "triton_targets": target})
+
+
+async def test_a_pinned_version_the_fallback_does_not_serve_gets_the_primarys_failure_not_not_found(repository):
+    fake, fallbacks = FakeTriton("a:1", ready=("2",)), []
+    backend = FallbackBackend(backend_with(repository, fake), FakeEmbedded(), on_fallback=fallbacks.append)
+    await backend.load()
+    fake.error = InferenceServerException("failed to connect", status="StatusCode.UNAVAILABLE")
+    with pytest.raises(BackendUnavailable):
+        await backend.rank([], ["item-1"], timeout=0.5, version="2")
+    assert fallbacks == []  # no fallback answered
+    unpinned = await backend.rank([], ["item-1"], timeout=0.5)
+    assert unpinned.fallback and fallbacks == ["INFERENCE_SERVER_UNAVAILABLE"]
