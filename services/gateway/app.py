@@ -218,6 +218,9 @@ async def warm_popular_cache(
             where = f" for region {region!r}" if region else ""
             log.warning("could not warm the popular-items cache%s: %s", where, describe(error))
             return
+        if reply.degradations or not reply.candidates:  # partial (a shard dropped) or empty: not the region's list
+            log.warning("not warming the popular-items cache for region %r from a partial or empty answer", region)
+            return
         cache.store(region, [c.item_id for c in reply.candidates])
 
     await asyncio.gather(*(one(region) for region in dict.fromkeys(("", *regions))))

@@ -222,3 +222,32 @@ async def test_start_up_asks_for_every_regions_list_at_once():
     cache = PopularCache(keep=regions)
     await gateway_app.warm_popular_cache(Downstream, cache, [*regions, "R0"])
     assert Retrieval.most == 11 and all(cache.get(region) == ["top"] for region in ["", *regions])
+
+
+async def test_a_partial_or_empty_answer_does_not_replace_a_regions_fallback_list():
+    """A warming round during a shard outage (retrieval flags the dropped shard) or with nothing to answer keeps
+    the list the region had."""
+    replies = iter(
+        [
+            retrieval_pb.RetrieveResponse(candidates=[retrieval_pb.Candidate(item_id=i) for i in ("a1", "b1", "a2")]),
+            retrieval_pb.RetrieveResponse(
+                candidates=[retrieval_pb.Candidate(item_id="a1")],
+                degradations=[
+                    common.Degradation(reason=common.DEGRADATION_REASON_SOURCE_DROPPED, stage="shard b:50061")
+                ],
+            ),
+            retrieval_pb.RetrieveResponse(),
+        ]
+    )
+
+    class Retrieval:
+        async def Retrieve(self, request, timeout=None):  # noqa: N802
+            return next(replies)
+
+    class Downstream:
+        retrieval = Retrieval()
+
+    cache = PopularCache(keep=["GB"])
+    for _ in range(3):
+        await gateway_app.warm_popular_cache(Downstream, cache, [])
+        assert cache.get("") == ["a1", "b1", "a2"]

@@ -113,6 +113,25 @@ async def test_a_request_retrieval_refuses_is_the_callers_error_not_a_retrieval_
     assert len((await recommend(service, guest("home"))).items) == 5  # GB is answered
 
 
+async def test_a_refusal_of_what_the_gateway_added_is_a_failed_source_not_the_callers_error():
+    """Retrieval's history limit set lower than the gateway's: the stored session history (not the caller's
+    request) is refused. The caller gets the fallback answer, flagged, not INVALID_ARGUMENT over a field it never
+    sent."""
+
+    class StrictRetrieval(PopularRetrieval):
+        async def Retrieve(self, request, timeout=None):  # noqa: N802
+            status = status_for(InvalidArgument({"history": "must have at most 50 interactions, got 60"}))
+            trailing = grpc.aio.Metadata(*status.trailing_metadata)
+            raise grpc.aio.AioRpcError(status.code, grpc.aio.Metadata(), trailing, status.details)
+
+    service = servicer(cache_ttl_s=0)
+    service.deps.downstream.retrieval = StrictRetrieval(ITEMS)
+    service.deps.popular_cache.store("GB", ITEMS[:20])
+    answer = await recommend(service, guest("regular"))
+    assert len(answer.items) == 5
+    assert common.DEGRADATION_REASON_SOURCE_DROPPED in [d.reason for d in answer.degradations]
+
+
 class Source(ComponentBase):
     kind = "source"
     share = 0.5
