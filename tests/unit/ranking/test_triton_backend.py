@@ -437,17 +437,9 @@ async def test_a_restarted_pod_starts_on_the_servers_whose_version_passes_as_run
         await alone.load()
 
 
-async def test_a_headless_service_name_is_resolved_into_one_server_per_pod_each_called_with_its_version(
-    repository, monkeypatch
-):
-    """k8s names Triton by one dns:/// target. During a Triton rollout its pods serve different versions; resolved
-    into one server per pod, each call names the version of the pod it goes to, so none fails (through the one
-    name, gRPC spread calls over the pods and a review measured 35 % of them failing). A pod that leaves the
-    Service's addresses is no longer called and its client is closed; a new one is called from the next refresh."""
-    pods = {"10.0.0.1:8001": FakeTriton("10.0.0.1:8001", ready=("1",)), "10.0.0.2:8001": FakeTriton("10.0.0.2:8001")}
-    pods["10.0.0.2:8001"].ready = ["2"]
-    addresses = ["10.0.0.2:8001", "10.0.0.1:8001"]
-    closed: list[str] = []
+def headless_service(repository, pods: dict[str, FakeTriton], addresses: list[str], closed: list[str]):
+    """A backend on ``dns:///triton:8001``, which resolves to ``addresses`` (as they are when looked up), each
+    address's client being its fake in ``pods``; a closed client's address is added to ``closed``."""
 
     async def resolve(host, port):
         assert (host, port) == ("triton", "8001")
@@ -462,9 +454,23 @@ async def test_a_headless_service_name_is_resolved_into_one_server_per_pod_each_
         fake.close = close
         return fake
 
-    backend = TritonBackend(
+    return TritonBackend(
         ["dns:///triton:8001"], repository, "ranker", ready_timeout_s=0, client_factory=client, resolver=resolve
     )
+
+
+async def test_a_headless_service_name_is_resolved_into_one_server_per_pod_each_called_with_its_version(
+    repository, monkeypatch
+):
+    """k8s names Triton by one dns:/// target. During a Triton rollout its pods serve different versions; resolved
+    into one server per pod, each call names the version of the pod it goes to, so none fails (through the one
+    name, gRPC spread calls over the pods and a review measured 35 % of them failing). A pod that leaves the
+    Service's addresses is no longer called and its client is closed; a new one is called from the next refresh."""
+    pods = {"10.0.0.1:8001": FakeTriton("10.0.0.1:8001", ready=("1",)), "10.0.0.2:8001": FakeTriton("10.0.0.2:8001")}
+    pods["10.0.0.2:8001"].ready = ["2"]
+    addresses = ["10.0.0.2:8001", "10.0.0.1:8001"]
+    closed: list[str] = []
+    backend = headless_service(repository, pods, addresses, closed)
     await backend.load()
     assert backend.targets == ["10.0.0.1:8001", "10.0.0.2:8001"]
     answered = [(await backend.rank([], ["item-1"], timeout=0.5)).model_version for _ in range(100)]
@@ -560,22 +566,7 @@ async def test_a_refresh_that_cannot_use_the_new_pods_keeps_the_old_ones_and_the
     in use stay, and so does the old pod's client (closing it made every call fail INTERNAL, "Channel is closed")."""
     old_pod, new_pod = FakeTriton("10.0.0.1:8001", ready=("1",)), FakeTriton("10.0.0.2:8001", ready=("3",))
     pods, addresses, closed = {"10.0.0.1:8001": old_pod, "10.0.0.2:8001": new_pod}, ["10.0.0.1:8001"], []
-
-    async def resolve(host, port):
-        return list(addresses)
-
-    def client(address):
-        fake = pods[address]
-
-        async def close():
-            closed.append(address)
-
-        fake.close = close
-        return fake
-
-    backend = TritonBackend(
-        ["dns:///triton:8001"], repository, "ranker", ready_timeout_s=0, client_factory=client, resolver=resolve
-    )
+    backend = headless_service(repository, pods, addresses, closed)
     await backend.load()
     addresses[:] = ["10.0.0.2:8001"]
     assert not await backend.refresh()  # version 3 is not in the local copy: nothing to switch to
