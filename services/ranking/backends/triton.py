@@ -174,7 +174,11 @@ async def resolve_addresses(host: str, port: str) -> list[str]:
     """Every address ``host`` resolves to, as ``ip:port`` (``[ip]:port`` for IPv6), sorted: a Kubernetes headless
     Service's name resolves to one address per ready pod."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    addresses = {info[4][0] for info in infos}
+    # One family: on a dual-stack Service each pod has an IPv4 and an IPv6 address, and listed under both it would
+    # get two shares of the calls. IPv4 where there is any.
+    families = {info[0] for info in infos}
+    family = socket.AF_INET if socket.AF_INET in families else socket.AF_INET6
+    addresses = {info[4][0] for info in infos if info[0] == family}
     return sorted(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in addresses)
 
 

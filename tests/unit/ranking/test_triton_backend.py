@@ -594,3 +594,28 @@ async def test_a_pinned_version_the_fallback_does_not_serve_gets_the_primarys_fa
     assert fallbacks == []  # no fallback answered
     unpinned = await backend.rank([], ["item-1"], timeout=0.5)
     assert unpinned.fallback and fallbacks == ["INFERENCE_SERVER_UNAVAILABLE"]
+
+
+async def test_a_dual_stack_name_gives_each_pod_once(monkeypatch):
+    """Each pod of a dual-stack headless Service has an IPv4 and an IPv6 address: listed under both, it would get
+    two shares of the calls."""
+    import socket
+
+    from services.ranking.backends.triton import resolve_addresses
+
+    async def getaddrinfo(host, port, type=0):  # noqa: A002 - the name getaddrinfo gives it
+        return [
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fd00::1", 8001, 0, 0)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.1", 8001)),
+            (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fd00::2", 8001, 0, 0)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.2", 8001)),
+        ]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+    assert await resolve_addresses("triton", "8001") == ["10.0.0.1:8001", "10.0.0.2:8001"]
+
+    async def only_v6(host, port, type=0):  # noqa: A002
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("fd00::1", 8001, 0, 0))]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", only_v6)
+    assert await resolve_addresses("triton", "8001") == ["[fd00::1]:8001"]
