@@ -8,6 +8,7 @@ events per session and a time to live; in memory also the sessions and their app
 from __future__ import annotations
 
 import hashlib
+import heapq
 import sys
 import time
 from collections import OrderedDict
@@ -51,6 +52,14 @@ EVENT_BYTES = sys.getsizeof(b"") + 16
 EXPOSURE_BYTES = 32
 
 
+def _event_bytes(event: bytes) -> int:
+    return len(event) + EVENT_BYTES
+
+
+def _exposure_bytes(item: str) -> int:
+    return sys.getsizeof(item) + EXPOSURE_BYTES
+
+
 @dataclass
 class _Session:
     #: Serialized ``Interaction`` messages, oldest first: a parsed one takes over ten times its serialized size.
@@ -67,7 +76,8 @@ def least_shown(exposures: dict[str, int], limit: int) -> list[str]:
     excess = len(exposures) - limit
     if excess <= 0:
         return []
-    return [item for item, _ in sorted(exposures.items(), key=lambda entry: entry[1])[:excess]]
+    # nsmallest keeps the order among equals, as sorted(...)[:excess] would, without sorting the whole session.
+    return [item for item, _ in heapq.nsmallest(excess, exposures.items(), key=lambda entry: entry[1])]
 
 
 class InMemorySessionStore:
@@ -130,10 +140,9 @@ class InMemorySessionStore:
         session = self._get(key, create=True)
         new = [event.SerializeToString() for event in events[-self.max_events :]]
         session.events.extend(new)
-        added = sum(len(event) + EVENT_BYTES for event in new)
         dropped = session.events[: -self.max_events]
         del session.events[: -self.max_events]
-        self._grew(session, added - sum(len(event) + EVENT_BYTES for event in dropped))
+        self._grew(session, sum(map(_event_bytes, new)) - sum(map(_event_bytes, dropped)))
 
     async def exposures(self, key: str) -> dict[str, int]:
         session = self._get(key, create=False)
@@ -145,11 +154,11 @@ class InMemorySessionStore:
         for item in item_ids:
             count = session.exposures.get(item, 0)
             if not count:
-                added += sys.getsizeof(item) + EXPOSURE_BYTES
+                added += _exposure_bytes(item)
             session.exposures[item] = count + 1
         for item in least_shown(session.exposures, self.max_exposed_items):
             del session.exposures[item]
-            added -= sys.getsizeof(item) + EXPOSURE_BYTES
+            added -= _exposure_bytes(item)
         self._grew(session, added)
 
     async def close(self) -> None:

@@ -159,7 +159,7 @@ def save_index(
     ``aisle train`` writes one), the version holds no stock data, and its default is the epoch: every update
     pushed still applies (an item sold out before the version was written stays sold out).
     """
-    stock_given, sold_in_given = stock is not None, sold_in is not None
+    has_stock_data = stock is not None or sold_in is not None  # read before the defaults fill them
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     count = len(item_ids)
     regions = list(regions)
@@ -180,7 +180,7 @@ def save_index(
         raise ValueError(f"{root} is an index version, not a folder of versions: write to its parent, {root.parent}")
     version = version or new_version()
     written = datetime.now(UTC)
-    if data_as_of is None and stock_given is False and sold_in_given is False:
+    if data_as_of is None and not has_stock_data:
         data_as_of = 0.0  # no stock data of its own: nothing pushed so far is superseded by it
     as_of = written if data_as_of is None else datetime.fromtimestamp(data_as_of, UTC)
     root.mkdir(parents=True, exist_ok=True)

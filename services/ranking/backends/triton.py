@@ -205,8 +205,6 @@ class TritonBackend:
         if not targets:
             raise ValueError("the triton backend needs at least one address")
         self.declared = list(targets)
-        #: The addresses in use: the declared ``host:port`` ones, and those a ``dns:///`` name resolved to last.
-        self.targets = [target for target in self.declared if not target.startswith(DNS_PREFIX)]
         self._resolver = resolver
         self._resolved: dict[str, list[str]] = {}  # dns:/// target -> its addresses when last resolved
         self.repository = repository
@@ -224,6 +222,15 @@ class TritonBackend:
         self._lock = asyncio.Lock()
         # Got after the tracer provider is set, not at import (the API's proxy costs a context manager per span).
         self._tracer = trace.get_tracer(__name__)
+
+    @property
+    def targets(self) -> list[str]:
+        """The addresses in use: those of the routes serving now (a ``dns:///`` name's as it resolved last), the
+        declared ``host:port`` ones before any serve."""
+        routes = self._routes
+        if routes is not None:
+            return list(routes.targets)
+        return [target for target in self.declared if not target.startswith(DNS_PREFIX)]
 
     @property
     def model(self) -> ServedModel | None:
@@ -244,7 +251,8 @@ class TritonBackend:
     # --- life cycle -------------------------------------------------------------------------------------------
     async def _addresses(self) -> list[str]:
         """The declared ``host:port`` targets and what each ``dns:///`` one resolves to now (what it resolved to
-        last when the name does not resolve); clients for new addresses are made, those of gone ones closed."""
+        last when the name does not resolve); clients for new addresses are made (those of gone ones are closed
+        once routes without them serve: :meth:`_publish`)."""
         addresses: list[str] = []
         for target in self.declared:
             if not target.startswith(DNS_PREFIX):
@@ -265,7 +273,7 @@ class TritonBackend:
     def _publish(self, routes: _Routes) -> None:
         """Serves ``routes`` from now on; the clients of addresses they no longer hold are closed once the calls
         that may still use them (each within its deadline) are over."""
-        self._routes, self.targets = routes, list(routes.targets)
+        self._routes = routes
         for gone in set(self._clients) - set(routes.targets):
             client = self._clients.pop(gone)
             task = asyncio.get_running_loop().create_task(self._close_later(client), name=f"close-{gone}")
