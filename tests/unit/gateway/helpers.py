@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import tracemalloc
+from collections.abc import Iterator
+from types import SimpleNamespace
+
 from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from services.gateway.budget import RequestBudget
@@ -74,3 +80,19 @@ def candidates(*items: str, relevance=None) -> Candidates:
     """Popular items in the given order, relevance falling with position unless given."""
     scores = relevance if relevance else [1.0 - i / 100 for i in range(len(items))]
     return Candidates.of(items, common.CANDIDATE_SOURCE_POPULARITY, scores={"relevance": scores})
+
+
+@contextlib.contextmanager
+def traced_growth() -> Iterator[SimpleNamespace]:
+    """What the block leaves allocated, as tracemalloc traces it: ``.held`` bytes once it ends, after a collection
+    (the block deletes what it made only to fill the measured structure)."""
+    measured = SimpleNamespace(held=0)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        yield measured
+        gc.collect()
+        measured.held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()

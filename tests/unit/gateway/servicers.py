@@ -96,15 +96,26 @@ def servicer(
     )
 
 
-def guest(session_id: str, k: int = 5) -> pb.RecommendRequest:
-    return pb.RecommendRequest(
-        subject=common.Subject(session_id=session_id),
+def home(subject: common.Subject, consent: bool = True, k: int = 5, **fields) -> pb.RecommendRequest:
+    """A home-page request of the control variant in GB, with ``fields`` merged over it."""
+    request = pb.RecommendRequest(
+        subject=subject,
         surface=common.SURFACE_HOME,
-        consent=True,
+        consent=consent,
         k=k,
         context=common.RequestContext(region="GB"),
         experiment_variant_override="control",
     )
+    request.MergeFrom(pb.RecommendRequest(**fields))
+    return request
+
+
+def guest(session_id: str, k: int = 5) -> pb.RecommendRequest:
+    return home(common.Subject(session_id=session_id), k=k)
+
+
+def shopper(user_id: str = "alice@example.com", consent: bool = True, **fields) -> pb.RecommendRequest:
+    return home(common.Subject(user_id=user_id), consent, **fields)
 
 
 async def recommend(service: RecommendationServicer, request: pb.RecommendRequest) -> pb.RecommendResponse:

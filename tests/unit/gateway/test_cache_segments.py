@@ -8,6 +8,7 @@ import pytest
 from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from services.gateway.cache import AnonymousCache
+from tests.unit.gateway.helpers import traced_growth
 from tests.unit.gateway.servicers import guest, ids, recommend, servicer
 
 
@@ -183,27 +184,17 @@ def test_the_cache_holds_at_most_max_bytes_of_answers_and_keys():
 def test_the_byte_count_covers_what_the_entries_hold():
     """The count is what the cache holds, not an estimate of it: answers are kept serialized (a parsed message
     takes several times its serialized size, out of the count's sight)."""
-    import gc
-    import tracemalloc
-
     cache = AnonymousCache(ttl_s=60, max_entries=10_000, max_bytes=64 * 1024 * 1024)
     puts = [
         (cache.segment(request(anchor_item_ids=long_anchors(str(n)), k=200), "control", 200), large_answer(str(n)))
         for n in range(50)
     ]
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
+    with traced_growth() as measured:
         for segment, answer in puts:
             cache.put(segment, answer)
         del puts, segment, answer
-        gc.collect()
-        held = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
     assert len(cache) == 50
-    assert held <= cache.bytes <= 1.5 * held, (held, cache.bytes)
+    assert measured.held <= cache.bytes <= 1.5 * measured.held, (measured.held, cache.bytes)
 
 
 def test_expired_answers_are_dropped_when_an_answer_is_put_not_only_ignored():

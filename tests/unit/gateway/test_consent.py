@@ -14,7 +14,7 @@ from services.gateway.components.side_effects import ExposureLogger
 from services.gateway.components.sources import PopularCache
 from services.gateway.sessions import InMemorySessionStore, subject_key
 from tests.unit.gateway.helpers import state
-from tests.unit.gateway.servicers import Context, RecordingSink, ids, recommend, servicer
+from tests.unit.gateway.servicers import Context, RecordingSink, ids, recommend, servicer, shopper
 
 
 def event(user: str, item: str, consent: bool, kind=common.EVENT_TYPE_PURCHASE) -> pb.TrackedEvent:
@@ -92,15 +92,7 @@ async def test_the_exposure_logger_with_consent_stores_the_subjects_exposures():
 
 async def test_an_answer_without_consent_stores_nothing_about_the_shopper():
     service = servicer(cache_ttl_s=0)
-    request = pb.RecommendRequest(
-        subject=common.Subject(user_id="ann"),
-        surface=common.SURFACE_HOME,
-        consent=False,
-        k=5,
-        context=common.RequestContext(region="GB"),
-        experiment_variant_override="control",
-    )
-    answer = await recommend(service, request)  # waits for the side effects
+    answer = await recommend(service, shopper("ann", consent=False))  # waits for the side effects
     assert len(answer.items) == 5
     assert await service.deps.sessions.exposures(key_of("ann")) == {}
     assert len(service.deps.sessions) == 0

@@ -16,7 +16,7 @@ from services.core.errors import InvalidArgument
 from services.core.validation import MAX_ATTRIBUTE_VALUE_LENGTH, MAX_ATTRIBUTES, MAX_ID_LENGTH
 from services.gateway.sessions import subject_key
 from services.gateway.settings import GatewaySettings
-from tests.unit.gateway.servicers import Context, recommend, servicer
+from tests.unit.gateway.servicers import Context, recommend, servicer, shopper
 
 
 def event(**fields) -> pb.TrackedEvent:
@@ -29,19 +29,6 @@ def event(**fields) -> pb.TrackedEvent:
     )
     base.MergeFrom(pb.TrackedEvent(**fields))
     return base
-
-
-def shopper(consent: bool = True, **fields) -> pb.RecommendRequest:
-    request = pb.RecommendRequest(
-        subject=common.Subject(user_id="alice@example.com"),
-        surface=common.SURFACE_HOME,
-        consent=consent,
-        k=5,
-        context=common.RequestContext(region="GB"),
-        experiment_variant_override="control",
-    )
-    request.MergeFrom(pb.RecommendRequest(**fields))
-    return request
 
 
 async def refused_track(*events: pb.TrackedEvent) -> dict[str, str]:

@@ -20,7 +20,7 @@ from services.gateway.events import EventLogFull, JsonlEventSink, read_events
 from services.gateway.pipeline import Pipeline, PipelineMetrics
 from services.gateway.policies import DEFAULT_POLICY_FILE, PolicyError, build_policies, load_policies
 from services.gateway.sessions import InMemorySessionStore, subject_key
-from tests.unit.gateway.helpers import CATALOG, deps, state
+from tests.unit.gateway.helpers import CATALOG, deps, state, traced_growth
 
 RAW = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
 
@@ -245,26 +245,16 @@ async def test_session_store_keeps_the_recently_read_session_over_an_older_one()
 async def test_session_store_byte_count_covers_what_it_holds():
     """The counted bytes follow the memory the sessions really hold (traced): events are kept serialized, so each
     costs its size and a fixed overhead, not a message's several hundred bytes more."""
-    import gc
-    import tracemalloc
-
     store = InMemorySessionStore(max_events=200)
     writes = [(f"{n:032d}", long_events(str(n), 50, length=64)) for n in range(200)]
     shown = [[f"{n}-{i}".ljust(32, "y") for i in range(20)] for n in range(200)]
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
+    with traced_growth() as measured:
         for (key, events), items in zip(writes, shown, strict=True):
             await store.append(key, events)
             await store.add_exposures(key, items)
         del writes, shown, key, events, items
-        gc.collect()
-        held = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
     assert len(store) == 200
-    assert held <= store.bytes <= 1.6 * held, (held, store.bytes)
+    assert measured.held <= store.bytes <= 1.6 * measured.held, (measured.held, store.bytes)
 
 
 def test_subject_keys_hide_ids():

@@ -12,7 +12,7 @@ from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from services.core.errors import InvalidArgument
 from services.core.validation import MAX_TIMESTAMP_SECONDS, MIN_TIMESTAMP_SECONDS
 from services.gateway.sessions import subject_key
-from tests.unit.gateway.servicers import Context, ids, recommend, servicer
+from tests.unit.gateway.servicers import Context, ids, recommend, servicer, shopper
 
 OUT_OF_RANGE = [
     Timestamp(seconds=2**40),
@@ -33,18 +33,6 @@ def purchase(user: str, item: str = "i3", when: Timestamp | None = None) -> pb.T
     if when is not None:
         event.event_time.CopyFrom(when)
     return event
-
-
-def shopper(user: str, **fields) -> pb.RecommendRequest:
-    return pb.RecommendRequest(
-        subject=common.Subject(user_id=user),
-        surface=common.SURFACE_HOME,
-        consent=True,
-        k=5,
-        context=common.RequestContext(region="GB"),
-        experiment_variant_override="control",
-        **fields,
-    )
 
 
 @pytest.mark.parametrize("when", OUT_OF_RANGE, ids=str)
