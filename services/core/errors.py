@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import re
+from collections.abc import Collection
 
 import grpc
 from google.protobuf import any_pb2
@@ -174,6 +175,19 @@ def details_of(error: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None
             detail.Unpack(request)
             violations.update({v.field: v.description for v in request.field_violations})
     return info, violations
+
+
+def refused_only(error: grpc.RpcError, fields: Collection[str]) -> bool:
+    """Whether ``error`` is an INVALID_ARGUMENT whose every named field lies under one of ``fields`` (top-level
+    names: ``context`` covers ``context.region``, ``anchor_item_ids`` covers ``anchor_item_ids[2]``). A refusal
+    that names no field, or whose details do not decode, is nobody's in particular: False."""
+    if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
+        return False
+    try:
+        _, violations = details_of(error)
+    except Exception:  # noqa: BLE001 - details that do not decode name nothing
+        return False
+    return bool(violations) and all(re.split(r"[.\[]", field, maxsplit=1)[0] in fields for field in violations)
 
 
 def describe(error: grpc.aio.AioRpcError) -> str:

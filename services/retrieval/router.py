@@ -25,7 +25,7 @@ from aisle.common.v1 import common_pb2
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.core.channels import create_channel
-from services.core.errors import DependencyUnavailable, NotReady, Relayed
+from services.core.errors import DependencyUnavailable, NotReady, Relayed, refused_only
 from services.core.health import wait_until_serving
 from services.retrieval.answer import move_to_columns
 from services.retrieval.index import InvalidIndex, load_index
@@ -35,6 +35,10 @@ from services.retrieval.settings import RetrievalSettings
 from services.retrieval.state import IndexWatcher, VersionHolder
 
 log = logging.getLogger(__name__)
+
+#: What the router adds to a Retrieve request before it fans out; every other field is the caller's, as it came.
+ROUTER_FIELDS = ("history_query_vector", "anchor_vectors")
+CALLERS_FIELDS = tuple(f.name for f in pb.RetrieveRequest.DESCRIPTOR.fields if f.name not in ROUTER_FIELDS)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RetrievalService"].full_name
 
@@ -175,17 +179,23 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
         # The shards' own rules, before any work: resolving adds a vector per anchor and encodes the history.
         validate_retrieve(request, self.settings, resolver.artifact, SOURCE_IDS)
         results = await self._fan_out("Retrieve", resolver.resolve(request), context, self.timeout_s)
-        answered, dropped = [], []
+        answered, dropped, refusals = [], [], []
         for target, result in zip(self.targets, results, strict=True):
             if isinstance(result, grpc.aio.AioRpcError):
-                if result.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    # Every shard validates alike: pass the caller's error on with its details.
-                    raise Relayed(result)
+                # The caller's request passed the same checks above: a shard that refuses it disagrees with the
+                # router (another index version mid-rollout, other limits, the router's own vectors), which is a
+                # dropped shard, not the caller's error, as long as another shard answered.
+                if refused_only(result, CALLERS_FIELDS):
+                    refusals.append(result)
+                elif result.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    log.warning("shard %s refused the router's query data: %s", target, result.details())
                 dropped.append((target, result.code().name))
             elif isinstance(result, BaseException):
                 raise result
             else:
                 answered.append(result)
+        if not answered and refusals:
+            raise Relayed(refusals[0])  # no shard took the caller's fields: its error, with the fields named
         if not answered:
             raise DependencyUnavailable(
                 f"no index shard answered: {', '.join(f'{t} {c}' for t, c in dropped)}",

@@ -13,6 +13,7 @@ from services.core.errors import (
     NotReady,
     Relayed,
     describe,
+    refused_only,
     status_for,
 )
 
@@ -141,3 +142,26 @@ def test_a_relayed_refusal_reaches_the_caller_as_the_downstream_gave_it():
     assert tuple(relayed.trailing_metadata) == tuple(refused.trailing_metadata())
     violations = unpack(decoded(relayed), error_details_pb2.BadRequest).field_violations
     assert [(v.field, v.description) for v in violations] == [("history[3].item_id", "unknown")]
+
+
+@pytest.mark.parametrize(
+    ("violations", "expected"),
+    [
+        ({"context.region": "unknown", "anchor_item_ids[2]": "empty"}, True),
+        ({"context.region": "unknown", "history[0].item_id": "empty"}, False),  # one field is not the caller's
+        ({"contexts": "unknown"}, False),  # a prefix of a name is not the name
+    ],
+)
+def test_refused_only_asks_whether_every_named_field_is_one_of_the_given_ones(violations, expected):
+    refusal = failed_call(status_for(InvalidArgument(violations)))
+    assert refused_only(refusal, ("context", "anchor_item_ids")) is expected
+
+
+def test_a_refusal_that_names_no_field_or_is_no_refusal_is_nobodys():
+    fields = ("context",)
+    assert not refused_only(failed_call(status_for(NotReady("loading"))), fields)
+    bare = grpc.aio.AioRpcError(grpc.StatusCode.INVALID_ARGUMENT, grpc.aio.Metadata(), grpc.aio.Metadata(), "bad")
+    assert not refused_only(bare, fields)
+    garbage = grpc.aio.Metadata(("grpc-status-details-bin", b"\xff\x00 not a status"))
+    undecodable = grpc.aio.AioRpcError(grpc.StatusCode.INVALID_ARGUMENT, grpc.aio.Metadata(), garbage)
+    assert not refused_only(undecodable, fields)

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
-from services.core.errors import Relayed, describe, details_of
+from services.core.errors import Relayed, describe, refused_only
 from services.gateway.candidates import Candidates, UnequalColumns
 from services.gateway.components.base import ComponentBase, Params
 from services.gateway.pipeline import RequestState, SourceFailed
@@ -93,7 +93,7 @@ class RetrievalSources(ComponentBase):
                 timeout=timeout,
             )
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.INVALID_ARGUMENT and _the_callers_fields(error):
+            if refused_only(error, CALLERS_FIELDS):
                 # Retrieval refused what the caller sent (a region its index does not sell in): the caller's error,
                 # with retrieval's field named, not an outage for the fallback to cover (a region's fallback list
                 # serves only its own region, so the answer would say retrieval is down). A refusal of what the
@@ -147,15 +147,6 @@ class RetrievalSources(ComponentBase):
 
 #: Fields of a Retrieve request that come from the caller's Recommend request as the caller sent them.
 CALLERS_FIELDS = ("context", "exclusions", "anchor_item_ids")
-
-
-def _the_callers_fields(error: grpc.aio.AioRpcError) -> bool:
-    """Whether every field a refusal names is one the caller sent as it is (not one the gateway made)."""
-    try:
-        _, violations = details_of(error)
-    except Exception:  # noqa: BLE001 - details that do not decode name nothing
-        return False
-    return bool(violations) and all(field.split("[")[0].split(".")[0] in CALLERS_FIELDS for field in violations)
 
 
 class RetrievalSourceParams(RetrievalParamsBase):

@@ -9,7 +9,7 @@ import pytest
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
-from services.core.errors import InvalidArgument, Relayed, status_for
+from services.core.errors import DependencyUnavailable, InvalidArgument, Relayed, status_for
 from services.retrieval.index import METADATA_FILE, InvalidIndex, save_index_like
 from services.retrieval.router import QueryDataHolder, QueryResolver, ShardRouter
 from services.retrieval.settings import RetrievalSettings
@@ -164,3 +164,59 @@ async def test_a_shard_that_fails_a_stock_update_is_not_relayed_with_its_message
     with pytest.raises(grpc.aio.AioRpcError) as failed:
         await router.UpdateAvailability(pb.UpdateAvailabilityRequest(updates=[pb.AvailabilityUpdate()]), _Context(None))
     assert not isinstance(failed.value, Relayed) and failed.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+class _RetrieveShard:
+    """A shard stub whose Retrieve answers with one candidate of index ``version``, or refuses ``refused`` fields."""
+
+    def __init__(self, version: str = "20260101T000000Z", refused: dict[str, str] | None = None):
+        self.version, self.refused = version, refused
+
+    async def Retrieve(self, request, timeout):  # noqa: N802
+        if self.refused:
+            status = status_for(InvalidArgument(self.refused))
+            raise grpc.aio.AioRpcError(
+                status.code, grpc.aio.Metadata(), grpc.aio.Metadata(*status.trailing_metadata), status.details
+            )
+        return pb.RetrieveResponse(
+            candidates=[pb.Candidate(item_id="I00007", source=common.CANDIDATE_SOURCE_POPULARITY, score=1.0)],
+            index_version=common.ArtifactVersion(kind="index", name="items", version=self.version),
+        )
+
+
+async def _router_with(tmp_path, shards) -> ShardRouter:
+    root = tmp_path / "router"
+    router_version(root, "20260101T000000Z", count=300)
+    router = ShardRouter(RetrievalSettings(index_path=root, shard_targets="a:1,b:2", index_poll_s=0))
+    await router.queries.load_latest(root)
+    router.stubs = shards
+    return router
+
+
+async def test_a_shard_that_refuses_what_the_router_accepted_is_dropped_not_the_callers_error(tmp_path):
+    # Mid-rollout, shard b's older index does not know the region the router's data (and shard a) sell in.
+    refusing = _RetrieveShard(refused={"context.region": "unknown region 'NL'"})
+    router = await _router_with(tmp_path, [_RetrieveShard(), refusing])
+    answer = await router.Retrieve(pb.RetrieveRequest(k=10), _Context(None))
+    assert [c.item_id for c in answer.candidates] == ["I00007"]
+    dropped = [d for d in answer.degradations if d.reason == common.DEGRADATION_REASON_SOURCE_DROPPED]
+    assert [(d.stage, d.detail) for d in dropped] == [("shard b:2", "INVALID_ARGUMENT")]
+
+
+async def test_a_refusal_of_the_callers_fields_by_every_shard_is_relayed_with_the_field_named(tmp_path):
+    refused = {"context.region": "unknown region 'NL'"}
+    router = await _router_with(tmp_path, [_RetrieveShard(refused=refused), _RetrieveShard(refused=refused)])
+    with pytest.raises(Relayed) as relayed:
+        await router.Retrieve(pb.RetrieveRequest(k=10), _Context(None))
+    status = status_for(relayed.value)
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown region" in status.details
+
+
+async def test_a_refusal_of_the_routers_own_vectors_never_reaches_the_caller_as_its_error(tmp_path):
+    # Shards on an index of another dimension refuse the vectors the router encoded: an outage of retrieval (the
+    # gateway falls back), not an INVALID_ARGUMENT that tells the caller to change a request it cannot change.
+    refused = {"history_query_vector": "must hold 32 values, got 16"}
+    router = await _router_with(tmp_path, [_RetrieveShard(refused=refused), _RetrieveShard(refused=refused)])
+    with pytest.raises(DependencyUnavailable, match="no index shard answered: a:1 INVALID_ARGUMENT"):
+        await router.Retrieve(pb.RetrieveRequest(k=10), _Context(None))
