@@ -39,7 +39,8 @@ SUCCESS_EVENTS = {common.EVENT_TYPE_CLICK, common.EVENT_TYPE_ADD_TO_CART, common
 #: quantity and time. The history sent on is the session store's and the request's, up to ``max_history`` entries.
 MAX_INTERACTION_BYTES = 4 * MAX_ID_LENGTH + 64
 #: The other fields of a Recommend request that the gateway forwards to retrieval.
-FORWARDED_FIELDS = ("subject", "context", "anchor_item_ids", "exclusions")
+#: What the gateway forwards of the caller's request as it came (the subject stays in the gateway).
+FORWARDED_FIELDS = ("context", "anchor_item_ids", "exclusions")
 
 
 def shown_in(response: pb.RecommendResponse) -> Candidates:
@@ -248,7 +249,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         check.raise_if_any()
 
     def _check_forwarded_size(self, check: Violations, request: pb.RecommendRequest) -> None:
-        """What retrieval is sent (this request's subject, context, anchors and exclusions, and up to
+        """What retrieval is sent (this request's context, anchors and exclusions, and up to
         ``max_history`` entries of history) fits in the message size it accepts, ``downstream_max_message_bytes``
         (the gateway itself reads up to 16 MB, so that an oversized field is named: a request retrieval refused at
         the transport would look like a retrieval outage). The fields' own limits count entries and characters,
@@ -259,7 +260,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         room = limit - history_room - 1024
         exclusions = request.exclusions
         entries = len(exclusions.item_ids) + len(exclusions.brands) + len(exclusions.categories)
-        entries += len(request.anchor_item_ids) + 2  # the subject's id and the region
+        entries += len(request.anchor_item_ids) + 1  # the region
         if entries * (4 * MAX_ID_LENGTH + 8) + request.context.ByteSize() <= room:
             return  # cannot be too large: skip serialising the request to measure it
         sizes = {name: _wire_size(request, name) for name in FORWARDED_FIELDS}

@@ -14,6 +14,7 @@ from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from services.core.errors import InvalidArgument
 from services.core.validation import MAX_ATTRIBUTE_VALUE_LENGTH, MAX_ATTRIBUTES, MAX_ID_LENGTH
+from services.gateway.servicer import MAX_INTERACTION_BYTES
 from services.gateway.sessions import subject_key
 from services.gateway.settings import GatewaySettings
 from tests.unit.gateway.servicers import Context, recommend, servicer, shopper
@@ -122,6 +123,20 @@ async def test_the_forwarded_size_follows_the_limit_retrieval_is_deployed_with()
     await recommend(service, shopper(exclusions=exclusions))  # answered under the default limit
     violations = await refused_recommend(shopper(exclusions=exclusions), downstream_max_message_bytes=1024 * 1024)
     assert set(violations) == {"exclusions"} and "1048576 bytes" in violations["exclusions"], violations
+
+
+async def test_the_subject_which_retrieval_is_not_sent_does_not_count_toward_its_message_size():
+    """Exclusions that fit retrieval's message with a little room to spare, and a 1 KB subject: answered, since
+    neither retrieval nor ranking is sent the subject."""
+    limit = 1024 * 1024
+    service = servicer(cache_ttl_s=0, downstream_max_message_bytes=limit)
+    history_room = min(service.settings.max_history * MAX_INTERACTION_BYTES, limit // 2)
+    room = limit - history_room - 1024
+    ids = [f"{n:05d}".ljust(MAX_ID_LENGTH, "x") for n in range((room - 700) // (MAX_ID_LENGTH + 3))]
+    request = shopper(user_id="😀" * MAX_ID_LENGTH, exclusions=common.Exclusions(item_ids=ids))
+    forwarded = request.exclusions.ByteSize() + 4 + request.context.ByteSize() + 4
+    assert forwarded <= room < forwarded + request.subject.ByteSize()  # the subject would tip it over
+    assert len((await recommend(service, request)).items) == 5
 
 
 async def test_the_largest_request_the_limits_allow_in_plain_characters_is_answered():
