@@ -39,6 +39,7 @@ from services.ranking.backends.onnxruntime import (
     check_batch_parity,
     check_graph,
     check_probabilities,
+    largest_difference,
     run_session,
     warm_up_inputs,
 )
@@ -197,7 +198,9 @@ def sample_parity(session, contract: ModelContract, path: Path) -> float:
             continue
         if got.shape != sample[name].shape:
             raise ModelConfigError(f"{path}: {name} has shape {got.shape}, the sample recorded {sample[name].shape}")
-        worst = max(worst, float(np.abs(got - sample[name]).max()))
+        worst = max(worst, largest_difference(got, sample[name]))
+    if worst == float("inf"):
+        raise ModelConfigError(f"{path}: ONNX Runtime or the recorded outputs hold scores that are not finite (NaN)")
     if not worst <= SAMPLE_PARITY_TOLERANCE:
         raise ModelConfigError(
             f"{path}: ONNX Runtime differs from the recorded outputs by {worst:.2e} (> {SAMPLE_PARITY_TOLERANCE:.0e})"

@@ -15,7 +15,7 @@ from services.core.validation import (
     MIN_TIMESTAMP_SECONDS,
     Violations,
 )
-from services.ranking.backends.base import ModelNotReady, Ranking, RankingBackend
+from services.ranking.backends.base import ModelNotReady, NonFiniteScores, Ranking, RankingBackend
 from services.ranking.settings import RankingSettings
 from services.ranking.wire import encode_scored_items
 
@@ -35,6 +35,7 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
         self.check_model(request)
         remaining = context.time_remaining() if context is not None else None
         ranking = await self.backend.rank(history_ids, candidate_ids, remaining, request.model_version)
+        check_finite(ranking)
         response = pb.RankResponse(
             model_version=common_pb2.ArtifactVersion(
                 kind="model", name=ranking.model_name, version=ranking.model_version
@@ -72,6 +73,18 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
         backend = self.backend
         if request.model_name and request.model_name != backend.model_name:
             raise NotFound(f"model {request.model_name!r} is not served here (serving {backend.model_name!r})")
+
+
+def check_finite(ranking: Ranking) -> None:
+    """Raises :class:`NonFiniteScores` unless every P(purchase), and P(return) of every known candidate, is finite."""
+    bad = ~np.isfinite(ranking.purchase)
+    if ranking.returns is not None:
+        bad |= ~np.isfinite(ranking.returns) & ~ranking.unknown
+    if bad.any():
+        raise NonFiniteScores(
+            f"model {ranking.model_name!r} version {ranking.model_version} gave scores that are not finite for "
+            f"{int(bad.sum())} of {len(bad)} candidates"
+        )
 
 
 def add_scored_items(response: pb.RankResponse, candidate_ids: list[str], ranking: Ranking) -> None:

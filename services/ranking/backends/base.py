@@ -83,6 +83,15 @@ class InferenceFailed(ServiceError):
     reason = "INFERENCE_FAILED"
 
 
+class NonFiniteScores(InferenceFailed):
+    """The model answered with scores that are not finite (NaN, infinity) for this request: a model fault the load
+    checks did not meet. The caller gets an error, which the gateway answers as ranking down (degraded), rather
+    than NaN scores that would order its answer arbitrarily."""
+
+    reason = "NON_FINITE_SCORES"
+    retryable = False  # every replica serves the same version
+
+
 class InferenceServerFault(InferenceFailed):
     """The inference server failed a request through a fault of its own (Triton's INTERNAL or UNKNOWN: a python
     backend stub found unhealthy, a crashed model instance): the fallback backend may answer. Not a refusal of the

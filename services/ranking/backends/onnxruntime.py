@@ -394,10 +394,14 @@ def warm_up_inputs(model: ServedModel, rows: int = 2, candidates: int = 16, seed
     """A small random request batch over the model's vocabulary (history and candidates), features joined.
 
     The first row holds the largest token (the vocabulary's last item) as its first candidate and newest history
-    item, so a model whose item table is shorter than the vocabulary fails here, whatever the random draw."""
+    item, so a model whose item table is shorter than the vocabulary fails here, whatever the random draw. With
+    more than one row, the last has an empty history (a new shopper's), which a model may fail alone (a mean over
+    no items: NaN)."""
     rng = np.random.default_rng(seed)
     size = len(model.vocabulary)
     history = rng.integers(0, size + 1, size=(rows, model.history_length), dtype=np.int64)
+    if rows > 1:
+        history[-1, :] = 0
     tokens = (
         rng.integers(1, size + 1, size=(rows, candidates), dtype=np.int64)
         if size
@@ -439,8 +443,16 @@ def batch_parity(session, model: ServedModel) -> float:
         alone = run_session(session, model.contract, row)
         for mine, batched in ((alone.purchase, together.purchase), (alone.returns, together.returns)):
             if mine is not None and batched is not None:
-                worst = max(worst, float(np.abs(mine[0] - batched[i, :width]).max()))
+                worst = max(worst, largest_difference(mine[0], batched[i, :width]))
     return worst
+
+
+def largest_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """``max |a - b|``, or infinity where either holds a value that is not finite: a NaN would otherwise vanish in
+    ``max()`` (``max(0.0, nan)`` is 0.0) and a model that scores NaN would pass a parity check."""
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("inf")
+    return float(np.abs(a - b).max()) if a.size else 0.0
 
 
 def check_batch_parity(folder: Path, session, model: ServedModel, tolerance: float = BATCH_PARITY_TOLERANCE) -> float:
@@ -451,6 +463,8 @@ def check_batch_parity(folder: Path, session, model: ServedModel, tolerance: flo
         difference = batch_parity(session, model)
     except Exception as exc:  # ORT raises its own exception types (a fixed batch size, an out-of-range token)
         raise ModelConfigError(f"{folder}: batch/padding parity run failed: {_first_line(exc)}") from None
+    if difference == float("inf"):
+        raise ModelConfigError(f"{folder}: the batch/padding parity run gives scores that are not finite (NaN)")
     if not difference <= tolerance:
         raise ModelConfigError(
             f"{folder}: a candidate's score changes by {difference:.2e} when other candidates share its row or batch "

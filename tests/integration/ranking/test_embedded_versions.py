@@ -101,6 +101,18 @@ async def test_a_version_whose_scores_depend_on_the_other_candidates_is_refused(
     assert "share its row or batch" in await refused_at_load(repository, "2")
 
 
+async def test_a_version_that_scores_a_shopper_without_history_as_nan_is_refused(tmp_path, caplog):
+    repository = tiny_repository(tmp_path, {1: {}})
+    async with serving(repository) as backend:
+        before = await scores(backend)
+        add_version(repository / "ranker", 2, nan_without_history=True)
+        with caplog.at_level(logging.ERROR, logger=REFUSED):
+            assert not await backend.refresh()
+        assert await scores(backend) == before
+        assert "warm-up purchase scores are not probabilities" in caplog.text
+    assert "not probabilities" in await refused_at_load(repository, "2")
+
+
 async def test_a_version_refused_mid_copy_is_tried_again_once_its_files_change(tmp_path):
     repository = tiny_repository(tmp_path, {1: {}})
     async with serving(repository) as backend:

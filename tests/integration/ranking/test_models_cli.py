@@ -21,7 +21,7 @@ from services.ranking.model_config import (
     model_versions,
     read_model_config,
 )
-from services.ranking.repository import PARITY_SAMPLE_FILE
+from services.ranking.repository import PARITY_SAMPLE_FILE, sample_parity
 from services.ranking.served_model import ServedModel
 from tests.integration.ranking.breakers import poison_weights, rename_input, truncate
 from tests.integration.ranking.conftest import FEATURES, copy_model_repository
@@ -210,6 +210,30 @@ def test_a_parity_run_that_fails_is_a_model_config_error(tmp_path):
     check_batch_parity(model_dir / "1", session, model)
     with pytest.raises(ModelConfigError, match="batch/padding parity run failed: .*invalid dimensions"):
         check_batch_parity(model_dir / "1", FailsBatched(session), model)
+
+
+def test_a_version_that_scores_nan_without_history_is_refused_by_every_check(tmp_path):
+    repository = tiny_repository(tmp_path, {1: {"nan_without_history": True}})
+    result = aisle("validate", repository)
+    assert result.exit_code == 1 and "sample-input purchase scores are not probabilities" in result.output
+    source = add_version(tmp_path, 2, nan_without_history=True)
+    assert "not probabilities" in aisle("publish", source, "--repository", repository).output
+    assert model_versions(repository / "ranker") == [1]
+    # Each parity check on its own: a NaN must not vanish into max() as "max diff 0.0".
+    model_dir = repository / "ranker"
+    model = ServedModel.read("ranker", "1", model_dir / "1", read_model_config(model_dir / CONFIG_FILE))
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    with pytest.raises(ModelConfigError, match="batch/padding parity run gives scores that are not finite"):
+        check_batch_parity(model_dir / "1", session, model)
+    history = np.zeros((1, 50), dtype=np.int64)
+    np.savez(
+        model_dir / "1" / PARITY_SAMPLE_FILE,
+        history_item_ids=history,
+        candidate_item_ids=np.array([[1, 2]], dtype=np.int64),
+        purchase_probability=np.full((1, 2), 0.5, dtype=np.float32),
+    )
+    with pytest.raises(ModelConfigError, match="not finite"):
+        sample_parity(session, model.contract, model_dir / "1" / PARITY_SAMPLE_FILE)
 
 
 def refusal(result) -> str:

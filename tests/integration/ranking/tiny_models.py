@@ -25,8 +25,17 @@ def item_ids(count: int = ITEMS) -> list[str]:
     return [f"I{i:05d}" for i in range(count)]
 
 
-def tiny_ranker(path: Path, candidate_rows: int, history_rows: int, *, softmax: bool = False, seed: int = 0) -> None:
-    """Writes ``model.onnx``: P(purchase) = sigmoid(candidate_table[token]) (softmax over the row if ``softmax``)."""
+def tiny_ranker(
+    path: Path,
+    candidate_rows: int,
+    history_rows: int,
+    *,
+    softmax: bool = False,
+    nan_without_history: bool = False,
+    seed: int = 0,
+) -> None:
+    """Writes ``model.onnx``: P(purchase) = sigmoid(candidate_table[token]) (softmax over the row if ``softmax``;
+    NaN for a row whose history is empty if ``nan_without_history``, as a mean over no items gives)."""
     rng = np.random.default_rng(seed)
     nodes = [
         helper.make_node("Gather", ["candidate_table", "candidate_item_ids"], ["picked"], axis=0),
@@ -35,11 +44,23 @@ def tiny_ranker(path: Path, candidate_rows: int, history_rows: int, *, softmax: 
         helper.make_node("ReduceSum", ["seen", "history_axis"], ["seen_sum"], keepdims=1),
         helper.make_node("Squeeze", ["seen_sum", "last_axis"], ["user"]),
         helper.make_node("Mul", ["user", "zero"], ["user_term"]),
-        helper.make_node("Add", ["logits", "user_term"], ["scores"]),
+        helper.make_node("Add", ["logits", "user_term"], ["summed"]),
+    ]
+    if nan_without_history:  # scores * (items seen / items seen): 0 / 0 for an empty history
+        nodes += [
+            helper.make_node("Greater", ["history_item_ids", "no_item"], ["known"]),
+            helper.make_node("Cast", ["known"], ["known_count"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceSum", ["known_count", "history_axis"], ["count"], keepdims=1),
+            helper.make_node("Div", ["count", "count"], ["one_or_nan"]),
+            helper.make_node("Mul", ["summed", "one_or_nan"], ["scores"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", ["summed"], ["scores"]))
+    nodes.append(
         helper.make_node("Softmax", ["scores"], ["purchase_probability"], axis=1)
         if softmax
-        else helper.make_node("Sigmoid", ["scores"], ["purchase_probability"]),
-    ]
+        else helper.make_node("Sigmoid", ["scores"], ["purchase_probability"])
+    )
     graph = helper.make_graph(
         nodes,
         "tiny_ranker",
@@ -54,6 +75,7 @@ def tiny_ranker(path: Path, candidate_rows: int, history_rows: int, *, softmax: 
             numpy_helper.from_array(np.array([2], dtype=np.int64), "last_axis"),
             numpy_helper.from_array(np.array([1], dtype=np.int64), "history_axis"),
             numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+            numpy_helper.from_array(np.array(0, dtype=np.int64), "no_item"),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -70,6 +92,7 @@ def add_version(
     candidate_rows: int | None = None,
     history_rows: int | None = None,
     softmax: bool = False,
+    nan_without_history: bool = False,
 ) -> Path:
     """``model_dir/<version>/`` with ``model.onnx`` and ``item_vocabulary.txt``; tables have one row per token
     (``items + 1``, row 0 for padding) unless told otherwise."""
@@ -81,6 +104,7 @@ def add_version(
         candidate_rows if candidate_rows is not None else rows,
         history_rows if history_rows is not None else rows,
         softmax=softmax,
+        nan_without_history=nan_without_history,
         seed=version,
     )
     (folder / VOCABULARY_FILE).write_text("".join(f"{item}\n" for item in item_ids(items)))
