@@ -186,8 +186,10 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         base, count = index.availability.base_mask(region_column, request.include_out_of_stock)
         rows = index.rows
         excluded = [rows[item] for item in request.exclusions.item_ids if item in rows]
-        # The product on the page and the cart's items are never their own recommendation.
+        # The product on the page and the cart's items are never their own recommendation, nor is an item the
+        # subject returned, from any source.
         excluded += anchor_rows
+        excluded += [rows[i.item_id] for i in history if i.event_type == common_pb2.EVENT_TYPE_RETURN]
         if request.exclude_history:
             excluded += [rows[i.item_id] for i in history]
         elif request.exclude_purchased:

@@ -401,6 +401,22 @@ def by_source(response: pb.RetrieveResponse, source: int) -> list[tuple]:
     return [(c.item_id, round(c.score, 4), c.anchor_item_id) for c in response.candidates if c.source == source]
 
 
+async def test_an_item_the_shopper_returned_comes_back_from_no_source(index_root):
+    # The history's own items are allowed (no exclude_history): viewed, an item comes back (the two-tower source
+    # finds it nearest its own vector); bought and then returned, from no source, whatever the page.
+    sources = (TWO_TOWER, POPULAR, I2I, CO_VISITATION, BUY_AGAIN)
+    viewed = request(k=50, sources=sources, history=("I00010", "I00020"), include_out_of_stock=True)
+    viewed.anchor_item_ids.append("I00011")
+    returned = pb.RetrieveRequest()
+    returned.CopyFrom(viewed)
+    returned.history.extend(events(("I00020", common.EVENT_TYPE_PURCHASE), ("I00020", common.EVENT_TYPE_RETURN)))
+    async with retrieval(index_root) as (_, stub):
+        seen = {c.item_id for c in (await stub.Retrieve(viewed, timeout=5)).candidates}
+        kept = {c.item_id for c in (await stub.Retrieve(returned, timeout=5)).candidates}
+    assert "I00020" in seen
+    assert "I00020" not in kept and "I00010" in kept
+
+
 async def test_co_visitation_and_buy_again_in_one_call(index_root):
     view, purchase, returned = common.EVENT_TYPE_VIEW, common.EVENT_TYPE_PURCHASE, common.EVENT_TYPE_RETURN
     message = request(k=0, sources=(CO_VISITATION, BUY_AGAIN), history=())
