@@ -69,6 +69,8 @@ class RetrievalSources(ComponentBase):
     async def fetch(self, state: RequestState, timeout: float) -> Candidates:
         p, request = self.params, state.request
         wanted = self.wanted()
+        for source in POPULAR_SOURCES & wanted.keys():  # each can fill any k alone: never the cause of a short answer
+            wanted[source] = max(wanted[source], state.k)
         if not state.history:
             wanted.pop(common.CANDIDATE_SOURCE_TWO_TOWER, None)
         if not request.anchor_item_ids:
@@ -127,7 +129,8 @@ class RetrievalSources(ComponentBase):
             for source in POPULAR_SOURCES:
                 popular |= candidates.source == source
             if popular.any():
-                self.deps.popular_cache.store(state.region, candidates.item_ids[popular].tolist())
+                # Popularity and cold start propose much the same items: each once, in the order first proposed.
+                self.deps.popular_cache.store(state.region, list(dict.fromkeys(candidates.item_ids[popular].tolist())))
         return candidates
 
     def _shared_by_the_region(self, request) -> bool:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from aisle.common.v1 import common_pb2 as common
+from aisle.retrieval.v1 import retrieval_service_pb2 as pb_retrieval
 from services.gateway.catalog import ItemCatalog
 from services.gateway.components.base import Params
 from services.gateway.components.filters import (
@@ -553,6 +554,72 @@ async def test_only_a_whole_call_that_excludes_nothing_fills_the_regions_popular
     got = await source.fetch(state(exclusions=exclusions), 1.0)
     assert got.ids() == ["i2", "i1"]  # the answer itself is the same either way
     assert shared_deps.popular_cache.get("GB") == (["i2", "i1"] if shared else [])
+
+
+@pytest.mark.parametrize("k", [5, 120])
+async def test_the_popular_sources_are_asked_for_at_least_k_so_that_they_can_fill_the_answer(k):
+    # A shopper without history gets only the context sources: asked for their configured 50 whatever k, every
+    # k above 50 was answered with 50 items, flagged short.
+    from services.gateway.components.sources import (
+        RetrievalSource,
+        RetrievalSourceParams,
+        RetrievalSources,
+        RetrievalSourcesParams,
+    )
+
+    seen = []
+
+    class Retrieval:
+        async def Retrieve(self, request, timeout):  # noqa: N802
+            seen.append({limit.source: limit.k for limit in request.source_limits})
+            return pb_retrieval.RetrieveResponse()
+
+    class Downstream:
+        retrieval = Retrieval()
+
+    several = {"popularity": 50, "cold_start": 50, "trending": 50, "co_visitation": 50}
+    await RetrievalSources("Retrieval", RetrievalSourcesParams(sources=several), deps(Downstream())).fetch(
+        state(k=k), 1.0
+    )
+    await RetrievalSource("Popular", RetrievalSourceParams(source="popularity", k=50), deps(Downstream())).fetch(
+        state(k=k), 1.0
+    )
+    popular, trending = max(50, k), 50  # trending holds only items sold lately: it cannot fill any k
+    assert seen[0] == {
+        common.CANDIDATE_SOURCE_POPULARITY: popular,
+        common.CANDIDATE_SOURCE_COLD_START: popular,
+        common.CANDIDATE_SOURCE_TRENDING: trending,
+        common.CANDIDATE_SOURCE_CO_VISITATION: 50,
+    }
+    assert seen[1] == {common.CANDIDATE_SOURCE_POPULARITY: popular}
+
+
+async def test_the_regions_fallback_list_holds_each_popular_item_once():
+    # Popularity and cold start propose much the same items: the fallback list is the distinct ones, in order.
+    from services.gateway.components.sources import RetrievalSources, RetrievalSourcesParams
+
+    popular, cold = common.CANDIDATE_SOURCE_POPULARITY, common.CANDIDATE_SOURCE_COLD_START
+    rows = [("i2", popular), ("i1", popular), ("i1", cold), ("i3", cold), ("i2", cold)]
+
+    class Retrieval:
+        async def Retrieve(self, request, timeout):  # noqa: N802
+            return pb_retrieval.RetrieveResponse(
+                columns=pb_retrieval.CandidateColumns(
+                    item_ids=[item for item, _ in rows],
+                    sources=[source for _, source in rows],
+                    source_ranks=[0, 1, 0, 1, 2],
+                    scores=[5.0, 4.0, 3.0, 2.0, 1.0],
+                    anchor_item_ids=[""] * len(rows),
+                )
+            )
+
+    class Downstream:
+        retrieval = Retrieval()
+
+    shared = deps(Downstream())
+    params = RetrievalSourcesParams(sources={"popularity": 5, "cold_start": 5})
+    await RetrievalSources("Retrieval", params, shared).fetch(state(), 1.0)
+    assert shared.popular_cache.get("GB") == ["i2", "i1", "i3"]
 
 
 def test_the_popular_cache_serves_a_region_only_its_own_list_unless_told_otherwise():
