@@ -18,7 +18,8 @@ _VERBS = {
 def reasons_for(
     candidate: Candidate, history_events: Mapping[str, int], region: str, catalog: ItemCatalog | None = None
 ) -> list[common.Reason]:
-    """One reason per source, most specific first. ``history_events`` maps item id -> last event type."""
+    """One reason per source, in the candidate's source order, each distinct reason once (popularity and cold start
+    both say "Popular"). ``history_events`` maps item id -> last event type."""
     catalog = catalog or ItemCatalog({})
     reasons = list(candidate.reasons)
     for source in candidate.sources:
@@ -63,4 +64,11 @@ def reasons_for(
             reasons.append(common.Reason(code=common.REASON_CODE_TRENDING, text="Trending now"))
     if catalog.get(candidate.item_id, "new", False) and not candidate.exploration:
         reasons.append(common.Reason(code=common.REASON_CODE_NEW_ARRIVAL, text="New arrival"))
-    return reasons
+    seen: set[tuple[int, str, str]] = set()
+    distinct = []
+    for reason in reasons:
+        key = (reason.code, reason.text, reason.related_item_id)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(reason)
+    return distinct

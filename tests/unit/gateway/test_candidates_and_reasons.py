@@ -112,6 +112,20 @@ def test_an_item_from_the_history_itself_is_a_buy_again_reason():
     assert reason.code == common.REASON_CODE_BUY_AGAIN and reason.text == "Buy it again"
 
 
+def test_a_reason_two_sources_give_alike_is_given_once():
+    popular, cold, trending = (
+        common.CANDIDATE_SOURCE_POPULARITY,
+        common.CANDIDATE_SOURCE_COLD_START,
+        common.CANDIDATE_SOURCE_TRENDING,
+    )
+    reasons = reasons_for(Candidate("x", [popular, trending, cold]), {}, "GB")
+    assert [r.text for r in reasons] == ["Popular in GB", "Trending now"]
+    buy_again = common.CANDIDATE_SOURCE_BUY_AGAIN
+    mine = Candidate("mug", [TWO_TOWER, buy_again], anchors={TWO_TOWER: "mug"})
+    [reason] = reasons_for(mine, {"mug": common.EVENT_TYPE_PURCHASE}, "")
+    assert (reason.code, reason.text, reason.related_item_id) == (common.REASON_CODE_BUY_AGAIN, "Buy it again", "mug")
+
+
 def test_item_to_item_and_new_arrival_reasons():
     catalog = ItemCatalog({"x": {"new": True}, "lamp": {"new": False}})
     reasons = reasons_for(Candidate("x", [I2I], anchors={I2I: "lamp"}), {}, "", catalog)
