@@ -100,6 +100,11 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             response = pb.RecommendResponse()
             response.CopyFrom(cached)
             response.tracking_token, response.trace_id = uuid.uuid4().hex, current_trace_id()
+            # This request's own times: the stored ones are another request's stages.
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            del response.stage_latencies[:]
+            response.stage_latencies.add(stage="cache", duration_ms=elapsed_ms)
+            response.stage_latencies.add(stage="total", duration_ms=elapsed_ms)
             span.set_attribute("aisle.cache_hit", True)
             # A cached answer is still an exposure: log it with this request's variant and token.
             state = RequestState(

@@ -147,6 +147,18 @@ async def test_a_guest_with_exclusions_is_neither_served_from_nor_stored_in_the_
     assert service.deps.downstream.retrieval.calls == 2
 
 
+async def test_an_answer_from_the_cache_gives_its_own_stage_latencies_not_the_stored_ones():
+    service = servicer()
+    first = await recommend(service, guest("a"))
+    assert [s.stage for s in first.stage_latencies][-1] == "total" and "scoring" in {
+        s.stage for s in first.stage_latencies
+    }
+    again = await recommend(service, guest("b"))
+    assert service.deps.downstream.retrieval.calls == 1  # from the cache
+    assert [s.stage for s in again.stage_latencies] == ["cache", "total"]
+    assert again.stage_latencies[1].duration_ms != first.stage_latencies[-1].duration_ms
+
+
 async def test_guests_in_different_regions_do_not_share_an_answer():
     service = servicer()
     await recommend(service, guest("a"))
