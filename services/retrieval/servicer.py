@@ -46,9 +46,13 @@ def validate_retrieve(
     for i, source in enumerate(request.sources):
         check.enum(f"sources[{i}]", source, list(sources), SOURCE_NAMES)
     check.count("source_limits", request.source_limits, limit=len(SOURCE_NAMES))
+    limited_before: set[int] = set()
     for i, limit in enumerate(request.source_limits[: len(SOURCE_NAMES)]):
         if limit.source not in request.sources:
             check.add(f"source_limits[{i}].source", "must also be listed in sources")
+        elif limit.source in limited_before:
+            check.add(f"source_limits[{i}].source", "has a count already: give each source one")
+        limited_before.add(limit.source)
         if limit.k < 1 or limit.k > settings.max_k:
             check.add(f"source_limits[{i}].k", f"must be between 1 and {settings.max_k}, got {limit.k}")
     limited = {limit.source for limit in request.source_limits}

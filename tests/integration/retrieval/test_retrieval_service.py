@@ -123,6 +123,11 @@ def index_root(tmp_path_factory):
         (lambda r: r.source_limits.add(source=I2I, k=5), "source_limits[0].source"),
         (lambda r: r.source_limits.add(source=POPULAR, k=0), "source_limits[0].k"),
         (lambda r: r.source_limits.add(source=POPULAR, k=2001), "source_limits[0].k"),
+        # Two counts for one source: which one was meant is not for the server to guess.
+        (
+            lambda r: (r.source_limits.add(source=POPULAR, k=3), r.source_limits.add(source=POPULAR, k=7)),
+            "source_limits[1].source",
+        ),
         # k may be left out only when every source has its own count.
         (lambda r: (r.source_limits.add(source=POPULAR, k=5), setattr(r, "k", 0)), "k"),
     ],
