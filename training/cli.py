@@ -87,7 +87,9 @@ def _data_spec(data: Path, data_format: str, catalog: Path | None, strict: bool)
     "--items", type=click.IntRange(20, 1_000_000), default=1000, show_default=True, help="Synthetic shop: catalog size."
 )
 @click.option("--epochs", type=click.IntRange(1, 100), default=None, help="Epochs for each model [default: per model].")
-@click.option("--dim", type=click.IntRange(8, 512), default=64, show_default=True, help="Embedding size.")
+@click.option(
+    "--dim", type=click.IntRange(8, 512), default=None, help="Embedding size [default: 64; 32 with --skeleton]."
+)
 @click.option("--threads", type=click.IntRange(1, 64), default=2, show_default=True, help="Torch CPU threads.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for data, sampling and weights.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
@@ -103,7 +105,7 @@ def train(
     users: int,
     items: int,
     epochs: int | None,
-    dim: int,
+    dim: int | None,
     threads: int,
     seed: int,
     progress: bool,
@@ -119,21 +121,30 @@ def train(
             f"{config_path} not found: point --model-repository at a repository "
             "whose model folder has its config.pbtxt (the project's model_repository/ has one)"
         )
+    import torch
+
     from training.data.schema import DataError
     from training.export import ExportError
 
+    torch.set_num_threads(threads)
     if skeleton:
+        given = click.get_current_context().get_parameter_source
+        data_options = {"data": "--data", "data_format": "--format", "catalog": "--catalog", "strict": "--strict"}
+        ignored = [flag for name, flag in data_options.items() if given(name) != click.core.ParameterSource.DEFAULT]
+        if ignored:
+            raise click.UsageError(
+                f"--skeleton trains on the synthetic shop and reads no {', '.join(ignored)}: drop --skeleton to train "
+                "the sequence ranker on that data, or drop those options"
+            )
         try:
-            _train_skeleton(out, model_repository, model_name, users, items, epochs or 3, seed)
+            _train_skeleton(out, model_repository, model_name, users, items, epochs or 3, seed, dim, progress)
         except (ExportError, OSError) as exc:
             raise click.ClickException(_one_line(exc)) from None
         return
-    import torch
-
     from training.fit import FitConfig
     from training.run import train_and_export
 
-    torch.set_num_threads(threads)
+    dim = dim or 64
     if data is None:
         spec = {"format": "synthetic", "users": users, "items": items, "seed": seed}
     else:
@@ -164,17 +175,23 @@ def _one_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _train_skeleton(out: Path, model_repository: Path, model_name: str, users: int, items: int, epochs: int, seed: int):
+def _train_skeleton(
+    out: Path,
+    model_repository: Path,
+    model_name: str,
+    users: int,
+    items: int,
+    epochs: int,
+    seed: int,
+    dim: int | None,
+    progress: bool,
+):
     from training.pipeline import train_synthetic
     from training.train_tiny import TrainConfig
 
+    config = TrainConfig(epochs=epochs, seed=seed, **({"dim": dim} if dim else {}))
     artifacts = train_synthetic(
-        out,
-        model_repository,
-        model_name=model_name,
-        users=users,
-        items=items,
-        config=TrainConfig(epochs=epochs, seed=seed),
+        out, model_repository, model_name=model_name, users=users, items=items, config=config, progress=progress
     )
     metrics = artifacts.result.metrics
     click.echo(f"model version: {artifacts.model_version_dir}")

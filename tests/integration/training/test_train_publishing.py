@@ -113,3 +113,26 @@ def test_the_skeleton_publishes_its_ranker_last_under_the_repositorys_numbering(
     assert result.exit_code == 0, result.output
     assert model_versions(model_dir) == [5]
     assert load_index(index_versions(out / "index")[0]).model_version == "5"
+
+
+def test_the_skeleton_refuses_data_it_would_not_read_and_keeps_quiet_when_told(tmp_path):
+    repo, data = repository(tmp_path), tmp_path / "events.csv"
+    data.write_text("user_id,item_id\n", encoding="utf-8")
+    result = train(tmp_path / "a", repo, "--skeleton", "--data", str(data), "--strict")
+    assert result.exit_code == 2 and "reads no --data, --strict" in result.output, result.output
+    assert model_versions(repo / "ranker") == []
+    result = train(tmp_path / "b", repo, "--skeleton")  # TINY_SHOP says --no-progress
+    assert result.exit_code == 0 and "training ranker" not in result.output, result.output
+    shown = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--out",
+            str(tmp_path / "c"),
+            "--model-repository",
+            str(repo),
+            *[a for a in TINY_SHOP if a != "--no-progress"],
+            "--skeleton",
+        ],
+    )
+    assert shown.exit_code == 0 and "training ranker" in shown.output
