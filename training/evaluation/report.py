@@ -72,6 +72,22 @@ def load_run(artifacts: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def check_run_artifacts(run: dict) -> None:
+    """The run's ranker version, index version and query tower are still on disk, or :class:`ArtifactError`
+    saying where they went (a rollback retires a ranker version), before any data is read."""
+    from services.ranking.repository import RETIRED_PREFIX
+
+    for key, what in (("ranker_dir", "ranker version"), ("index_dir", "index version"), ("query_tower", "query tower")):
+        path = Path(run[key])
+        if path.exists():
+            continue
+        retired = sorted(path.parent.glob(f"{RETIRED_PREFIX}{path.name}-*")) if key == "ranker_dir" else []
+        where = f"was retired (now {retired[-1]}, by `aisle models rollback`)" if retired else "is gone"
+        raise ArtifactError(
+            f"the run's {what} {path} {where}: evaluate a run whose artefacts are in place, or train again"
+        )
+
+
 def evaluate_artifacts(
     artifacts: Path,
     out: Path,
@@ -82,6 +98,7 @@ def evaluate_artifacts(
     plots: bool = True,
 ) -> dict:
     run = load_run(artifacts)
+    check_run_artifacts(run)
     spec = dict(run["data"])
     if data is not None:
         spec["path"] = str(data)
