@@ -24,7 +24,7 @@ import numpy as np
 from services.ranking.features import ItemFeatureSnapshot
 from services.retrieval.covisitation import MAX_ANCHORS, CoVisitationTable, co_visited
 from training.data.splits import EvalCase
-from training.evaluation.baselines import ScoredBatch, _popularity_fill, _recent_distinct, dated_fill
+from training.evaluation.baselines import FILL_CEILING, ScoredBatch, _popularity_fill, _recent_distinct, dated_fill
 from training.features import RecentSales, history_tokens, ranker_inputs
 
 QueryFn = Callable[[np.ndarray], np.ndarray]  # history tokens [B, L] -> query vectors [B, D]
@@ -199,6 +199,8 @@ class AisleRecommender:
         probabilities = np.full(scores.shape, np.nan, dtype=np.float32)
         users, slots = np.nonzero(candidates >= 0)
         items = candidates[users, slots]
-        scores[users, items] = 1.0 + purchase[users, slots]
+        # Above every fill score, by the least that keeps the ranker's own float32 order (1.0 + p merged
+        # probabilities closer than 1.2e-7 into ties).
+        scores[users, items] = FILL_CEILING + purchase[users, slots]
         probabilities[users, items] = purchase[users, slots]
         return ScoredBatch(scores, probabilities)

@@ -24,11 +24,15 @@ class ScoredBatch:
     probabilities: np.ndarray | None = None  # P(purchase) [users, items], NaN where the model scored nothing
 
 
+#: Every popularity fill score is below it; a model's own items score at least this much.
+FILL_CEILING = 1e-3
+
+
 def _popularity_fill(popularity: np.ndarray) -> np.ndarray:
-    """Scores in [0, 1e-3) that order items by popularity (ties by row), for filling a list after a model's own
-    items; ``popularity`` [items] or one row per case [cases, items]."""
+    """Scores in [0, FILL_CEILING) that order items by popularity (ties by row), for filling a list after a model's
+    own items; ``popularity`` [items] or one row per case [cases, items]."""
     ranks = np.argsort(np.argsort(-popularity, axis=-1, kind="stable"), axis=-1, kind="stable")
-    return (1e-3 * (1.0 - (ranks + 1) / (popularity.shape[-1] + 1))).astype(np.float32)
+    return (FILL_CEILING * (1.0 - (ranks + 1) / (popularity.shape[-1] + 1))).astype(np.float32)
 
 
 def dated_fill(sales: RecentSales, cases: list[EvalCase]) -> np.ndarray:

@@ -67,3 +67,23 @@ def test_dated_cases_see_popularity_as_of_their_own_day():
     fill = model.popularity_fill([first, case])
     assert np.argsort(-fill[0], kind="stable").tolist() == list(range(ITEMS))
     assert np.argsort(-fill[1], kind="stable")[:4].tolist() == [0, 1, 6, 7]
+
+
+def test_close_probabilities_keep_their_order_in_the_full_ranking(monkeypatch):
+    # Candidates are scored above the popularity fill by adding a constant; at 1.0 + p, float32 merged
+    # probabilities closer than 1.2e-7 into ties (ordered by catalog row, not by the ranker).
+    model = recommender(trending=0)
+    model.recent = None
+    case = EvalCase(user=0, history=np.array([8]), target=np.array([5]), time=2 * DAY_S)
+    candidates = model.candidates([case], exclude_history=False)[0]
+    slots = np.flatnonzero(candidates >= 0)
+    # The higher rows get the higher probabilities, 2e-8 apart: ties would put the lower rows first.
+    order = np.argsort(candidates[slots])
+    purchase = np.zeros((1, len(candidates)), dtype=np.float32)
+    purchase[0, slots[order]] = np.float32(0.01) + np.arange(len(slots), dtype=np.float32) * np.float32(2e-8)
+    monkeypatch.setattr("training.evaluation.aisle.ranker_inputs", lambda *args: (None, None, None))
+    model.rank_fn = lambda history, tokens, features: (purchase, None)
+    scores = model.score([case]).scores[0]
+    ranked = np.argsort(-scores, kind="stable")[: len(slots)]
+    assert ranked.tolist() == sorted(candidates[slots].tolist(), reverse=True)
+    assert scores[ranked[-1]] > np.sort(np.delete(scores, candidates[slots]))[-1]  # above every filled item
