@@ -271,7 +271,8 @@ async def test_fresh_anonymous_answers_and_sessions_do_not_grow_the_gateway_past
             raise AssertionError("the event log refused a call for 20 s")
 
         first, again = await recommend(0), await recommend(0)
-        assert list(first.stage_latencies) == list(again.stage_latencies), "answered from the cache: it is on"
+        assert first.stage_latencies[0].stage != "cache", "the first answer was not from the cache"
+        assert again.stage_latencies[0].stage == "cache", "answered from the cache: it is on"
         # Warm-up: the cache and the store fill to their budgets, the allocator to its working size.
         await asyncio.gather(*(recommend(n) for n in range(1, 400)))
         for call in range(20):
