@@ -74,6 +74,7 @@ class JsonlEventSink:
         self.failure: str | None = None
         self._writer: asyncio.Task | None = None
         self._held = 0  # records the writer took off the queue and has not written yet
+        self._torn = False  # a write to a pipe failed part-way: the next append starts a new line
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,15 +128,22 @@ class JsonlEventSink:
 
     def _append(self, data: bytes) -> None:
         with self.path.open("ab") as handle:
-            start = handle.tell()
+            # A pipe (a container's /dev/stdout, read by the runtime's log agent) can neither seek nor truncate.
+            start = handle.tell() if handle.seekable() else None
+            if self._torn:  # the last write to the pipe broke off mid-line: end that line, not join the next to it
+                handle.write(b"\n")
             try:
                 handle.write(data)
                 handle.flush()
             except BaseException:
                 # A torn write would join the retried batch's first line to its tail: cut it off where possible.
-                with contextlib.suppress(OSError):
-                    handle.truncate(start)
+                if start is None:
+                    self._torn = True
+                else:
+                    with contextlib.suppress(OSError):
+                        handle.truncate(start)
                 raise
+            self._torn = False
 
     async def flush(self) -> None:
         """Waits until every accepted event is written (or the writer has stopped)."""

@@ -4,7 +4,9 @@ its file cannot be written."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -226,6 +228,25 @@ async def test_the_event_log_writer_survives_a_failed_append_and_writes_the_batc
     assert [r["n"] for r in read_events(path)] == [1, 2, 4]
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert failures and all(r.exc_info is None for r in failures), "one line per failed attempt, no traceback"
+
+
+async def test_the_event_log_writes_to_a_pipe_as_a_container_s_stdout_is(tmp_path: Path):
+    # In Kubernetes the log path is /dev/stdout, a pipe to the container runtime: it cannot seek or truncate.
+    path = tmp_path / "stdout"
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # the runtime's end, open before the writer's
+    try:
+        sink = JsonlEventSink(path, max_pending=100, retry_delay_s=0.01)
+        await sink.start()
+        await sink.write([{"n": 1}, {"n": 2}])
+        await asyncio.wait_for(sink.flush(), timeout=5)
+        assert sink.failure is None
+        await sink.write([{"n": 3}])
+        await sink.close()
+        lines = os.read(reader, 65536).decode().splitlines()
+    finally:
+        os.close(reader)
+    assert [json.loads(line)["n"] for line in lines] == [1, 2, 3]
 
 
 async def test_close_returns_within_its_bound_and_says_what_was_lost(tmp_path: Path, caplog, monkeypatch):
