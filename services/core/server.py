@@ -30,6 +30,11 @@ from services.core.metrics import MetricsInterceptor, RpcMetrics, start_metrics_
 from services.core.rpc_tracing import TracingInterceptor, tracing_enabled
 from services.core.settings import ServiceSettings
 
+#: The shortest interval between a client's pings on an idle connection the server accepts. gRPC's server default
+#: (5 minutes, and no pings without calls) answers the clients' 30 s keepalive (``channels.KEEPALIVE_TIME_MS``)
+#: with GOAWAY "too_many_pings" after about 90 s idle: every quiet connection was dropped, logged and rebuilt.
+MIN_CLIENT_PING_INTERVAL_MS = 20_000
+
 log = logging.getLogger(__name__)
 
 Hook = Callable[[], Awaitable[None]]
@@ -95,6 +100,8 @@ class ServiceHost:
                 # Recycle client connections now and then, so clients spread onto pods added by a scale-up.
                 ("grpc.max_connection_age_ms", 300_000),
                 ("grpc.max_connection_age_grace_ms", 30_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
             ],
         )
         self.app.register(server)

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from services.core.grpc_runtime import VARIABLE as GRPC_VARIABLE
+from services.core.server import MIN_CLIENT_PING_INTERVAL_MS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: Where `make triton` (scripts/install_triton.sh) installs the server; AISLE_TRITON_HOME points elsewhere.
@@ -50,6 +51,9 @@ def local_triton_command(
         "--allow-gpu-metrics=false",
         "--pinned-memory-pool-byte-size=0",
         "--exit-timeout-secs=5",
+        # Accept the ranking client's keepalive pings on idle connections (as k8s/base/triton.yaml does).
+        "--grpc-keepalive-permit-without-calls=1",
+        f"--grpc-http2-min-recv-ping-interval-without-data={MIN_CLIENT_PING_INTERVAL_MS}",
     ]
 
 

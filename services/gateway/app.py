@@ -16,7 +16,7 @@ from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
-from services.core.channels import create_channel
+from services.core.channels import RenewingChannel, create_renewing_channel
 from services.core.errors import describe
 from services.core.health import wait_until_serving
 from services.core.server import Application
@@ -46,14 +46,14 @@ class Downstream:
         self.settings = settings
         self.retrieval: retrieval_grpc.RetrievalServiceStub | None = None
         self.ranking: ranking_grpc.RankingServiceStub | None = None
-        self._channels: list[grpc.aio.Channel] = []
+        self._channels: list[RenewingChannel] = []
 
     async def connect(self) -> None:
         settings = self.settings
-        retrieval_channel = create_channel(
+        retrieval_channel = create_renewing_channel(
             settings.retrieval_target, [RETRIEVAL_SERVICE], max_message_bytes=settings.downstream_max_message_bytes
         )
-        ranking_channel = create_channel(
+        ranking_channel = create_renewing_channel(
             settings.ranking_target, [RANKING_SERVICE], max_message_bytes=settings.downstream_max_message_bytes
         )
         self._channels = [retrieval_channel, ranking_channel]

@@ -24,7 +24,7 @@ import numpy as np
 from aisle.common.v1 import common_pb2
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
-from services.core.channels import create_channel
+from services.core.channels import RenewingChannel, create_renewing_channel
 from services.core.errors import DependencyUnavailable, NotReady, Relayed, refused_only
 from services.core.health import wait_until_serving
 from services.retrieval.answer import move_to_columns
@@ -147,14 +147,14 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
         self.queries = queries if queries is not None else QueryDataHolder(len(self.targets), settings.query_threads)
         self.watcher = IndexWatcher(self.queries, settings.index_path, settings.index_poll_s)
         self.stubs: list[pb_grpc.RetrievalServiceStub] = []
-        self._channels: list[grpc.aio.Channel] = []
+        self._channels: list[RenewingChannel] = []
 
     async def connect(self, log_every_s: float = 5.0) -> None:
         """Loads the global query data, opens a channel per shard and waits until every shard is SERVING; then
         watches the router root for newer query data."""
         await self.queries.load_latest(self.settings.index_path)
         for target in self.targets:
-            channel = create_channel(target, [SERVICE_NAME], max_message_bytes=self.settings.max_message_bytes)
+            channel = create_renewing_channel(target, [SERVICE_NAME], max_message_bytes=self.settings.max_message_bytes)
             self._channels.append(channel)
             self.stubs.append(pb_grpc.RetrievalServiceStub(channel))
         for target, channel in zip(self.targets, self._channels, strict=True):

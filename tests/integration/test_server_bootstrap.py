@@ -123,6 +123,40 @@ def _bindable(port: int) -> bool:
         return True
 
 
+def _peer_service(server) -> None:
+    """``/test.Peer/Get``: the caller's address as the server sees it (a new connection has a new port)."""
+
+    async def get(request: bytes, context) -> bytes:
+        return context.peer().encode()
+
+    handler = grpc.unary_unary_rpc_method_handler(get)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Peer", {"Get": handler})])
+
+
+@pytest.mark.parametrize(("server_accepts_ms", "kept"), [(200, True), (300_000, False)])
+async def test_an_idle_connection_survives_the_clients_keepalive_pings(monkeypatch, server_accepts_ms, kept):
+    """Scaled down 100 times (pings every 300 ms): a server that accepts pings as often as Aisle's channels send
+    them keeps an idle connection; one with gRPC's default (5 minutes) closes it (GOAWAY "too_many_pings"), as
+    every quiet link between the services was closed about 90 s after its last call, logged and rebuilt."""
+    from services.core import channels, server
+
+    monkeypatch.setattr(server, "MIN_CLIENT_PING_INTERVAL_MS", server_accepts_ms)
+    monkeypatch.setattr(channels, "KEEPALIVE_TIME_MS", 300)
+    settings = RankingSettings(host="127.0.0.1", port=0, metrics_port=None)
+    host = ServiceHost(settings, Application(service_names=[], register=_peer_service))
+    port = await host.start()
+    channel = channels.create_channel(f"127.0.0.1:{port}", [])
+    try:
+        peer = channel.unary_unary("/test.Peer/Get")
+        before = await peer(b"", timeout=5)
+        await asyncio.sleep(5)  # idle: sixteen pings (the default closes the connection after about three)
+        after = await peer(b"", timeout=5)
+    finally:
+        await channel.close()
+        await host.stop(grace=0, drain=0)
+    assert (before == after) is kept, (before, after)
+
+
 async def test_a_busy_metrics_port_is_named_with_its_setting_and_leaves_no_server_running():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import yaml
 
+from services.core.channels import KEEPALIVE_TIME_MS
 from tests.k8s.manifests import (
     CLUSTER_SCOPED,
     K8S,
@@ -170,6 +171,10 @@ def test_gpu_overlay_runs_triton_on_gpu_nodes_with_the_gpu_config(renders: list[
         assert any(t.get("key") == GPU for t in spec.get("tolerations", [])), f"{render.name}: no GPU toleration"
         assert spec.get("nodeSelector"), f"{render.name}: Triton is not pinned to the GPU pool"
         assert "--model-control-mode=explicit" in container["args"]
+        # The ranking pods' keepalive pings on idle connections are accepted, not answered with GOAWAY.
+        assert "--grpc-keepalive-permit-without-calls=1" in container["args"]
+        [interval] = [a for a in container["args"] if a.startswith("--grpc-http2-min-recv-ping-interval-without-data=")]
+        assert int(interval.split("=")[1]) <= KEEPALIVE_TIME_MS, f"{render.name}: {interval}"
         assert not any(a.startswith("--model-config-name") for a in container["args"]), (
             "the gpu overlay serves the default config.pbtxt (KIND_GPU)"
         )

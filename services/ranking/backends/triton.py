@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from opentelemetry import propagate, trace
 
+from services.core.channels import KEEPALIVE_TIME_MS
 from services.core.telemetry import ActiveSpan
 from services.core.versions import FolderStamp, folder_stamp
 from services.ranking.backends.base import (
@@ -148,7 +149,7 @@ def triton_client(target: str):
     options = [
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
