@@ -248,6 +248,15 @@ def test_network_policies_deny_by_default_and_open_only_the_documented_paths(ren
             for port in ("grpc", "http"):
                 from_ranking = [{"podSelector": {"matchLabels": {NAME_LABEL: "ranking"}}}]
                 assert ingress_sources(policies["triton"], port) == from_ranking, f"{render.name}: Triton's {port}"
+        # The artefact sync gets its cloud credentials: workload identity's node endpoints are reachable.
+        credential_peers = [
+            (peer["ipBlock"]["cidr"], port["port"])
+            for rule in policies["allow-artifact-store"]["egress"]
+            for peer in rule["to"]
+            for port in rule["ports"]
+        ]
+        for endpoint in [("169.254.169.254/32", 80), ("169.254.169.252/32", 988), ("169.254.170.23/32", 80)]:
+            assert endpoint in credential_peers, f"{render.name}: no egress to {endpoint}"
         # Named ports in the policies exist on the pods they protect.
         for name, spec in policies.items():
             protected = [w for w in render.workloads() if selects(spec["podSelector"], pod_labels(w))]
