@@ -12,6 +12,7 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import asyncio  # noqa: E402
 import logging  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable, Mapping  # noqa: E402
 from typing import Any, NoReturn, TypeVar  # noqa: E402
@@ -60,6 +61,9 @@ def serve_main(
     configure_tracing(f"aisle-{settings.service_label}")
     registry = CollectorRegistry()
     log = logging.getLogger(__name__)
+    # Until the host takes SIGTERM over (a graceful stop), it ends the start-up: as PID 1 in a container a signal
+    # without a handler is ignored, and the pod would wait out its grace period for SIGKILL.
+    signal.signal(signal.SIGTERM, _exit_while_starting)
     try:
         host = ServiceHost(settings, build(settings, registry), registry, freeze_heap=True)
         with asyncio.Runner(loop_factory=new_loop) as runner:
@@ -76,6 +80,11 @@ def serve_main(
     finally:
         shutdown_tracing()
     return 0
+
+
+def _exit_while_starting(signum: int, frame: Any) -> NoReturn:
+    logging.getLogger(__name__).info("stopped while starting (%s)", signal.Signals(signum).name)
+    raise SystemExit(128 + signum)
 
 
 def _exit_without_the_load(label: str) -> NoReturn:

@@ -53,6 +53,9 @@ class ProbeSettings(ServiceSettings):
     service_label = "probe"
 
 def build(settings, registry):
+    if sys.argv[1] == "sigterm-during-build":
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)  # reading a large catalog before the server exists
     async def load():
         if sys.argv[1] == "sigterm-during-load":
             os.kill(os.getpid(), signal.SIGTERM)
@@ -87,6 +90,15 @@ def test_sigterm_during_a_load_in_a_thread_exits_at_once_and_starts_nothing_afte
     assert time.monotonic() - started < 15
     assert result.stdout.split("\n")[:1] == ["closed"] and "watch started" not in result.stdout
     assert "stopped while loading" in result.stderr
+
+
+def test_sigterm_before_the_server_exists_ends_the_process_at_once():
+    # As PID 1 in a container a SIGTERM without a handler is ignored: the start-up must end on it by itself
+    # (here, a process of its own, the default would kill it with -15 instead of exiting 143).
+    started = time.monotonic()
+    result = run_probe("sigterm-during-build", timeout=20)
+    assert result.returncode == 143, (result.returncode, result.stderr)
+    assert time.monotonic() - started < 15 and "stopped while starting (SIGTERM)" in result.stderr
 
 
 def test_an_expected_load_failure_is_one_line_without_a_traceback():
