@@ -69,10 +69,12 @@ class RetrievalSources(ComponentBase):
     async def fetch(self, state: RequestState, timeout: float) -> Candidates:
         p, request = self.params, state.request
         wanted = self.wanted()
-        for source in POPULAR_SOURCES & wanted.keys():  # each can fill any k alone: never the cause of a short answer
-            wanted[source] = max(wanted[source], state.k)
         if not state.history:
             wanted.pop(common.CANDIDATE_SOURCE_TWO_TOWER, None)
+            # Without history the context sources are all there is: each popular one can fill any k alone. (With
+            # history they keep their counts, which leave the personal sources room within the candidate limit.)
+            for source in POPULAR_SOURCES & wanted.keys():
+                wanted[source] = max(wanted[source], state.k)
         if not request.anchor_item_ids:
             wanted.pop(common.CANDIDATE_SOURCE_ITEM_TO_ITEM, None)
         if not wanted:
@@ -124,7 +126,7 @@ class RetrievalSources(ComponentBase):
         if not len(candidates):
             return Candidates.empty()
         # A partial answer (a shard dropped: its items are missing) is not the region's list either.
-        if self._shared_by_the_region(request) and not reply.degradations:
+        if self._shared_by_the_region(state) and not reply.degradations:
             popular = np.zeros(len(candidates), dtype=bool)
             for source in POPULAR_SOURCES:
                 popular |= candidates.source == source
@@ -133,10 +135,12 @@ class RetrievalSources(ComponentBase):
                 self.deps.popular_cache.store(state.region, list(dict.fromkeys(candidates.item_ids[popular].tolist())))
         return candidates
 
-    def _shared_by_the_region(self, request) -> bool:
+    def _shared_by_the_region(self, state: RequestState) -> bool:
         """Whether this call's popular items are the region's, fit for its fallback: retrieval leaves out the
-        anchors, the request's exclusions and (per the params) the shopper's history, so one shopper's answer
-        would otherwise become everyone's fallback without the items that were only that shopper's to skip."""
+        anchors, the request's exclusions, the items the shopper returned and (per the params) the shopper's
+        history, so one shopper's answer would otherwise become everyone's fallback without the items that were
+        only that shopper's to skip."""
+        request = state.request
         exclusions = request.exclusions
         return not (
             request.anchor_item_ids
@@ -145,6 +149,7 @@ class RetrievalSources(ComponentBase):
             or exclusions.categories
             or self.params.exclude_history
             or self.params.exclude_purchased
+            or any(event.event_type == common.EVENT_TYPE_RETURN for event in state.history)
         )
 
 

@@ -592,6 +592,10 @@ async def test_the_popular_sources_are_asked_for_at_least_k_so_that_they_can_fil
         common.CANDIDATE_SOURCE_CO_VISITATION: 50,
     }
     assert seen[1] == {common.CANDIDATE_SOURCE_POPULARITY: popular}
+    # With history the personal sources fill the candidate limit: the context sources keep their counts.
+    shopper = state(k=k, history=[common.Interaction(item_id="i7")])
+    await RetrievalSources("Retrieval", RetrievalSourcesParams(sources=several), deps(Downstream())).fetch(shopper, 1.0)
+    assert seen[2] == dict.fromkeys(seen[0], 50)
 
 
 async def test_the_regions_fallback_list_holds_each_popular_item_once():
@@ -620,6 +624,35 @@ async def test_the_regions_fallback_list_holds_each_popular_item_once():
     params = RetrievalSourcesParams(sources={"popularity": 5, "cold_start": 5})
     await RetrievalSources("Retrieval", params, shared).fetch(state(), 1.0)
     assert shared.popular_cache.get("GB") == ["i2", "i1", "i3"]
+
+
+async def test_a_shopper_who_returned_an_item_does_not_make_the_regions_fallback_list():
+    # Retrieval leaves the shopper's returned items out of the popular sources too: that answer is the shopper's.
+    from services.gateway.components.sources import RetrievalSources, RetrievalSourcesParams
+
+    class Retrieval:
+        async def Retrieve(self, request, timeout):  # noqa: N802
+            return pb_retrieval.RetrieveResponse(
+                columns=pb_retrieval.CandidateColumns(
+                    item_ids=["i2"],
+                    sources=[common.CANDIDATE_SOURCE_POPULARITY],
+                    source_ranks=[0],
+                    scores=[5.0],
+                    anchor_item_ids=[""],
+                )
+            )
+
+    class Downstream:
+        retrieval = Retrieval()
+
+    params = RetrievalSourcesParams(sources={"popularity": 5})
+    for history, stored in (
+        ([common.Interaction(item_id="i1", event_type=common.EVENT_TYPE_PURCHASE)], ["i2"]),
+        ([common.Interaction(item_id="i1", event_type=common.EVENT_TYPE_RETURN)], []),
+    ):
+        shared = deps(Downstream())
+        await RetrievalSources("Retrieval", params, shared).fetch(state(history=history), 1.0)
+        assert shared.popular_cache.get("GB") == stored
 
 
 def test_the_popular_cache_serves_a_region_only_its_own_list_unless_told_otherwise():
