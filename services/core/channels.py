@@ -15,11 +15,8 @@ from typing import Any
 
 import grpc
 
+from services.core.keepalive import KEEPALIVE_TIME_MS
 from services.core.rpc_tracing import TracedChannel, tracing_enabled
-
-#: How often a channel pings an idle connection, to find a dead peer (a node gone without a FIN) before a call
-#: does. Aisle's servers accept pings this often (``services.core.server.MIN_CLIENT_PING_INTERVAL_MS``).
-KEEPALIVE_TIME_MS = 30_000
 
 
 def service_config(service_names: Sequence[str], *, max_attempts: int = 3) -> str:
@@ -72,6 +69,9 @@ def create_channel(
 
 #: How long a long-lived channel may stay unable to connect before it is made anew (:class:`RenewingChannel`).
 RENEW_AFTER_S = 5.0
+#: How long a replaced channel's calls may still run: they end by their own deadline or status, not cancelled
+#: (a cancelled call raises ``CancelledError`` in its caller, which no caller takes for a failed call).
+RETIRED_CHANNEL_GRACE_S = 30.0
 
 
 class RenewingChannel:
@@ -94,6 +94,7 @@ class RenewingChannel:
         self.channel = make()
         #: How many times the channel was made anew.
         self.renewals = 0
+        self._retiring: set[asyncio.Task] = set()  # replaced channels closing after their calls' grace
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="channel-renewal")
 
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> _OnNewestChannel:
@@ -125,12 +126,16 @@ class RenewingChannel:
                 old, self.channel = self.channel, self._make()
                 self.renewals += 1
                 failing_since = None
-                await old.close()  # it could not connect: no call of its is on its way
+                # Calls already on it (waiting for a pick, between retries) end on their own: not cancelled.
+                closing = asyncio.get_running_loop().create_task(old.close(RETIRED_CHANNEL_GRACE_S))
+                self._retiring.add(closing)
+                closing.add_done_callback(self._retiring.discard)
 
     async def close(self, grace: float | None = None) -> None:
         self._watcher.cancel()
         await asyncio.gather(self._watcher, return_exceptions=True)
-        await self.channel.close(grace)
+        # Replaced channels still closing, within their grace or this one, whichever ends first.
+        await asyncio.gather(self.channel.close(grace), *self._retiring, return_exceptions=True)
 
     async def __aenter__(self) -> RenewingChannel:
         return self

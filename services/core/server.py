@@ -26,14 +26,10 @@ from prometheus_client import CollectorRegistry
 
 from services.core.grpc_runtime import grpc_runtime_in_force
 from services.core.interceptors import ErrorInterceptor
+from services.core.keepalive import MIN_CLIENT_PING_INTERVAL_MS
 from services.core.metrics import MetricsInterceptor, RpcMetrics, start_metrics_server
 from services.core.rpc_tracing import TracingInterceptor, tracing_enabled
 from services.core.settings import ServiceSettings
-
-#: The shortest interval between a client's pings on an idle connection the server accepts. gRPC's server default
-#: (5 minutes, and no pings without calls) answers the clients' 30 s keepalive (``channels.KEEPALIVE_TIME_MS``)
-#: with GOAWAY "too_many_pings" after about 90 s idle: every quiet connection was dropped, logged and rebuilt.
-MIN_CLIENT_PING_INTERVAL_MS = 20_000
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from services.core.grpc_runtime import VARIABLE as GRPC_VARIABLE
-from services.core.server import MIN_CLIENT_PING_INTERVAL_MS
+from services.core.keepalive import MIN_CLIENT_PING_INTERVAL_MS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: Where `make triton` (scripts/install_triton.sh) installs the server; AISLE_TRITON_HOME points elsewhere.

@@ -97,3 +97,36 @@ async def test_a_channel_whose_name_did_not_resolve_is_made_anew_and_serves_soon
     # Within a renewal (1 s) and the check (0.2 s) of the name resolving; the first channel alone would have
     # waited for its next lookup, 2-7 s away (checked when this test was written: 3.9 s).
     assert late_s < 2.0, late_s
+
+
+async def test_calls_on_a_replaced_channel_end_with_their_status_not_cancelled():
+    # A dependency that refuses connections: calls fail UNAVAILABLE while the channel is made anew again and again.
+    # One still waiting on the old channel (for a pick, between retries) must fail the same way: a cancelled call
+    # raises CancelledError in its caller, which ends a shard router's whole answer or a background task.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: refused
+    channel = RenewingChannel(lambda: create_channel(f"127.0.0.1:{port}", ["test.Svc"]), 0.2, check_every_s=0.05)
+    call = channel.unary_unary("/test.Svc/Get")  # taken once, as a stub takes it
+    outcomes: list[str] = []
+    until = time.monotonic() + 4
+
+    async def caller() -> None:
+        while time.monotonic() < until:
+            try:
+                await call(b"", timeout=1.0)
+                outcomes.append("answered")
+            except grpc.aio.AioRpcError as error:
+                outcomes.append(error.code().name)
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    raise
+                outcomes.append("cancelled")
+            await asyncio.sleep(0.002)
+
+    try:
+        await asyncio.gather(*(caller() for _ in range(20)))
+    finally:
+        await channel.close()
+    assert channel.renewals >= 5, channel.renewals
+    assert set(outcomes) == {"UNAVAILABLE"}, {o: outcomes.count(o) for o in set(outcomes)}

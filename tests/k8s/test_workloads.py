@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from services.core.channels import KEEPALIVE_TIME_MS
+from services.core.keepalive import KEEPALIVE_TIME_MS
 from tests.k8s.manifests import (
     CLUSTER_SCOPED,
     K8S,
@@ -255,8 +255,10 @@ def test_network_policies_deny_by_default_and_open_only_the_documented_paths(ren
             for peer in rule["to"]
             for port in rule["ports"]
         ]
-        for endpoint in [("169.254.169.254/32", 80), ("169.254.169.252/32", 988), ("169.254.170.23/32", 80)]:
+        for endpoint in [("169.254.169.252/32", 988), ("169.254.170.23/32", 80)]:
             assert endpoint in credential_peers, f"{render.name}: no egress to {endpoint}"
+        # Never the cloud's instance metadata (on AWS, the node role's credentials).
+        assert not [peer for peer in credential_peers if peer[0] == "169.254.169.254/32"], render.name
         # Named ports in the policies exist on the pods they protect.
         for name, spec in policies.items():
             protected = [w for w in render.workloads() if selects(spec["podSelector"], pod_labels(w))]

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from opentelemetry import propagate, trace
 
-from services.core.channels import KEEPALIVE_TIME_MS
+from services.core.keepalive import KEEPALIVE_TIME_MS
 from services.core.telemetry import ActiveSpan
 from services.core.versions import FolderStamp, folder_stamp
 from services.ranking.backends.base import (
