@@ -13,6 +13,9 @@
   no longer than its own deadline allows.
 - A version Triton serves but the local copy lacks (not synced yet, or retired by a rollback Triton was not told
   of) is :class:`ModelNotReady`, not a configuration error: that server gets no calls until the folder is there.
+- A server that does not answer the refresh's control call while others serve (down, or hung: a frozen process
+  would hold each call for its whole deadline) gets no calls until a refresh finds it serving; a call that meets
+  an unavailable server is retried on the servers it has not tried yet.
 - Each call's timeout is the caller's remaining deadline; the OpenTelemetry trace context goes along as gRPC
   metadata (``traceparent``), so Triton's own tracing joins the caller's trace.
 - Errors: cannot reach Triton / UNAVAILABLE -> :class:`BackendUnavailable`; model or version not ready ->
@@ -215,7 +218,8 @@ class TritonBackend:
         self.ready_timeout_s = ready_timeout_s
         self._client_factory = client_factory
         self._clients: dict[str, object] = {}
-        self._closing: set[asyncio.Task] = set()  # clients of addresses that left, closed after a grace period
+        #: A task per address that left: closes its client after a grace (the value), or close() does.
+        self._closing: dict[asyncio.Task, object] = {}
         #: version -> (its folder's key, why its files were refused): not read again until the folder changes.
         self._refused: dict[str, tuple[FolderKey | None, ModelConfigError]] = {}
         self._turn = itertools.count()
@@ -278,8 +282,8 @@ class TritonBackend:
         for gone in set(self._clients) - set(routes.targets):
             client = self._clients.pop(gone)
             task = asyncio.get_running_loop().create_task(self._close_later(client), name=f"close-{gone}")
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+            self._closing[task] = client
+            task.add_done_callback(self._closing.pop)
 
     @staticmethod
     async def _close_later(client) -> None:
@@ -342,18 +346,19 @@ class TritonBackend:
 
     async def close(self) -> None:
         async with self._lock:  # a refresh under way finishes first, so it makes no client after this
+            waiting = list(self._closing.values())  # the clients of departed addresses, within their grace
             for task in list(self._closing):
                 task.cancel()
-            clients, self._clients = list(self._clients.values()), {}
+            clients, self._clients = [*self._clients.values(), *waiting], {}
             for client in clients:
                 await client.close()
             self._routes = None
 
     async def _route(self, current: _Routes | None, control_timeout: float) -> _Routes:
         """Asks every server which version it serves and reads the item files of the versions not read yet (or whose
-        folder changed since). A server that does not answer keeps its version (or gets the newest: a call to it
-        moves on to the next server while it is down); one whose version cannot be served from here (not ready,
-        folder missing locally, refused) gets no calls. Raises when no server is left to call: the caller keeps
+        folder changed since). A server that does not answer (within ``control_timeout``), or whose version cannot
+        be served from here (not ready, folder missing locally, refused), gets no calls until the next refresh
+        finds it serving. Raises when no server is left to call: the caller keeps
         ``current``, and at start-up the pod does not start, with :class:`ModelConfigError` when a server's model
         disagrees with the repository (a deployment error, not a state to wait out). While another server serves a
         version that passes, a restarted pod starts on it, as the running pods keep serving from it."""
@@ -405,16 +410,9 @@ class TritonBackend:
             if len(unreachable) == len(targets):
                 raise BackendUnavailable(f"no Triton server answered: {'; '.join(why for _, why in unreachable)}")
             raise ModelNotReady("; ".join(problems))
-        newest = max((m for m in models if m is not None), key=lambda model: int(model.version))
-        for index, _ in unreachable:
-            kept = current.model_of(targets[index]) if current is not None else None
-            if kept is None:
-                models[index] = newest
-            elif found.get(kept.version) is not None:
-                models[index] = found[kept.version]  # read again meanwhile: one model per version
-            else:
-                models[index] = kept
-                keys.setdefault(kept.version, current.keys[kept.version])
+        # Another server serves: one that did not answer gets no calls until it answers again. Hung (a frozen
+        # process, a stuck node), it would hold each call sent to it for the call's whole deadline.
+        problems.extend(f"{why} (no calls until it answers)" for _, why in unreachable)
         return _Routes(targets, clients, models, keys, problems)
 
     async def _ready_on(self, target: str, client, control_timeout: float) -> tuple[str, str]:
@@ -478,7 +476,9 @@ class TritonBackend:
             )
         except InferenceServerException as error:  # e.g. unloaded between the two calls
             raise ModelNotReady(f"model {self.model_name!r} version {version} on Triton at {target}: {error}") from None
-        return self._local_model(version, metadata, target)
+        # The item files (a catalog-sized vocabulary, an id table, a feature snapshot) are read in a thread: on the
+        # event loop the read stalled every call in flight (about 1 s for a million items).
+        return await asyncio.to_thread(self._local_model, version, metadata, target)
 
     def _local_model(self, version: str, metadata: dict, target: str) -> tuple[ServedModel, FolderKey | None]:
         model_dir = self.repository / self.model_name
@@ -522,6 +522,7 @@ class TritonBackend:
         servers that serve it only, and is not found while none does."""
         started = time.monotonic()
         budget = timeout if timeout is not None else self.default_timeout_s
+        first = next(self._turn)  # this call's turn; a retry takes the next server from it, not another call's turn
         unavailable = 0
         version_retried = False
         while True:
@@ -534,7 +535,7 @@ class TritonBackend:
                 if not live:
                     raise VersionNotServed(self.model_name, version, list(routes.by_version))
             # One server and the version it serves: the tokens are that version's.
-            index = live[next(self._turn) % len(live)]
+            index = live[(first + unavailable) % len(live)]
             model = routes.models[index]
             inputs = model.inputs(history_ids, candidate_ids)
             remaining = budget - (time.monotonic() - started) - DEADLINE_MARGIN_S
@@ -559,7 +560,7 @@ class TritonBackend:
             except BackendUnavailable:
                 unavailable += 1
                 if unavailable < len(live):
-                    continue  # round-robin: the next call goes to the next address
+                    continue  # the next server this call has not tried
                 raise
             return Ranking.of(model, inputs, scores, self.kind)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from services.ranking.backends.base import (
 from services.ranking.backends.fallback import FallbackBackend
 from services.ranking.backends.triton import DEADLINE_MARGIN_S, TritonBackend
 from services.ranking.model_config import ModelConfigError
+from services.ranking.served_model import ServedModel
 from services.ranking.servicer import RankingServicer
 from services.ranking.settings import RankingSettings
 
@@ -201,6 +203,54 @@ async def test_one_unreachable_server_is_skipped(repository):
     up.error = down.error
     with pytest.raises(BackendUnavailable, match="unavailable"):
         await backend.rank([], ["item-1"], timeout=0.5)
+
+
+class AwaitingTriton(FakeTriton):
+    """Lets other calls run while its answer is on the way, as a real call does."""
+
+    async def infer(self, *args, **kwargs):
+        await asyncio.sleep(0)
+        return await super().infer(*args, **kwargs)
+
+
+async def test_concurrent_calls_retry_on_a_server_they_have_not_tried(repository):
+    # With one of two servers down, a retry that took the next turn of the counter every call shares often went to
+    # the dead server again under concurrency: a quarter of the calls failed although the other server was up.
+    down, up = AwaitingTriton("a:1"), AwaitingTriton("b:1")
+    backend = backend_with(repository, down, up)
+    await backend.load()
+    down.error = InferenceServerException("failed to connect to all addresses", status="StatusCode.UNAVAILABLE")
+    answers = await asyncio.gather(
+        *(backend.rank([], ["item-1"], timeout=0.5) for _ in range(200)), return_exceptions=True
+    )
+    assert [type(a).__name__ for a in answers if isinstance(a, BaseException)] == []
+
+
+class HungTriton(FakeTriton):
+    """A frozen server (SIGSTOP, a stuck node): its control calls run past their timeout, as its calls would."""
+
+    hung = False
+
+    async def get_model_repository_index(self, as_json=False, client_timeout=None):
+        if self.hung:
+            raise InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+        return await super().get_model_repository_index(as_json, client_timeout)
+
+
+async def test_a_server_that_does_not_answer_gets_no_calls_until_it_answers_again(repository):
+    hung, up = HungTriton("a:1"), FakeTriton("b:1")
+    backend = backend_with(repository, hung, up)
+    await backend.load()
+    hung.hung = True  # its calls would each wait out their deadline: none may go to it
+    await backend.refresh()
+    for _ in range(6):
+        await backend.rank([], ["item-1"], timeout=0.5)
+    assert (len(hung.calls), len(up.calls)) == (0, 6)
+    hung.hung = False  # answers again: back in turn at the next refresh
+    await backend.refresh()
+    for _ in range(6):
+        await backend.rank([], ["item-1"], timeout=0.5)
+    assert (len(hung.calls), len(up.calls)) == (3, 9)
 
 
 async def test_model_not_ready_is_a_clear_error(repository):
@@ -490,6 +540,36 @@ async def test_a_headless_service_name_is_resolved_into_one_server_per_pod_each_
     answered = [(await backend.rank([], ["item-1"], timeout=0.5)).model_version for _ in range(10)]
     assert answered == ["2"] * 10 and len(pods["10.0.0.1:8001"].calls) == before
     assert len(pods["10.0.0.3:8001"].calls) == 5
+
+
+async def test_close_closes_the_clients_of_departed_pods_still_within_their_grace(repository):
+    pods = {"10.0.0.1:8001": FakeTriton("10.0.0.1:8001"), "10.0.0.2:8001": FakeTriton("10.0.0.2:8001")}
+    addresses = ["10.0.0.1:8001", "10.0.0.2:8001"]
+    closed: list[str] = []
+    backend = headless_service(repository, pods, addresses, closed)
+    await backend.load()
+    addresses.remove("10.0.0.1:8001")  # its client waits out CLIENT_CLOSE_GRACE_S (60 s) for calls still on it
+    assert await backend.refresh()
+    await backend.close()
+    assert sorted(closed) == ["10.0.0.1:8001", "10.0.0.2:8001"]
+
+
+async def test_a_new_versions_item_files_are_read_off_the_event_loop(repository, monkeypatch):
+    # A million-item vocabulary takes about a second to read: on the event loop, every call in flight waited.
+    fake = FakeTriton("a:1", ready=("1",))
+    backend = backend_with(repository, fake)
+    await backend.load()
+    loop_thread, reader_threads = threading.get_ident(), []
+    read = ServedModel.read
+
+    def recorded_read(*args, **kwargs):
+        reader_threads.append(threading.get_ident())
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(ServedModel, "read", staticmethod(recorded_read))
+    fake.ready = ["2"]
+    assert await backend.refresh()
+    assert reader_threads and loop_thread not in reader_threads
 
 
 async def test_a_name_that_stops_resolving_keeps_its_last_addresses(repository):
