@@ -84,6 +84,8 @@ class JsonlEventSink:
     async def write(self, records: Sequence[dict[str, Any]]) -> None:
         if self.queue is None or self._writer is None:
             raise RuntimeError("event sink not started")
+        if not records:  # nothing to write (events without consent): nothing to refuse either
+            return
         if self._writer.done():
             raise EventLogFull("the event log writer has stopped")
         if self.failure is not None:

@@ -9,6 +9,7 @@ never trimmed by the gateway, so nothing is dropped silently (retention is the o
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +20,8 @@ from services.gateway.events import EventLogFull
 from services.gateway.sessions import least_shown
 
 EVENTS_STREAM = "aisle:events"
+
+log = logging.getLogger(__name__)
 
 
 def _events_key(key: str) -> str:
@@ -97,7 +100,9 @@ class RedisStreamEventSink:
                     pipe.xadd(self.stream, {"event": json.dumps(record, separators=(",", ":"))})
                 await pipe.execute()
         except redis.RedisError as error:
-            raise EventLogFull(f"Redis did not take the events: {error}") from None
+            # The caller reads this: the error's kind, not its text, which names the Redis host and port.
+            log.warning("event stream %s: %d events refused: %s", self.stream, len(records), error)
+            raise EventLogFull(f"Redis did not take the events ({type(error).__name__})") from None
         finally:
             self._pending -= len(records)
 

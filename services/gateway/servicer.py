@@ -38,6 +38,8 @@ SUCCESS_EVENTS = {common.EVENT_TYPE_CLICK, common.EVENT_TYPE_ADD_TO_CART, common
 #: Most bytes one history entry takes on the wire: an id of MAX_ID_LENGTH four-byte characters, its event type,
 #: quantity and time. The history sent on is the session store's and the request's, up to ``max_history`` entries.
 MAX_INTERACTION_BYTES = 4 * MAX_ID_LENGTH + 64
+#: Share of the request budget the session reads (history, exposure counts) may take.
+SESSION_SHARE = 0.1
 #: The other fields of a Recommend request that the gateway forwards to retrieval.
 #: What the gateway forwards of the caller's request as it came (the subject stays in the gateway).
 FORWARDED_FIELDS = ("context", "anchor_item_ids", "exclusions")
@@ -85,14 +87,21 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         # onto the exported span only with consent (with the public default salt a guessable id is recoverable).
         if request.consent:
             span.set_attribute("aisle.subject", key)
+        # The budget counts from here: the session reads are part of the request's time.
+        budget = RequestBudget(settings.total_budget_ms / 1000, context.time_remaining(), settings.min_stage_ms / 1000)
         history, exposures, session_error = [], {}, ""
         if request.consent:
+            # Within a share of the budget: a session store that does not answer (a dead Redis node holds a
+            # connection attempt for a second) costs personalisation, not the caller's deadline.
+            reads_within = budget.stage_timeout("sessions", SESSION_SHARE)
             try:
-                stored = usable(await self.deps.sessions.history(key))
-                exposures = await self.deps.sessions.exposures(key)
+                async with asyncio.timeout(reads_within):
+                    stored = usable(await self.deps.sessions.history(key))
+                    exposures = await self.deps.sessions.exposures(key)
             except Exception as error:  # a session store outage costs personalisation, not the answer
-                log.warning("session store unavailable: %s", error)
-                stored, session_error = [], f"session store unavailable: {type(error).__name__}"
+                log.warning("session store unavailable: %r", error)
+                stored, exposures = [], {}
+                session_error = f"session store unavailable: {type(error).__name__}"
             history = (stored + list(request.history))[-settings.max_history :]
         # The shared cache only holds answers that nothing about the subject shapes: no history, no exposures.
         segment = self.cache.segment(request, variant, k) if not history and not exposures else None
@@ -112,7 +121,6 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             )
             self._after(pipeline.after_response(state, shown_in(response), response, self.metrics))
             return response
-        budget = RequestBudget(settings.total_budget_ms / 1000, context.time_remaining(), settings.min_stage_ms / 1000)
         budget.check_feasible()
         state = RequestState(
             request, key, history, k, budget, self.catalog, variant, self.policies.model_for(variant), exposures

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 
 import grpc
 import pytest
@@ -56,6 +57,20 @@ async def test_stream_sink_keeps_every_event_and_refuses_when_overloaded(redis_u
     with pytest.raises(EventLogFull):
         await sink.write([{"n": i} for i in range(11)])
     await sink.close()
+
+
+async def test_a_stream_refusal_names_the_error_but_not_where_redis_runs():
+    # The refusal's message reaches TrackEvents' caller: Redis' own text names its host and port.
+    from services.gateway.events import EventLogFull
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there
+    sink = RedisStreamEventSink(f"redis://127.0.0.1:{port}/0", max_pending=10)
+    with pytest.raises(EventLogFull) as refused:
+        await sink.write([{"type": "click", "item_id": "a"}])
+    await sink.close()
+    assert "ConnectionError" in str(refused.value) and str(port) not in str(refused.value)
 
 
 async def test_two_gateways_share_one_session_through_redis(trained, redis_url):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import ClassVar
 
@@ -22,20 +23,22 @@ class ExposureLogger(ComponentBase):
         self.deps.feedback.exposed(item_ids)
         if not state.request.consent:
             return
-        await self.deps.sessions.add_exposures(state.subject_key, item_ids)
         explored = items.exploration.tolist()
-        await self.deps.events.write(
-            [
-                {
-                    "type": "exposure",
-                    "at": time.time(),
-                    "subject": state.subject_key,
-                    "tracking_token": response.tracking_token,
-                    "variant": state.variant,
-                    "surface": state.request.surface,
-                    "items": [
-                        {"item_id": item, "position": i, "exploration": explored[i]} for i, item in enumerate(item_ids)
-                    ],
-                }
-            ]
+        record = {
+            "type": "exposure",
+            "at": time.time(),
+            "subject": state.subject_key,
+            "tracking_token": response.tracking_token,
+            "variant": state.variant,
+            "surface": state.request.surface,
+            "items": [{"item_id": item, "position": i, "exploration": explored[i]} for i, item in enumerate(item_ids)],
+        }
+        # Each write on its own: a session store that fails must not lose the log's record, nor the reverse.
+        outcomes = await asyncio.gather(
+            self.deps.events.write([record]),
+            self.deps.sessions.add_exposures(state.subject_key, item_ids),
+            return_exceptions=True,
         )
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failures:
+            raise failures[0]

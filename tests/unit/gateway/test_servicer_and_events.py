@@ -21,7 +21,7 @@ from services.gateway.candidates import Candidates
 from services.gateway.components.base import ComponentBase, Params
 from services.gateway.events import EventLogFull, JsonlEventSink, read_events
 from services.gateway.pipeline import Pipeline, PipelineMetrics, SourceFailed
-from services.gateway.sessions import subject_key
+from services.gateway.sessions import InMemorySessionStore, subject_key
 from tests.unit.gateway.helpers import deps, state
 from tests.unit.gateway.servicers import (
     ITEMS,
@@ -32,6 +32,7 @@ from tests.unit.gateway.servicers import (
     ids,
     recommend,
     servicer,
+    shopper,
     shown_too_often,
 )
 
@@ -84,6 +85,40 @@ async def test_a_session_store_outage_is_not_taken_for_a_retrieval_outage():
         (common.DEGRADATION_REASON_SOURCE_DROPPED, "sessions"),
         (common.DEGRADATION_REASON_SHORT_ANSWER, "selection"),
     }
+
+
+class HangingSessions(DownSessions):
+    """A session store that never answers (a Redis node gone: each connection attempt waits a second)."""
+
+    async def history(self, key):
+        await asyncio.sleep(60)
+
+
+async def test_a_session_store_that_does_not_answer_costs_personalisation_not_the_deadline():
+    service = servicer(sessions=HangingSessions(), cache_ttl_s=0)
+    started = time.monotonic()
+    answer = await recommend(service, shopper(k=5))
+    elapsed = time.monotonic() - started
+    assert len(answer.items) == 5
+    assert [(d.stage, d.detail) for d in answer.degradations] == [
+        ("sessions", "session store unavailable: TimeoutError")
+    ]
+    # Within its share of the budget (a tenth of total_budget_ms), not the store's own timeouts.
+    assert elapsed < service.settings.total_budget_ms / 1000, elapsed
+
+
+class UnwritableSessions(InMemorySessionStore):
+    """A session store whose writes fail (a Redis write stall past the client's 50 ms)."""
+
+    async def add_exposures(self, key, item_ids):
+        raise ConnectionError("session store write timed out")
+
+
+async def test_an_exposure_record_reaches_the_log_when_the_session_store_cannot_count_it():
+    service = servicer(sessions=UnwritableSessions(), cache_ttl_s=0)
+    answer = await recommend(service, shopper(k=5))
+    [record] = [r for r in service.deps.events.records if r["type"] == "exposure"]
+    assert record["tracking_token"] == answer.tracking_token and len(record["items"]) == 5
 
 
 class RegionalRetrieval(PopularRetrieval):
@@ -281,6 +316,21 @@ async def test_a_stopped_writer_refuses_writes(tmp_path: Path):
     await asyncio.sleep(0)
     with pytest.raises(EventLogFull, match="stopped"):
         await sink.write([{"n": 1}])
+    await sink.close()
+
+
+async def test_nothing_to_write_is_not_refused_while_the_log_cannot_be_written(tmp_path: Path):
+    # TrackEvents without consent writes nothing: its feedback counts, whatever the log's state.
+    path = tmp_path / "events.jsonl"
+    sink = JsonlEventSink(path, max_pending=100, retry_delay_s=0.01)
+    await sink.start()
+    path.mkdir()  # appending raises IsADirectoryError
+    await sink.write([{"n": 1}])
+    await eventually(lambda: sink.failure is not None)
+    await sink.write([])
+    with pytest.raises(EventLogFull):
+        await sink.write([{"n": 2}])
+    path.rmdir()
     await sink.close()
 
 
