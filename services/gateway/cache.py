@@ -43,7 +43,7 @@ class AnonymousCache:
         #: The same segments, least recently stored first: expired ones are at the front (one ttl for all).
         self._stored: OrderedDict[tuple, None] = OrderedDict()
         self._bytes = 0
-        self._versions: tuple | None = None
+        self._versions: dict[str, tuple] = {}  # experiment variant -> the versions its last answer named
 
     def segment(self, request: pb.RecommendRequest, variant: str, k: int) -> tuple | None:
         anonymous = not request.consent or request.subject.WhichOneof("id") == "session_id"
@@ -77,13 +77,16 @@ class AnonymousCache:
         self._stored[segment] = None
         self._bytes += size
 
-    def observe_versions(self, versions: list[common.ArtifactVersion]) -> None:
-        """Any answer that shows other model/index versions than the cached ones empties the cache."""
+    def observe_versions(self, versions: list[common.ArtifactVersion], variant: str = "") -> None:
+        """An answer that shows other model/index versions than the last answer of its experiment variant empties
+        the cache. Per variant: in a model A/B test each variant's answers name its own model, which is no change."""
         current = tuple(sorted((v.kind, v.name, v.version) for v in versions))
-        if self._versions is not None and current != self._versions and current:
+        if not current:
+            return
+        seen = self._versions.get(variant)
+        if seen is not None and current != seen:
             self.clear()
-        if current:
-            self._versions = current
+        self._versions[variant] = current
 
     def clear(self) -> None:
         self._entries.clear()

@@ -168,7 +168,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         response.degradations.extend(state.degradations)
         for stage, ms in state.stage_ms.items():
             response.stage_latencies.add(stage=stage, duration_ms=ms)
-        self.cache.observe_versions([v for v in response.versions if v.kind in ("model", "index")])
+        self.cache.observe_versions([v for v in response.versions if v.kind in ("model", "index")], variant)
         return response
 
     def _after(self, coroutine) -> None:

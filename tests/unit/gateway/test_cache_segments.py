@@ -110,6 +110,24 @@ def test_an_answer_lives_ttl_s_and_no_longer():
     assert cache.get(segment).tracking_token == "fresh"
 
 
+def test_variants_ranked_by_different_models_do_not_empty_the_cache_as_they_take_turns():
+    # A model A/B test: each variant's answers name its own model. Compared with the last answer of any variant,
+    # every turn of the other variant looked like a version change and emptied the cache (0 hits in 400).
+    cache = AnonymousCache(ttl_s=60)
+    index = common.ArtifactVersion(kind="index", name="items", version="1")
+    model = {"control": ("ranker", "3"), "treatment": ("sequence_ranker", "7")}
+    for variant in ("control", "treatment", "control", "treatment"):
+        name, version = model[variant]
+        cache.observe_versions([index, common.ArtifactVersion(kind="model", name=name, version=version)], variant)
+        segment = cache.segment(request(), variant, 5)
+        if cache.get(segment) is None:
+            cache.put(segment, pb.RecommendResponse(tracking_token=variant))
+    assert len(cache) == 2
+    # A real change (a new model version for one variant) still empties it.
+    cache.observe_versions([index, common.ArtifactVersion(kind="model", name="ranker", version="4")], "control")
+    assert len(cache) == 0
+
+
 def test_the_cache_holds_at_most_max_entries():
     clock = FakeClock()
     cache = AnonymousCache(ttl_s=60, max_entries=3, clock=clock)
