@@ -378,3 +378,32 @@ def _parity(model: torch.nn.Module, session, contract, snapshot: ItemFeatureSnap
     if len(want) < len(names):
         raise ExportError(f"config.pbtxt declares outputs {names}, the model returns {len(want)}")
     return max(_check_parity(g, w) for g, w in zip(got, want[: len(names)], strict=True))
+
+
+def write_catalog(catalog, path: Path) -> None:
+    """``catalog.json``, the item facts the gateway's re-ranking reads (services/gateway/catalog.py), from a training
+    catalog (the data's or the synthetic shop's): title, category, brand, price, ``margin`` (fraction of the price:
+    the data's, or the loader's assumed one where it has none) and ``stock`` (units as of the data). Without margin
+    and stock a policy with ``ExpectedProfitScorer`` or ``InStockFilter`` could not start on it."""
+    items = {
+        item: {
+            "title": title,
+            "category": category,
+            "brand": brand,
+            "price": float(price),
+            "margin": float(margin),
+            "stock": int(stock),
+        }
+        for item, title, category, brand, price, margin, stock in zip(
+            catalog.item_ids,
+            catalog.titles,
+            catalog.categories,
+            catalog.brands,
+            catalog.prices,
+            catalog.margins,
+            catalog.stock,
+            strict=True,
+        )
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(items), encoding="utf-8")

@@ -5,7 +5,6 @@ version is published last (the index version written for it is removed again if 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +13,15 @@ import numpy as np
 
 from services.ranking.repository import next_version
 from services.retrieval.covisitation import CoVisitationTable
-from training.export import check_ranker_contract, export_index, export_ranker, prepare_out, published_together
-from training.synthetic import SyntheticShop, generate_shop, session_baskets
+from training.export import (
+    check_ranker_contract,
+    export_index,
+    export_ranker,
+    prepare_out,
+    published_together,
+    write_catalog,
+)
+from training.synthetic import generate_shop, session_baskets
 from training.train_tiny import TrainConfig, TrainResult, train_tiny_ranker
 
 log = logging.getLogger(__name__)
@@ -31,19 +37,6 @@ class TrainedArtifacts:
     index_dir: Path
     catalog_path: Path
     result: TrainResult
-
-
-def write_catalog(shop: SyntheticShop, path: Path) -> None:
-    """Item titles and attributes, for people reading the demo's answers."""
-    catalog = shop.catalog
-    items = {
-        item_id: {"title": title, "category": category, "brand": brand, "price": float(price)}
-        for item_id, title, category, brand, price in zip(
-            catalog.item_ids, catalog.titles, catalog.categories, catalog.brands, catalog.prices, strict=True
-        )
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(items), encoding="utf-8")
 
 
 def train_synthetic(
@@ -96,5 +89,5 @@ def train_synthetic(
             result.model, model_dir, catalog.item_ids, metadata, version=version
         )
         catalog_path = out_dir / CATALOG_FILE
-        write_catalog(shop, catalog_path)
+        write_catalog(shop.catalog, catalog_path)
     return TrainedArtifacts(version_dir, index_dir, catalog_path, result)

@@ -39,6 +39,7 @@ from training.export import (
     export_ranker,
     prepare_out,
     published_together,
+    write_catalog,
 )
 from training.fit import FitConfig, FittedModels, fit
 from training.models.two_tower import QueryTower
@@ -58,18 +59,6 @@ class TrainingRun:
     query_tower_dir: Path
     run_file: Path
     fitted: FittedModels
-
-
-def write_catalog(dataset: Dataset, path: Path) -> None:
-    catalog = dataset.catalog
-    items = {
-        item: {"title": title, "category": category, "brand": brand, "price": float(price)}
-        for item, title, category, brand, price in zip(
-            catalog.item_ids, catalog.titles, catalog.categories, catalog.brands, catalog.prices, strict=True
-        )
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(items), encoding="utf-8")
 
 
 def train_and_export(
@@ -146,7 +135,7 @@ def _write_run(
     query_tower_dir: Path,
 ) -> Path:
     """The catalog, the curves and the run record (read by ``aisle evaluate``); returns the run record's path."""
-    write_catalog(dataset, out / CATALOG_FILE)
+    write_catalog(dataset.catalog, out / CATALOG_FILE)
     (out / CURVES_FILE).write_text(
         json.dumps(
             {

@@ -1,9 +1,9 @@
 """Item facts the re-ranking components need (price, margin, category, brand, ...), from a catalog snapshot.
 
-The snapshot is a JSON object ``{item_id: {"title": ..., "category": ..., "brand": ..., "price": ...,
-"margin": ..., "return_cost": ..., "new": bool, "supplier": ...}}`` as training exports it (``catalog.json``).
-Which fields it has decides which components a policy may use: a component that needs ``margin`` is refused at
-start-up when the snapshot has none.
+The snapshot is a JSON object ``{item_id: {"title": ..., "category": ..., "brand": ..., "price": ..., "margin": ...,
+"stock": ...}}`` as training exports it (``catalog.json``, :func:`training.export.write_catalog`); a shop's own feed
+may add fields such as ``return_cost``, ``new`` (bool) or ``supplier``. Which fields every item has decides which
+components a policy may use: a component that needs ``margin`` is refused at start-up when the snapshot has none.
 """
 
 from __future__ import annotations

@@ -136,3 +136,29 @@ def test_the_skeleton_refuses_data_it_would_not_read_and_keeps_quiet_when_told(t
         ],
     )
     assert shown.exit_code == 0 and "training ranker" in shown.output
+
+
+def test_the_exported_catalog_carries_what_the_profit_scorer_and_the_stock_filter_read(tmp_path):
+    import copy
+
+    import yaml
+
+    from services.gateway.catalog import ItemCatalog
+    from services.gateway.policies import DEFAULT_POLICY_FILE, build_policies
+    from tests.unit.gateway.helpers import deps
+
+    repo, out = repository(tmp_path), tmp_path / "artifacts"
+    assert train(out, repo, "--skeleton").exit_code == 0
+    catalog = ItemCatalog.load(out / "catalog.json")
+    assert {"margin", "stock"} <= catalog.features
+    record = next(iter(catalog.items.values()))
+    assert 0 < record["margin"] < 1 and isinstance(record["stock"], int)
+    raw = copy.deepcopy(yaml.safe_load(DEFAULT_POLICY_FILE.read_text()))
+    home = raw["policies"]["home"]
+    home["filters"].append({"component": "InStockFilter"})
+    home["scorers"].append({"component": "ExpectedProfitScorer"})
+    policies = build_policies(raw, catalog, deps())  # refused at start-up when the catalog lacks margin or stock
+    home_pipeline = policies.pipelines["home"]
+    assert {"InStockFilter", "ExpectedProfitScorer"} <= {
+        c.name for c in [*home_pipeline.filters, *home_pipeline.scorers]
+    }
