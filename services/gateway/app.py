@@ -174,7 +174,11 @@ def build_session_store(settings: GatewaySettings) -> SessionStore:
 
 def build_event_sink(settings: GatewaySettings) -> EventSink:
     if settings.event_log == "jsonl":
-        return JsonlEventSink(settings.event_log_path, settings.event_log_max_pending)
+        return JsonlEventSink(
+            settings.event_log_path,
+            settings.event_log_max_pending,
+            max_pending_bytes=settings.event_log_max_pending_bytes,
+        )
     if settings.event_log == "redis":
         from services.gateway.redis_store import RedisStreamEventSink
 

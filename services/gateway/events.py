@@ -45,7 +45,8 @@ class NullEventSink:
 
 
 class JsonlEventSink:
-    """Appends to a JSON-lines file through a bounded queue, from one writer task.
+    """Appends to a JSON-lines file through a queue bounded in records (``max_pending``) and in bytes
+    (``max_pending_bytes``: a stalled reader of a pipe must not grow the process), from one writer task.
 
     A failed append (disk full, permissions, a bad path) keeps its batch and is retried with a growing delay, up
     to ``max_retry_delay_s``; while it fails, and once the writer has stopped, :meth:`write` refuses
@@ -60,13 +61,15 @@ class JsonlEventSink:
         self,
         path: Path,
         max_pending: int = 10_000,
+        max_pending_bytes: int = 32 * 1024 * 1024,
         retry_delay_s: float = 0.1,
         max_retry_delay_s: float = 5.0,
         close_timeout_s: float = 5.0,
     ):
         self.path = path
         self.queue: asyncio.Queue[str] | None = None
-        self.max_pending = max_pending
+        self.max_pending, self.max_pending_bytes = max_pending, max_pending_bytes
+        self._pending_bytes = 0  # of the records accepted and not written yet
         self.retry_delay_s = retry_delay_s
         self.max_retry_delay_s = max_retry_delay_s
         self.close_timeout_s = close_timeout_s
@@ -93,8 +96,13 @@ class JsonlEventSink:
         pending = self.queue.qsize() + self._held
         if pending + len(records) > self.max_pending:
             raise EventLogFull(f"{pending} events pending")
-        # Encoded here, so that a record that cannot be encoded fails its caller, not the writer.
+        # Encoded here, so that a record that cannot be encoded fails its caller, not the writer. ASCII (json's
+        # default), so a line's length is its size in bytes.
         lines = [json.dumps(record, separators=(",", ":")) + "\n" for record in records]
+        size = sum(map(len, lines))
+        if self._pending_bytes + size > self.max_pending_bytes:
+            raise EventLogFull(f"{self._pending_bytes} bytes of events pending")
+        self._pending_bytes += size
         for line in lines:
             self.queue.put_nowait(line)
 
@@ -105,8 +113,10 @@ class JsonlEventSink:
             while not self.queue.empty() and len(batch) < self.max_batch:
                 batch.append(self.queue.get_nowait())
             self._held = len(batch)
-            await self._append_until_written("".join(batch).encode(), len(batch))
+            data = "".join(batch).encode()
+            await self._append_until_written(data, len(batch))
             self._held = 0
+            self._pending_bytes -= len(data)
             for _ in batch:
                 self.queue.task_done()
 

@@ -103,6 +103,13 @@ class GatewaySettings(ServiceSettings):
     event_log_max_pending: int = Field(
         10_000, ge=1, le=10_000_000, description="Events buffered before TrackEvents answers RESOURCE_EXHAUSTED."
     )
+    event_log_max_pending_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=64 * 1024,
+        le=4 * 1024**3,
+        description="Bytes of JSON-lines records buffered (an exposure record of k=200 is about 17 KB) before "
+        "TrackEvents answers RESOURCE_EXHAUSTED and exposure records are refused.",
+    )
     anonymous_cache_ttl_s: float = Field(
         30.0, ge=0, le=3600, description="Cache of answers for anonymous traffic per segment; 0 disables."
     )

@@ -4,6 +4,7 @@ its file cannot be written."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -317,6 +318,33 @@ async def test_a_stopped_writer_refuses_writes(tmp_path: Path):
     with pytest.raises(EventLogFull, match="stopped"):
         await sink.write([{"n": 1}])
     await sink.close()
+
+
+async def test_the_buffer_is_bounded_in_bytes_as_well_as_in_records(tmp_path: Path):
+    # A log agent that stops reading /dev/stdout: 10,000 exposure records of k=200 would hold about 165 MiB.
+    path = tmp_path / "stdout"
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opened, never read: the pipe fills, the writer waits
+    try:
+        sink = JsonlEventSink(path, max_pending=10_000, max_pending_bytes=512 * 1024)
+        await sink.start()
+        record = {"type": "exposure", "items": ["x" * 40] * 200}  # about 9 KB encoded
+        accepted = 0
+        with pytest.raises(EventLogFull, match="bytes of events pending"):
+            for _ in range(1000):
+                await sink.write([record])
+                accepted += 1
+                await asyncio.sleep(0)  # the writer takes what the pipe (64 KiB) holds, then blocks
+        assert accepted < 100  # about (512 KiB + the pipe's 64 KiB) / 9 KB, not 1,000
+        closing = asyncio.ensure_future(sink.close())
+        while not closing.done():  # the reader comes back: what was accepted is written, and close ends
+            with contextlib.suppress(BlockingIOError):
+                os.read(reader, 1 << 20)
+            await asyncio.sleep(0.01)
+        await closing
+        assert sink.queue.qsize() == 0 and sink._pending_bytes == 0
+    finally:
+        os.close(reader)
 
 
 async def test_nothing_to_write_is_not_refused_while_the_log_cannot_be_written(tmp_path: Path):
