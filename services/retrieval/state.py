@@ -149,6 +149,12 @@ class _Update:
     stock: int
     regions: tuple[str, ...] | None
     at: float
+    seq: int = 0  # the order updates arrived in, across items
+
+
+#: Updates for ids the serving version does not hold (items newer than it) kept for a later version that does;
+#: past this many the oldest go first.
+MAX_UNKNOWN_UPDATES = 100_000
 
 
 class RefusedVersions:
@@ -256,41 +262,87 @@ class IndexHolder(VersionHolder[ServingIndex]):
     def __init__(self, exact_threshold: int = 20_000, min_recall: float = 0.8, threads: int = 1):
         super().__init__()
         self.exact_threshold, self.min_recall, self.threads = exact_threshold, min_recall, threads
+        # The latest update per item, oldest first: for ids the serving version holds, and for ids it does not
+        # (items newer than it), which a later version holding them gets. Both carry over to each later version
+        # unless its stock data is newer.
         self._updates: dict[str, _Update] = {}
+        self._pending: dict[str, _Update] = {}
+        self._seq = 0
+        #: id(candidate) -> (the last update seq its load applied, its updates, its pending ones)
+        self._prepared: dict[int, tuple[int, dict[str, _Update], dict[str, _Update]]] = {}
 
     def open(self, path: Path) -> ServingIndex:
-        return open_index(path, self.exact_threshold, self.min_recall, self.threads)
+        """Loads ``path`` and applies the remembered updates to it, in the load's thread: a full push remembers one
+        update per item, and applying them on the event loop held every call (0.4 s per 100,000 updates)."""
+        candidate = open_index(path, self.exact_threshold, self.min_recall, self.threads)
+        seq = self._seq
+        remembered = [dict(self._pending), dict(self._updates)]  # copies, each atomic under the GIL
+        as_of = candidate.artifact.data_as_of
+        updates: dict[str, _Update] = {}
+        pending: dict[str, _Update] = {}
+        for snapshot in remembered:
+            for item, update in snapshot.items():
+                if update.at <= as_of:
+                    continue  # the version's own stock data is newer
+                row = candidate.rows.get(item)
+                if row is None:
+                    pending[item] = update
+                else:
+                    updates[item] = update
+                    _apply(candidate, row, update)
+        self._prepared[id(candidate)] = (seq, updates, pending)
+        return candidate
 
     def adopt(self, candidate: ServingIndex) -> None:
-        self._reapply_updates(candidate)
+        """On the loop, just before ``candidate`` serves: the updates that arrived while it loaded (the newest
+        entries, read from the end, so this costs what arrived, not what is remembered)."""
+        seq, updates, pending = self._prepared.pop(id(candidate))
+        arrived = []
+        for remembered in (self._pending, self._updates):
+            for item in reversed(remembered):
+                update = remembered[item]
+                if update.seq <= seq:
+                    break
+                arrived.append((item, update))
+        for item, update in sorted(arrived, key=lambda entry: entry[1].seq):
+            updates.pop(item, None)
+            pending.pop(item, None)
+            row = candidate.rows.get(item)
+            if row is None:
+                pending[item] = update
+            else:
+                updates[item] = update
+                _apply(candidate, row, update)
+        self._updates, self._pending = updates, pending
+        self._forget_oldest_pending()
 
     def apply_availability(self, updates: Iterable[pb.AvailabilityUpdate]) -> tuple[int, list[str]]:
-        """Applies updates to the serving index and remembers them for later versions."""
+        """Applies updates to the serving index and remembers them for later versions, those for ids it does not
+        hold (reported as unknown) included. At most :data:`MAX_UNKNOWN_UPDATES` of those are kept."""
         serving = self.current
         applied, unknown = 0, []
         now = time.time()
         for update in updates:
             regions = tuple(update.sold_in_regions) if update.set_regions else None
-            row = serving.rows.get(update.item_id) if serving else None
+            self._seq += 1
+            remembered = _Update(int(update.stock), regions, now, self._seq)
+            item = update.item_id
+            self._updates.pop(item, None)  # re-inserted last: both stay oldest first
+            self._pending.pop(item, None)
+            row = serving.rows.get(item) if serving else None
             if row is None:
-                unknown.append(update.item_id)
+                self._pending[item] = remembered
+                unknown.append(item)
                 continue
-            self._updates[update.item_id] = _Update(int(update.stock), regions, now)
-            _apply(serving, row, self._updates[update.item_id])
+            self._updates[item] = remembered
+            _apply(serving, row, remembered)
             applied += 1
+        self._forget_oldest_pending()
         return applied, unknown
 
-    def _reapply_updates(self, index: ServingIndex) -> None:
-        """Updates newer than the version's stock data carry over; older ones are superseded by its data.
-
-        Compared with when the data was exported (``data_as_of``), not when the version was written: a version
-        built later from an older export holds none of the updates pushed in between."""
-        as_of = index.artifact.data_as_of
-        for item, update in list(self._updates.items()):
-            if update.at <= as_of:
-                del self._updates[item]
-            elif (row := index.rows.get(item)) is not None:
-                _apply(index, row, update)
+    def _forget_oldest_pending(self) -> None:
+        while len(self._pending) > MAX_UNKNOWN_UPDATES:
+            del self._pending[next(iter(self._pending))]
 
 
 def _apply(index: ServingIndex, row: int, update: _Update) -> None:

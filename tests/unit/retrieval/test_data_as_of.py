@@ -122,3 +122,63 @@ async def test_an_index_written_before_data_as_of_falls_back_to_its_created_at(t
     # Written after it: its data supersedes the update.
     assert await holder.swap(older_format("20260103T000000Z", datetime.now(UTC).isoformat()))
     assert stock(holder, SOLD_OUT) == 10
+
+
+async def test_an_update_for_an_item_newer_than_the_serving_version_reaches_the_version_that_holds_it(tmp_path):
+    # A new item sells out before its index rolls out: the replica serving the older version does not hold it
+    # (unknown), and the version that does, exported before the sale, must not serve it as in stock.
+    export = write_index(tmp_path / "export", count=320)  # holds I00310
+    root = tmp_path / "root"
+    write_index(root, count=300, version="20260101T000000Z")
+    holder = IndexHolder()
+    await holder.load_latest(root)
+    await asyncio.sleep(0.01)  # the sale comes after the export
+    assert holder.apply_availability([pb.AvailabilityUpdate(item_id="I00310", stock=0)]) == (0, ["I00310"])
+    built = save_index_like(load_index(export), root)
+    assert await holder.swap(built)
+    assert stock(holder, "I00310") == 0 and stock(holder, "I00311") == 10
+
+
+async def test_a_swap_applies_the_remembered_updates_in_the_load_not_on_the_event_loop(tmp_path, monkeypatch):
+    # After a full push every item has an update; applying them one by one on the event loop held every call
+    # (0.4 s per 100,000). Only the updates that arrive during the load are left for the loop.
+    import threading
+
+    import services.retrieval.state as state
+
+    holder, root, source = await sold_out_after_an_export(tmp_path)
+    holder.apply_availability([pb.AvailabilityUpdate(item_id=f"I{i:05d}", stock=i % 3) for i in range(300)])
+    on_loop, apply = [], state._apply
+
+    def recorded(index, row, update):
+        on_loop.append(threading.get_ident() == loop_thread)
+        apply(index, row, update)
+
+    loop_thread = threading.get_ident()
+    monkeypatch.setattr(state, "_apply", recorded)
+    assert await holder.swap(save_index_like(source, root))
+    assert len(on_loop) == 300 and not any(on_loop)
+    assert [stock(holder, f"I{i:05d}") for i in range(6)] == [0, 1, 2, 0, 1, 2]
+
+
+async def test_an_update_that_arrives_while_a_version_loads_is_applied_to_it(tmp_path, monkeypatch):
+    import threading
+
+    import services.retrieval.state as state
+
+    holder, root, source = await sold_out_after_an_export(tmp_path)
+    applying, apply = asyncio.Event(), state._apply
+    loop, loop_thread = asyncio.get_running_loop(), threading.get_ident()
+
+    def slow_apply(index, row, update):
+        if threading.get_ident() != loop_thread and not applying.is_set():
+            loop.call_soon_threadsafe(applying.set)
+            time.sleep(0.3)  # the load applies what it copied while the push goes on
+        apply(index, row, update)
+
+    monkeypatch.setattr(state, "_apply", slow_apply)
+    swapping = asyncio.ensure_future(holder.swap(save_index_like(source, root)))
+    await applying.wait()
+    assert holder.apply_availability([pb.AvailabilityUpdate(item_id="I00008", stock=0)]) == (1, [])
+    assert await swapping
+    assert stock(holder, SOLD_OUT) == 0 and stock(holder, "I00008") == 0 and stock(holder, "I00009") == 10
