@@ -75,9 +75,10 @@ proto: setup ## Regenerate the Python stubs in gen/python from protos/
 	PYTHON=$(CURDIR)/$(BIN)/python scripts/gen_protos.sh
 
 proto-check: setup ## Fail if gen/python is stale against protos/
-	@tmp=$$(mktemp -d) && PYTHON=$(CURDIR)/$(BIN)/python scripts/gen_protos.sh "$$tmp" && \
-	  diff -r -q "$$tmp/aisle" gen/python/aisle -x __pycache__ && echo "generated stubs are up to date" || \
-	  { echo "gen/python is stale: run 'make proto' and commit the result"; rm -rf "$$tmp"; exit 1; }
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	  PYTHON=$(CURDIR)/$(BIN)/python scripts/gen_protos.sh "$$tmp" && \
+	  { diff -r -q "$$tmp/aisle" gen/python/aisle -x __pycache__ && echo "generated stubs are up to date" || \
+	  { echo "gen/python is stale: run 'make proto' and commit the result"; exit 1; }; }
 
 lint: setup ## ruff on the code, buf lint (STANDARD) on the protos
 	$(BIN)/ruff check .

@@ -26,6 +26,7 @@ WANT_STAMP="nvidia-pytriton==$PYTRITON_VERSION onnxruntime==$ORT_VERSION numpy<2
 
 fail() {
   echo "install_triton: FAILED: $1" >&2
+  rm -f "$STAMP"  # an older install's stamp must not vouch for what this one left
   mkdir -p "$HOME_DIR" 2>/dev/null && printf '%s\n' "$1" >"$HOME_DIR/install-failed" 2>/dev/null
   if [ "${AISLE_TRITON_REQUIRED:-0}" = "1" ]; then
     echo "install_triton: AISLE_TRITON_REQUIRED=1, so this is an error (the Triton tests would fail too)." >&2
@@ -86,8 +87,12 @@ chmod +x "$HOME_DIR/bin/tritonserver"
 
 "$HOME_DIR/backend-env/bin/python" -c 'import numpy, onnxruntime; assert numpy.__version__ < "2"' \
   || fail "the backend environment cannot import numpy<2 and onnxruntime"
-LD_LIBRARY_PATH="$HOME_DIR/dist/nvidia_pytriton.libs:$LIBDIR" ldd "$HOME_DIR/dist/pytriton/tritonserver/bin/tritonserver" \
-  | grep -q "not found" && fail "the server binary misses shared libraries: $(LD_LIBRARY_PATH="$HOME_DIR/dist/nvidia_pytriton.libs:$LIBDIR" ldd "$HOME_DIR/dist/pytriton/tritonserver/bin/tritonserver" | grep 'not found' | tr '\n' ' ')"
+# The whole ldd output first: with pipefail, `ldd | grep -q` failed now and then when grep stopped reading at its
+# first match (ldd then died on the closed pipe), and a broken install was stamped as installed.
+libraries=$(LD_LIBRARY_PATH="$HOME_DIR/dist/nvidia_pytriton.libs:$LIBDIR" ldd "$HOME_DIR/dist/pytriton/tritonserver/bin/tritonserver" 2>&1) \
+  || fail "ldd cannot read the server binary: $libraries"
+missing_libraries=$(printf '%s\n' "$libraries" | grep 'not found' || true)
+[ -z "$missing_libraries" ] || fail "the server binary misses shared libraries: $(printf '%s' "$missing_libraries" | tr '\n' ' ')"
 
 printf '%s' "$WANT_STAMP" >"$STAMP"
 echo "install_triton: installed; launcher: $HOME_DIR/bin/tritonserver"

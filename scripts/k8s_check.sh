@@ -6,7 +6,8 @@
 # those renders. Exits non-zero on any failure.
 #
 #   scripts/k8s_check.sh [--out DIR] [--no-tests]
-#     --out DIR    keep the renders in DIR (one file per combination: <overlay>[+<component>...].yaml)
+#     --out DIR    keep the renders in DIR (one file per combination: <overlay>[+<component>...].yaml); a new or empty
+#                  folder, or one of an earlier run (its renders are replaced): other files there are refused
 #     --no-tests   render and validate only (what tests/k8s itself calls)
 #   KUBERNETES_VERSION (default 1.30.0): the API version the objects are validated against.
 #   PYTHON (default: python): the interpreter that runs the tests (needs pytest, pydantic-settings, PyYAML).
@@ -43,7 +44,25 @@ if [ -z "$out" ]; then
   out="$work/renders"
 fi
 mkdir -p "$out"
-rm -f "$out"/*.yaml
+# --out holds this script's renders only (<overlay>.yaml, <overlay>+<components>.yaml, from an earlier run: replaced).
+# Anything else there is refused, not deleted: it is not ours, and it would be validated as a render.
+overlays=()
+for overlay_dir in "$k8s"/overlays/*/; do overlays+=("$(basename "$overlay_dir")"); done
+foreign=()
+for file in "$out"/* "$out"/.[!.]*; do
+  [ -e "$file" ] || continue
+  name=$(basename "$file")
+  ours=0
+  for overlay in "${overlays[@]}"; do
+    case "$name" in "$overlay.yaml" | "$overlay+"*.yaml) ours=1 ;; esac
+  done
+  [ "$ours" = 1 ] || foreign+=("$name")
+done
+if [ ${#foreign[@]} -gt 0 ]; then
+  echo "k8s-check: --out $out holds files this script did not write (${foreign[*]}); give a new or empty folder" >&2
+  exit 2
+fi
+for overlay in "${overlays[@]}"; do rm -f "$out/$overlay.yaml" "$out/$overlay+"*.yaml; done
 
 # Components in a fixed order: embedded-ranking last, because it removes Triton's objects, including the ones
 # other components add (its HPA, its NetworkPolicy). Components that only make sense with Triton are skipped for
