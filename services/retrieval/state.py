@@ -374,7 +374,8 @@ class IndexWatcher:
             self._task = None
 
     async def check_once(self) -> bool:
-        """Swaps in the newest version if it is new and not refused as it is; True if a swap happened."""
+        """Swaps in the newest version newer than the served one that passes its checks (a refused one is tried
+        again only once its files change), as a restarting replica picks one; True if a swap happened."""
         try:
             newest = latest_version(self.root)
         except InvalidIndex:
@@ -382,9 +383,17 @@ class IndexWatcher:
         serving = self.holder.current
         if serving is not None and serving.artifact.path == newest:
             return False
-        if self.holder.refused.refuses(newest):
-            return False
-        return await self.holder.swap(newest)
+        served = serving.artifact.path if serving is not None else None
+        if newest == self.root or (served is not None and newest.name < served.name):
+            candidates = [newest]  # the root is a version folder, or the newer ones were taken away: follow that
+        else:  # newest first, down to the one served: a good version published with a bad one after it serves
+            candidates = [path for path in index_versions(self.root)[::-1] if served is None or path.name > served.name]
+        for path in candidates:
+            if self.holder.refused.refuses(path):
+                continue
+            if await self.holder.swap(path):
+                return True
+        return False
 
     async def _run(self) -> None:
         while True:

@@ -144,6 +144,25 @@ async def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(tmp_pa
     assert await watcher.check_once() and holder.current.artifact.path == good
 
 
+async def test_a_good_version_published_with_a_bad_one_after_it_serves_as_a_restarted_replica_would(tmp_path):
+    # Both published between two polls: the running replica refused the newest and stayed on the first for good,
+    # while a restarted one served the second.
+    holder = IndexHolder()
+    write_index(tmp_path, version="20260101T000000Z")
+    await holder.load_latest(tmp_path)
+    good = write_index(tmp_path, version="20260102T000000Z", seed=1)
+    bad = write_index(tmp_path, version="20260103T000000Z", seed=2)
+    metadata = json.loads((bad / METADATA_FILE).read_text())
+    metadata["checksums"]["item_ids.txt"] = "0" * 64
+    (bad / METADATA_FILE).write_text(json.dumps(metadata))
+    watcher = IndexWatcher(holder, tmp_path, interval_s=0)
+    assert await watcher.check_once() and holder.current.artifact.path == good and bad in holder.refused
+    assert not await watcher.check_once()  # nothing newer that passes: no work at every poll
+    restarted = IndexHolder()
+    await restarted.load_latest(tmp_path)
+    assert restarted.current.artifact.path == good
+
+
 async def test_a_version_seen_half_copied_is_tried_again_once_the_copy_completes(tmp_path, monkeypatch):
     holder = IndexHolder()
     write_index(tmp_path, count=300, version="20260101T000000Z")
