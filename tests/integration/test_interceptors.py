@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import socket
 import weakref
 
 import grpc
@@ -83,19 +84,21 @@ async def test_an_unhandled_downstream_failure_passes_on_its_code_and_reason_nev
 
 
 async def test_a_downstream_without_aisle_details_is_named_by_its_code_alone():
-    # Nothing listens on the downstream's port: gRPC answers UNAVAILABLE itself, with no ErrorInfo to name.
-    downstream, target = await _serve(Failing(ServiceError("unused")))
-    await downstream.stop(0)
-    channel = grpc.aio.insecure_channel(target)
-    front, front_target = await _serve(Forwarding(health_pb2_grpc.HealthStub(channel)))
-    caller = grpc.aio.insecure_channel(front_target)
-    try:
-        with pytest.raises(grpc.aio.AioRpcError) as failed:
-            await health_pb2_grpc.HealthStub(caller).Check(health_pb2.HealthCheckRequest(), timeout=5)
-    finally:
-        await caller.close()
-        await channel.close()
-        await front.stop(0)
+    # Nothing listens on the downstream's port: gRPC answers UNAVAILABLE itself, with no ErrorInfo to name. The port
+    # stays bound (not listening) meanwhile: a port freed by a stopped server could be given to the front itself,
+    # which would then call itself until the deadline.
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{reserved.getsockname()[1]}")
+        front, front_target = await _serve(Forwarding(health_pb2_grpc.HealthStub(channel)))
+        caller = grpc.aio.insecure_channel(front_target)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await health_pb2_grpc.HealthStub(caller).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        finally:
+            await caller.close()
+            await channel.close()
+            await front.stop(0)
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
     assert failed.value.details() == "downstream call failed: UNAVAILABLE"
     info, _ = details_of(failed.value)
