@@ -282,14 +282,8 @@ class IndexHolder(VersionHolder[ServingIndex]):
         pending: dict[str, _Update] = {}
         for snapshot in remembered:
             for item, update in snapshot.items():
-                if update.at <= as_of:
-                    continue  # the version's own stock data is newer
-                row = candidate.rows.get(item)
-                if row is None:
-                    pending[item] = update
-                else:
-                    updates[item] = update
-                    _apply(candidate, row, update)
+                if update.at > as_of:  # else the version's own stock data is newer
+                    _file(candidate, item, update, updates, pending)
         self._prepared[id(candidate)] = (seq, updates, pending)
         return candidate
 
@@ -307,12 +301,7 @@ class IndexHolder(VersionHolder[ServingIndex]):
         for item, update in sorted(arrived, key=lambda entry: entry[1].seq):
             updates.pop(item, None)
             pending.pop(item, None)
-            row = candidate.rows.get(item)
-            if row is None:
-                pending[item] = update
-            else:
-                updates[item] = update
-                _apply(candidate, row, update)
+            _file(candidate, item, update, updates, pending)
         self._updates, self._pending = updates, pending
         self._forget_oldest_pending()
 
@@ -329,20 +318,30 @@ class IndexHolder(VersionHolder[ServingIndex]):
             item = update.item_id
             self._updates.pop(item, None)  # re-inserted last: both stay oldest first
             self._pending.pop(item, None)
-            row = serving.rows.get(item) if serving else None
-            if row is None:
-                self._pending[item] = remembered
+            if _file(serving, item, remembered, self._updates, self._pending):
+                applied += 1
+            else:
                 unknown.append(item)
-                continue
-            self._updates[item] = remembered
-            _apply(serving, row, remembered)
-            applied += 1
         self._forget_oldest_pending()
         return applied, unknown
 
     def _forget_oldest_pending(self) -> None:
         while len(self._pending) > MAX_UNKNOWN_UPDATES:
             del self._pending[next(iter(self._pending))]
+
+
+def _file(
+    index: ServingIndex | None, item: str, update: _Update, updates: dict[str, _Update], pending: dict[str, _Update]
+) -> bool:
+    """Files ``update`` under ``updates`` and applies it when ``index`` holds ``item`` (True), else under
+    ``pending`` (False): the one rule the serving version, a loading one and the updates pushed meanwhile share."""
+    row = index.rows.get(item) if index is not None else None
+    if row is None:
+        pending[item] = update
+        return False
+    updates[item] = update
+    _apply(index, row, update)
+    return True
 
 
 def _apply(index: ServingIndex, row: int, update: _Update) -> None:
