@@ -13,8 +13,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,30 @@ class ServiceStartError(RuntimeError):
 
 class ServiceStartTimeout(ServiceStartError, TimeoutError):
     """The service kept running but never reported SERVING."""
+
+
+@contextmanager
+def signals_held(*signums: int) -> Iterator[None]:
+    """Holds these signals' Python handlers while a child is being started, then delivers what arrived.
+
+    ``Popen`` forks before it returns: a handler that raises (Ctrl-C, the demo's SIGTERM) inside it loses the new
+    child's ``Popen``, so nothing stops that service. Held, the signal is raised again once the child is known.
+    Only the main thread runs Python signal handlers; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    held = {signum: signal.getsignal(signum) for signum in signums}
+    held = {signum: handler for signum, handler in held.items() if handler is not None}  # None: not set from Python
+    for signum in held:
+        signal.signal(signum, lambda number, frame: arrived.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
+        for signum in arrived:
+            signal.raise_signal(signum)
 
 
 def free_port() -> int:
@@ -117,7 +143,7 @@ class LocalStack:
         command = [self.python, "-m", f"services.{name}"]
         if self.die_with_parent:
             command = [self.python, "-m", "services.demo.child", str(os.getpid()), f"services.{name}"]
-        with service.log_path.open("ab") as log:
+        with service.log_path.open("ab") as log, signals_held(signal.SIGTERM, signal.SIGINT):
             service.process = subprocess.Popen(
                 command,
                 env=env,

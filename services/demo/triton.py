@@ -16,6 +16,7 @@ from pathlib import Path
 
 from services.core.grpc_runtime import VARIABLE as GRPC_VARIABLE
 from services.core.keepalive import MIN_CLIENT_PING_INTERVAL_MS
+from services.demo.stack import signals_held
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: Where `make triton` (scripts/install_triton.sh) installs the server; AISLE_TRITON_HOME points elsewhere.
@@ -95,7 +96,7 @@ class LocalTriton:
         # Triton's own gRPC reads GRPC_EXPERIMENTS too: the Aisle process that starts it must not pass its runtime on
         # (services/core/grpc_runtime.py), so the local server runs as the Triton container does.
         env = {key: value for key, value in os.environ.items() if key != GRPC_VARIABLE}
-        with open(self.log_path, "ab") as log:
+        with open(self.log_path, "ab") as log, signals_held(signal.SIGTERM, signal.SIGINT):
             self.process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
             )

@@ -4,7 +4,9 @@ the start with the service's name and the end of its log, and nothing it started
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,36 @@ def test_a_service_that_never_serves_times_out_and_is_stopped(tmp_path):
     assert process.poll() is not None  # stopped by start() on the way out
     with pytest.raises(ProcessLookupError):
         os.kill(process.pid, 0)
+
+
+class Interrupted(Exception):
+    """What the demo's SIGTERM handler (or Ctrl-C) raises in the main thread."""
+
+
+def test_a_signal_while_a_service_starts_leaves_the_stack_able_to_stop_it(tmp_path, monkeypatch):
+    """``Popen`` forks before it returns. A SIGTERM in between, whose handler raises, once lost the child's ``Popen``,
+    so the demo exited 143 with the gateway still running (seen in CI). Now the signal is delivered after ``Popen``."""
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    real_popen = subprocess.Popen
+
+    def popen_then_signal(*args, **kwargs):
+        process = real_popen(*args, **kwargs)
+        signal.raise_signal(signal.SIGTERM)  # the child exists; Popen has not returned yet
+        return process
+
+    monkeypatch.setattr(subprocess, "Popen", popen_then_signal)
+    stack = LocalStack(tmp_path, python=stand_in(tmp_path, "exec sleep 60\n"))
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with pytest.raises(Interrupted):
+            stack.start(timeout=30, only=("retrieval",))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    process = stack.services["retrieval"].process
+    assert process is not None, "the started child was lost"
+    assert process.poll() is not None  # stopped by start() on the way out
+    assert signal.getsignal(signal.SIGTERM) is previous
