@@ -54,7 +54,7 @@ from aisle.common.v1 import common_pb2 as common  # noqa: E402
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb  # noqa: E402
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc  # noqa: E402
 from bench.process_cpu import cpu_seconds  # noqa: E402
-from services.demo.stack import LocalStack, free_port  # noqa: E402
+from services.demo.stack import LocalStack, free_ports  # noqa: E402
 from services.demo.triton import local_triton, triton_missing  # noqa: E402
 from services.retrieval.index import latest_version  # noqa: E402
 from training.synthetic import CATEGORIES, REGIONS  # noqa: E402
@@ -345,7 +345,7 @@ async def aisle_target(
 @contextlib.asynccontextmanager
 async def echo_target(seconds: float):
     """The bare grpc.aio echo chain (client -> front -> two back ends), started here; yields ``measure(rate)``."""
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     script = str(ROOT / "bench" / "echo_chain.py")
     processes = [subprocess.Popen([sys.executable, script, "back", str(p)]) for p in ports[1:]]  # noqa: ASYNC220
     processes.append(

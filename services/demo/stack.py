@@ -63,10 +63,23 @@ def signals_held(*signums: int) -> Iterator[None]:
             signal.raise_signal(signum)
 
 
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports, all held open together while choosing: ports probed one after another could repeat
+    (the kernel may hand a just-closed port out again), and two services would then fight for one."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 @dataclass
@@ -97,7 +110,8 @@ class LocalStack:
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        ports = {name: (free_port(), free_port()) for name in ORDER}
+        chosen = iter(free_ports(2 * len(ORDER)))
+        ports = {name: (next(chosen), next(chosen)) for name in ORDER}
         for name in ORDER:
             prefix = f"AISLE_{name.upper()}_"
             port, metrics_port = ports[name]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from services.core.grpc_runtime import VARIABLE as GRPC_VARIABLE
 from services.core.keepalive import MIN_CLIENT_PING_INTERVAL_MS
-from services.demo.stack import signals_held
+from services.demo.stack import free_ports, signals_held
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: Where `make triton` (scripts/install_triton.sh) installs the server; AISLE_TRITON_HOME points elsewhere.
@@ -69,7 +68,7 @@ class LocalTriton:
         launcher: Path = TRITON_LAUNCHER,
     ):
         self.repository, self.log_path, self.models, self.launcher = repository, log_path, tuple(models), launcher
-        self.grpc_port, self.http_port, self.metrics_port = _free_ports(3)
+        self.grpc_port, self.http_port, self.metrics_port = free_ports(3)
         self.process: subprocess.Popen | None = None
 
     @property
@@ -149,17 +148,3 @@ def local_triton(
         yield server
     finally:
         server.stop()
-
-
-def _free_ports(count: int) -> list[int]:
-    """Distinct free ports (all held open together while choosing, so none repeats)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()

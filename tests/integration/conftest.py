@@ -17,6 +17,8 @@ from services.retrieval.app import build_application as build_retrieval
 from services.retrieval.settings import RetrievalSettings
 
 LOCAL = {"host": "127.0.0.1", "port": 0, "metrics_port": 0, "grace_period_s": 5}
+#: The gateway's budget in tests that are not about it (the default, 120 ms, is production's).
+FUNCTIONAL_BUDGET_MS = 5_000
 
 
 def retrieval_settings(trained, **extra) -> RetrievalSettings:
@@ -34,6 +36,9 @@ def gateway_settings(trained, retrieval_port: int, ranking_port: int, **extra) -
         "catalog_path": trained.root / "catalog.json",
         "event_log": "off",
         "anonymous_cache_ttl_s": 0,
+        # Far above any stall of this process (a full garbage collection of the test run's heap took 80-175 ms),
+        # which could turn an answer that arrived in time into a stage timeout: the tests of the budget set theirs.
+        "total_budget_ms": FUNCTIONAL_BUDGET_MS,
         **extra,
     }
     return GatewaySettings(**LOCAL, **values)

@@ -42,7 +42,11 @@ class Forwarding(health_pb2_grpc.HealthServicer):
 
 
 class Slow(health_pb2_grpc.HealthServicer):
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()  # a call is in the handler
+
     async def Check(self, request, context):  # noqa: N802
+        self.entered.set()
         await asyncio.sleep(5)
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
@@ -131,8 +135,9 @@ async def test_a_call_past_its_deadline_is_counted_as_deadline_exceeded():
     server, target = await _serve(Slow(), MetricsInterceptor(RpcMetrics(registry, "test")))
     channel = grpc.aio.insecure_channel(target)
     try:
+        await asyncio.wait_for(channel.channel_ready(), 10)  # the deadline is the handler's, not the connection's
         with pytest.raises(grpc.aio.AioRpcError) as failed:
-            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.2)
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
         counts = await _counted(registry)
     finally:
         await channel.close()
@@ -143,11 +148,11 @@ async def test_a_call_past_its_deadline_is_counted_as_deadline_exceeded():
 
 async def test_a_call_its_caller_cancels_is_counted_as_cancelled():
     registry = CollectorRegistry()
-    server, target = await _serve(Slow(), MetricsInterceptor(RpcMetrics(registry, "test")))
+    server, target = await _serve(slow := Slow(), MetricsInterceptor(RpcMetrics(registry, "test")))
     channel = grpc.aio.insecure_channel(target)
     try:
-        call = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-        await asyncio.sleep(0.2)  # the server is in the handler
+        call = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+        await asyncio.wait_for(slow.entered.wait(), 10)  # the server is in the handler
         call.cancel()
         counts = await _counted(registry)
     finally:

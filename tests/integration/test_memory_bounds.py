@@ -21,6 +21,7 @@ from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
 from services.retrieval.index import index_versions
+from tests.integration.conftest import FUNCTIONAL_BUDGET_MS
 from tests.integration.requests import home_request
 from tests.integration.test_faults_under_load import copy_shop
 from tests.integration.test_recommend_path import history_of
@@ -69,6 +70,8 @@ def processes(shop) -> FaultStack:
         "event_log": "jsonl",
         "event_log_path": str(shop.root / "events.jsonl"),
         "anonymous_cache_ttl_s": "30",
+        # Only undegraded answers are cached: a cold first call cut by production's 120 ms would not be.
+        "total_budget_ms": str(FUNCTIONAL_BUDGET_MS),
     }
     stack = fault_stack(shop.root / "run", shop, gateway=gateway)
     stack.start()

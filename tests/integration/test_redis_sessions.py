@@ -16,7 +16,13 @@ from services.gateway.app import build_application as build_gateway
 from services.gateway.redis_store import RedisSessionStore, RedisStreamEventSink, read_stream
 from services.ranking.app import build_application as build_ranking
 from services.retrieval.app import build_application as build_retrieval
-from tests.integration.conftest import gateway_settings, ranking_settings, retrieval_settings, serving
+from tests.integration.conftest import (
+    FUNCTIONAL_BUDGET_MS,
+    gateway_settings,
+    ranking_settings,
+    retrieval_settings,
+    serving,
+)
 from tests.integration.test_events_and_consent import home, tracked
 from tests.integration.test_recommend_path import history_of
 from tests.support.redis import redis_server
@@ -124,13 +130,13 @@ async def test_two_gateway_processes_share_one_session(trained, redis_url, tmp_p
     import sys
 
     from services.core.health import wait_until_serving
-    from services.demo.stack import free_port
+    from services.demo.stack import free_ports
 
     async with (
         serving(ServiceHost(s := retrieval_settings(trained), build_retrieval(s))) as retrieval,
         serving(ServiceHost(r := ranking_settings(trained), build_ranking(r))) as ranking,
     ):
-        ports = [free_port(), free_port()]
+        ports = free_ports(2)
         env = {k: v for k, v in os.environ.items() if not k.startswith("AISLE_")}
         processes = []
         try:  # from the first start on: whatever fails, every gateway started is stopped
@@ -145,6 +151,7 @@ async def test_two_gateway_processes_share_one_session(trained, redis_url, tmp_p
                     "REDIS_URL": redis_url,
                     "EVENT_LOG": "redis",
                     "ANONYMOUS_CACHE_TTL_S": 0,
+                    "TOTAL_BUDGET_MS": FUNCTIONAL_BUDGET_MS,  # retrieval and ranking run in this busy process
                 }
                 process_env = {**env, **{f"AISLE_GATEWAY_{k}": str(v) for k, v in settings.items()}}
                 # The gateway writes to its own copy of the descriptor: this process's is closed once it runs.

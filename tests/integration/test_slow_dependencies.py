@@ -30,11 +30,18 @@ class Delay(grpc.aio.ServerInterceptor):
         return await continuation(details)
 
 
+#: How slow a slowed dependency is: far past any budget here, so an answer that waited for it cannot pass for one
+#: that was cut.
+DELAY_S = 2.0
+#: Client and transport time allowed past the budget, with room for a stall of this busy 2-core machine.
+SLACK_MS = 300
+
+
 @contextlib.asynccontextmanager
 async def slowable_stack(trained, budget_ms: float):
     retrieval_app = build_retrieval(s := retrieval_settings(trained))
     ranking_app = build_ranking(r := ranking_settings(trained))
-    delays = {"retrieval": Delay(0.5), "ranking": Delay(0.5)}
+    delays = {"retrieval": Delay(DELAY_S), "ranking": Delay(DELAY_S)}
     retrieval_app.extra_interceptors = [delays["retrieval"]]
     ranking_app.extra_interceptors = [delays["ranking"]]
     async with serving(ServiceHost(s, retrieval_app)) as retrieval, serving(ServiceHost(r, ranking_app)) as ranking:
@@ -56,7 +63,7 @@ async def test_slow_ranking_times_out_into_a_flagged_answer_within_budget(traine
         response, elapsed_ms = await timed(gateway.port, home_request(history_of(trained), k=5))
     assert len(response.items) == 5
     assert common.DEGRADATION_REASON_RANKING_TIMEOUT in {d.reason for d in response.degradations}
-    assert elapsed_ms < 300 + 100  # budget plus client/transport slack on a busy 2-core machine
+    assert elapsed_ms < 300 + SLACK_MS  # the budget, not the slow dependency's 2 s
 
 
 async def test_slow_retrieval_sources_are_cut_and_the_fallback_answers_within_budget(trained):
@@ -67,4 +74,4 @@ async def test_slow_retrieval_sources_are_cut_and_the_fallback_answers_within_bu
     assert len(response.items) == 5
     assert {d.reason for d in response.degradations} >= {common.DEGRADATION_REASON_SOURCE_DROPPED}
     assert all(item.sources == [common.CANDIDATE_SOURCE_FALLBACK_CACHE] for item in response.items)
-    assert elapsed_ms < 300 + 100
+    assert elapsed_ms < 300 + SLACK_MS

@@ -173,6 +173,7 @@ async def test_the_open_loop_sends_on_schedule_whatever_is_in_flight_and_counts_
     assert most >= 15  # 100/s for 0.2 s each: about 20 in flight at once
     assert measured["requests"] == 20 and measured["errors"] == 1 and measured["error_rate"] == 0.05
     assert measured["p50_ms"] >= 200  # latency from each scheduled time, failures included
-    # 19 answers from the first scheduled send to the last answer (0.19 s of sends + 0.2 s): about 49/s, not 100.
-    assert 35 < measured["achieved_rps"] < 55
+    # 19 answers from the first scheduled send to the last answer (0.19 s of sends + 0.2 s): about 49/s, not 100
+    # (the lower bound leaves room for a stall of a busy machine).
+    assert 20 < measured["achieved_rps"] < 55
     assert 0 <= measured["send_late_p99_ms"] < 200 and measured["send_late_max_ms"] >= measured["send_late_p99_ms"]

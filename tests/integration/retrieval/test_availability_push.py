@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import socket
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -58,11 +59,13 @@ def lines(*updates: dict) -> str:
     return "".join(json.dumps(update) + "\n" for update in updates)
 
 
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
+@contextlib.contextmanager
+def dead_port() -> Iterator[int]:
+    """A port nothing listens on, kept bound (not listening) while in use: released, it could be handed to the
+    next server this test starts on port 0, which would then answer for the replica that is down."""
     with contextlib.closing(socket.socket()) as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        yield sock.getsockname()[1]
 
 
 async def test_every_replica_named_by_target_gets_the_updates(index_root, tmp_path):
@@ -98,13 +101,14 @@ async def test_regions_are_replaced_and_stdin_is_read_in_batches(index_root):
 
 
 async def test_a_replica_that_is_down_fails_the_push_by_name_and_the_others_are_updated(index_root, tmp_path):
-    down = f"127.0.0.1:{free_port()}"
-    async with retrieval(index_root) as (up, stub):
-        top = (await popular(stub))[0]
-        updates = tmp_path / "updates.jsonl"
-        updates.write_text(lines({"item_id": top, "stock": 0}))
-        result = await push(str(updates), "--target", f"127.0.0.1:{up.port}", "--target", down, "--timeout", "2")
-        assert top not in await popular(stub)
+    with dead_port() as port:
+        down = f"127.0.0.1:{port}"
+        async with retrieval(index_root) as (up, stub):
+            top = (await popular(stub))[0]
+            updates = tmp_path / "updates.jsonl"
+            updates.write_text(lines({"item_id": top, "stock": 0}))
+            result = await push(str(updates), "--target", f"127.0.0.1:{up.port}", "--target", down, "--timeout", "2")
+            assert top not in await popular(stub)
     assert result.exit_code == 1, result.output
     assert f"127.0.0.1:{up.port}: applied 1 of 1" in result.output
     assert f"{down}: FAILED" in result.output and "UNAVAILABLE" in result.output

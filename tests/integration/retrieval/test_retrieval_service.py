@@ -31,6 +31,10 @@ CO_VISITATION, BUY_AGAIN = common.CANDIDATE_SOURCE_CO_VISITATION, common.CANDIDA
 
 def settings_for(path, **extra) -> RetrievalSettings:
     values = {"host": "127.0.0.1", "port": 0, "metrics_port": None, "index_path": path, "index_poll_s": 0, **extra}
+    if "shard_targets" in extra:
+        # Not production's 50 ms: the shards run in this process, whose stalls (a full garbage collection of the
+        # test run's heap) could drop a shard that answered. A stopped shard is still refused at once.
+        values.setdefault("shard_timeout_ms", 2_000)
     return RetrievalSettings(**values)
 
 

@@ -104,8 +104,9 @@ async def test_a_session_store_that_does_not_answer_costs_personalisation_not_th
     assert [(d.stage, d.detail) for d in answer.degradations] == [
         ("sessions", "session store unavailable: TimeoutError")
     ]
-    # Within its share of the budget (a tenth of total_budget_ms), not the store's own timeouts.
-    assert elapsed < service.settings.total_budget_ms / 1000, elapsed
+    # Within its share of the budget (a tenth of total_budget_ms, 12 ms), not the store's own timeouts (a Redis
+    # connection attempt waits 1 s); the bound leaves room for a stall of a busy machine.
+    assert elapsed < 0.5, elapsed
 
 
 class UnwritableSessions(InMemorySessionStore):
