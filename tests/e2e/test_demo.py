@@ -22,6 +22,7 @@ from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from services.core.grpc_runtime import grpc_runtime_in_force
 from services.demo.run import MARKER
 from services.demo.stack import LocalStack
+from tests.integration.conftest import FUNCTIONAL_BUDGET_MS
 from tests.integration.requests import home_request
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +36,12 @@ def test_processes_answer_and_stop_cleanly(trained, tmp_path, event_loop):
         {
             "retrieval": {"index_path": str(trained.index_root), **loop},
             "ranking": {"model_repository": str(trained.model_repository), **loop},
-            "gateway": {"catalog_path": str(trained.root / "catalog.json"), "event_log": "off", **loop},
+            "gateway": {
+                "catalog_path": str(trained.root / "catalog.json"),
+                "event_log": "off",
+                "total_budget_ms": str(FUNCTIONAL_BUDGET_MS),  # a clean answer, whatever the machine's minute
+                **loop,
+            },
         },
     )
     with stack:

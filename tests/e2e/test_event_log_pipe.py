@@ -23,8 +23,11 @@ def read_lines(reader: int, wanted: int, within_s: float = 10.0) -> list[str]:
     data, deadline = b"", time.monotonic() + within_s
     while data.count(b"\n") < wanted and time.monotonic() < deadline:
         try:
-            data += os.read(reader, 65536)
-        except BlockingIOError:
+            chunk = os.read(reader, 65536)
+        except BlockingIOError:  # a writer has the pipe open, with nothing written yet
+            chunk = b""
+        data += chunk
+        if not chunk:  # nothing yet, or no writer between the gateway's batches: wait, not spin
             time.sleep(0.05)
     return data.decode().splitlines()
 

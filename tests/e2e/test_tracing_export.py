@@ -14,6 +14,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from services.demo.stack import LocalStack
+from tests.integration.conftest import FUNCTIONAL_BUDGET_MS
 from tests.integration.requests import home_request
 
 pytestmark = pytest.mark.e2e
@@ -46,7 +47,11 @@ def test_spans_reach_the_otlp_endpoint_with_one_trace_id(trained, tmp_path):
             {
                 "retrieval": {"index_path": str(trained.index_root)},
                 "ranking": {"model_repository": str(trained.model_repository)},
-                "gateway": {"catalog_path": str(trained.root / "catalog.json"), "event_log": "off"},
+                "gateway": {
+                    "catalog_path": str(trained.root / "catalog.json"),
+                    "event_log": "off",
+                    "total_budget_ms": str(FUNCTIONAL_BUDGET_MS),  # ranking's span needs ranking called in time
+                },
             },
             env={
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",

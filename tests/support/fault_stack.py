@@ -133,10 +133,11 @@ def resident_mib(pid: int) -> float:
 
 
 def fault_stack(
-    workdir: Path, trained_copy, *, drain_delay_s: float = 0.3, delay_ms: float = 300.0, **settings
+    workdir: Path, trained_copy, *, drain_delay_s: float = 1.0, delay_ms: float = 300.0, **settings
 ) -> FaultStack:
     """A stack over ``trained_copy`` (an object with ``model_repository``, ``index_root``, ``root``) with fast
-    model and index watches, a short drain on SIGTERM, and ``settings[service]`` merged over those."""
+    model and index watches, a short drain on SIGTERM (1 s: the SIGTERM test's health watcher, polling every 20 ms,
+    must see NOT_SERVING in it on a busy machine), and ``settings[service]`` merged over those."""
     base = {
         "retrieval": {"index_path": str(trained_copy.index_root), "index_poll_s": "0.2"},
         "ranking": {"model_repository": str(trained_copy.model_repository), "watch_interval_s": "0.2"},
