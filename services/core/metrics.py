@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from services.core.interceptors import UnaryWrapper
 
@@ -59,6 +59,44 @@ class RpcMetrics:
     def observe(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(self.service, method, code).inc()
         self.latency.labels(self.service, method).observe(seconds)
+
+
+class ArtifactMetrics:
+    """What a process serves and what it refused: ``aisle_artifact_serving{service,kind,version}`` is 1 for the
+    version of each kind of artefact (``index``, ``model``, ...) it serves now; ``aisle_artifact_refused_total``
+    counts the versions it refused to load (the previous one kept serving), so that a bad publish is an alert, not
+    only a log line, and a fleet split across versions shows."""
+
+    def __init__(self, registry: CollectorRegistry, service_label: str):
+        self.service = service_label
+        self._serving = Gauge(
+            "aisle_artifact_serving",
+            "1 for the artefact version this process serves, by kind (index, model, ...).",
+            ["service", "kind", "version"],
+            registry=registry,
+        )
+        self._refused = Counter(
+            "aisle_artifact_refused",
+            "Artefact versions refused at load (bad files, failed checks); the previous version kept serving.",
+            ["service", "kind"],
+            registry=registry,
+        )
+        self._versions: dict[str, str] = {}
+
+    def serving(self, kind: str, version: str) -> None:
+        previous = self._versions.get(kind)
+        if previous == version:
+            return
+        if previous is not None:
+            self._serving.remove(self.service, kind, previous)
+        if version:
+            self._serving.labels(self.service, kind, version).set(1)
+            self._versions[kind] = version
+        else:
+            self._versions.pop(kind, None)
+
+    def refused(self, kind: str) -> None:
+        self._refused.labels(self.service, kind).inc()
 
 
 class MetricsInterceptor(UnaryWrapper):

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from aisle.ranking.v1 import ranking_service_pb2 as pb
 from aisle.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
+from services.core.metrics import ArtifactMetrics
 from services.core.server import Application
 from services.ranking.backends.base import RankingBackend
 from services.ranking.backends.fallback import FallbackBackend
@@ -39,6 +40,11 @@ class RankingMetrics:
             ["reason"],
             registry=registry,
         )
+        #: The model version served (the primary backend's) and the versions the embedded backend refused.
+        self.artifacts = ArtifactMetrics(registry, "ranking")
+
+    def show_serving(self, backend: RankingBackend) -> None:
+        self.artifacts.serving("model", backend.model_version)
 
 
 def build_embedded(settings: RankingSettings, metrics: RankingMetrics | None = None) -> OnnxRuntimeBackend:
@@ -52,7 +58,12 @@ def build_embedded(settings: RankingSettings, metrics: RankingMetrics | None = N
         on_batch=metrics.batch_size.observe if metrics is not None else None,
     )
     return OnnxRuntimeBackend(
-        settings.model_repository, settings.model_name, settings.model_version, settings.intra_op_threads, batching
+        settings.model_repository,
+        settings.model_name,
+        settings.model_version,
+        settings.intra_op_threads,
+        batching,
+        on_refused=(lambda: metrics.artifacts.refused("model")) if metrics is not None else None,
     )
 
 
@@ -78,9 +89,10 @@ class ModelWatch:
     """Calls ``backend.refresh()`` every ``interval`` seconds: how a running server picks up a version published
     (or rolled back) with ``aisle models publish`` / ``rollback``. A refused version is logged and not served."""
 
-    def __init__(self, backend: RankingBackend, interval: float):
+    def __init__(self, backend: RankingBackend, interval: float, metrics: RankingMetrics | None = None):
         self.backend = backend
         self.interval = interval
+        self.metrics = metrics
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -101,6 +113,8 @@ class ModelWatch:
                 await self.backend.refresh()
             except Exception:  # the watch must outlive any one bad refresh
                 log.exception("model refresh failed; still serving version %s", self.backend.model_version)
+            if self.metrics is not None:
+                self.metrics.show_serving(self.backend)
 
 
 def build_application(
@@ -109,10 +123,12 @@ def build_application(
     metrics = RankingMetrics(registry) if registry is not None else None
     backend = backend if backend is not None else build_backend(settings, metrics)
     servicer = RankingServicer(settings, backend)
-    watch = ModelWatch(backend, settings.watch_interval_s)
+    watch = ModelWatch(backend, settings.watch_interval_s, metrics)
 
     async def load() -> None:
         await backend.load()
+        if metrics is not None:
+            metrics.show_serving(backend)
         watch.start()
 
     async def close() -> None:

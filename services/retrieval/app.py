@@ -6,6 +6,7 @@ from prometheus_client import CollectorRegistry
 
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
+from services.core.metrics import ArtifactMetrics
 from services.core.server import Application
 from services.retrieval.router import ShardRouter
 from services.retrieval.servicer import RetrievalServicer
@@ -18,8 +19,9 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RetrievalService"].full_name
 def build_application(
     settings: RetrievalSettings, registry: CollectorRegistry | None = None, holder: IndexHolder | None = None
 ) -> Application:
+    metrics = ArtifactMetrics(registry, settings.service_label) if registry is not None else None
     if settings.shards:
-        return build_router(settings)
+        return build_router(settings, metrics)
     holder = (
         holder
         if holder is not None
@@ -27,6 +29,7 @@ def build_application(
             exact_threshold=settings.exact_search_below,
             min_recall=settings.min_spot_check_recall,
             threads=settings.query_threads,
+            metrics=metrics,
         )
     )
     servicer = RetrievalServicer(settings, holder)
@@ -44,8 +47,8 @@ def build_application(
     )
 
 
-def build_router(settings: RetrievalSettings) -> Application:
-    router = ShardRouter(settings)
+def build_router(settings: RetrievalSettings, metrics: ArtifactMetrics | None = None) -> Application:
+    router = ShardRouter(settings, metrics=metrics)
     return Application(
         service_names=[SERVICE_NAME],
         register=lambda server: pb_grpc.add_RetrievalServiceServicer_to_server(router, server),

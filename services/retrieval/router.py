@@ -27,6 +27,7 @@ from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.core.channels import RenewingChannel, create_renewing_channel
 from services.core.errors import DependencyUnavailable, NotReady, Relayed, refused_only
 from services.core.health import wait_until_serving
+from services.core.metrics import ArtifactMetrics
 from services.retrieval.answer import move_to_columns
 from services.retrieval.index import InvalidIndex, load_index
 from services.retrieval.query_encoder import MeanEmbeddingEncoder, OnnxQueryTower
@@ -122,9 +123,10 @@ class QueryDataHolder(VersionHolder[QueryResolver]):
     servers swap theirs, and one that fails to load, or was built for another shard count, is refused."""
 
     what = "router query data"
+    kind = "router_query_data"
 
-    def __init__(self, shards: int, threads: int = 1):
-        super().__init__()
+    def __init__(self, shards: int, threads: int = 1, metrics: ArtifactMetrics | None = None):
+        super().__init__(metrics)
         self.shards, self.threads = shards, threads
 
     def open(self, path: Path) -> QueryResolver:
@@ -140,11 +142,18 @@ class QueryDataHolder(VersionHolder[QueryResolver]):
 
 
 class ShardRouter(pb_grpc.RetrievalServiceServicer):
-    def __init__(self, settings: RetrievalSettings, queries: QueryDataHolder | None = None):
+    def __init__(
+        self,
+        settings: RetrievalSettings,
+        queries: QueryDataHolder | None = None,
+        metrics: ArtifactMetrics | None = None,
+    ):
         self.settings, self.targets = settings, settings.shards
         self.timeout_s = settings.shard_timeout_ms / 1000
         self.update_timeout_s = settings.shard_update_timeout_ms / 1000
-        self.queries = queries if queries is not None else QueryDataHolder(len(self.targets), settings.query_threads)
+        if queries is None:
+            queries = QueryDataHolder(len(self.targets), settings.query_threads, metrics)
+        self.queries = queries
         self.watcher = IndexWatcher(self.queries, settings.index_path, settings.index_poll_s)
         self.stubs: list[pb_grpc.RetrievalServiceStub] = []
         self._channels: list[RenewingChannel] = []

@@ -21,6 +21,7 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
+from services.core.metrics import ArtifactMetrics
 from services.core.versions import folder_stamp
 from services.retrieval.build import searcher_for, spot_check_recall
 from services.retrieval.index import (
@@ -200,10 +201,13 @@ class VersionHolder(Generic[Served]):
 
     #: What a log line calls the served thing.
     what = "index"
+    #: Its ``kind`` in :class:`ArtifactMetrics`.
+    kind = "index"
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: ArtifactMetrics | None = None) -> None:
         self.current: Served | None = None
         self.refused = RefusedVersions()
+        self.metrics = metrics
         self._swap_lock = asyncio.Lock()
 
     def open(self, path: Path) -> Served:
@@ -249,18 +253,28 @@ class VersionHolder(Generic[Served]):
                 self.refused.add(path, stamp, str(exc))
                 serving = self.current.artifact.version if self.current is not None else "nothing"
                 log.error("refused %s %s: %s; still serving %s", self.what, path, exc, serving)
+                if self.metrics is not None:
+                    self.metrics.refused(self.kind)
                 return False
             self.adopt(candidate)
             self.current = candidate
             log.info("now serving %s %s from %s", self.what, candidate.artifact.version, path)
+            if self.metrics is not None:
+                self.metrics.serving(self.kind, candidate.artifact.version)
             return True
 
 
 class IndexHolder(VersionHolder[ServingIndex]):
     """The index being served, its swaps, and the availability updates that outlive swaps."""
 
-    def __init__(self, exact_threshold: int = 20_000, min_recall: float = 0.8, threads: int = 1):
-        super().__init__()
+    def __init__(
+        self,
+        exact_threshold: int = 20_000,
+        min_recall: float = 0.8,
+        threads: int = 1,
+        metrics: ArtifactMetrics | None = None,
+    ):
+        super().__init__(metrics)
         self.exact_threshold, self.min_recall, self.threads = exact_threshold, min_recall, threads
         # The latest update per item, oldest first: for ids the serving version holds, and for ids it does not
         # (items newer than it), which a later version holding them gets. Both carry over to each later version

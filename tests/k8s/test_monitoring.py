@@ -49,7 +49,8 @@ def alerts() -> dict[str, dict]:
 def exported_metrics() -> dict[str, set[str]]:
     """Every series name the services' own metrics export -> the labels it carries."""
     registry = CollectorRegistry()
-    owners = [PipelineMetrics(registry), RankingMetrics(registry), RpcMetrics(registry, "gateway")]
+    ranking = RankingMetrics(registry)  # with the ArtifactMetrics every service has
+    owners = [PipelineMetrics(registry), ranking, ranking.artifacts, RpcMetrics(registry, "gateway")]
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     found: dict[str, set[str]] = {}
     for owner in owners:

@@ -92,8 +92,11 @@ class OnnxRuntimeBackend:
         version: str = "",
         intra_op_threads: int = 1,
         batching: BatchingOptions | None = None,
+        on_refused: Callable[[], None] | None = None,
     ):
+        """``on_refused`` is called once per version refused at load (a metric's count)."""
         self.repository = repository
+        self._on_refused = on_refused
         self.model_name = model_name
         self.requested_version = version
         self.intra_op_threads = intra_op_threads
@@ -156,6 +159,7 @@ class OnnxRuntimeBackend:
                     loaded = await asyncio.to_thread(self._open, version, folder)
                 except (ModelConfigError, OSError) as error:
                     self._refused[version] = stamp  # as refresh() records it: not retried until its files change
+                    self._count_refusal()
                     first_error = first_error or error
                     log.error(
                         "version %s of %s refused at start-up (%s): %s",
@@ -203,6 +207,7 @@ class OnnxRuntimeBackend:
                 loaded = await asyncio.to_thread(self._open, version, folder)
             except (ModelConfigError, OSError) as error:
                 self._refused[version] = stamp
+                self._count_refusal()
                 log.error(
                     "version %s of %s refused, still serving %s: %s",
                     version,
@@ -221,6 +226,10 @@ class OnnxRuntimeBackend:
             await self._batcher.close()
         self._loaded = None
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _count_refusal(self) -> None:
+        if self._on_refused is not None:
+            self._on_refused()
 
     def _install(self, loaded: _Loaded) -> None:
         self._loaded = loaded

@@ -3,6 +3,7 @@ watch, and the previous version keeps serving. Tiny hand-built models, so each c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -11,9 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
+from services.ranking.app import build_application
 from services.ranking.backends.onnxruntime import OnnxRuntimeBackend
 from services.ranking.model_config import METADATA_FILE, VOCABULARY_FILE, ModelConfigError
+from services.ranking.settings import RankingSettings
 from tests.integration.ranking.tiny_models import ITEMS, add_version, item_ids, tiny_repository
 
 REFUSED = "services.ranking.backends.onnxruntime"
@@ -137,3 +141,35 @@ async def test_a_version_refused_mid_copy_is_tried_again_once_its_files_change(t
         assert opened == ["2", "2"]
         ranking = await backend.rank([], item_ids(2), None)
         assert ranking.model_version == "2" and np.all(ranking.purchase > 0)
+
+
+async def test_the_served_version_and_each_refusal_show_in_the_services_metrics(tmp_path):
+    """What the alert on refused artefacts and a fleet split across versions read (k8s/monitoring), from the
+    application as the server builds it: the version it serves, a broken publish counted, then the next good one."""
+    repository = tiny_repository(tmp_path, {1: {}})
+    settings = RankingSettings(model_repository=repository, model_name="ranker", watch_interval_s=0.05)
+    registry = CollectorRegistry()
+    app = build_application(settings, registry)
+    labels = {"service": "ranking", "kind": "model"}
+
+    def serving(version: str) -> float | None:
+        return registry.get_sample_value("aisle_artifact_serving", {**labels, "version": version})
+
+    async def until(check, within_s: float = 10.0) -> None:
+        deadline = asyncio.get_running_loop().time() + within_s
+        while not check():
+            assert asyncio.get_running_loop().time() < deadline, "the model watch did not get there"
+            await asyncio.sleep(0.05)
+
+    await app.load()
+    try:
+        assert serving("1") == 1
+        add_version(repository / "ranker", 2, softmax=True)  # fails its checks
+        await until(lambda: registry.get_sample_value("aisle_artifact_refused_total", labels) == 1)
+        assert serving("1") == 1 and serving("2") is None
+        add_version(repository / "ranker", 3)
+        await until(lambda: serving("3") == 1)
+        assert serving("1") is None
+        assert registry.get_sample_value("aisle_artifact_refused_total", labels) == 1  # not retried
+    finally:
+        await app.close()

@@ -6,10 +6,12 @@ import json
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
 from services.core.errors import DependencyUnavailable, InvalidArgument, Relayed, status_for
+from services.core.metrics import ArtifactMetrics
 from services.retrieval.index import METADATA_FILE, InvalidIndex, save_index_like
 from services.retrieval.router import QueryDataHolder, QueryResolver, ShardRouter
 from services.retrieval.settings import RetrievalSettings
@@ -30,7 +32,12 @@ def router_version(root, version, shards=2, **write):
 async def test_new_query_data_is_swapped_in_and_bad_versions_are_refused(tmp_path):
     root = tmp_path / "router"
     first = router_version(root, "20260101T000000Z", count=300)
-    holder = QueryDataHolder(shards=2)
+    registry = CollectorRegistry()
+    # As build_application wires it: the router's refusals and version in the service's metrics.
+    holder = ShardRouter(
+        RetrievalSettings(index_path=root, shard_targets="a:1,b:2", index_poll_s=0, metrics_port=None),
+        metrics=ArtifactMetrics(registry, "retrieval"),
+    ).queries
     await holder.load_latest(root)
     watcher = IndexWatcher(holder, root, interval_s=0)
     # Corrupt, then built for another shard count: each refused, the previous data keeps serving.
@@ -42,9 +49,12 @@ async def test_new_query_data_is_swapped_in_and_bad_versions_are_refused(tmp_pat
     three = router_version(root, "20260103T000000Z", shards=3, count=300)
     assert not await watcher.check_once() and holder.current.artifact.path == first
     assert "built for 3 shards but 2 shard targets" in holder.refused.reason(three)
+    labels = {"service": "retrieval", "kind": "router_query_data"}
+    assert registry.get_sample_value("aisle_artifact_refused_total", labels) == 2
     newer = router_version(root, "20260104T000000Z", count=320)
     assert await watcher.check_once() and holder.current.artifact.path == newer
     assert "I00310" in holder.current.rows
+    assert registry.get_sample_value("aisle_artifact_serving", {**labels, "version": "20260104T000000Z"}) == 1
 
 
 async def test_query_data_for_another_shard_count_is_refused_at_start(tmp_path):

@@ -5,9 +5,11 @@ import json
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
+from services.core.metrics import ArtifactMetrics
 from services.retrieval import state
 from services.retrieval.index import METADATA_FILE, save_index
 from services.retrieval.router import merge_shard_responses
@@ -129,7 +131,8 @@ def test_availability_updates_change_the_base_mask(index):
 
 
 async def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(tmp_path):
-    holder = IndexHolder()
+    registry = CollectorRegistry()
+    holder = IndexHolder(metrics=ArtifactMetrics(registry, "retrieval"))
     first = write_index(tmp_path, version="20260101T000000Z")
     await holder.load_latest(tmp_path)
     bad = write_index(tmp_path, version="20260102T000000Z", seed=1)
@@ -140,8 +143,14 @@ async def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(tmp_pa
     assert not await watcher.check_once()
     assert holder.current.artifact.path == first and bad in holder.refused
     assert not await watcher.check_once()  # a refused version is not retried
+    # What the alert on refused artefacts and the fleet's versions read: one refusal, the old version served.
+    labels = {"service": "retrieval", "kind": "index"}
+    assert registry.get_sample_value("aisle_artifact_refused_total", labels) == 1
+    assert registry.get_sample_value("aisle_artifact_serving", {**labels, "version": "20260101T000000Z"}) == 1
     good = write_index(tmp_path, version="20260103T000000Z", seed=2)
     assert await watcher.check_once() and holder.current.artifact.path == good
+    assert registry.get_sample_value("aisle_artifact_serving", {**labels, "version": "20260103T000000Z"}) == 1
+    assert registry.get_sample_value("aisle_artifact_serving", {**labels, "version": "20260101T000000Z"}) is None
 
 
 async def test_a_good_version_published_with_a_bad_one_after_it_serves_as_a_restarted_replica_would(tmp_path):
