@@ -81,6 +81,14 @@ class ArtifactMetrics:
             ["service", "kind"],
             registry=registry,
         )
+        # What an alert reads: a pod's refusals happen at start-up too, before its first scrape, where a counter's
+        # series first appears at 1 and increase() sees no change.
+        self._last_refusal = Gauge(
+            "aisle_artifact_last_refusal_timestamp_seconds",
+            "When this process last refused an artefact version (Unix time), by kind.",
+            ["service", "kind"],
+            registry=registry,
+        )
         self._versions: dict[str, str] = {}
 
     def serving(self, kind: str, version: str) -> None:
@@ -97,6 +105,7 @@ class ArtifactMetrics:
 
     def refused(self, kind: str) -> None:
         self._refused.labels(self.service, kind).inc()
+        self._last_refusal.labels(self.service, kind).set_to_current_time()
 
 
 class MetricsInterceptor(UnaryWrapper):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry
 
 from services.core.metrics import ArtifactMetrics
@@ -34,3 +36,15 @@ def test_refusals_are_counted_by_kind():
     metrics.refused("model")
     metrics.refused("model")
     assert registry.get_sample_value("aisle_artifact_refused_total", {"service": "ranking", "kind": "model"}) == 2
+
+
+def test_a_refusal_records_its_time_for_the_alert():
+    """The alert reads the time of the last refusal: a start-up refusal precedes the first scrape, where a count's
+    series would first appear at 1 and show no increase."""
+    registry = CollectorRegistry()
+    metrics = ArtifactMetrics(registry, "retrieval")
+    labels = {"service": "retrieval", "kind": "index"}
+    assert registry.get_sample_value("aisle_artifact_last_refusal_timestamp_seconds", labels) is None
+    before = time.time()
+    metrics.refused("index")
+    assert before <= registry.get_sample_value("aisle_artifact_last_refusal_timestamp_seconds", labels) <= time.time()
