@@ -4,6 +4,7 @@ rules`), sit below the gateway's budget, and each alert says where to look."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from tests.k8s.manifests import K8S, NAME_LABEL, Render, named_ports, pod_labels
 
 MONITORING = K8S / "monitoring"
 RULE_TESTS = Path(__file__).with_name("monitoring_rules_test.yaml")
+DASHBOARD = MONITORING / "dashboards" / "aisle.json"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
@@ -202,8 +204,53 @@ def test_the_monitoring_kustomization_renders_in_the_aisle_namespace():
     )
     assert rendered.returncode == 0, rendered.stderr
     objects = [obj for obj in yaml.safe_load_all(rendered.stdout) if obj]
-    assert sorted(obj["kind"] for obj in objects) == ["PodMonitor", "PrometheusRule"]
+    assert sorted(obj["kind"] for obj in objects) == ["ConfigMap", "PodMonitor", "PrometheusRule"]
     for obj in objects:
-        assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+        if obj["kind"] != "ConfigMap":
+            assert obj["apiVersion"] == "monitoring.coreos.com/v1"
         assert obj["metadata"]["namespace"] == "aisle"
         assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "aisle"
+    (dashboard,) = [obj for obj in objects if obj["kind"] == "ConfigMap"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"  # what Grafana's dashboard sidecar loads
+    assert json.loads(dashboard["data"]["aisle.json"]) == json.loads(DASHBOARD.read_text(encoding="utf-8"))
+
+
+def dashboard_queries() -> list[str]:
+    panels = json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]
+    return [target["expr"] for panel in panels for target in panel["targets"]]
+
+
+def test_the_dashboard_reads_recorded_series_and_exported_metrics_of_the_chosen_namespace():
+    recorded = {rule["record"] for rule in all_rules(rules_spec()) if "record" in rule}
+    exported = exported_metrics()
+    queries = dashboard_queries()
+    assert len(queries) >= 8
+    for expr in queries:
+        assert 'namespace="$namespace"' in expr, expr
+        assert set(re.findall(r"\b(aisle:[a-z_:0-9]+)", expr)) <= recorded, expr
+        assert set(re.findall(r"\b(aisle_[a-z_]+)\b", expr)) <= set(exported), expr
+
+
+def test_the_dashboards_panels_have_their_own_places():
+    panels = json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    cells = [
+        (x, y)
+        for panel in panels
+        for x in range(panel["gridPos"]["x"], panel["gridPos"]["x"] + panel["gridPos"]["w"])
+        for y in range(panel["gridPos"]["y"], panel["gridPos"]["y"] + panel["gridPos"]["h"])
+    ]
+    assert len(cells) == len(set(cells)), "panels overlap"
+    assert all(panel["datasource"]["uid"] == "${datasource}" for panel in panels)
+
+
+@needs_promtool
+def test_the_dashboards_queries_parse(tmp_path):
+    """promtool checks each query as a recording rule's expression (the namespace variable filled in)."""
+    rules = [
+        {"record": f"dashboard:query_{i}", "expr": expr.replace("$namespace", "aisle")}
+        for i, expr in enumerate(dashboard_queries())
+    ]
+    (tmp_path / "dashboard.yaml").write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    checked = run_promtool("check", "rules", "dashboard.yaml", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
