@@ -45,7 +45,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,8 +53,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-
-from services.demo.triton import local_triton, triton_missing
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -69,6 +66,8 @@ import grpc  # noqa: E402
 from aisle.common.v1 import common_pb2  # noqa: E402
 from aisle.ranking.v1 import ranking_service_pb2 as pb  # noqa: E402
 from aisle.ranking.v1 import ranking_service_pb2_grpc as pb_grpc  # noqa: E402
+from services.demo.stack import free_port  # noqa: E402
+from services.demo.triton import local_triton, triton_missing  # noqa: E402
 
 CANDIDATES = (100, 500, 1000)
 CONCURRENCY = (1, 8, 32)
@@ -209,12 +208,6 @@ def ort_model_only(repository: Path, seconds: float) -> list[dict]:
 
 
 # --- servers -----------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def process(command: list[str], env: dict[str, str], log_path: Path):
     with open(log_path, "wb") as handle:

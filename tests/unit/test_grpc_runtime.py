@@ -75,6 +75,17 @@ def test_the_cli_sets_it_before_any_subcommand_imports_grpc():
     assert after_import("services.cli", None) == ["False", repr(EXPERIMENTS)]
 
 
+#: The benchmarks that set the runtime themselves (the echo chain's processes get it from bench/e2e.py's environment).
+BENCHMARKS = ["bench.e2e", "bench.handlers", "bench.ranking", "bench.ranking_gpu", "bench.retrieval", "bench.tracing"]
+
+
+@pytest.mark.parametrize("module", BENCHMARKS)
+def test_each_benchmark_sets_it_before_anything_it_imports_imports_grpc(module):
+    """A benchmark measures the services' runtime: an import that pulls grpc in first (services.demo.triton does,
+    through services.demo.stack) would leave it on gRPC's defaults, with only a warning in its log."""
+    assert after_import(module, None)[1] == repr(EXPERIMENTS)
+
+
 @pytest.mark.parametrize(("switches", "unknown"), [(EXPERIMENTS, False), ("-no_such_experiment", True)])
 def test_the_installed_grpcio_knows_both_switches(switches, unknown):
     """gRPC logs an unknown switch and ignores it: when an upgrade removes these, this fails, and the runtime (and
