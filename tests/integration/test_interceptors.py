@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import socket
 import weakref
 
 import grpc
@@ -21,6 +20,7 @@ from services.core.interceptors import ErrorInterceptor
 from services.core.metrics import MetricsInterceptor, RpcMetrics
 from services.core.rpc_tracing import TracingInterceptor
 from services.ranking.backends.base import BackendUnavailable
+from tests.support.ports import dead_port
 
 
 class Failing(health_pb2_grpc.HealthServicer):
@@ -91,9 +91,8 @@ async def test_a_downstream_without_aisle_details_is_named_by_its_code_alone():
     # Nothing listens on the downstream's port: gRPC answers UNAVAILABLE itself, with no ErrorInfo to name. The port
     # stays bound (not listening) meanwhile: a port freed by a stopped server could be given to the front itself,
     # which would then call itself until the deadline.
-    with socket.socket() as reserved:
-        reserved.bind(("127.0.0.1", 0))
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{reserved.getsockname()[1]}")
+    with dead_port() as port:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         front, front_target = await _serve(Forwarding(health_pb2_grpc.HealthStub(channel)))
         caller = grpc.aio.insecure_channel(front_target)
         try:

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
 from services.core.server import Application, ServiceHost, StartupError
+from services.demo.stack import free_port
 from services.ranking.settings import RankingSettings
 from services.retrieval.app import SERVICE_NAME as RETRIEVAL_SERVICE
 from services.retrieval.app import build_application as build_retrieval
@@ -108,12 +109,6 @@ async def test_a_signal_starts_one_stop_and_holds_it_until_it_is_done(trained):
     assert stopping.done() and host._stop_task is stopping
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _bindable(port: int) -> bool:
     with socket.socket() as probe:
         try:
@@ -162,7 +157,7 @@ async def test_a_busy_metrics_port_is_named_with_its_setting_and_leaves_no_serve
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
-        grpc_port = _free_port()
+        grpc_port = free_port()
         settings = RankingSettings(host="127.0.0.1", port=grpc_port, metrics_port=busy)
         host = ServiceHost(settings, Application(service_names=[], register=lambda server: None))
         with pytest.raises(StartupError) as error:
@@ -179,7 +174,7 @@ async def test_a_busy_grpc_port_is_named_with_its_setting_and_leaves_no_metrics_
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = taken.getsockname()[1]
-        metrics_port = _free_port()
+        metrics_port = free_port()
         settings = RankingSettings(host="127.0.0.1", port=busy, metrics_port=metrics_port)
         with pytest.raises(StartupError) as error:
             await ServiceHost(settings, Application(service_names=[], register=lambda server: None)).start()

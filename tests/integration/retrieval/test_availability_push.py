@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -21,6 +19,7 @@ from services.retrieval.app import build_application
 from services.retrieval.index_cli import index as index_cli
 from services.retrieval.settings import RetrievalSettings
 from tests.integration.conftest import serving
+from tests.support.ports import dead_port
 from tests.support.retrieval import write_index
 
 POPULAR = common.CANDIDATE_SOURCE_POPULARITY
@@ -57,15 +56,6 @@ async def popular(stub, region: str = "", k: int = 10) -> list[str]:
 
 def lines(*updates: dict) -> str:
     return "".join(json.dumps(update) + "\n" for update in updates)
-
-
-@contextlib.contextmanager
-def dead_port() -> Iterator[int]:
-    """A port nothing listens on, kept bound (not listening) while in use: released, it could be handed to the
-    next server this test starts on port 0, which would then answer for the replica that is down."""
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
 
 
 async def test_every_replica_named_by_target_gets_the_updates(index_root, tmp_path):
