@@ -123,7 +123,6 @@ class QueryDataHolder(VersionHolder[QueryResolver]):
     servers swap theirs, and one that fails to load, or was built for another shard count, is refused."""
 
     what = "router query data"
-    kind = "router_query_data"
 
     def __init__(self, shards: int, threads: int = 1, metrics: ArtifactMetrics | None = None):
         super().__init__(metrics)

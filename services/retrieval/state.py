@@ -201,14 +201,17 @@ class VersionHolder(Generic[Served]):
 
     #: What a log line calls the served thing.
     what = "index"
-    #: Its ``kind`` in :class:`ArtifactMetrics`.
-    kind = "index"
 
     def __init__(self, metrics: ArtifactMetrics | None = None) -> None:
         self.current: Served | None = None
         self.refused = RefusedVersions()
         self.metrics = metrics
         self._swap_lock = asyncio.Lock()
+
+    @property
+    def kind(self) -> str:
+        """Its ``kind`` in :class:`ArtifactMetrics`: ``index``, ``router_query_data``."""
+        return self.what.replace(" ", "_")
 
     def open(self, path: Path) -> Served:
         raise NotImplementedError
