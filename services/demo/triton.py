@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -21,6 +22,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: Where `make triton` (scripts/install_triton.sh) installs the server; AISLE_TRITON_HOME points elsewhere.
 TRITON_HOME = Path(os.environ.get("AISLE_TRITON_HOME", PROJECT_ROOT / ".cache" / "triton"))
 TRITON_LAUNCHER = TRITON_HOME / "bin" / "tritonserver"
+#: Where the python backend keeps the shared-memory regions it talks to its model stubs through.
+SHM_DIR = Path("/dev/shm")
 
 
 def triton_missing() -> str | None:
@@ -33,9 +36,16 @@ def triton_missing() -> str | None:
 
 
 def local_triton_command(
-    launcher: Path, repository: Path, models: Sequence[str], grpc_port: int, http_port: int, metrics_port: int
+    launcher: Path,
+    repository: Path,
+    models: Sequence[str],
+    grpc_port: int,
+    http_port: int,
+    metrics_port: int,
+    shm_prefix: str | None = None,
 ) -> list[str]:
-    """Explicit model control, the local config, every endpoint on 127.0.0.1, no GPU metrics or pinned memory."""
+    """Explicit model control, the local config, every endpoint on 127.0.0.1, no GPU metrics or pinned memory; the
+    python backend's shared-memory regions named with ``shm_prefix`` when given."""
     return [
         str(launcher),
         f"--model-repository={repository}",
@@ -54,11 +64,17 @@ def local_triton_command(
         # Accept the ranking client's keepalive pings on idle connections (as k8s/base/triton.yaml does).
         "--grpc-keepalive-permit-without-calls=1",
         f"--grpc-http2-min-recv-ping-interval-without-data={MIN_CLIENT_PING_INTERVAL_MS}",
+        *([f"--backend-config=python,shm-region-prefix-name={shm_prefix}"] if shm_prefix else []),
     ]
 
 
 class LocalTriton:
-    """One local Triton server on free ports that stay its own across restarts (so clients reconnect to it)."""
+    """One local Triton server on free ports that stay its own across restarts (so clients reconnect to it).
+
+    Its python backend names its shared-memory regions (1 MiB each, in :data:`SHM_DIR`) with a prefix of this
+    server's own, and they are removed once the server has exited: Triton removes them itself on a clean stop, but a
+    SIGKILLed server (:meth:`kill`, or :meth:`stop` when SIGTERM was not enough) left them behind, one more per kill.
+    """
 
     def __init__(
         self,
@@ -69,6 +85,7 @@ class LocalTriton:
     ):
         self.repository, self.log_path, self.models, self.launcher = repository, log_path, tuple(models), launcher
         self.grpc_port, self.http_port, self.metrics_port = free_ports(3)
+        self.shm_prefix = f"aisle_triton_{secrets.token_hex(6)}_"
         self.process: subprocess.Popen | None = None
 
     @property
@@ -83,6 +100,15 @@ class LocalTriton:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def shm_regions(self) -> list[Path]:
+        """The shared-memory regions of this server's python backend now in :data:`SHM_DIR`."""
+        return sorted(SHM_DIR.glob(f"{self.shm_prefix}*"))
+
+    def _remove_shm_regions(self) -> None:
+        """Once the server has exited (a stub still mapping one keeps it until it exits too)."""
+        for region in self.shm_regions():
+            region.unlink(missing_ok=True)
+
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
@@ -90,7 +116,13 @@ class LocalTriton:
         """Starts it with ``models`` loaded and waits until ready; returns the seconds that took."""
         began = time.monotonic()
         command = local_triton_command(
-            self.launcher, self.repository, self.models, self.grpc_port, self.http_port, self.metrics_port
+            self.launcher,
+            self.repository,
+            self.models,
+            self.grpc_port,
+            self.http_port,
+            self.metrics_port,
+            self.shm_prefix,
         )
         # Triton's own gRPC reads GRPC_EXPERIMENTS too: the Aisle process that starts it must not pass its runtime on
         # (services/core/grpc_runtime.py), so the local server runs as the Triton container does.
@@ -124,6 +156,8 @@ class LocalTriton:
             os.killpg(process.pid, signal.SIGKILL)  # the stubs, if any outlived the server
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=5)
+        if process.poll() is not None:
+            self._remove_shm_regions()
 
     def kill(self) -> None:
         """SIGKILL to Triton and its python backend stubs: it stops at once, mid-call."""
@@ -131,6 +165,7 @@ class LocalTriton:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+            self._remove_shm_regions()
 
 
 @contextlib.contextmanager

@@ -21,10 +21,11 @@ from aisle.common.v1 import common_pb2
 from services.cli import main
 from services.core.errors import details_of
 from services.core.grpc_runtime import VARIABLE as GRPC_VARIABLE
+from services.demo.triton import SHM_DIR, LocalTriton
 from services.ranking.backends.base import ModelNotReady
 from services.ranking.backends.triton import TritonBackend
 from tests.integration.ranking.breakers import poison_weights
-from tests.integration.ranking.conftest import copy_model_repository, needs_triton, triton_server
+from tests.integration.ranking.conftest import copy_model_repository, needs_triton, triton_launcher, triton_server
 from tests.integration.ranking.helpers import Load, rank, rank_request, ranking_server, settings_for
 
 pytestmark = needs_triton
@@ -93,6 +94,26 @@ async def test_ready_and_same_scores_as_embedded_for_the_trained_ranker(trained,
         assert await client.is_server_ready() and await client.is_model_ready("ranker", "1")
         await client.close()
         await assert_same_scores(repository, triton, trained.item_ids)
+
+
+async def test_a_killed_local_triton_leaves_no_shared_memory_behind(trained, tmp_path):
+    """The python backend's regions carry the server's own prefix and go when it exits, even by SIGKILL (each kill
+    left a 1 MiB region in /dev/shm), and another server's regions stay."""
+    repository = copy_model_repository(trained.model_repository, tmp_path / "repo")
+    server = LocalTriton(repository, tmp_path / "triton.log", launcher=triton_launcher())
+    try:
+        await asyncio.to_thread(server.start)
+        mine = set(server.shm_regions())
+        assert mine, f"no region named {server.shm_prefix}* in {SHM_DIR}: the prefix was not applied"
+        others = set(SHM_DIR.iterdir()) - mine
+        await asyncio.to_thread(server.kill)
+        assert server.shm_regions() == []
+        assert others <= set(SHM_DIR.iterdir()), "another server's regions were removed"
+        await asyncio.to_thread(server.start)  # restarts on its prefix, with regions of its own again
+        assert server.shm_regions()
+    finally:
+        server.stop()
+    assert server.shm_regions() == []
 
 
 async def test_same_scores_as_embedded_for_a_model_with_features_and_a_return_head(feature_model, tmp_path):
