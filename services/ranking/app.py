@@ -40,7 +40,7 @@ class RankingMetrics:
             ["reason"],
             registry=registry,
         )
-        #: The model version served (the primary backend's) and the versions the embedded backend refused.
+        #: The model version served (the primary backend's) and the versions each backend refused.
         self.artifacts = ArtifactMetrics(registry, "ranking")
 
     def show_serving(self, backend: RankingBackend) -> None:
@@ -78,6 +78,8 @@ def build_backend(settings: RankingSettings, metrics: RankingMetrics | None = No
         default_timeout_s=settings.triton_timeout_s,
         # With a fallback the service starts at once on the embedded backend; the watch keeps trying Triton.
         ready_timeout_s=0 if settings.fallback_to_embedded else settings.triton_ready_timeout_s,
+        # With the fallback, a version both backends refuse counts once for each: two loads refused it.
+        on_refused=(lambda: metrics.artifacts.refused("model")) if metrics is not None else None,
     )
     if settings.fallback_to_embedded:
         on_fallback = (lambda reason: metrics.fallbacks.labels(reason).inc()) if metrics is not None else None

@@ -205,7 +205,10 @@ class TritonBackend:
         ready_timeout_s: float = 30.0,
         client_factory: Callable[[str], object] = triton_client,
         resolver: Callable[[str, str], Awaitable[list[str]]] = resolve_addresses,
+        on_refused: Callable[[], None] | None = None,
     ):
+        """``on_refused`` is called once per version whose files are refused (a metric's count), again only when
+        the refused folder's files change and are refused anew."""
         if not targets:
             raise ValueError("the triton backend needs at least one address")
         self.declared = list(targets)
@@ -222,6 +225,7 @@ class TritonBackend:
         self._closing: dict[asyncio.Task, object] = {}
         #: version -> (its folder's key, why its files were refused): not read again until the folder changes.
         self._refused: dict[str, tuple[FolderKey | None, ModelConfigError]] = {}
+        self._on_refused = on_refused
         self._turn = itertools.count()
         self._routes: _Routes | None = None
         self._lock = asyncio.Lock()
@@ -512,6 +516,8 @@ class TritonBackend:
             return ServedModel.read(self.model_name, version, folder, contract), key
         except ModelConfigError as error:
             self._refused[version] = (key, error)
+            if self._on_refused is not None:
+                self._on_refused()
             raise
 
     # --- scoring ----------------------------------------------------------------------------------------------

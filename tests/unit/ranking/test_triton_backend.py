@@ -4,6 +4,7 @@ and the fallback to the embedded backend (flagged in the response)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import threading
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from opentelemetry import trace
+from prometheus_client import CollectorRegistry
 from tritonclient.utils import InferenceServerException
 
 from aisle.common.v1 import common_pb2
@@ -639,6 +641,50 @@ async def test_a_refused_version_is_not_read_again_at_every_refresh_until_its_fi
     vocabulary.write_text(good)
     assert await backend.refresh()
     assert reads.count("2") == 2 and backend.model_version == "2"
+
+
+async def test_a_refused_version_is_counted_once_for_its_files_and_again_when_new_files_are_refused(repository):
+    """The refusal metric (aisle_artifact_refused_total, through ``on_refused``) counts each version's refused
+    files once, not once per watch, and a new refusal after the files changed counts again."""
+    refusals: list[bool] = []
+    a, b = FakeTriton("a:1", ready=("2",)), FakeTriton("b:1", ready=("1",))
+    by_target = {fake.target: fake for fake in (a, b)}
+    backend = TritonBackend(
+        list(by_target),
+        repository,
+        "ranker",
+        ready_timeout_s=0,
+        client_factory=by_target.__getitem__,
+        on_refused=lambda: refusals.append(True),
+    )
+    vocabulary = repository / "ranker" / "2" / "item_vocabulary.txt"
+    vocabulary.write_text("item-1\n\nitem-2\n")
+    await backend.load()
+    for _ in range(3):
+        await backend.refresh()
+    assert backend.model_version == "1" and len(refusals) == 1
+    await asyncio.sleep(0.01)  # a new modification time
+    vocabulary.write_text("item-1\n\n\nitem-2\n")
+    await backend.refresh()
+    assert len(refusals) == 2 and backend.model_version == "1"
+
+
+async def test_the_services_triton_backend_counts_its_refusals_in_the_artifact_metrics(repository, monkeypatch):
+    from services.ranking import app as ranking_app
+
+    a = FakeTriton("a:1", ready=("2", "1"))
+    monkeypatch.setattr(ranking_app, "TritonBackend", functools.partial(TritonBackend, client_factory={"a:1": a}.get))
+    registry = CollectorRegistry()
+    settings = RankingSettings(
+        backend="triton", triton_targets="a:1", model_repository=repository, fallback_to_embedded=False
+    )
+    backend = ranking_app.build_backend(settings, ranking_app.RankingMetrics(registry))
+    (repository / "ranker" / "2" / "item_vocabulary.txt").write_text("item-1\n\nitem-2\n")
+    with pytest.raises(ModelConfigError):
+        await backend.load()
+    labels = {"service": "ranking", "kind": "model"}
+    assert registry.get_sample_value("aisle_artifact_refused_total", labels) == 1
+    assert registry.get_sample_value("aisle_artifact_last_refusal_timestamp_seconds", labels) > 0
 
 
 async def test_a_refresh_that_cannot_use_the_new_pods_keeps_the_old_ones_and_their_clients_open(repository):
