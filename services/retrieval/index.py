@@ -33,7 +33,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -117,9 +117,25 @@ def _files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != METADATA_FILE)
 
 
-def new_version() -> str:
-    """A new version name: the UTC time to the microsecond, so names sort in the order they were made."""
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+#: How new version names are written: the UTC time to the microsecond, so that names sort in time order.
+VERSION_FORMAT = "%Y%m%dT%H%M%S%fZ"
+
+
+def new_version(*roots: Path) -> str:
+    """A new version name: the UTC time to the microsecond, and later than every version already under ``roots``
+    (1 us after the newest when the clock is behind it). Servers serve the name that sorts last, so a version
+    named before the newest, after the clock stepped back (an NTP correction, another machine's clock), would
+    never serve. Names that are not times (given by hand) are not compared."""
+    name = datetime.now(UTC)
+    for root in roots:
+        for folder in reversed(index_versions(root)):
+            try:
+                made = datetime.strptime(folder.name, VERSION_FORMAT).replace(tzinfo=UTC)
+            except ValueError:
+                continue
+            name = max(name, made + timedelta(microseconds=1))
+            break
+    return name.strftime(VERSION_FORMAT)
 
 
 def save_index(
@@ -178,7 +194,7 @@ def save_index(
         _check_covisitation(covisitation, count, anchors)
     if (root / METADATA_FILE).is_file():  # a version folder given where its root belongs: it would be corrupted
         raise ValueError(f"{root} is an index version, not a folder of versions: write to its parent, {root.parent}")
-    version = version or new_version()
+    version = version or new_version(root)
     written = datetime.now(UTC)
     if data_as_of is None and not has_stock_data:
         data_as_of = 0.0  # no stock data of its own: nothing pushed so far is superseded by it

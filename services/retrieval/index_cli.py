@@ -118,7 +118,7 @@ def build(
             f"--shards {shards} is more than the index's {len(artifact.item_ids)} items: some shards would be empty"
         )
     # One version name for the router and every shard: they are published, pinned and rolled out together.
-    version = new_version()
+    version = new_version(out, *(out / part for part in ["router", *(f"shard-{shard}" for shard in range(shards))]))
     # A sharded version is built whole in a hidden folder and published only once every part is built, so a shard
     # that fails (a recall target it cannot reach) leaves no router or shard of the new version behind.
     root = out / f".building-{version}" if shards > 1 else out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -128,6 +129,14 @@ def test_a_sharded_build_is_published_whole_once_every_shard_is_tuned(source, tm
         built = json.loads((latest_version(out / f"shard-{shard}") / METADATA_FILE).read_text())["build"]
         assert built["tuning"]["curve"][-1]["recall"] >= 0.9 and built["shard"] == shard
         assert f"shard {shard}: searching {built['leaves_to_search']} of" in result.output
+
+
+def test_a_build_after_the_clock_stepped_back_is_still_the_version_served(source, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(latest_version(source), out / "21000101T000000000000Z")  # named by a clock far ahead
+    result = CliRunner().invoke(index_cli, ["build", str(source), "--out", str(out), "--ann", "exact"])
+    assert result.exit_code == 0, result.output
+    assert latest_version(out).name == "21000101T000000000001Z"
 
 
 def test_a_build_the_servers_would_refuse_is_refused_and_publishes_nothing(source, tmp_path):

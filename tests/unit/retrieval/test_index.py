@@ -15,8 +15,10 @@ from services.retrieval.index import (
     EMBEDDINGS_FILE,
     METADATA_FILE,
     InvalidIndex,
+    index_versions,
     latest_version,
     load_index,
+    new_version,
     save_index,
 )
 from services.retrieval.search import ExactSearcher, top_k
@@ -71,6 +73,20 @@ def test_latest_version_picks_the_newest_complete_folder(tmp_path):
     (tmp_path / "20260301T000000Z").mkdir()  # incomplete: no metadata
     assert latest_version(tmp_path).name == "20260201T000000Z"
     assert latest_version(tmp_path / "20260101T000000Z").name == "20260101T000000Z"
+
+
+def test_a_new_version_sorts_after_the_newest_even_when_the_clock_is_behind_it(tmp_path):
+    """Servers serve the name that sorts last: a version written after the clock stepped back (or by a machine
+    whose clock is behind the one that wrote the newest) is named 1 us after the newest, not by the clock."""
+    write(tmp_path, version="21000101T000000000000Z")  # written by a clock far ahead
+    write(tmp_path, version="zz-by-hand")  # a name given by hand is not compared
+    made = write(tmp_path)
+    assert made.name == "21000101T000000000001Z"
+    assert index_versions(tmp_path)[-2] == made  # after every time-named version
+    others = tmp_path / "shard-0"
+    write(others, version="21000101T000000000005Z")
+    assert new_version(tmp_path, others) == "21000101T000000000006Z"  # later than the newest under every root
+    assert new_version(tmp_path / "missing") < "21000101T000000000000Z"  # with nothing to follow: the clock
 
 
 def test_versions_are_immutable(tmp_path):
