@@ -103,8 +103,11 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                 stored, exposures = [], {}
                 session_error = f"session store unavailable: {type(error).__name__}"
             history = (stored + list(request.history))[-settings.max_history :]
-        # The shared cache only holds answers that nothing about the subject shapes: no history, no exposures.
-        segment = self.cache.segment(request, variant, k) if not history and not exposures else None
+        # The shared cache only holds answers that nothing about the subject shapes: no history, no exposures. A
+        # consenting shopper whose session could not be read is not such a one: answered from the cache, the answer
+        # would ignore their history and exposure caps without saying so (only a fresh answer flags the outage).
+        shaped = history or exposures or session_error
+        segment = self.cache.segment(request, variant, k) if not shaped else None
         if segment is not None and (cached := self.cache.get(segment)) is not None:
             response = pb.RecommendResponse()
             response.CopyFrom(cached)

@@ -30,6 +30,7 @@ from tests.unit.gateway.servicers import (
     DownSessions,
     PopularRetrieval,
     guest,
+    home,
     ids,
     recommend,
     servicer,
@@ -86,6 +87,21 @@ async def test_a_session_store_outage_is_not_taken_for_a_retrieval_outage():
         (common.DEGRADATION_REASON_SOURCE_DROPPED, "sessions"),
         (common.DEGRADATION_REASON_SHORT_ANSWER, "selection"),
     }
+
+
+async def test_a_consenting_guest_whose_session_cannot_be_read_is_not_served_an_unflagged_cached_answer():
+    """A cached answer ignores the guest's exposure caps and history: while the store is down it must not stand in
+    for the guest's own answer, which says the sessions were dropped."""
+    service = servicer()
+    await shown_too_often(service, "capped", ["i0", "i1", "i2"])
+    await recommend(service, home(common.Subject(session_id="anonymous"), consent=False))  # fills the guests' entry
+    assert len(service.cache) == 1
+    service.deps.sessions.history = DownSessions().history
+    answer = await recommend(service, guest("capped"))
+    assert [s.stage for s in answer.stage_latencies][0] != "cache", "answered from the shared cache"
+    assert [(d.reason, d.stage) for d in answer.degradations] == [
+        (common.DEGRADATION_REASON_SOURCE_DROPPED, "sessions")
+    ]
 
 
 class HangingSessions(DownSessions):
