@@ -238,6 +238,13 @@ def _build_pipeline(name: str, version: str, policy: PolicySpec, catalog: ItemCa
                 continue
             built.append(cls(component_spec.name or cls.__name__, params, deps))
         steps[step] = built
+    scorers = [spec.component for spec in policy.scorers]
+    if "ExpectedProfitScorer" in scorers and "RankingScorer" not in scorers[: scorers.index("ExpectedProfitScorer")]:
+        errors.append(
+            f"policies.{name}.scorers: ExpectedProfitScorer must come after RankingScorer (it weighs the P(purchase) "
+            "and relevance that RankingScorer sets; before it, or without it, every item's expected profit is the "
+            "same and the answer silently keeps retrieval order)"
+        )
     order = [spec.component for spec in policy.selectors]
     if "BrandQuotaSelector" in order and "ExposureCapSelector" in order[order.index("BrandQuotaSelector") :]:
         errors.append(

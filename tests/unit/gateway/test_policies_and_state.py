@@ -99,6 +99,23 @@ def test_a_bad_policy_stops_start_up_saying_where(edit, message):
     assert message in str(error.value)
 
 
+def test_expected_profit_scoring_before_ranking_or_without_it_is_refused():
+    """Before RankingScorer it reads no P(purchase) and no relevance: every item's profit is the same, its "final"
+    score 0 for all, and ranking's scores are then ignored (the answer keeps retrieval order, unflagged)."""
+    priced = ItemCatalog({"a": {"category": "c", "brand": "b", "price": 10.0, "margin": 0.3}})
+    raw = copy.deepcopy(RAW)
+    scorers = raw["policies"]["home"]["scorers"]
+    scorers.insert(0, {"component": "ExpectedProfitScorer"})
+    message = "policies.home.scorers: ExpectedProfitScorer must come after RankingScorer"
+    with pytest.raises(PolicyError, match=message):
+        build_policies(raw, priced, deps())
+    scorers.pop(1)  # without RankingScorer at all
+    with pytest.raises(PolicyError, match=message):
+        build_policies(raw, priced, deps())
+    scorers.insert(0, {"component": "RankingScorer"})
+    assert build_policies(raw, priced, deps()).pipelines["home"].scorers[1].name == "ExpectedProfitScorer"
+
+
 def test_a_component_needing_a_missing_catalog_feature_is_refused():
     no_brands = ItemCatalog({"a": {"category": "c"}})
     with pytest.raises(PolicyError, match=r"BrandQuotaSelector needs catalog feature\(s\) \['brand'\]"):
