@@ -9,9 +9,9 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Params(BaseModel):
-    """A component's parameters in a policy file; unknown keys are refused."""
+    """A component's parameters in a policy file; unknown keys, and infinite or NaN numbers, are refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 @dataclass

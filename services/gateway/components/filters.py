@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from aisle.common.v1 import common_pb2 as common
 from services.core.validation import timestamp_problem
@@ -71,7 +72,9 @@ class ComplianceFilter(ComponentBase):
 
 
 class RecentlyBoughtParams(Params):
-    days: float = 30.0
+    #: Up to 100 years: "never show a bought item again" (a window past what a datetime can reach back would fail
+    #: every request).
+    days: float = Field(30.0, gt=0, le=36_500)
 
 
 def _when(timestamp) -> datetime | None:

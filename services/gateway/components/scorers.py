@@ -6,6 +6,7 @@ from typing import ClassVar
 
 import grpc
 import numpy as np
+from pydantic import Field
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.ranking.v1 import ranking_service_pb2 as ranking_pb
@@ -16,9 +17,9 @@ from services.gateway.pipeline import RequestState
 
 
 class RankingParams(Params):
-    share: float = 0.45
+    share: float = Field(0.45, gt=0, le=1)
     #: When ranking is down: weight of popularity (source rank) against retrieval order in the fallback score.
-    popularity_blend: float = 0.3
+    popularity_blend: float = Field(0.3, ge=0, le=1)
 
 
 class RankingScorer(ComponentBase):
@@ -97,9 +98,9 @@ def _probabilities(reply: ranking_pb.RankResponse) -> tuple[np.ndarray, np.ndarr
 
 class ExpectedProfitParams(Params):
     #: 0 ranks by relevance only, 1 by expected contribution only.
-    weight: float = 0.3
+    weight: float = Field(0.3, ge=0, le=1)
     #: Cost of a return as a share of the price, where the catalog has no return_cost.
-    return_cost_share: float = 0.15
+    return_cost_share: float = Field(0.15, ge=0)
     shipping_subsidy: float = 0.0
 
 

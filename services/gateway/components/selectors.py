@@ -46,7 +46,7 @@ def within_rule(candidates: Candidates, keeps: np.ndarray, k: int) -> Candidates
 class ExposureCapParams(Params):
     #: Items already shown this many times to the subject (within the session store's window) are cut, unless
     #: fewer than k others are left: then the first of them fill the top k, after the others.
-    max_exposures: int = 5
+    max_exposures: int = Field(5, ge=1)
 
 
 class ExposureCapSelector(ComponentBase):
@@ -66,9 +66,9 @@ class ExposureCapSelector(ComponentBase):
 
 class DiversityParams(Params):
     #: 1 keeps relevance order, 0 maximises category spread.
-    relevance_weight: float = 0.7
+    relevance_weight: float = Field(0.7, ge=0, le=1)
     #: Only the top of the list is re-ordered (k x this).
-    window: int = 3
+    window: int = Field(3, ge=1)
 
 
 class MMRDiversitySelector(ComponentBase):
@@ -124,7 +124,7 @@ class MMRDiversitySelector(ComponentBase):
 
 
 class BrandQuotaParams(Params):
-    max_per_brand: int = 3
+    max_per_brand: int = Field(3, ge=1)
     #: Rows kept after the top k, for the selectors after this one (an exploration slot's pool: 50 by default);
     #: the candidates past them are cut unread, since looking up every candidate's brand costs about 0.6 ms for
     #: 500 of a 1M-item catalog.
@@ -191,9 +191,9 @@ class FeedbackStats:
 
 class ExplorationParams(Params):
     #: Slots in the top k given to exploration (bounded).
-    slots: int = 1
+    slots: int = Field(1, ge=0)
     #: Items shown fewer times than this (or marked "new" in the catalog) may be explored.
-    under_exposed_below: int = 20
+    under_exposed_below: int = Field(20, ge=0)
     #: Position of the first exploration slot (0-based); later slots follow every 3 positions.
     first_position: int = Field(default=2, ge=0)
     #: Only this many candidates after the top k compete for the slots (the best-ranked of the rest).

@@ -35,7 +35,7 @@ POPULAR_SOURCES = frozenset({common.CANDIDATE_SOURCE_POPULARITY, common.CANDIDAT
 
 
 class RetrievalParamsBase(Params):
-    share: float = 0.35
+    share: float = Field(0.35, gt=0, le=1)
     fail_open: bool = True
     #: Drop items the subject already interacted with / bought.
     exclude_history: bool = False
@@ -219,7 +219,7 @@ class PopularCache:
 
 
 class CachedPopularParams(Params):
-    share: float = 0.05
+    share: float = Field(0.05, gt=0, le=1)
     #: When the region has no cached list: serve another region's (items perhaps not sold in this region) rather
     #: than fail the call. Off: a shop that sells by region would rather show nothing than a forbidden item.
     other_regions: bool = False

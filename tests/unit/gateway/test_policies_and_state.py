@@ -45,6 +45,29 @@ def test_a_variant_can_name_a_ranking_model_version():
 
 
 @pytest.mark.parametrize(
+    ("step", "component", "params", "field"),
+    [
+        ("filters", "RecentlyBoughtFilter", {"days": float("inf")}, "days"),  # failed every request: timedelta
+        ("filters", "RecentlyBoughtFilter", {"days": 1e9}, "days"),
+        ("filters", "RecentlyBoughtFilter", {"days": 0}, "days"),
+        ("selectors", "MMRDiversitySelector", {"window": -1}, "window"),  # reordered the worst items to the top
+        ("selectors", "MMRDiversitySelector", {"relevance_weight": 60}, "relevance_weight"),  # a percentage
+        ("selectors", "BrandQuotaSelector", {"max_per_brand": 0}, "max_per_brand"),
+        ("selectors", "ExposureCapSelector", {"max_exposures": 0}, "max_exposures"),
+        ("selectors", "ExplorationSelector", {"slots": -1}, "slots"),
+        ("scorers", "RankingScorer", {"share": 0}, "share"),
+        ("scorers", "RankingScorer", {"popularity_blend": float("nan")}, "popularity_blend"),
+        ("sources", "CachedPopularSource", {"share": 1.5}, "share"),
+    ],
+)
+def test_a_parameter_out_of_its_range_is_refused_at_load_naming_it(step, component, params, field):
+    raw = copy.deepcopy(RAW)
+    raw["policies"]["home"][step].insert(0, {"component": component, "params": params})
+    with pytest.raises(PolicyError, match=rf"policies\.home\.{step}\[0\] \({component}\): {field}: "):
+        build_policies(raw, CATALOG, deps())
+
+
+@pytest.mark.parametrize(
     ("edit", "message"),
     [
         (
