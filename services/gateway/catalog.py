@@ -4,16 +4,29 @@ The snapshot is a JSON object ``{item_id: {"title": ..., "category": ..., "brand
 "stock": ...}}`` as training exports it (``catalog.json``, :func:`training.export.write_catalog`); a shop's own feed
 may add fields such as ``return_cost``, ``new`` (bool) or ``supplier``. Which fields every item has decides which
 components a policy may use: a component that needs ``margin`` is refused at start-up when the snapshot has none.
+
+A ``null`` value is an item's unknown value: the field still counts as one every item has, and the components read
+it as they read an item the catalog does not hold (no price or margin: 0; unknown stock: kept). So is a value of a
+numeric field (:data:`NUMERIC_FIELDS`) that is not a finite number (``"margin": "n/a"``, ``NaN``), which would
+otherwise fail, or skew, every request that meets the item; the load logs how many and which.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 _NO_RECORD: dict[str, Any] = {}
+#: Fields the components compute with: a value must be a finite number (or null, for unknown).
+NUMERIC_FIELDS = ("price", "margin", "return_cost", "stock")
+#: Values read as unknown named in the load's log, at most.
+SHOWN_INVALID = 5
 
 
 class CatalogError(ValueError):
@@ -22,12 +35,28 @@ class CatalogError(ValueError):
 
 class ItemCatalog:
     def __init__(self, items: dict[str, dict[str, Any]]):
-        self.items = items
         fields: set[str] = set()
         for record in items.values():
             fields |= set(record)
-        #: Fields every item has (components may rely on these).
+        #: Fields every item has (components may rely on these); an unknown value counts, as the item's own.
         self.features = frozenset(f for f in fields if all(f in r for r in items.values())) if items else frozenset()
+        #: How many items have an unknown value (null, or not a finite number where one is needed), by field.
+        self.unknown: dict[str, int] = {}
+        #: A few of the values read as unknown that were not null, for the load's log.
+        self.invalid: list[str] = []
+        known = items
+        for item, record in items.items():
+            if None not in record.values() and all(map(_usable_number, map(record.get, NUMERIC_FIELDS))):
+                continue  # the usual record, checked at C speed (1M items: 0.4 s)
+            unknown = [field for field, value in record.items() if not _usable(field, value)]
+            if unknown:
+                for field in unknown:
+                    self.unknown[field] = self.unknown.get(field, 0) + 1
+                    if record[field] is not None and len(self.invalid) < SHOWN_INVALID:
+                        self.invalid.append(f"item {item!r}: {field} is {record[field]!r}")
+                known = dict(items) if known is items else known
+                known[item] = {field: value for field, value in record.items() if field not in unknown}
+        self.items = known
         self._flagged: dict[str, frozenset[str]] = {}
 
     @classmethod
@@ -37,10 +66,23 @@ class ItemCatalog:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise CatalogError(f"cannot read the item catalog {path}: {exc}") from None
+            raise CatalogError(
+                f"cannot read the item catalog {path}: {exc}; set AISLE_GATEWAY_CATALOG_PATH (--catalog-path) to "
+                "the catalog.json `aisle train` exports, or to none to run without a catalog"
+            ) from None
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
             raise CatalogError(f"{path}: expected a JSON object of item id -> attributes")
-        return cls(data)
+        catalog = cls(data)
+        for field, count in sorted(catalog.unknown.items()):
+            log.info("catalog %s: %d of %d items have no usable %s: read as unknown", path, count, len(data), field)
+        if catalog.invalid:
+            log.warning(
+                "catalog %s: values that are not finite numbers, read as unknown: %s (%s must be numbers)",
+                path,
+                "; ".join(catalog.invalid),
+                ", ".join(NUMERIC_FIELDS),
+            )
+        return catalog
 
     def get(self, item_id: str, field: str, default: Any = None) -> Any:
         return self.items.get(item_id, _NO_RECORD).get(field, default)
@@ -58,3 +100,17 @@ class ItemCatalog:
 
     def missing(self, needed: Iterable[str]) -> list[str]:
         return sorted(set(needed) - self.features)
+
+
+def _usable_number(value: Any) -> bool:
+    """A finite number, or absent (None: the field is not in the record)."""
+    kind = type(value)
+    return kind is int or (kind is float and math.isfinite(value)) or value is None
+
+
+def _usable(field: str, value: Any) -> bool:
+    if value is None:
+        return False
+    if field not in NUMERIC_FIELDS:
+        return True
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

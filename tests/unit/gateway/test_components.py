@@ -7,7 +7,7 @@ import pytest
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb_retrieval
-from services.gateway.catalog import ItemCatalog
+from services.gateway.catalog import CatalogError, ItemCatalog
 from services.gateway.components.base import Params
 from services.gateway.components.filters import (
     ComplianceFilter,
@@ -368,6 +368,38 @@ def test_exploration_takes_bounded_slots_for_new_items_and_marks_them():
 
 def test_the_catalog_fixture_has_the_features_components_need():
     assert {"price", "margin", "category", "brand", "stock"} <= CATALOG.features
+
+
+async def test_an_unknown_value_in_a_shops_catalog_is_read_as_the_items_unknown_not_a_failed_request():
+    """A feed writes null for an unknown margin or stock, or "n/a": the field still counts as one every item has
+    (the policy loads), and the components read the item as one the catalog does not hold, instead of failing
+    every request that meets it (float(None), None > 0)."""
+    records = {item: dict(record) for item, record in CATALOG.items.items()}
+    records["i1"]["margin"], records["i4"]["price"] = None, "n/a"
+    records["i3"]["stock"], records["i2"]["stock"] = None, True
+    catalog = ItemCatalog(records)
+    assert {"margin", "price", "stock"} <= catalog.features
+    assert catalog.unknown == {"margin": 1, "price": 1, "stock": 2}
+    assert catalog.invalid == ["item 'i2': stock is True", "item 'i4': price is 'n/a'"]
+    assert catalog.get("i1", "margin", 0.0) == 0.0 and catalog.get("i1", "price") == CATALOG.items["i1"]["price"]
+    items = candidates("i1", "i2", "i3", "i4")
+    kept, removed = split(items, InStockFilter("x", Params(), deps()).apply(state(catalog=catalog), items))
+    assert kept == ["i1", "i2", "i3"] and removed == ["i4"]  # unknown stock is kept, as for an unknown item
+    items.scores["purchase"] = np.array([0.5, 0.5, 0.5, 0.5])
+    await ExpectedProfitScorer("x", ExpectedProfitParams(weight=1.0), deps()).score(state(catalog=catalog), items)
+    assert items.scores["profit"][[0, 3]].tolist() == [0.0, 0.0] and np.isfinite(items.final).all()
+
+
+def test_the_catalog_file_names_its_values_read_as_unknown_and_how_to_point_at_one(tmp_path, caplog):
+    path = tmp_path / "catalog.json"
+    path.write_text('{"a": {"price": 2.5, "margin": "n/a"}, "b": {"price": null, "margin": 0.1}}')
+    with caplog.at_level("INFO", logger="services.gateway.catalog"):
+        catalog = ItemCatalog.load(path)
+    assert catalog.features == {"price", "margin"}
+    assert "values that are not finite numbers, read as unknown: item 'a': margin is 'n/a'" in caplog.text
+    assert "1 of 2 items have no usable price" in caplog.text
+    with pytest.raises(CatalogError, match="set AISLE_GATEWAY_CATALOG_PATH"):
+        ItemCatalog.load(tmp_path / "missing.json")
 
 
 def test_flagged_items_are_those_with_a_truthy_field():
