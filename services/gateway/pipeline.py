@@ -61,6 +61,9 @@ class RequestState:
     #: A source failed or was dropped, or retrieval flagged a dropped part, during the retrieval stage (what a
     #: degradation recorded before it, e.g. the session store's, is not).
     retrieval_failed: bool = False
+    #: The region whose cached popular list the fallback served, when not the request's ("" for the list of calls
+    #: without a region): what the answer's "Popular in ..." says.
+    fallback_region: str | None = None
 
     @property
     def region(self) -> str:

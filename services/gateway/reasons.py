@@ -16,10 +16,15 @@ _VERBS = {
 
 
 def reasons_for(
-    candidate: Candidate, history_events: Mapping[str, int], region: str, catalog: ItemCatalog | None = None
+    candidate: Candidate,
+    history_events: Mapping[str, int],
+    region: str,
+    catalog: ItemCatalog | None = None,
+    fallback_region: str | None = None,
 ) -> list[common.Reason]:
     """One reason per source, in the candidate's source order, each distinct reason once (popularity and cold start
-    both say "Popular"). ``history_events`` maps item id -> last event type."""
+    both say "Popular"). ``history_events`` maps item id -> last event type; ``fallback_region`` is the region whose
+    cached list the fallback served when it was not ``region``'s ("": the list of calls without a region)."""
     catalog = catalog or ItemCatalog({})
     reasons = list(candidate.reasons)
     for source in candidate.sources:
@@ -58,7 +63,10 @@ def reasons_for(
             common.CANDIDATE_SOURCE_FALLBACK_CACHE,
             common.CANDIDATE_SOURCE_COLD_START,
         ):
-            where = f" in {region}" if region else ""
+            popular_in = region
+            if source == common.CANDIDATE_SOURCE_FALLBACK_CACHE and fallback_region is not None:
+                popular_in = fallback_region
+            where = f" in {popular_in}" if popular_in else ""
             reasons.append(common.Reason(code=common.REASON_CODE_POPULAR_IN_REGION, text=f"Popular{where}"))
         elif source == common.CANDIDATE_SOURCE_TRENDING:
             reasons.append(common.Reason(code=common.REASON_CODE_TRENDING, text="Trending now"))

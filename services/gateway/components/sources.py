@@ -200,16 +200,20 @@ class PopularCache:
         """The region's fresh list ("" is the list of calls without a region). Another region's list, the
         region-less one first, only with ``other_regions``: retrieval filtered it by that region's stock and
         sales, so it may hold items not sold in this one."""
+        return self.lookup(region, other_regions)[1]
+
+    def lookup(self, region: str, other_regions: bool = False) -> tuple[str, list[str]]:
+        """:meth:`get`'s list with the region it is the list of (``region`` itself when there is none)."""
         entry = self._items.get(region)
         if entry and self._fresh(entry):
-            return entry[1]
+            return region, entry[1]
         if not other_regions:
-            return []
+            return region, []
         for key in ["", *self._items]:
             entry = self._items.get(key)
             if key != region and entry and self._fresh(entry):
-                return entry[1]
-        return []
+                return key, entry[1]
+        return region, []
 
     def _fresh(self, entry: tuple[float, list[str]]) -> bool:
         return self.clock() - entry[0] <= self.ttl_s
@@ -239,7 +243,9 @@ class CachedPopularSource(ComponentBase):
         return self.params.share
 
     async def fetch(self, state: RequestState, timeout: float) -> Candidates:
-        items = self.deps.popular_cache.get(state.region, self.params.other_regions)
+        served, items = self.deps.popular_cache.lookup(state.region, self.params.other_regions)
+        if served != state.region and items:
+            state.fallback_region = served  # another region's list: the answer must not call it this region's
         return Candidates.of(
             items, common.CANDIDATE_SOURCE_FALLBACK_CACHE, scores={"retrieval": -np.arange(len(items), dtype=float)}
         )

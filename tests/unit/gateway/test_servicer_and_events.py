@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 from aisle.common.v1 import common_pb2 as common
@@ -22,6 +23,7 @@ from services.gateway.candidates import Candidates
 from services.gateway.components.base import ComponentBase, Params
 from services.gateway.events import EventLogFull, JsonlEventSink, read_events
 from services.gateway.pipeline import Pipeline, PipelineMetrics, SourceFailed
+from services.gateway.policies import DEFAULT_POLICY_FILE, build_policies
 from services.gateway.sessions import InMemorySessionStore, subject_key
 from tests.unit.gateway.helpers import deps, state
 from tests.unit.gateway.servicers import (
@@ -166,6 +168,28 @@ async def test_a_request_retrieval_refuses_is_the_callers_error_not_a_retrieval_
     assert status.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "context.region" in status.details
     assert len((await recommend(service, guest("home"))).items) == 5  # GB is answered
+
+
+class DownRetrieval(PopularRetrieval):
+    async def Retrieve(self, request, timeout=None):  # noqa: N802
+        raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down")
+
+
+@pytest.mark.parametrize(("cached", "said"), [("DE", "Popular in DE"), ("", "Popular"), ("GB", "Popular in GB")])
+async def test_a_fallback_answer_from_another_regions_list_says_whose_list_it_is(cached, said):
+    """With ``other_regions`` the fallback may serve Germany's list to a GB shopper: telling them the items are
+    popular in GB would be false."""
+    raw = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
+    raw["policies"]["home"]["fallback"] = [{"component": "CachedPopularSource", "params": {"other_regions": True}}]
+    service = servicer(cache_ttl_s=0)
+    service.policies = build_policies(raw, service.catalog, service.deps)
+    service.deps.downstream.retrieval = DownRetrieval(ITEMS)
+    service.deps.popular_cache.store(cached, ITEMS[:20])
+    answer = await recommend(service, guest("abroad"))  # a GB request
+    assert len(answer.items) == 5
+    popular = common.REASON_CODE_POPULAR_IN_REGION
+    assert {r.text for item in answer.items for r in item.reasons if r.code == popular} == {said}
+    assert [d.reason for d in answer.degradations] == [common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE]
 
 
 async def test_a_refusal_of_what_the_gateway_added_is_a_failed_source_not_the_callers_error():
