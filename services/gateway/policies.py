@@ -142,8 +142,11 @@ class PolicySet:
     experiment: ExperimentSpec | None
 
     def variant_for(self, subject_key: str, override: str = "") -> str:
-        """Deterministic A/B/n assignment by hashing the (already hashed) subject key with the salt."""
+        """Deterministic A/B/n assignment by hashing the (already hashed) subject key with the salt; ``override``
+        must name a variant of the experiment (KeyError otherwise, and when none runs)."""
         if self.experiment is None:
+            if override:
+                raise KeyError(override)
             return ""
         names = [v.name for v in self.experiment.variants]
         if override:

@@ -259,7 +259,13 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             try:
                 self.policies.variant_for("", request.experiment_variant_override)
             except KeyError:
-                check.add("experiment_variant_override", "is not a variant of the running experiment")
+                running = self.policies.experiment
+                check.add(
+                    "experiment_variant_override",
+                    "is not a variant of the running experiment"
+                    if running is not None
+                    else "no experiment is running (the policy file defines none): leave it empty",
+                )
         if not check:
             self._check_forwarded_size(check, request)
         check.raise_if_any()

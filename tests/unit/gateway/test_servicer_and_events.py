@@ -192,6 +192,20 @@ async def test_a_fallback_answer_from_another_regions_list_says_whose_list_it_is
     assert [d.reason for d in answer.degradations] == [common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE]
 
 
+async def test_a_variant_override_without_a_running_experiment_is_refused_not_silently_ignored():
+    raw = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
+    del raw["experiment"]
+    service = servicer(cache_ttl_s=0)
+    service.policies = build_policies(raw, service.catalog, service.deps)
+    with pytest.raises(InvalidArgument) as refused:
+        await recommend(service, guest("tester"))  # asks for the control variant
+    assert "experiment_variant_override: no experiment is running" in str(status_for(refused.value).details)
+    request = guest("tester")
+    request.experiment_variant_override = ""
+    answer = await recommend(service, request)
+    assert len(answer.items) == 5 and answer.experiment_variant == ""
+
+
 async def test_a_refusal_of_what_the_gateway_added_is_a_failed_source_not_the_callers_error():
     """Retrieval's history limit set lower than the gateway's: the stored session history (not the caller's
     request) is refused. The caller gets the fallback answer, flagged, not INVALID_ARGUMENT over a field it never
