@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from services.ranking.features import CANDIDATE_FEATURES, ItemFeatureSnapshot, candidate_features, encode_history
-from training.data.schema import Dataset, ItemCatalog
+from training.data.schema import ITEM, Dataset, ItemCatalog
 from training.data.splits import Split, UserBaskets, purchase_baskets
 
 HISTORY_LENGTH = 50  # the two-tower's query window
@@ -42,7 +42,19 @@ class RecentSales:
     day before (popularity as of the moment, for the offline evaluation's popularity baseline, fills and popular
     source)."""
 
-    def __init__(self, num_items: int, times: np.ndarray, baskets: Sequence[np.ndarray], days: int = TRENDING_DAYS):
+    def __init__(
+        self,
+        num_items: int,
+        times: np.ndarray,
+        baskets: Sequence[np.ndarray],
+        days: int = TRENDING_DAYS,
+        dated: bool = True,
+    ):
+        """``dated`` False: the times are no clock shared across users (a sequences file's positions), so every
+        moment sees every basket: :meth:`at` and :meth:`to_date` count them all. As of a day, they would count
+        nothing (every event of such data falls on day 0): the popularity baseline and every fill would rank the
+        catalog by row, and a training example's trending feature would read 0 where serving reads the shop's sales.
+        (A training example's own basket is then among the counts; the evaluation's held-out cases are not.)"""
         if days < 1:
             raise ValueError(f"the recent-sales window must be at least 1 day, got {days}")
         sizes = np.fromiter((len(b) for b in baskets), dtype=np.int64, count=len(baskets))
@@ -50,23 +62,25 @@ class RecentSales:
         day = np.repeat(basket_day, sizes)
         items = np.concatenate(baskets).astype(np.int64) if len(baskets) else np.zeros(0, dtype=np.int64)
         order = np.argsort(day, kind="stable")
-        self.num_items, self.days = num_items, days
+        self.num_items, self.days, self.dated = num_items, days, dated
         self._day, self._items = day[order], items[order]
         self._basket_day = np.sort(basket_day)
 
     @classmethod
-    def from_users(cls, num_items: int, users: Sequence[UserBaskets], days: int = TRENDING_DAYS) -> RecentSales:
+    def from_users(
+        cls, num_items: int, users: Sequence[UserBaskets], days: int = TRENDING_DAYS, dated: bool = True
+    ) -> RecentSales:
         times = np.concatenate([u.times for u in users]) if users else np.zeros(0, dtype=np.int64)
-        return cls(num_items, times, [b for u in users for b in u.baskets], days)
+        return cls(num_items, times, [b for u in users for b in u.baskets], days, dated)
 
     @classmethod
     def from_split(cls, split: Split, days: int = TRENDING_DAYS) -> RecentSales:
         """From training baskets only: what training examples and the offline evaluation may see."""
-        return cls.from_users(split.num_items, split.train, days)
+        return cls.from_users(split.num_items, split.train, days, split.dated)
 
     def at(self, moment: int) -> np.ndarray:
         """float64 [num_items]: baskets bought on the ``days`` days before ``moment``'s day."""
-        low, high = np.searchsorted(self._day, self._window(moment))
+        low, high = np.searchsorted(self._day, self._window(moment)) if self.dated else (0, self._items.size)
         return np.bincount(self._items[low:high], minlength=self.num_items).astype(np.float64)
 
     def to_date(self, moments: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +88,9 @@ class RecentSales:
         that day, as :meth:`at`), as a snapshot refreshed daily would hold it. Returns (counts float64 [distinct
         days, num_items], rows int64 [len(moments)]): moment i's counts are ``counts[rows[i]]``."""
         days = np.asarray(moments, dtype=np.int64).reshape(-1) // DAY_S
+        if not self.dated:
+            every = np.bincount(self._items, minlength=self.num_items).astype(np.float64)[None, :]
+            return every, np.zeros(days.size, dtype=np.int64)
         unique, rows = np.unique(days, return_inverse=True)
         ends = np.searchsorted(self._day, unique)  # entries of the days before each distinct day
         counts = np.zeros((len(unique), self.num_items), dtype=np.float64)
@@ -87,7 +104,9 @@ class RecentSales:
 
     def rate_at(self, moment: int) -> np.ndarray:
         """float64 [num_items]: :meth:`at` per :data:`RATE_BASKETS` baskets bought in the same days (0 when none)."""
-        low, high = np.searchsorted(self._basket_day, self._window(moment))
+        low, high = (
+            np.searchsorted(self._basket_day, self._window(moment)) if self.dated else (0, self._basket_day.size)
+        )
         return self.at(moment) * (RATE_BASKETS / max(int(high - low), 1))
 
     def latest_moment(self) -> int:
@@ -108,7 +127,7 @@ def export_sales(dataset: Dataset, days: int = TRENDING_DAYS) -> RecentSales:
     """Every purchase basket of the data, held-out ones included: what an export serves from the next day on (the
     index's ``trending`` column, the exported snapshot's ``log_trending``). Training and the offline evaluation
     never read it; they see :meth:`RecentSales.from_split` as of each example's day."""
-    return RecentSales.from_users(len(dataset.catalog), purchase_baskets(dataset), days)
+    return RecentSales.from_users(len(dataset.catalog), purchase_baskets(dataset), days, dataset.granularity != ITEM)
 
 
 def item_snapshot(

@@ -59,6 +59,10 @@ class Split:
     cutoff: np.ndarray
     #: Return events in the training window: columns user, item, time.
     train_returns: np.ndarray
+    #: Whether event times are a clock shared by all users. Plain-text sequences (``granularity`` item) time each
+    #: event by its position in its own line, so "sales before this day" means nothing across users: their
+    #: popularity and recent sales are the whole training part's (:class:`training.features.RecentSales`).
+    dated: bool = True
 
     def popularity(self) -> np.ndarray:
         """Training baskets holding each item (float64 [num_items]), over the whole training part: it includes
@@ -149,4 +153,6 @@ def split_dataset(dataset: Dataset, min_baskets: int = MIN_BASKETS) -> Split:
         [events.user[returns].astype(np.int64), events.item[returns].astype(np.int64), events.timestamp[returns]],
         axis=1,
     ).reshape(-1, 3)
-    return Split(len(dataset.catalog), train, validation, test, cutoff, train_returns)
+    return Split(
+        len(dataset.catalog), train, validation, test, cutoff, train_returns, dated=dataset.granularity != ITEM
+    )

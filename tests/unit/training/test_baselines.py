@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.data.splits import EvalCase, Split, UserBaskets
+from training.data.loaders import load_sequences, synthetic_dataset
+from training.data.splits import EvalCase, Split, UserBaskets, split_dataset
 from training.evaluation.baselines import BuyAgain, ItemToItem, Popularity, cooccurrence, repeat_scores
 from training.evaluation.offline import evaluate, protocol_cases
+from training.features import RecentSales
 
 
 def hand_split() -> Split:
@@ -21,6 +23,23 @@ def hand_split() -> Split:
 
 def ranking(scores: np.ndarray) -> list[int]:
     return np.argsort(-scores, kind="stable").tolist()
+
+
+def test_a_sequences_file_without_a_clock_ranks_by_its_training_sales_not_by_catalog_row(tmp_path):
+    """Sequences time each event by its position in its line: "sales before the case's day" counted nothing, so the
+    popularity baseline (and every fill, and Aisle's popular source) ranked the catalog alphabetically."""
+    path = tmp_path / "sequences.txt"
+    path.write_text("".join(f"u{i} {'abcde'[i % 5]} z z z z\n" for i in range(20)))
+    dataset = load_sequences(path)
+    split = split_dataset(dataset)
+    assert not split.dated and split_dataset(synthetic_dataset(users=30, items=20, seed=1)).dated
+    z = dataset.catalog.item_ids.index("z")
+    cases = protocol_cases(split.test, "repeat")
+    result = evaluate(Popularity(split), cases, "repeat", split.popularity(), np.zeros(len(dataset.catalog), int))
+    assert result.top[0][0] == z and result.metrics["ndcg@10"] == pytest.approx(1.0)
+    sales = RecentSales.from_split(split)
+    assert sales.at(cases[0].time)[z] == split.popularity()[z] > 0  # the trending feature, as serving reads it
+    assert sales.rate_at(cases[0].time)[z] > 0
 
 
 def test_popularity_ranks_training_baskets():
