@@ -137,6 +137,19 @@ def _check_contract(path: Path, contract: ModelContract) -> None:
         )
 
 
+#: The command that exports a version of each of the project's models (`aisle train` writes sequence_ranker, and
+#: ranker with --skeleton).
+EXPORTED_BY = {"ranker": "aisle train --skeleton", "sequence_ranker": "aisle train"}
+
+
+def how_to_export(model_name: str) -> str:
+    """What to run for a first version of ``model_name``, for a message that says none is there."""
+    command = EXPORTED_BY.get(model_name)
+    if command is not None:
+        return f"export one with `{command}` or `aisle models publish`"
+    return "publish one with `aisle models publish` (`aisle train` exports sequence_ranker, --skeleton ranker)"
+
+
 def model_versions(model_dir: Path) -> list[int]:
     """Complete version folders (holding ``model.onnx``), oldest first. Only canonical numbers count: a folder
     ``010`` is not version 10, whose folder is ``10`` (``aisle models validate`` reports it as a stray)."""
@@ -159,5 +172,5 @@ def resolve_version(model_dir: Path, requested: str = "") -> tuple[str, Path]:
             )
         return requested, model_dir / requested
     if not versions:
-        raise ModelConfigError(f"{model_dir}: no version folder with {MODEL_FILE}; export one with `aisle train` first")
+        raise ModelConfigError(f"{model_dir}: no version folder with {MODEL_FILE}; {how_to_export(model_dir.name)}")
     return str(versions[-1]), model_dir / str(versions[-1])

@@ -53,6 +53,7 @@ from services.ranking.model_config import (
     VOCABULARY_FILE,
     ModelConfigError,
     ModelContract,
+    how_to_export,
     model_versions,
     read_model_config,
 )
@@ -128,7 +129,7 @@ def validate_model_dir(model_dir: Path, report: Report) -> None:
         else:
             versions.append(entry)
     if not versions:
-        report.notes.append(f"{model_dir}: no versions yet (export one with `aisle train` or `aisle models publish`)")
+        report.notes.append(f"{model_dir}: no versions yet ({how_to_export(model_dir.name)})")
     for folder in sorted(versions, key=lambda p: int(p.name)):
         _version(model_dir, folder, contract, report)
 

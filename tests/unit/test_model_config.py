@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,17 @@ def test_version_resolution(tmp_path):
         resolve_version(tmp_path, "11")
     with pytest.raises(ModelConfigError, match="aisle train"):
         resolve_version(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    ("model", "command"),
+    [
+        ("ranker", "export one with `aisle train --skeleton`"),  # plain `aisle train` writes sequence_ranker
+        ("sequence_ranker", "export one with `aisle train` or"),
+        ("my_ranker", "publish one with `aisle models publish`"),
+    ],
+)
+def test_a_model_without_versions_names_the_command_that_exports_one(tmp_path, model, command):
+    (tmp_path / model).mkdir()
+    with pytest.raises(ModelConfigError, match=re.escape(command)):
+        resolve_version(tmp_path / model)
