@@ -14,7 +14,7 @@ import asyncio  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Callable, Mapping  # noqa: E402
+from collections.abc import Callable, Mapping, Sequence  # noqa: E402
 from typing import Any, NoReturn, TypeVar  # noqa: E402
 
 from prometheus_client import CollectorRegistry  # noqa: E402
@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 from services.core.errors import is_expected_failure  # noqa: E402
 from services.core.logs import configure_logging  # noqa: E402
 from services.core.server import Application, ServiceHost  # noqa: E402
-from services.core.settings import ServiceSettings, SettingsError, load_settings  # noqa: E402
+from services.core.settings import ServiceSettings, SettingsError, describe_settings, load_settings  # noqa: E402
 from services.core.telemetry import configure_tracing, shutdown_tracing  # noqa: E402
 
 S = TypeVar("S", bound=ServiceSettings)
@@ -50,7 +50,13 @@ def serve_main(
     settings_cls: type[S],
     build: Callable[[S, CollectorRegistry], Application],
     overrides: Mapping[str, Any] | None = None,
+    argv: Sequence[str] = (),
 ) -> int:
+    """Runs a service until SIGTERM; returns the exit code. ``argv``: the command line of ``python -m
+    services.<name>``, whose settings come from the environment only: ``--help`` lists them, anything else is
+    refused (it would be ignored, and the service start on settings the caller did not mean)."""
+    if argv:
+        return _answer_arguments(settings_cls, list(argv))
     try:
         settings = load_settings(settings_cls, overrides)
         new_loop = loop_factory(settings.event_loop)
@@ -80,6 +86,24 @@ def serve_main(
     finally:
         shutdown_tracing()
     return 0
+
+
+def _answer_arguments(settings_cls: type[ServiceSettings], argv: list[str]) -> int:
+    label = settings_cls.service_label
+    prefix = str(settings_cls.model_config.get("env_prefix", "")).upper()
+    if argv in (["--help"], ["-h"]):
+        print(f"usage: python -m services.{label}\n\nRuns the {label} service; its settings come from the environment:")
+        for variable, _flag, default, description in describe_settings(settings_cls):
+            print(f"  {variable}" + (f" (default {default})" if default else "") + (f"\n      {description}"))
+        print(f"\n`aisle serve {label}` takes the same settings as flags (`aisle serve {label} --help`).")
+        return 0
+    print(
+        f"error: python -m services.{label} takes no arguments (got {' '.join(argv)}): its settings come from "
+        f"{prefix}* environment variables (`python -m services.{label} --help` lists them); `aisle serve {label}` "
+        "takes them as flags",
+        file=sys.stderr,
+    )
+    return EXIT_BAD_SETTINGS
 
 
 def _exit_while_starting(signum: int, frame: Any) -> NoReturn:

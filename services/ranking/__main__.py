@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from services.core.grpc_runtime import configure_grpc_runtime
 
 configure_grpc_runtime()  # before anything imports grpc
@@ -11,9 +13,9 @@ from services.ranking.app import build_application  # noqa: E402
 from services.ranking.settings import RankingSettings  # noqa: E402
 
 
-def main(overrides: dict | None = None) -> int:
-    return serve_main(RankingSettings, build_application, overrides)
+def main(overrides: dict | None = None, argv: list[str] | None = None) -> int:
+    return serve_main(RankingSettings, build_application, overrides, argv or ())
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(argv=sys.argv[1:]))

@@ -1,13 +1,20 @@
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-#: services.core.bootstrap.EXIT_LOAD_FAILED (not imported here: importing it sets the thread variables in this process)
+import pytest
+
+#: services.core.bootstrap.EXIT_LOAD_FAILED and EXIT_BAD_SETTINGS (not imported here: importing it sets the thread
+#: variables in this process)
 EXIT_LOAD_FAILED = 3
+EXIT_BAD_SETTINGS = 2
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_serving_processes_default_to_one_blas_thread_unless_told_otherwise():
@@ -139,3 +146,16 @@ def test_expected_failures_are_the_classes_aisle_raises_on_purpose():
         assert is_expected_failure(error), error
     for error in (ValueError("v"), KeyError("k"), RuntimeError("r"), OSError("o")):
         assert not is_expected_failure(error), error
+
+
+@pytest.mark.parametrize("service", ["retrieval", "ranking", "gateway"])
+def test_python_m_lists_its_environment_settings_on_help_and_refuses_arguments_it_would_ignore(service):
+    """The images run ``python -m services.<name>``, whose settings come from the environment only: a flag given
+    as a container's args was silently ignored, and the service started on settings nobody meant."""
+    run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT)
+    shown = run([sys.executable, "-m", f"services.{service}", "--help"])
+    assert shown.returncode == 0, shown.stderr
+    assert f"AISLE_{service.upper()}_PORT (default" in shown.stdout and f"aisle serve {service}" in shown.stdout
+    refused = run([sys.executable, "-m", f"services.{service}", "--port", "1"])
+    assert refused.returncode == EXIT_BAD_SETTINGS, refused.stderr
+    assert f"takes no arguments (got --port 1): its settings come from AISLE_{service.upper()}_*" in refused.stderr
