@@ -181,7 +181,10 @@ def load_policies(path: Path, catalog: ItemCatalog, deps: Dependencies) -> Polic
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise PolicyError(f"cannot read policy file {path}: {exc}") from None
+        raise PolicyError(
+            f"cannot read policy file {path}: {exc}; set AISLE_GATEWAY_POLICY_FILE (--policy-file) to a policies "
+            "YAML file (the shipped one: services/gateway/policies.yaml)"
+        ) from None
     return build_policies(raw, catalog, deps, source=str(path))
 
 

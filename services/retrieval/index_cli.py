@@ -54,7 +54,9 @@ index.add_command(push_availability)
     show_default=True,
     help="Split the catalog across this many shards (separate retrieval replicas + a router).",
 )
-@click.option("--leaves", type=click.IntRange(2, 1_000_000), default=None, help="ScaNN tree leaves [2 sqrt(N)].")
+@click.option(
+    "--leaves", type=click.IntRange(2, 1_000_000), default=None, help="ScaNN tree leaves [2 sqrt(N), at most N/50]."
+)
 @click.option(
     "--search-fraction",
     type=click.FloatRange(0.001, 1.0),

@@ -326,3 +326,8 @@ def test_anonymous_cache_segments_and_invalidation():
     assert cache.get(segment) is not None
     cache.observe_versions([common.ArtifactVersion(kind="model", name="ranker", version="2")])
     assert cache.get(segment) is None
+
+
+def test_a_policy_file_that_cannot_be_read_says_which_setting_points_at_it(tmp_path):
+    with pytest.raises(PolicyError, match=r"missing\.yaml: .*set AISLE_GATEWAY_POLICY_FILE \(--policy-file\)"):
+        load_policies(tmp_path / "missing.yaml", CATALOG, deps())

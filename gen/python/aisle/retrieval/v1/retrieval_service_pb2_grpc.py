@@ -60,7 +60,8 @@ class RetrievalServiceServicer:
 
     def UpdateAvailability(self, request, context):
         """Applies stock and regional availability changes at once, without rebuilding the index. Pushed by the
-        inventory system; the changes outlive index swaps until an index built after them replaces the data.
+        inventory system; the changes outlive index swaps until a version whose stock data (its data_as_of, when its
+        stock was exported, not when it was built) is newer than them serves.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
