@@ -47,7 +47,7 @@ class ItemCatalog:
         known = items
         for item, record in items.items():
             if None not in record.values() and all(map(_usable_number, map(record.get, NUMERIC_FIELDS))):
-                continue  # the usual record, checked at C speed (1M items: 0.4 s)
+                continue  # the usual record: the whole check adds about 0.7 s to a 1M-item load
             unknown = [field for field, value in record.items() if not _usable(field, value)]
             if unknown:
                 for field in unknown:
