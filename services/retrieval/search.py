@@ -108,6 +108,10 @@ class FilteredSearch:
       filtered out when that is fewer (then ``k`` allowed rows are certain to be among them), keep the allowed
       ones, and grow the request until ``k`` are found; past ``max_fetch`` rows, exact search over the allowed
       rows.
+
+    A tree searcher answers at most the points of the leaves it searches: few leaves searched on a clustered
+    catalog (an index tuned to a recall target) can hold fewer than ``k``. An answer short of ``min(k, allowed
+    rows)`` is never returned: the search is widened to more leaves, and then made exact.
     """
 
     def __init__(
@@ -126,12 +130,12 @@ class FilteredSearch:
     ) -> tuple[np.ndarray, np.ndarray]:
         total = self.exact.embeddings.shape[0]
         if allowed is None:
-            return self.searcher.search(query, k)
+            return self._unfiltered(query, k, total)
         allowed_count = int(np.count_nonzero(allowed)) if allowed_count is None else allowed_count
         if allowed_count == 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         if allowed_count == total and self.searcher is not self.exact:
-            return self.searcher.search(query, k)
+            return self._unfiltered(query, k, total)
         if self.searcher is self.exact or allowed_count <= self.exact_threshold:
             return self.exact.search_rows(query, np.flatnonzero(allowed), k)
         # The filters remove `total - allowed_count` rows in all, so fetching k more than that always leaves k:
@@ -145,8 +149,19 @@ class FilteredSearch:
             else:
                 rows, scores = self.searcher.search(query, min(fetch, total))
             keep = allowed[rows]
-            if keep.sum() >= k or fetch >= total:
+            if keep.sum() >= min(k, allowed_count):
                 return rows[keep][:k], scores[keep][:k]
-            if fetch >= self.max_fetch:
+            if fetch >= self.max_fetch or fetch >= total:  # (at total: the leaves searched hold too few points)
                 return self.exact.search_rows(query, np.flatnonzero(allowed), k)
             fetch = min(fetch * 4, self.max_fetch, total)
+
+    def _unfiltered(self, query: np.ndarray, k: int, total: int) -> tuple[np.ndarray, np.ndarray]:
+        rows, scores = self.searcher.search(query, k)
+        wanted = min(k, total)
+        if rows.size >= wanted or self.searcher is self.exact:
+            return rows, scores
+        if isinstance(self.searcher, ScannSearcher):  # more leaves, in proportion to what was missing
+            rows, scores = self.searcher.search(query, wanted, widen=4.0 * wanted / max(rows.size, 1))
+            if rows.size >= wanted:
+                return rows, scores
+        return self.exact.search(query, wanted)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -98,3 +100,21 @@ def test_a_few_filtered_rows_cost_as_many_more_rows_not_a_proportional_over_fetc
     search.search(query, 100, half)
     # Many filtered out: k / allowed share x over-fetch, as before.
     assert recording.asked[0] == int(100 * len(half) / np.count_nonzero(half) * search.overfetch)
+
+
+def test_an_answer_is_never_short_of_k_when_the_leaves_searched_hold_fewer_points(scann_index):
+    """An index tuned to a recall target on a clustered catalog may search a leaf or two: ScaNN then answers at
+    most their points. Unfiltered (every item allowed: the common case) the answer was returned short as it was."""
+    searcher = searcher_for(scann_index)
+    searcher.params = replace(searcher.params, leaves_to_search=1)
+    query = clustered_embeddings(1, seed=6)[0]
+    assert len(searcher.search(query, 2000)[0]) < 2000  # the tree's own answer is short
+    search = FilteredSearch(searcher, ExactSearcher(scann_index.embeddings), exact_threshold=0)
+    everything = np.ones(len(scann_index), dtype=bool)
+    for allowed in (None, everything):
+        rows, scores = search.search(query, 2000, allowed)
+        assert len(rows) == len(set(rows.tolist())) == 2000 and (np.diff(scores) <= 1e-5).all()
+    one_out = everything.copy()
+    one_out[rows[0]] = False
+    rows, _ = search.search(query, 2000, one_out)
+    assert len(rows) == 2000 and one_out[rows].all()
