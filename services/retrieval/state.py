@@ -299,8 +299,11 @@ class IndexHolder(VersionHolder[ServingIndex]):
         pending: dict[str, _Update] = {}
         for snapshot in remembered:
             for item, update in snapshot.items():
-                if update.at > as_of:  # else the version's own stock data is newer
+                if update.at > as_of:
                     _file(candidate, item, update, updates, pending)
+                else:  # the version's own stock data is newer: not applied, but kept for an older version (a
+                    # rollback to it would otherwise serve its export's stock, without every push made since)
+                    (updates if item in candidate.rows else pending)[item] = update
         self._prepared[id(candidate)] = (seq, updates, pending)
         return candidate
 
@@ -330,8 +333,7 @@ class IndexHolder(VersionHolder[ServingIndex]):
         now = time.time()
         for update in updates:
             regions = tuple(update.sold_in_regions) if update.set_regions else None
-            self._seq += 1
-            remembered = _Update(int(update.stock), regions, now, self._seq)
+            remembered = _Update(int(update.stock), regions, now, self._seq + 1)
             item = update.item_id
             self._updates.pop(item, None)  # re-inserted last: both stay oldest first
             self._pending.pop(item, None)
@@ -339,6 +341,10 @@ class IndexHolder(VersionHolder[ServingIndex]):
                 applied += 1
             else:
                 unknown.append(item)
+            # Counted once filed: a load reading the count in its thread (open) finds every update up to it in the
+            # copies it takes next, and adopt() applies those numbered after it. Counted before filing, an update
+            # the load read the count in the middle of was in neither.
+            self._seq = remembered.seq
         self._forget_oldest_pending()
         return applied, unknown
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
 from services.retrieval.index import METADATA_FILE, IndexArtifact, load_index, save_index, save_index_like
-from services.retrieval.state import IndexHolder
+from services.retrieval.state import IndexHolder, IndexWatcher
 from tests.support.retrieval import write_index
 
 SOLD_OUT = "I00007"
@@ -182,3 +183,41 @@ async def test_an_update_that_arrives_while_a_version_loads_is_applied_to_it(tmp
     assert holder.apply_availability([pb.AvailabilityUpdate(item_id="I00008", stock=0)]) == (1, [])
     assert await swapping
     assert stock(holder, SOLD_OUT) == 0 and stock(holder, "I00008") == 0 and stock(holder, "I00009") == 10
+
+
+async def test_rolling_back_to_an_older_version_keeps_the_updates_its_export_predates(tmp_path):
+    """A newer export supersedes a push, but a rollback to the version before it must not serve that version's
+    export without the pushes made since (an item sold out since would be recommended again)."""
+    export = write_index(tmp_path / "export", count=300)
+    root = tmp_path / "root"
+    write_index(root, count=300, version="20260101T000000Z")
+    holder = await serving_with_a_sale(root, export)
+    await asyncio.sleep(0.01)
+    fresh = write_index(root, count=300, version="20260102T000000Z")  # its stock data is newer than the push
+    assert await holder.swap(fresh) and stock(holder, SOLD_OUT) == 10
+    shutil.rmtree(fresh)  # rolled back: the watcher goes back to the version left
+    assert await IndexWatcher(holder, root, 0).check_once()
+    assert holder.current.artifact.version == "20260101T000000Z" and stock(holder, SOLD_OUT) == 0
+
+
+async def test_an_update_numbered_but_not_yet_filed_when_a_load_reads_the_state_reaches_the_new_version(
+    tmp_path, monkeypatch
+):
+    """The load reads the updates in its own thread while the loop applies a push: between numbering an update and
+    filing it, the load's copies lack it, and the swap must still apply it."""
+    import services.retrieval.state as state
+
+    holder, root, source = await sold_out_after_an_export(tmp_path)
+    built, loaded, real_file = save_index_like(source, root), [], state._file
+
+    def file_once_the_load_has_read(index, item, update, updates, pending):
+        if not loaded and index is holder.current:  # the push, on the loop: the load reads the state right here
+            loaded.append(holder.open(built))
+        return real_file(index, item, update, updates, pending)
+
+    monkeypatch.setattr(state, "_file", file_once_the_load_has_read)
+    assert holder.apply_availability([pb.AvailabilityUpdate(item_id="I00008", stock=0)]) == (1, [])
+    monkeypatch.setattr(state, "_file", real_file)
+    holder.adopt(loaded[0])  # as swap() does, on the loop, once the load is done
+    holder.current = loaded[0]
+    assert stock(holder, "I00008") == 0 and stock(holder, SOLD_OUT) == 0
