@@ -240,6 +240,8 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
     async def UpdateAvailability(  # noqa: N802
         self, request: pb.UpdateAvailabilityRequest, context
     ) -> pb.UpdateAvailabilityResponse:
+        if not self.stubs:  # the server listens before it connects: "0 applied", OK, would lose the updates
+            raise NotReady("router not connected to its shards yet")
         results = await self._fan_out("UpdateAvailability", request, context, self.update_timeout_s)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:

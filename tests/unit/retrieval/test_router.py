@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
-from services.core.errors import DependencyUnavailable, InvalidArgument, Relayed, status_for
+from services.core.errors import DependencyUnavailable, InvalidArgument, NotReady, Relayed, status_for
 from services.core.metrics import ArtifactMetrics
 from services.retrieval.index import METADATA_FILE, InvalidIndex, save_index_like
 from services.retrieval.router import QueryDataHolder, QueryResolver, ShardRouter
@@ -141,6 +141,14 @@ async def test_stock_updates_reach_the_shards_with_the_update_deadline_not_the_r
     reply = await router.UpdateAvailability(pb.UpdateAvailabilityRequest(updates=[update]), _Context(remaining))
     assert reply.applied_count == 2  # each shard answered (only one holds the item; the fake counts all)
     assert timeouts == [("UpdateAvailability", expected)] * 2
+
+
+async def test_a_router_not_connected_to_its_shards_yet_refuses_stock_updates_instead_of_applying_none():
+    """Its server listens before it connects: answering "0 applied", OK, the push tool would report success."""
+    router = ShardRouter(RetrievalSettings(index_path="unused", shard_targets="a:1,b:2"))
+    update = pb.UpdateAvailabilityRequest(updates=[pb.AvailabilityUpdate(item_id="I00001", stock=0)])
+    with pytest.raises(NotReady, match="not connected to its shards yet"):
+        await router.UpdateAvailability(update, _Context(None))
 
 
 class _RefusingShard:
