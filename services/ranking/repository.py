@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,8 @@ def validate_path(path: Path) -> Report:
     """Validates a repository (every model folder in it), a model folder, or one version folder."""
     report = Report()
     path = Path(path)
+    if path.name in ("", ".."):  # "." has no name, and a folder's name is its model's or version's
+        path = path.resolve()
     if not path.exists():
         report.problems.append(f"{path}: does not exist")
     elif (path / CONFIG_FILE).is_file():
@@ -184,7 +187,7 @@ def sample_parity(session, contract: ModelContract, path: Path) -> float:
     try:
         with np.load(path, allow_pickle=False) as data:
             sample = {name: data[name] for name in data.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # a truncated copy: BadZipFile
         raise ModelConfigError(f"{path}: cannot read: {exc}") from None
     missing = sorted((set(contract.inputs) | {PURCHASE_OUTPUT}) - set(sample))
     if missing:

@@ -114,6 +114,8 @@ def recorded_item_count(folder: Path) -> int | None:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ModelConfigError(f"{path}: cannot read it: {exc}") from None
+    except UnicodeDecodeError as exc:  # a ValueError, which no load's refusal handler expects
+        raise ModelConfigError(f"{path}: not UTF-8 (JSON must be): {exc}") from None
     try:
         metadata = json.loads(text)
     except ValueError as exc:

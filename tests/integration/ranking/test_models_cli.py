@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from services.cli import main
-from services.ranking.backends.onnxruntime import check_batch_parity
+from services.ranking.backends.onnxruntime import OnnxRuntimeBackend, check_batch_parity
 from services.ranking.model_config import (
     CONFIG_FILE,
     VOCABULARY_FILE,
@@ -177,6 +177,37 @@ def test_validate_reports_each_broken_version_and_goes_on(tmp_path):
     ]:
         assert any(f"ranker/{version}" in line and message in line for line in failed), (version, result.output)
     assert f"ok      {model_dir / '6'}: onnx.checker passed" in result.output
+
+
+async def test_unreadable_metadata_and_a_truncated_parity_sample_are_refusals_not_crashes(tmp_path, monkeypatch):
+    """A hand-edited metadata.json saved as Latin-1 raised UnicodeDecodeError past every refusal handler: start-up
+    failed instead of serving the version before, and validate stopped with a traceback; a truncated parity sample
+    (BadZipFile) ended validate with no output."""
+    repository = tiny_repository(tmp_path, {1: {}, 2: {}, 3: {}})
+    model_dir = repository / "ranker"
+    (model_dir / "3" / "metadata.json").write_bytes('{"note": "modèle"}'.encode("latin-1"))
+    np.savez(
+        model_dir / "2" / PARITY_SAMPLE_FILE,
+        history_item_ids=np.zeros((1, 50), dtype=np.int64),
+        candidate_item_ids=np.ones((1, 4), dtype=np.int64),
+        purchase_probability=np.zeros((1, 4), dtype=np.float32),
+    )
+    sample = model_dir / "2" / PARITY_SAMPLE_FILE
+    sample.write_bytes(sample.read_bytes()[:200])  # a copy cut short
+    result = aisle("validate", repository)
+    failed = [line for line in result.output.splitlines() if line.startswith("FAILED")]
+    assert result.exit_code == 1 and len(failed) == 2, result.output
+    assert any("ranker/3" in line and "metadata.json: not UTF-8" in line for line in failed), result.output
+    assert any("ranker/2" in line and f"{PARITY_SAMPLE_FILE}: cannot read" in line for line in failed), result.output
+    assert f"ok      {model_dir / '1'}: onnx.checker passed" in result.output
+    backend = OnnxRuntimeBackend(repository, "ranker")
+    await backend.load()  # the newest, 3, is refused; the one before it serves
+    assert backend.model_version == "2"
+    monkeypatch.chdir(model_dir / "1")  # `aisle models validate .` in a version folder, then in the model's
+    assert aisle("validate", ".").exit_code == 0
+    monkeypatch.chdir(model_dir)
+    result = aisle("validate", ".")
+    assert "name 'ranker' differs from its folder" not in result.output and "ranker/3" in result.output
 
 
 def test_publish_refuses_a_vocabulary_larger_than_the_item_table(tmp_path):
