@@ -101,7 +101,7 @@ def build_application(
         events=events,
         columnar=settings.columnar_answers,
     )
-    policies = load_policies(settings.policy_file, catalog, deps)
+    policies = load_policies(settings.policy_file, catalog, deps, settings.ranking_max_candidates)
     catalog.flagged("new")  # exploration reads it on every request: made now, not on the first request
     log.info(
         "policies %s: %s; catalog %s with %d items and features %s",

@@ -177,7 +177,9 @@ class PolicySet:
         return self.pipelines[name]
 
 
-def load_policies(path: Path, catalog: ItemCatalog, deps: Dependencies) -> PolicySet:
+def load_policies(
+    path: Path, catalog: ItemCatalog, deps: Dependencies, ranking_max_candidates: int | None = None
+) -> PolicySet:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
@@ -185,10 +187,18 @@ def load_policies(path: Path, catalog: ItemCatalog, deps: Dependencies) -> Polic
             f"cannot read policy file {path}: {exc}; set AISLE_GATEWAY_POLICY_FILE (--policy-file) to a policies "
             "YAML file (the shipped one: services/gateway/policies.yaml)"
         ) from None
-    return build_policies(raw, catalog, deps, source=str(path))
+    return build_policies(raw, catalog, deps, source=str(path), ranking_max_candidates=ranking_max_candidates)
 
 
-def build_policies(raw: Any, catalog: ItemCatalog, deps: Dependencies, source: str = "policies") -> PolicySet:
+def build_policies(
+    raw: Any,
+    catalog: ItemCatalog,
+    deps: Dependencies,
+    source: str = "policies",
+    ranking_max_candidates: int | None = None,
+) -> PolicySet:
+    """The policies of ``raw`` (a parsed policy file), or :class:`PolicyError` naming every problem. With
+    ``ranking_max_candidates`` (ranking's limit), a policy that would send ranking more candidates is one."""
     try:
         spec = PolicyFile.model_validate(raw)
     except ValidationError as exc:
@@ -212,6 +222,13 @@ def build_policies(raw: Any, catalog: ItemCatalog, deps: Dependencies, source: s
     for name, policy in spec.policies.items():
         pipeline, errors = _build_pipeline(name, spec.version, policy, catalog, deps)
         problems += errors
+        ranks = any(component.component == "RankingScorer" for component in policy.scorers)
+        if ranks and ranking_max_candidates is not None and policy.candidate_limit > ranking_max_candidates:
+            problems.append(
+                f"policies.{name}.candidate_limit: {policy.candidate_limit} is more than ranking accepts "
+                f"({ranking_max_candidates}, AISLE_GATEWAY_RANKING_MAX_CANDIDATES: the ranking service's "
+                "max_candidates), so every call to it would be refused"
+            )
         pipelines[name] = pipeline
     if problems:
         raise PolicyError(f"{source}: " + "; ".join(problems))

@@ -57,7 +57,20 @@ class GatewaySettings(ServiceSettings):
     )
     default_k: int = Field(10, ge=1, le=1000, description="Items returned when a request says k=0.")
     max_k: int = Field(200, ge=1, le=1000, description="Largest k a request may ask for.")
-    max_history: int = Field(200, ge=1, le=10_000, description="Longest history a request may carry.")
+    max_history: int = Field(
+        200,
+        ge=1,
+        le=10_000,
+        description="Longest history a request may carry, and the most the gateway sends on: at most retrieval's and "
+        "ranking's max_history (200 and 500 by default), which refuse longer ones.",
+    )
+    ranking_max_candidates: int = Field(
+        2000,
+        ge=1,
+        le=100_000,
+        description="The ranking service's max_candidates: a policy that ranks more candidates (its candidate_limit) "
+        "is refused at start-up, as ranking would refuse each of its calls.",
+    )
     max_anchors: int = Field(50, ge=1, le=1000, description="Most anchor items a request may carry.")
     max_exclusions: int = Field(5000, ge=0, le=100_000, description="Most exclusion entries per request.")
     max_events_per_call: int = Field(1000, ge=1, le=100_000, description="Most events one TrackEvents call may carry.")

@@ -216,3 +216,24 @@ def test_ranking_scores_on_triton_exactly_where_triton_runs(renders: list[Render
         assert service is not None and service["spec"].get("clusterIP") == "None", f"{render.name}: {target}"
         assert {p["name"]: p["port"] for p in service["spec"]["ports"]}.get("grpc") == port
         assert all(pod_labels(triton).get(k) == v for k, v in service["spec"]["selector"].items())
+
+
+def test_the_gateway_sends_retrieval_and_ranking_no_more_than_they_accept(renders: list[Render]):
+    """A longer history or more candidates than a callee accepts is refused on every call: answers degrade as if
+    the callee were down. The limits live in three services' settings; every rendered combination keeps them in
+    step (each pod of a service: the router and every shard of a sharded retrieval)."""
+    problems = []
+    for render in renders:
+        loaded: dict[str, list[ServiceSettings]] = {}
+        for service, _, container in render.service_containers():
+            loaded.setdefault(service, []).append(loaded_settings(render, service, container))
+        for gateway in loaded.get("gateway", []):
+            for callee in ("retrieval", "ranking"):
+                for settings in loaded.get(callee, []):
+                    if gateway.max_history > settings.max_history:
+                        problems.append(f"{render.name}: gateway max_history {gateway.max_history} > {callee}'s")
+            for ranking in loaded.get("ranking", []):
+                if gateway.ranking_max_candidates > ranking.max_candidates:
+                    problems.append(f"{render.name}: gateway ranking_max_candidates > ranking's max_candidates")
+        assert loaded.get("gateway") and loaded.get("ranking"), f"{render.name}: no gateway or ranking pod"
+    assert not problems, "\n".join(problems)

@@ -331,3 +331,30 @@ def test_anonymous_cache_segments_and_invalidation():
 def test_a_policy_file_that_cannot_be_read_says_which_setting_points_at_it(tmp_path):
     with pytest.raises(PolicyError, match=r"missing\.yaml: .*set AISLE_GATEWAY_POLICY_FILE \(--policy-file\)"):
         load_policies(tmp_path / "missing.yaml", CATALOG, deps())
+
+
+def test_a_policy_ranking_more_candidates_than_ranking_accepts_is_refused():
+    """Ranking refuses a call with more than its max_candidates: every answer of such a policy would be the
+    fallback order, flagged RANKING_UNAVAILABLE, as if ranking were down."""
+    raw = copy.deepcopy(RAW)
+    raw["policies"]["home"]["candidate_limit"] = 2500
+    build_policies(raw, CATALOG, deps())  # without the limit: nothing to compare with
+    with pytest.raises(PolicyError, match=r"policies\.home\.candidate_limit: 2500 is more than ranking accepts"):
+        build_policies(raw, CATALOG, deps(), ranking_max_candidates=2000)
+    raw["policies"]["home"]["scorers"] = []  # a policy that does not rank may gather more
+    build_policies(raw, CATALOG, deps(), ranking_max_candidates=2000)
+
+
+def test_the_gateway_refuses_to_start_on_a_policy_ranking_more_than_its_ranking_max_candidates(tmp_path):
+    from services.gateway.app import build_application
+    from services.gateway.settings import GatewaySettings
+
+    raw = copy.deepcopy(RAW)
+    raw["policies"]["home"]["candidate_limit"] = 1500
+    policy_file = tmp_path / "policies.yaml"
+    policy_file.write_text(yaml.safe_dump(raw))
+    settings = GatewaySettings(
+        catalog_path=None, metrics_port=None, event_log="off", policy_file=policy_file, ranking_max_candidates=1000
+    )
+    with pytest.raises(PolicyError, match="AISLE_GATEWAY_RANKING_MAX_CANDIDATES"):
+        build_application(settings)
