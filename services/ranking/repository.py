@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -48,6 +49,7 @@ from services.ranking.model_config import (
     CANDIDATES_INPUT,
     CONFIG_FILE,
     CONFIGS_DIR,
+    METADATA_FILE,
     MODEL_FILE,
     PURCHASE_OUTPUT,
     RETURN_OUTPUT,
@@ -370,7 +372,12 @@ def publish(source: Path, model_dir: Path, version: int | None = None) -> Publis
             if item.is_file():
                 shutil.copy2(item, staging / item.name)
         _sync(staging)
-        checked = validate_version(model_dir, staging, contract)
+        try:
+            checked = validate_version(model_dir, staging, contract)
+        except ModelConfigError as error:  # named by the source, not by the staging folder that is gone
+            raise ModelConfigError(
+                str(error).replace(str(staging), str(source)) + _exported_for(source, model_dir)
+            ) from None
         if final.exists():
             raise ModelConfigError(f"{final} appeared while publishing; versions are immutable")
         os.rename(staging, final)
@@ -378,6 +385,17 @@ def publish(source: Path, model_dir: Path, version: int | None = None) -> Publis
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Published(version, final, checked)
+
+
+def _exported_for(source: Path, model_dir: Path) -> str:
+    """A hint for a refused publish: the model folder the export was made for, when it is not this one."""
+    try:
+        exported = json.loads((source / METADATA_FILE).read_text(encoding="utf-8")).get("model")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if isinstance(exported, str) and exported and exported != model_dir.name:
+        return f" (the export was made for the model {exported!r}: publish it with --model {exported})"
+    return ""
 
 
 def retire(model_dir: Path, version: int) -> Path:

@@ -142,6 +142,21 @@ def test_publish_validates_then_renames_into_place_and_rollback_retires(reposito
     assert aisle("validate", repository).exit_code == 0
 
 
+def test_a_refused_publish_names_the_source_and_the_model_the_export_was_made_for(repository, tmp_path):
+    """The message named the hidden staging folder, already deleted; and `aisle train` exports sequence_ranker
+    while --model defaults to ranker, whose contract such an export does not meet."""
+    source = tmp_path / "export"
+    shutil.copytree(repository / "ranker" / "1", source)
+    rename_input(source / "model.onnx")
+    (source / "metadata.json").write_text('{"model": "sequence_ranker"}')
+    result = aisle("publish", source, "--repository", repository)
+    assert result.exit_code == 1 and f"refused: {source / 'model.onnx'}: graph inputs" in result.output, result.output
+    assert ".staging-" not in result.output
+    assert "the export was made for the model 'sequence_ranker': publish it with --model sequence_ranker" in (
+        result.output
+    )
+
+
 def test_validate_reports_each_broken_version_and_goes_on(tmp_path):
     large = 1000  # the vocabulary's last token is often missed by a random sample input
     repository = tiny_repository(
