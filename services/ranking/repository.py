@@ -189,7 +189,7 @@ def sample_parity(session, contract: ModelContract, path: Path) -> float:
     try:
         with np.load(path, allow_pickle=False) as data:
             sample = {name: data[name] for name in data.files}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # a truncated copy: BadZipFile
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # a truncated copy, an empty one
         raise ModelConfigError(f"{path}: cannot read: {exc}") from None
     missing = sorted((set(contract.inputs) | {PURCHASE_OUTPUT}) - set(sample))
     if missing:

@@ -134,7 +134,7 @@ def read_features(folder: Path, vocabulary_size: int) -> ItemFeatureSnapshot:
         )
     try:
         snapshot = ItemFeatureSnapshot.load(path)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # BadZipFile: a truncated copy
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # a truncated copy, an empty one
         raise ModelConfigError(f"{path}: not a readable item feature snapshot: {exc}") from None
     try:
         snapshot.require_current(path)

@@ -377,7 +377,7 @@ def load_index(path: Path, mmap: bool = False) -> IndexArtifact:
         raise InvalidIndex(f"{path}: files not in the metadata: {sorted(extra)[:5]}")
     try:
         return _read(path, metadata, mmap)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile) as exc:
         if isinstance(exc, InvalidIndex):
             raise
         # TypeError / AttributeError: JSON of the wrong shape (a list where an object belongs, say)
@@ -465,7 +465,7 @@ def _read_covisitation(path: Path, count: int, sharded: bool) -> tuple[CoVisitat
         if anchors is not None and len(set(anchors)) != len(anchors):  # lines are non-empty (_read_lines)
             raise ValueError("co-visitation anchor ids must be unique")
         _check_covisitation(table, count, count if anchors is None else len(anchors))
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise InvalidIndex(f"{path}: {COVISITATION_FILE}: {exc}") from None
     return table, anchors
 

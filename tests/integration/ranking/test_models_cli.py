@@ -198,9 +198,10 @@ async def test_unreadable_metadata_and_a_truncated_parity_sample_are_refusals_no
     """A hand-edited metadata.json saved as Latin-1 raised UnicodeDecodeError past every refusal handler: start-up
     failed instead of serving the version before, and validate stopped with a traceback; a truncated parity sample
     (BadZipFile) ended validate with no output."""
-    repository = tiny_repository(tmp_path, {1: {}, 2: {}, 3: {}})
+    repository = tiny_repository(tmp_path, {1: {}, 2: {}, 3: {}, 4: {}})
     model_dir = repository / "ranker"
     (model_dir / "3" / "metadata.json").write_bytes('{"note": "modèle"}'.encode("latin-1"))
+    (model_dir / "4" / PARITY_SAMPLE_FILE).write_bytes(b"")  # an empty copy: np.load raises EOFError
     np.savez(
         model_dir / "2" / PARITY_SAMPLE_FILE,
         history_item_ids=np.zeros((1, 50), dtype=np.int64),
@@ -211,10 +212,12 @@ async def test_unreadable_metadata_and_a_truncated_parity_sample_are_refusals_no
     sample.write_bytes(sample.read_bytes()[:200])  # a copy cut short
     result = aisle("validate", repository)
     failed = [line for line in result.output.splitlines() if line.startswith("FAILED")]
-    assert result.exit_code == 1 and len(failed) == 2, result.output
+    assert result.exit_code == 1 and len(failed) == 3, result.output
     assert any("ranker/3" in line and "metadata.json: not UTF-8" in line for line in failed), result.output
-    assert any("ranker/2" in line and f"{PARITY_SAMPLE_FILE}: cannot read" in line for line in failed), result.output
+    for version in (2, 4):
+        assert any(f"ranker/{version}" in line and f"{PARITY_SAMPLE_FILE}: cannot read" in line for line in failed)
     assert f"ok      {model_dir / '1'}: onnx.checker passed" in result.output
+    shutil.rmtree(model_dir / "4")  # the load reads no parity sample: 4 would serve
     backend = OnnxRuntimeBackend(repository, "ranker")
     await backend.load()  # the newest, 3, is refused; the one before it serves
     assert backend.model_version == "2"

@@ -107,3 +107,12 @@ def test_a_missing_snapshot_is_refused_by_name(tmp_path):
 def test_a_snapshot_that_does_not_follow_the_vocabulary_is_refused(tmp_path):
     with pytest.raises(ModelConfigError, match="3 items"):
         ServedModel.read("ranker", "1", version_folder(tmp_path, rows=10), contract(True))
+
+
+@pytest.mark.parametrize("keep", [0, 100])  # an empty copy (np.load: EOFError) and a cut one (BadZipFile)
+def test_a_snapshot_cut_short_is_a_refusal_not_an_error_past_the_handlers(tmp_path, keep):
+    folder = version_folder(tmp_path, rows=4)
+    snapshot = folder / "item_features.npz"
+    snapshot.write_bytes(snapshot.read_bytes()[:keep])
+    with pytest.raises(ModelConfigError, match="not a readable item feature snapshot"):
+        ServedModel.read("ranker", "1", folder, contract(True))
