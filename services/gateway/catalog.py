@@ -6,9 +6,11 @@ may add fields such as ``return_cost``, ``new`` (bool) or ``supplier``. Which fi
 components a policy may use: a component that needs ``margin`` is refused at start-up when the snapshot has none.
 
 A ``null`` value is an item's unknown value: the field still counts as one every item has, and the components read
-it as they read an item the catalog does not hold (no price or margin: 0; unknown stock: kept). So is a value of a
-numeric field (:data:`NUMERIC_FIELDS`) that is not a finite number (``"margin": "n/a"``, ``NaN``), which would
-otherwise fail, or skew, every request that meets the item; the load logs how many and which.
+it as they read an item the catalog does not hold (no price or margin: 0; unknown stock: kept). The numeric fields
+(:data:`NUMERIC_FIELDS`) are read as numbers at load: a number written as text (``"12.99"``, as many feeds write
+decimals) is that number, a boolean stock is 1 or 0 (in stock or not), and a value that is no finite number
+(``"n/a"``, ``NaN``), which would otherwise fail or skew every request that meets the item, is the item's unknown
+value; the load logs how many and which.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _NO_RECORD: dict[str, Any] = {}
-#: Fields the components compute with: a value must be a finite number (or null, for unknown).
+#: Fields the components compute with: read as numbers (see the module docstring).
 NUMERIC_FIELDS = ("price", "margin", "return_cost", "stock")
 #: Values read as unknown named in the load's log, at most.
 SHOWN_INVALID = 5
@@ -48,14 +50,14 @@ class ItemCatalog:
         for item, record in items.items():
             if None not in record.values() and all(map(_usable_number, map(record.get, NUMERIC_FIELDS))):
                 continue  # the usual record: the whole check adds about 0.7 s to a 1M-item load
-            unknown = [field for field, value in record.items() if not _usable(field, value)]
-            if unknown:
-                for field in unknown:
+            read = {field: _read(field, value) for field, value in record.items()}
+            for field, value in read.items():
+                if value is None:
                     self.unknown[field] = self.unknown.get(field, 0) + 1
                     if record[field] is not None and len(self.invalid) < SHOWN_INVALID:
                         self.invalid.append(f"item {item!r}: {field} is {record[field]!r}")
-                known = dict(items) if known is items else known
-                known[item] = {field: value for field, value in record.items() if field not in unknown}
+            known = dict(items) if known is items else known
+            known[item] = {field: value for field, value in read.items() if value is not None}
         self.items = known
         self._flagged: dict[str, frozenset[str]] = {}
 
@@ -108,9 +110,17 @@ def _usable_number(value: Any) -> bool:
     return kind is int or (kind is float and math.isfinite(value)) or value is None
 
 
-def _usable(field: str, value: Any) -> bool:
-    if value is None:
-        return False
-    if field not in NUMERIC_FIELDS:
-        return True
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _read(field: str, value: Any) -> Any:
+    """``value`` as the components read it (a numeric field's as a number); None when it is unknown."""
+    if value is None or field not in NUMERIC_FIELDS:
+        return value
+    if isinstance(value, bool):
+        return int(value) if field == "stock" else None  # a stock flag: in stock or not
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, int):
+        return value
+    return value if isinstance(value, float) and math.isfinite(value) else None

@@ -375,16 +375,18 @@ async def test_an_unknown_value_in_a_shops_catalog_is_read_as_the_items_unknown_
     (the policy loads), and the components read the item as one the catalog does not hold, instead of failing
     every request that meets it (float(None), None > 0)."""
     records = {item: dict(record) for item, record in CATALOG.items.items()}
-    records["i1"]["margin"], records["i4"]["price"] = None, "n/a"
-    records["i3"]["stock"], records["i2"]["stock"] = None, True
+    records["i1"]["margin"], records["i4"]["price"], records["i5"]["price"] = None, "n/a", " 12.99"
+    records["i3"]["stock"], records["i2"]["stock"], records["i6"]["stock"] = None, True, False
     catalog = ItemCatalog(records)
     assert {"margin", "price", "stock"} <= catalog.features
-    assert catalog.unknown == {"margin": 1, "price": 1, "stock": 2}
-    assert catalog.invalid == ["item 'i2': stock is True", "item 'i4': price is 'n/a'"]
+    assert catalog.unknown == {"margin": 1, "price": 1, "stock": 1}
+    assert catalog.invalid == ["item 'i4': price is 'n/a'"]
     assert catalog.get("i1", "margin", 0.0) == 0.0 and catalog.get("i1", "price") == CATALOG.items["i1"]["price"]
-    items = candidates("i1", "i2", "i3", "i4")
+    assert catalog.get("i5", "price") == 12.99  # a decimal written as text, as many feeds do
+    items = candidates("i1", "i2", "i3", "i4", "i6")
     kept, removed = split(items, InStockFilter("x", Params(), deps()).apply(state(catalog=catalog), items))
-    assert kept == ["i1", "i2", "i3"] and removed == ["i4"]  # unknown stock is kept, as for an unknown item
+    assert kept == ["i1", "i2", "i3"] and removed == ["i4", "i6"]  # unknown stock is kept; a false flag is 0
+    items = candidates("i1", "i2", "i3", "i4")
     items.scores["purchase"] = np.array([0.5, 0.5, 0.5, 0.5])
     await ExpectedProfitScorer("x", ExpectedProfitParams(weight=1.0), deps()).score(state(catalog=catalog), items)
     assert items.scores["profit"][[0, 3]].tolist() == [0.0, 0.0] and np.isfinite(items.final).all()
