@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -119,23 +120,36 @@ def _files(folder: Path) -> list[str]:
 
 #: How new version names are written: the UTC time to the microsecond, so that names sort in time order.
 VERSION_FORMAT = "%Y%m%dT%H%M%S%fZ"
+#: Time names a version may have (ours, and to the second, as older builds and hand-made versions have them), the
+#: format each is read with, and the step a new name takes after one so that it sorts after it ("...T000059Z" sorts
+#: after every microsecond of that second: "0" < "Z").
+_TIME_NAMES = (
+    (re.compile(r"\d{8}T\d{12}Z"), VERSION_FORMAT, timedelta(microseconds=1)),
+    (re.compile(r"\d{8}T\d{6}Z"), "%Y%m%dT%H%M%SZ", timedelta(seconds=1)),
+)
 
 
 def new_version(*roots: Path) -> str:
-    """A new version name: the UTC time to the microsecond, and later than every version already under ``roots``
-    (1 us after the newest when the clock is behind it). Servers serve the name that sorts last, so a version
+    """A new version name: the UTC time to the microsecond, and after every version already under ``roots``
+    (just after the newest when the clock is behind it). Servers serve the name that sorts last, so a version
     named before the newest, after the clock stepped back (an NTP correction, another machine's clock), would
     never serve. Names that are not times (given by hand) are not compared."""
     name = datetime.now(UTC)
     for root in roots:
         for folder in reversed(index_versions(root)):
-            try:
-                made = datetime.strptime(folder.name, VERSION_FORMAT).replace(tzinfo=UTC)
-            except ValueError:
-                continue
-            name = max(name, made + timedelta(microseconds=1))
-            break
+            after = _just_after(folder.name)
+            if after is not None:
+                name = max(name, after)
+                break
     return name.strftime(VERSION_FORMAT)
+
+
+def _just_after(name: str) -> datetime | None:
+    """The earliest time whose :data:`VERSION_FORMAT` name sorts after the time name ``name``; None for another."""
+    for pattern, layout, step in _TIME_NAMES:
+        if pattern.fullmatch(name):
+            return datetime.strptime(name, layout).replace(tzinfo=UTC) + step
+    return None
 
 
 def save_index(

@@ -87,6 +87,9 @@ def test_a_new_version_sorts_after_the_newest_even_when_the_clock_is_behind_it(t
     write(others, version="21000101T000000000005Z")
     assert new_version(tmp_path, others) == "21000101T000000000006Z"  # later than the newest under every root
     assert new_version(tmp_path / "missing") < "21000101T000000000000Z"  # with nothing to follow: the clock
+    seconds = tmp_path / "named-to-the-second"  # as older builds and the tests name versions
+    write(seconds, version="21000101T000059Z")
+    assert new_version(seconds) == "21000101T000100000000Z" > "21000101T000059Z"  # not 00:00:05.9 + 1 us
 
 
 def test_versions_are_immutable(tmp_path):
