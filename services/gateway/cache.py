@@ -43,7 +43,8 @@ class AnonymousCache:
         #: The same segments, least recently stored first: expired ones are at the front (one ttl for all).
         self._stored: OrderedDict[tuple, None] = OrderedDict()
         self._bytes = 0
-        self._versions: dict[str, tuple] = {}  # experiment variant -> the versions its last answer named
+        #: experiment variant -> kind ("model", "index") -> the (name, version)s its latest answers named
+        self._versions: dict[str, dict[str, tuple[tuple[str, str], ...]]] = {}
 
     def segment(self, request: pb.RecommendRequest, variant: str, k: int) -> tuple | None:
         anonymous = not request.consent or request.subject.WhichOneof("id") == "session_id"
@@ -78,15 +79,18 @@ class AnonymousCache:
         self._bytes += size
 
     def observe_versions(self, versions: list[common.ArtifactVersion], variant: str = "") -> None:
-        """An answer that shows other model/index versions than the last answer of its experiment variant empties
-        the cache. Per variant: in a model A/B test each variant's answers name its own model, which is no change."""
-        current = tuple(sorted((v.kind, v.name, v.version) for v in versions))
-        if not current:
-            return
-        seen = self._versions.get(variant)
-        if seen is not None and current != seen:
+        """An answer that shows another model or index version than the last answers of its experiment variant
+        empties the cache. Per variant: in a model A/B test each variant's answers name its own model, which is no
+        change. Per kind: a degraded answer names only the parts that answered (no model when ranking was late, no
+        index when the fallback answered), which says nothing about the others."""
+        named: dict[str, list[tuple[str, str]]] = {}
+        for version in versions:
+            named.setdefault(version.kind, []).append((version.name, version.version))
+        current = {kind: tuple(sorted(entries)) for kind, entries in named.items()}
+        seen = self._versions.setdefault(variant, {})
+        if any(kind in seen and seen[kind] != entries for kind, entries in current.items()):
             self.clear()
-        self._versions[variant] = current
+        seen.update(current)
 
     def clear(self) -> None:
         self._entries.clear()

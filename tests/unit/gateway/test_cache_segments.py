@@ -152,6 +152,25 @@ def test_an_index_version_change_clears_and_an_answer_without_versions_does_not(
     assert cache.get(segment) is None
 
 
+def test_an_answer_naming_only_some_of_the_versions_keeps_the_cache_and_a_changed_one_clears_it():
+    """A degraded answer names only what answered (the index when ranking was late, the model when the fallback
+    answered): that is no version change, and a slow ranking emptied the cache again and again."""
+    cache = AnonymousCache(ttl_s=60)
+    segment = cache.segment(request(), "control", 5)
+    index, model = (
+        common.ArtifactVersion(kind="index", name="items", version="1"),
+        common.ArtifactVersion(kind="model", name="ranker", version="3"),
+    )
+    cache.observe_versions([index, model])
+    cache.put(segment, pb.RecommendResponse(tracking_token="t"))
+    cache.observe_versions([index])  # ranking was late
+    cache.observe_versions([model])  # retrieval was down; the fallback answered
+    cache.observe_versions([index, model])
+    assert cache.get(segment) is not None
+    cache.observe_versions([index, common.ArtifactVersion(kind="model", name="ranker", version="4")])
+    assert cache.get(segment) is None
+
+
 async def test_a_guest_with_exclusions_is_neither_served_from_nor_stored_in_the_cache():
     service = servicer()
     first = await recommend(service, guest("a"))  # fills the cache
