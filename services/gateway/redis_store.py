@@ -1,7 +1,9 @@
 """Redis-backed session store and event stream: what several gateway replicas share in production.
 
 Sessions: ``aisle:session:<hashed subject>:events`` is a list of serialized ``Interaction`` messages (trimmed to
-``max_events``) and ``...:exposures`` a hash of item -> times shown; both expire ``ttl_s`` after the last write.
+``max_events``) and ``...:exposures`` a hash of item -> times shown; both expire together ``ttl_s`` after the
+session's last use (a read of its history, or a write to either), as the in-memory store's sessions do: a shopper
+browsing with recommendations keeps the history of one early add-to-cart.
 Events: one Redis Stream (``aisle:events``) of JSON records, read back by training with XRANGE/XREAD; it is
 never trimmed by the gateway, so nothing is dropped silently (retention is the operator's, via XTRIM).
 """
@@ -41,8 +43,17 @@ class RedisSessionStore:
         self.ttl_ms, self.max_events, self.max_exposed_items = int(ttl_s * 1000), max_events, max_exposed_items
 
     async def history(self, key: str) -> list[common.Interaction]:
-        raw = await self.client.lrange(_events_key(key), 0, -1)
+        """The session's events, oldest first; the read is a use of the session (one round trip all the same)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.lrange(_events_key(key), 0, -1)
+            self._touch(pipe, key)
+            raw, *_ = await pipe.execute()
         return [common.Interaction.FromString(item) for item in raw]
+
+    def _touch(self, pipe, key: str) -> None:
+        """Both keys of the session expire ``ttl_s`` from now (a key that does not exist stays so)."""
+        pipe.pexpire(_events_key(key), self.ttl_ms)
+        pipe.pexpire(_exposures_key(key), self.ttl_ms)
 
     async def append(self, key: str, events: Sequence[common.Interaction]) -> None:
         if not events:
@@ -51,7 +62,7 @@ class RedisSessionStore:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.rpush(name, *[event.SerializeToString() for event in events])
             pipe.ltrim(name, -self.max_events, -1)
-            pipe.pexpire(name, self.ttl_ms)
+            self._touch(pipe, key)
             await pipe.execute()
 
     async def exposures(self, key: str) -> dict[str, int]:
@@ -65,7 +76,7 @@ class RedisSessionStore:
         async with self.client.pipeline(transaction=True) as pipe:
             for item in item_ids:
                 pipe.hincrby(name, item, 1)
-            pipe.pexpire(name, self.ttl_ms)
+            self._touch(pipe, key)
             pipe.hlen(name)
             *_, size = await pipe.execute()
         if size > self.max_exposed_items:

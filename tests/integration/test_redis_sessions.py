@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 
@@ -14,6 +15,7 @@ from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from services.core.server import ServiceHost
 from services.gateway.app import build_application as build_gateway
 from services.gateway.redis_store import RedisSessionStore, RedisStreamEventSink, read_stream
+from services.gateway.sessions import InMemorySessionStore
 from services.ranking.app import build_application as build_ranking
 from services.retrieval.app import build_application as build_retrieval
 from tests.integration.conftest import (
@@ -51,6 +53,27 @@ async def test_a_session_counts_exposures_for_at_most_max_exposed_items_in_redis
     counts = await store.exposures("k")
     assert len(counts) == 3 and (counts["a"], counts["b"]) == (3, 2)
     await store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "redis"])
+async def test_a_session_in_use_keeps_its_history_and_exposures_past_the_ttl_in_both_stores(redis_url, store_kind):
+    """session_ttl_s is idle time: a shopper browsing with recommendations (reads of the history, exposures
+    written) after one add-to-cart keeps that history, in Redis as in memory (Redis kept each key alive only with
+    writes to it, and dropped the history while the exposures lived on)."""
+    ttl = 1.0
+    store = InMemorySessionStore(ttl_s=ttl) if store_kind == "memory" else RedisSessionStore(redis_url, ttl, 50)
+    await store.append("k", [common.Interaction(item_id="i1", event_type=common.EVENT_TYPE_ADD_TO_CART)])
+    for _ in range(4):  # 1.6 s of browsing, each step well within the ttl of the one before
+        await asyncio.sleep(0.4)
+        await store.history("k")
+        await store.exposures("k")
+        await store.add_exposures("k", ["i2"])
+    assert [e.item_id for e in await store.history("k")] == ["i1"]
+    assert await store.exposures("k") == {"i2": 4}
+    await asyncio.sleep(ttl + 0.3)  # idle past the ttl: gone, both parts
+    assert await store.history("k") == [] and await store.exposures("k") == {}
+    if store_kind == "redis":
+        await store.close()
 
 
 async def test_stream_sink_keeps_every_event_and_refuses_when_overloaded(redis_url):
