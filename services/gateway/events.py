@@ -46,7 +46,8 @@ class NullEventSink:
 
 class JsonlEventSink:
     """Appends to a JSON-lines file through a queue bounded in records (``max_pending``) and in bytes
-    (``max_pending_bytes``: a stalled reader of a pipe must not grow the process), from one writer task.
+    (``max_pending_bytes``: a stalled reader of a pipe must not grow the process; one call larger than it is taken
+    when nothing is pending), from one writer task.
 
     A failed append (disk full, permissions, a bad path) keeps its batch and is retried with a growing delay, up
     to ``max_retry_delay_s``; while it fails, and once the writer has stopped, :meth:`write` refuses
@@ -100,7 +101,9 @@ class JsonlEventSink:
         # default), so a line's length is its size in bytes.
         lines = [json.dumps(record, separators=(",", ":")) + "\n" for record in records]
         size = sum(map(len, lines))
-        if self._pending_bytes + size > self.max_pending_bytes:
+        # A call larger than the whole budget is taken when nothing is pending: refused, it would be refused again
+        # on every retry, and its events lost (the budget is then passed by at most one call's message).
+        if self._pending_bytes and self._pending_bytes + size > self.max_pending_bytes:
             raise EventLogFull(f"{self._pending_bytes} bytes of events pending")
         self._pending_bytes += size
         for line in lines:

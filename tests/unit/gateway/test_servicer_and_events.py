@@ -402,6 +402,32 @@ async def test_the_buffer_is_bounded_in_bytes_as_well_as_in_records(tmp_path: Pa
         os.close(reader)
 
 
+async def test_a_call_larger_than_the_byte_budget_is_taken_when_nothing_is_pending_not_refused_forever(
+    tmp_path: Path,
+):
+    """With a byte budget smaller than one full TrackEvents call, the call was refused on every retry, with an
+    empty buffer ("0 bytes of events pending"), and its events lost once the caller gave up."""
+    path = tmp_path / "stdout"
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # never read meanwhile: what is taken stays pending
+    try:
+        sink = JsonlEventSink(path, max_pending=10_000, max_pending_bytes=64 * 1024)
+        await sink.start()
+        call = [{"type": "purchase", "item_id": "x" * 200}] * 1000  # about 230 KB encoded
+        await sink.write(call)  # nothing pending: taken
+        with pytest.raises(EventLogFull, match="bytes of events pending"):
+            await sink.write(call[:1])  # the budget holds for what comes while it is pending
+        closing = asyncio.ensure_future(sink.close())
+        while not closing.done():
+            with contextlib.suppress(BlockingIOError):
+                os.read(reader, 1 << 20)
+            await asyncio.sleep(0.01)
+        await closing
+        assert sink._pending_bytes == 0
+    finally:
+        os.close(reader)
+
+
 async def test_nothing_to_write_is_not_refused_while_the_log_cannot_be_written(tmp_path: Path):
     # TrackEvents without consent writes nothing: its feedback counts, whatever the log's state.
     path = tmp_path / "events.jsonl"
