@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as redis
@@ -56,13 +56,19 @@ class RedisSessionStore:
         pipe.pexpire(_exposures_key(key), self.ttl_ms)
 
     async def append(self, key: str, events: Sequence[common.Interaction]) -> None:
-        if not events:
+        await self.append_all({key: events})
+
+    async def append_all(self, batches: Mapping[str, Sequence[common.Interaction]]) -> None:
+        """One transaction (MULTI/EXEC) for every subject of the call: all appended, or none."""
+        batches = {key: events for key, events in batches.items() if events}
+        if not batches:
             return
-        name = _events_key(key)
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.rpush(name, *[event.SerializeToString() for event in events])
-            pipe.ltrim(name, -self.max_events, -1)
-            self._touch(pipe, key)
+            for key, events in batches.items():
+                name = _events_key(key)
+                pipe.rpush(name, *[event.SerializeToString() for event in events])
+                pipe.ltrim(name, -self.max_events, -1)
+                self._touch(pipe, key)
             await pipe.execute()
 
     async def exposures(self, key: str) -> dict[str, int]:

@@ -227,8 +227,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                 interaction.event_time.CopyFrom(event.event_time)
             by_subject.setdefault(subject_key(event.subject, self._salt), []).append(interaction)
         try:
-            for key, interactions in by_subject.items():
-                await self.deps.sessions.append(key, interactions)
+            await self.deps.sessions.append_all(by_subject)  # every subject's, or (failing) none: a retry adds no twin
         except Exception as error:
             # The log already has the events: a retry may duplicate them there (at-least-once), never lose them.
             raise DependencyUnavailable(

@@ -12,7 +12,7 @@ import heapq
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,6 +31,10 @@ class SessionStore(Protocol):
         """Recent events, oldest first."""
 
     async def append(self, key: str, events: Sequence[common.Interaction]) -> None: ...
+
+    async def append_all(self, batches: Mapping[str, Sequence[common.Interaction]]) -> None:
+        """Each subject's events appended to its session (one TrackEvents call's): all of them, or, when the store
+        fails, none, so that the caller's retry does not store some twice."""
 
     async def exposures(self, key: str) -> dict[str, int]:
         """Times each item was shown to the subject within the exposure window."""
@@ -135,6 +139,10 @@ class InMemorySessionStore:
     async def history(self, key: str) -> list[common.Interaction]:
         session = self._get(key, create=False)
         return [common.Interaction.FromString(event) for event in session.events] if session else []
+
+    async def append_all(self, batches: Mapping[str, Sequence[common.Interaction]]) -> None:
+        for key, events in batches.items():  # in memory, nothing fails part-way
+            await self.append(key, events)
 
     async def append(self, key: str, events: Sequence[common.Interaction]) -> None:
         session = self._get(key, create=True)

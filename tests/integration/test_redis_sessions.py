@@ -46,6 +46,20 @@ async def test_store_round_trip_bounds_and_exposures(redis_url):
     await store.close()
 
 
+async def test_one_calls_events_are_appended_for_every_subject_in_one_transaction(redis_url):
+    store = RedisSessionStore(redis_url, ttl_s=60, max_events=2)
+    batches = {
+        "a": [common.Interaction(item_id=f"a{i}") for i in range(3)],
+        "b": [common.Interaction(item_id="b0")],
+        "c": [],
+    }
+    await store.append_all(batches)
+    assert [e.item_id for e in await store.history("a")] == ["a1", "a2"]  # trimmed to max_events
+    assert [e.item_id for e in await store.history("b")] == ["b0"] and await store.history("c") == []
+    assert 0 < await store.client.pttl("aisle:session:b:events") <= 60_000
+    await store.close()
+
+
 async def test_a_session_counts_exposures_for_at_most_max_exposed_items_in_redis_too(redis_url):
     store = RedisSessionStore(redis_url, ttl_s=60, max_events=3, max_exposed_items=3)
     await store.add_exposures("k", ["a", "a", "a", "b", "b", "c"])

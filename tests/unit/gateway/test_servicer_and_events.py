@@ -453,6 +453,39 @@ async def test_a_record_that_cannot_be_encoded_is_refused_and_the_log_keeps_writ
     assert [r["n"] for r in read_events(tmp_path / "events.jsonl")] == [2]
 
 
+class FailsOnceSessions(InMemorySessionStore):
+    """A store that fails one call's appends whole (Redis: one transaction that never reached EXEC)."""
+
+    def __init__(self):
+        super().__init__()
+        self.failed = False
+
+    async def append_all(self, batches):
+        if not self.failed:
+            self.failed = True
+            raise ConnectionError("session store write timed out")
+        await super().append_all(batches)
+
+
+async def test_a_retried_track_events_call_stores_each_shoppers_events_once():
+    """Appended one subject at a time, a failure at the second left the first's stored, and the caller's retry
+    (SESSIONS_UNAVAILABLE says retry) stored them twice, taking two of the shopper's history slots."""
+    service = servicer(sessions=FailsOnceSessions())
+    events = [
+        pb.TrackedEvent(subject=common.Subject(user_id=user), item_id=item, event_type=common.EVENT_TYPE_PURCHASE)
+        for user, item in (("alice", "i1"), ("bob", "i2"))
+    ]
+    for event in events:
+        event.consent = True
+    request = pb.TrackEventsRequest(events=events)
+    with pytest.raises(DependencyUnavailable):
+        await service.TrackEvents(request, Context())
+    assert (await service.TrackEvents(request, Context())).accepted_count == 2
+    for user, item in (("alice", "i1"), ("bob", "i2")):
+        history = await service.deps.sessions.history(subject_key(common.Subject(user_id=user), "aisle"))
+        assert [e.item_id for e in history] == [item]
+
+
 async def test_tracked_events_keep_the_time_the_shop_gives_them():
     service = servicer()
     event = pb.TrackedEvent(
