@@ -254,3 +254,69 @@ def test_the_dashboards_queries_parse(tmp_path):
     (tmp_path / "dashboard.yaml").write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     checked = run_promtool("check", "rules", "dashboard.yaml", cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+#: A busy namespace's series for every metric the dashboard reads: each panel query must find data in them.
+DASHBOARD_SERIES = [
+    (
+        'aisle_grpc_server_handled_total{namespace="aisle", service="gateway", method="Recommend", code="OK"}',
+        "0+600x20",
+    ),
+    (
+        'aisle_grpc_server_handled_total{namespace="aisle", service="gateway", method="Recommend", code="UNAVAILABLE"}',
+        "0+6x20",
+    ),
+    ('aisle_grpc_server_handled_total{namespace="aisle", service="ranking", method="Rank", code="OK"}', "0+600x20"),
+    (
+        'aisle_grpc_server_handling_seconds_bucket{namespace="aisle", service="gateway", method="Recommend", le="0.01"}',
+        "0+600x20",
+    ),
+    (
+        'aisle_grpc_server_handling_seconds_bucket{namespace="aisle", service="gateway", method="Recommend", le="+Inf"}',
+        "0+606x20",
+    ),
+    ('aisle_gateway_stage_seconds_bucket{namespace="aisle", stage="retrieval", le="0.005"}', "0+600x20"),
+    ('aisle_gateway_stage_seconds_bucket{namespace="aisle", stage="retrieval", le="+Inf"}', "0+600x20"),
+    ('aisle_gateway_degraded_total{namespace="aisle", reason="DEGRADATION_REASON_RANKING_TIMEOUT"}', "0+3x20"),
+    (
+        'aisle_ranking_fallback_total{namespace="aisle", pod="ranking-0", reason="INFERENCE_SERVER_UNAVAILABLE"}',
+        "0+1x20",
+    ),
+    ('aisle_gateway_candidates_bucket{namespace="aisle", policy="home", le="500"}', "0+600x20"),
+    ('aisle_gateway_candidates_bucket{namespace="aisle", policy="home", le="+Inf"}', "0+600x20"),
+    (
+        'aisle_artifact_serving{namespace="aisle", pod="ranking-0", service="ranking", kind="model", version="3"}',
+        "1x20",
+    ),
+    ('aisle_artifact_refused_total{namespace="aisle", pod="ranking-0", service="ranking", kind="model"}', "1x20"),
+]
+
+
+@needs_promtool
+def test_every_dashboard_query_finds_data_in_a_busy_namespace(tmp_path):
+    """Parsing is not enough: a query joining two series on labels they do not share (server errors/s from a ratio
+    by service times a rate by namespace) parses and always shows "No data"."""
+    spec = rules_spec()
+    write_rules(spec, tmp_path / "rules.yaml", annotations=False)
+    queries = dashboard_queries()
+    rules = [
+        {"record": f"dashboard:query_{i}", "expr": q.replace("$namespace", "aisle")} for i, q in enumerate(queries)
+    ]
+    (tmp_path / "dashboard.yaml").write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    test = {
+        "rule_files": ["rules.yaml", "dashboard.yaml"],
+        "evaluation_interval": "30s",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": series, "values": values} for series, values in DASHBOARD_SERIES],
+                "promql_expr_test": [
+                    {"expr": f"count(dashboard:query_{i}) > bool 0", "eval_time": "15m", "exp_samples": [{"value": 1}]}
+                    for i in range(len(queries))
+                ],
+            }
+        ],
+    }
+    (tmp_path / "dashboard_test.yaml").write_text(yaml.safe_dump(test))
+    tested = run_promtool("test", "rules", "dashboard_test.yaml", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
