@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.aisle-installed
+# Where pip takes torch from first, when set: PyPI's torch==2.13.0 is the CUDA build (GBs of nvidia-* wheels), so a
+# machine without a local CPU wheel (pip's find-links) runs `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
+TORCH_INDEX ?=
 export BUF_CACHE_DIR ?= $(CURDIR)/.cache/buf
 
 .DEFAULT_GOAL := help
@@ -16,6 +19,7 @@ setup: $(STAMP) ## Create .venv and install aisle with the cpu, train and dev ex
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(BIN)/pip install --quiet --disable-pip-version-check 'torch==2.13.0' --index-url $(TORCH_INDEX))
 	set -o pipefail; $(BIN)/pip install --quiet --disable-pip-version-check -e '.[cpu,train,dev]' 2>&1 \
 	  | { grep -v 'is ignored' || true; }
 	@$(BIN)/python -c "import services.cli, torch, onnxruntime" || { echo "setup failed: see pip output above"; exit 1; }
