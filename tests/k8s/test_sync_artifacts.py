@@ -41,7 +41,7 @@ def store(tmp_path: Path) -> Path:
     return root
 
 
-def sync(store: Path, *args: str) -> subprocess.CompletedProcess:
+def sync(store: Path | str, *args: str) -> subprocess.CompletedProcess:
     environment = {"PATH": os.environ["PATH"], "ARTIFACTS_URI": str(store), "SYNC_WAIT_S": "0"}
     return subprocess.run(
         ["sh", str(SCRIPT), *args], env=environment, capture_output=True, text=True, timeout=120, check=False
@@ -80,6 +80,15 @@ def test_model_versions_come_with_the_config_and_newest_is_numeric(store: Path, 
 def test_a_missing_store_or_version_fails(store: Path, tmp_path: Path):
     assert sync(store, "model", str(tmp_path / "m"), "ranker", "11").returncode != 0
     assert sync(tmp_path / "nowhere", "index", str(tmp_path / "i"), "").returncode != 0
+
+
+def test_a_store_that_cannot_be_listed_fails_at_once_with_rclones_reason(tmp_path: Path):
+    """A malformed ARTIFACTS_URI (or bad credentials, or no route to the store) was reported, after SYNC_WAIT_S, as
+    "no complete version", sending the operator to check the upload instead of the store's settings."""
+    result = sync(":nosuchbackend:bucket/prefix", "index", str(tmp_path / "index"), "")
+    assert result.returncode == 1
+    assert "cannot list the artefact store :nosuchbackend:bucket/prefix (rclone exit" in result.stderr
+    assert "nosuchbackend" in result.stderr.split("rclone exit", 1)[1] and "no complete version" not in result.stderr
 
 
 def test_a_file_is_copied_beside_nothing_else(store: Path, tmp_path: Path):

@@ -31,6 +31,19 @@ wait_s=${SYNC_WAIT_S:-0}
 
 log() { echo "sync-artifacts: $*" >&2; }
 
+# The store itself must answer a listing: credentials, the network or a malformed ARTIFACTS_URI fail here, in
+# rclone's own words, instead of being waited out as "no complete version" (the listings below cannot tell a failure
+# from a version not there yet). rclone exits 3 for a folder that does not exist: a store not written yet.
+status=0
+rclone lsf --max-depth 1 "$store" >/dev/null 2>/tmp/sync-artifacts-check.err || status=$?
+case "$status" in
+  0 | 3) ;;
+  *)
+    log "cannot list the artefact store $store (rclone exit $status): $(tr '\n' ' ' </tmp/sync-artifacts-check.err)"
+    exit 1
+    ;;
+esac
+
 complete() { # complete SRC_DIR: true when SRC_DIR/metadata.json exists
   [ -n "$(rclone lsf --files-only --max-depth 1 --include "/$MARKER" "$1" 2>/dev/null)" ]
 }
