@@ -70,6 +70,18 @@ def test_startup_probes_allow_for_slow_loads_and_liveness_outlasts_shutdown(rend
             )
 
 
+def test_the_gateway_waits_at_start_up_as_long_as_retrieval_may_take_to_copy_and_load_its_index(renders):
+    """The gateway is SERVING only once retrieval answers: a startup window no longer than retrieval's own has
+    kubelet restart every gateway of a cold deploy while retrieval still copies a large index (its init container
+    is not probed), and the restarts back off for minutes after retrieval is ready."""
+    for render in renders:
+        budgets = {}
+        for service, _, container in render.service_containers():
+            startup = container["startupProbe"]
+            budgets[service] = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+        assert budgets["gateway"] >= 2 * budgets["retrieval"], (render.name, budgets)
+
+
 def test_every_service_port_reaches_a_declared_container_port(renders: list[Render]):
     problems = []
     for render in renders:
