@@ -34,7 +34,8 @@ class SessionStore(Protocol):
 
     async def append_all(self, batches: Mapping[str, Sequence[common.Interaction]]) -> None:
         """Each subject's events appended to its session (one TrackEvents call's): all of them, or, when the store
-        fails, none, so that the caller's retry does not store some twice."""
+        fails before taking them, none, so that the caller's retry does not store some twice (a reply lost after
+        the store took them still does: at-least-once)."""
 
     async def exposures(self, key: str) -> dict[str, int]:
         """Times each item was shown to the subject within the exposure window."""

@@ -148,7 +148,10 @@ def _just_after(name: str) -> datetime | None:
     """The earliest time whose :data:`VERSION_FORMAT` name sorts after the time name ``name``; None for another."""
     for pattern, layout, step in _TIME_NAMES:
         if pattern.fullmatch(name):
-            return datetime.strptime(name, layout).replace(tzinfo=UTC) + step
+            try:
+                return datetime.strptime(name, layout).replace(tzinfo=UTC) + step
+            except ValueError:  # digits of no date (month 13, hour 25): not a time name
+                return None
     return None
 
 

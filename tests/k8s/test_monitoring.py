@@ -257,6 +257,7 @@ def test_the_dashboards_queries_parse(tmp_path):
 
 
 RECOMMEND = 'namespace="aisle", service="gateway", method="Recommend"'
+TRACK_EVENTS = 'namespace="aisle", service="gateway", method="TrackEvents"'
 #: A busy namespace's series for every metric the dashboard reads: each panel query must find data in them.
 DASHBOARD_SERIES = [
     (
@@ -268,6 +269,8 @@ DASHBOARD_SERIES = [
         "0+6x20",
     ),
     ('aisle_grpc_server_handled_total{namespace="aisle", service="ranking", method="Rank", code="OK"}', "0+600x20"),
+    # A failing TrackEvents: not a Recommend error (the panel of those must not count it).
+    (f'aisle_grpc_server_handled_total{{{TRACK_EVENTS}, code="UNAVAILABLE"}}', "0+600x20"),
     (f'aisle_grpc_server_handling_seconds_bucket{{{RECOMMEND}, le="0.01"}}', "0+600x20"),
     (f'aisle_grpc_server_handling_seconds_bucket{{{RECOMMEND}, le="+Inf"}}', "0+606x20"),
     ('aisle_gateway_stage_seconds_bucket{namespace="aisle", stage="retrieval", le="0.005"}', "0+600x20"),
@@ -294,6 +297,7 @@ def test_every_dashboard_query_finds_data_in_a_busy_namespace(tmp_path):
     spec = rules_spec()
     write_rules(spec, tmp_path / "rules.yaml", annotations=False)
     queries = dashboard_queries()
+    (recommend_errors,) = [i for i, q in enumerate(queries) if 'method="Recommend", code=~' in q]
     rules = [
         {"record": f"dashboard:query_{i}", "expr": q.replace("$namespace", "aisle")} for i, q in enumerate(queries)
     ]
@@ -308,6 +312,15 @@ def test_every_dashboard_query_finds_data_in_a_busy_namespace(tmp_path):
                 "promql_expr_test": [
                     {"expr": f"count(dashboard:query_{i}) > bool 0", "eval_time": "15m", "exp_samples": [{"value": 1}]}
                     for i in range(len(queries))
+                ]
+                + [  # Recommend's server errors: 6 a minute, whatever the other methods do
+                    {
+                        "expr": f"dashboard:query_{recommend_errors}",
+                        "eval_time": "15m",
+                        "exp_samples": [
+                            {"labels": f'dashboard:query_{recommend_errors}{{namespace="aisle"}}', "value": 0.1}
+                        ],
+                    }
                 ],
             }
         ],

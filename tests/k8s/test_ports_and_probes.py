@@ -82,6 +82,24 @@ def test_the_gateway_waits_at_start_up_as_long_as_retrieval_may_take_to_copy_and
         assert budgets["gateway"] >= 2 * budgets["retrieval"], (render.name, budgets)
 
 
+def test_a_rollout_is_given_up_on_only_after_its_pods_startup_window(renders):
+    """A Deployment's progress deadline (600 s unless set) shorter than its pods' startup window marks a rollout
+    failed (`rollout status` exits) while its pods are still allowed to start."""
+    problems = []
+    for render in renders:
+        for workload in render.of_kind("Deployment"):
+            for container in workload["spec"]["template"]["spec"]["containers"]:
+                startup = container.get("startupProbe")
+                if startup is None:
+                    continue
+                window = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+                deadline = workload["spec"].get("progressDeadlineSeconds", 600)
+                if deadline < window + 30:
+                    name = workload["metadata"]["name"]
+                    problems.append(f"{render.name}: {name} gives up at {deadline} s, its pods may start for {window}")
+    assert not problems, "\n".join(problems)
+
+
 def test_every_service_port_reaches_a_declared_container_port(renders: list[Render]):
     problems = []
     for render in renders:

@@ -91,6 +91,16 @@ def test_a_store_that_cannot_be_listed_fails_at_once_with_rclones_reason(tmp_pat
     assert "nosuchbackend" in result.stderr.split("rclone exit", 1)[1] and "no complete version" not in result.stderr
 
 
+def test_a_remote_store_whose_bucket_is_missing_is_not_waited_for(tmp_path: Path):
+    """rclone exits 3 for a folder that does not exist: for a local store that is one not written yet, for an object
+    store a bucket that does not exist (a prefix not written yet lists empty), a wrong ARTIFACTS_URI. A local folder
+    reached through rclone's own remote syntax (":local:") stands in for the object store here."""
+    result = sync(f":local:{tmp_path / 'no-such-bucket'}", "index", str(tmp_path / "index"), "")
+    assert result.returncode == 1 and "cannot list the artefact store :local:" in result.stderr, result.stderr
+    local = sync(tmp_path / "not-written-yet", "index", str(tmp_path / "index"), "")  # waited for (SYNC_WAIT_S 0)
+    assert local.returncode == 1 and "no complete version" in local.stderr, local.stderr
+
+
 def test_a_file_is_copied_beside_nothing_else(store: Path, tmp_path: Path):
     result = sync(store, "file", str(tmp_path / "catalog"), "catalog.json")
     assert result.returncode == 0, result.stderr

@@ -33,11 +33,13 @@ log() { echo "sync-artifacts: $*" >&2; }
 
 # The store itself must answer a listing: credentials, the network or a malformed ARTIFACTS_URI fail here, in
 # rclone's own words, instead of being waited out as "no complete version" (the listings below cannot tell a failure
-# from a version not there yet). rclone exits 3 for a folder that does not exist: a store not written yet.
+# from a version not there yet). An object store lists a prefix not written yet as empty (exit 0), and exits 3 only
+# for a bucket that does not exist, a wrong ARTIFACTS_URI; a local path not written yet exits 3.
 status=0
 rclone lsf --max-depth 1 "$store" >/dev/null 2>/tmp/sync-artifacts-check.err || status=$?
+case "$store" in *:*) not_yet="" ;; *) not_yet=3 ;; esac
 case "$status" in
-  0 | 3) ;;
+  0 | "$not_yet") ;;
   *)
     log "cannot list the artefact store $store (rclone exit $status): $(tr '\n' ' ' </tmp/sync-artifacts-check.err)"
     exit 1

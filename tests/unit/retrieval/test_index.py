@@ -90,6 +90,8 @@ def test_a_new_version_sorts_after_the_newest_even_when_the_clock_is_behind_it(t
     seconds = tmp_path / "named-to-the-second"  # as older builds and the tests name versions
     write(seconds, version="21000101T000059Z")
     assert new_version(seconds) == "21000101T000100000000Z" > "21000101T000059Z"  # not 00:00:05.9 + 1 us
+    write(tmp_path / "no-date", version="20241301T000000Z")  # month 13: digits, but no time
+    assert new_version(tmp_path / "no-date") < "21000101T000000000000Z"
 
 
 def test_versions_are_immutable(tmp_path):
