@@ -380,7 +380,21 @@ def _parity(model: torch.nn.Module, session, contract, snapshot: ItemFeatureSnap
     return max(_check_parity(g, w) for g, w in zip(got, want[: len(names)], strict=True))
 
 
-def write_catalog(catalog, path: Path) -> None:
+def staged_text(path: Path, text: str) -> Path:
+    """``text`` written beside ``path`` in a hidden temporary file, to be renamed over it (:func:`os.replace`) once
+    the rest of a run is written too: a write that fails (a full disk) leaves ``path`` as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staged = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+    except BaseException:
+        Path(staged).unlink(missing_ok=True)
+        raise
+    return Path(staged)
+
+
+def catalog_json(catalog) -> str:
     """``catalog.json``, the item facts the gateway's re-ranking reads (services/gateway/catalog.py), from a training
     catalog (the data's or the synthetic shop's): title, category, brand, price, ``margin`` (fraction of the price:
     the data's, or the loader's assumed one where it has none) and ``stock`` (units as of the data). Without margin
@@ -405,5 +419,9 @@ def write_catalog(catalog, path: Path) -> None:
             strict=True,
         )
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(items), encoding="utf-8")
+    return json.dumps(items)
+
+
+def write_catalog(catalog, path: Path) -> None:
+    """:func:`catalog_json` into ``path``, replaced whole (a failed write leaves the previous one)."""
+    os.replace(staged_text(path, catalog_json(catalog)), path)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,12 +35,13 @@ from training.data.loaders import load_dataset
 from training.data.schema import Dataset
 from training.export import (
     QUERY_TOWER_FILE,
+    catalog_json,
     check_ranker_contract,
     export_query_tower,
     export_ranker,
     prepare_out,
     published_together,
-    write_catalog,
+    staged_text,
 )
 from training.fit import FitConfig, FittedModels, fit
 from training.models.two_tower import QueryTower
@@ -134,37 +136,40 @@ def _write_run(
     index_dir: Path,
     query_tower_dir: Path,
 ) -> Path:
-    """The catalog, the curves and the run record (read by ``aisle evaluate``); returns the run record's path."""
-    write_catalog(dataset.catalog, out / CATALOG_FILE)
-    (out / CURVES_FILE).write_text(
-        json.dumps(
-            {
-                "tower_loss": fitted.curves.tower_loss,
-                "ranker_loss": fitted.curves.ranker_loss,
-                "validation": fitted.curves.validation,
-                "ranker_kept_epoch": fitted.curves.ranker_kept_epoch,
-            }
-        ),
-        encoding="utf-8",
-    )
-    run_file = out / RUN_FILE
-    run_file.write_text(
-        json.dumps(
-            {
-                "format": "aisle-training-run/1",
-                "data": spec,
-                "dataset": dataset.summary(),
-                "model_repository": str(model_repository.resolve()),
-                "model_name": model_name,
-                "ranker_dir": str(ranker_dir.resolve()),
-                "index_dir": str(index_dir.resolve()),
-                "query_tower": str((query_tower_dir / QUERY_TOWER_FILE).resolve()),
-                "training": fitted.summary(),
-                "versions": versions,
-            },
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
-    return run_file
+    """The catalog, the curves and the run record (read by ``aisle evaluate``); returns the run record's path. Each is
+    written beside its file first and the three replace theirs together at the end: a run that fails while writing
+    them (a full disk) leaves the previous run's files whole, not a truncated catalog.json the gateway cannot read."""
+    curves = {
+        "tower_loss": fitted.curves.tower_loss,
+        "ranker_loss": fitted.curves.ranker_loss,
+        "validation": fitted.curves.validation,
+        "ranker_kept_epoch": fitted.curves.ranker_kept_epoch,
+    }
+    record = {
+        "format": "aisle-training-run/1",
+        "data": spec,
+        "dataset": dataset.summary(),
+        "model_repository": str(model_repository.resolve()),
+        "model_name": model_name,
+        "ranker_dir": str(ranker_dir.resolve()),
+        "index_dir": str(index_dir.resolve()),
+        "query_tower": str((query_tower_dir / QUERY_TOWER_FILE).resolve()),
+        "training": fitted.summary(),
+        "versions": versions,
+    }
+    texts = {
+        out / CATALOG_FILE: catalog_json(dataset.catalog),
+        out / CURVES_FILE: json.dumps(curves),
+        out / RUN_FILE: json.dumps(record, indent=2) + "\n",
+    }
+    staged: dict[Path, Path] = {}
+    try:
+        for path, text in texts.items():
+            staged[path] = staged_text(path, text)
+    except BaseException:
+        for temporary in staged.values():
+            temporary.unlink(missing_ok=True)
+        raise
+    for path, temporary in staged.items():
+        os.replace(temporary, path)
+    return out / RUN_FILE
