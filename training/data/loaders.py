@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from services.core.validation import id_problem
 from training.data.schema import (
     BASKET,
     CATALOG_COLUMNS,
@@ -64,6 +66,8 @@ def _table(path: Path, notes: list[str] | None = None) -> pa.Table:
             header = next(csv.reader(handle), None)
         if not header:
             raise DataError(f"{path}: empty file, expected a header row")
+        if header[0].startswith(BOM):  # Excel's "CSV UTF-8"; pyarrow drops it from the column's name
+            header[0] = header[0][len(BOM) :]
         return pacsv.read_csv(
             path,
             read_options=pacsv.ReadOptions(encoding=encoding),
@@ -73,6 +77,19 @@ def _table(path: Path, notes: list[str] | None = None) -> pa.Table:
         )
     except (OSError, pa.ArrowInvalid, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read: {exc}") from None
+
+
+#: The byte-order mark some tools (Excel's "CSV UTF-8") put first: not part of the first column's name.
+BOM = "\ufeff"
+
+
+def _column(table: pa.Table, name: str) -> list:
+    """A column's values; timestamps to the second (pyarrow cannot give Python nanoseconds without pandas, and
+    event times need no more than seconds)."""
+    column = table.column(name)
+    if pa.types.is_timestamp(column.type):
+        column = pc.cast(column, pa.timestamp("s", tz=column.type.tz), safe=False)
+    return column.to_pylist()
 
 
 def _csv_encoding(path: Path) -> str:
@@ -111,17 +128,37 @@ class _Rows:
 # --- Generic events ------------------------------------------------------------------------------------------
 
 
+#: Epoch numbers at or past these are in finer units than seconds (1e11 s is the year 5138): exports from
+#: JavaScript, Segment or Snowplow give milliseconds, some give micro- or nanoseconds.
+EPOCH_UNITS = ((1e17, 1e9, "nanoseconds"), (1e14, 1e6, "microseconds"), (1e11, 1e3, "milliseconds"))
+
+
+def epoch_unit(value) -> str:
+    """The unit a numeric timestamp is read in ("seconds" for one that is not a number)."""
+    try:
+        number = abs(float(value))
+    except (TypeError, ValueError):
+        return "seconds"
+    return next((unit for above, _, unit in EPOCH_UNITS if number >= above), "seconds")
+
+
+def _epoch_seconds(number: float) -> int | None:
+    if not math.isfinite(number):
+        return None
+    per_second = next((scale for above, scale, _ in EPOCH_UNITS if abs(number) >= above), 1)
+    return int(number / per_second)
+
+
 def _timestamp(value) -> int | None:
     if value is None:
         return None
     if isinstance(value, datetime):
         return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp())
     if isinstance(value, int | float):
-        return int(value) if math.isfinite(value) else None
+        return _epoch_seconds(value)
     text = str(value).strip()
     try:
-        number = float(text)
-        return int(number) if math.isfinite(number) else None
+        return _epoch_seconds(float(text))
     except ValueError:
         pass
     try:
@@ -180,13 +217,16 @@ def load_catalog(path: Path, strict: bool = False, report: LoadReport | None = N
     report = report or LoadReport(str(path))
     report.notes.extend(notes)
     rows = _Rows(path, report, strict)
-    columns = {name: table.column(name).to_pylist() for name in CATALOG_COLUMNS if name in table.column_names}
+    columns = {name: _column(table, name) for name in CATALOG_COLUMNS if name in table.column_names}
     seen: set[str] = set()
     kept: dict[str, list] = {name: [] for name in CATALOG_COLUMNS}
     for i, item in enumerate(columns["item_id"]):
         item = _text(item)
-        if not item or "\n" in item:
+        if not item:
             rows.bad(i, "catalog_missing_item_id")
+            continue
+        if problem := id_problem(item):  # the servers' rule: refused at export, after the whole fit, otherwise
+            rows.bad(i, "catalog_bad_item_id", f"{item!r} {problem}")
             continue
         if item in seen:
             rows.bad(i, "catalog_duplicate_item", item)
@@ -263,11 +303,12 @@ def load_events(path: Path, catalog_path: Path | None = None, strict: bool = Fal
     rows = _Rows(path, report, strict)
     catalog = load_catalog(catalog_path, strict, report) if catalog_path else None
     known = catalog.rows() if catalog is not None else None
-    column = {name: table.column(name).to_pylist() if name in table.column_names else None for name in _EVENT_NAMES}
+    column = {name: _column(table, name) if name in table.column_names else None for name in _EVENT_NAMES}
     out: dict[str, list] = {
         name: [] for name in ("user", "item", "kind", "time", "qty", "price", "region", "dev", "bk")
     }
     item_prices: dict[str, list[float]] = {}
+    finer: Counter[str] = Counter()  # timestamps read as milli-, micro- or nanoseconds since the epoch
 
     def value(name, i):
         values = column[name]
@@ -282,6 +323,8 @@ def load_events(path: Path, catalog_path: Path | None = None, strict: bool = Fal
         if when is None:
             rows.bad(i, "bad_timestamp", repr(value("timestamp", i)))
             continue
+        if (unit := epoch_unit(value("timestamp", i))) != "seconds":
+            finer[unit] += 1
         user, session = _text(value("user_id", i)), _text(value("session_id", i))
         if not user and not session:
             rows.bad(i, "no_user_or_session")
@@ -289,6 +332,9 @@ def load_events(path: Path, catalog_path: Path | None = None, strict: bool = Fal
         item = _text(value("item_id", i))
         if not item and kind != SEARCH:
             rows.bad(i, "missing_item_id")
+            continue
+        if item and (problem := id_problem(item)):
+            rows.bad(i, "bad_item_id", f"{item!r} {problem}")
             continue
         if known is not None and item and item not in known:
             rows.bad(i, "unknown_item", item)
@@ -319,6 +365,10 @@ def load_events(path: Path, catalog_path: Path | None = None, strict: bool = Fal
         out["bk"].append(_text(value("basket_id", i)) or None)
         if item and price is not None and kind == PURCHASE:
             item_prices.setdefault(item, []).append(price)
+    for unit, count in sorted(finer.items()):
+        report.notes.append(
+            f"{count} timestamps read as {unit} since the epoch (numbers that large as seconds are past the year 5000)"
+        )
     if catalog is None:
         catalog = _derived_catalog([i for i in out["item"] if i], item_prices, report)
         known = catalog.rows()
@@ -373,9 +423,16 @@ def load_sequences(path: Path, strict: bool = False) -> Dataset:
             report.rows_read += 1
             where = f"{path}:{number}"
             reason = "no_items" if len(tokens) < 2 else "duplicate_user" if tokens[0] in seen else ""
+            bad_item = next((token for token in tokens[1:] if id_problem(token)), None)
+            reason = reason or ("bad_item_id" if bad_item is not None else "")
             if reason:
                 if strict:
-                    raise DataError(f"{where}: {reason} (a line is 'user_id item_id item_id ...', one per user)")
+                    detail = (
+                        f"{bad_item!r} {id_problem(bad_item)}"
+                        if reason == "bad_item_id"
+                        else ("a line is 'user_id item_id item_id ...', one per user")
+                    )
+                    raise DataError(f"{where}: {reason} ({detail})")
                 report.skip(reason, where)
                 continue
             seen.add(tokens[0])
@@ -518,7 +575,7 @@ def load_online_retail(path: Path, include_guests: bool = True, strict: bool = F
     description = table.column("Description").to_pylist()
     # Value by value: NaN (or -1 for times) where a value is missing or unreadable, counted below as a bad row.
     quantity = _numbers(path, table, "Quantity", int)
-    when = _invoice_times(path, table.column("InvoiceDate").to_pylist())
+    when = _invoice_times(path, _column(table, "InvoiceDate"))
     price = _numbers(path, table, "UnitPrice")
     customer, bad_customer = _customer_ids(table.column("CustomerID").to_pylist())
     country = table.column("Country").to_pylist()
@@ -661,7 +718,7 @@ def detect_format(path: Path) -> str:
     try:
         if suffix == ".csv":
             with path.open(newline="", encoding=_csv_encoding(path)) as handle:
-                names = next(csv.reader(handle), [])
+                names = [name.removeprefix(BOM) for name in next(csv.reader(handle), [])]
         else:
             names = pq.read_schema(path).names
     except (OSError, pa.ArrowInvalid, csv.Error) as exc:

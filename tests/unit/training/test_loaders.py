@@ -328,3 +328,70 @@ def test_catalog_values_of_the_wrong_type_are_counted(tmp_path):
         load_events(events, catalog)
     pq.write_table(pa.table({"item_id": ["A", "B"], "regions": [["GB", "DE"], ["FR"]]}), catalog)
     assert load_events(events, catalog).catalog.regions == [("GB", "DE"), ("FR",)]
+
+
+SHOP_CSV = "item_id,event_type,timestamp,user_id,quantity,basket_id\n" + "".join(
+    f"{item},purchase,{1_700_000_000 + day * 86_400},u{user},1,o{user}-{day}\n"
+    for day in range(3)
+    for user in range(2)
+    for item in ("000123", "000456")
+)
+
+
+def test_a_byte_order_mark_does_not_turn_the_first_columns_zero_padded_ids_into_numbers(tmp_path):
+    """Excel's "CSV UTF-8" starts with a BOM: the first column's name did not match, pyarrow guessed its type, and
+    000123 became the id 123, unknown to the shop, without a word."""
+    path = tmp_path / "events.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + SHOP_CSV.encode())
+    assert detect_format(path) == "events"
+    dataset = load_events(path)
+    assert dataset.catalog.item_ids == ["000123", "000456"] and dataset.report.rows_kept == 12
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_bytes(b"\xef\xbb\xbfitem_id,title,price\n000123,Mug,4.5\n000456,Lamp,30\n")
+    assert load_events(path, catalog).catalog.item_ids == ["000123", "000456"]
+    retail = tmp_path / "retail.csv"
+    retail.write_bytes(
+        b"\xef\xbb\xbfInvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
+    )
+    assert detect_format(retail) == "online-retail"
+
+
+def test_an_id_the_servers_would_refuse_is_a_skipped_row_not_a_failed_export_after_training(tmp_path):
+    """A no-break space pasted into an id passed the loaders; the export refused it after the whole fit."""
+    path = write(tmp_path, "events.csv", SHOP_CSV.replace("000456,purchase", "000\u00a0456,purchase", 1))
+    dataset = load_events(path)
+    assert dataset.report.skipped == {"bad_item_id": 1} and "000\u00a0456" not in dataset.catalog.item_ids
+    with pytest.raises(DataError, match=r"events.csv:3: bad_item_id \('000\\xa0456' must contain printable"):
+        load_events(path, strict=True)
+    catalog = write(tmp_path, "catalog.csv", "item_id,title\n000123,Mug\n000\u200b456,Lamp\n")
+    assert load_events(write(tmp_path, "e.csv", SHOP_CSV), catalog).report.skipped["catalog_bad_item_id"] == 1
+    sequences = load_sequences(write(tmp_path, "seq.txt", "u1 a b\nu2 a \u200bb\n"))
+    assert sequences.report.skipped == {"bad_item_id": 1} and sequences.catalog.item_ids == ["a", "b"]
+
+
+@pytest.mark.parametrize(("scale", "unit"), [(1_000, "milliseconds"), (1_000_000, "microseconds")])
+def test_epoch_timestamps_in_finer_units_are_read_as_such_and_said(tmp_path, scale, unit):
+    """Millisecond epochs (JavaScript, Segment, Snowplow) were taken for seconds: the year 55,000, every day-based
+    window shrunk a thousandfold, and `aisle refresh-features` failed on them."""
+    text = "".join(
+        line if i == 0 else line.replace(f",{stamp},", f",{stamp * scale},")
+        for i, line in enumerate(SHOP_CSV.splitlines(keepends=True))
+        for stamp in [int(line.split(",")[2]) if i else 0]
+    )
+    dataset = load_events(write(tmp_path, "events.csv", text))
+    assert dataset.events.timestamp.min() == 1_700_000_000 and dataset.events.timestamp.max() == 1_700_172_800
+    assert f"12 timestamps read as {unit} since the epoch" in " ".join(dataset.report.notes)
+
+
+def test_parquet_timestamps_to_the_nanosecond_load_without_pandas(tmp_path):
+    events = pa.table(
+        {
+            "event_type": ["purchase", "purchase"],
+            "timestamp": pa.array([1_700_000_000_123_456_789, 1_700_086_400_987_654_321], pa.timestamp("ns", tz="UTC")),
+            "user_id": ["u1", "u1"],
+            "item_id": ["A", "B"],
+        }
+    )
+    pq.write_table(events, tmp_path / "events.parquet")
+    dataset = load_events(tmp_path / "events.parquet")
+    assert dataset.events.timestamp.tolist() == [1_700_000_000, 1_700_086_400]
