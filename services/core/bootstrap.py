@@ -31,6 +31,8 @@ S = TypeVar("S", bound=ServiceSettings)
 EXIT_BAD_SETTINGS = 2
 #: Exit code when the service could not load what it needs to answer.
 EXIT_LOAD_FAILED = 3
+#: The service stopped, but closing its application failed (a store or client that would not close).
+EXIT_CLOSE_FAILED = 1
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -76,6 +78,8 @@ def serve_main(
             runner.run(host.run())
             if host.load_interrupted:
                 _exit_without_the_load(settings.service_label)
+        if host.close_error is not None:  # stopped all the same (its traceback is in the log)
+            return EXIT_CLOSE_FAILED
     except Exception as error:  # start-up failures end here, with the reason in the log
         if is_expected_failure(error):  # its message says what is wrong and where: one line
             log.error("%s did not start: %s", settings.service_label, error)

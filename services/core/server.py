@@ -79,6 +79,8 @@ class ServiceHost:
         self._metrics_server = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        #: What the application's close raised during the stop, if anything (logged; serve_main exits non-zero).
+        self.close_error: Exception | None = None
         self._stop_task: asyncio.Task | None = None  # held: the loop keeps only a weak reference to a task
         self._load_task: asyncio.Task | None = None  # the application's load step, cancelled by a stop
         self._serving = False
@@ -205,11 +207,16 @@ class ServiceHost:
             if self.server is not None:
                 await self.server.stop(grace)
         finally:
-            if self.app.close is not None:
-                await self.app.close()
-            self._stop_metrics_server()
-            self._stopped.set()
-            log.info("%s stopped", self.settings.service_label)
+            try:
+                if self.app.close is not None:
+                    await self.app.close()
+            except Exception as error:  # the stop must end: a close that fails must not hold the process
+                log.exception("%s: closing failed", self.settings.service_label)
+                self.close_error = error
+            finally:
+                self._stop_metrics_server()
+                self._stopped.set()
+                log.info("%s stopped", self.settings.service_label)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT start a graceful stop (call from the running event loop)."""

@@ -75,6 +75,12 @@ def build(settings, registry):
 
     async def close():
         print("closed", flush=True)
+        if sys.argv[1] == "close-fails":
+            raise OSError("the session store would not close")
+
+    if sys.argv[1] == "close-fails":
+        async def load():  # serves, then is told to stop
+            asyncio.get_running_loop().call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)
 
     return Application([], lambda server: None, load, close)
 
@@ -106,6 +112,15 @@ def test_sigterm_before_the_server_exists_ends_the_process_at_once():
     result = run_probe("sigterm-during-build", timeout=20)
     assert result.returncode == 143, (result.returncode, result.stderr)
     assert time.monotonic() - started < 15 and "stopped while starting (SIGTERM)" in result.stderr
+
+
+def test_a_close_that_fails_still_ends_the_process_saying_why():
+    """The stop waited for close, which raised: the stop never ended, the metrics port stayed open and further
+    signals did nothing, until SIGKILL at the end of the pod's grace."""
+    result = run_probe("close-fails", timeout=20)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert "closing failed" in result.stderr and "the session store would not close" in result.stderr
+    assert "probe stopped" in result.stderr
 
 
 def test_an_expected_load_failure_is_one_line_without_a_traceback():
