@@ -1,7 +1,11 @@
 """Client channels to other Aisle services: retries live in the gRPC service config, not in loops.
 
-Every call still needs its own deadline (``timeout=``); the retry policy only retries UNAVAILABLE, which gRPC
-guarantees is safe to retry, and only within that deadline. ``round_robin`` balances across every address a
+Every call still needs its own deadline (``timeout=``); the retry policy only retries UNAVAILABLE, and only within
+that deadline. UNAVAILABLE mostly means the call never reached a handler (no connection, a server refusing new
+calls), but a call cut at a server's shutdown grace is UNAVAILABLE too and may have run: Aisle's calls are reads,
+or writes whose repeat is harmless (stock updates) or counted as at-least-once (events). A server whose own
+downstream call failed answers with a retry pushback (services.core.interceptors), so only the channel nearest the
+failure retries. ``round_robin`` balances across every address a
 name resolves to, which is what a Kubernetes headless Service gives.
 """
 

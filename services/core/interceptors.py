@@ -91,6 +91,10 @@ class ErrorInterceptor(UnaryWrapper):
 
 
 def _downstream(code: grpc.StatusCode, described: str) -> ServiceError:
+    """The answer to a caller whose call failed downstream. Not to be retried: this server's channel already
+    retried the downstream call (services/core/channels.py), and a retry one hop up would multiply the attempts on
+    the failing dependency (3 x 3 within one deadline), where gRPC's own advice is to retry at one layer only."""
     mapped = ServiceError(f"downstream call failed: {described}", reason="DEPENDENCY_FAILED")
     mapped.code = code if code != grpc.StatusCode.OK else grpc.StatusCode.INTERNAL
+    mapped.retryable = False
     return mapped

@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from services.core.channels import create_channel
 from services.core.errors import InvalidArgument, ServiceError, details_of
 from services.core.interceptors import ErrorInterceptor
 from services.core.metrics import MetricsInterceptor, RpcMetrics
@@ -106,6 +107,40 @@ async def test_a_downstream_without_aisle_details_is_named_by_its_code_alone():
     assert failed.value.details() == "downstream call failed: UNAVAILABLE"
     info, _ = details_of(failed.value)
     assert info is not None and info.reason == "DEPENDENCY_FAILED"
+
+
+class Counted(health_pb2_grpc.HealthServicer):
+    """Counts the calls that reach it and hands each to ``inner``."""
+
+    def __init__(self, inner: health_pb2_grpc.HealthServicer):
+        self.inner, self.calls = inner, 0
+
+    async def Check(self, request, context):  # noqa: N802
+        self.calls += 1
+        return await self.inner.Check(request, context)
+
+
+async def test_a_downstream_failure_is_retried_by_the_channel_that_called_it_not_again_one_hop_up():
+    """The front's channel retries its UNAVAILABLE downstream (3 attempts); the front's answer must tell its own
+    caller's channel not to retry, or each caller attempt makes 3 more: 9 on the failing service per deadline."""
+    service = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+    leaf = Counted(Failing(ServiceError("the session store is down")))
+    leaf.inner.error.code = grpc.StatusCode.UNAVAILABLE
+    downstream, target = await _serve(leaf)
+    channel = create_channel(target, service)
+    middle = Counted(Forwarding(health_pb2_grpc.HealthStub(channel)))
+    front, front_target = await _serve(middle)
+    caller = create_channel(front_target, service)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await health_pb2_grpc.HealthStub(caller).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    finally:
+        await caller.close()
+        await channel.close()
+        await front.stop(0)
+        await downstream.stop(0)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert (middle.calls, leaf.calls) == (1, 3)
 
 
 def _handled(registry: CollectorRegistry) -> dict[str, float]:
