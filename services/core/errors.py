@@ -130,12 +130,20 @@ def is_expected_failure(error: BaseException) -> bool:
 _PACKAGE = __name__.split(".")[0]
 
 
+#: Longest error message sent, in characters: it travels twice (``grpc-message`` and, base64, in the details), and
+#: an answer's metadata past gRPC's 8 KiB soft limit is refused at random (16 KiB always), so that the caller gets
+#: RESOURCE_EXHAUSTED, naming nothing, instead of the error (a message quoting a long request field did).
+MAX_MESSAGE_CHARS = 1024
+
+
 def status_for(error: BaseException) -> grpc.Status:
     """The ``grpc.Status`` (with rich details in the trailing metadata) that a caller gets for ``error``."""
     if isinstance(error, Relayed):
         return error.status
     if isinstance(error, ServiceError):
         code, reason, message, metadata = error.code, error.reason, error.message, error.metadata
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     else:
         # Internal details stay in the server log; the caller gets a generic message.
         code, reason, message, metadata = grpc.StatusCode.INTERNAL, "INTERNAL", "internal error", {}

@@ -38,6 +38,12 @@ from services.gateway.events import EventLogFull
 log = logging.getLogger(__name__)
 
 
+def reason_name(reason: int) -> str:
+    """A degradation reason's name; ``UNKNOWN`` for a number this build does not know (a retrieval or ranking
+    rolled out first with a new reason: its answers must not fail here, nor grow the metric's labels)."""
+    return common.DegradationReason.Name(reason) if reason in common.DegradationReason.values() else "UNKNOWN"
+
+
 @dataclass
 class RequestState:
     """Everything a component may read about one request (and the little it may write)."""
@@ -71,7 +77,7 @@ class RequestState:
 
     def degrade(self, reason: int, stage: str, detail: str) -> None:
         self.degradations.append(common.Degradation(reason=reason, stage=stage, detail=detail))
-        trace.get_current_span().set_attribute(f"aisle.degraded.{stage}", common.DegradationReason.Name(reason))
+        trace.get_current_span().set_attribute(f"aisle.degraded.{stage}", reason_name(reason))
 
 
 class Component(Protocol):

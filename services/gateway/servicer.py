@@ -23,7 +23,7 @@ from services.gateway.candidates import Candidates
 from services.gateway.catalog import ItemCatalog
 from services.gateway.components.base import Dependencies
 from services.gateway.events import EventLogFull
-from services.gateway.pipeline import PipelineMetrics, RequestState
+from services.gateway.pipeline import PipelineMetrics, RequestState, reason_name
 from services.gateway.policies import SURFACES, PolicySet
 from services.gateway.reasons import reasons_for
 from services.gateway.sessions import subject_key
@@ -141,7 +141,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         response = self._response(state, items, pipeline, variant)
         response.stage_latencies.add(stage="total", duration_ms=(time.perf_counter() - started) * 1000)
         for degradation in response.degradations:
-            self.metrics.degraded.labels(common.DegradationReason.Name(degradation.reason)).inc()
+            self.metrics.degraded.labels(reason_name(degradation.reason)).inc()
         span.set_attribute("aisle.degraded", len(response.degradations) > 0)
         if segment is not None and not response.degradations:
             self.cache.put(segment, response)

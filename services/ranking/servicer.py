@@ -7,13 +7,14 @@ import numpy as np
 from aisle.common.v1 import common_pb2
 from aisle.ranking.v1 import ranking_service_pb2 as pb
 from aisle.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
-from services.core.errors import NotFound
+from services.core.errors import InvalidArgument, NotFound
 from services.core.validation import (
     MAX_ID_LENGTH,
     MAX_TIMESTAMP_NANOS,
     MAX_TIMESTAMP_SECONDS,
     MIN_TIMESTAMP_SECONDS,
     Violations,
+    id_problem,
 )
 from services.ranking.backends.base import ModelNotReady, NonFiniteScores, Ranking, RankingBackend
 from services.ranking.settings import RankingSettings
@@ -72,6 +73,8 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
         servers, some may serve it while others do not, and a call goes to one that does.)"""
         backend = self.backend
         if request.model_name and request.model_name != backend.model_name:
+            if problem := id_problem(request.model_name):
+                raise InvalidArgument({"model_name": problem})
             raise NotFound(f"model {request.model_name!r} is not served here (serving {backend.model_name!r})")
 
 

@@ -206,6 +206,24 @@ async def test_a_variant_override_without_a_running_experiment_is_refused_not_si
     assert len(answer.items) == 5 and answer.experiment_variant == ""
 
 
+async def test_a_degradation_reason_this_gateway_does_not_know_is_passed_on_not_an_internal_error():
+    """A retrieval rolled out first with a new DegradationReason: proto3 keeps the number, and naming it for the
+    metric raised, so every answer carrying it became INTERNAL after it was computed."""
+
+    class NewerRetrieval(PopularRetrieval):
+        async def Retrieve(self, request, timeout=None):  # noqa: N802
+            answer = await super().Retrieve(request, timeout)
+            answer.degradations.add(reason=99, stage="shard s1", detail="a reason added after this gateway")
+            return answer
+
+    service, registry = servicer(cache_ttl_s=0), CollectorRegistry()
+    service.metrics = PipelineMetrics(registry)
+    service.deps.downstream.retrieval = NewerRetrieval(ITEMS)
+    answer = await recommend(service, guest("someone"))
+    assert len(answer.items) == 5 and [d.reason for d in answer.degradations] == [99]
+    assert registry.get_sample_value("aisle_gateway_degraded_total", {"reason": "UNKNOWN"}) == 1
+
+
 async def test_a_refusal_of_what_the_gateway_added_is_a_failed_source_not_the_callers_error():
     """Retrieval's history limit set lower than the gateway's: the stored session history (not the caller's
     request) is refused. The caller gets the fallback answer, flagged, not INVALID_ARGUMENT over a field it never

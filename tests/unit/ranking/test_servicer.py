@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from aisle.ranking.v1 import ranking_service_pb2 as pb
-from services.core.errors import status_for
+from services.core.errors import MAX_MESSAGE_CHARS, InvalidArgument, NotFound, status_for
 from services.ranking.backends.base import NonFiniteScores, Ranking
 from services.ranking.servicer import RankingServicer
 from services.ranking.settings import RankingSettings
@@ -60,3 +60,24 @@ async def test_a_return_probability_the_model_has_none_for_is_not_checked():
     answer = await rank(GivenScores([0.1, 0.0, 0.3], [0.2, NAN, 0.1], unknown=[False, True, False]))
     assert [s.HasField("return_probability") for s in answer.scored_items] == [True, False, True]
     assert [s.purchase_probability for s in answer.scored_items] == pytest.approx([0.1, 0.0, 0.3])
+
+
+async def test_a_model_name_no_model_could_have_is_refused_by_field_not_quoted_in_a_not_found():
+    """Quoted whole in NOT_FOUND's message (twice in the answer's metadata), a 20,000-character name made the
+    answer's metadata too large: the caller got RESOURCE_EXHAUSTED naming nothing."""
+    servicer = RankingServicer(RankingSettings(), GivenScores([0.1, 0.2, 0.3]))
+    request = pb.RankRequest(candidate_item_ids=["a", "b", "c"], model_name="m" * 20_000)
+    with pytest.raises(InvalidArgument) as refused:
+        await servicer.Rank(request, None)
+    status = status_for(refused.value)
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT and "model_name" in status.details
+    assert sum(len(value) for _, value in status.trailing_metadata) < 4096
+    request.model_name = "other"
+    with pytest.raises(NotFound, match="'other' is not served here"):
+        await servicer.Rank(request, None)
+
+
+def test_an_error_message_is_sent_at_most_max_message_chars_long():
+    status = status_for(NotFound("x" * 20_000))
+    assert len(status.details) == MAX_MESSAGE_CHARS and status.details.endswith("…")
+    assert sum(len(value) for _, value in status.trailing_metadata) < 4096
