@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,10 +24,9 @@ async def is_serving(channel: grpc.aio.Channel, service: str, timeout: float = 1
 
 async def wait_until_serving(channel: grpc.aio.Channel, service: str, log_every_s: float, what: str = "") -> None:
     """Polls until ``service`` behind ``channel`` is SERVING, logging every ``log_every_s`` while it is not."""
-    waited = 0.0
+    logged = time.monotonic()  # each check may itself wait for its timeout: count time, not sleeps
     while not await is_serving(channel, service):
-        if waited >= log_every_s:
+        if time.monotonic() - logged >= log_every_s:
             log.info("waiting for %s to be SERVING", what or service)
-            waited = 0.0
+            logged = time.monotonic()
         await asyncio.sleep(0.1)
-        waited += 0.1

@@ -39,7 +39,13 @@ def configure_tracing(service_name: str, exporter: SpanExporter | None = None) -
         return None
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
-        attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": service_name}
+        # The service's own name unless the operator gives one (OTEL_SERVICE_NAME, or service.name among
+        # OTEL_RESOURCE_ATTRIBUTES), which the OTel conventions let override a default.
+        given = os.environ.get("OTEL_SERVICE_NAME") or any(
+            pair.split("=", 1)[0].strip() == "service.name"
+            for pair in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(",")
+        )
+        attributes = {} if given else {"service.name": service_name}
         provider = TracerProvider(resource=Resource.create(attributes))
         trace.set_tracer_provider(provider)
         if exporter is None and otlp_endpoint_configured():

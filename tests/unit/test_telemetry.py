@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import pytest
 from opentelemetry import trace
@@ -82,3 +85,39 @@ async def test_a_cancelled_task_ends_its_active_span_unrecorded_and_leaves_its_c
     span = finished(span_exporter, "awaiting-block")
     assert span.end_time is not None
     assert span.status.status_code == StatusCode.UNSET and not span.events  # cancelled is not an error
+
+
+@pytest.mark.parametrize(
+    ("attributes", "name"),
+    [("", "aisle-gateway"), ("service.name=shop-gateway,deployment.environment=prod", "shop-gateway")],
+)
+def test_a_service_name_among_the_resource_attributes_wins_over_aisles_default(attributes, name):
+    """The OTel conventions let OTEL_RESOURCE_ATTRIBUTES name the service; Aisle's default overrode it."""
+    code = (
+        "from services.core.telemetry import configure_tracing\n"
+        "provider = configure_tracing('aisle-gateway')\n"
+        "print(provider.resource.attributes['service.name'])"
+    )
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    environment["OTEL_RESOURCE_ATTRIBUTES"] = attributes
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=environment)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split()[0] == name
+
+
+async def test_waiting_for_a_dependency_logs_by_the_clock_not_by_the_sleeps_between_checks(monkeypatch, caplog):
+    """Each check may wait out its own timeout (a name that resolves to a host dropping packets): counting only the
+    0.1 s sleeps logged about every 55 s instead of every log_every_s."""
+    from services.core import health
+
+    checks = []
+
+    async def slow_check(channel, service, timeout=1.0):
+        checks.append(service)
+        await asyncio.sleep(0.3)
+        return len(checks) > 4
+
+    monkeypatch.setattr(health, "is_serving", slow_check)
+    with caplog.at_level("INFO", logger="services.core.health"):
+        await health.wait_until_serving(None, "aisle.retrieval.v1.RetrievalService", log_every_s=0.5)
+    assert sum("waiting for" in record.getMessage() for record in caplog.records) >= 2
