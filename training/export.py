@@ -388,7 +388,9 @@ def staged_text(path: Path, text: str) -> Path:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
-        os.chmod(staged, 0o644)  # as a plain write makes it (mkstemp's 0600 would keep other users out)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(staged, 0o666 & ~mask)  # as a plain write makes it (mkstemp's 0600 would keep other users out)
     except BaseException:
         Path(staged).unlink(missing_ok=True)
         raise

@@ -77,7 +77,7 @@ def serve_main(
         with asyncio.Runner(loop_factory=new_loop) as runner:
             runner.run(host.run())
             if host.load_interrupted:
-                _exit_without_the_load(settings.service_label)
+                _exit_without_the_load(settings.service_label, EXIT_CLOSE_FAILED if host.close_error else 0)
         if host.close_error is not None:  # stopped all the same (its traceback is in the log)
             return EXIT_CLOSE_FAILED
     except Exception as error:  # start-up failures end here, with the reason in the log
@@ -115,7 +115,7 @@ def _exit_while_starting(signum: int, frame: Any) -> NoReturn:
     raise SystemExit(128 + signum)
 
 
-def _exit_without_the_load(label: str) -> NoReturn:
+def _exit_without_the_load(label: str, code: int) -> NoReturn:
     """Ends the process now, after a stop interrupted the load. What the load handed to threads (a model or an
     index read in ``asyncio.to_thread``) cannot be interrupted, and both the event loop's close and the interpreter's
     exit wait for those threads: a SIGTERM would otherwise take as long as the load."""
@@ -124,4 +124,4 @@ def _exit_without_the_load(label: str) -> NoReturn:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)

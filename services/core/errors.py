@@ -130,10 +130,11 @@ def is_expected_failure(error: BaseException) -> bool:
 _PACKAGE = __name__.split(".")[0]
 
 
-#: Longest error message sent, in characters: it travels twice (``grpc-message`` and, base64, in the details), and
-#: an answer's metadata past gRPC's 8 KiB soft limit is refused at random (16 KiB always), so that the caller gets
-#: RESOURCE_EXHAUSTED, naming nothing, instead of the error (a message quoting a long request field did).
-MAX_MESSAGE_CHARS = 1024
+#: Longest error message sent, in UTF-8 bytes: it travels twice (``grpc-message``, percent-encoded at up to 3 bytes
+#: a byte, and base64 in the details), and an answer's metadata past gRPC's 8 KiB soft limit is refused at random
+#: (16 KiB always), so that the caller gets RESOURCE_EXHAUSTED, naming nothing, instead of the error (a message
+#: quoting a long request field did): 1 KiB makes at most about 4.5 KB.
+MAX_MESSAGE_BYTES = 1024
 
 
 def status_for(error: BaseException) -> grpc.Status:
@@ -142,8 +143,8 @@ def status_for(error: BaseException) -> grpc.Status:
         return error.status
     if isinstance(error, ServiceError):
         code, reason, message, metadata = error.code, error.reason, error.message, error.metadata
-        if len(message) > MAX_MESSAGE_CHARS:
-            message = message[: MAX_MESSAGE_CHARS - 1] + "…"
+        if len(message.encode()) > MAX_MESSAGE_BYTES:  # cut at a character's start, with an ellipsis
+            message = message.encode()[: MAX_MESSAGE_BYTES - 3].decode(errors="ignore") + "…"
     else:
         # Internal details stay in the server log; the caller gets a generic message.
         code, reason, message, metadata = grpc.StatusCode.INTERNAL, "INTERNAL", "internal error", {}

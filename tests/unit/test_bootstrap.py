@@ -64,7 +64,7 @@ def build(settings, registry):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(60)  # reading a large catalog before the server exists
     async def load():
-        if sys.argv[1] == "sigterm-during-load":
+        if sys.argv[1].startswith("sigterm-during-load"):
             os.kill(os.getpid(), signal.SIGTERM)
             await asyncio.to_thread(time.sleep, 60)  # a large model or index read: a thread nothing can interrupt
             print("load finished; watch started", flush=True)
@@ -75,7 +75,7 @@ def build(settings, registry):
 
     async def close():
         print("closed", flush=True)
-        if sys.argv[1] == "close-fails":
+        if sys.argv[1].endswith("close-fails"):
             raise OSError("the session store would not close")
 
     if sys.argv[1] == "close-fails":
@@ -121,6 +121,12 @@ def test_a_close_that_fails_still_ends_the_process_saying_why():
     assert result.returncode == 1, (result.returncode, result.stderr)
     assert "closing failed" in result.stderr and "the session store would not close" in result.stderr
     assert "probe stopped" in result.stderr
+
+
+def test_a_close_that_fails_after_an_interrupted_load_is_not_an_exit_code_0():
+    result = run_probe("sigterm-during-load-close-fails", timeout=20)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert "the session store would not close" in result.stderr
 
 
 def test_an_expected_load_failure_is_one_line_without_a_traceback():

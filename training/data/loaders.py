@@ -62,12 +62,10 @@ def _table(path: Path, notes: list[str] | None = None) -> pa.Table:
         encoding = _csv_encoding(path)
         if encoding != "utf-8" and notes is not None:
             notes.append(f"{path.name} is not UTF-8: read as {encoding} (ISO-8859-1)")
-        with path.open(newline="", encoding=encoding) as handle:
+        with path.open(newline="", encoding=_header_encoding(encoding)) as handle:
             header = next(csv.reader(handle), None)
         if not header:
             raise DataError(f"{path}: empty file, expected a header row")
-        if header[0].startswith(BOM):  # Excel's "CSV UTF-8"; pyarrow drops it from the column's name
-            header[0] = header[0][len(BOM) :]
         return pacsv.read_csv(
             path,
             read_options=pacsv.ReadOptions(encoding=encoding),
@@ -79,8 +77,10 @@ def _table(path: Path, notes: list[str] | None = None) -> pa.Table:
         raise DataError(f"{path}: cannot read: {exc}") from None
 
 
-#: The byte-order mark some tools (Excel's "CSV UTF-8") put first: not part of the first column's name.
-BOM = "\ufeff"
+def _header_encoding(encoding: str) -> str:
+    """How to read a CSV's header: a UTF-8 file may start with a byte-order mark (Excel's "CSV UTF-8", R's
+    "UTF-8-BOM"), which is not part of the first column's name (pyarrow drops it), quoted or not."""
+    return "utf-8-sig" if encoding == "utf-8" else encoding
 
 
 def _column(table: pa.Table, name: str) -> list:
@@ -717,8 +717,8 @@ def detect_format(path: Path) -> str:
         raise DataError(f"{path}: unknown file type {suffix!r}; use .parquet, .csv or .txt, or pass --format")
     try:
         if suffix == ".csv":
-            with path.open(newline="", encoding=_csv_encoding(path)) as handle:
-                names = [name.removeprefix(BOM) for name in next(csv.reader(handle), [])]
+            with path.open(newline="", encoding=_header_encoding(_csv_encoding(path))) as handle:
+                names = next(csv.reader(handle), [])
         else:
             names = pq.read_schema(path).names
     except (OSError, pa.ArrowInvalid, csv.Error) as exc:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from aisle.ranking.v1 import ranking_service_pb2 as pb
-from services.core.errors import MAX_MESSAGE_CHARS, InvalidArgument, NotFound, status_for
+from services.core.errors import MAX_MESSAGE_BYTES, InvalidArgument, NotFound, status_for
 from services.ranking.backends.base import NonFiniteScores, Ranking
 from services.ranking.servicer import RankingServicer
 from services.ranking.settings import RankingSettings
@@ -77,7 +77,8 @@ async def test_a_model_name_no_model_could_have_is_refused_by_field_not_quoted_i
         await servicer.Rank(request, None)
 
 
-def test_an_error_message_is_sent_at_most_max_message_chars_long():
-    status = status_for(NotFound("x" * 20_000))
-    assert len(status.details) == MAX_MESSAGE_CHARS and status.details.endswith("…")
+@pytest.mark.parametrize("text", ["x" * 20_000, "\U0001f600" * 5_000])
+def test_an_error_message_is_sent_at_most_max_message_bytes_long(text):
+    status = status_for(NotFound(text))
+    assert len(status.details.encode()) <= MAX_MESSAGE_BYTES and status.details.endswith("…")
     assert sum(len(value) for _, value in status.trailing_metadata) < 4096

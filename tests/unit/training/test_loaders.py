@@ -349,11 +349,13 @@ def test_a_byte_order_mark_does_not_turn_the_first_columns_zero_padded_ids_into_
     catalog = tmp_path / "catalog.csv"
     catalog.write_bytes(b"\xef\xbb\xbfitem_id,title,price\n000123,Mug,4.5\n000456,Lamp,30\n")
     assert load_events(path, catalog).catalog.item_ids == ["000123", "000456"]
+    quoted = tmp_path / "quoted.csv"  # R's write.csv(fileEncoding="UTF-8-BOM") quotes the names
+    quoted.write_bytes(b"\xef\xbb\xbf" + SHOP_CSV.replace("item_id,event_type", '"item_id","event_type"').encode())
+    assert load_events(quoted).catalog.item_ids == ["000123", "000456"]
     retail = tmp_path / "retail.csv"
-    retail.write_bytes(
-        b"\xef\xbb\xbfInvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n"
-    )
-    assert detect_format(retail) == "online-retail"
+    for header in (b"InvoiceNo,StockCode,Description", b'"InvoiceNo","StockCode","Description"'):
+        retail.write_bytes(b"\xef\xbb\xbf" + header + b",Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n")
+        assert detect_format(retail) == "online-retail"
 
 
 def test_an_id_the_servers_would_refuse_is_a_skipped_row_not_a_failed_export_after_training(tmp_path):

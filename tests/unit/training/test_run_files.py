@@ -4,6 +4,7 @@ while writing them leaves the previous run's whole."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -55,5 +56,7 @@ def test_a_run_that_fails_while_writing_its_files_leaves_the_previous_ones_whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog.json", "training_curves.json", "training_run.json"]
     monkeypatch.setattr(run_module, "staged_text", real)
     assert len(json.loads((write_run(tmp_path, 5).parent / "catalog.json").read_text())) == 5
-    # Readable by others, as before (the gateway may run as another user than training).
-    assert all((tmp_path / name).stat().st_mode & 0o777 == 0o644 for name in before)
+    # As a plain write makes them, by the umask (the gateway may run as another user than training).
+    mask = os.umask(0)
+    os.umask(mask)
+    assert all((tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~mask for name in before)
