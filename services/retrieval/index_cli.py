@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 from click.core import ParameterSource
 
+from services.core.paths import file_in_the_way
 from services.retrieval.availability import push_availability
 from services.retrieval.settings import RetrievalSettings
 
@@ -103,14 +104,23 @@ def build(
     `aisle train` exports them)."""
     if target_recall is not None and ctx.get_parameter_source("search_fraction") is not ParameterSource.DEFAULT:
         raise click.UsageError("pass --search-fraction or --target-recall, not both (the tuning picks the fraction)")
+    scann_flags = tuple(
+        f"--{name.replace('_', '-')}"
+        for name in ("leaves", "search_fraction", "pre_reorder", "min_recall")
+        if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+    )
+    if ann == "exact" and scann_flags:
+        raise click.UsageError(f"{', '.join(scann_flags)} tune a ScaNN build; --ann exact has none (drop them)")
     if target_recall is not None and ann == "exact":
         raise click.UsageError("--target-recall tunes a ScaNN search: exact search has recall 1 (drop --ann exact)")
     from services.retrieval.index import METADATA_FILE, InvalidIndex, latest_version, load_index, new_version
 
-    if out.exists() and not out.is_dir():
-        raise click.ClickException(f"--out {out} is a file: give a folder of index versions (made if missing)")
+    if (blocking := file_in_the_way(out)) is not None:
+        where = "is a file" if blocking == out else f"runs through {blocking}, which is a file"
+        raise click.ClickException(f"--out {out} {where}: give a folder of index versions (made if missing)")
     if (out / METADATA_FILE).is_file():  # a version folder: building into it would corrupt it
         raise click.ClickException(f"--out {out} is an index version: give the folder of versions, {out.parent}")
+    click.echo(f"reading the source index {source} ...")
     try:
         artifact = load_index(latest_version(source))
     except InvalidIndex as exc:
@@ -124,7 +134,7 @@ def build(
     # A sharded version is built whole in a hidden folder and published only once every part is built, so a shard
     # that fails (a recall target it cannot reach) leaves no router or shard of the new version behind.
     root = out / f".building-{version}" if shards > 1 else out
-    plan = BuildPlan(ann, shards, leaves, search_fraction, target_recall, pre_reorder, min_recall)
+    plan = BuildPlan(ann, shards, leaves, search_fraction, target_recall, pre_reorder, min_recall, scann_flags)
     try:
         _build_parts(artifact, root, version, plan)
     except BaseException:
@@ -132,11 +142,27 @@ def build(
             shutil.rmtree(root, ignore_errors=True)
         raise
     if shards > 1:
-        for part in ["router", *(f"shard-{shard}" for shard in range(shards))]:
+        _publish_parts(root, out, version, shards)
+
+
+def _publish_parts(root: Path, out: Path, version: str, shards: int) -> None:
+    """Moves every part of a sharded version from ``root`` into ``out``: the shards first and the router, which
+    declares the version to its shards' callers, last; interrupted (Ctrl-C, an error), the parts moved are taken
+    back out and ``root`` goes, so no part of the version is left published or hidden."""
+    published: list[Path] = []
+    try:
+        for part in [*(f"shard-{shard}" for shard in range(shards)), "router"]:
             (out / part).mkdir(parents=True, exist_ok=True)
             os.replace(root / part / version, out / part / version)
-            click.echo(f"published {out / part / version}")
-        shutil.rmtree(root)
+            published.append(out / part / version)
+    except BaseException:
+        for folder in published:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    for folder in published:
+        click.echo(f"published {folder}")
 
 
 @dataclass(frozen=True)
@@ -150,6 +176,8 @@ class BuildPlan:
     target_recall: float | None
     pre_reorder: int
     min_recall: float = 0.0
+    #: The ScaNN options given on the command line: a part searched exactly says it did not use them.
+    scann_flags: tuple[str, ...] = ()
 
     def scann_config(self, items: int) -> ScannConfig:
         """The ScaNN configuration of a part holding ``items`` items."""
@@ -195,8 +223,13 @@ def _build_parts(artifact, root: Path, version: str, plan: BuildPlan) -> None:
             build_ann = None
             if use_scann:
                 build_ann = _scann_builder(plan.scann_config(rows.size), plan.target_recall, plan.min_recall, shard)
-            elif plan.target_recall is not None:
-                click.echo(f"shard {shard}: {rows.size} items are searched exactly (recall 1): no tuning needed")
+                click.echo(f"shard {shard}: training the ScaNN tree over {rows.size} items, then its recall check")
+            elif plan.target_recall is not None or plan.scann_flags:
+                ignored = ", ".join(plan.scann_flags) or "--target-recall"
+                click.echo(
+                    f"shard {shard}: {rows.size} items are searched exactly (recall 1; --ann auto builds ScaNN past "
+                    f"{EXACT_BELOW_ITEMS:,}): {ignored} not used"
+                )
 
             # A shard answers co-visitation for any anchor in the catalog, with its own items as candidates.
             covisitation, anchors = artifact.covisitation, artifact.covisitation_anchors

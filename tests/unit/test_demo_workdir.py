@@ -89,6 +89,9 @@ def test_a_file_as_workdir_is_a_one_line_error(tmp_path, training):
     message = one_line_error(demo("--workdir", str(afile)))
 
     assert "is a file" in message and afile.read_text() == "x\n" and not training
+    # A folder under a file: mkdir raised NotADirectoryError deep in training, a traceback.
+    message = one_line_error(demo("--workdir", str(afile / "demo")))
+    assert f"runs through {afile}, which is a file" in message and not training
 
 
 def test_reuse_without_a_catalog_names_what_is_missing_and_the_fix(tmp_path, training):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -96,8 +98,55 @@ def test_a_catalog_searched_exactly_needs_no_tuning(tmp_path):
         index_cli, ["build", str(small), "--out", str(tmp_path / "out"), "--target-recall", "0.9"]
     )
     assert result.exit_code == 0, result.output
-    assert "3000 items are searched exactly (recall 1): no tuning needed" in result.output
+    assert (
+        "3000 items are searched exactly (recall 1; --ann auto builds ScaNN past 20,000): --target-recall not used"
+        in (result.output)
+    )
     assert json.loads((latest_version(tmp_path / "out") / METADATA_FILE).read_text())["build"] == {"ann": "exact"}
+
+
+def test_scann_options_that_a_build_searched_exactly_does_not_use_are_said_or_refused(tmp_path):
+    """They were accepted without a word, and a user passing --leaves on a small catalog got an exact index."""
+    small = write_index(tmp_path / "small", count=300, version="20260101T000000Z")
+    refused = CliRunner().invoke(
+        index_cli, ["build", str(small), "--out", str(tmp_path / "a"), "--ann", "exact", "--leaves", "5"]
+    )
+    assert refused.exit_code == 2 and "--leaves tune a ScaNN build; --ann exact has none" in refused.output
+    said = CliRunner().invoke(index_cli, ["build", str(small), "--out", str(tmp_path / "b"), "--leaves", "5"])
+    assert said.exit_code == 0, said.output
+    assert "300 items are searched exactly" in said.output and "--leaves not used" in said.output
+
+
+def test_an_out_folder_under_a_file_is_one_line_naming_it_not_a_traceback(tmp_path):
+    small = write_index(tmp_path / "small", count=300, version="20260101T000000Z")
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(index_cli, ["build", str(small), "--out", str(tmp_path / "afile" / "idx")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"runs through {tmp_path / 'afile'}, which is a file" in result.output
+
+
+def test_a_sharded_publish_that_fails_half_way_leaves_no_part_published_and_nothing_hidden(tmp_path, monkeypatch):
+    """Moved one part at a time (the router first), an interrupted publish left part of the version live and the
+    rest in a hidden folder nothing cleaned."""
+    from services.retrieval import index_cli as cli_module
+
+    source = write_index(tmp_path / "src", count=300, version="20260101T000000Z")
+    moves, real = [], os.replace
+
+    def interrupted_at_the_second(src, dst):
+        if ".building-" in str(src) and ".building-" not in str(dst):  # a publishing move, not a build's own
+            moves.append(dst)
+            if len(moves) == 2:
+                raise KeyboardInterrupt
+        real(src, dst)
+
+    monkeypatch.setattr(cli_module.os, "replace", interrupted_at_the_second)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(index_cli, ["build", str(source), "--out", str(out), "--shards", "2", "--ann", "exact"])
+    assert result.exit_code != 0
+    assert Path(moves[0]).parent.name == "shard-0"  # shards first: the router, which declares the version, last
+    leftovers = [p for p in out.rglob("*") if p.is_dir() and (p.name.startswith(".") or (p / METADATA_FILE).exists())]
+    assert leftovers == []
 
 
 def test_an_unreachable_target_is_refused_and_publishes_nothing(source, tmp_path):
