@@ -143,8 +143,8 @@ def status_for(error: BaseException) -> grpc.Status:
         return error.status
     if isinstance(error, ServiceError):
         code, reason, message, metadata = error.code, error.reason, error.message, error.metadata
-        if len(message.encode()) > MAX_MESSAGE_BYTES:  # cut at a character's start, with an ellipsis
-            message = message.encode()[: MAX_MESSAGE_BYTES - 3].decode(errors="ignore") + "…"
+        if len(encoded := message.encode()) > MAX_MESSAGE_BYTES:  # cut at a character's start, with an ellipsis
+            message = encoded[: MAX_MESSAGE_BYTES - 3].decode(errors="ignore") + "…"
     else:
         # Internal details stay in the server log; the caller gets a generic message.
         code, reason, message, metadata = grpc.StatusCode.INTERNAL, "INTERNAL", "internal error", {}

@@ -27,7 +27,7 @@ from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from services.core.errors import details_of
-from services.core.paths import file_in_the_way
+from services.core.paths import not_a_folder
 from services.demo.stack import LocalStack, ServiceStartError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -51,9 +51,8 @@ class DemoError(click.ClickException):
 def check_workdir(workdir: Path, retrain: bool) -> bool:
     """Says whether to reuse the models in ``workdir``, after checking the demo may use it (raising
     :class:`DemoError` otherwise). Training needs the demo's own workdir, since it replaces what is there."""
-    if (blocking := file_in_the_way(workdir)) is not None:
-        where = "is a file" if blocking == workdir else f"runs through {blocking}, which is a file"
-        raise DemoError(f"--workdir {workdir} {where}, not a folder; pass a folder (default artifacts/demo)")
+    if (why := not_a_folder(workdir)) is not None:
+        raise DemoError(f"--workdir {workdir} {why}, not a folder; pass a folder (default artifacts/demo)")
     missing = [what for what, pattern in REUSED.items() if not any(workdir.glob(pattern))]
     if not retrain and not missing:
         return True

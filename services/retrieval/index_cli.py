@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 from click.core import ParameterSource
 
-from services.core.paths import file_in_the_way
+from services.core.paths import not_a_folder
 from services.retrieval.availability import push_availability
 from services.retrieval.settings import RetrievalSettings
 
@@ -115,9 +115,8 @@ def build(
         raise click.UsageError("--target-recall tunes a ScaNN search: exact search has recall 1 (drop --ann exact)")
     from services.retrieval.index import METADATA_FILE, InvalidIndex, latest_version, load_index, new_version
 
-    if (blocking := file_in_the_way(out)) is not None:
-        where = "is a file" if blocking == out else f"runs through {blocking}, which is a file"
-        raise click.ClickException(f"--out {out} {where}: give a folder of index versions (made if missing)")
+    if (why := not_a_folder(out)) is not None:
+        raise click.ClickException(f"--out {out} {why}: give a folder of index versions (made if missing)")
     if (out / METADATA_FILE).is_file():  # a version folder: building into it would corrupt it
         raise click.ClickException(f"--out {out} is an index version: give the folder of versions, {out.parent}")
     click.echo(f"reading the source index {source} ...")

@@ -299,11 +299,9 @@ class IndexHolder(VersionHolder[ServingIndex]):
         pending: dict[str, _Update] = {}
         for snapshot in remembered:
             for item, update in snapshot.items():
-                if update.at > as_of:
-                    _file(candidate, item, update, updates, pending)
-                else:  # the version's own stock data is newer: not applied, but kept for an older version (a
-                    # rollback to it would otherwise serve its export's stock, without every push made since)
-                    (updates if item in candidate.rows else pending)[item] = update
+                # Where the version's own stock data is newer, kept but not applied: a rollback to an older
+                # version would otherwise serve its export's stock, without every push made since.
+                _file(candidate, item, update, updates, pending, apply=update.at > as_of)
         self._prepared[id(candidate)] = (seq, updates, pending)
         return candidate
 
@@ -354,16 +352,23 @@ class IndexHolder(VersionHolder[ServingIndex]):
 
 
 def _file(
-    index: ServingIndex | None, item: str, update: _Update, updates: dict[str, _Update], pending: dict[str, _Update]
+    index: ServingIndex | None,
+    item: str,
+    update: _Update,
+    updates: dict[str, _Update],
+    pending: dict[str, _Update],
+    apply: bool = True,
 ) -> bool:
-    """Files ``update`` under ``updates`` and applies it when ``index`` holds ``item`` (True), else under
-    ``pending`` (False): the one rule the serving version, a loading one and the updates pushed meanwhile share."""
+    """Files ``update`` under ``updates`` and applies it (unless ``apply`` is False) when ``index`` holds ``item``
+    (True), else under ``pending`` (False): the one rule the serving version, a loading one and the updates pushed
+    meanwhile share."""
     row = index.rows.get(item) if index is not None else None
     if row is None:
         pending[item] = update
         return False
     updates[item] = update
-    _apply(index, row, update)
+    if apply:
+        _apply(index, row, update)
     return True
 
 

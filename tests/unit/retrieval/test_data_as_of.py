@@ -210,10 +210,10 @@ async def test_an_update_numbered_but_not_yet_filed_when_a_load_reads_the_state_
     holder, root, source = await sold_out_after_an_export(tmp_path)
     built, loaded, real_file = save_index_like(source, root), [], state._file
 
-    def file_once_the_load_has_read(index, item, update, updates, pending):
+    def file_once_the_load_has_read(index, item, update, updates, pending, apply=True):
         if not loaded and index is holder.current:  # the push, on the loop: the load reads the state right here
             loaded.append(holder.open(built))
-        return real_file(index, item, update, updates, pending)
+        return real_file(index, item, update, updates, pending, apply)
 
     monkeypatch.setattr(state, "_file", file_once_the_load_has_read)
     assert holder.apply_availability([pb.AvailabilityUpdate(item_id="I00008", stock=0)]) == (1, [])
