@@ -22,7 +22,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -49,7 +48,6 @@ from services.ranking.model_config import (
     CANDIDATES_INPUT,
     CONFIG_FILE,
     CONFIGS_DIR,
-    METADATA_FILE,
     MODEL_FILE,
     PURCHASE_OUTPUT,
     RETURN_OUTPUT,
@@ -60,7 +58,7 @@ from services.ranking.model_config import (
     model_versions,
     read_model_config,
 )
-from services.ranking.served_model import ServedModel
+from services.ranking.served_model import ServedModel, read_metadata
 
 #: Largest difference accepted against the outputs recorded in ``parity_sample.npz``.
 SAMPLE_PARITY_TOLERANCE = 1e-4
@@ -390,9 +388,10 @@ def publish(source: Path, model_dir: Path, version: int | None = None) -> Publis
 def _exported_for(source: Path, model_dir: Path) -> str:
     """A hint for a refused publish: the model folder the export was made for, when it is not this one."""
     try:
-        exported = json.loads((source / METADATA_FILE).read_text(encoding="utf-8")).get("model")
-    except (OSError, ValueError, AttributeError):
+        metadata = read_metadata(source)
+    except ModelConfigError:
         return ""
+    exported = metadata.get("model") if isinstance(metadata, dict) else None
     if isinstance(exported, str) and exported and exported != model_dir.name:
         return f" (the export was made for the model {exported!r}: publish it with --model {exported})"
     return ""

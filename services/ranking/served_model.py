@@ -107,6 +107,15 @@ class ServedModel:
 
 def recorded_item_count(folder: Path) -> int | None:
     """The item count the export recorded in ``metadata.json`` (``data.items``); None without one."""
+    metadata = read_metadata(folder)
+    data = metadata.get("data") if isinstance(metadata, dict) else None
+    items = data.get("items") if isinstance(data, dict) else None
+    return items if isinstance(items, int) and not isinstance(items, bool) else None
+
+
+def read_metadata(folder: Path) -> object:
+    """A version folder's ``metadata.json`` as parsed (None without one); :class:`ModelConfigError` when it cannot
+    be read as JSON."""
     path = folder / METADATA_FILE
     if not path.is_file():
         return None
@@ -117,12 +126,9 @@ def recorded_item_count(folder: Path) -> int | None:
     except UnicodeDecodeError as exc:  # a ValueError, which no load's refusal handler expects
         raise ModelConfigError(f"{path}: not UTF-8 (JSON must be): {exc}") from None
     try:
-        metadata = json.loads(text)
+        return json.loads(text)
     except ValueError as exc:
         raise ModelConfigError(f"{path}: not valid JSON: {exc}") from None
-    data = metadata.get("data") if isinstance(metadata, dict) else None
-    items = data.get("items") if isinstance(data, dict) else None
-    return items if isinstance(items, int) and not isinstance(items, bool) else None
 
 
 def read_features(folder: Path, vocabulary_size: int) -> ItemFeatureSnapshot:

@@ -133,32 +133,31 @@ class _Rows:
 EPOCH_UNITS = ((1e17, 1e9, "nanoseconds"), (1e14, 1e6, "microseconds"), (1e11, 1e3, "milliseconds"))
 
 
-def epoch_unit(value) -> str:
-    """The unit a numeric timestamp is read in ("seconds" for one that is not a number)."""
-    try:
-        number = abs(float(value))
-    except (TypeError, ValueError):
-        return "seconds"
-    return next((unit for above, _, unit in EPOCH_UNITS if number >= above), "seconds")
-
-
-def _epoch_seconds(number: float) -> int | None:
+def _epoch_seconds(number: float, finer: Counter[str] | None) -> int | None:
+    """Seconds since the epoch of an epoch number in seconds or, past :data:`EPOCH_UNITS`' bounds, a finer unit
+    (counted in ``finer`` by its name, when given)."""
     if not math.isfinite(number):
         return None
-    per_second = next((scale for above, scale, _ in EPOCH_UNITS if abs(number) >= above), 1)
-    return int(number / per_second)
+    for above, per_second, unit in EPOCH_UNITS:
+        if abs(number) >= above:
+            if finer is not None:
+                finer[unit] += 1
+            return int(number / per_second)
+    return int(number)
 
 
-def _timestamp(value) -> int | None:
+def _timestamp(value, finer: Counter[str] | None = None) -> int | None:
+    """Seconds since the epoch of a datetime, an epoch number (``finer`` counts those read in finer units than
+    seconds) or ISO text; None for anything else."""
     if value is None:
         return None
     if isinstance(value, datetime):
         return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp())
     if isinstance(value, int | float):
-        return _epoch_seconds(value)
+        return _epoch_seconds(value, finer)
     text = str(value).strip()
     try:
-        return _epoch_seconds(float(text))
+        return _epoch_seconds(float(text), finer)
     except ValueError:
         pass
     try:
@@ -319,12 +318,10 @@ def load_events(path: Path, catalog_path: Path | None = None, strict: bool = Fal
         if kind not in KIND_CODES:
             rows.bad(i, "unknown_event_type", repr(value("event_type", i)))
             continue
-        when = _timestamp(value("timestamp", i))
+        when = _timestamp(value("timestamp", i), finer)
         if when is None:
             rows.bad(i, "bad_timestamp", repr(value("timestamp", i)))
             continue
-        if (unit := epoch_unit(value("timestamp", i))) != "seconds":
-            finer[unit] += 1
         user, session = _text(value("user_id", i)), _text(value("session_id", i))
         if not user and not session:
             rows.bad(i, "no_user_or_session")
