@@ -220,15 +220,8 @@ def build_policies(
                     problems.append(f"experiment.variants.{variant.name}.surfaces.{surface}: unknown {policy!r}")
     pipelines = {}
     for name, policy in spec.policies.items():
-        pipeline, errors = _build_pipeline(name, spec.version, policy, catalog, deps)
+        pipeline, errors = _build_pipeline(name, spec.version, policy, catalog, deps, ranking_max_candidates)
         problems += errors
-        ranks = any(component.component == "RankingScorer" for component in policy.scorers)
-        if ranks and ranking_max_candidates is not None and policy.candidate_limit > ranking_max_candidates:
-            problems.append(
-                f"policies.{name}.candidate_limit: {policy.candidate_limit} is more than ranking accepts "
-                f"({ranking_max_candidates}, AISLE_GATEWAY_RANKING_MAX_CANDIDATES: the ranking service's "
-                "max_candidates), so every call to it would be refused"
-            )
         pipelines[name] = pipeline
     if problems:
         raise PolicyError(f"{source}: " + "; ".join(problems))
@@ -236,7 +229,14 @@ def build_policies(
     return PolicySet(spec.version, pipelines, surfaces, spec.experiment)
 
 
-def _build_pipeline(name: str, version: str, policy: PolicySpec, catalog: ItemCatalog, deps: Dependencies):
+def _build_pipeline(
+    name: str,
+    version: str,
+    policy: PolicySpec,
+    catalog: ItemCatalog,
+    deps: Dependencies,
+    ranking_max_candidates: int | None = None,
+):
     errors: list[str] = []
     steps: dict[str, list] = {}
     for step, kind in STEPS.items():
@@ -262,6 +262,16 @@ def _build_pipeline(name: str, version: str, policy: PolicySpec, catalog: ItemCa
             built.append(cls(component_spec.name or cls.__name__, params, deps))
         steps[step] = built
     scorers = [spec.component for spec in policy.scorers]
+    if (
+        "RankingScorer" in scorers
+        and ranking_max_candidates is not None
+        and policy.candidate_limit > ranking_max_candidates
+    ):
+        errors.append(
+            f"policies.{name}.candidate_limit: {policy.candidate_limit} is more than ranking accepts "
+            f"({ranking_max_candidates}, AISLE_GATEWAY_RANKING_MAX_CANDIDATES: the ranking service's "
+            "max_candidates), so every call to it would be refused"
+        )
     if "ExpectedProfitScorer" in scorers and "RankingScorer" not in scorers[: scorers.index("ExpectedProfitScorer")]:
         errors.append(
             f"policies.{name}.scorers: ExpectedProfitScorer must come after RankingScorer (it weighs the P(purchase) "

@@ -46,6 +46,10 @@ class RankingMetrics:
     def show_serving(self, backend: RankingBackend) -> None:
         self.artifacts.serving("model", backend.model_version)
 
+    def model_refused(self) -> None:
+        """What a backend calls for each model version it refuses."""
+        self.artifacts.refused("model")
+
 
 def build_embedded(settings: RankingSettings, metrics: RankingMetrics | None = None) -> OnnxRuntimeBackend:
     batching = BatchingOptions(
@@ -63,7 +67,7 @@ def build_embedded(settings: RankingSettings, metrics: RankingMetrics | None = N
         settings.model_version,
         settings.intra_op_threads,
         batching,
-        on_refused=(lambda: metrics.artifacts.refused("model")) if metrics is not None else None,
+        on_refused=metrics.model_refused if metrics is not None else None,
     )
 
 
@@ -79,7 +83,7 @@ def build_backend(settings: RankingSettings, metrics: RankingMetrics | None = No
         # With a fallback the service starts at once on the embedded backend; the watch keeps trying Triton.
         ready_timeout_s=0 if settings.fallback_to_embedded else settings.triton_ready_timeout_s,
         # With the fallback, a version both backends refuse counts once for each: two loads refused it.
-        on_refused=(lambda: metrics.artifacts.refused("model")) if metrics is not None else None,
+        on_refused=metrics.model_refused if metrics is not None else None,
     )
     if settings.fallback_to_embedded:
         on_fallback = (lambda reason: metrics.fallbacks.labels(reason).inc()) if metrics is not None else None
