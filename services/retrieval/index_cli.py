@@ -129,7 +129,7 @@ def build(
             f"--shards {shards} is more than the index's {len(artifact.item_ids)} items: some shards would be empty"
         )
     # One version name for the router and every shard: they are published, pinned and rolled out together.
-    version = new_version(out, *(out / part for part in ["router", *(f"shard-{shard}" for shard in range(shards))]))
+    version = new_version(out, *(out / part for part in _parts(shards)))
     # A sharded version is built whole in a hidden folder and published only once every part is built, so a shard
     # that fails (a recall target it cannot reach) leaves no router or shard of the new version behind.
     root = out / f".building-{version}" if shards > 1 else out
@@ -144,13 +144,19 @@ def build(
         _publish_parts(root, out, version, shards)
 
 
+def _parts(shards: int) -> list[str]:
+    """The folders of a sharded index's parts under its root, in the order they are published: the shards, then the
+    router."""
+    return [*(f"shard-{shard}" for shard in range(shards)), "router"]
+
+
 def _publish_parts(root: Path, out: Path, version: str, shards: int) -> None:
     """Moves every part of a sharded version from ``root`` into ``out``: the shards first and the router, which
     declares the version to its shards' callers, last; interrupted (Ctrl-C, an error), the parts moved are taken
     back out and ``root`` goes, so no part of the version is left published or hidden."""
     published: list[Path] = []
     try:
-        for part in [*(f"shard-{shard}" for shard in range(shards)), "router"]:
+        for part in _parts(shards):
             (out / part).mkdir(parents=True, exist_ok=True)
             os.replace(root / part / version, out / part / version)
             published.append(out / part / version)

@@ -60,6 +60,20 @@ async def _serve(servicer, *interceptors: grpc.aio.ServerInterceptor) -> tuple[g
     return server, f"127.0.0.1:{port}"
 
 
+async def _check_through(front_servicer, open_channel=grpc.aio.insecure_channel, timeout: float = 5):
+    """Calls Check on a server running ``front_servicer`` (over a channel from ``open_channel``) and returns the
+    error the caller got; the server and the channel are closed after."""
+    front, front_target = await _serve(front_servicer)
+    caller = open_channel(front_target)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await health_pb2_grpc.HealthStub(caller).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+    finally:
+        await caller.close()
+        await front.stop(0)
+    return failed.value
+
+
 @pytest.mark.parametrize(
     ("error", "said"),
     [
@@ -70,19 +84,15 @@ async def _serve(servicer, *interceptors: grpc.aio.ServerInterceptor) -> tuple[g
 async def test_an_unhandled_downstream_failure_passes_on_its_code_and_reason_never_its_message(error, said, caplog):
     downstream, target = await _serve(Failing(error))
     channel = grpc.aio.insecure_channel(target)
-    front, front_target = await _serve(Forwarding(health_pb2_grpc.HealthStub(channel)))
-    caller = grpc.aio.insecure_channel(front_target)
     try:
-        with caplog.at_level(logging.WARNING), pytest.raises(grpc.aio.AioRpcError) as failed:
-            await health_pb2_grpc.HealthStub(caller).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        with caplog.at_level(logging.WARNING):
+            failed = await _check_through(Forwarding(health_pb2_grpc.HealthStub(channel)))
     finally:
-        await caller.close()
         await channel.close()
-        await front.stop(0)
         await downstream.stop(0)
-    assert failed.value.code() == error.code
-    assert failed.value.details() == f"downstream call failed: {said}"
-    info, _ = details_of(failed.value)
+    assert failed.code() == error.code
+    assert failed.details() == f"downstream call failed: {said}"
+    info, _ = details_of(failed)
     assert info is not None and info.reason == "DEPENDENCY_FAILED"
     # The downstream message (which may name a host) is in the front's log, not in its answer.
     assert any(error.message in record.getMessage() and said in record.getMessage() for record in caplog.records)
@@ -94,18 +104,13 @@ async def test_a_downstream_without_aisle_details_is_named_by_its_code_alone():
     # which would then call itself until the deadline.
     with dead_port() as port:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        front, front_target = await _serve(Forwarding(health_pb2_grpc.HealthStub(channel)))
-        caller = grpc.aio.insecure_channel(front_target)
         try:
-            with pytest.raises(grpc.aio.AioRpcError) as failed:
-                await health_pb2_grpc.HealthStub(caller).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            failed = await _check_through(Forwarding(health_pb2_grpc.HealthStub(channel)))
         finally:
-            await caller.close()
             await channel.close()
-            await front.stop(0)
-    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert failed.value.details() == "downstream call failed: UNAVAILABLE"
-    info, _ = details_of(failed.value)
+    assert failed.code() == grpc.StatusCode.UNAVAILABLE
+    assert failed.details() == "downstream call failed: UNAVAILABLE"
+    info, _ = details_of(failed)
     assert info is not None and info.reason == "DEPENDENCY_FAILED"
 
 
@@ -129,17 +134,12 @@ async def test_a_downstream_failure_is_retried_by_the_channel_that_called_it_not
     downstream, target = await _serve(leaf)
     channel = create_channel(target, service)
     middle = Counted(Forwarding(health_pb2_grpc.HealthStub(channel)))
-    front, front_target = await _serve(middle)
-    caller = create_channel(front_target, service)
     try:
-        with pytest.raises(grpc.aio.AioRpcError) as failed:
-            await health_pb2_grpc.HealthStub(caller).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        failed = await _check_through(middle, lambda front: create_channel(front, service), timeout=10)
     finally:
-        await caller.close()
         await channel.close()
-        await front.stop(0)
         await downstream.stop(0)
-    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert failed.code() == grpc.StatusCode.UNAVAILABLE
     assert (middle.calls, leaf.calls) == (1, 3)
 
 
