@@ -34,7 +34,7 @@ async def test_a_spent_budget_still_answers_from_the_cached_fallback(trained):
         # Sources get max(min stage, 35% of 10 ms) = 6 ms; after they time out 4 ms are left: less than a stage.
         g = gateway_settings(trained, retrieval.port, ranking.port, total_budget_ms=10, min_stage_ms=6)
         async with serving(ServiceHost(g, build_gateway(g))) as gateway:
-            await recommend(gateway.port, home_request(history_of(trained)), timeout=5)  # fills the popular cache
+            await fill_the_popular_cache(gateway.port, trained)
             delay.on = True
             try:
                 response = await recommend(gateway.port, home_request(history_of(trained), k=5), timeout=5)
@@ -43,3 +43,18 @@ async def test_a_spent_budget_still_answers_from_the_cached_fallback(trained):
     assert len(response.items) == 5
     assert all(list(i.sources) == [common.CANDIDATE_SOURCE_FALLBACK_CACHE] for i in response.items)
     assert common.DEGRADATION_REASON_SOURCE_DROPPED in {d.reason for d in response.degradations}
+
+
+async def fill_the_popular_cache(port: int, trained, attempts: int = 20) -> None:
+    """An answer retrieval gave in time fills the gateway's popular cache. On a loaded machine a cold gateway's first
+    calls can outlast its 10 ms budget (a CI run saw the first one answered UNAVAILABLE, nothing cached yet), so it
+    asks until one such answer came back."""
+    dropped = {common.DEGRADATION_REASON_SOURCE_DROPPED, common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE}
+    for _ in range(attempts):
+        try:
+            answer = await recommend(port, home_request(history_of(trained)), timeout=5)
+        except grpc.aio.AioRpcError:
+            continue
+        if not dropped & {d.reason for d in answer.degradations}:
+            return
+    pytest.fail(f"retrieval did not answer within the gateway's 10 ms budget in {attempts} calls")
