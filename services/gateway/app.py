@@ -225,6 +225,6 @@ async def warm_popular_cache(
         if reply.degradations or not reply.candidates:  # partial (a shard dropped) or empty: not the region's list
             log.warning("not warming the popular-items cache for region %r from a partial or empty answer", region)
             return
-        cache.store(region, [c.item_id for c in reply.candidates])
+        cache.store(region, [c.item_id for c in reply.candidates], ranked_in=reply.popularity_region)
 
     await asyncio.gather(*(one(region) for region in dict.fromkeys(("", *regions))))

@@ -67,9 +67,10 @@ class RequestState:
     #: A source failed or was dropped, or retrieval flagged a dropped part, during the retrieval stage (what a
     #: degradation recorded before it, e.g. the session store's, is not).
     retrieval_failed: bool = False
-    #: The region whose cached popular list the fallback served, when not the request's ("" for the list of calls
-    #: without a region): what the answer's "Popular in ..." says.
-    fallback_region: str | None = None
+    #: The region whose sales ranked the answer's popular items, when not the request's ("" for the whole shop's: an
+    #: index without sales by region, or the fallback's list of calls without a region; another region's when the
+    #: fallback served that region's list): what the answer's "Popular in ..." says.
+    popular_in: str | None = None
 
     @property
     def region(self) -> str:

@@ -20,11 +20,11 @@ def reasons_for(
     history_events: Mapping[str, int],
     region: str,
     catalog: ItemCatalog | None = None,
-    fallback_region: str | None = None,
+    popular_in: str | None = None,
 ) -> list[common.Reason]:
     """One reason per source, in the candidate's source order, each distinct reason once (popularity and cold start
-    both say "Popular"). ``history_events`` maps item id -> last event type; ``fallback_region`` is the region whose
-    cached list the fallback served when it was not ``region``'s ("": the list of calls without a region)."""
+    both say "Popular"). ``history_events`` maps item id -> last event type; ``popular_in`` is the region whose sales
+    ranked the popular items when it was not ``region`` ("": the whole shop's)."""
     catalog = catalog or ItemCatalog({})
     reasons = list(candidate.reasons)
     for source in candidate.sources:
@@ -63,10 +63,8 @@ def reasons_for(
             common.CANDIDATE_SOURCE_FALLBACK_CACHE,
             common.CANDIDATE_SOURCE_COLD_START,
         ):
-            popular_in = region
-            if source == common.CANDIDATE_SOURCE_FALLBACK_CACHE and fallback_region is not None:
-                popular_in = fallback_region
-            where = f" in {popular_in}" if popular_in else ""
+            where = region if popular_in is None else popular_in
+            where = f" in {where}" if where else ""
             reasons.append(common.Reason(code=common.REASON_CODE_POPULAR_IN_REGION, text=f"Popular{where}"))
         elif source == common.CANDIDATE_SOURCE_TRENDING:
             reasons.append(common.Reason(code=common.REASON_CODE_TRENDING, text="Trending now"))

@@ -159,7 +159,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                 item_id=candidate.item_id,
                 score=candidate.final,
                 sources=candidate.sources,
-                reasons=reasons_for(candidate, events, region, self.catalog, state.fallback_region),
+                reasons=reasons_for(candidate, events, region, self.catalog, state.popular_in),
                 position=position,
             )
             if "purchase" in candidate.scores:

@@ -1,7 +1,8 @@
 """The retrieval index artefact: one immutable, versioned folder per index build.
 
     <index root>/<version>/
-        metadata.json          format, version, model, dimension, item_count, regions, build parameters,
+        metadata.json          format, version, model, dimension, item_count, regions, regional_popularity
+                               (whether region_popularity is each region's own sales), build parameters,
                                created_at, data_as_of (when the stock and regions were exported) and a sha256 for
                                every other file (the contract; checked on every load)
         item_ids.txt           one item id per line (none empty); row i of every matrix below (token i + 1 in
@@ -91,6 +92,10 @@ class IndexArtifact:
     covisitation: CoVisitationTable | None = None
     #: Anchor item ids of the co-visitation table (None: anchor i is row i).
     covisitation_anchors: list[str] | None = None
+    #: Whether ``region_popularity`` holds each region's own sales; False when it repeats the whole shop's (a version
+    #: written without them): every region is then served the shop's popular items, and no answer may call them the
+    #: region's.
+    regional_popularity: bool = True
 
     @property
     def dimension(self) -> int:
@@ -177,12 +182,15 @@ def save_index(
     covisitation: CoVisitationTable | None = None,
     covisitation_anchors: Sequence[str] | None = None,
     data_as_of: float | None = None,
+    regional_popularity: bool | None = None,
 ) -> Path:
     """Writes a complete index version under ``root`` atomically; returns its path.
 
     Optional data defaults to: sold everywhere, region popularity = overall popularity, trending = popularity,
-    stock = 1. ``query_tower`` is an ONNX file copied in. ``build_ann(embeddings, folder)`` writes an ANN
-    structure into ``folder`` (see :mod:`services.retrieval.build`) and returns its parameters for the metadata.
+    stock = 1. The metadata records whether ``region_popularity`` was given (``regional_popularity``, which a version
+    built from another passes on): without it every region's list is the shop's. ``query_tower`` is an ONNX file
+    copied in. ``build_ann(embeddings, folder)`` writes an ANN structure into ``folder`` (see
+    :mod:`services.retrieval.build`) and returns its parameters for the metadata.
     ``sharding`` (``{"shards": n}`` for a router's data, ``{"shards": n, "shard": i}`` for a shard) is recorded with
     the build parameters. ``covisitation`` is the co-visitation source's table; its anchors are this index's rows
     unless ``covisitation_anchors`` names them (a shard's table is keyed by every catalog item). ``data_as_of``
@@ -198,6 +206,8 @@ def save_index(
     regions = list(regions)
     popularity = np.asarray(popularity, dtype=np.float32)
     sold_in = np.ones((count, len(regions)), dtype=bool) if sold_in is None else np.asarray(sold_in, dtype=bool)
+    if regional_popularity is None:
+        regional_popularity = region_popularity is not None and bool(regions)
     if region_popularity is None:
         region_popularity = np.tile(popularity, (len(regions), 1))
     region_popularity = np.asarray(region_popularity, dtype=np.float32).reshape(len(regions), count)
@@ -259,6 +269,7 @@ def save_index(
             "dimension": int(embeddings.shape[1]),
             "item_count": count,
             "regions": regions,
+            "regional_popularity": bool(regional_popularity),
             "metric": "dot_product",
             "build": build,
             "created_at": written.isoformat(),
@@ -294,6 +305,7 @@ def save_index_like(artifact: IndexArtifact, root: Path, **changes) -> Path:
         covisitation=artifact.covisitation,
         covisitation_anchors=artifact.covisitation_anchors,
         data_as_of=artifact.data_as_of,
+        regional_popularity=artifact.regional_popularity,
     )
     return save_index(root, **{**data, **changes})
 
@@ -455,6 +467,8 @@ def _read(path: Path, metadata: dict, mmap: bool) -> IndexArtifact:
         scann_dir=path / SCANN_DIR if (path / SCANN_DIR).is_dir() else None,
         covisitation=covisitation,
         covisitation_anchors=anchors,
+        # Versions written before the metadata said so: regional whenever they name regions, as they were served.
+        regional_popularity=bool(metadata.get("regional_popularity", bool(regions))),
     )
 
 

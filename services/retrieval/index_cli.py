@@ -254,6 +254,7 @@ def _build_parts(artifact, root: Path, version: str, plan: BuildPlan) -> None:
                 regions=artifact.regions,
                 sold_in=artifact.sold_in[rows],
                 region_popularity=artifact.region_popularity[:, rows],
+                regional_popularity=artifact.regional_popularity,
                 trending=artifact.trending[rows],
                 stock=artifact.stock[rows],
                 query_tower=artifact.query_tower,

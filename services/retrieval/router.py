@@ -68,6 +68,9 @@ def merge_shard_responses(
     merged.index_version.CopyFrom(common_pb2.ArtifactVersion(kind="index", name="items", version="+".join(versions)))
     for response in responses:
         merged.degradations.extend(response.degradations)
+    # Each shard ranked its own items by one region's sales or by the shop's: the region only when all of them did.
+    ranked_by = {response.popularity_region for response in responses}
+    merged.popularity_region = ranked_by.pop() if len(ranked_by) == 1 else ""
     return merged
 
 

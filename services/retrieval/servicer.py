@@ -119,7 +119,10 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         wanted = list(request.sources) or list(PERSONAL_DEFAULT if history_vector is not None else ANONYMOUS_DEFAULT)
         artifact = index.artifact
         response = pb.RetrieveResponse(
-            index_version=common_pb2.ArtifactVersion(kind="index", name="items", version=artifact.version)
+            index_version=common_pb2.ArtifactVersion(kind="index", name="items", version=artifact.version),
+            popularity_region=request.context.region
+            if region_column is not None and artifact.regional_popularity
+            else "",
         )
         span = trace.get_current_span()
         span.set_attribute("aisle.index_version", artifact.version)

@@ -111,6 +111,8 @@ class RetrievalSources(ComponentBase):
             raise SourceFailed(f"retrieval {describe(error)}", reason) from None
         if reply.index_version.version and reply.index_version not in state.versions:
             state.versions.append(reply.index_version)
+        if reply.popularity_region != state.region:  # the shop's popular items, not the region's
+            state.popular_in = reply.popularity_region
         state.degradations.extend(reply.degradations)
         if reply.candidates:  # a retrieval server that predates `columnar` answers with messages
             fields = [(c.item_id, c.source, c.source_rank, c.score, c.anchor_item_id) for c in reply.candidates]
@@ -132,7 +134,8 @@ class RetrievalSources(ComponentBase):
                 popular |= candidates.source == source
             if popular.any():
                 # Popularity and cold start propose much the same items: each once, in the order first proposed.
-                self.deps.popular_cache.store(state.region, list(dict.fromkeys(candidates.item_ids[popular].tolist())))
+                items = list(dict.fromkeys(candidates.item_ids[popular].tolist()))
+                self.deps.popular_cache.store(state.region, items, ranked_in=reply.popularity_region)
         return candidates
 
     def _shared_by_the_region(self, state: RequestState) -> bool:
@@ -177,20 +180,24 @@ class PopularCache:
 
     Any region a call names gets a list (retrieval accepts any region when its index has none), so besides the
     region-less list and the ``keep`` regions (the configured fallback regions, never pushed out) it keeps at most
-    ``max_regions`` lists, the least recently stored going first; expired lists go whenever one is stored."""
+    ``max_regions`` lists, the least recently stored going first; expired lists go whenever one is stored. Each list
+    remembers whose sales ranked it (``ranked_in``): a region's list is the shop's when retrieval's index has no sales
+    by region."""
 
     def __init__(self, ttl_s: float = 3600, max_regions: int = 256, keep: Iterable[str] = (), clock=time.monotonic):
         self.ttl_s, self.max_regions, self.clock = ttl_s, max_regions, clock
         self.keep = frozenset(("", *keep))
-        #: region -> (stored at, items), least recently stored first.
-        self._items: dict[str, tuple[float, list[str]]] = {}
+        #: region -> (stored at, items, ranked in), least recently stored first.
+        self._items: dict[str, tuple[float, list[str], str]] = {}
 
-    def store(self, region: str, item_ids: list[str]) -> None:
+    def store(self, region: str, item_ids: list[str], ranked_in: str | None = None) -> None:
+        """``item_ids`` as ``region``'s list, ranked by ``ranked_in``'s sales (default the region's own; "": the
+        shop's)."""
         self._items.pop(region, None)
         # One ttl for all, in the order stored: the expired lists are the first ones.
         while self._items and not self._fresh(next(iter(self._items.values()))):
             del self._items[next(iter(self._items))]
-        self._items[region] = (self.clock(), list(item_ids))
+        self._items[region] = (self.clock(), list(item_ids), region if ranked_in is None else ranked_in)
         excess = len(self._items) - sum(key in self._items for key in self.keep) - self.max_regions
         if excess > 0:
             for key in list(islice((key for key in self._items if key not in self.keep), excess)):
@@ -203,19 +210,20 @@ class PopularCache:
         return self.lookup(region, other_regions)[1]
 
     def lookup(self, region: str, other_regions: bool = False) -> tuple[str, list[str]]:
-        """:meth:`get`'s list with the region it is the list of (``region`` itself when there is none)."""
+        """:meth:`get`'s list with the region whose sales ranked it ("": the shop's; ``region`` itself when there is
+        no list)."""
         entry = self._items.get(region)
         if entry and self._fresh(entry):
-            return region, entry[1]
+            return entry[2], entry[1]
         if not other_regions:
             return region, []
         for key in ["", *self._items]:
             entry = self._items.get(key)
             if key != region and entry and self._fresh(entry):
-                return key, entry[1]
+                return entry[2], entry[1]
         return region, []
 
-    def _fresh(self, entry: tuple[float, list[str]]) -> bool:
+    def _fresh(self, entry: tuple[float, list[str], str]) -> bool:
         return self.clock() - entry[0] <= self.ttl_s
 
     def __len__(self) -> int:
@@ -243,9 +251,9 @@ class CachedPopularSource(ComponentBase):
         return self.params.share
 
     async def fetch(self, state: RequestState, timeout: float) -> Candidates:
-        served, items = self.deps.popular_cache.lookup(state.region, self.params.other_regions)
-        if served != state.region and items:
-            state.fallback_region = served  # another region's list: the answer must not call it this region's
+        ranked_in, items = self.deps.popular_cache.lookup(state.region, self.params.other_regions)
+        if ranked_in != state.region and items:
+            state.popular_in = ranked_in  # another region's list, or the shop's: not to be called this region's
         return Candidates.of(
             items, common.CANDIDATE_SOURCE_FALLBACK_CACHE, scores={"retrieval": -np.arange(len(items), dtype=float)}
         )

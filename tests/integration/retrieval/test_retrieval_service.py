@@ -171,6 +171,35 @@ async def test_filters_region_stock_brands_categories_and_purchases(index_root):
     assert sum(c.source == POPULAR for c in reply.candidates) == 200
 
 
+@pytest.mark.parametrize(
+    ("changes", "region", "said"),
+    [
+        ({}, "FR", "FR"),
+        ({}, "", ""),
+        # Regions and what is sold in each, but no sales by region: every region's list is the shop's.
+        ({"region_popularity": None, "regional_popularity": None}, "FR", ""),
+        # No regional data at all (as `aisle train` writes): any region is served the shop's list.
+        ({"regions": [], "sold_in": None, "region_popularity": None, "regional_popularity": None}, "GB", ""),
+    ],
+)
+async def test_the_answer_names_the_region_whose_sales_ranked_its_popular_items(
+    index_root, tmp_path, changes, region, said
+):
+    """The gateway explains a popular item as "Popular in <region>" only when that region's sales ranked it."""
+    from services.retrieval.index import save_index_like
+
+    root = index_root
+    if changes:
+        root = tmp_path / "index"
+        save_index_like(load_index(latest_version(index_root)), root, version="20260102T000000Z", **changes)
+    async with retrieval(root) as (_, stub):
+        reply = await stub.Retrieve(request(k=5, sources=(POPULAR,), history=(), region=region), timeout=5)
+    assert len(reply.candidates) == 5
+    assert reply.popularity_region == said
+    # A version built from this one keeps what it says of its popularity.
+    assert load_index(latest_version(root)).regional_popularity == bool(said or (not changes and not region))
+
+
 async def test_per_source_counts_in_one_call(index_root):
     message = request(k=0, sources=(TWO_TOWER, POPULAR))
     message.source_limits.add(source=TWO_TOWER, k=7)
@@ -258,7 +287,10 @@ async def test_two_shards_behind_a_router_equal_the_unsharded_index(tmp_path):
     ]
     messages[1].anchor_item_ids.extend(["I00003", "I00400"])
     async with whole_and_sharded(whole, tmp_path / "sharded") as (single, router):
-        await same_answers(single, router, messages)
+        answers = await same_answers(single, router, messages)
+        # The shards ranked DE's popular items by DE's sales; the whole index did too.
+        assert [got.popularity_region for _, got in answers] == [want.popularity_region for want, _ in answers]
+        assert answers[1][1].popularity_region == "DE"
         sizes = [
             len(
                 json.loads((latest_version(tmp_path / "sharded" / f"shard-{i}") / METADATA_FILE).read_text())[

@@ -31,10 +31,11 @@ CATALOG = ItemCatalog(
 
 
 class PopularRetrieval:
-    """Every item, most popular first; counts its calls (a cache hit makes none)."""
+    """Every item, most popular first, by the request's region's sales (``regional``: an index with sales by region)
+    or the shop's; counts its calls (a cache hit makes none)."""
 
-    def __init__(self, items: list[str]):
-        self.items, self.calls = items, 0
+    def __init__(self, items: list[str], regional: bool = True):
+        self.items, self.calls, self.regional = items, 0, regional
 
     async def Retrieve(self, request, timeout=None):  # noqa: N802
         self.calls += 1
@@ -46,7 +47,8 @@ class PopularRetrieval:
             source_ranks=list(range(n)),
             anchor_item_ids=[""] * n,
         )
-        return retrieval_pb.RetrieveResponse(columns=columns)
+        region = request.context.region if self.regional else ""
+        return retrieval_pb.RetrieveResponse(columns=columns, popularity_region=region)
 
 
 class OrderRanking:

@@ -192,6 +192,24 @@ async def test_a_fallback_answer_from_another_regions_list_says_whose_list_it_is
     assert [d.reason for d in answer.degradations] == [common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE]
 
 
+@pytest.mark.parametrize(("regional", "said"), [(True, "Popular in GB"), (False, "Popular")])
+async def test_popular_items_are_called_the_regions_only_when_its_sales_ranked_them(regional, said):
+    """Retrieval's index without sales by region (as `aisle train` writes it) ranks every region by the shop's
+    sales: "Popular in GB" would be false, in the answer and in the fallback answer from the list it left cached."""
+    service = servicer(cache_ttl_s=0)
+    service.deps.downstream.retrieval = PopularRetrieval(ITEMS, regional=regional)
+    popular = common.REASON_CODE_POPULAR_IN_REGION
+
+    def popular_reasons(answer):
+        return {r.text for item in answer.items for r in item.reasons if r.code == popular}
+
+    assert popular_reasons(await recommend(service, guest("abroad"))) == {said}  # a GB request
+    service.deps.downstream.retrieval = DownRetrieval(ITEMS)
+    fallback = await recommend(service, guest("abroad"))
+    assert [d.reason for d in fallback.degradations] == [common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE]
+    assert len(fallback.items) == 5 and popular_reasons(fallback) == {said}
+
+
 async def test_a_variant_override_without_a_running_experiment_is_refused_not_silently_ignored():
     raw = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
     del raw["experiment"]

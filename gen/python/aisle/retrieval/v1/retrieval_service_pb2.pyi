@@ -88,16 +88,18 @@ class CandidateColumns(_message.Message):
     def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., sources: _Optional[_Iterable[_Union[_common_pb2.CandidateSource, str]]] = ..., source_ranks: _Optional[_Iterable[int]] = ..., anchor_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RetrieveResponse(_message.Message):
-    __slots__ = ("candidates", "index_version", "degradations", "columns")
+    __slots__ = ("candidates", "index_version", "degradations", "columns", "popularity_region")
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEGRADATIONS_FIELD_NUMBER: _ClassVar[int]
     COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    POPULARITY_REGION_FIELD_NUMBER: _ClassVar[int]
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     index_version: _common_pb2.ArtifactVersion
     degradations: _containers.RepeatedCompositeFieldContainer[_common_pb2.Degradation]
     columns: CandidateColumns
-    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., index_version: _Optional[_Union[_common_pb2.ArtifactVersion, _Mapping]] = ..., degradations: _Optional[_Iterable[_Union[_common_pb2.Degradation, _Mapping]]] = ..., columns: _Optional[_Union[CandidateColumns, _Mapping]] = ...) -> None: ...
+    popularity_region: str
+    def __init__(self, candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., index_version: _Optional[_Union[_common_pb2.ArtifactVersion, _Mapping]] = ..., degradations: _Optional[_Iterable[_Union[_common_pb2.Degradation, _Mapping]]] = ..., columns: _Optional[_Union[CandidateColumns, _Mapping]] = ..., popularity_region: _Optional[str] = ...) -> None: ...
 
 class AvailabilityUpdate(_message.Message):
     __slots__ = ("item_id", "stock", "sold_in_regions", "set_regions")
