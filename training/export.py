@@ -28,6 +28,7 @@ import onnx
 import torch
 
 from services.core.id_lines import format_id_lines, id_list_problem
+from services.core.paths import share_like_a_plain_write, staging_folder
 from services.ranking.backends.onnxruntime import check_graph, check_version
 from services.ranking.features import FEATURES_FILE, ItemFeatureSnapshot, candidate_features
 from services.ranking.model_config import (
@@ -80,7 +81,7 @@ def export_ranker(
     final = model_dir / str(version)
     if final.exists():
         raise ExportError(f"{final} already exists; versions are immutable, pick a new one")
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
+    staging = staging_folder(model_dir, f".staging-{version}-")
     try:
         model.eval()
         onnx_path = staging / MODEL_FILE
@@ -245,7 +246,7 @@ def export_query_tower(query_tower: torch.nn.Module, folder: Path, num_items: in
     if folder.exists():
         raise ExportError(f"{folder} already exists; query tower versions are immutable")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{folder.name}-", dir=folder.parent))
+    staging = staging_folder(folder.parent, f".staging-{folder.name}-")
     try:
         query_tower.eval()
         path = staging / QUERY_TOWER_FILE
@@ -388,9 +389,7 @@ def staged_text(path: Path, text: str) -> Path:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(staged, 0o666 & ~mask)  # as a plain write makes it (mkstemp's 0600 would keep other users out)
+        share_like_a_plain_write(Path(staged))  # mkstemp's 0600 would keep other users out
     except BaseException:
         Path(staged).unlink(missing_ok=True)
         raise

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.core.paths import staging_folder
 from services.ranking.features import FEATURES_FILE, TRENDING_COLUMN, ItemFeatureSnapshot, ItemVocabulary
 from services.ranking.model_config import CONFIG_FILE, METADATA_FILE, MODEL_FILE, VOCABULARY_FILE
 from services.retrieval.index import METADATA_FILE as INDEX_METADATA_FILE
@@ -131,7 +131,7 @@ def _metadata(source: Path, dataset: Dataset, trending_days: int, newest_day: st
 def _write(source: Path, out: Path, snapshot: ItemFeatureSnapshot, metadata: dict) -> None:
     """``out`` appears whole or not at all."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{out.name}-", dir=out.parent))
+    staging = staging_folder(out.parent, f".staging-{out.name}-")
     try:
         for item in source.iterdir():
             if item.is_file() and item.name not in (FEATURES_FILE, METADATA_FILE):

@@ -1,7 +1,10 @@
-"""Folder paths given on a command line, checked before anything is written to them."""
+"""Folder paths given on a command line, checked before anything is written to them, and the hidden staging folders
+and files artefacts are written in before they are renamed into place."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 
@@ -21,3 +24,24 @@ def file_in_the_way(path: Path) -> Path | None:
         if candidate.exists():
             return None if candidate.is_dir() else candidate
     return None
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: put straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def staging_folder(parent: Path, prefix: str) -> Path:
+    """A new hidden folder in ``parent`` to write an artefact in before it is renamed into place, with the
+    permissions ``mkdir`` would give it: ``mkdtemp`` makes it 0700, which a server running as another user than the
+    builder (a shared volume, a serving account) could not read once renamed."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    folder.chmod(0o777 & ~current_umask())
+    return folder
+
+
+def share_like_a_plain_write(path: Path) -> None:
+    """``path`` (made by ``mkstemp``, 0600) given the permissions a plain write would give it."""
+    os.chmod(path, 0o666 & ~current_umask())

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 import zipfile
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from services.core.paths import staging_folder
 from services.ranking.backends.onnxruntime import (
     BATCH_PARITY_TOLERANCE,
     check_batch_parity,
@@ -364,7 +364,7 @@ def publish(source: Path, model_dir: Path, version: int | None = None) -> Publis
     else:
         check_new_version(model_dir, version)
     final = model_dir / str(version)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{version}-", dir=model_dir))
+    staging = staging_folder(model_dir, f"{STAGING_PREFIX}{version}-")
     try:
         for item in source.iterdir():
             if item.is_file():

@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from services.core.id_lines import format_id_lines, id_list_problem, read_id_lines
+from services.core.paths import staging_folder
 from services.retrieval.covisitation import CoVisitationTable
 
 FORMAT = "aisle-index/1"
@@ -230,7 +230,7 @@ def save_index(
     final = root / version
     if final.exists():
         raise FileExistsError(f"index version {final} already exists; versions are immutable")
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=root))
+    staging = staging_folder(root, f".{version}-")
     try:
         (staging / IDS_FILE).write_text(format_id_lines(item_ids), encoding="utf-8")
         np.save(staging / EMBEDDINGS_FILE, embeddings)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
+from services.core.paths import current_umask
 from services.ranking.backends.onnxruntime import OnnxRuntimeBackend
 from services.ranking.features import ItemVocabulary
 from services.ranking.model_config import MODEL_FILE, ModelConfigError
@@ -38,6 +40,14 @@ def test_export_is_complete_and_matches_torch(trained):
     metadata = json.loads((version / "metadata.json").read_text())
     assert metadata["parity_max_abs_diff"] <= 1e-4 and metadata["data"]["source"] == "synthetic"
     assert not [p for p in (trained.model_repository / "ranker").iterdir() if p.name.startswith(".")]
+
+
+def test_exported_versions_are_as_readable_as_a_plain_mkdir_makes_them(trained):
+    """Staged in ``mkdtemp`` folders (mode 0700), the versions kept out a server running as another user than the
+    trainer (a shared volume, a serving account)."""
+    expected = 0o777 & ~current_umask()
+    for folder in (trained.model_repository / "ranker" / "1", latest_version(trained.index_root)):
+        assert stat.S_IMODE(folder.stat().st_mode) == expected, folder
 
 
 def test_serving_tokens_are_training_tokens(trained):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from services.cli import main
+from services.core.paths import current_umask
 from services.ranking.backends.onnxruntime import OnnxRuntimeBackend, check_batch_parity
 from services.ranking.model_config import (
     CONFIG_FILE,
@@ -121,6 +123,8 @@ def test_publish_validates_then_renames_into_place_and_rollback_retires(reposito
     result = aisle("publish", source, "--repository", repository)
     assert result.exit_code == 0, result.output
     assert "published ranker version 2" in result.output and model_versions(model_dir) == [1, 2]
+    # As readable as a plain mkdir makes it (its staging folder was mkdtemp's 0700): the server may be another user.
+    assert stat.S_IMODE((model_dir / "2").stat().st_mode) == 0o777 & ~current_umask()
 
     broken = tmp_path / "broken"
     shutil.copytree(source, broken)
