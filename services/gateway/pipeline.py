@@ -166,7 +166,12 @@ class PipelineMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.degraded = Counter("aisle_gateway_degraded", "Degraded answers, by reason.", ["reason"], registry=registry)
+        self.degraded = Counter(
+            "aisle_gateway_degraded",
+            "Degraded answers, by reason (an answer counts once per reason it carries, however many times).",
+            ["reason"],
+            registry=registry,
+        )
         self.side_effect_failed = Counter(
             "aisle_gateway_side_effect_failures",
             "Side effects that did not run to the end (an exposure record the event log refused, for instance).",

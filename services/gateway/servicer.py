@@ -140,8 +140,9 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             )
         response = self._response(state, items, pipeline, variant)
         response.stage_latencies.add(stage="total", duration_ms=(time.perf_counter() - started) * 1000)
-        for degradation in response.degradations:
-            self.metrics.degraded.labels(reason_name(degradation.reason)).inc()
+        # Each reason once per answer: the alerts read it as a share of answers (two dropped shards are one answer).
+        for reason in {reason_name(degradation.reason) for degradation in response.degradations}:
+            self.metrics.degraded.labels(reason).inc()
         span.set_attribute("aisle.degraded", len(response.degradations) > 0)
         if segment is not None and not response.degradations:
             self.cache.put(segment, response)

@@ -242,6 +242,25 @@ async def test_a_degradation_reason_this_gateway_does_not_know_is_passed_on_not_
     assert registry.get_sample_value("aisle_gateway_degraded_total", {"reason": "UNKNOWN"}) == 1
 
 
+async def test_an_answer_degraded_twice_for_one_reason_counts_once_for_it():
+    """The alerts read ``aisle_gateway_degraded_total`` over Recommend answers as a share of answers: a router that
+    dropped two shards (one SOURCE_DROPPED each) made it 200 %."""
+
+    class TwoShardsDown(PopularRetrieval):
+        async def Retrieve(self, request, timeout=None):  # noqa: N802
+            answer = await super().Retrieve(request, timeout)
+            for shard in ("s1", "s2"):
+                answer.degradations.add(reason=common.DEGRADATION_REASON_SOURCE_DROPPED, stage=f"shard {shard}")
+            return answer
+
+    service, registry = servicer(cache_ttl_s=0), CollectorRegistry()
+    service.metrics = PipelineMetrics(registry)
+    service.deps.downstream.retrieval = TwoShardsDown(ITEMS)
+    answer = await recommend(service, guest("someone"))
+    assert len(answer.degradations) == 2  # both are told
+    assert registry.get_sample_value("aisle_gateway_degraded_total", {"reason": "DEGRADATION_REASON_SOURCE_DROPPED"}) == 1
+
+
 async def test_a_refusal_of_what_the_gateway_added_is_a_failed_source_not_the_callers_error():
     """Retrieval's history limit set lower than the gateway's: the stored session history (not the caller's
     request) is refused. The caller gets the fallback answer, flagged, not INVALID_ARGUMENT over a field it never
