@@ -13,6 +13,12 @@ from services.core.errors import ServiceError, describe, status_for
 log = logging.getLogger(__name__)
 
 
+def past_deadline(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call's deadline has passed: its caller got DEADLINE_EXCEEDED, whatever the handler does after."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
 class UnaryWrapper(grpc.aio.ServerInterceptor):
     """Base of the interceptors that wrap each unary method's behaviour: the wrapped handler is made once per
     method (and handler), not on every call.

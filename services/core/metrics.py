@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from services.core.interceptors import UnaryWrapper
+from services.core.interceptors import UnaryWrapper, past_deadline
 
 #: Buckets in seconds, fine below 10 ms where the services' budgets live.
 LATENCY_BUCKETS = (
@@ -50,7 +50,8 @@ class RpcMetrics:
         )
         self.latency = Histogram(
             "aisle_grpc_server_handling_seconds",
-            "Time from receiving an RPC to sending its answer, by method.",
+            "Time from an RPC's handler starting to its answer, by method (not the time a call waited for the busy "
+            "event loop before it: its caller's latency is longer).",
             ["service", "method"],
             buckets=LATENCY_BUCKETS,
             registry=registry,
@@ -109,7 +110,9 @@ class ArtifactMetrics:
 
 
 class MetricsInterceptor(UnaryWrapper):
-    """Counts and times every unary RPC, whatever its outcome."""
+    """Counts and times every unary RPC, whatever its outcome: an answer finished past the call's deadline is
+    DEADLINE_EXCEEDED, as its caller saw it. (A call gRPC drops before its handler starts, its deadline passed while
+    it waited for the event loop, is not seen here: only its caller counts it.)"""
 
     def __init__(self, metrics: RpcMetrics):
         super().__init__()
@@ -124,8 +127,7 @@ class MetricsInterceptor(UnaryWrapper):
             try:
                 response = await behavior(request, context)
             except asyncio.CancelledError:  # past its deadline, cancelled by the caller, or shut down: no code set
-                remaining = context.time_remaining()
-                late = remaining is not None and remaining <= 0
+                late = past_deadline(context)
                 metrics.observe(name, "DEADLINE_EXCEEDED" if late else "CANCELLED", time.perf_counter() - started)
                 del request  # see UnaryWrapper
                 raise
@@ -133,7 +135,10 @@ class MetricsInterceptor(UnaryWrapper):
                 metrics.observe(name, _code_name(context.code(), "UNKNOWN"), time.perf_counter() - started)
                 del request  # see UnaryWrapper
                 raise
-            metrics.observe(name, _code_name(context.code(), "OK"), time.perf_counter() - started)
+            # An answer finished after the caller gave up (a handler that never awaits, on a busy event loop, is
+            # never cancelled) reached no one: counted as the caller saw it, not as OK.
+            code = "DEADLINE_EXCEEDED" if context.code() is None and past_deadline(context) else None
+            metrics.observe(name, code or _code_name(context.code(), "OK"), time.perf_counter() - started)
             return response
 
         return timed

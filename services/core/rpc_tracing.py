@@ -29,7 +29,7 @@ from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.core.interceptors import UnaryWrapper
+from services.core.interceptors import UnaryWrapper, past_deadline
 from services.core.telemetry import ActiveSpan
 
 #: ``rpc.grpc.status_code`` of the RPC semantic conventions.
@@ -119,8 +119,7 @@ class TracingInterceptor(UnaryWrapper):
                 try:
                     response = await behavior(request, context)
                 except asyncio.CancelledError:  # past its deadline, cancelled by the caller, or shut down
-                    remaining = context.time_remaining()
-                    late = remaining is not None and remaining <= 0
+                    late = past_deadline(context)
                     _server_outcome(span, grpc.StatusCode.DEADLINE_EXCEEDED if late else grpc.StatusCode.CANCELLED)
                     del request  # see UnaryWrapper
                     raise
@@ -128,7 +127,10 @@ class TracingInterceptor(UnaryWrapper):
                     _server_outcome(span, _status_code(context.code()), context.details() or str(error))
                     del request  # see UnaryWrapper
                     raise
-                span.set_attribute(STATUS_CODE, 0)
+                if context.code() is None and past_deadline(context):  # finished after its caller gave up
+                    _server_outcome(span, grpc.StatusCode.DEADLINE_EXCEEDED)
+                else:
+                    span.set_attribute(STATUS_CODE, 0)
                 return response
 
         return traced
@@ -157,6 +159,10 @@ class _TracedUnaryUnary:
             except grpc.aio.AioRpcError as error:
                 span.set_attribute(STATUS_CODE, error.code().value[0])
                 span.set_status(Status(StatusCode.ERROR, f"{error.code().name}: {error.details()}"))
+                raise
+            except asyncio.CancelledError:  # the caller gave up first (its own timeout, a stage's slice): abandoned
+                span.set_attribute(STATUS_CODE, grpc.StatusCode.CANCELLED.value[0])
+                span.set_status(Status(StatusCode.ERROR, "CANCELLED: abandoned by the caller"))
                 raise
             span.set_attribute(STATUS_CODE, 0)
             return response

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 import weakref
 
 import grpc
@@ -49,6 +50,14 @@ class Slow(health_pb2_grpc.HealthServicer):
     async def Check(self, request, context):  # noqa: N802
         self.entered.set()
         await asyncio.sleep(5)
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+class Busy(health_pb2_grpc.HealthServicer):
+    """Works without awaiting (as retrieval's search does), so nothing cancels it when its deadline passes."""
+
+    async def Check(self, request, context):  # noqa: N802
+        time.sleep(0.3)  # noqa: ASYNC251 - the blocking handler under test
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
 
@@ -172,6 +181,24 @@ async def test_a_call_past_its_deadline_is_counted_as_deadline_exceeded():
         await asyncio.wait_for(channel.channel_ready(), 10)  # the deadline is the handler's, not the connection's
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+        counts = await _counted(registry)
+    finally:
+        await channel.close()
+        await server.stop(0)
+    assert failed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert counts == {"DEADLINE_EXCEEDED": 1.0}
+
+
+async def test_an_answer_finished_after_its_deadline_is_counted_as_deadline_exceeded_not_ok():
+    """An overloaded retrieval (a handler that never awaits, on a busy event loop) answered past every deadline:
+    its callers saw DEADLINE_EXCEEDED while its metrics said OK."""
+    registry = CollectorRegistry()
+    server, target = await _serve(Busy(), MetricsInterceptor(RpcMetrics(registry, "test")))
+    channel = grpc.aio.insecure_channel(target)
+    try:
+        await asyncio.wait_for(channel.channel_ready(), 10)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.1)
         counts = await _counted(registry)
     finally:
         await channel.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 
 import grpc
@@ -36,6 +37,8 @@ async def echo_server():
             raise RuntimeError("a bug")
         if request == b"slow":
             await asyncio.sleep(5)
+        if request == b"busy":  # works without awaiting: nothing cancels it when its deadline passes
+            time.sleep(0.3)  # noqa: ASYNC251 - the blocking handler under test
         return request
 
     server = grpc.aio.server(interceptors=[TracingInterceptor(), ErrorInterceptor()])
@@ -87,6 +90,8 @@ async def test_a_server_span_continues_the_callers_trace(span_exporter):
         (b"broken", grpc.StatusCode.INTERNAL, StatusCode.ERROR, 5),
         # Cancelled by gRPC when the caller's deadline passed: not an unknown error.
         (b"slow", grpc.StatusCode.DEADLINE_EXCEEDED, StatusCode.ERROR, 0.2),
+        # Answered after the caller's deadline: what the caller saw, not OK.
+        (b"busy", grpc.StatusCode.DEADLINE_EXCEEDED, StatusCode.ERROR, 0.1),
     ],
 )
 async def test_a_failed_call_has_its_code_on_the_server_span(span_exporter, request_bytes, code, status, timeout):
@@ -124,6 +129,21 @@ async def test_a_traced_channel_makes_the_client_span_the_servers_parent(span_ex
     [failed] = [c for c in clients if c.status.status_code == StatusCode.ERROR]
     assert failed.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert sorted(c.attributes["rpc.grpc.status_code"] for c in clients) == [0, 0, 3]
+
+
+async def test_a_call_its_caller_abandons_ends_its_client_span_as_an_error(span_exporter):
+    """The gateway's stage timeout fires before gRPC's deadline: the abandoned call's span said nothing of it, so a
+    degraded answer's trace showed a successful Retrieve."""
+    tracer = trace.get_tracer("test")
+    async with echo_server() as target, TracedChannel(grpc.aio.insecure_channel(target)) as channel:
+        call = channel.unary_unary(METHOD, request_serializer=_identity, response_deserializer=_identity)
+        with tracer.start_as_current_span("request") as root:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await call(b"slow", timeout=5)
+    [client] = spans_of(span_exporter, root.get_span_context().trace_id, SpanKind.CLIENT)
+    assert client.attributes["rpc.grpc.status_code"] == grpc.StatusCode.CANCELLED.value[0]
+    assert client.status.status_code == StatusCode.ERROR and "CANCELLED" in client.status.description
 
 
 async def test_a_traced_channel_is_still_a_channel(span_exporter):

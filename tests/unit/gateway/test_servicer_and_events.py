@@ -258,7 +258,9 @@ async def test_an_answer_degraded_twice_for_one_reason_counts_once_for_it():
     service.deps.downstream.retrieval = TwoShardsDown(ITEMS)
     answer = await recommend(service, guest("someone"))
     assert len(answer.degradations) == 2  # both are told
-    assert registry.get_sample_value("aisle_gateway_degraded_total", {"reason": "DEGRADATION_REASON_SOURCE_DROPPED"}) == 1
+    assert (
+        registry.get_sample_value("aisle_gateway_degraded_total", {"reason": "DEGRADATION_REASON_SOURCE_DROPPED"}) == 1
+    )
 
 
 async def test_a_refusal_of_what_the_gateway_added_is_a_failed_source_not_the_callers_error():
