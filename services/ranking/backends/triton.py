@@ -34,10 +34,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+import grpc
 import numpy as np
 from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 
 from services.core.keepalive import KEEPALIVE_TIME_MS
+from services.core.rpc_tracing import STATUS_CODE, rpc_attributes
 from services.core.telemetry import ActiveSpan
 from services.core.versions import FolderStamp, folder_stamp
 from services.ranking.backends.base import (
@@ -583,11 +586,15 @@ class TritonBackend:
             tensor.set_data_from_numpy(values)
             tensors.append(tensor)
         names = [PURCHASE_OUTPUT] + ([RETURN_OUTPUT] if model.contract.has_return_head else [])
-        with ActiveSpan(self._tracer.start_span("TritonInfer")) as span:
+        span = self._tracer.start_span("TritonInfer", kind=SpanKind.CLIENT, attributes=_INFER_ATTRIBUTES)
+        with ActiveSpan(span):
             span.set_attribute("aisle.triton.target", target)
             span.set_attribute("aisle.model.version", model.version)
             headers: dict[str, str] = {}
-            propagate.inject(headers)
+            if span.get_span_context().trace_flags.sampled:
+                # Triton traces every request that carries a context, whatever its own rate says: an unsampled
+                # trace's context would have it trace (and export) a request whose parents nobody keeps.
+                propagate.inject(headers)
             try:
                 result = await client.infer(
                     model.name,
@@ -598,7 +605,9 @@ class TritonBackend:
                     headers=headers,
                 )
             except InferenceServerException as error:
+                span.set_attribute(STATUS_CODE, _status_number(error))
                 raise _mapped(error, target, model) from None
+            span.set_attribute(STATUS_CODE, 0)
         purchase = result.as_numpy(PURCHASE_OUTPUT)
         returns = result.as_numpy(RETURN_OUTPUT) if len(names) > 1 else None
         expected = inputs.tensors[next(iter(inputs.tensors))].shape[:1] + (inputs.candidate_count,)
@@ -608,6 +617,17 @@ class TritonBackend:
                 f"{None if purchase is None else purchase.shape}, want {expected}"
             )
         return Scores(purchase=purchase, returns=returns)
+
+
+#: The ``TritonInfer`` span's RPC attributes: Triton's gRPC inference call, so tracing backends draw ranking -> Triton.
+_INFER_ATTRIBUTES = rpc_attributes("/inference.GRPCInferenceService/ModelInfer")
+
+
+def _status_number(error) -> int:
+    """The gRPC code number of a Triton client error (its status reads "StatusCode.UNAVAILABLE"); UNKNOWN's (2)
+    when it has none."""
+    name = str(error.status() or "").rpartition(".")[2]
+    return next((code.value[0] for code in grpc.StatusCode if code.name == name), grpc.StatusCode.UNKNOWN.value[0])
 
 
 def _mapped(error, target: str, model: ServedModel) -> Exception:

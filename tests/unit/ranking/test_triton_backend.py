@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from prometheus_client import CollectorRegistry
 from tritonclient.utils import InferenceServerException
 
@@ -124,6 +125,25 @@ async def test_calls_go_round_robin_with_the_callers_deadline_and_trace_context(
     call = fakes[0].calls[0]
     assert 0.2 < call["timeout"] <= 0.25 - DEADLINE_MARGIN_S
     assert trace_id in call["headers"]["traceparent"]
+
+
+async def test_only_a_sampled_trace_sends_its_context_to_triton(repository, span_exporter):
+    """Triton traces every request carrying a context, whatever its own rate: the 95 % of calls a 5 % sampler drops
+    were traced by Triton too, under parents no one exported."""
+    fake = FakeTriton("a:1")
+    backend = backend_with(repository, fake)
+    await backend.load()
+    unsampled = SpanContext(0x1234, 0x5678, is_remote=True, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    with trace.use_span(NonRecordingSpan(unsampled)):
+        await backend.rank([], ["item-1"], timeout=0.25)
+    with trace.get_tracer("test").start_as_current_span("caller") as caller:
+        await backend.rank([], ["item-1"], timeout=0.25)
+    assert "traceparent" not in fake.calls[0]["headers"] and "traceparent" in fake.calls[1]["headers"]
+    # The call is a CLIENT span of Triton's inference RPC, so tracing backends draw the ranking -> Triton edge.
+    [infer] = [s for s in span_exporter.get_finished_spans() if s.name == "TritonInfer"]
+    assert infer.parent.span_id == caller.get_span_context().span_id and infer.kind == SpanKind.CLIENT
+    assert infer.attributes["rpc.service"] == "inference.GRPCInferenceService"
+    assert infer.attributes["rpc.method"] == "ModelInfer" and infer.attributes["rpc.grpc.status_code"] == 0
 
 
 async def test_no_deadline_uses_the_default_timeout(repository):
