@@ -15,7 +15,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from services.core.metrics import RpcMetrics
+from services.core.metrics import LATENCY_BUCKETS, RpcMetrics
 from services.gateway.components.scorers import RankingParams
 from services.gateway.components.sources import RetrievalSourcesParams
 from services.gateway.pipeline import PipelineMetrics
@@ -176,6 +176,19 @@ def test_latency_alerts_fire_before_the_budget_and_the_stage_slices_cut_answers(
     retrieval_slice = RetrievalSourcesParams.model_fields["share"].default * budget
     assert threshold(stages, 'p99_5m{stage="retrieval"}') < retrieval_slice
     assert threshold(stages, 'p99_5m{stage="scoring"}') < RankingParams.model_fields["share"].default * budget
+
+
+def test_every_latency_threshold_is_a_bucket_edge_of_the_histograms():
+    """A p99 is interpolated within its bucket: a threshold between two edges (25 ms, between 20 and 30) fired on a
+    p99 of 21 ms, read as 29.9."""
+    edges = {round(edge, 6) for edge in LATENCY_BUCKETS}
+    compared = [
+        (name, float(value))
+        for name, rule in alerts().items()
+        for value in re.findall(r"p99_5m(?:\{[^}]*\})?\s*>\s*([0-9.]+)", re.sub(r"\s+", " ", rule["expr"]))
+    ]
+    assert len(compared) >= 5  # the Recommend warning and critical, the three stage groups
+    assert [(name, value) for name, value in compared if round(value, 6) not in edges] == []
 
 
 def test_the_pod_monitor_scrapes_every_pod_that_asks_to_be_scraped(renders: list[Render]):
