@@ -83,9 +83,10 @@ class ActiveSpan:
 
 
 def current_trace_id() -> str:
-    """The W3C trace id of the current span as 32 hex digits, or "" when there is none."""
+    """The W3C trace id of the current span as 32 hex digits, or "" when there is none or it is not sampled (no one
+    keeps it: an id a caller would search the tracing backend for in vain)."""
     context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else ""
+    return format(context.trace_id, "032x") if context.is_valid and context.trace_flags.sampled else ""
 
 
 def shutdown_tracing() -> None:
