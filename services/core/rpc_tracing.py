@@ -98,6 +98,11 @@ class _MetadataSetter(Setter):
 _GETTER, _SETTER = _MetadataGetter(), _MetadataSetter()
 
 
+#: Calls no span is made for: the kubelet's health probes (a one-span trace per probe, every few seconds per pod) and
+#: reflection. Their metrics are still counted.
+UNTRACED_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
 class TracingInterceptor(UnaryWrapper):
     """A SERVER span around each unary call, child of the trace context the caller sent (a new trace without one).
 
@@ -110,6 +115,8 @@ class TracingInterceptor(UnaryWrapper):
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
 
     def wrap(self, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], method: str):
+        if method.startswith(UNTRACED_METHODS):
+            return behavior
         tracer, attributes = self._tracer, rpc_attributes(method)
 
         async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:

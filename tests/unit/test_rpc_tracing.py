@@ -9,6 +9,8 @@ import uuid
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -108,6 +110,22 @@ async def test_a_failed_call_has_its_code_on_the_server_span(span_exporter, requ
     assert span.status.status_code == status
     if status == StatusCode.ERROR:
         assert code.name in span.status.description
+
+
+async def test_health_probes_make_no_spans(span_exporter):
+    """The kubelet probes every pod every few seconds: each probe was a trace of its own in the tracing backend."""
+    server = grpc.aio.server(interceptors=[TracingInterceptor(), ErrorInterceptor()])
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    finally:
+        await server.stop(None)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    assert [s.name for s in span_exporter.get_finished_spans() if "Health" in s.name] == []
 
 
 async def test_a_traced_channel_makes_the_client_span_the_servers_parent(span_exporter):
