@@ -266,9 +266,15 @@ class Pipeline:
                     return Candidates.empty()
 
         if len(sources) == 1:  # the usual policy (one RetrievalSources call): no task to gather
-            results = [await one(sources[0])]
-        else:
-            results = await asyncio.gather(*(one(s) for s in sources))
+            return merge([await one(sources[0])], self.candidate_limit)
+        tasks = [asyncio.ensure_future(one(s)) for s in sources]
+        try:
+            results = await asyncio.gather(*tasks)
+        except Exception:  # a fail-closed source failed: the answer is an error now, the others' calls are waste
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # ended before the request's error goes up
+            raise
         return merge(results, self.candidate_limit)
 
     def _component(self, component: Component, metrics: PipelineMetrics):

@@ -290,11 +290,16 @@ class Source(ComponentBase):
     def __init__(self, name: str, answer=(), error: Exception | None = None, slow: bool = False, fail_open=True):
         super().__init__(name, Params(), deps())
         self.answer, self.error, self.slow, self.fail_open, self.fetched = list(answer), error, slow, fail_open, 0
+        self.cancelled = False
 
     async def fetch(self, request_state, timeout):
         self.fetched += 1
         if self.slow:
-            await asyncio.sleep(5)
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
         if self.error is not None:
             raise self.error
         return Candidates.of(self.answer, common.CANDIDATE_SOURCE_POPULARITY)
@@ -334,6 +339,16 @@ async def test_a_fail_closed_source_that_timed_out_is_deadline_exceeded_not_inte
         await pipeline([slow]).run(state(budget_s=0.1), PipelineMetrics(CollectorRegistry()))
     assert failure.value.reason == "RETRIEVAL_TIMEOUT" and "Retrieval" in failure.value.message
     assert status_for(failure.value).code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_a_fail_closed_source_that_failed_cancels_the_other_sources_calls():
+    """The answer is an error at once: the other sources' calls kept retrieval busy to the end of their slices, and
+    could still write to the request's state and the popular cache after it was answered."""
+    slow = Source("Trending", slow=True)
+    down = Source("TwoTower", error=SourceFailed("retrieval UNAVAILABLE"), fail_open=False)
+    with pytest.raises(DependencyUnavailable):
+        await pipeline([down, slow]).run(state(budget_s=2), PipelineMetrics(CollectorRegistry()))
+    assert slow.fetched == 1 and slow.cancelled
 
 
 class RefusedLog(ComponentBase):
