@@ -75,6 +75,11 @@ class Downstream:
             await channel.close()
 
 
+#: How long a stop waits for the side effects of answers already sent (a few Redis or file writes each), within the
+#: pod's termination grace period (30 s) after the drain delay and the server's own grace.
+SIDE_EFFECTS_WAIT_S = 5.0
+
+
 def build_application(
     settings: GatewaySettings,
     registry: CollectorRegistry | None = None,
@@ -141,6 +146,7 @@ def build_application(
         for task in warmer:
             task.cancel()
         await asyncio.gather(*warmer, return_exceptions=True)
+        await servicer.drain(timeout_s=SIDE_EFFECTS_WAIT_S)  # the last answers' exposures, before their stores
         await downstream.close()
         await events.close()
         await sessions.close()

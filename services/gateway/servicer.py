@@ -180,6 +180,15 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def drain(self, timeout_s: float) -> None:
+        """Waits up to ``timeout_s`` for the side effects of the answers already sent (their exposures), which the
+        event log and the session store must outlive."""
+        if not self._background:
+            return
+        _, pending = await asyncio.wait(set(self._background), timeout=timeout_s)
+        if pending:
+            log.warning("stopping with %d answers' side effects unfinished after %.0f s", len(pending), timeout_s)
+
     async def TrackEvents(self, request: pb.TrackEventsRequest, context) -> pb.TrackEventsResponse:  # noqa: N802
         check = Violations()
         check.count("events", request.events, limit=self.settings.max_events_per_call)

@@ -113,3 +113,42 @@ async def test_sigterm_lets_the_in_flight_call_finish_and_refuses_new_ones(tmp_p
         host.remove_signal_handlers()
         downstream.release.set()
         await host.stop(grace=0, drain=0)
+
+
+class SlowEventLog:
+    """An event sink whose writes take 0.3 s; records what happened, in order."""
+
+    def __init__(self) -> None:
+        self.happened: list[str] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def write(self, records) -> None:
+        self.happened.append("write started")
+        await asyncio.sleep(0.3)
+        self.happened.append("write ended")
+
+    async def close(self) -> None:
+        self.happened.append("closed")
+
+
+async def test_a_stop_closes_the_event_log_after_the_answers_side_effects_not_during_them(tmp_path):
+    """The exposures of the last answers are written after the answer is sent: the stop closed the event log (and
+    the session store: Redis drops connections in use) while they were being written, and lost them."""
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps({f"item-{i}": {"category": "c", "brand": "b"} for i in range(10)}))
+    settings = GatewaySettings(
+        host="127.0.0.1", port=0, metrics_port=None, grace_period_s=5, drain_delay_s=0, catalog_path=catalog
+    )
+    events = SlowEventLog()
+    host = ServiceHost(settings, build_application(settings, downstream=SlowDownstream(), events=events))
+    port = await host.start()
+    await host.load()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            answer = await pb_grpc.RecommendationServiceStub(channel).Recommend(home_request(["a"], k=3), timeout=5)
+        assert len(answer.items) == 3 and events.happened == ["write started"]  # answered; the log still writing
+    finally:
+        await host.stop(grace=5, drain=0)
+    assert events.happened == ["write started", "write ended", "closed"]
