@@ -503,6 +503,17 @@ class TritonBackend:
                 f"Triton at {target} serves outputs {sorted(outputs)}, "
                 f"{CONFIG_FILE} declares {sorted(contract.outputs)}"
             )
+        # Shapes too: a history length changed in one copy of config.pbtxt and not the other (a release, a sync that
+        # drifted) passed, and every call then failed INVALID_ARGUMENT, which the fallback does not cover.
+        specs = {**contract.inputs, **contract.outputs}
+        for tensor in (*metadata.get("inputs", []), *metadata.get("outputs", [])):
+            spec = specs.get(tensor["name"])
+            if spec is not None and "shape" in tensor and not _shapes_agree(tensor["shape"], spec.shape):
+                raise ModelConfigError(
+                    f"Triton at {target} serves {self.model_name!r} version {version} with {tensor['name']} of "
+                    f"shape {[int(d) for d in tensor['shape']]}, the repository's {CONFIG_FILE} declares "
+                    f"{list(spec.shape)}"
+                )
         folder = model_dir / version
         if not folder.is_dir():
             # Not a configuration error: the local copy is behind (not synced yet) or the version was retired by
@@ -621,6 +632,13 @@ class TritonBackend:
 
 #: The ``TritonInfer`` span's RPC attributes: Triton's gRPC inference call, so tracing backends draw ranking -> Triton.
 _INFER_ATTRIBUTES = rpc_attributes("/inference.GRPCInferenceService/ModelInfer")
+
+
+def _shapes_agree(served: Sequence, declared: Sequence[int]) -> bool:
+    """Whether Triton's shape of a tensor (numbers, as text in its JSON) is the contract's; -1 (a variable size) on
+    either side matches any size."""
+    served = [int(d) for d in served]
+    return len(served) == len(declared) and all(s == d or -1 in (s, d) for s, d in zip(served, declared, strict=True))
 
 
 def _status_number(error) -> int:

@@ -306,6 +306,21 @@ async def test_a_server_with_other_tensors_is_refused_at_load(repository):
         await backend_with(repository, fake).load()
 
 
+@pytest.mark.parametrize(("history_shape", "refused"), [(["-1", "50"], False), (["-1", "60"], True), (["50"], True)])
+async def test_a_server_with_other_tensor_shapes_is_refused_at_load(repository, history_shape, refused):
+    """config.pbtxt is the model folder's, synced apart from Triton's copy: a history length changed in one of them
+    passed (names and types agree), and every call then failed INVALID_ARGUMENT, which the fallback does not cover."""
+    fake = FakeTriton("a:1")
+    fake.inputs = [{**INPUTS[0], "shape": history_shape}, {**INPUTS[1], "shape": ["-1", "-1"]}]
+    backend = backend_with(repository, fake)
+    if refused:
+        with pytest.raises(ModelConfigError, match=r"history_item_ids of shape .* declares \[-1, 50\]"):
+            await backend.load()
+    else:
+        await backend.load()
+        assert (await backend.rank(["item-1"], ["item-2"], timeout=0.5)).backend == "triton"
+
+
 class FakeEmbedded:
     kind = "onnxruntime"
     model_name = "ranker"
