@@ -5,7 +5,8 @@ wrongly, or a full queue, reaches the caller: falling back would hide a fault or
 ranking pods.
 
 The embedded backend is loaded and warmed at start-up so a fallback costs no loading time. Triton failing to load
-at start-up does not stop the service (every call falls back, flagged) and the watch keeps trying to reach it.
+at start-up (unreachable, not ready, or serving a version refused here) does not stop the service (every call falls
+back, flagged) and the watch keeps trying to reach it. The fallback is logged once per state change, not per call.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from services.ranking.backends.base import (
     Ranking,
     RankingBackend,
 )
+from services.ranking.model_config import ModelConfigError
 from services.ranking.served_model import ServedModel
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,8 @@ class FallbackBackend:
         self._on_fallback = on_fallback
         self.kind = f"{primary.kind}+{fallback.kind}"
         self.model_name = primary.model_name
+        #: Why the last call fell back ("" while the primary answers): a warning when it changes, not every call.
+        self._falling_back = ""
 
     @property
     def model(self) -> ServedModel | None:
@@ -48,26 +52,33 @@ class FallbackBackend:
         await self.fallback.load()
         try:
             await self.primary.load()
-        except (BackendUnavailable, ModelNotReady) as error:
+        except (BackendUnavailable, ModelNotReady, ModelConfigError) as error:
             log.warning(
                 "%s not ready at start-up, answering with %s until it is: %s",
                 self.primary.kind,
                 self.fallback.kind,
-                error.message,
+                _why(error),
             )
 
     async def rank(
         self, history_ids: Sequence[str], candidate_ids: Sequence[str], timeout: float | None, version: str = ""
     ) -> Ranking:
         try:
-            return await self.primary.rank(history_ids, candidate_ids, timeout, version)
+            ranking = await self.primary.rank(history_ids, candidate_ids, timeout, version)
         except (BackendUnavailable, ModelNotReady, InferenceServerFault) as error:
             failed = error
+        else:
+            if self._falling_back:
+                log.warning("%s answers again", self.primary.kind)
+                self._falling_back = ""
+            return ranking
         if version and version != self.fallback.model_version:
             # The caller pinned a version the fallback does not serve: the primary's failure is the answer (a
             # NOT_FOUND from the fallback would say the version is gone, not that the server is down for now).
             raise failed
-        log.warning("%s failed, falling back to %s: %s", self.primary.kind, self.fallback.kind, failed.message)
+        if failed.reason != self._falling_back:  # one line per outage (the fallback metric counts the calls)
+            log.warning("%s failed, falling back to %s: %s", self.primary.kind, self.fallback.kind, failed.message)
+            self._falling_back = failed.reason
         ranking = await self.fallback.rank(history_ids, candidate_ids, timeout, version)
         if self._on_fallback is not None:
             self._on_fallback(failed.reason)  # counted once the fallback has answered
@@ -79,8 +90,8 @@ class FallbackBackend:
             try:
                 await self.primary.load()
                 return True
-            except (BackendUnavailable, ModelNotReady) as error:
-                log.debug("%s still not ready: %s", self.primary.kind, error.message)
+            except (BackendUnavailable, ModelNotReady, ModelConfigError) as error:
+                log.debug("%s still not ready: %s", self.primary.kind, _why(error))
                 return changed
         return await self.primary.refresh() or changed
 
@@ -89,3 +100,7 @@ class FallbackBackend:
             await self.primary.close()
         finally:
             await self.fallback.close()
+
+
+def _why(error: Exception) -> str:
+    return getattr(error, "message", None) or str(error)

@@ -380,6 +380,19 @@ async def test_fallback_answers_for_a_fault_of_triton_not_for_a_refusal_a_full_q
     assert reasons == ["INFERENCE_SERVER_FAULT"]
 
 
+async def test_a_fallback_is_logged_once_per_outage_not_once_per_call(repository, caplog):
+    fake = FakeTriton("a:1")
+    backend = FallbackBackend(backend_with(repository, fake), FakeEmbedded())
+    await backend.load()
+    fake.error = InferenceServerException("failed to connect to all addresses", status="StatusCode.UNAVAILABLE")
+    for _ in range(5):
+        assert (await backend.rank([], ["item-1"], timeout=0.5)).fallback
+    fake.error = None
+    assert not (await backend.rank([], ["item-1"], timeout=0.5)).fallback
+    said = [r.getMessage() for r in caplog.records if r.name.endswith("fallback")]
+    assert len(said) == 2 and "falling back" in said[0] and "answers again" in said[1]
+
+
 async def test_fallback_starts_on_the_embedded_backend_when_triton_is_down(repository):
     fake = FakeTriton("a:1")
     fake.error = InferenceServerException("failed to connect", status="StatusCode.UNAVAILABLE")
@@ -389,6 +402,22 @@ async def test_fallback_starts_on_the_embedded_backend_when_triton_is_down(repos
     assert (await backend.rank([], ["item-1"], timeout=0.5)).fallback
     fake.error = None
     assert await backend.refresh()  # the watch finds Triton back
+    assert not (await backend.rank([], ["item-1"], timeout=0.5)).fallback
+
+
+async def test_fallback_starts_and_answers_when_the_version_triton_serves_is_refused_here(repository, caplog):
+    """The docstring's promise, "Triton failing to load at start-up does not stop the service": a version refused
+    here (an empty vocabulary) stopped the pod, though the embedded backend could answer; the watch then logged
+    the refusal's traceback at every interval."""
+    (repository / "ranker" / "1" / "item_vocabulary.txt").write_text("")
+    fake = FakeTriton("a:1")
+    backend = FallbackBackend(backend_with(repository, fake), FakeEmbedded())
+    await backend.load()
+    assert (await backend.rank([], ["item-1"], timeout=0.5)).fallback
+    assert await backend.refresh() is False  # still refused: no change, and no traceback
+    assert not [r for r in caplog.records if r.exc_info]
+    (repository / "ranker" / "1" / "item_vocabulary.txt").write_text("\n".join(ITEMS) + "\n")
+    assert await backend.refresh()  # mended: Triton answers again
     assert not (await backend.rank([], ["item-1"], timeout=0.5)).fallback
 
 
