@@ -110,9 +110,10 @@ class _Routes:
 
     ``models`` has one entry per target (``None``: the server serves no version this backend can use, so it gets no
     calls); ``keys`` has, per version, its folder's :data:`FolderKey` when its files were read; ``problems`` says
-    why servers get no calls."""
+    why servers get no calls; ``dark`` routes (no server answered the last refresh) send no calls at all, and still
+    say which versions were served."""
 
-    __slots__ = ("targets", "clients", "models", "keys", "problems", "live", "by_version", "newest")
+    __slots__ = ("targets", "clients", "models", "keys", "problems", "live", "by_version", "newest", "dark")
 
     def __init__(
         self,
@@ -121,18 +122,22 @@ class _Routes:
         models: Sequence[ServedModel | None],
         keys: dict[str, FolderKey | None],
         problems: Sequence[str] = (),
+        dark: bool = False,
     ):
         self.targets, self.clients = tuple(targets), tuple(clients)
         self.models = tuple(models)
         self.problems = tuple(problems)
-        self.live = tuple(index for index, model in enumerate(self.models) if model is not None)
+        self.dark = dark
+        self.live = () if dark else tuple(index for index, model in enumerate(self.models) if model is not None)
         self.by_version = {model.version: model for model in self.models if model is not None}
         self.keys = {version: keys[version] for version in self.by_version}
         self.newest = max(self.by_version.values(), key=lambda model: int(model.version), default=None)
 
     def same_as(self, other: _Routes) -> bool:
-        return self.targets == other.targets and all(
-            mine is theirs for mine, theirs in zip(self.models, other.models, strict=True)
+        return (
+            self.targets == other.targets
+            and self.dark == other.dark
+            and all(mine is theirs for mine, theirs in zip(self.models, other.models, strict=True))
         )
 
     def model_of(self, target: str) -> ServedModel | None:
@@ -335,7 +340,16 @@ class TritonBackend:
         current = self._routes
         try:
             routes = await self._route(current, control_timeout)
-        except (ModelNotReady, BackendUnavailable, ModelConfigError) as error:
+        except BackendUnavailable as error:
+            if current is None or current.dark:
+                return False
+            # No server answered (all hung, or none left in DNS): a call sent to one would wait out its whole
+            # budget. None gets calls until a refresh finds one serving, so calls fail at once (or fall back).
+            dark = _Routes(current.targets, current.clients, current.models, current.keys, [str(error)], dark=True)
+            self._publish(dark)
+            log.warning("no calls to Triton until a server answers: %s", error)
+            return True
+        except (ModelNotReady, ModelConfigError) as error:
             log.warning("keeping version %s: %s", self.model_version or "none", error)
             return False
         if current is not None and routes.same_as(current):
@@ -547,8 +561,10 @@ class TritonBackend:
         version_retried = False
         while True:
             routes = self._routes
-            if routes is None or not routes.live:
+            if routes is None:
                 raise ModelNotReady(f"model {self.model_name!r} is not ready on Triton yet")
+            if routes.dark:  # the last refresh found no server answering
+                raise BackendUnavailable(f"no Triton server answers now: {'; '.join(routes.problems)}")
             live = routes.live
             if version:
                 live = tuple(index for index in live if routes.models[index].version == version)

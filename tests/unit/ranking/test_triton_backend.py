@@ -393,6 +393,32 @@ async def test_a_fallback_is_logged_once_per_outage_not_once_per_call(repository
     assert len(said) == 2 and "falling back" in said[0] and "answers again" in said[1]
 
 
+class HungInferences(HungTriton):
+    """Answers nothing in time, its inferences as its control calls."""
+
+    async def infer(self, *args, **kwargs):
+        if self.hung:
+            raise InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+        return await super().infer(*args, **kwargs)
+
+
+async def test_calls_stop_going_to_triton_once_no_server_answers_and_the_fallback_answers(repository):
+    """A hung Triton kept its routes: every call waited out its budget (InferenceTimeout, which the fallback does
+    not cover), so the fallback never answered in the very outage it is for."""
+    fake = HungInferences("a:1")
+    backend = FallbackBackend(backend_with(repository, fake), FakeEmbedded())
+    await backend.load()
+    assert not (await backend.rank([], ["item-1"], timeout=0.5)).fallback
+    fake.hung = True
+    await backend.refresh()  # the watch finds no server answering
+    assert (await backend.rank([], ["item-1"], timeout=0.5)).fallback
+    with pytest.raises(BackendUnavailable, match="no Triton server answer"):  # Triton alone: refused at once
+        await backend.primary.rank([], ["item-1"], timeout=0.5)
+    fake.hung = False
+    assert await backend.refresh()  # back
+    assert not (await backend.rank([], ["item-1"], timeout=0.5)).fallback
+
+
 async def test_fallback_starts_on_the_embedded_backend_when_triton_is_down(repository):
     fake = FakeTriton("a:1")
     fake.error = InferenceServerException("failed to connect", status="StatusCode.UNAVAILABLE")
