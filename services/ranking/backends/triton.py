@@ -237,6 +237,8 @@ class TritonBackend:
         self._turn = itertools.count()
         self._routes: _Routes | None = None
         self._lock = asyncio.Lock()
+        #: The switch the calls that met a gone version wait for (one at a time, not cancelled by their deadlines).
+        self._following: asyncio.Task | None = None
         # Got after the tracer provider is set, not at import (the API's proxy costs a context manager per span).
         self._tracer = trace.get_tracer(__name__)
 
@@ -325,15 +327,24 @@ class TritonBackend:
             return await self._switch(CONTROL_TIMEOUT_S)
 
     async def _follow(self, seen: _Routes, timeout: float) -> None:
-        """What a call that met a version Triton no longer serves does: switches unless another call already did
-        since the call read ``seen`` (single flight), waiting and asking no longer than ``timeout`` seconds."""
+        """What a call that met a version Triton no longer serves does: waits, no longer than ``timeout`` seconds,
+        for one switch that the calls share (single flight). The switch runs to its end whatever the callers'
+        deadlines: reading a large catalog's item files outlasts any call's, and a switch cancelled with its caller
+        left the next caller to read them all again."""
+        if self._following is None or self._following.done():
+            self._following = asyncio.get_running_loop().create_task(self._switch_from(seen), name="triton-switch")
         try:
-            async with asyncio.timeout(timeout):
-                async with self._lock:
-                    if self._routes is seen:
-                        await self._switch(min(timeout, CONTROL_TIMEOUT_S))
+            await asyncio.wait_for(asyncio.shield(self._following), timeout)
         except TimeoutError:
-            pass  # the caller finds the versions unchanged and its time spent
+            pass  # the caller finds the versions unchanged and its time spent; the switch goes on
+
+    async def _switch_from(self, seen: _Routes) -> None:
+        try:
+            async with self._lock:
+                if self._routes is seen:  # no other switch (a refresh) moved on since
+                    await self._switch(CONTROL_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - no caller may be waiting to be told; the watch tries again
+            log.exception("following Triton's version switch failed")
 
     async def _switch(self, control_timeout: float) -> bool:
         """Under the lock: takes the versions Triton serves now if they are others; True when it switched."""
@@ -366,6 +377,9 @@ class TritonBackend:
         return True
 
     async def close(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
+            await asyncio.gather(self._following, return_exceptions=True)
         async with self._lock:  # a refresh under way finishes first, so it makes no client after this
             waiting = list(self._closing.values())  # the clients of departed addresses, within their grace
             for task in list(self._closing):
