@@ -234,6 +234,16 @@ async def test_availability_update_applies_without_rebuild(index_root):
                 timeout=5,
             )
         assert "updates[0].sold_in_regions[0]" in details_of(failure.value)[1]
+        # Regions without set_regions were ignored, the update counted as applied: refused, as the command refuses.
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await stub.UpdateAvailability(
+                pb.UpdateAvailabilityRequest(
+                    updates=[pb.AvailabilityUpdate(item_id=top, stock=3, sold_in_regions=["DE"])]
+                ),
+                timeout=5,
+            )
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "updates[0].set_regions" in details_of(failure.value)[1]
 
 
 async def test_hot_swap_under_concurrent_requests_with_zero_failed_calls(tmp_path):
