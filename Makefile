@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 export BUF_CACHE_DIR ?= $(CURDIR)/.cache/buf
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-integration test-e2e lint format proto proto-check k8s-check check train train-online-retail evaluate triton bench-retrieval bench-e2e bench-e2e-triton bench-handlers bench-tracing models-check bench-ranking clean
+.PHONY: help setup demo test test-unit test-integration test-e2e lint format proto proto-check proto-breaking k8s-check check train train-online-retail evaluate triton bench-retrieval bench-e2e bench-e2e-triton bench-handlers bench-tracing models-check bench-ranking clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -84,6 +84,18 @@ proto-check: setup ## Fail if gen/python is stale against protos/
 	  { diff -r -q "$$tmp/aisle" gen/python/aisle -x __pycache__ && echo "generated stubs are up to date" || \
 	  { echo "gen/python is stale: run 'make proto' and commit the result"; exit 1; }; }
 
+# The published API every change must stay compatible with (wire and generated code: buf's FILE rules): the commit
+# of the last API release. Move it forward when a release is cut; a deliberate break is a new package (v2).
+PROTO_BASELINE ?= ef0e965d8577f75df860a7c905165b25d98cd5e1
+
+proto-breaking: setup ## Fail if protos/ breaks the API as of PROTO_BASELINE (buf breaking: a field renumbered, removed, retyped)
+	@if git cat-file -e "$(PROTO_BASELINE)^{commit}" 2>/dev/null; then \
+	  $(BIN)/buf breaking --against '.git#ref=$(PROTO_BASELINE)' && echo "protos/ keep the API of $(PROTO_BASELINE)"; \
+	else \
+	  echo "WARNING: proto-breaking skipped: commit $(PROTO_BASELINE) is not in this clone (a shallow one?);" \
+	    "run 'git fetch --unshallow' to check the protos against it"; \
+	fi
+
 lint: setup ## ruff on the code, buf lint (STANDARD) on the protos
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -96,7 +108,7 @@ format: setup ## Apply ruff's fixes and formatting
 k8s-check: setup ## Render every kustomize overlay/component combination and validate it offline
 	PATH=$(CURDIR)/$(BIN):$$PATH scripts/k8s_check.sh
 
-check: lint proto-check k8s-check models-check ## Everything CI checks besides the tests
+check: lint proto-check proto-breaking k8s-check models-check ## Everything CI checks besides the tests
 
 clean: ## Remove generated artefacts (not the venv)
 	rm -rf artifacts .pytest_cache .ruff_cache .cache
