@@ -15,6 +15,7 @@ from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
 from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from services.core.errors import DependencyUnavailable, InvalidArgument, ResourceExhausted
+from services.core.logs import Throttled
 from services.core.telemetry import current_trace_id
 from services.core.validation import MAX_ID_LENGTH, Violations, timestamp_problem
 from services.gateway.budget import RequestBudget
@@ -69,6 +70,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         self.cache = cache if cache is not None else AnonymousCache(0)
         self._salt = settings.subject_key_salt.get_secret_value()
         self._background: set[asyncio.Task] = set()
+        self._outages = Throttled(log)  # a store outage would otherwise be a warning per request
 
     async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:  # noqa: N802
         started = time.perf_counter()
@@ -99,7 +101,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                     stored = usable(await self.deps.sessions.history(key))
                     exposures = await self.deps.sessions.exposures(key)
             except Exception as error:  # a session store outage costs personalisation, not the answer
-                log.warning("session store unavailable: %r", error)
+                self._outages.warning("sessions", "session store unavailable: %r", error)
                 stored, exposures = [], {}
                 session_error = f"session store unavailable: {type(error).__name__}"
             history = (stored + list(request.history))[-settings.max_history :]

@@ -27,6 +27,7 @@ from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.core.channels import RenewingChannel, create_renewing_channel
 from services.core.errors import DependencyUnavailable, NotReady, Relayed, refused_only
 from services.core.health import wait_until_serving
+from services.core.logs import Throttled
 from services.core.metrics import ArtifactMetrics
 from services.retrieval.answer import move_to_columns
 from services.retrieval.index import InvalidIndex, load_index
@@ -153,6 +154,7 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
         self.settings, self.targets = settings, settings.shards
         self.timeout_s = settings.shard_timeout_ms / 1000
         self.update_timeout_s = settings.shard_update_timeout_ms / 1000
+        self._outages = Throttled(log)  # a shard down would otherwise be a warning per request
         if queries is None:
             queries = QueryDataHolder(len(self.targets), settings.query_threads, metrics)
         self.queries = queries
@@ -217,7 +219,7 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
         merged = merge_shard_responses(answered, request.k, limits)
         unknown = resolver.name_history_anchors(request, merged)
         for target, code in dropped:
-            log.warning("shard %s dropped: %s", target, code)
+            self._outages.warning(target, "shard %s dropped: %s", target, code)
             merged.degradations.add(
                 reason=common_pb2.DEGRADATION_REASON_SOURCE_DROPPED, stage=f"shard {target}", detail=code
             )

@@ -91,6 +91,15 @@ async def test_a_session_store_outage_is_not_taken_for_a_retrieval_outage():
     }
 
 
+async def test_a_session_store_outage_is_one_warning_not_one_per_request(caplog):
+    service = servicer(sessions=DownSessions(), cache_ttl_s=0)
+    for n in range(20):
+        answer = await recommend(service, shopper(f"u{n}"))
+        assert [d.stage for d in answer.degradations] == ["sessions"]
+    said = [r.getMessage() for r in caplog.records if "session store unavailable" in r.getMessage()]
+    assert len(said) == 1
+
+
 async def test_a_consenting_guest_whose_session_cannot_be_read_is_not_served_an_unflagged_cached_answer():
     """A cached answer ignores the guest's exposure caps and history: while the store is down it must not stand in
     for the guest's own answer, which says the sessions were dropped."""
