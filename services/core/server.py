@@ -91,6 +91,7 @@ class ServiceHost:
         tracing = [TracingInterceptor()] if tracing_enabled() else []  # outermost: its span covers the others
         server = grpc.aio.server(
             interceptors=[*tracing, MetricsInterceptor(metrics), ErrorInterceptor(), *self.app.extra_interceptors],
+            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                 ("grpc.max_send_message_length", self.settings.max_message_bytes),

@@ -59,6 +59,13 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest gRPC message accepted."
     )
+    max_concurrent_rpcs: int | None = Field(
+        None,
+        ge=1,
+        description="Calls served at once (health probes included); more are refused at once with "
+        "RESOURCE_EXHAUSTED instead of queueing for the busy event loop until their deadlines pass. Unset: no "
+        "limit. Size it well above the rate times the p99 latency (300/s x 50 ms = 15), so only an overload meets it.",
+    )
 
     @classmethod
     def env_name(cls, field: str) -> str:

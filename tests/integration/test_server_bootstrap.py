@@ -217,3 +217,32 @@ async def test_a_stop_during_the_load_cancels_it_and_closes_only_after_it_ended(
         host.remove_signal_handlers()
         running.cancel()
         await host.stop(grace=0, drain=0)
+
+
+async def test_calls_past_the_concurrency_limit_are_refused_at_once_not_queued():
+    """An overloaded service queued every call for its busy event loop until the caller's deadline passed; with
+    ``max_concurrent_rpcs`` the excess is told RESOURCE_EXHAUSTED at once, and the calls within it are served."""
+    release = asyncio.Event()
+
+    async def wait(request: bytes, context) -> bytes:
+        await release.wait()
+        return request
+
+    def register(server: grpc.aio.Server) -> None:
+        handler = grpc.unary_unary_rpc_method_handler(wait)
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Slow", {"Call": handler})])
+
+    settings = RankingSettings(host="127.0.0.1", port=0, metrics_port=None, max_concurrent_rpcs=2)
+    async with serving(ServiceHost(settings, Application(service_names=[], register=register))) as host:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+            call = channel.unary_unary("/test.Slow/Call")
+            held = [asyncio.ensure_future(call(b"x", timeout=10)) for _ in range(2)]
+            await asyncio.sleep(0.2)  # both are in their handlers
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(b"y", timeout=10)
+            waited = asyncio.get_running_loop().time() - started
+            release.set()
+            assert await asyncio.gather(*held) == [b"x", b"x"]
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert waited < 5  # refused, not queued to its deadline
