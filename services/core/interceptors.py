@@ -7,8 +7,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from services.core.errors import ServiceError, describe, status_for
+from services.core.errors import InvalidArgument, ServiceError, describe, status_for
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +18,17 @@ def past_deadline(context: grpc.aio.ServicerContext) -> bool:
     """Whether the call's deadline has passed: its caller got DEADLINE_EXCEEDED, whatever the handler does after."""
     remaining = context.time_remaining()
     return remaining is not None and remaining <= 0
+
+
+class Undecodable:
+    """A request whose bytes are not a valid message (a string field that is not UTF-8, a truncated field): what
+    :class:`ErrorInterceptor`'s deserializer hands on instead of raising, so the call is refused as the caller's
+    error. (gRPC answered a deserializer's exception as UNKNOWN, with no details.)"""
+
+    __slots__ = ("message_type", "reason")
+
+    def __init__(self, message_type: str, reason: str):
+        self.message_type, self.reason = message_type, reason
 
 
 class UnaryWrapper(grpc.aio.ServerInterceptor):
@@ -34,6 +46,10 @@ class UnaryWrapper(grpc.aio.ServerInterceptor):
     def wrap(self, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], method: str):
         raise NotImplementedError
 
+    def deserializer(self, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+        """The request deserializer of the wrapped handler (the handler's own, unless a wrapper changes it)."""
+        return deserialize
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -48,7 +64,7 @@ class UnaryWrapper(grpc.aio.ServerInterceptor):
             return cached[1]
         wrapped = grpc.unary_unary_rpc_method_handler(
             self.wrap(handler.unary_unary, method),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=self.deserializer(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
         self._wrapped[method] = (handler, wrapped)
@@ -71,9 +87,30 @@ class ErrorInterceptor(UnaryWrapper):
     retries a call that got one.)
     """
 
+    def deserializer(self, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+        if deserialize is None:
+            return None
+        owner = getattr(deserialize, "__self__", None)
+        message_type = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request")
+
+        def tolerant(data: bytes) -> Any:
+            try:
+                return deserialize(data)
+            except DecodeError as error:
+                return Undecodable(message_type, str(error)[:200])
+
+        return tolerant
+
     def wrap(self, behavior, method: str):
         async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
+                if type(request) is Undecodable:
+                    raise InvalidArgument(
+                        {
+                            "request": f"is not a valid {request.message_type} message (a string field that is not "
+                            f"UTF-8?): {request.reason}"
+                        }
+                    )
                 return await behavior(request, context)
             except grpc.aio.AbortError:
                 del request

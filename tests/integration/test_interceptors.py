@@ -222,6 +222,23 @@ async def test_a_call_its_caller_cancels_is_counted_as_cancelled():
     assert counts == {"CANCELLED": 1.0}
 
 
+async def test_a_request_that_is_not_a_valid_message_is_invalid_argument_naming_its_type():
+    """A string field that is not UTF-8 (a C++ client or hand-built bytes send it): gRPC answered the failed
+    decoding as UNKNOWN with a Python class name and no details."""
+    server, target = await _serve(Slow())
+    try:
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = channel.unary_unary("/grpc.health.v1.Health/Check")  # bytes as they are
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call(b"\x0a\x02u\xff", timeout=5)  # field 1 (service), 2 bytes, not UTF-8
+    finally:
+        await server.stop(0)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info, violations = details_of(refused.value)
+    assert info is not None and info.reason == "INVALID_ARGUMENT"
+    assert "grpc.health.v1.HealthCheckRequest" in violations["request"]
+
+
 class Payload:
     """A request as the servicer gets it: a plain object, so a test can hold a weak reference to it."""
 
