@@ -10,7 +10,15 @@ from collections.abc import Mapping, Sequence
 
 from google.protobuf.message import Message
 
+from aisle.common.v1 import common_pb2
+
 #: Longest id (item, user, session) any service accepts.
+#: The values each enum of the contract defines, UNSPECIFIED (a field left unset) included: a number no version of
+#: the contract defines is refused, as the caller's mistake, rather than passed on to mean nothing.
+EVENT_TYPES = frozenset(common_pb2.EventType.values())
+DEVICES = frozenset(common_pb2.Device.values())
+SURFACES = frozenset(common_pb2.Surface.values())
+
 MAX_ID_LENGTH = 256
 
 #: Most ``RequestContext.attributes`` entries; keys are at most :data:`MAX_ID_LENGTH` characters, values at most
@@ -147,6 +155,7 @@ class Violations:
             self.id(f"{field}[{i}].item_id", interaction.item_id)
             if interaction.quantity < 0:
                 self.add(f"{field}[{i}].quantity", f"must not be negative, got {interaction.quantity}")
+            self.defined(f"{field}[{i}].event_type", interaction.event_type, common_pb2.EventType, EVENT_TYPES)
             self.timestamp(f"{field}[{i}].event_time", interaction.event_time)
 
     def timestamp(self, field: str, value: Message) -> None:
@@ -158,6 +167,11 @@ class Violations:
         if value not in allowed:
             shown = ", ".join(names[v] for v in allowed)
             self.add(field, f"must be one of {shown}, got {names.get(value, value)}")
+
+    def defined(self, field: str, value: int, enum, values: frozenset[int]) -> None:
+        """A value ``enum`` (a generated enum type, whose ``values`` are given) defines."""
+        if value not in values:
+            self.add(field, f"must be one of {', '.join(enum.keys())}, got {value}")
 
     def region(self, field: str, value: str) -> None:
         if region_problem(value):
@@ -183,6 +197,7 @@ class Violations:
     def context(self, field: str, context: Message) -> None:
         """A ``RequestContext``: its region code, its request time (when set) and its attributes."""
         self.region(f"{field}.region", context.region)
+        self.defined(f"{field}.device", context.device, common_pb2.Device, DEVICES)
         self.timestamp(f"{field}.request_time", context.request_time)
         self.attributes(f"{field}.attributes", context.attributes)
 

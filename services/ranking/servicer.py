@@ -9,10 +9,12 @@ from aisle.ranking.v1 import ranking_service_pb2 as pb
 from aisle.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
 from services.core.errors import InvalidArgument, NotFound
 from services.core.validation import (
+    EVENT_TYPES,
     MAX_ID_LENGTH,
     MAX_TIMESTAMP_NANOS,
     MAX_TIMESTAMP_SECONDS,
     MIN_TIMESTAMP_SECONDS,
+    SURFACES,
     Violations,
     id_problem,
 )
@@ -58,6 +60,7 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
         # The per-entry checks name the bad entry; most requests pass the one-pass tests here and skip them.
         check = Violations()
         check.subject("subject", request.subject, required=False)
+        check.defined("surface", request.surface, common_pb2.Surface, SURFACES)
         check.context("context", request.context)
         limit = self.settings.max_history
         if len(history_ids) > limit or not _plainly_valid(history_ids) or not _plain_interactions(request.history):
@@ -117,13 +120,14 @@ def add_score_columns(response: pb.RankResponse, ranking: Ranking) -> None:
 
 
 def _plain_interactions(history) -> bool:
-    """True when no interaction has a negative quantity or an event time out of Timestamp's range (what
-    ``Violations.history`` checks besides the ids), in one pass."""
+    """True when no interaction has a negative quantity, an event type the contract does not define or an event time
+    out of Timestamp's range (what ``Violations.history`` checks besides the ids), in one pass."""
     for interaction in history:
         time = interaction.event_time
         seconds, nanos = time.seconds, time.nanos
         if (
             interaction.quantity < 0
+            or interaction.event_type not in EVENT_TYPES
             or seconds < MIN_TIMESTAMP_SECONDS
             or seconds > MAX_TIMESTAMP_SECONDS
             or nanos < 0

@@ -15,7 +15,7 @@ from aisle.retrieval.v1 import retrieval_service_pb2 as pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.core.errors import NotReady
 from services.core.telemetry import ActiveSpan
-from services.core.validation import Violations
+from services.core.validation import SURFACES, Violations
 from services.retrieval.answer import add_candidates, add_columns
 from services.retrieval.index import IndexArtifact
 from services.retrieval.settings import RetrievalSettings
@@ -40,6 +40,7 @@ def validate_retrieve(
     any). The index server and the shard router both call it, before any work, so both answer alike."""
     check = Violations()
     check.subject("subject", request.subject, required=False)
+    check.defined("surface", request.surface, common_pb2.Surface, SURFACES)
     check.context("context", request.context)
     check.history("history", request.history, limit=settings.max_history)
     check.ids("anchor_item_ids", request.anchor_item_ids, limit=settings.max_anchors)

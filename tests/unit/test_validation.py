@@ -63,6 +63,22 @@ def test_history_checks_ids_and_quantities():
     assert set(violations_of(check)) == {"history[1].quantity"}
 
 
+def test_enum_numbers_no_version_of_the_contract_defines_are_refused_unset_ones_are_not():
+    """An event type or a device of 99 passed every service and meant nothing (TrackEvents refused it alone)."""
+    history = [
+        common.Interaction(item_id="a"),  # unset: EVENT_TYPE_UNSPECIFIED
+        common.Interaction(item_id="b", event_type=common.EVENT_TYPE_PURCHASE),
+        common.Interaction(item_id="c", event_type=99),
+    ]
+    check = Violations()
+    check.history("history", history, limit=5)
+    check.context("context", common.RequestContext(device=77))
+    check.context("fine", common.RequestContext(device=common.DEVICE_MOBILE))
+    found = violations_of(check)
+    assert set(found) == {"history[2].event_type", "context.device"}
+    assert "EVENT_TYPE_PURCHASE" in found["history[2].event_type"] and found["context.device"].endswith("got 77")
+
+
 @pytest.mark.parametrize("value", [-1, 101, 10**6])
 def test_k_out_of_range(value):
     check = Violations()

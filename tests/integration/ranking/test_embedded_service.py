@@ -22,8 +22,18 @@ from tests.integration.ranking.helpers import rank, rank_request, ranking_server
         (lambda ids: rank_request(ids[:3], [f"c-{i}" for i in range(100_000)]), "candidate_item_ids"),
         (lambda ids: rank_request([ids[0]] * 501, ids[:5]), "history"),
         (lambda ids: rank_request(ids[:3], [ids[0], ""]), "candidate_item_ids[1]"),
+        (lambda ids: _with(rank_request(ids[:3], ids[:5]), lambda r: setattr(r, "surface", 99)), "surface"),
+        (
+            lambda ids: _with(rank_request(ids[:3], ids[:5]), lambda r: setattr(r.context, "device", 77)),
+            "context.device",
+        ),
+        # The one-pass check of a plain history (the common case) must see an undefined event type too.
+        (
+            lambda ids: _with(rank_request(ids[:3], ids[:5]), lambda r: setattr(r.history[1], "event_type", 99)),
+            "history[1].event_type",
+        ),
     ],
-    ids=["no-candidates", "100k-candidates", "history-over-the-limit", "empty-id"],
+    ids=["no-candidates", "100k-candidates", "history-over-the-limit", "empty-id", "surface", "device", "event-type"],
 )
 async def test_invalid_requests_are_invalid_argument(feature_model, build, field):
     async with ranking_server(settings_for(feature_model.repository)) as (host, _):
@@ -32,6 +42,11 @@ async def test_invalid_requests_are_invalid_argument(feature_model, build, field
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     info, violations = details_of(failure.value)
     assert info.reason == "INVALID_ARGUMENT" and field in violations, violations
+
+
+def _with(request, change):
+    change(request)
+    return request
 
 
 async def test_the_provider_comes_from_the_session_and_is_logged(trained, caplog):
