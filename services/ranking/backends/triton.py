@@ -37,7 +37,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.core.keepalive import KEEPALIVE_TIME_MS
 from services.core.rpc_tracing import STATUS_CODE, rpc_attributes
@@ -74,6 +74,12 @@ DNS_PREFIX = "dns:///"
 #: How long the client of an address that left the name's addresses stays open for the calls still using it:
 #: longer than any call's deadline.
 CLIENT_CLOSE_GRACE_S = 60.0
+#: Refreshes in a row that must find no server answering before no call goes to Triton: one failed round (a dropped
+#: connection, a control call slowed past its timeout on a busy machine) is not an outage.
+DARK_AFTER_ROUNDS = 2
+#: How long after a failed follow (Triton serves a version this pod refuses or cannot serve yet) the calls that meet
+#: the gone version again go without asking Triton once more: the watch keeps asking, the calls need not.
+FOLLOW_RETRY_S = 1.0
 
 
 class _VersionGone(Exception):
@@ -110,8 +116,9 @@ class _Routes:
 
     ``models`` has one entry per target (``None``: the server serves no version this backend can use, so it gets no
     calls); ``keys`` has, per version, its folder's :data:`FolderKey` when its files were read; ``problems`` says
-    why servers get no calls; ``dark`` routes (no server answered the last refresh) send no calls at all, and still
-    say which versions were served."""
+    why servers get no calls; ``dark`` routes ("unavailable": no server answered the last refreshes; "not_ready":
+    they answer again, with nothing this pod may serve) send no calls at all, and still say which versions were
+    served."""
 
     __slots__ = ("targets", "clients", "models", "keys", "problems", "live", "by_version", "newest", "dark")
 
@@ -122,7 +129,7 @@ class _Routes:
         models: Sequence[ServedModel | None],
         keys: dict[str, FolderKey | None],
         problems: Sequence[str] = (),
-        dark: bool = False,
+        dark: str = "",
     ):
         self.targets, self.clients = tuple(targets), tuple(clients)
         self.models = tuple(models)
@@ -132,6 +139,10 @@ class _Routes:
         self.by_version = {model.version: model for model in self.models if model is not None}
         self.keys = {version: keys[version] for version in self.by_version}
         self.newest = max(self.by_version.values(), key=lambda model: int(model.version), default=None)
+
+    def darkened(self, why: str, problem: str) -> _Routes:
+        """These routes sending no calls, for ``why`` ("unavailable" or "not_ready"), saying ``problem``."""
+        return _Routes(self.targets, self.clients, self.models, self.keys, [problem], dark=why)
 
     def same_as(self, other: _Routes) -> bool:
         return (
@@ -239,6 +250,12 @@ class TritonBackend:
         self._lock = asyncio.Lock()
         #: The switch the calls that met a gone version wait for (one at a time, not cancelled by their deadlines).
         self._following: asyncio.Task | None = None
+        #: The routes a follow last failed to move on from, and when (see FOLLOW_RETRY_S).
+        self._follow_failed: tuple[_Routes | None, float] = (None, 0.0)
+        #: Refreshes in a row that found no server answering (see DARK_AFTER_ROUNDS).
+        self._unanswered_rounds = 0
+        #: The last "keeping version" warning: logged again only when it says something else.
+        self._kept_because = ""
         # Got after the tracer provider is set, not at import (the API's proxy costs a context manager per span).
         self._tracer = trace.get_tracer(__name__)
 
@@ -322,15 +339,19 @@ class TritonBackend:
             log.warning("a Triton server gets no calls for now: %s", problem)
 
     async def refresh(self) -> bool:
-        """Follows the versions Triton serves (after a publish or rollback reloaded the model)."""
+        """Follows the versions Triton serves (after a publish or rollback reloaded the model); after
+        :data:`DARK_AFTER_ROUNDS` refreshes in a row with no server answering, sends no calls until one answers."""
         async with self._lock:
-            return await self._switch(CONTROL_TIMEOUT_S)
+            return await self._switch(CONTROL_TIMEOUT_S, may_go_dark=True)
 
     async def _follow(self, seen: _Routes, timeout: float) -> None:
         """What a call that met a version Triton no longer serves does: waits, no longer than ``timeout`` seconds,
         for one switch that the calls share (single flight). The switch runs to its end whatever the callers'
         deadlines: reading a large catalog's item files outlasts any call's, and a switch cancelled with its caller
         left the next caller to read them all again."""
+        failed_on, failed_at = self._follow_failed
+        if failed_on is seen and time.monotonic() - failed_at < FOLLOW_RETRY_S:
+            return  # asked a moment ago for these routes, in vain: the watch asks again, not every call
         if self._following is None or self._following.done():
             self._following = asyncio.get_running_loop().create_task(self._switch_from(seen), name="triton-switch")
         try:
@@ -342,27 +363,38 @@ class TritonBackend:
         try:
             async with self._lock:
                 if self._routes is seen:  # no other switch (a refresh) moved on since
-                    await self._switch(CONTROL_TIMEOUT_S)
+                    # Never dark from here: only the watch lights routes again, and it may be off.
+                    if not await self._switch(CONTROL_TIMEOUT_S, may_go_dark=False):
+                        self._follow_failed = (seen, time.monotonic())
         except Exception:  # noqa: BLE001 - no caller may be waiting to be told; the watch tries again
             log.exception("following Triton's version switch failed")
 
-    async def _switch(self, control_timeout: float) -> bool:
+    async def _switch(self, control_timeout: float, may_go_dark: bool) -> bool:
         """Under the lock: takes the versions Triton serves now if they are others; True when it switched."""
         current = self._routes
         try:
             routes = await self._route(current, control_timeout)
         except BackendUnavailable as error:
-            if current is None or current.dark:
+            self._unanswered_rounds += may_go_dark
+            if current is None or not may_go_dark or self._unanswered_rounds < DARK_AFTER_ROUNDS:
+                self._keeping(error)
                 return False
-            # No server answered (all hung, or none left in DNS): a call sent to one would wait out its whole
-            # budget. None gets calls until a refresh finds one serving, so calls fail at once (or fall back).
-            dark = _Routes(current.targets, current.clients, current.models, current.keys, [str(error)], dark=True)
-            self._publish(dark)
+            if current.dark == "unavailable":
+                return False
+            # No server answered (all hung, or none left in DNS), round after round: a call sent to one would wait
+            # out its whole budget. None gets calls until a refresh finds one serving: calls fail at once, or fall
+            # back to the embedded backend.
+            self._publish(current.darkened("unavailable", str(error)))
             log.warning("no calls to Triton until a server answers: %s", error)
             return True
         except (ModelNotReady, ModelConfigError) as error:
-            log.warning("keeping version %s: %s", self.model_version or "none", error)
+            self._unanswered_rounds = 0
+            self._keeping(error)
+            if current is not None and current.dark and current.problems != (str(error),):
+                # Triton answers again, with a version not to be served from here: say that, not "no answer".
+                self._publish(current.darkened("not_ready", str(error)))
             return False
+        self._unanswered_rounds = 0
         if current is not None and routes.same_as(current):
             return False  # the same versions with the same files (a folder may be retired by now)
         self._publish(routes)
@@ -375,6 +407,12 @@ class TritonBackend:
         for problem in routes.problems:
             log.warning("a Triton server gets no calls for now: %s", problem)
         return True
+
+    def _keeping(self, error: Exception) -> None:
+        said = str(error)
+        if said != self._kept_because:  # once per cause, not once per call that meets it
+            log.warning("keeping version %s: %s", self.model_version or "none", said)
+            self._kept_because = said
 
     async def close(self) -> None:
         if self._following is not None:
@@ -577,8 +615,9 @@ class TritonBackend:
             routes = self._routes
             if routes is None:
                 raise ModelNotReady(f"model {self.model_name!r} is not ready on Triton yet")
-            if routes.dark:  # the last refresh found no server answering
-                raise BackendUnavailable(f"no Triton server answers now: {'; '.join(routes.problems)}")
+            if routes.dark:  # the last refreshes found no server answering, or nothing to serve from here
+                unserved = BackendUnavailable if routes.dark == "unavailable" else ModelNotReady
+                raise unserved(f"no call goes to Triton now: {'; '.join(routes.problems)}")
             live = routes.live
             if version:
                 live = tuple(index for index in live if routes.models[index].version == version)
@@ -648,6 +687,10 @@ class TritonBackend:
             except InferenceServerException as error:
                 span.set_attribute(STATUS_CODE, _status_number(error))
                 raise _mapped(error, target, model) from None
+            except asyncio.CancelledError:  # the ranking call was abandoned (its caller's deadline) mid-inference
+                span.set_attribute(STATUS_CODE, grpc.StatusCode.CANCELLED.value[0])
+                span.set_status(Status(StatusCode.ERROR, "CANCELLED: abandoned by the caller"))
+                raise
             span.set_attribute(STATUS_CODE, 0)
         purchase = result.as_numpy(PURCHASE_OUTPUT)
         returns = result.as_numpy(RETURN_OUTPUT) if len(names) > 1 else None

@@ -437,13 +437,96 @@ async def test_calls_stop_going_to_triton_once_no_server_answers_and_the_fallbac
     await backend.load()
     assert not (await backend.rank([], ["item-1"], timeout=0.5)).fallback
     fake.hung = True
-    await backend.refresh()  # the watch finds no server answering
+    await backend.refresh()  # one round without an answer is not an outage: calls still go to Triton
+    with pytest.raises(InferenceTimeout):
+        await backend.rank([], ["item-1"], timeout=0.5)
+    await backend.refresh()  # a second one is
     assert (await backend.rank([], ["item-1"], timeout=0.5)).fallback
     with pytest.raises(BackendUnavailable, match="no Triton server answer"):  # Triton alone: refused at once
         await backend.primary.rank([], ["item-1"], timeout=0.5)
     fake.hung = False
     assert await backend.refresh()  # back
     assert not (await backend.rank([], ["item-1"], timeout=0.5)).fallback
+
+
+class Stopping(FakeTriton):
+    """Triton going away: the model unloaded (its calls NOT_FOUND), the control port answering nothing."""
+
+    stopping = False
+
+    async def get_model_repository_index(self, as_json=False, client_timeout=None):
+        if self.stopping:
+            raise InferenceServerException("failed to connect to all addresses", status="StatusCode.UNAVAILABLE")
+        return await super().get_model_repository_index(as_json, client_timeout)
+
+    async def infer(self, model_name, inputs, model_version="", **options):
+        if self.stopping:
+            raise InferenceServerException(
+                f"Request for unknown model: '{model_name}' version {model_version} is not found",
+                status="StatusCode.NOT_FOUND",
+            )
+        return await super().infer(model_name, inputs, model_version, **options)
+
+
+async def test_a_call_that_follows_a_switch_in_vain_never_stops_the_calls_for_good(repository):
+    """With the watch off (watch_interval_s=0) only calls ask Triton what it serves: a call's failed follow that sent
+    no call anywhere afterwards would never have been undone."""
+    fake = Stopping("a:1")
+    backend = backend_with(repository, fake)
+    await backend.load()
+    fake.stopping = True
+    with pytest.raises(ModelNotReady):
+        await backend.rank([], ["item-1"], timeout=0.5)
+    fake.stopping = False  # back, serving version 1; no refresh
+    assert (await backend.rank([], ["item-1"], timeout=0.5)).backend == "triton"
+
+
+async def test_a_version_served_but_refused_here_is_asked_about_once_a_second_not_once_per_call(repository, caplog):
+    """Every call met the gone version, asked Triton again (a control round to every server, config.pbtxt read
+    again) and logged "keeping version": one warning and two control calls per request."""
+    fake = SlowControl("a:1", ready=("1",))
+    backend = FallbackBackend(backend_with(repository, fake), FakeEmbedded())
+    await backend.load()
+    (repository / "ranker" / "2" / "item_vocabulary.txt").write_text("")  # version 2 is refused here
+    fake.ready = ["2"]
+    fake.control_timeouts.clear()
+    for _ in range(10):
+        assert (await backend.rank([], ["item-1"], timeout=0.5)).fallback
+    assert len(fake.control_timeouts) == 2  # one index call, one metadata call: the calls after wait for the watch
+    kept = [r for r in caplog.records if "keeping version" in r.getMessage()]
+    assert len(kept) == 1
+
+
+async def test_dark_routes_say_why_when_triton_answers_again_with_a_version_refused_here(repository):
+    fake = HungInferences("a:1")
+    backend = backend_with(repository, fake)
+    await backend.load()
+    fake.hung = True
+    await backend.refresh()
+    await backend.refresh()
+    with pytest.raises(BackendUnavailable, match="no Triton server answered"):
+        await backend.rank([], ["item-1"], timeout=0.5)
+    (repository / "ranker" / "2" / "item_vocabulary.txt").write_text("")
+    fake.hung, fake.ready = False, ["2"]  # back, with a version this pod refuses
+    assert not await backend.refresh()
+    with pytest.raises(ModelNotReady, match="no items"):  # not "no answer": the version is refused here
+        await backend.rank([], ["item-1"], timeout=0.5)
+
+
+async def test_an_abandoned_inference_ends_its_client_span_cancelled(repository, span_exporter):
+    class Slow(FakeTriton):
+        async def infer(self, *args, **kwargs):
+            await asyncio.sleep(5)
+
+    backend = backend_with(repository, Slow("a:1"))
+    await backend.load()
+    with trace.get_tracer("test").start_as_current_span("caller") as caller:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await backend.rank([], ["item-1"], timeout=2)
+    [infer] = [s for s in span_exporter.get_finished_spans() if s.name == "TritonInfer"]
+    assert infer.parent.span_id == caller.get_span_context().span_id
+    assert infer.attributes["rpc.grpc.status_code"] == 1 and infer.status.status_code.name == "ERROR"
 
 
 async def test_fallback_starts_on_the_embedded_backend_when_triton_is_down(repository):
