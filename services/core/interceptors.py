@@ -9,9 +9,14 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from services.core.errors import InvalidArgument, ServiceError, describe, status_for
+from services.core.errors import InvalidArgument, ResourceExhausted, ServiceError, describe, status_for
 
 log = logging.getLogger(__name__)
+
+
+#: The servers' own calls, not the service's: the kubelet's and balancers' health probes, and reflection. No span is
+#: made for them (a one-span trace per probe, every few seconds per pod) and no concurrency limit refuses them.
+INFRASTRUCTURE_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 def past_deadline(context: grpc.aio.ServicerContext) -> bool:
@@ -131,6 +136,32 @@ class ErrorInterceptor(UnaryWrapper):
             await context.abort(status.code, status.details, status.trailing_metadata)
 
         return mapped
+
+
+class ConcurrencyLimit(UnaryWrapper):
+    """Refuses a call at once with RESOURCE_EXHAUSTED (OVERLOADED, retry in a second) while ``limit`` calls are in
+    the service's handlers, rather than let an overload queue every call until its deadline passes. Health checks
+    are never refused (a probe failing under load would take the pod out, moving its load onto the others) nor
+    counted. Inside the error and metrics interceptors, so a refusal is an Aisle error and is counted."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit, self.in_flight = limit, 0
+
+    def wrap(self, behavior, method: str):
+        if method.startswith(INFRASTRUCTURE_METHODS):
+            return behavior
+
+        async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if self.in_flight >= self.limit:
+                raise ResourceExhausted(f"{self.in_flight} calls in flight, the most this server takes at once")
+            self.in_flight += 1
+            try:
+                return await behavior(request, context)
+            finally:
+                self.in_flight -= 1
+
+        return limited
 
 
 def _downstream(code: grpc.StatusCode, described: str) -> ServiceError:

@@ -29,7 +29,7 @@ from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from services.core.interceptors import UnaryWrapper, past_deadline
+from services.core.interceptors import INFRASTRUCTURE_METHODS, UnaryWrapper, past_deadline
 from services.core.telemetry import ActiveSpan
 
 #: ``rpc.grpc.status_code`` of the RPC semantic conventions.
@@ -98,11 +98,6 @@ class _MetadataSetter(Setter):
 _GETTER, _SETTER = _MetadataGetter(), _MetadataSetter()
 
 
-#: Calls no span is made for: the kubelet's health probes (a one-span trace per probe, every few seconds per pod) and
-#: reflection. Their metrics are still counted.
-UNTRACED_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
-
 class TracingInterceptor(UnaryWrapper):
     """A SERVER span around each unary call, child of the trace context the caller sent (a new trace without one).
 
@@ -115,7 +110,7 @@ class TracingInterceptor(UnaryWrapper):
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
 
     def wrap(self, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], method: str):
-        if method.startswith(UNTRACED_METHODS):
+        if method.startswith(INFRASTRUCTURE_METHODS):
             return behavior
         tracer, attributes = self._tracer, rpc_attributes(method)
 

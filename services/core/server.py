@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from services.core.grpc_runtime import grpc_runtime_in_force
-from services.core.interceptors import ErrorInterceptor
+from services.core.interceptors import ConcurrencyLimit, ErrorInterceptor
 from services.core.keepalive import MIN_CLIENT_PING_INTERVAL_MS
 from services.core.metrics import MetricsInterceptor, RpcMetrics, start_metrics_server
 from services.core.rpc_tracing import TracingInterceptor, tracing_enabled
@@ -89,9 +89,16 @@ class ServiceHost:
         """Binds and starts the server with health NOT_SERVING; returns the bound port."""
         metrics = RpcMetrics(self.registry, self.settings.service_label)
         tracing = [TracingInterceptor()] if tracing_enabled() else []  # outermost: its span covers the others
+        limit = self.settings.max_concurrent_rpcs
+        limits = [ConcurrencyLimit(limit)] if limit is not None else []
         server = grpc.aio.server(
-            interceptors=[*tracing, MetricsInterceptor(metrics), ErrorInterceptor(), *self.app.extra_interceptors],
-            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
+            interceptors=[
+                *tracing,
+                MetricsInterceptor(metrics),
+                ErrorInterceptor(),
+                *limits,
+                *self.app.extra_interceptors,
+            ],
             options=[
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                 ("grpc.max_send_message_length", self.settings.max_message_bytes),

@@ -62,9 +62,10 @@ class ServiceSettings(BaseSettings):
     max_concurrent_rpcs: int | None = Field(
         None,
         ge=1,
-        description="Calls served at once (health probes included); more are refused at once with "
-        "RESOURCE_EXHAUSTED instead of queueing for the busy event loop until their deadlines pass. Unset: no "
-        "limit. Size it well above the rate times the p99 latency (300/s x 50 ms = 15), so only an overload meets it.",
+        description="Calls in the service's handlers at once; more are refused at once with RESOURCE_EXHAUSTED "
+        "(OVERLOADED, retry after 1 s; counted in the RPC metrics) instead of queueing until their deadlines pass. "
+        "Health probes are never refused. Unset: no limit. Size it well above the rate times the p99 latency "
+        "(300/s x 50 ms = 15), so only an overload meets it.",
     )
 
     @classmethod

@@ -201,7 +201,9 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
                 if refused_only(result, CALLERS_FIELDS):
                     refusals.append(result)
                 elif result.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    log.warning("shard %s refused the router's query data: %s", target, result.details())
+                    self._outages.warning(
+                        f"{target} refused", "shard %s refused the router's query data: %s", target, result.details()
+                    )
                 dropped.append((target, result.code().name))
             elif isinstance(result, BaseException):
                 raise result

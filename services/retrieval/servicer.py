@@ -176,9 +176,7 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
         for i, update in enumerate(request.updates[:MAX_AVAILABILITY_UPDATES]):
             check.id(f"updates[{i}].item_id", update.item_id)
             if update.sold_in_regions and not update.set_regions:
-                check.add(
-                    f"updates[{i}].set_regions", "must be true when sold_in_regions is given (or they are ignored)"
-                )
+                check.add(f"updates[{i}].set_regions", "must be true when sold_in_regions is given")
             for j, region in enumerate(update.sold_in_regions):
                 if region not in index.artifact.regions:
                     check.add(f"updates[{i}].sold_in_regions[{j}]", f"unknown region {region[:32]!r}")

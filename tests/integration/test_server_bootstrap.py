@@ -11,9 +11,11 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import CollectorRegistry
 
 from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as retrieval_grpc
+from services.core.errors import details_of
 from services.core.server import Application, ServiceHost, StartupError
 from services.demo.stack import free_port
 from services.ranking.settings import RankingSettings
@@ -233,7 +235,9 @@ async def test_calls_past_the_concurrency_limit_are_refused_at_once_not_queued()
         server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Slow", {"Call": handler})])
 
     settings = RankingSettings(host="127.0.0.1", port=0, metrics_port=None, max_concurrent_rpcs=2)
-    async with serving(ServiceHost(settings, Application(service_names=[], register=register))) as host:
+    registry = CollectorRegistry()
+    host = ServiceHost(settings, Application(service_names=[], register=register), registry=registry)
+    async with serving(host):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
             call = channel.unary_unary("/test.Slow/Call")
             held = [asyncio.ensure_future(call(b"x", timeout=10)) for _ in range(2)]
@@ -242,7 +246,13 @@ async def test_calls_past_the_concurrency_limit_are_refused_at_once_not_queued()
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await call(b"y", timeout=10)
             waited = asyncio.get_running_loop().time() - started
+            # A probe is never refused: a pod failing its probes under load would move its load onto the others.
+            assert await health_status(host.port) == SERVING
             release.set()
             assert await asyncio.gather(*held) == [b"x", b"x"]
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert waited < 5  # refused, not queued to its deadline
+    info, _ = details_of(refused.value)
+    assert info is not None and info.reason == "OVERLOADED"  # an Aisle error, with retry advice
+    counted = {"service": "ranking", "method": "Call", "code": "RESOURCE_EXHAUSTED"}
+    assert registry.get_sample_value("aisle_grpc_server_handled_total", counted) == 1
