@@ -183,12 +183,11 @@ _TRUE, _FALSE = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
 
 
 def _flag(value) -> bool | None:
-    if value is None:
-        return True
+    """True or False as written (a boolean, or the words of ``_TRUE`` and ``_FALSE``); None when unreadable."""
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
-    return True if text in _TRUE or not text else False if text in _FALSE else None
+    text = _text(value).lower()
+    return True if text in _TRUE else False if text in _FALSE else None
 
 
 def _text(value) -> str:
@@ -344,7 +343,12 @@ def load_events(path: Path, catalog_path: Path | None = None, strict: bool = Fal
         if price is not None and (math.isnan(price) or price < 0):
             rows.bad(i, "bad_price", repr(value("price", i)))
             continue
-        consent = _flag(value("consent", i))
+        # No consent column: consent is assumed (the documented default). In a consent column an empty cell is
+        # "not asked", not a yes: personal data is trained on only with a recorded one.
+        if column["consent"] is not None and not _text(value("consent", i)):
+            report.skip("unknown_consent", _location(path, i))
+            continue
+        consent = True if column["consent"] is None else _flag(value("consent", i))
         if consent is None:
             rows.bad(i, "bad_consent", repr(value("consent", i)))
             continue

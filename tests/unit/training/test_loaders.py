@@ -26,7 +26,7 @@ from training.data.schema import EVENT_KINDS, KIND_CODES, PURCHASE, RETURN, Data
 EVENTS_CSV = """event_type,timestamp,user_id,session_id,item_id,quantity,price,region,device,consent,basket_id
 view,2024-01-01T10:00:00Z,u1,,A,,,GB,mobile,true,
 purchase,2024-01-01T10:05:00Z,u1,,A,2,3.5,GB,mobile,true,o1
-purchase,1704103500,u1,,B,1,10,GB,mobile,,o1
+purchase,1704103500,u1,,B,1,10,GB,mobile,t,o1
 purchase,not-a-time,u1,,B,1,10,GB,mobile,true,o1
 teleport,2024-01-01T10:05:00Z,u1,,B,1,10,GB,mobile,true,o1
 purchase,2024-01-01T10:05:00Z,,,B,1,10,GB,mobile,true,o1
@@ -36,7 +36,7 @@ purchase,2024-01-01T10:05:00Z,u2,,B,1,abc,GB,mobile,true,o2
 purchase,2024-01-01T10:05:00Z,u2,,B,1,10,GB,mobile,maybe,o2
 purchase,2024-01-01T10:05:00Z,u2,,B,1,10,GB,mobile,false,o2
 return,2024-01-03T09:00:00,,s9,A,1,3.5,,desktop,yes,
-search,2024-01-03T09:00:00,,s9,,,,,,,
+search,2024-01-03T09:00:00,,s9,,,,,,1,
 """
 
 
@@ -73,6 +73,35 @@ def test_generic_csv_keeps_good_rows_and_counts_bad_ones_with_their_lines(tmp_pa
     assert events.item.tolist() == [0, 0, 1, 0, -1]
     assert events.timestamp[1] == int(datetime.fromisoformat("2024-01-01T10:05:00+00:00").timestamp())
     assert [events.devices[d] if d >= 0 else None for d in events.device] == ["mobile"] * 3 + ["desktop", None]
+
+
+def test_a_consent_column_with_a_blank_cell_is_no_consent_not_a_yes(tmp_path):
+    """A shop that exports consent leaves a cell blank for "not asked": those events were trained on as consented.
+    Without the column at all, consent is assumed (the documented default)."""
+    path = write(
+        tmp_path,
+        "events.csv",
+        "event_type,timestamp,user_id,item_id,consent\n"
+        "purchase,2024-01-01T10:00:00Z,u1,A,yes\n"
+        "purchase,2024-01-01T10:00:00Z,u2,A,\n"
+        "purchase,2024-01-01T10:00:00Z,u3,A,  \n",
+    )
+    report = load_events(path).report
+    assert report.rows_kept == 1 and dict(report.skipped) == {"unknown_consent": 2}
+    table = pa.table(
+        {
+            "event_type": ["purchase"] * 2,
+            "timestamp": ["2024-01-01T10:00:00Z"] * 2,
+            "user_id": ["u1", "u2"],
+            "item_id": ["A", "A"],
+            "consent": [True, None],
+        }
+    )
+    pq.write_table(table, tmp_path / "events.parquet")
+    dataset = load_events(tmp_path / "events.parquet")
+    assert dataset.events.users == ["u1"] and dict(dataset.report.skipped) == {"unknown_consent": 1}
+    without = write(tmp_path, "plain.csv", "event_type,timestamp,user_id,item_id\npurchase,2024-01-01T10:00:00Z,u1,A\n")
+    assert load_events(without).report.rows_kept == 1
 
 
 def test_strict_mode_names_the_file_and_line(tmp_path):
