@@ -90,6 +90,9 @@ class RedisSessionStore:
             if forget:
                 await self.client.hdel(name, *forget)
 
+    async def forget(self, key: str) -> bool:
+        return await self.client.delete(_events_key(key), _exposures_key(key)) > 0
+
     async def close(self) -> None:
         await self.client.aclose()
 

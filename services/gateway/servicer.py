@@ -191,6 +191,30 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         if pending:
             log.warning("stopping with %d answers' side effects unfinished after %.0f s", len(pending), timeout_s)
 
+    async def ForgetSubject(self, request: pb.ForgetSubjectRequest, context) -> pb.ForgetSubjectResponse:  # noqa: N802
+        """Deletes the subject's session, then writes the erasure record for the event log's readers; a failure of
+        either is the caller's to retry (both are idempotent)."""
+        check = Violations()
+        check.subject("subject", request.subject)
+        check.raise_if_any()
+        key = subject_key(request.subject, self._salt)
+        try:
+            deleted = await self.deps.sessions.forget(key)
+        except Exception as error:
+            raise DependencyUnavailable(
+                f"session store unavailable: {type(error).__name__}; nothing was deleted, retry",
+                reason="SESSIONS_UNAVAILABLE",
+            ) from None
+        try:
+            await self.deps.events.write([{"type": "forget", "at": time.time(), "subject": key}])
+        except EventLogFull as error:
+            raise ResourceExhausted(
+                f"the session is deleted, the event log cannot take the erasure record now ({error}); retry shortly",
+                retry_after_s=1.0,
+            ) from None
+        log.info("forgot subject %s (session %s)", key, "deleted" if deleted else "empty")
+        return pb.ForgetSubjectResponse(session_deleted=deleted)
+
     async def TrackEvents(self, request: pb.TrackEventsRequest, context) -> pb.TrackEventsResponse:  # noqa: N802
         check = Violations()
         check.count("events", request.events, limit=self.settings.max_events_per_call)

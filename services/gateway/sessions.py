@@ -42,6 +42,9 @@ class SessionStore(Protocol):
 
     async def add_exposures(self, key: str, item_ids: Sequence[str]) -> None: ...
 
+    async def forget(self, key: str) -> bool:
+        """Deletes the session (its events and exposure counts); True when there was one."""
+
     async def close(self) -> None: ...
 
 
@@ -169,6 +172,12 @@ class InMemorySessionStore:
             del session.exposures[item]
             added -= _exposure_bytes(item)
         self._grew(session, added)
+
+    async def forget(self, key: str) -> bool:
+        if self._get(key, create=False) is None:  # none, or expired (dropped by the look)
+            return False
+        self._drop(key)
+        return True
 
     async def close(self) -> None:
         return None

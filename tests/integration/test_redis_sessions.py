@@ -70,6 +70,20 @@ async def test_a_session_counts_exposures_for_at_most_max_exposed_items_in_redis
 
 
 @pytest.mark.parametrize("store_kind", ["memory", "redis"])
+async def test_a_forgotten_session_is_gone_in_both_stores_and_only_that_one(redis_url, store_kind):
+    store = InMemorySessionStore(ttl_s=60) if store_kind == "memory" else RedisSessionStore(redis_url, 60, 50)
+    for key in ("ann", "bob"):
+        await store.append(key, [common.Interaction(item_id="i1", event_type=common.EVENT_TYPE_PURCHASE)])
+        await store.add_exposures(key, ["i2"])
+    assert await store.forget("ann") is True
+    assert await store.history("ann") == [] and await store.exposures("ann") == {}
+    assert [e.item_id for e in await store.history("bob")] == ["i1"] and await store.exposures("bob") == {"i2": 1}
+    assert await store.forget("ann") is False  # nothing left to delete
+    if store_kind == "redis":
+        await store.close()
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "redis"])
 async def test_a_session_in_use_keeps_its_history_and_exposures_past_the_ttl_in_both_stores(redis_url, store_kind):
     """session_ttl_s is idle time: a shopper browsing with recommendations (reads of the history, exposures
     written) after one add-to-cart keeps that history, in Redis as in memory (Redis kept each key alive only with

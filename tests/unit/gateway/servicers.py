@@ -81,6 +81,9 @@ class DownSessions(InMemorySessionStore):
     async def history(self, key):
         raise ConnectionError("redis down")
 
+    async def forget(self, key):
+        raise ConnectionError("redis down")
+
 
 def servicer(
     items=ITEMS, sessions=None, cache_ttl_s: float = 30.0, salt: str = "aisle", **settings

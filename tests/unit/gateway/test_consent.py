@@ -3,10 +3,14 @@ path (TrackEvents, the exposure logger, a whole Recommend), since an answer with
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
+import pytest
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.recommendation.v1 import recommendation_service_pb2 as pb
+from services.core.errors import DependencyUnavailable, InvalidArgument
 from services.gateway.candidates import Candidates
 from services.gateway.components.base import Dependencies, Params
 from services.gateway.components.selectors import FeedbackStats
@@ -14,7 +18,7 @@ from services.gateway.components.side_effects import ExposureLogger
 from services.gateway.components.sources import PopularCache
 from services.gateway.sessions import InMemorySessionStore, subject_key
 from tests.unit.gateway.helpers import state
-from tests.unit.gateway.servicers import Context, RecordingSink, ids, recommend, servicer, shopper
+from tests.unit.gateway.servicers import Context, DownSessions, RecordingSink, ids, recommend, servicer, shopper
 
 
 def event(user: str, item: str, consent: bool, kind=common.EVENT_TYPE_PURCHASE) -> pb.TrackedEvent:
@@ -98,3 +102,35 @@ async def test_an_answer_without_consent_stores_nothing_about_the_shopper():
     assert len(service.deps.sessions) == 0
     assert service.deps.events.records == []
     assert set(service.deps.feedback.shown) == set(ids(answer))  # the side effects did run
+
+
+async def test_forget_subject_deletes_the_session_and_tells_the_event_logs_readers():
+    """A shopper who withdraws consent: later calls no longer read or write their session, but what was kept stayed
+    until its time to live (up to 30 days), and came back if they consented again within it."""
+    service = servicer()
+    await service.TrackEvents(pb.TrackEventsRequest(events=[event("ann", "i1", consent=True)]), Context())
+    await service.TrackEvents(pb.TrackEventsRequest(events=[event("bob", "i2", consent=True)]), Context())
+    await recommend(service, shopper("ann"))  # exposures counted
+    store = service.deps.sessions
+    assert await store.history(key_of("ann")) and await store.exposures(key_of("ann"))
+    reply = await service.ForgetSubject(pb.ForgetSubjectRequest(subject=common.Subject(user_id="ann")), Context())
+    assert reply.session_deleted
+    assert await store.history(key_of("ann")) == [] and await store.exposures(key_of("ann")) == {}
+    assert [e.item_id for e in await store.history(key_of("bob"))] == ["i2"]  # only hers
+    assert service.deps.events.records[-1] == {
+        "type": "forget",
+        "at": pytest.approx(time.time(), abs=60),
+        "subject": key_of("ann"),
+    }
+    # Consenting again starts from nothing; asking again is harmless.
+    again = await service.ForgetSubject(pb.ForgetSubjectRequest(subject=common.Subject(user_id="ann")), Context())
+    assert not again.session_deleted
+
+
+async def test_forget_subject_names_a_missing_subject_and_says_when_the_store_is_down():
+    service = servicer()
+    with pytest.raises(InvalidArgument, match="subject"):
+        await service.ForgetSubject(pb.ForgetSubjectRequest(), Context())
+    service.deps.sessions = DownSessions()
+    with pytest.raises(DependencyUnavailable, match="nothing was deleted"):
+        await service.ForgetSubject(pb.ForgetSubjectRequest(subject=common.Subject(user_id="ann")), Context())

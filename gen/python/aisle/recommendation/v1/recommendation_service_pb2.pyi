@@ -101,3 +101,15 @@ class TrackEventsResponse(_message.Message):
     accepted_count: int
     rejected_count: int
     def __init__(self, accepted_count: _Optional[int] = ..., rejected_count: _Optional[int] = ...) -> None: ...
+
+class ForgetSubjectRequest(_message.Message):
+    __slots__ = ("subject",)
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    subject: _common_pb2.Subject
+    def __init__(self, subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ...) -> None: ...
+
+class ForgetSubjectResponse(_message.Message):
+    __slots__ = ("session_deleted",)
+    SESSION_DELETED_FIELD_NUMBER: _ClassVar[int]
+    session_deleted: bool
+    def __init__(self, session_deleted: _Optional[bool] = ...) -> None: ...

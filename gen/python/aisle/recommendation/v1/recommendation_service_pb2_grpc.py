@@ -45,6 +45,11 @@ class RecommendationServiceStub:
                 request_serializer=aisle_dot_recommendation_dot_v1_dot_recommendation__service__pb2.TrackEventsRequest.SerializeToString,
                 response_deserializer=aisle_dot_recommendation_dot_v1_dot_recommendation__service__pb2.TrackEventsResponse.FromString,
                 _registered_method=True)
+        self.ForgetSubject = channel.unary_unary(
+                '/aisle.recommendation.v1.RecommendationService/ForgetSubject',
+                request_serializer=aisle_dot_recommendation_dot_v1_dot_recommendation__service__pb2.ForgetSubjectRequest.SerializeToString,
+                response_deserializer=aisle_dot_recommendation_dot_v1_dot_recommendation__service__pb2.ForgetSubjectResponse.FromString,
+                _registered_method=True)
 
 
 class RecommendationServiceServicer:
@@ -65,6 +70,17 @@ class RecommendationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForgetSubject(self, request, context):
+        """Deletes what the gateway keeps of one subject, for a shopper who withdraws consent or asks to be forgotten:
+        its session's events and exposure counts (in the store every replica shares, or this process's), and writes an
+        erasure record to the event log ({"type": "forget", "subject": <its key>}), which is append-only: its readers
+        drop the subject's earlier records. Idempotent: a retry after a failure (UNAVAILABLE, RESOURCE_EXHAUSTED with
+        RetryInfo) does it again. Withholding consent stops use at once; this removes what was kept before.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommendationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +93,11 @@ def add_RecommendationServiceServicer_to_server(servicer, server):
                     servicer.TrackEvents,
                     request_deserializer=aisle_dot_recommendation_dot_v1_dot_recommendation__service__pb2.TrackEventsRequest.FromString,
                     response_serializer=aisle_dot_recommendation_dot_v1_dot_recommendation__service__pb2.TrackEventsResponse.SerializeToString,
+            ),
+            'ForgetSubject': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetSubject,
+                    request_deserializer=aisle_dot_recommendation_dot_v1_dot_recommendation__service__pb2.ForgetSubjectRequest.FromString,
+                    response_serializer=aisle_dot_recommendation_dot_v1_dot_recommendation__service__pb2.ForgetSubjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +155,33 @@ class RecommendationService:
             '/aisle.recommendation.v1.RecommendationService/TrackEvents',
             aisle_dot_recommendation_dot_v1_dot_recommendation__service__pb2.TrackEventsRequest.SerializeToString,
             aisle_dot_recommendation_dot_v1_dot_recommendation__service__pb2.TrackEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aisle.recommendation.v1.RecommendationService/ForgetSubject',
+            aisle_dot_recommendation_dot_v1_dot_recommendation__service__pb2.ForgetSubjectRequest.SerializeToString,
+            aisle_dot_recommendation_dot_v1_dot_recommendation__service__pb2.ForgetSubjectResponse.FromString,
             options,
             channel_credentials,
             insecure,
