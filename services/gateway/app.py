@@ -30,7 +30,7 @@ from services.gateway.pipeline import PipelineMetrics
 from services.gateway.policies import load_policies
 from services.gateway.servicer import RecommendationServicer
 from services.gateway.sessions import InMemorySessionStore, SessionStore
-from services.gateway.settings import PUBLIC_SUBJECT_SALT, GatewaySettings
+from services.gateway.settings import GatewaySettings, salt_problem
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,11 @@ def build_application(
 ) -> Application:
     """Loads the catalog and the policies (refusing bad ones with a message saying where) and wires the servicer."""
     registry = registry if registry is not None else CollectorRegistry()
-    if settings.subject_key_salt.get_secret_value() == PUBLIC_SUBJECT_SALT:
+    if problem := salt_problem(settings.subject_key_salt.get_secret_value()):
         log.warning(
-            "subject keys use the public default salt: set AISLE_GATEWAY_SUBJECT_KEY_SALT from a secret in "
-            "production, or a guessable shopper id can be found from its key"
+            "subject keys use %s: set AISLE_GATEWAY_SUBJECT_KEY_SALT from a secret in production (16 characters or "
+            "more), or a guessable shopper id can be found from its key",
+            problem,
         )
     downstream = downstream if downstream is not None else Downstream(settings)
     catalog = ItemCatalog.load(settings.catalog_path)

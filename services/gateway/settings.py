@@ -13,6 +13,19 @@ from services.core.validation import region_problem
 DEFAULT_POLICY_FILE = Path(__file__).with_name("policies.yaml")
 #: The subject-key salt when none is set: public, so fit for development only.
 PUBLIC_SUBJECT_SALT = "aisle"
+#: Shorter salts are said to be weak at start-up: a few characters can be found by hashing candidates too.
+MIN_SALT_LENGTH = 16
+
+
+def salt_problem(salt: str) -> str | None:
+    """What makes a subject-key salt guessable (the public default, empty, short); None for a good one."""
+    if salt == PUBLIC_SUBJECT_SALT:
+        return "the public default salt"
+    if not salt:
+        return "an empty salt"
+    if len(salt) < MIN_SALT_LENGTH:
+        return f"a salt of {len(salt)} characters"
+    return None
 
 
 class GatewaySettings(ServiceSettings):

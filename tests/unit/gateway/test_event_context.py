@@ -16,7 +16,7 @@ from services.core.errors import InvalidArgument
 from services.core.validation import MAX_ATTRIBUTE_VALUE_LENGTH, MAX_ATTRIBUTES, MAX_ID_LENGTH
 from services.gateway.servicer import MAX_INTERACTION_BYTES
 from services.gateway.sessions import subject_key
-from services.gateway.settings import GatewaySettings
+from services.gateway.settings import GatewaySettings, salt_problem
 from tests.unit.gateway.servicers import Context, recommend, servicer, shopper
 
 
@@ -180,3 +180,17 @@ async def test_the_subject_key_is_on_the_span_only_with_consent(consent):
     assert ("aisle.subject" in span.attributes) is consent
     assert key not in span.attributes.values() or consent
     assert {"aisle.surface", "aisle.policy", "aisle.variant"} <= set(span.attributes)
+
+
+@pytest.mark.parametrize(
+    ("salt", "said"),
+    [
+        ("aisle", "the public default salt"),
+        ("", "an empty salt"),
+        ("s3cret", "a salt of 6 characters"),
+        ("x" * 32, None),
+    ],
+)
+def test_a_guessable_subject_key_salt_is_named_at_start_up(salt, said):
+    """An empty salt (a Secret created without a value) was taken silently: its keys are plain hashes of the ids."""
+    assert salt_problem(salt) == said
