@@ -54,6 +54,8 @@ class Application:
     load: Hook | None = None
     close: Hook | None = None
     extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = field(default_factory=tuple)
+    #: The ``service`` label of the RPC metrics when not the settings' (a role of the same service: a shard router).
+    metrics_label: str | None = None
 
 
 class ServiceHost:
@@ -87,7 +89,7 @@ class ServiceHost:
 
     async def start(self) -> int:
         """Binds and starts the server with health NOT_SERVING; returns the bound port."""
-        metrics = RpcMetrics(self.registry, self.settings.service_label)
+        metrics = RpcMetrics(self.registry, self.app.metrics_label or self.settings.service_label)
         tracing = [TracingInterceptor()] if tracing_enabled() else []  # outermost: its span covers the others
         limit = self.settings.max_concurrent_rpcs
         limits = [ConcurrencyLimit(limit)] if limit is not None else []

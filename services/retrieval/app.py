@@ -14,14 +14,17 @@ from services.retrieval.settings import RetrievalSettings
 from services.retrieval.state import IndexHolder, IndexWatcher
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RetrievalService"].full_name
+#: The metrics' ``service`` label of a shard router: its Retrieve (the gateway's call, fanned out) is not its
+#: shards' (one slice each), and the dashboards' per-RPC panels must not mix them.
+ROUTER_LABEL = "retrieval-router"
 
 
 def build_application(
     settings: RetrievalSettings, registry: CollectorRegistry | None = None, holder: IndexHolder | None = None
 ) -> Application:
-    metrics = ArtifactMetrics(registry, settings.service_label) if registry is not None else None
     if settings.shards:
-        return build_router(settings, metrics)
+        return build_router(settings, ArtifactMetrics(registry, ROUTER_LABEL) if registry is not None else None)
+    metrics = ArtifactMetrics(registry, settings.service_label) if registry is not None else None
     holder = (
         holder
         if holder is not None
@@ -54,4 +57,5 @@ def build_router(settings: RetrievalSettings, metrics: ArtifactMetrics | None = 
         register=lambda server: pb_grpc.add_RetrievalServiceServicer_to_server(router, server),
         load=router.connect,
         close=router.close,
+        metrics_label=ROUTER_LABEL,
     )

@@ -602,3 +602,30 @@ def test_index_build_refuses_an_out_or_a_shard_count_it_would_get_wrong(tmp_path
     assert result.exception is None or isinstance(result.exception, SystemExit)  # a message, not a traceback
     assert sorted(p.name for p in source.iterdir()) == before and load_index(source).item_ids  # untouched
     assert not (tmp_path / "fresh").exists()
+
+
+async def test_a_router_counts_its_calls_and_its_version_under_its_own_service_label(tmp_path):
+    """Router and shards both said service="retrieval": the per-RPC panels mixed the gateway's Retrieve (fanned
+    out) with the shards' slices of it, and counted each call N + 1 times."""
+    from click.testing import CliRunner
+    from prometheus_client import CollectorRegistry
+
+    whole = tmp_path / "whole"
+    write_index(whole, count=400, version="20260101T000000Z")
+    sharded = tmp_path / "sharded"
+    result = CliRunner().invoke(
+        index_cli, ["build", str(whole), "--out", str(sharded), "--shards", "2", "--ann", "exact"]
+    )
+    assert result.exit_code == 0, result.output
+    async with retrieval(sharded / "shard-0") as (shard0, _), retrieval(sharded / "shard-1") as (shard1, _):
+        settings = settings_for(sharded / "router", shard_targets=f"127.0.0.1:{shard0.port},127.0.0.1:{shard1.port}")
+        registry = CollectorRegistry()
+        async with serving(ServiceHost(settings, build_application(settings, registry), registry=registry)) as host:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+                await pb_grpc.RetrievalServiceStub(channel).Retrieve(request(k=5, sources=(POPULAR,)), timeout=5)
+    labels = {"service": "retrieval-router", "method": "Retrieve", "code": "OK"}
+    assert registry.get_sample_value("aisle_grpc_server_handled_total", labels) == 1
+    serving_versions = [
+        s.labels for m in registry.collect() if m.name == "aisle_artifact_serving" for s in m.samples if s.value == 1
+    ]
+    assert serving_versions and all(labels["service"] == "retrieval-router" for labels in serving_versions)
