@@ -32,6 +32,8 @@ class ServiceError(Exception):
     #: False: the answer tells gRPC clients not to retry (``grpc-retry-pushback-ms: -1``, honoured by every gRPC
     #: retry policy), for failures another attempt would meet again within the caller's deadline.
     retryable: bool = True
+    #: False for a refusal that comes in floods (an overload's): logged once per interval with a count, not per call.
+    logged_per_call: bool = True
 
     def __init__(self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None):
         super().__init__(message)

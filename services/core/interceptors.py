@@ -10,6 +10,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from services.core.errors import InvalidArgument, ResourceExhausted, ServiceError, describe, status_for
+from services.core.logs import Throttled
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,10 @@ class ErrorInterceptor(UnaryWrapper):
     retries a call that got one.)
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._floods = Throttled(log)  # refusals that come in floods: one line per interval, with a count
+
     def deserializer(self, deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
         if deserialize is None:
             return None
@@ -121,7 +126,11 @@ class ErrorInterceptor(UnaryWrapper):
                 del request
                 raise
             except ServiceError as error:
-                log.info("%s -> %s (%s): %s", method, error.code.name, error.reason, error.message)
+                said = (method, error.code.name, error.reason, error.message)
+                if error.logged_per_call:
+                    log.info("%s -> %s (%s): %s", *said)
+                else:
+                    self._floods.warning(method, "%s -> %s (%s): %s", *said)
                 status = status_for(error)
             except grpc.aio.AioRpcError as error:
                 # A downstream call failed and the servicer did not handle it: pass its code (and the Aisle reason
@@ -154,7 +163,9 @@ class ConcurrencyLimit(UnaryWrapper):
 
         async def limited(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if self.in_flight >= self.limit:
-                raise ResourceExhausted(f"{self.in_flight} calls in flight, the most this server takes at once")
+                refused = ResourceExhausted(f"{self.in_flight} calls in flight, the most this server takes at once")
+                refused.logged_per_call = False  # an overload refuses many: a log line each would add to it
+                raise refused
             self.in_flight += 1
             try:
                 return await behavior(request, context)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -185,11 +185,22 @@ class JsonlEventSink:
             drained.cancel()
 
 
-def read_events(path: Path) -> Iterator[dict[str, Any]]:
-    """Reads a JSON-lines event log back (for training); a torn last line is skipped."""
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Reads a JSON-lines event log back (for training), its erasures applied (:func:`without_forgotten`); a torn
+    last line is skipped."""
+    records = []
     with path.open(encoding="utf-8") as handle:
         for line in handle:
             try:
-                yield json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError:
                 log.warning("%s: skipping an unreadable line", path)
+    return without_forgotten(records)
+
+
+def without_forgotten(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` (oldest first) without those of a subject written before an erasure record of it
+    (``{"type": "forget", "subject": ...}``, which ForgetSubject writes); the erasure records stay, so a reader
+    passing the log on passes the erasure on too."""
+    last_forget = {r["subject"]: i for i, r in enumerate(records) if r.get("type") == "forget" and "subject" in r}
+    return [r for i, r in enumerate(records) if r.get("type") == "forget" or i > last_forget.get(r.get("subject"), -1)]

@@ -18,7 +18,7 @@ from typing import Any
 import redis.asyncio as redis
 
 from aisle.common.v1 import common_pb2 as common
-from services.gateway.events import EventLogFull
+from services.gateway.events import EventLogFull, without_forgotten
 from services.gateway.sessions import least_shown
 
 EVENTS_STREAM = "aisle:events"
@@ -131,10 +131,11 @@ class RedisStreamEventSink:
 
 
 async def read_stream(url: str, stream: str = EVENTS_STREAM) -> list[dict[str, Any]]:
-    """Every record in the stream, oldest first (for training and tests)."""
+    """Every record in the stream, oldest first, its erasures applied (for training and tests; see
+    :func:`~services.gateway.events.without_forgotten`)."""
     client = redis.Redis.from_url(url)
     try:
         entries = await client.xrange(stream)
-        return [json.loads(fields[b"event"]) for _, fields in entries]
+        return without_forgotten([json.loads(fields[b"event"]) for _, fields in entries])
     finally:
         await client.aclose()

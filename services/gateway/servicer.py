@@ -17,7 +17,7 @@ from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from services.core.errors import DependencyUnavailable, InvalidArgument, ResourceExhausted
 from services.core.logs import Throttled
 from services.core.telemetry import current_trace_id
-from services.core.validation import MAX_ID_LENGTH, Violations, timestamp_problem
+from services.core.validation import EVENT_TYPES, MAX_ID_LENGTH, Violations, timestamp_problem
 from services.gateway.budget import RequestBudget
 from services.gateway.cache import AnonymousCache
 from services.gateway.candidates import Candidates
@@ -189,7 +189,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             return
         _, pending = await asyncio.wait(set(self._background), timeout=timeout_s)
         if pending:
-            log.warning("stopping with %d answers' side effects unfinished after %.0f s", len(pending), timeout_s)
+            log.warning("%d answers' side effects still unfinished after %.0f s", len(pending), timeout_s)
 
     async def ForgetSubject(self, request: pb.ForgetSubjectRequest, context) -> pb.ForgetSubjectResponse:  # noqa: N802
         """Deletes the subject's session, then writes the erasure record for the event log's readers; a failure of
@@ -198,6 +198,9 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         check.subject("subject", request.subject)
         check.raise_if_any()
         key = subject_key(request.subject, self._salt)
+        # The side effects of answers this replica already sent (their exposure writes, a few milliseconds each)
+        # would otherwise make the session again just after it is deleted.
+        await self.drain(timeout_s=1.0)
         try:
             deleted = await self.deps.sessions.forget(key)
         except Exception as error:
@@ -332,9 +335,10 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
 
 def usable(stored: list[common.Interaction]) -> list[common.Interaction]:
     """Stored events the pipeline can read: one with an ``event_time`` out of Timestamp's range (stored before
-    TrackEvents checked it) is left out, so it neither fails the request nor is forwarded for retrieval and
-    ranking to refuse."""
-    return [e for e in stored if timestamp_problem(e.event_time) is None]
+    TrackEvents checked it), or an event type this build does not know (stored by a newer gateway sharing the
+    Redis sessions, in a rolling update), is left out, so it neither fails the request nor is forwarded for
+    retrieval and ranking to refuse."""
+    return [e for e in stored if e.event_type in EVENT_TYPES and timestamp_problem(e.event_time) is None]
 
 
 def _wire_size(request: pb.RecommendRequest, name: str) -> int:

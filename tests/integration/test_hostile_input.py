@@ -182,6 +182,13 @@ def test_track_events(ports, events):
 
 
 @FAST
+@given(subject=subjects)
+def test_forget_subject(ports, subject):
+    with grpc.insecure_channel(f"127.0.0.1:{ports['gateway']}") as channel:
+        outcome(pb_grpc.RecommendationServiceStub(channel).ForgetSubject, pb.ForgetSubjectRequest(subject=subject))
+
+
+@FAST
 @given(context=gateway_contexts, times=st.lists(timestamps, max_size=3), consent=st.booleans())
 def test_recommend_valid_but_for_its_context_and_times(ports, context, times, consent):
     """Drawn context and history times on an otherwise valid request, so that they reach the pipeline (the

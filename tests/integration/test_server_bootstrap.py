@@ -221,7 +221,7 @@ async def test_a_stop_during_the_load_cancels_it_and_closes_only_after_it_ended(
         await host.stop(grace=0, drain=0)
 
 
-async def test_calls_past_the_concurrency_limit_are_refused_at_once_not_queued():
+async def test_calls_past_the_concurrency_limit_are_refused_at_once_not_queued(caplog):
     """An overloaded service queued every call for its busy event loop until the caller's deadline passed; with
     ``max_concurrent_rpcs`` the excess is told RESOURCE_EXHAUSTED at once, and the calls within it are served."""
     release = asyncio.Event()
@@ -246,6 +246,9 @@ async def test_calls_past_the_concurrency_limit_are_refused_at_once_not_queued()
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await call(b"y", timeout=10)
             waited = asyncio.get_running_loop().time() - started
+            for _ in range(5):  # an overload refuses many: one log line for them, not one each
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await call(b"z", timeout=10)
             # A probe is never refused: a pod failing its probes under load would move its load onto the others.
             assert await health_status(host.port) == SERVING
             release.set()
@@ -255,4 +258,5 @@ async def test_calls_past_the_concurrency_limit_are_refused_at_once_not_queued()
     info, _ = details_of(refused.value)
     assert info is not None and info.reason == "OVERLOADED"  # an Aisle error, with retry advice
     counted = {"service": "ranking", "method": "Call", "code": "RESOURCE_EXHAUSTED"}
-    assert registry.get_sample_value("aisle_grpc_server_handled_total", counted) == 1
+    assert registry.get_sample_value("aisle_grpc_server_handled_total", counted) == 6
+    assert len([r for r in caplog.records if "calls in flight" in r.getMessage()]) == 1

@@ -5,7 +5,8 @@ under a reason in the :class:`LoadReport` (with the first three locations, ``fil
 is logged and written into the model metadata. With ``strict=True`` the first such row raises :class:`DataError`
 naming the file, the line (CSV and text: the physical line; Parquet: ``row N``, 1-based) and the reason. A file that
 cannot be read at all, or lacks a required column, always raises. Events without consent are dropped by policy
-(counted as ``no_consent``, never an error).
+(counted as ``no_consent``, never an error), as are those whose consent cell is empty (``unknown_consent``: "not
+asked" is not a yes; consent is assumed only when the file has no consent column).
 """
 
 from __future__ import annotations

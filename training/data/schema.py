@@ -14,6 +14,7 @@ A shop exports two tables. Events, one row per interaction:
 | region       | string               | no       | country or region code                                           |
 | device       | string               | no       | ``desktop``, ``mobile``, ``tablet``, ...                         |
 | consent      | bool                 | no (yes) | the customer allowed personalisation; events without are dropped |
+|              |                      |          | (an empty cell in the column: not asked, dropped too)            |
 | basket_id    | string               | no       | order / invoice id grouping one purchase                         |
 | query        | string               | no       | search text (``search`` events)                                  |
 

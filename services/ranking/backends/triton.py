@@ -395,6 +395,7 @@ class TritonBackend:
                 self._publish(current.darkened("not_ready", str(error)))
             return False
         self._unanswered_rounds = 0
+        self._kept_because = ""  # a server answered with something to serve: the next failure is a new episode
         if current is not None and routes.same_as(current):
             return False  # the same versions with the same files (a folder may be retired by now)
         self._publish(routes)

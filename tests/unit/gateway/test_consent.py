@@ -3,6 +3,7 @@ path (TrackEvents, the exposure logger, a whole Recommend), since an answer with
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -134,3 +135,16 @@ async def test_forget_subject_names_a_missing_subject_and_says_when_the_store_is
     service.deps.sessions = DownSessions()
     with pytest.raises(DependencyUnavailable, match="nothing was deleted"):
         await service.ForgetSubject(pb.ForgetSubjectRequest(subject=common.Subject(user_id="ann")), Context())
+
+
+async def test_forget_subject_is_not_undone_by_the_side_effects_of_an_answer_already_sent():
+    """The page view's exposure write runs after its answer: a ForgetSubject right after (the shopper withdrew
+    consent on that page) deleted the session, then the write made it again, and the log held an exposure after
+    the erasure record."""
+    service = servicer()
+    await service.Recommend(shopper("ann"), Context())  # answered; its exposure write not yet run
+    reply = await service.ForgetSubject(pb.ForgetSubjectRequest(subject=common.Subject(user_id="ann")), Context())
+    await asyncio.gather(*service._background)
+    assert reply.session_deleted
+    assert await service.deps.sessions.exposures(key_of("ann")) == {}
+    assert [r["type"] for r in service.deps.events.records] == ["exposure", "forget"]

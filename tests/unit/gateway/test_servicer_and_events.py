@@ -100,6 +100,46 @@ async def test_a_session_store_outage_is_one_warning_not_one_per_request(caplog)
     assert len(said) == 1
 
 
+async def test_a_stored_event_of_a_type_this_build_does_not_know_is_not_forwarded():
+    """A newer gateway sharing the Redis sessions (a rolling update) stored an event type retrieval and ranking
+    refuse: forwarded, it cost the shopper their personal answers for the session's lifetime."""
+    service = servicer(cache_ttl_s=0)
+    seen = []
+
+    class Recording(PopularRetrieval):
+        async def Retrieve(self, request, timeout=None):  # noqa: N802
+            seen.append([(i.item_id, i.event_type) for i in request.history])
+            return await super().Retrieve(request, timeout)
+
+    service.deps.downstream.retrieval = Recording(ITEMS)
+    key = subject_key(common.Subject(user_id="alice@example.com"))
+    await service.deps.sessions.append(
+        key,
+        [
+            common.Interaction(item_id="i1", event_type=7),
+            common.Interaction(item_id="i2", event_type=common.EVENT_TYPE_VIEW),
+        ],
+    )
+    answer = await recommend(service, shopper())
+    assert seen == [[("i2", common.EVENT_TYPE_VIEW)]] and not answer.degradations
+
+
+def test_the_event_logs_readers_apply_its_erasure_records(tmp_path):
+    log = tmp_path / "events.jsonl"
+    records = [
+        {"type": "purchase", "subject": "ann", "item_id": "a"},
+        {"type": "purchase", "subject": "bob", "item_id": "b"},
+        {"type": "forget", "subject": "ann", "at": 1.0},
+        {"type": "view", "subject": "ann", "item_id": "c"},  # after the erasure: a new, consented session
+    ]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert [(r["type"], r["subject"]) for r in read_events(log)] == [
+        ("purchase", "bob"),
+        ("forget", "ann"),
+        ("view", "ann"),
+    ]
+
+
 async def test_a_consenting_guest_whose_session_cannot_be_read_is_not_served_an_unflagged_cached_answer():
     """A cached answer ignores the guest's exposure caps and history: while the store is down it must not stand in
     for the guest's own answer, which says the sessions were dropped."""

@@ -497,6 +497,18 @@ async def test_a_version_served_but_refused_here_is_asked_about_once_a_second_no
     assert len(kept) == 1
 
 
+async def test_each_episode_of_triton_not_answering_is_logged_not_only_the_first(repository, caplog):
+    fake = HungInferences("a:1")
+    backend = backend_with(repository, fake)
+    await backend.load()
+    for _ in range(2):  # a one-round blip, then Triton answers again; twice
+        fake.hung = True
+        await backend.refresh()
+        fake.hung = False
+        await backend.refresh()
+    assert len([r for r in caplog.records if "keeping version" in r.getMessage()]) == 2
+
+
 async def test_dark_routes_say_why_when_triton_answers_again_with_a_version_refused_here(repository):
     fake = HungInferences("a:1")
     backend = backend_with(repository, fake)
