@@ -38,7 +38,8 @@ class ServiceSettings(BaseSettings):
 
     model_config = settings_config("AISLE_")
 
-    #: Service name used in health checks, metrics and telemetry resources.
+    #: Service name used in logs, health checks, metrics (unless the application names its role: a shard router's
+    #: say ``retrieval-router``) and telemetry resources.
     service_label: ClassVar[str] = "aisle"
 
     host: str = Field("127.0.0.1", description="Address the gRPC server binds to.")
@@ -65,7 +66,9 @@ class ServiceSettings(BaseSettings):
         description="Calls in the service's handlers at once; more are refused at once with RESOURCE_EXHAUSTED "
         "(OVERLOADED, retry after 1 s; counted in the RPC metrics) instead of queueing until their deadlines pass. "
         "Health probes are never refused. Unset: no limit. Size it well above the rate times the p99 latency "
-        "(300/s x 50 ms = 15), so only an overload meets it.",
+        "(300/s x 50 ms = 15), so only an overload meets it. It bounds the gateway, ranking and a shard router, "
+        "whose calls wait on others; a retrieval index server answers in its handler without waiting, one call at "
+        "a time, so the limit never binds there.",
     )
 
     @classmethod

@@ -12,13 +12,14 @@ from google.protobuf.message import Message
 
 from aisle.common.v1 import common_pb2
 
-#: Longest id (item, user, session) any service accepts.
-#: The values each enum of the contract defines, UNSPECIFIED (a field left unset) included: a number no version of
-#: the contract defines is refused, as the caller's mistake, rather than passed on to mean nothing.
+#: The values each enum of this build's contract defines, UNSPECIFIED (a field left unset) included: another number
+#: is refused, as the caller's mistake, rather than passed on to mean nothing. A value added to an enum reaches
+#: retrieval and ranking first, then the gateway, then the callers (each refuses what it does not know yet).
 EVENT_TYPES = frozenset(common_pb2.EventType.values())
 DEVICES = frozenset(common_pb2.Device.values())
 SURFACES = frozenset(common_pb2.Surface.values())
 
+#: Longest id (item, user, session) any service accepts.
 MAX_ID_LENGTH = 256
 
 #: Most ``RequestContext.attributes`` entries; keys are at most :data:`MAX_ID_LENGTH` characters, values at most

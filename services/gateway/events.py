@@ -44,6 +44,10 @@ class NullEventSink:
         return None
 
 
+#: How long a stop waits for the event log's buffer to be written, at most (within the pod's termination grace).
+CLOSE_TIMEOUT_S = 5.0
+
+
 class JsonlEventSink:
     """Appends to a JSON-lines file through a queue bounded in records (``max_pending``) and in bytes
     (``max_pending_bytes``: a stalled reader of a pipe must not grow the process; one call larger than it is taken
@@ -65,7 +69,7 @@ class JsonlEventSink:
         max_pending_bytes: int = 32 * 1024 * 1024,
         retry_delay_s: float = 0.1,
         max_retry_delay_s: float = 5.0,
-        close_timeout_s: float = 5.0,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
     ):
         self.path = path
         self.queue: asyncio.Queue[str] | None = None

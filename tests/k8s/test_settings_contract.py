@@ -12,6 +12,7 @@ import pytest
 
 from services.core.settings import ServiceSettings, SettingsError, load_settings
 from services.gateway.app import SIDE_EFFECTS_WAIT_S
+from services.gateway.events import CLOSE_TIMEOUT_S as EVENT_LOG_CLOSE_TIMEOUT_S
 from tests.k8s.manifests import (
     FROM_CLUSTER,
     SERVICES,
@@ -149,8 +150,9 @@ def test_shutdown_fits_in_the_termination_grace_period(renders: list[Render]):
             period = pod_spec(workload).get("terminationGracePeriodSeconds", 30)
             if settings.drain_delay_s <= 0:
                 problems.append(f"{render.name}: {service} has no drain delay: calls fail while endpoints update")
-            # The gateway then waits for the last answers' side effects (their exposures) before closing its stores.
-            after = SIDE_EFFECTS_WAIT_S if service == "gateway" else 0
+            # The gateway then waits for the last answers' side effects (their exposures), then for its event log's
+            # buffer, before it exits.
+            after = SIDE_EFFECTS_WAIT_S + EVENT_LOG_CLOSE_TIMEOUT_S if service == "gateway" else 0
             if settings.drain_delay_s + settings.grace_period_s + after >= period:
                 problems.append(
                     f"{render.name}: {service} drain {settings.drain_delay_s} s + grace {settings.grace_period_s} s "
