@@ -254,10 +254,12 @@ class HungTriton(FakeTriton):
     """A frozen server (SIGSTOP, a stuck node): its control calls run past their timeout, as its calls would."""
 
     hung = False
+    #: What a control call meets while ``hung``: (message, status).
+    control_error = ("Deadline Exceeded", "StatusCode.DEADLINE_EXCEEDED")
 
     async def get_model_repository_index(self, as_json=False, client_timeout=None):
         if self.hung:
-            raise InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")
+            raise InferenceServerException(self.control_error[0], status=self.control_error[1])
         return await super().get_model_repository_index(as_json, client_timeout)
 
 
@@ -449,18 +451,14 @@ async def test_calls_stop_going_to_triton_once_no_server_answers_and_the_fallbac
     assert not (await backend.rank([], ["item-1"], timeout=0.5)).fallback
 
 
-class Stopping(FakeTriton):
-    """Triton going away: the model unloaded (its calls NOT_FOUND), the control port answering nothing."""
+class Stopping(HungTriton):
+    """Triton going away (while ``hung``): the model unloaded (its calls NOT_FOUND), the control port answering
+    nothing."""
 
-    stopping = False
-
-    async def get_model_repository_index(self, as_json=False, client_timeout=None):
-        if self.stopping:
-            raise InferenceServerException("failed to connect to all addresses", status="StatusCode.UNAVAILABLE")
-        return await super().get_model_repository_index(as_json, client_timeout)
+    control_error = ("failed to connect to all addresses", "StatusCode.UNAVAILABLE")
 
     async def infer(self, model_name, inputs, model_version="", **options):
-        if self.stopping:
+        if self.hung:
             raise InferenceServerException(
                 f"Request for unknown model: '{model_name}' version {model_version} is not found",
                 status="StatusCode.NOT_FOUND",
@@ -474,10 +472,10 @@ async def test_a_call_that_follows_a_switch_in_vain_never_stops_the_calls_for_go
     fake = Stopping("a:1")
     backend = backend_with(repository, fake)
     await backend.load()
-    fake.stopping = True
+    fake.hung = True
     with pytest.raises(ModelNotReady):
         await backend.rank([], ["item-1"], timeout=0.5)
-    fake.stopping = False  # back, serving version 1; no refresh
+    fake.hung = False  # back, serving version 1; no refresh
     assert (await backend.rank([], ["item-1"], timeout=0.5)).backend == "triton"
 
 
