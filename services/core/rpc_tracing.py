@@ -61,6 +61,12 @@ SERVER_ERRORS = frozenset(
 )
 
 
+def mark_abandoned(span: trace.Span) -> None:
+    """A CLIENT span's call its caller gave up on before it ended: CANCELLED, an error."""
+    span.set_attribute(STATUS_CODE, grpc.StatusCode.CANCELLED.value[0])
+    span.set_status(Status(StatusCode.ERROR, "CANCELLED: abandoned by the caller"))
+
+
 def _server_outcome(span: trace.Span, code: grpc.StatusCode, details: str = "") -> None:
     """The code a call ended with on its server span; an ERROR status only for :data:`SERVER_ERRORS` (a refused
     request is the caller's error, and its client span says so)."""
@@ -162,9 +168,8 @@ class _TracedUnaryUnary:
                 span.set_attribute(STATUS_CODE, error.code().value[0])
                 span.set_status(Status(StatusCode.ERROR, f"{error.code().name}: {error.details()}"))
                 raise
-            except asyncio.CancelledError:  # the caller gave up first (its own timeout, a stage's slice): abandoned
-                span.set_attribute(STATUS_CODE, grpc.StatusCode.CANCELLED.value[0])
-                span.set_status(Status(StatusCode.ERROR, "CANCELLED: abandoned by the caller"))
+            except asyncio.CancelledError:  # the caller gave up first (its own timeout, a stage's slice)
+                mark_abandoned(span)
                 raise
             span.set_attribute(STATUS_CODE, 0)
             return response

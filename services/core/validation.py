@@ -170,9 +170,10 @@ class Violations:
             self.add(field, f"must be one of {shown}, got {names.get(value, value)}")
 
     def defined(self, field: str, value: int, enum, values: frozenset[int]) -> None:
-        """A value ``enum`` (a generated enum type, whose ``values`` are given) defines."""
+        """A value ``enum`` (a generated enum type, whose ``values`` are given for the quick look) defines: :meth:`enum`
+        over all of them."""
         if value not in values:
-            self.add(field, f"must be one of {', '.join(enum.keys())}, got {value}")
+            self.enum(field, value, enum.values(), dict(zip(enum.values(), enum.keys(), strict=True)))
 
     def region(self, field: str, value: str) -> None:
         if region_problem(value):

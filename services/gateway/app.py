@@ -30,7 +30,7 @@ from services.gateway.pipeline import PipelineMetrics
 from services.gateway.policies import load_policies
 from services.gateway.servicer import RecommendationServicer
 from services.gateway.sessions import InMemorySessionStore, SessionStore
-from services.gateway.settings import GatewaySettings, salt_problem
+from services.gateway.settings import MIN_SALT_LENGTH, GatewaySettings, salt_problem
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +91,10 @@ def build_application(
     registry = registry if registry is not None else CollectorRegistry()
     if problem := salt_problem(settings.subject_key_salt.get_secret_value()):
         log.warning(
-            "subject keys use %s: set AISLE_GATEWAY_SUBJECT_KEY_SALT from a secret in production (16 characters or "
+            "subject keys use %s: set AISLE_GATEWAY_SUBJECT_KEY_SALT from a secret in production (%d characters or "
             "more), or a guessable shopper id can be found from its key",
             problem,
+            MIN_SALT_LENGTH,
         )
     downstream = downstream if downstream is not None else Downstream(settings)
     catalog = ItemCatalog.load(settings.catalog_path)

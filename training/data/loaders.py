@@ -346,10 +346,13 @@ def load_events(path: Path, catalog_path: Path | None = None, strict: bool = Fal
             continue
         # No consent column: consent is assumed (the documented default). In a consent column an empty cell is
         # "not asked", not a yes: personal data is trained on only with a recorded one.
-        if column["consent"] is not None and not _text(value("consent", i)):
+        if column["consent"] is None:
+            consent = True
+        elif not _text(value("consent", i)):
             report.skip("unknown_consent", _location(path, i))
             continue
-        consent = True if column["consent"] is None else _flag(value("consent", i))
+        else:
+            consent = _flag(value("consent", i))
         if consent is None:
             rows.bad(i, "bad_consent", repr(value("consent", i)))
             continue

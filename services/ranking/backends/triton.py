@@ -37,10 +37,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind
 
 from services.core.keepalive import KEEPALIVE_TIME_MS
-from services.core.rpc_tracing import STATUS_CODE, rpc_attributes
+from services.core.rpc_tracing import STATUS_CODE, mark_abandoned, rpc_attributes
 from services.core.telemetry import ActiveSpan
 from services.core.versions import FolderStamp, folder_stamp
 from services.ranking.backends.base import (
@@ -689,8 +689,7 @@ class TritonBackend:
                 span.set_attribute(STATUS_CODE, _status_number(error))
                 raise _mapped(error, target, model) from None
             except asyncio.CancelledError:  # the ranking call was abandoned (its caller's deadline) mid-inference
-                span.set_attribute(STATUS_CODE, grpc.StatusCode.CANCELLED.value[0])
-                span.set_status(Status(StatusCode.ERROR, "CANCELLED: abandoned by the caller"))
+                mark_abandoned(span)
                 raise
             span.set_attribute(STATUS_CODE, 0)
         purchase = result.as_numpy(PURCHASE_OUTPUT)
