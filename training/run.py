@@ -45,6 +45,7 @@ from training.export import (
 )
 from training.fit import FitConfig, FittedModels, fit
 from training.models.two_tower import QueryTower
+from training.regions import regional_data
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,12 @@ def train_and_export(
     dataset = load_dataset(spec)
     fitted = fit(dataset, config, progress=progress)
     split, catalog = fitted.split, dataset.catalog
+    regional = regional_data(dataset, split)
     versions = {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
     metadata = {
         "data": {**dataset.summary(), "spec": spec},
         "training": fitted.summary(),
+        "regions": regional.summary(),
         "versions": versions,
     }
     # The repository's own numbering (retired numbers are never reused); the ranker is published last, under it.
@@ -98,6 +101,11 @@ def train_and_export(
         covisitation=fitted.covisitation,
         # The trending source's counts, from the same baskets as the exported snapshot's log_trending rates.
         trending=fitted.export_sales.latest(),
+        # Regions, where each item is sold (the catalog's lists) and each region's own popular items.
+        **regional.index_args(),
+        # No stock of its own (every item in stock): availability pushed before it still applies, regions included,
+        # as the live data is newer than the training catalog's lists.
+        data_as_of=0.0,
     )
     # Keyed by time too: a version number of another repository (or of one rebuilt) must not collide here.
     query_tower_dir = out / "query_tower" / f"{version}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"

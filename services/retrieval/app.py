@@ -8,6 +8,7 @@ from aisle.retrieval.v1 import retrieval_service_pb2 as pb
 from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.core.metrics import ArtifactMetrics
 from services.core.server import Application
+from services.retrieval.regions import UnlistedRegions
 from services.retrieval.router import ShardRouter
 from services.retrieval.servicer import RetrievalServicer
 from services.retrieval.settings import RetrievalSettings
@@ -35,7 +36,7 @@ def build_application(
             metrics=metrics,
         )
     )
-    servicer = RetrievalServicer(settings, holder)
+    servicer = RetrievalServicer(settings, holder, unlisted_regions=UnlistedRegions(registry, settings.service_label))
     watcher = IndexWatcher(holder, settings.index_path, settings.index_poll_s)
 
     async def load() -> None:

@@ -1,14 +1,17 @@
 """The retrieval index artefact: one immutable, versioned folder per index build.
 
     <index root>/<version>/
-        metadata.json          format, version, model, dimension, item_count, regions, regional_popularity
-                               (whether region_popularity is each region's own sales), build parameters,
+        metadata.json          format, version, model, dimension, item_count, regions, popularity_regions
+                               (the regions whose region_popularity row is their own sales; regional_popularity,
+                               for older readers: whether all of them are), build parameters,
                                created_at, data_as_of (when the stock and regions were exported) and a sha256 for
                                every other file (the contract; checked on every load)
         item_ids.txt           one item id per line (none empty); row i of every matrix below (token i + 1 in
                                query_tower.onnx)
         item_embeddings.npy    float32 [items, dimension]
         item_table.npz         popularity [items], trending [items], stock [items], sold_in [items, regions],
+                               sold_everywhere [items] (sold in any region, one without a column included;
+                               optional: without it, the items sold in every listed region),
                                region_popularity [regions, items]
         item_attributes.json   {"category": [...], "brand": [...]} aligned with item_ids.txt
         regions.txt            region codes, one per line (column j of sold_in, row j of region_popularity)
@@ -32,7 +35,7 @@ import os
 import re
 import shutil
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -92,10 +95,18 @@ class IndexArtifact:
     covisitation: CoVisitationTable | None = None
     #: Anchor item ids of the co-visitation table (None: anchor i is row i).
     covisitation_anchors: list[str] | None = None
-    #: Whether ``region_popularity`` holds each region's own sales; False when it repeats the whole shop's (a version
-    #: written without them): every region is then served the shop's popular items, and no answer may call them the
-    #: region's.
-    regional_popularity: bool = True
+    #: The regions whose row of ``region_popularity`` is ranked by their own sales (enough of them); any other
+    #: region's row repeats the shop's list or leans on it, and no answer may call its popular items the region's.
+    popularity_regions: frozenset[str] = frozenset()
+    #: bool [items]: sold in every region, including one this version has no column for (``sold_in`` lists the
+    #: known regions only). Versions written before it: the items sold in every known region.
+    sold_everywhere: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.sold_everywhere is None:
+            everywhere = self.sold_in.all(axis=1)
+            everywhere.flags.writeable = False
+            object.__setattr__(self, "sold_everywhere", everywhere)
 
     @property
     def dimension(self) -> int:
@@ -174,6 +185,7 @@ def save_index(
     regions: Sequence[str] = (),
     sold_in: np.ndarray | None = None,
     region_popularity: np.ndarray | None = None,
+    sold_everywhere: np.ndarray | None = None,
     trending: np.ndarray | None = None,
     stock: np.ndarray | None = None,
     query_tower: Path | None = None,
@@ -182,13 +194,16 @@ def save_index(
     covisitation: CoVisitationTable | None = None,
     covisitation_anchors: Sequence[str] | None = None,
     data_as_of: float | None = None,
-    regional_popularity: bool | None = None,
+    popularity_regions: Collection[str] | None = None,
 ) -> Path:
     """Writes a complete index version under ``root`` atomically; returns its path.
 
     Optional data defaults to: sold everywhere, region popularity = overall popularity, trending = popularity,
-    stock = 1. The metadata records whether ``region_popularity`` was given (``regional_popularity``, which a version
-    built from another passes on): without it every region's list is the shop's. ``query_tower`` is an ONNX file
+    stock = 1. ``sold_everywhere`` (bool [items]) marks the items sold in any region, one without a column here
+    included; its default is the items ``sold_in`` every listed region. ``popularity_regions`` names the regions whose
+    ``region_popularity`` row is ranked by their own sales (recorded in the metadata; a version built from another
+    passes it on); its default is every region when ``region_popularity`` is given, none without it (every region's
+    list is then the shop's). ``query_tower`` is an ONNX file
     copied in. ``build_ann(embeddings, folder)`` writes an ANN structure into ``folder`` (see
     :mod:`services.retrieval.build`) and returns its parameters for the metadata.
     ``sharding`` (``{"shards": n}`` for a router's data, ``{"shards": n, "shard": i}`` for a shard) is recorded with
@@ -206,14 +221,22 @@ def save_index(
     regions = list(regions)
     popularity = np.asarray(popularity, dtype=np.float32)
     sold_in = np.ones((count, len(regions)), dtype=bool) if sold_in is None else np.asarray(sold_in, dtype=bool)
-    if regional_popularity is None:
-        regional_popularity = region_popularity is not None and bool(regions)
+    if popularity_regions is None:
+        popularity_regions = regions if region_popularity is not None else ()
+    popularity_regions = sorted(set(popularity_regions))
     if region_popularity is None:
         region_popularity = np.tile(popularity, (len(regions), 1))
     region_popularity = np.asarray(region_popularity, dtype=np.float32).reshape(len(regions), count)
     trending = popularity.copy() if trending is None else np.asarray(trending, dtype=np.float32)
     stock = np.ones(count, dtype=np.int64) if stock is None else np.asarray(stock, dtype=np.int64)
     _check_inputs(item_ids, embeddings, popularity, categories, brands, regions, sold_in, trending, stock)
+    if sold_everywhere is None:
+        sold_everywhere = sold_in.all(axis=1)
+    sold_everywhere = np.asarray(sold_everywhere, dtype=bool)
+    if sold_everywhere.shape != (count,):
+        raise ValueError(f"sold_everywhere must have one entry per item, got shape {sold_everywhere.shape}")
+    if not set(popularity_regions) <= set(regions):
+        raise ValueError(f"popularity_regions {sorted(set(popularity_regions) - set(regions))} are not in regions")
     if covisitation is not None:
         if covisitation_anchors is not None:
             _check_anchor_ids(covisitation_anchors)
@@ -241,6 +264,7 @@ def save_index(
                 trending=trending,
                 stock=stock,
                 sold_in=sold_in,
+                sold_everywhere=sold_everywhere,
                 region_popularity=region_popularity,
             )
         (staging / ATTRIBUTES_FILE).write_text(
@@ -269,7 +293,9 @@ def save_index(
             "dimension": int(embeddings.shape[1]),
             "item_count": count,
             "regions": regions,
-            "regional_popularity": bool(regional_popularity),
+            "popularity_regions": popularity_regions,
+            # What readers older than ``popularity_regions`` read: every region's own sales, or none called so.
+            "regional_popularity": bool(regions) and popularity_regions == sorted(set(regions)),
             "metric": "dot_product",
             "build": build,
             "created_at": written.isoformat(),
@@ -298,6 +324,7 @@ def save_index_like(artifact: IndexArtifact, root: Path, **changes) -> Path:
         model_version=artifact.model_version,
         regions=artifact.regions,
         sold_in=artifact.sold_in,
+        sold_everywhere=artifact.sold_everywhere,
         region_popularity=artifact.region_popularity,
         trending=artifact.trending,
         stock=artifact.stock,
@@ -305,7 +332,7 @@ def save_index_like(artifact: IndexArtifact, root: Path, **changes) -> Path:
         covisitation=artifact.covisitation,
         covisitation_anchors=artifact.covisitation_anchors,
         data_as_of=artifact.data_as_of,
-        regional_popularity=artifact.regional_popularity,
+        popularity_regions=artifact.popularity_regions,
     )
     return save_index(root, **{**data, **changes})
 
@@ -428,6 +455,8 @@ def _read(path: Path, metadata: dict, mmap: bool) -> IndexArtifact:
         "sold_in": (count, len(regions)),
         "region_popularity": (len(regions), count),
     }
+    if "sold_everywhere" in columns:  # optional: versions before it hold the items sold in every region
+        expected["sold_everywhere"] = (count,)
     shapes = {name: columns[name].shape for name in expected}
     if (
         len(item_ids) != count
@@ -467,9 +496,21 @@ def _read(path: Path, metadata: dict, mmap: bool) -> IndexArtifact:
         scann_dir=path / SCANN_DIR if (path / SCANN_DIR).is_dir() else None,
         covisitation=covisitation,
         covisitation_anchors=anchors,
-        # Versions written before the metadata said so: regional whenever they name regions, as they were served.
-        regional_popularity=bool(metadata.get("regional_popularity", bool(regions))),
+        popularity_regions=_popularity_regions(path, metadata, regions),
+        sold_everywhere=columns["sold_everywhere"].astype(bool) if "sold_everywhere" in columns else None,
     )
+
+
+def _popularity_regions(path: Path, metadata: dict, regions: list[str]) -> frozenset[str]:
+    """The regions ranked by their own sales, as the metadata says; for versions written before
+    ``popularity_regions``, every region or none, as ``regional_popularity`` says (every region when it names
+    regions without saying, as versions older still were served)."""
+    named = metadata.get("popularity_regions")
+    if named is None:
+        return frozenset(regions) if metadata.get("regional_popularity", bool(regions)) else frozenset()
+    if not isinstance(named, list) or not set(named) <= set(regions):
+        raise InvalidIndex(f"{path}: popularity_regions {named!r} must be a list of the index's regions {regions}")
+    return frozenset(named)
 
 
 def _read_covisitation(path: Path, count: int, sharded: bool) -> tuple[CoVisitationTable | None, list[str] | None]:

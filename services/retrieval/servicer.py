@@ -18,9 +18,10 @@ from services.core.telemetry import ActiveSpan
 from services.core.validation import SURFACES, Violations
 from services.retrieval.answer import add_candidates, add_columns
 from services.retrieval.index import IndexArtifact
+from services.retrieval.regions import UnlistedRegions
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.sources import Query, Source, default_sources
-from services.retrieval.state import IndexHolder, ServingIndex
+from services.retrieval.state import UNLISTED_REGION, IndexHolder, ServingIndex
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,10 @@ MAX_AVAILABILITY_UPDATES = 10_000
 def validate_retrieve(
     request: pb.RetrieveRequest, settings: RetrievalSettings, artifact: IndexArtifact, sources: Collection[int]
 ) -> int | None:
-    """Raises InvalidArgument naming each bad field; returns the request region's column in ``artifact`` (None:
-    any). The index server and the shard router both call it, before any work, so both answer alike."""
+    """Raises InvalidArgument naming each bad field; returns the request region's column in ``artifact``'s
+    availability: its column, ``UNLISTED_REGION`` for a region the index does not list (sold there: the items sold
+    everywhere), or None for any region (no region asked, or an index without regional data). The index server
+    and the shard router both call it, before any work, so both answer alike."""
     check = Violations()
     check.subject("subject", request.subject, required=False)
     check.defined("surface", request.surface, common_pb2.Surface, SURFACES)
@@ -66,14 +69,12 @@ def validate_retrieve(
     check.count("anchor_vectors", request.anchor_vectors, limit=settings.max_anchors)
     for i, anchor in enumerate(request.anchor_vectors[: settings.max_anchors]):
         _check_vector(check, f"anchor_vectors[{i}].vector", anchor.vector, artifact.dimension)
-    region = request.context.region
-    column = artifact.region_column(region) if region else None
-    # An index built without regional data serves every region alike.
-    if region and column is None and artifact.regions:
-        shown = ", ".join(artifact.regions[:50]) or "none"
-        check.add("context.region", f"unknown region {region[:32]!r}; this index knows: {shown}")
     check.raise_if_any()
-    return column
+    region = request.context.region
+    if not region or not artifact.regions:  # an index built without regional data serves every region alike
+        return None
+    column = artifact.region_column(region)
+    return UNLISTED_REGION if column is None else column
 
 
 def _check_vector(check: Violations, field: str, vector: Sequence[float], dimension: int) -> None:
@@ -85,9 +86,16 @@ def _check_vector(check: Violations, field: str, vector: Sequence[float], dimens
 
 
 class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
-    def __init__(self, settings: RetrievalSettings, holder: IndexHolder, sources: Sequence[Source] | None = None):
+    def __init__(
+        self,
+        settings: RetrievalSettings,
+        holder: IndexHolder,
+        sources: Sequence[Source] | None = None,
+        unlisted_regions: UnlistedRegions | None = None,
+    ):
         self.settings = settings
         self.holder = holder
+        self.unlisted_regions = unlisted_regions or UnlistedRegions()
         self.sources = {s.source: s for s in (sources if sources is not None else default_sources())}
         # Got after the tracer provider is set, not at import (the API's proxy costs a context manager per span).
         self._tracer = trace.get_tracer(__name__)
@@ -101,6 +109,11 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
     async def Retrieve(self, request: pb.RetrieveRequest, context) -> pb.RetrieveResponse:  # noqa: N802
         index = self._serving()  # one version for the whole request, even if a swap happens meanwhile
         region_column = validate_retrieve(request, self.settings, index.artifact, self.sources)
+        artifact = index.artifact
+        if region_column == UNLISTED_REGION:
+            self.unlisted_regions.saw(request.context.region, artifact.version)
+        # The popularity sources rank by the region's row when it has one, else by the shop's sales.
+        popularity_column = None if region_column == UNLISTED_REGION else region_column
         rows = index.rows
         history = [i for i in request.history if i.item_id in rows] if request.consent else []
         history_rows = [rows[i.item_id] for i in history]
@@ -111,18 +124,17 @@ class RetrievalServicer(pb_grpc.RetrievalServiceServicer):
             history_rows,
             history_vector,
             self.anchors(request, index),
-            region_column,
+            popularity_column,
             allowed,
             allowed_count,
             request.k,
             self.kept_history(request),
         )
         wanted = list(request.sources) or list(PERSONAL_DEFAULT if history_vector is not None else ANONYMOUS_DEFAULT)
-        artifact = index.artifact
         response = pb.RetrieveResponse(
             index_version=common_pb2.ArtifactVersion(kind="index", name="items", version=artifact.version),
             popularity_region=request.context.region
-            if region_column is not None and artifact.regional_popularity
+            if popularity_column is not None and request.context.region in artifact.popularity_regions
             else "",
         )
         span = trace.get_current_span()

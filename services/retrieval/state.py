@@ -38,6 +38,10 @@ from services.retrieval.search import ExactSearcher, FilteredSearch
 log = logging.getLogger(__name__)
 
 
+#: The availability column of a region the index version has no column for: only its items sold everywhere are.
+UNLISTED_REGION = -1
+
+
 class Availability:
     """Stock and sold-in regions for one index version, changed in place by availability updates.
 
@@ -47,22 +51,27 @@ class Availability:
     def __init__(self, artifact: IndexArtifact):
         self.stock = artifact.stock.copy()
         self.sold_in = artifact.sold_in.copy()
+        self.sold_everywhere = artifact.sold_everywhere.copy()
         self._masks: dict[tuple[int | None, bool], tuple[np.ndarray, int]] = {}
 
     def apply(self, row: int, stock: int, region_columns: list[int] | None) -> None:
         self.stock[row] = stock
-        if region_columns is not None:
+        if region_columns is not None:  # a list of regions: sold there, and nowhere else
             self.sold_in[row] = False
             self.sold_in[row, region_columns] = True
+            self.sold_everywhere[row] = False
         self._masks.clear()
 
     def base_mask(self, region_column: int | None, include_out_of_stock: bool) -> tuple[np.ndarray, int]:
-        """(read-only mask, allowed count) of items sold in the region and (unless asked otherwise) in stock."""
+        """(read-only mask, allowed count) of items sold in the region (a column of ``sold_in``, ``UNLISTED_REGION``,
+        or None for any region) and (unless asked otherwise) in stock."""
         key = (region_column, include_out_of_stock)
         cached = self._masks.get(key)
         if cached is None:
             mask = np.ones(len(self.stock), dtype=bool) if include_out_of_stock else self.stock > 0
-            if region_column is not None:
+            if region_column == UNLISTED_REGION:
+                mask &= self.sold_everywhere
+            elif region_column is not None:
                 mask &= self.sold_in[:, region_column]
             mask.flags.writeable = False
             cached = self._masks[key] = (mask, int(mask.sum()))

@@ -8,6 +8,7 @@ import json
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from aisle.common.v1 import common_pb2 as common
 from aisle.retrieval.v1 import retrieval_service_pb2 as pb
@@ -15,11 +16,11 @@ from aisle.retrieval.v1 import retrieval_service_pb2_grpc as pb_grpc
 from services.core.errors import details_of
 from services.core.server import ServiceHost
 from services.retrieval.app import build_application
-from services.retrieval.index import METADATA_FILE, InvalidIndex, latest_version, load_index
+from services.retrieval.index import METADATA_FILE, InvalidIndex, latest_version, load_index, save_index_like
 from services.retrieval.index_cli import index as index_cli
 from services.retrieval.settings import RetrievalSettings
 from tests.integration.conftest import serving
-from tests.support.retrieval import write_index
+from tests.support.retrieval import REGIONS, write_index
 
 TWO_TOWER, POPULAR, I2I = (
     common.CANDIDATE_SOURCE_TWO_TOWER,
@@ -120,7 +121,6 @@ def index_root(tmp_path_factory):
         (lambda r: setattr(r, "k", 0), "k"),
         (lambda r: setattr(r, "k", -5), "k"),
         (lambda r: setattr(r, "k", 2001), "k"),
-        (lambda r: setattr(r.context, "region", "ZZ"), "context.region"),
         (lambda r: setattr(r, "surface", 99), "surface"),
         (lambda r: setattr(r.context, "device", 77), "context.device"),
         (lambda r: setattr(r.history[0], "event_type", 99), "history[0].event_type"),
@@ -180,16 +180,20 @@ async def test_filters_region_stock_brands_categories_and_purchases(index_root):
         ({}, "FR", "FR"),
         ({}, "", ""),
         # Regions and what is sold in each, but no sales by region: every region's list is the shop's.
-        ({"region_popularity": None, "regional_popularity": None}, "FR", ""),
-        # No regional data at all (as `aisle train` writes): any region is served the shop's list.
-        ({"regions": [], "sold_in": None, "region_popularity": None, "regional_popularity": None}, "GB", ""),
+        ({"region_popularity": None, "popularity_regions": None}, "FR", ""),
+        # Sales by region, but too few of FR's own to call its list FR's (as `aisle train` says of a small region).
+        ({"popularity_regions": ["GB", "DE"]}, "FR", ""),
+        ({"popularity_regions": ["GB", "DE"]}, "DE", "DE"),
+        # No regional data at all: any region is served the shop's list.
+        ({"regions": [], "sold_in": None, "region_popularity": None, "popularity_regions": None}, "GB", ""),
+        # A region the index does not list is served the shop's list.
+        ({}, "NL", ""),
     ],
 )
 async def test_the_answer_names_the_region_whose_sales_ranked_its_popular_items(
     index_root, tmp_path, changes, region, said
 ):
     """The gateway explains a popular item as "Popular in <region>" only when that region's sales ranked it."""
-    from services.retrieval.index import save_index_like
 
     root = index_root
     if changes:
@@ -200,7 +204,41 @@ async def test_the_answer_names_the_region_whose_sales_ranked_its_popular_items(
     assert len(reply.candidates) == 5
     assert reply.popularity_region == said
     # A version built from this one keeps what it says of its popularity.
-    assert load_index(latest_version(root)).regional_popularity == bool(said or (not changes and not region))
+    wanted = changes.get("popularity_regions", REGIONS if "region_popularity" not in changes else None) or []
+    assert load_index(latest_version(root)).popularity_regions == frozenset(wanted)
+
+
+async def test_a_region_the_index_does_not_list_is_served_what_is_sold_everywhere(index_root, tmp_path):
+    """A region new since the index's data (or misspelt) is served, not refused: the items sold everywhere, the
+    shop's popular list, counted; an item later restricted to listed regions is not sold there any more."""
+    artifact = load_index(latest_version(index_root))
+    everywhere = {item for item, anywhere in zip(artifact.item_ids, artifact.sold_everywhere, strict=True) if anywhere}
+    assert 0 < len(everywhere) < len(artifact)  # the fixture restricts some items to some regions
+    settings = settings_for(index_root)
+    registry = CollectorRegistry()
+    async with serving(ServiceHost(settings, build_application(settings, registry), registry=registry)) as host:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{host.port}") as channel:
+            stub = pb_grpc.RetrievalServiceStub(channel)
+            reply = await stub.Retrieve(request(k=300, sources=(TWO_TOWER, POPULAR), region="NL"), timeout=5)
+            shop = await stub.Retrieve(request(k=2000, sources=(POPULAR,), history=()), timeout=5)
+            got = {c.item_id for c in reply.candidates}
+            assert len(reply.candidates) == 600 and got <= everywhere
+            assert reply.popularity_region == ""
+            # The shop's popular order, among what is sold everywhere.
+            popular = [c.item_id for c in reply.candidates if c.source == POPULAR]
+            assert popular == [c.item_id for c in shop.candidates if c.item_id in everywhere][: len(popular)]
+            top = popular[0]
+            await stub.UpdateAvailability(
+                pb.UpdateAvailabilityRequest(
+                    updates=[pb.AvailabilityUpdate(item_id=top, stock=5, set_regions=True, sold_in_regions=["GB"])]
+                ),
+                timeout=5,
+            )
+            after = await stub.Retrieve(request(k=5, sources=(POPULAR,), history=(), region="NL"), timeout=5)
+            in_gb = await stub.Retrieve(request(k=300, sources=(POPULAR,), history=(), region="GB"), timeout=5)
+    assert top not in {c.item_id for c in after.candidates}
+    assert top in {c.item_id for c in in_gb.candidates}
+    assert registry.get_sample_value("aisle_retrieval_unlisted_region_total", {"service": "retrieval"}) == 2
 
 
 async def test_per_source_counts_in_one_call(index_root):
@@ -286,7 +324,13 @@ async def test_hot_swap_under_concurrent_requests_with_zero_failed_calls(tmp_pat
 
 async def test_two_shards_behind_a_router_equal_the_unsharded_index(tmp_path):
     whole = tmp_path / "whole"
-    write_index(whole, count=4000, version="20260101T000000Z")
+    first = load_index(write_index(whole, count=4000, version="20260101T000000Z"))
+    # Items sold in every listed region but not everywhere (restricted to the three), and FR's own sales too few to
+    # call its list FR's: what a shard must carry over, not derive.
+    restricted = first.sold_everywhere.copy()
+    restricted[::2] = False
+    ranked = ["GB", "DE"]
+    save_index_like(first, whole, version="20260102T000000Z", sold_everywhere=restricted, popularity_regions=ranked)
     from click.testing import CliRunner
 
     result = CliRunner().invoke(
@@ -297,6 +341,8 @@ async def test_two_shards_behind_a_router_equal_the_unsharded_index(tmp_path):
         request(k=30, sources=(TWO_TOWER, POPULAR)),
         request(k=25, sources=(I2I,), region="DE"),
         request(k=10, sources=(common.CANDIDATE_SOURCE_COLD_START,), history=()),
+        # A region the index does not list: the shards keep what is sold everywhere.
+        request(k=40, sources=(TWO_TOWER, POPULAR), region="NL"),
     ]
     messages[1].anchor_item_ids.extend(["I00003", "I00400"])
     async with whole_and_sharded(whole, tmp_path / "sharded") as (single, router):
@@ -313,6 +359,10 @@ async def test_two_shards_behind_a_router_equal_the_unsharded_index(tmp_path):
             for i in range(2)
         ]
         assert all(sizes)
+    everywhere = {item for item, anywhere in zip(first.item_ids, restricted, strict=True) if anywhere}
+    assert {c.item_id for c in answers[3][0].candidates} <= everywhere and len(answers[3][0].candidates) == 80
+    for shard in ("shard-0", "shard-1"):
+        assert load_index(latest_version(tmp_path / "sharded" / shard)).popularity_regions == {"GB", "DE"}
     # Router and shards carry one version name (published and pinned together) and know how they were split.
     parts = {name: latest_version(tmp_path / "sharded" / name) for name in ("router", "shard-0", "shard-1")}
     assert len({path.name for path in parts.values()}) == 1
@@ -608,7 +658,6 @@ async def test_a_router_counts_its_calls_and_its_version_under_its_own_service_l
     """Router and shards both said service="retrieval": the per-RPC panels mixed the gateway's Retrieve (fanned
     out) with the shards' slices of it, and counted each call N + 1 times."""
     from click.testing import CliRunner
-    from prometheus_client import CollectorRegistry
 
     whole = tmp_path / "whole"
     write_index(whole, count=400, version="20260101T000000Z")

@@ -32,7 +32,9 @@ from training.export import FEATURES_INPUT, QUERY_OUTPUT, QUERY_TOWER_FILE, expo
 from training.features import RANKER_HISTORY_LENGTH, export_sales, ranker_inputs
 from training.fit import FitConfig, fit
 from training.models.two_tower import QueryTower
+from training.regions import MIN_OWN_LINES, regional_data
 from training.run import TrainingRun, train_and_export
+from training.synthetic import REGIONS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 CONFIG = PROJECT_ROOT / "model_repository" / "sequence_ranker" / "config.pbtxt"
@@ -77,6 +79,27 @@ def test_export_layout_and_recorded_parity(trained):
     assert query["parity_max_abs_diff"] <= 1e-4 and (trained.run.query_tower_dir / QUERY_TOWER_FILE).is_file()
     index = load_index(latest_version(trained.root / "artifacts" / "index"))
     assert index.model_version == "1" and index.dimension == 16 and len(index.item_ids) == 120
+
+
+def test_the_index_carries_the_shops_regions_and_each_regions_own_sales(trained):
+    """The catalog's sold-in lists and the sales of each region's customers, over the training baskets only."""
+    dataset = load_dataset(SHOP)
+    index = load_index(trained.run.index_dir)
+    assert index.regions == sorted({r for item in dataset.catalog.regions for r in item}) == sorted(REGIONS)
+    for row in range(len(index)):
+        sold = {index.regions[j] for j in np.flatnonzero(index.sold_in[row])}
+        assert sold == set(dataset.catalog.regions[row]) and not index.sold_everywhere[row]
+    split, data = trained.run.fitted.split, regional_data(dataset, trained.run.fitted.split)
+    assert np.allclose(index.region_popularity, data.region_popularity)
+    assert index.popularity_regions == set(data.popularity_regions)
+    # GB holds most of the synthetic shop's customers: enough of its own lines, its list leans on its own sales.
+    assert "GB" in index.popularity_regions and data.lines["GB"] >= MIN_OWN_LINES
+    gb = index.region_popularity[index.regions.index("GB")]
+    assert np.corrcoef(gb, split.popularity())[0, 1] > 0.5
+    # No stock of its own: every availability update pushed before it still applies.
+    assert index.data_as_of == 0.0
+    run = json.loads((trained.run.ranker_dir / "metadata.json").read_text())
+    assert run["regions"]["ranked_by_own_sales"] == data.popularity_regions
 
 
 def test_onnx_matches_torch_with_dynamic_batch_and_candidates(trained):

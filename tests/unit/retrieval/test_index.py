@@ -229,6 +229,74 @@ def test_regional_data_and_scann_survive_the_atomic_rename(tmp_path):
     assert len(set(rows.tolist()) & set(expected.tolist())) >= 4
 
 
+REGIONAL = dict(
+    regions=["GB", "DE", "FR"],
+    sold_in=np.tile([[True, True, True], [True, False, False]], (10, 1)),
+    region_popularity=np.ones((3, 20)),
+)
+
+
+def test_what_is_sold_everywhere_and_which_regions_rank_by_their_own_sales_round_trip(tmp_path):
+    # Item 0 is restricted to all three listed regions: sold in each, but not in a region the index does not list.
+    everywhere = np.tile([True, False], 10)
+    everywhere[0] = False
+    loaded = load_index(write(tmp_path, sold_everywhere=everywhere, popularity_regions=["GB", "DE"], **REGIONAL))
+    assert loaded.sold_everywhere.tolist() == everywhere.tolist()
+    assert loaded.popularity_regions == {"GB", "DE"}
+    metadata = json.loads((loaded.path / METADATA_FILE).read_text())
+    assert metadata["popularity_regions"] == ["DE", "GB"] and metadata["regional_popularity"] is False
+    # The defaults: sold everywhere = sold in every listed region; sales by region given = every region's own.
+    loaded = load_index(write(tmp_path / "defaults", **REGIONAL))
+    assert loaded.sold_everywhere.tolist() == [True, False] * 10
+    assert loaded.popularity_regions == {"GB", "DE", "FR"}
+    assert json.loads((loaded.path / METADATA_FILE).read_text())["regional_popularity"] is True
+    without_sales = {**REGIONAL, "region_popularity": None}
+    assert load_index(write(tmp_path / "shop", **without_sales)).popularity_regions == frozenset()
+
+
+@pytest.mark.parametrize(("regional_popularity", "ranked"), [(True, {"GB", "DE", "FR"}), (False, set()), (None, None)])
+def test_a_version_written_before_sold_everywhere_and_popularity_regions_reads_as_it_was_served(
+    tmp_path, regional_popularity, ranked
+):
+    path = write(tmp_path, **REGIONAL)
+    with np.load(path / "item_table.npz") as table:
+        columns = {name: table[name] for name in table.files if name != "sold_everywhere"}
+    buffer = io.BytesIO()
+    np.savez(buffer, **columns)
+    replace_file(path, "item_table.npz", buffer.getvalue())
+    metadata = json.loads((path / METADATA_FILE).read_text())
+    del metadata["popularity_regions"]
+    if regional_popularity is None:  # older still: regional whenever it names regions
+        del metadata["regional_popularity"]
+    else:
+        metadata["regional_popularity"] = regional_popularity
+    (path / METADATA_FILE).write_text(json.dumps(metadata))
+    loaded = load_index(path)
+    assert loaded.sold_everywhere.tolist() == [True, False] * 10
+    assert loaded.popularity_regions == (ranked if ranked is not None else {"GB", "DE", "FR"})
+
+
+def test_regional_data_that_does_not_fit_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"popularity_regions \['NL'\] are not in regions"):
+        write(tmp_path, popularity_regions=["GB", "NL"], **REGIONAL)
+    with pytest.raises(ValueError, match="sold_everywhere must have one entry per item"):
+        write(tmp_path, sold_everywhere=np.ones(19, dtype=bool), **REGIONAL)
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+    path = write(tmp_path, **REGIONAL)
+    metadata = json.loads((path / METADATA_FILE).read_text())
+    (path / METADATA_FILE).write_text(json.dumps({**metadata, "popularity_regions": ["NL"]}))
+    with pytest.raises(InvalidIndex, match=r"popularity_regions \['NL'\] must be a list of the index's regions"):
+        load_index(path)
+    with np.load(path / "item_table.npz") as table:
+        columns = {name: table[name] for name in table.files}
+    buffer = io.BytesIO()
+    np.savez(buffer, **{**columns, "sold_everywhere": np.ones(7, dtype=bool)})
+    (path / METADATA_FILE).write_text(json.dumps(metadata))
+    replace_file(path, "item_table.npz", buffer.getvalue())
+    with pytest.raises(InvalidIndex, match="shapes disagree"):
+        load_index(path)
+
+
 def test_an_unexpected_file_is_refused(tmp_path):
     path = write(tmp_path)
     (path / "stray.bin").write_bytes(b"x")

@@ -91,7 +91,6 @@ class _NoShard:
         (lambda r: r.anchor_item_ids.extend(f"I{i % 300:05d}" for i in range(20_000)), "anchor_item_ids"),
         (lambda r: r.history.extend([common.Interaction(item_id="I00001")] * 330_000), "history"),
         (lambda r: r.anchor_vectors.add(item_id="I00001", vector=[float("nan")] * 16), "anchor_vectors[0].vector"),
-        (lambda r: setattr(r.context, "region", "ZZ"), "context.region"),
     ],
 )
 async def test_the_router_validates_before_it_resolves(tmp_path, monkeypatch, mutate, field):
@@ -212,8 +211,8 @@ async def _router_with(tmp_path, shards) -> ShardRouter:
 
 
 async def test_a_shard_that_refuses_what_the_router_accepted_is_dropped_not_the_callers_error(tmp_path):
-    # Mid-rollout, shard b's older index does not know the region the router's data (and shard a) sell in.
-    refusing = _RetrieveShard(refused={"context.region": "unknown region 'NL'"})
+    # Mid-rollout, shard b runs with a lower limit than the router (and shard a) accept.
+    refusing = _RetrieveShard(refused={"anchor_item_ids": "at most 5 ids, got 8"})
     router = await _router_with(tmp_path, [_RetrieveShard(), refusing])
     answer = await router.Retrieve(pb.RetrieveRequest(k=10), _Context(None))
     assert [c.item_id for c in answer.candidates] == ["I00007"]
@@ -222,13 +221,13 @@ async def test_a_shard_that_refuses_what_the_router_accepted_is_dropped_not_the_
 
 
 async def test_a_refusal_of_the_callers_fields_by_every_shard_is_relayed_with_the_field_named(tmp_path):
-    refused = {"context.region": "unknown region 'NL'"}
+    refused = {"anchor_item_ids": "at most 5 ids, got 8"}
     router = await _router_with(tmp_path, [_RetrieveShard(refused=refused), _RetrieveShard(refused=refused)])
     with pytest.raises(Relayed) as relayed:
         await router.Retrieve(pb.RetrieveRequest(k=10), _Context(None))
     status = status_for(relayed.value)
     assert status.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "unknown region" in status.details
+    assert "anchor_item_ids" in status.details and "at most 5 ids" in status.details
 
 
 async def test_a_refusal_of_the_routers_own_vectors_never_reaches_the_caller_as_its_error(tmp_path):

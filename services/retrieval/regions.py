@@ -1,0 +1,47 @@
+"""What retrieval does with a region its index version has no column for, and how it shows."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter
+
+from services.core.logs import Throttled
+
+log = logging.getLogger(__name__)
+
+
+class UnlistedRegions:
+    """Counts ``Retrieve`` calls for a region the serving index version does not list
+    (``aisle_retrieval_unlisted_region_total{service}``) and says so in a warning at most once per interval.
+
+    Such a call is served, not refused: the shop sells there what it sells everywhere, and its popular items are
+    the shop's. A region new since the index's data (a shop that opens a country) keeps its recommendations until
+    the next build lists it; a misspelt region code shows here, and in the answers' empty ``popularity_region``.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, service_label: str = "retrieval"):
+        self.service = service_label
+        self._count = (
+            Counter(
+                "aisle_retrieval_unlisted_region",
+                "Retrieve calls for a region the serving index has no column for (served the items sold "
+                "everywhere and the shop's popular items).",
+                ["service"],
+                registry=registry,
+            )
+            if registry is not None
+            else None
+        )
+        self._warnings = Throttled(log)
+
+    def saw(self, region: str, version: str) -> None:
+        if self._count is not None:
+            self._count.labels(self.service).inc()
+        self._warnings.warning(
+            "unlisted",
+            "region %r is not one of index version %s's regions: served the items sold everywhere and the shop's "
+            "popular items (a region new since the index's data, or a misspelt code)",
+            region[:32],
+            version,
+        )
