@@ -106,11 +106,42 @@ def _csv_encoding(path: Path) -> str:
     return "utf-8"
 
 
-def _location(path: Path, row: int) -> str:
-    """Where a row is, for people: CSV line (the header is line 1) or Parquet row (1-based)."""
-    if path.suffix.lower() in (".parquet", ".pq"):
-        return f"{path}: row {row + 1}"
-    return f"{path}:{row + 2}"
+class _Locations:
+    """Where a row is, for people: a CSV's physical line (the header is line 1; a record whose quoted values hold
+    line breaks spans several lines, and the first is named) or a Parquet row (1-based). A CSV's record lines are
+    counted on first use, in one pass over the file: only a file with a row to name pays for it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._parquet = path.suffix.lower() in (".parquet", ".pq")
+        self._starts: list[int] | None = None
+
+    def __call__(self, row: int) -> str:
+        if self._parquet:
+            return f"{self.path}: row {row + 1}"
+        if self._starts is None:
+            self._starts = _record_lines(self.path)
+        return f"{self.path}:{self._starts[row] if row < len(self._starts) else row + 2}"
+
+
+def _record_lines(path: Path) -> list[int]:
+    """The line each CSV record after the header starts on, blank lines left out as the table reader leaves them;
+    as far as Python's reader agrees with the file (a record it cannot read ends the list)."""
+    starts: list[int] = []
+    try:
+        with path.open(newline="", encoding=_header_encoding(_csv_encoding(path))) as handle:
+            reader = csv.reader(handle)
+            next(reader, None)
+            while True:
+                start = reader.line_num + 1
+                record = next(reader, None)
+                if record is None:
+                    break
+                if record:
+                    starts.append(start)
+    except (OSError, csv.Error):
+        pass
+    return starts
 
 
 class _Rows:
@@ -118,9 +149,10 @@ class _Rows:
 
     def __init__(self, path: Path, report: LoadReport, strict: bool):
         self.path, self.report, self.strict = path, report, strict
+        self.where = _Locations(path)
 
     def bad(self, row: int, reason: str, detail: str = "") -> None:
-        where = _location(self.path, row)
+        where = self.where(row)
         if self.strict:
             raise DataError(f"{where}: {reason}" + (f" ({detail})" if detail else ""))
         self.report.skip(reason, where)
@@ -349,7 +381,7 @@ def load_events(path: Path, catalog_path: Path | None = None, strict: bool = Fal
         if column["consent"] is None:
             consent = True
         elif not _text(value("consent", i)):
-            report.skip("unknown_consent", _location(path, i))
+            report.skip("unknown_consent", rows.where(i))
             continue
         else:
             consent = _flag(value("consent", i))
@@ -357,7 +389,7 @@ def load_events(path: Path, catalog_path: Path | None = None, strict: bool = Fal
             rows.bad(i, "bad_consent", repr(value("consent", i)))
             continue
         if not consent:
-            report.skip("no_consent", _location(path, i))
+            report.skip("no_consent", rows.where(i))
             continue
         out["user"].append(user or f"session:{session}")
         out["item"].append(item)
@@ -600,14 +632,15 @@ def load_online_retail(path: Path, include_guests: bool = True, strict: bool = F
         ("cancellation_with_positive_quantity", cancelled & (quantity >= 0)),
     ]
     keep = np.ones(len(invoice), dtype=bool)
+    where = _Locations(path)
     for reason, bad in reasons:
         bad = bad & keep
         if bad.any():
             first = int(np.argmax(bad))
             if strict:
-                raise DataError(f"{_location(path, first)}: {reason} (invoice {invoice[first]}, code {code[first]})")
+                raise DataError(f"{where(first)}: {reason} (invoice {invoice[first]}, code {code[first]})")
             for row in np.flatnonzero(bad)[:3]:
-                report.examples.setdefault(reason, []).append(_location(path, int(row)))
+                report.examples.setdefault(reason, []).append(where(int(row)))
             report.skipped[reason] += int(bad.sum())
         keep &= ~bad
     purchase = keep & ~cancelled
@@ -617,9 +650,7 @@ def load_online_retail(path: Path, include_guests: bool = True, strict: bool = F
     returned_unknown = keep & cancelled & np.array([c not in item_set for c in code])
     if returned_unknown.any():
         report.skipped["return_of_unknown_item"] += int(returned_unknown.sum())
-        report.examples["return_of_unknown_item"] = [
-            _location(path, int(r)) for r in np.flatnonzero(returned_unknown)[:3]
-        ]
+        report.examples["return_of_unknown_item"] = [where(int(r)) for r in np.flatnonzero(returned_unknown)[:3]]
         keep &= ~returned_unknown
 
     names: dict[str, Counter] = {}

@@ -110,6 +110,22 @@ def test_strict_mode_names_the_file_and_line(tmp_path):
         load_events(path, strict=True)
 
 
+def test_a_line_named_after_a_value_with_line_breaks_is_the_rows_own_line(tmp_path):
+    """A quoted value may hold line breaks (a product description, a search query) and a blank line may stand
+    between records: the bad row's line is where it starts in the file, not the header plus its row number."""
+    text = (
+        "event_type,timestamp,user_id,item_id,query\n"  # line 1
+        'search,2024-01-01T10:00:00Z,u1,,"red\nwool\nsocks"\n'  # lines 2-4
+        "\n"  # line 5: blank, skipped by the reader
+        "purchase,2024-01-01T10:01:00Z,u1,A,\n"  # line 6
+        "purchase,yesterday,u1,B,\n"  # line 7: the bad one
+    )
+    path = write(tmp_path, "events.csv", text)
+    with pytest.raises(DataError, match=rf"{path.name}:7: bad_timestamp"):
+        load_events(path, strict=True)
+    assert load_events(path).report.examples["bad_timestamp"] == [f"{path}:7"]
+
+
 def test_a_file_without_required_columns_is_refused(tmp_path):
     path = write(tmp_path, "events.csv", "event_type,item_id\npurchase,A\n")
     with pytest.raises(DataError, match="missing required column.*timestamp.*user_id or session_id"):
