@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 export BUF_CACHE_DIR ?= $(CURDIR)/.cache/buf
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-unit test-integration test-e2e lint format proto proto-check proto-breaking k8s-check check train train-online-retail evaluate triton bench-retrieval bench-e2e bench-e2e-triton bench-handlers bench-tracing models-check bench-ranking clean
+.PHONY: help setup demo test test-unit test-integration test-e2e lint format proto api-wheel proto-check proto-breaking k8s-check check train train-online-retail evaluate triton bench-retrieval bench-e2e bench-e2e-triton bench-handlers bench-tracing models-check bench-ranking clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ evaluate: setup ## Offline evaluation of artifacts/online_retail (JSON, Markdown
 
 proto: setup ## Regenerate the Python stubs in gen/python from protos/
 	PYTHON=$(CURDIR)/$(BIN)/python scripts/gen_protos.sh
+
+api-wheel: setup ## Build the aisle-api wheel (the gRPC stubs only, for callers) into dist/
+	PYTHON=$(CURDIR)/$(BIN)/python scripts/build_api_wheel.sh dist
 
 proto-check: setup ## Fail if gen/python is stale against protos/
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \

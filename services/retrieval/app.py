@@ -24,7 +24,11 @@ def build_application(
     settings: RetrievalSettings, registry: CollectorRegistry | None = None, holder: IndexHolder | None = None
 ) -> Application:
     if settings.shards:
-        return build_router(settings, ArtifactMetrics(registry, ROUTER_LABEL) if registry is not None else None)
+        return build_router(
+            settings,
+            ArtifactMetrics(registry, ROUTER_LABEL) if registry is not None else None,
+            UnlistedRegions(registry, ROUTER_LABEL),
+        )
     metrics = ArtifactMetrics(registry, settings.service_label) if registry is not None else None
     holder = (
         holder
@@ -51,8 +55,10 @@ def build_application(
     )
 
 
-def build_router(settings: RetrievalSettings, metrics: ArtifactMetrics | None = None) -> Application:
-    router = ShardRouter(settings, metrics=metrics)
+def build_router(
+    settings: RetrievalSettings, metrics: ArtifactMetrics | None = None, unlisted_regions: UnlistedRegions | None = None
+) -> Application:
+    router = ShardRouter(settings, metrics=metrics, unlisted_regions=unlisted_regions)
     return Application(
         service_names=[SERVICE_NAME],
         register=lambda server: pb_grpc.add_RetrievalServiceServicer_to_server(router, server),

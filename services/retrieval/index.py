@@ -44,6 +44,7 @@ import numpy as np
 
 from services.core.id_lines import format_id_lines, id_list_problem, read_id_lines
 from services.core.paths import staging_folder
+from services.core.validation import region_problem
 from services.retrieval.covisitation import CoVisitationTable
 
 FORMAT = "aisle-index/1"
@@ -351,6 +352,12 @@ def _check_inputs(item_ids, embeddings, popularity, categories, brands, regions,
     if sold_in.shape != (count, len(regions)):
         raise ValueError(f"sold_in must be [{count}, {len(regions)}], got {sold_in.shape}")
     _check_ids(regions, "region")
+    unsendable = [region for region in regions if region_problem(region)]
+    if unsendable:  # a request could never name it (``context.region``): its column would never serve
+        raise ValueError(
+            f"regions {unsendable[:5]} are not region codes requests can send (at most 16 letters, digits, '-' "
+            "and '_'): name them by code (GB, US-CA)"
+        )
     _check_ids(item_ids, "item id")
     if not np.isfinite(embeddings).all():
         raise ValueError("embeddings contain NaN or infinite values")

@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 
 class UnlistedRegions:
     """Counts ``Retrieve`` calls for a region the serving index version does not list
-    (``aisle_retrieval_unlisted_region_total{service}``) and says so in a warning at most once per interval.
+    (``aisle_retrieval_unlisted_region_total{service}``) and says so in a warning at most once per interval. A shard
+    router counts the calls it takes (``service="retrieval-router"``), and each of its shards the slice it answers.
 
     Such a call is served, not refused: the shop sells there what it sells everywhere, and its popular items are
     the shop's. A region new since the index's data (a shop that opens a country) keeps its recommendations until

@@ -32,9 +32,10 @@ from services.core.metrics import ArtifactMetrics
 from services.retrieval.answer import move_to_columns
 from services.retrieval.index import InvalidIndex, load_index
 from services.retrieval.query_encoder import MeanEmbeddingEncoder, OnnxQueryTower
+from services.retrieval.regions import UnlistedRegions
 from services.retrieval.servicer import SOURCE_IDS, validate_retrieve
 from services.retrieval.settings import RetrievalSettings
-from services.retrieval.state import IndexWatcher, VersionHolder
+from services.retrieval.state import UNLISTED_REGION, IndexWatcher, VersionHolder
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +151,10 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
         settings: RetrievalSettings,
         queries: QueryDataHolder | None = None,
         metrics: ArtifactMetrics | None = None,
+        unlisted_regions: UnlistedRegions | None = None,
     ):
         self.settings, self.targets = settings, settings.shards
+        self.unlisted_regions = unlisted_regions or UnlistedRegions()
         self.timeout_s = settings.shard_timeout_ms / 1000
         self.update_timeout_s = settings.shard_update_timeout_ms / 1000
         self._outages = Throttled(log)  # a shard down would otherwise be a warning per request
@@ -190,7 +193,8 @@ class ShardRouter(pb_grpc.RetrievalServiceServicer):
         if resolver is None or not self.stubs:
             raise NotReady("router not connected to its shards yet")
         # The shards' own rules, before any work: resolving adds a vector per anchor and encodes the history.
-        validate_retrieve(request, self.settings, resolver.artifact, SOURCE_IDS)
+        if validate_retrieve(request, self.settings, resolver.artifact, SOURCE_IDS) == UNLISTED_REGION:
+            self.unlisted_regions.saw(request.context.region, resolver.artifact.version)
         results = await self._fan_out("Retrieve", resolver.resolve(request), context, self.timeout_s)
         answered, dropped, refusals = [], [], []
         for target, result in zip(self.targets, results, strict=True):

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from services.core.validation import id_problem
+from services.core.validation import id_problem, region_problem
 from training.data.schema import (
     BASKET,
     CATALOG_COLUMNS,
@@ -228,15 +228,16 @@ def _text(value) -> str:
 
 
 def _regions(value) -> tuple[str, ...] | None:
-    """A catalog row's regions: a ``|``-separated string or a list of strings (empty: sold everywhere); None if
-    it is anything else (a number, say)."""
+    """A catalog row's regions: a ``|``-separated string or a list of strings (empty: sold everywhere), each a
+    region code (at most 16 letters, digits, '-' and '_'); None if it is anything else (a number, say)."""
     if value is None:
         return ()
     if isinstance(value, str):
         value = value.split("|")
     if not isinstance(value, list | tuple) or not all(isinstance(r, str) for r in value):
         return None
-    return tuple(r.strip() for r in value if r.strip())
+    regions = tuple(r.strip() for r in value if r.strip())
+    return None if any(region_problem(r) for r in regions) else regions
 
 
 def load_catalog(path: Path, strict: bool = False, report: LoadReport | None = None) -> ItemCatalog:
@@ -376,6 +377,10 @@ def load_events(path: Path, catalog_path: Path | None = None, strict: bool = Fal
         if price is not None and (math.isnan(price) or price < 0):
             rows.bad(i, "bad_price", repr(value("price", i)))
             continue
+        region = _text(value("region", i))
+        if region_problem(region):  # the index lists it, and requests name it: a code they can send
+            rows.bad(i, "bad_region", f"{region[:40]!r}: at most 16 letters, digits, '-' and '_' (GB, US-CA)")
+            continue
         # No consent column: consent is assumed (the documented default). In a consent column an empty cell is
         # "not asked", not a yes: personal data is trained on only with a recorded one.
         if column["consent"] is None:
@@ -397,7 +402,7 @@ def load_events(path: Path, catalog_path: Path | None = None, strict: bool = Fal
         out["time"].append(when)
         out["qty"].append(1 if quantity is None else quantity)
         out["price"].append(math.nan if price is None else price)
-        out["region"].append(_text(value("region", i)) or None)
+        out["region"].append(region or None)
         out["dev"].append(_text(value("device", i)).lower() or None)
         out["bk"].append(_text(value("basket_id", i)) or None)
         if item and price is not None and kind == PURCHASE:
@@ -587,12 +592,61 @@ def _slashed_time(match: re.Match, day_first: bool) -> int | None:
         return None
 
 
+#: Online Retail's Country values as region codes (ISO 3166-1 alpha-2, as a shop's requests name regions; "EU" is
+#: ISO's reserved code for the European Union). A name not listed becomes :func:`region_code` of itself.
+ONLINE_RETAIL_REGIONS = {
+    "Australia": "AU",
+    "Austria": "AT",
+    "Bahrain": "BH",
+    "Belgium": "BE",
+    "Brazil": "BR",
+    "Canada": "CA",
+    "Cyprus": "CY",
+    "Czech Republic": "CZ",
+    "Denmark": "DK",
+    "EIRE": "IE",
+    "European Community": "EU",
+    "Finland": "FI",
+    "France": "FR",
+    "Germany": "DE",
+    "Greece": "GR",
+    "Hong Kong": "HK",
+    "Iceland": "IS",
+    "Israel": "IL",
+    "Italy": "IT",
+    "Japan": "JP",
+    "Lebanon": "LB",
+    "Lithuania": "LT",
+    "Malta": "MT",
+    "Netherlands": "NL",
+    "Norway": "NO",
+    "Poland": "PL",
+    "Portugal": "PT",
+    "RSA": "ZA",
+    "Saudi Arabia": "SA",
+    "Singapore": "SG",
+    "Spain": "ES",
+    "Sweden": "SE",
+    "Switzerland": "CH",
+    "USA": "US",
+    "United Arab Emirates": "AE",
+    "United Kingdom": "GB",
+}
+
+
+def region_code(name: str) -> str:
+    """A region name as a code requests can send (``services.core.validation.region_problem``): upper case,
+    anything but letters and digits as ``_``, at most 16 characters ("Channel Islands" -> ``CHANNEL_ISLANDS``)."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", name.strip()).strip("_").upper()[:16]
+
+
 def load_online_retail(path: Path, include_guests: bool = True, strict: bool = False) -> Dataset:
     """UCI Online Retail (see its README): invoices -> purchases, ``C`` invoices -> returns.
 
     Derived (docs/training.md): title = the code's most common Description; category = :func:`title_category`;
     brand = ``family-<first 3 digits of the stock code>``; price = median unit price of its purchases; margin =
-    ASSUMED_MARGIN; stock 1 (in stock); sold everywhere; region = Country (``Unspecified`` = unknown); consent
+    ASSUMED_MARGIN; stock 1 (in stock); sold everywhere; region = Country as a code (:data:`ONLINE_RETAIL_REGIONS`,
+    ``Unspecified`` = unknown); consent
     assumed; timestamps = InvoiceDate read as UTC. Guest rows (no CustomerID) become one anonymous session per
     invoice (training only: a single basket is never held out) unless ``include_guests`` is false.
     Skipped and counted: non-product stock codes (postage, fees, manual adjustments, gift vouchers), values that
@@ -685,7 +739,8 @@ def load_online_retail(path: Path, include_guests: bool = True, strict: bool = F
             "title = most common Description of the stock code (Description 'nan' = missing)",
             "category = last non-filler word of the title (heuristic); brand = family-<first 3 digits of code>",
             f"price = median unit price of the item's purchases; margin = {ASSUMED_MARGIN} (assumed); stock = 1",
-            "region = Country ('Unspecified' = unknown); consent assumed; InvoiceDate read as UTC",
+            "region = Country as an ISO 3166-1 code (United Kingdom = GB, EIRE = IE, RSA = ZA, European Community = "
+            "EU; Channel Islands = CHANNEL_ISLANDS; 'Unspecified' = unknown); consent assumed; InvoiceDate read as UTC",
         ]
     )
     user_keys = [f"guest:{invoice[r]}" if guest[r] else str(int(customer[r])) for r in kept]
@@ -696,12 +751,18 @@ def load_online_retail(path: Path, include_guests: bool = True, strict: bool = F
         when[kept],
         np.abs(quantity[kept]).astype(np.int32),
         price[kept],
-        [None if country[r] in (None, "Unspecified") else country[r] for r in kept],
+        [_country_region(country[r]) for r in kept],
         None,
         [str(invoice[r]) for r in kept],
     )
     spec = {"format": "online-retail", "path": str(path), "include_guests": include_guests}
     return Dataset("online_retail", catalog, events, report, BASKET, file_fingerprint(path), spec)
+
+
+def _country_region(name: str | None) -> str | None:
+    if name is None or not str(name).strip() or name == "Unspecified":
+        return None
+    return ONLINE_RETAIL_REGIONS.get(name) or region_code(str(name)) or None
 
 
 # --- Synthetic shop ------------------------------------------------------------------------------------------

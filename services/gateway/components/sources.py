@@ -98,10 +98,10 @@ class RetrievalSources(ComponentBase):
             )
         except grpc.aio.AioRpcError as error:
             if refused_only(error, CALLERS_FIELDS):
-                # Retrieval refused what the caller sent (a region its index does not sell in): the caller's error,
-                # with retrieval's field named, not an outage for the fallback to cover (a region's fallback list
-                # serves only its own region, so the answer would say retrieval is down). A refusal of what the
-                # gateway added (the stored history, source limits) stays a failed source.
+                # Retrieval refused what the caller sent (more exclusions or anchors than its limits, set lower there
+                # than here): the caller's error, with retrieval's field named, not an outage for the fallback to
+                # cover (the answer would say retrieval is down). A refusal of what the gateway added (the stored
+                # history, source limits) stays a failed source.
                 raise Relayed(error) from None
             reason = (
                 common.DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE
@@ -181,8 +181,8 @@ class PopularCache:
     Any region a call names gets a list (retrieval accepts any region when its index has none), so besides the
     region-less list and the ``keep`` regions (the configured fallback regions, never pushed out) it keeps at most
     ``max_regions`` lists, the least recently stored going first; expired lists go whenever one is stored. Each list
-    remembers whose sales ranked it (``ranked_in``): a region's list is the shop's when retrieval's index has no sales
-    by region."""
+    remembers whose sales ranked it (``ranked_in``): a region's list is the shop's when retrieval's index does not rank
+    it by its own sales (no sales by region, too few of its own, or a region the index does not list)."""
 
     def __init__(self, ttl_s: float = 3600, max_regions: int = 256, keep: Iterable[str] = (), clock=time.monotonic):
         self.ttl_s, self.max_regions, self.clock = ttl_s, max_regions, clock

@@ -190,32 +190,33 @@ async def test_an_exposure_record_reaches_the_log_when_the_session_store_cannot_
     assert record["tracking_token"] == answer.tracking_token and len(record["items"]) == 5
 
 
-class RegionalRetrieval(PopularRetrieval):
-    """Retrieval over an index that sells in GB only: it refuses other regions as its servicer does."""
+class StricterRetrieval(PopularRetrieval):
+    """Retrieval whose limit on excluded items is set lower than the gateway's: it refuses more than 2."""
 
     async def Retrieve(self, request, timeout=None):  # noqa: N802
-        if request.context.region not in ("", "GB"):
-            status = status_for(InvalidArgument({"context.region": "unknown region; this index knows: GB"}))
+        if len(request.exclusions.item_ids) > 2:
+            count = len(request.exclusions.item_ids)
+            status = status_for(InvalidArgument({"exclusions.item_ids": f"at most 2 items, got {count}"}))
             trailing = grpc.aio.Metadata(*status.trailing_metadata)
             raise grpc.aio.AioRpcError(status.code, grpc.aio.Metadata(), trailing, status.details)
         return await super().Retrieve(request, timeout)
 
 
 async def test_a_request_retrieval_refuses_is_the_callers_error_not_a_retrieval_outage():
-    """A region the index does not sell in passes the gateway's own checks; retrieval refuses it. The caller gets
-    retrieval's INVALID_ARGUMENT with its field, not UNAVAILABLE "retrieval is down" (the fallback serves a region
-    only its own list, and this region has none), which a client would retry and an operator be paged for."""
+    """A request that passes the gateway's own checks and that retrieval refuses (its limits set lower there).
+    The caller gets retrieval's INVALID_ARGUMENT with its field, not UNAVAILABLE "retrieval is down" (or a
+    fallback answer flagged so), which a client would retry and an operator be paged for."""
     service = servicer(cache_ttl_s=0)
-    service.deps.downstream.retrieval = RegionalRetrieval(ITEMS)
+    service.deps.downstream.retrieval = StricterRetrieval(ITEMS)
     for region in ("", "GB"):  # as start-up warms them
         service.deps.popular_cache.store(region, ITEMS[:20])
     request = guest("abroad")
-    request.context.region = "XX"
+    request.exclusions.item_ids.extend(ITEMS[-3:])
     with pytest.raises(Relayed) as refused:
         await recommend(service, request)
     status = status_for(refused.value)
     assert status.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "context.region" in status.details
+    assert "exclusions.item_ids" in status.details
     assert len((await recommend(service, guest("home"))).items) == 5  # GB is answered
 
 

@@ -277,6 +277,9 @@ def test_a_version_written_before_sold_everywhere_and_popularity_regions_reads_a
 
 
 def test_regional_data_that_does_not_fit_is_refused(tmp_path):
+    # A region no request could name (context.region takes codes) would be a column that never serves.
+    with pytest.raises(ValueError, match=r"regions \['United Kingdom'\] are not region codes"):
+        write(tmp_path, **{**REGIONAL, "regions": ["GB", "DE", "United Kingdom"]})
     with pytest.raises(ValueError, match=r"popularity_regions \['NL'\] are not in regions"):
         write(tmp_path, popularity_regions=["GB", "NL"], **REGIONAL)
     with pytest.raises(ValueError, match="sold_everywhere must have one entry per item"):

@@ -13,6 +13,7 @@ from aisle.retrieval.v1 import retrieval_service_pb2 as pb
 from services.core.errors import DependencyUnavailable, InvalidArgument, NotReady, Relayed, status_for
 from services.core.metrics import ArtifactMetrics
 from services.retrieval.index import METADATA_FILE, InvalidIndex, save_index_like
+from services.retrieval.regions import UnlistedRegions
 from services.retrieval.router import QueryDataHolder, QueryResolver, ShardRouter
 from services.retrieval.settings import RetrievalSettings
 from services.retrieval.state import IndexWatcher
@@ -208,6 +209,24 @@ async def _router_with(tmp_path, shards) -> ShardRouter:
     await router.queries.load_latest(root)
     router.stubs = shards
     return router
+
+
+async def test_the_router_counts_the_calls_for_a_region_its_index_does_not_list(tmp_path):
+    root = tmp_path / "router"
+    router_version(root, "20260101T000000Z", count=300)
+    registry = CollectorRegistry()
+    router = ShardRouter(
+        RetrievalSettings(index_path=root, shard_targets="a:1,b:2", index_poll_s=0),
+        unlisted_regions=UnlistedRegions(registry, "retrieval-router"),
+    )
+    await router.queries.load_latest(root)
+    router.stubs = [_RetrieveShard(), _RetrieveShard()]
+    for region in ("NL", "GB", "", "NL"):  # GB is listed; no region is any region
+        request = pb.RetrieveRequest(k=10)
+        request.context.region = region
+        answer = await router.Retrieve(request, _Context(None))
+        assert answer.candidates and not answer.degradations
+    assert registry.get_sample_value("aisle_retrieval_unlisted_region_total", {"service": "retrieval-router"}) == 2
 
 
 async def test_a_shard_that_refuses_what_the_router_accepted_is_dropped_not_the_callers_error(tmp_path):

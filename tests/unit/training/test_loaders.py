@@ -214,6 +214,8 @@ def test_online_retail_derivations_and_skips(tmp_path):
     assert [events.users[u] for u in events.user] == ["17850", "17850", "guest:536366", "17850"]
     assert events.quantity.tolist() == [6, 2, 1, 2]
     assert events.region[2] == -1  # Unspecified country = unknown region
+    # Countries as the codes requests send: the index lists them, and requests name them.
+    assert events.regions == ["GB"]
     with pytest.raises(DataError, match=r"row 3: non_product_code"):
         load_online_retail(path, strict=True)
     without_guests = load_online_retail(path, include_guests=False)
@@ -268,6 +270,12 @@ def test_the_real_online_retail_file():
     assert report.rows_read == 541_909
     assert report.rows_kept + sum(report.skipped.values()) == report.rows_read
     assert 3_500 < len(dataset.catalog) < 4_070
+    # 37 countries (and Unspecified), every one a region code a request can send.
+    from services.core.validation import region_problem
+
+    regions = dataset.events.regions
+    assert len(regions) == 37 and {"GB", "DE", "FR", "IE"} <= set(regions)
+    assert not [r for r in regions if region_problem(r)]
     assert dataset.fingerprint.endswith("518b36c8452f511e938535aebce2c3ea051432fe999bd85e81720ebb07af5931")
 
 
@@ -373,6 +381,44 @@ def test_catalog_values_of_the_wrong_type_are_counted(tmp_path):
         load_events(events, catalog)
     pq.write_table(pa.table({"item_id": ["A", "B"], "regions": [["GB", "DE"], ["FR"]]}), catalog)
     assert load_events(events, catalog).catalog.regions == [("GB", "DE"), ("FR",)]
+    # A region no request could name (context.region takes codes) is a bad row, not an index that never serves it.
+    pq.write_table(pa.table({"item_id": ["A", "B"], "regions": ["GB|United Kingdom", "FR"]}), catalog)
+    dataset = load_events(events, catalog)
+    assert dataset.catalog.item_ids == ["B"] and dataset.report.skipped["catalog_bad_regions"] == 1
+
+
+def test_an_event_region_requests_could_not_name_is_a_bad_row(tmp_path):
+    path = write(
+        tmp_path,
+        "events.csv",
+        "event_type,timestamp,user_id,item_id,region\n"
+        "purchase,1700000000,u1,A,GB\n"
+        "purchase,1700000001,u1,B,United Kingdom\n"
+        "purchase,1700000002,u2,A,US-CA\n"
+        "purchase,1700000003,u2,B,\n",
+    )
+    dataset = load_events(path)
+    assert dict(dataset.report.skipped) == {"bad_region": 1} and dataset.report.examples["bad_region"] == [f"{path}:3"]
+    assert dataset.events.regions == ["GB", "US-CA"] and dataset.events.region.tolist() == [0, 1, -1]
+    with pytest.raises(DataError, match=r"events.csv:3: bad_region \('United Kingdom': at most 16 letters"):
+        load_events(path, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("country", "code"),
+    [
+        ("United Kingdom", "GB"),
+        ("EIRE", "IE"),
+        ("RSA", "ZA"),
+        ("Channel Islands", "CHANNEL_ISLANDS"),
+        ("Atlantis", "ATLANTIS"),
+    ],
+)
+def test_online_retail_countries_are_region_codes(country, code):
+    from services.core.validation import region_problem
+    from training.data.loaders import _country_region
+
+    assert _country_region(country) == code and not region_problem(code)
 
 
 SHOP_CSV = "item_id,event_type,timestamp,user_id,quantity,basket_id\n" + "".join(
