@@ -234,6 +234,12 @@ def evaluate(
 
     configure_logging("INFO", "evaluate")
     out = out or artifacts / "evaluation.json"
+    if out.suffix.lower() == ".md":
+        raise click.BadParameter(
+            f"{out} is where the Markdown report would go beside it: name the JSON report (say "
+            f"{out.with_suffix('.json')}), and the Markdown report is written beside it",
+            param_hint="--out",
+        )
     try:
         report = evaluate_artifacts(artifacts, out, data, bootstrap, seed, progress=progress, plots=plots)
     except (ArtifactError, DataError) as exc:

@@ -32,11 +32,13 @@ from training.data.schema import (
     CATALOG_COLUMNS,
     EVENT_COLUMNS,
     EVENT_KINDS,
+    GUEST_PREFIX,
     ITEM,
     KIND_CODES,
     PURCHASE,
     RETURN,
     SEARCH,
+    SESSION_PREFIX,
     DataError,
     Dataset,
     ItemCatalog,
@@ -396,7 +398,7 @@ def load_events(path: Path, catalog_path: Path | None = None, strict: bool = Fal
         if not consent:
             report.skip("no_consent", rows.where(i))
             continue
-        out["user"].append(user or f"session:{session}")
+        out["user"].append(user or f"{SESSION_PREFIX}{session}")
         out["item"].append(item)
         out["kind"].append(KIND_CODES[kind])
         out["time"].append(when)
@@ -743,7 +745,7 @@ def load_online_retail(path: Path, include_guests: bool = True, strict: bool = F
             "EU; Channel Islands = CHANNEL_ISLANDS; 'Unspecified' = unknown); consent assumed; InvoiceDate read as UTC",
         ]
     )
-    user_keys = [f"guest:{invoice[r]}" if guest[r] else str(int(customer[r])) for r in kept]
+    user_keys = [f"{GUEST_PREFIX}{invoice[r]}" if guest[r] else str(int(customer[r])) for r in kept]
     events = build_event_log(
         user_keys,
         np.array([rows[c] for c in code[kept]], dtype=np.int32),

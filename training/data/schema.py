@@ -115,6 +115,15 @@ class LoadReport:
         }
 
 
+#: How user keys name shoppers without an account: a generic file's session (``session:<session_id>``) and an Online
+#: Retail guest's invoice (``guest:<InvoiceNo>``). Their baskets are training data only (never held out).
+SESSION_PREFIX, GUEST_PREFIX = "session:", "guest:"
+
+
+def is_anonymous(user_key: str) -> bool:
+    return user_key.startswith((SESSION_PREFIX, GUEST_PREFIX))
+
+
 @dataclass(frozen=True)
 class EventLog:
     """Events sorted by time (ties keep file order). Lookup lists decode the integer columns."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.data.schema import ITEM, KIND_CODES, PURCHASE, RETURN, Dataset
+from training.data.schema import ITEM, KIND_CODES, PURCHASE, RETURN, Dataset, is_anonymous
 
 MIN_BASKETS = 3
 SESSION_GAP_S = 1800
@@ -138,7 +138,8 @@ def split_dataset(dataset: Dataset, min_baskets: int = MIN_BASKETS) -> Split:
     train, validation, test = [], [], []
     for user in purchase_baskets(dataset):
         count = len(user.baskets)
-        if count < min_baskets:
+        # A guest's baskets are training data only: a session is not a customer whose next basket is known.
+        if count < min_baskets or is_anonymous(events.users[user.user]):
             train.append(user)
             continue
         cutoff[user.user] = user.times[-2]

@@ -24,7 +24,7 @@ class ScoredBatch:
     probabilities: np.ndarray | None = None  # P(purchase) [users, items], NaN where the model scored nothing
 
 
-#: Every popularity fill score is below it; a model's own items score at least this much.
+#: Every popularity fill score is below it; a model's own items score more (this plus their own score).
 FILL_CEILING = 1e-3
 
 
@@ -77,7 +77,7 @@ class ItemToItem:
             recent = _recent_distinct(case.history, self.recent)
             if len(recent):
                 weights = self.decay ** np.arange(len(recent), dtype=np.float32)
-                scores[u] += weights @ self.similarity[recent]
+                _own_then_fill(scores[u], weights @ self.similarity[recent])
         return ScoredBatch(scores)
 
 
@@ -94,8 +94,17 @@ class BuyAgain:
         scores = dated_fill(self.sales, cases)
         for u, case in enumerate(cases):
             if len(case.history):
-                scores[u] += repeat_scores(case.history, scores.shape[1])
+                _own_then_fill(scores[u], repeat_scores(case.history, scores.shape[1]))
         return ScoredBatch(scores)
+
+
+def _own_then_fill(row: np.ndarray, own: np.ndarray) -> None:
+    """``row`` (a case's popularity fill) with the items a baseline scored itself (``own`` > 0) above every filled
+    one and in its own order: its fill is not added to them, where it would outweigh a small co-occurrence or one
+    step of recency (a best seller bought with nothing in the history outranked an item bought with the oldest
+    one)."""
+    mine = own > 0
+    row[mine] = FILL_CEILING + own[mine]
 
 
 def repeat_scores(history: np.ndarray, num_items: int) -> np.ndarray:

@@ -157,6 +157,11 @@ def evaluate_artifacts(
     results: dict[str, dict[str, ModelResult]] = {}
     for protocol in PROTOCOLS:
         cases = protocol_cases(split.test, protocol)
+        if not cases:  # no test basket holds an item new to its customer (tiny data): nothing to measure
+            results[protocol] = {}
+            report["protocols"][protocol] = {"users": 0, "models": {}, "comparison": {}}
+            log.warning("%s: no test customer to evaluate; the protocol is left out", protocol)
+            continue
         results[protocol] = {
             m.name: evaluate(m, cases, protocol, popularity, categories, progress=progress, baskets=baskets)
             for m in models
@@ -168,8 +173,7 @@ def evaluate_artifacts(
         section["comparison"] = _comparisons(results[protocol], protocol, bootstrap_samples, seed)
         report["protocols"][protocol] = section
         log.info("%s: %s", protocol, {n: round(r.metrics["ndcg@10"], 4) for n, r in results[protocol].items()})
-    calibration = results["repeat"]["aisle"].calibration
-    report["calibration"] = calibration
+    report["calibration"] = results["repeat"]["aisle"].calibration if results["repeat"] else None
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     curves_path = artifacts / "training_curves.json"
@@ -213,7 +217,7 @@ def write_plots(report: dict, curves: dict | None, stem: Path) -> list[Path]:
         models = report["protocols"][protocol]["models"]
         for col, metric in enumerate(("ndcg@10", "hr@10", "recall@100")):
             ax = axes[row, col]
-            values = [models[n][metric] for n in names]
+            values = [models[n][metric] if n in models else 0.0 for n in names]
             ax.bar(names, values, color=["C3" if n == "aisle" else "C0" for n in names])
             ax.set_title(f"{protocol}: {metric}")
             ax.tick_params(axis="x", rotation=30)
@@ -282,6 +286,9 @@ def write_markdown(report: dict, run: dict, figures: list[Path], path: Path) -> 
             lines.append(f"| {name} | " + " | ".join(f"{metrics[m]:.4f}" for m in REPORTED) + " |")
         lines.append("")
         comparison = section["comparison"]
+        if not comparison:
+            lines += ["No test customer to evaluate under this protocol.", ""]
+            continue
         lines.append(f"Best baseline by NDCG@10: **{comparison['best_baseline']}**.")
         lines.append("")
         for key, metrics in comparison.items():

@@ -382,6 +382,36 @@ def test_the_evaluation_report(trained, tmp_path):
     }
 
 
+def test_a_protocol_without_test_customers_is_left_out_not_a_traceback(trained, tmp_path, monkeypatch):
+    """When no test basket holds an item new to its customer (tiny data), discovery has no case to measure."""
+    import training.evaluation.report as report_module
+
+    every = report_module.protocol_cases
+
+    def without_discovery(cases, protocol):
+        return [] if protocol == "discovery" else every(cases, protocol)
+
+    monkeypatch.setattr(report_module, "protocol_cases", without_discovery)
+    out = tmp_path / "evaluation.json"
+    report = report_module.evaluate_artifacts(trained.root / "artifacts", out, bootstrap_samples=100, progress=False)
+    assert report["protocols"]["discovery"] == {"users": 0, "models": {}, "comparison": {}}
+    assert report["protocols"]["repeat"]["models"]["aisle"]["ndcg@10"] > 0
+    assert "No test customer to evaluate under this protocol." in out.with_suffix(".md").read_text()
+    assert (tmp_path / "evaluation_metrics.png").is_file()
+
+
+def test_the_evaluation_refuses_an_out_that_the_markdown_report_would_overwrite(trained, tmp_path):
+    from click.testing import CliRunner
+
+    from services.cli import main
+
+    out = tmp_path / "report.md"
+    args = ["evaluate", "--artifacts", str(trained.root / "artifacts"), "--out", str(out), "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--out" in result.output and "report.json" in result.output
+    assert not out.exists()
+
+
 def test_the_evaluation_refuses_an_index_without_the_runs_co_visitation(trained, tmp_path):
     from services.retrieval.index import COVISITATION_FILE, METADATA_FILE
     from training.evaluation.report import ArtifactError, evaluate_artifacts

@@ -66,6 +66,25 @@ def test_buy_again_ranks_by_frequency_then_recency_then_popularity():
     assert ranking(scores)[:5] == [3, 2, 5, 0, 1]  # then popularity fills: 0 before 1
 
 
+def test_an_item_the_baseline_scored_itself_ranks_above_every_filled_one_however_small_its_score():
+    """The popularity fill (up to FILL_CEILING) is not added to a baseline's own items: a co-occurrence far below
+    it (an item bought once with the oldest of ten history items) still ranks above the best seller."""
+    # Item 9 is the best seller, never bought with anything; item 0 was bought once with item 1.
+    baskets = [UserBaskets(u, np.array([1]), [np.array([9])]) for u in range(50)]
+    baskets.append(UserBaskets(50, np.array([1]), [np.array([0, 1])]))
+    split = Split(12, baskets, [], [], np.full(51, np.iinfo(np.int64).max), np.zeros((0, 3), dtype=np.int64))
+    model = ItemToItem(split)
+    model.similarity *= 1e-4  # co-occurrence scores far below the fill's ceiling, as popular items' are
+    history = np.array([1, 2, 3, 4, 5, 6, 7, 8, 10, 11])  # item 1 the oldest of the ten
+    scores = model.score([EvalCase(99, history, np.array([0]), 10 * 86_400)]).scores[0]
+    assert ranking(scores)[:2] == [0, 9]
+    # Buy-again alike: among items bought as often, the more recent first, whatever the fill says. 1,500 lines, so
+    # one step of recency (1 / 1,500) is less than the fill between the best seller (9) and an unsold item (11).
+    long_history = np.tile([1, 2, 3, 4, 5, 6, 7, 8, 10, 0, 9, 11], 125)
+    scores = BuyAgain(split).score([EvalCase(99, long_history, np.array([0]), 10 * 86_400)]).scores[0]
+    assert ranking(scores)[:2] == [11, 9]
+
+
 def test_discovery_protocol_excludes_the_history_and_drops_users_without_new_items():
     cases = [
         EvalCase(0, np.array([0, 1]), np.array([0, 2]), 3),

@@ -92,6 +92,20 @@ def test_baskets_without_ids_are_split_by_time_gaps():
     assert [b.tolist() for b in baskets[0].baskets] == [[0, 1], [2]]
 
 
+def test_a_guests_baskets_are_training_data_however_many():
+    """A session (or an Online Retail guest's invoice) is not a customer whose next basket is known: with three
+    baskets it still contributes them all to training, as a customer with three baskets does not."""
+    rows = [
+        (key, str(b), PURCHASE, 4000 * b, f"{key}-{b}")
+        for key in ("session:s9", "guest:536366", "c1")
+        for b in range(3)
+    ]
+    split = split_dataset(shop(rows))
+    users = shop(rows).events.users
+    assert [users[case.user] for case in split.test] == ["c1"]
+    assert {users[u.user]: len(u.baskets) for u in split.train} == {"session:s9": 3, "guest:536366": 3, "c1": 1}
+
+
 def test_sequences_hold_out_the_last_item(tmp_path):
     path = tmp_path / "seq.txt"
     path.write_text("u1 a b c d\nu2 a b\n", encoding="utf-8")
