@@ -170,6 +170,7 @@ def build_session_store(settings: GatewaySettings) -> SessionStore:
             settings.session_ttl_s,
             settings.session_max_events,
             max_exposed_items=settings.session_max_exposed_items,
+            batch_ttl_s=settings.event_batch_ttl_s,
         )
     return InMemorySessionStore(
         settings.session_ttl_s,
@@ -177,6 +178,7 @@ def build_session_store(settings: GatewaySettings) -> SessionStore:
         max_sessions=settings.session_max_sessions,
         max_bytes=settings.session_max_bytes,
         max_exposed_items=settings.session_max_exposed_items,
+        batch_ttl_s=settings.event_batch_ttl_s,
     )
 
 

@@ -10,6 +10,7 @@ never trimmed by the gateway, so nothing is dropped silently (retention is the o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -34,13 +35,39 @@ def _exposures_key(key: str) -> str:
     return f"aisle:session:{key}:exposures"
 
 
+def _batch_key(batch_id: str) -> str:
+    return "aisle:track-batch:" + hashlib.sha256(batch_id.encode()).hexdigest()[:32]
+
+
+#: One TrackEvents batch, once: KEYS[1] the batch's marker, then each subject's events and exposures keys; ARGV the
+#: marker's and the session's lifetimes (ms), max_events, then per subject its event count and the events. Runs
+#: whole or not at all (a script is atomic), and stores nothing when the marker exists.
+_APPEND_ONCE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+local session_ttl, max_events, at = tonumber(ARGV[2]), tonumber(ARGV[3]), 4
+for k = 2, #KEYS, 2 do
+  local count = tonumber(ARGV[at])
+  for j = at + 1, at + count do redis.call('RPUSH', KEYS[k], ARGV[j]) end
+  at = at + count + 1
+  redis.call('LTRIM', KEYS[k], -max_events, -1)
+  redis.call('PEXPIRE', KEYS[k], session_ttl)
+  redis.call('PEXPIRE', KEYS[k + 1], session_ttl)
+end
+return 1
+"""
+
+
 class RedisSessionStore:
     """Past ``max_exposed_items`` exposure counts in a session, the least shown are forgotten
     (:func:`~services.gateway.sessions.least_shown`; among equals, in the order Redis lists them)."""
 
-    def __init__(self, url: str, ttl_s: float, max_events: int, max_exposed_items: int = 2000):
+    def __init__(
+        self, url: str, ttl_s: float, max_events: int, max_exposed_items: int = 2000, batch_ttl_s: float = 3600
+    ):
         self.client = redis.Redis.from_url(url, socket_timeout=0.05, socket_connect_timeout=1.0)
         self.ttl_ms, self.max_events, self.max_exposed_items = int(ttl_s * 1000), max_events, max_exposed_items
+        self.batch_ttl_ms = int(batch_ttl_s * 1000)
+        self._append_once = self.client.register_script(_APPEND_ONCE)
 
     async def history(self, key: str) -> list[common.Interaction]:
         """The session's events, oldest first; the read is a use of the session (one round trip all the same)."""
@@ -58,11 +85,18 @@ class RedisSessionStore:
     async def append(self, key: str, events: Sequence[common.Interaction]) -> None:
         await self.append_all({key: events})
 
-    async def append_all(self, batches: Mapping[str, Sequence[common.Interaction]]) -> None:
-        """One transaction (MULTI/EXEC) for every subject of the call: all appended, or none."""
+    async def append_all(self, batches: Mapping[str, Sequence[common.Interaction]], batch_id: str = "") -> bool:
+        """One transaction (MULTI/EXEC) for every subject of the call: all appended, or none; with a ``batch_id``,
+        one script that first sets the batch's marker and stores nothing when it was set already."""
         batches = {key: events for key, events in batches.items() if events}
+        if batch_id:
+            keys, args = [_batch_key(batch_id)], [self.batch_ttl_ms, self.ttl_ms, self.max_events]
+            for key, events in batches.items():
+                keys += [_events_key(key), _exposures_key(key)]
+                args += [len(events), *(event.SerializeToString() for event in events)]
+            return bool(await self._append_once(keys=keys, args=args))
         if not batches:
-            return
+            return True
         async with self.client.pipeline(transaction=True) as pipe:
             for key, events in batches.items():
                 name = _events_key(key)
@@ -70,6 +104,7 @@ class RedisSessionStore:
                 pipe.ltrim(name, -self.max_events, -1)
                 self._touch(pipe, key)
             await pipe.execute()
+        return True
 
     async def exposures(self, key: str) -> dict[str, int]:
         raw = await self.client.hgetall(_exposures_key(key))

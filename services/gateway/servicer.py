@@ -223,6 +223,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         check.count("events", request.events, limit=self.settings.max_events_per_call)
         if not request.events:
             check.add("events", "must contain at least one event")
+        check.id("batch_id", request.batch_id, required=False)
         for i, event in enumerate(request.events[: self.settings.max_events_per_call]):
             check.subject(f"events[{i}].subject", event.subject)
             check.id(f"events[{i}].item_id", event.item_id)
@@ -248,6 +249,8 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                 "unit_price": e.unit_price,
                 "tracking_token": e.tracking_token,
                 "region": e.context.region,
+                # The caller's batch (a retry's copy has the same): what a reader of the log drops duplicates by.
+                "batch_id": request.batch_id,
             }
             for e in consented
         ]
@@ -266,14 +269,17 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                 interaction.event_time.CopyFrom(event.event_time)
             by_subject.setdefault(subject_key(event.subject, self._salt), []).append(interaction)
         try:
-            await self.deps.sessions.append_all(by_subject)  # every subject's, or (failing) none: a retry adds no twin
+            # Every subject's, or (failing) none: a retry adds no twin; with a batch id, a batch stored already
+            # (its reply lost) is not stored again.
+            stored = await self.deps.sessions.append_all(by_subject, request.batch_id)
         except Exception as error:
             # The log already has the events: a retry may duplicate them there (at-least-once), never lose them.
             raise DependencyUnavailable(
                 f"session store unavailable ({type(error).__name__}); retry", reason="SESSIONS_UNAVAILABLE"
             ) from None
-        # Aggregate feedback for the bandit is kept with or without consent: it says nothing about the shopper.
-        for event in request.events:
+        # Aggregate feedback for the bandit is kept with or without consent: it says nothing about the shopper. A
+        # batch stored before (a retry) was counted then.
+        for event in request.events if stored else ():
             if event.event_type in SUCCESS_EVENTS:
                 self.deps.feedback.succeeded(event.item_id)
         return pb.TrackEventsResponse(accepted_count=len(request.events), rejected_count=0)

@@ -32,10 +32,12 @@ class SessionStore(Protocol):
 
     async def append(self, key: str, events: Sequence[common.Interaction]) -> None: ...
 
-    async def append_all(self, batches: Mapping[str, Sequence[common.Interaction]]) -> None:
+    async def append_all(self, batches: Mapping[str, Sequence[common.Interaction]], batch_id: str = "") -> bool:
         """Each subject's events appended to its session (one TrackEvents call's): all of them, or, when the store
-        fails before taking them, none, so that the caller's retry does not store some twice (a reply lost after
-        the store took them still does: at-least-once)."""
+        fails before taking them, none, so that the caller's retry does not store some twice. With a ``batch_id``
+        the store remembers it with the events (``batch_ttl_s``), and a retry of the same batch stores nothing and
+        returns False, its reply lost after the store took it included; without one, that retry stores them twice
+        (at-least-once). True when the events were stored."""
 
     async def exposures(self, key: str) -> dict[str, int]:
         """Times each item was shown to the subject within the exposure window."""
@@ -105,11 +107,17 @@ class InMemorySessionStore:
         max_bytes: int = 128 * 1024 * 1024,
         clock=time.monotonic,
         max_exposed_items: int = 2000,
+        batch_ttl_s: float = 3600,
+        max_batches: int = 100_000,
     ):
         self.ttl_s, self.max_events, self.max_sessions, self.clock = ttl_s, max_events, max_sessions, clock
         self.max_bytes, self.max_exposed_items = max_bytes, max_exposed_items
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._bytes = 0
+        #: The batch ids stored (a 16-byte digest each, about 100 bytes with its entry) -> when, oldest first: at
+        #: most ``max_batches`` (the oldest forgotten first), each for ``batch_ttl_s``.
+        self.batch_ttl_s, self.max_batches = batch_ttl_s, max_batches
+        self._batches: OrderedDict[bytes, float] = OrderedDict()
 
     def _get(self, key: str, create: bool) -> _Session | None:
         now = self.clock()
@@ -144,9 +152,25 @@ class InMemorySessionStore:
         session = self._get(key, create=False)
         return [common.Interaction.FromString(event) for event in session.events] if session else []
 
-    async def append_all(self, batches: Mapping[str, Sequence[common.Interaction]]) -> None:
+    async def append_all(self, batches: Mapping[str, Sequence[common.Interaction]], batch_id: str = "") -> bool:
+        if batch_id and not self._first_time(batch_id):
+            return False
         for key, events in batches.items():  # in memory, nothing fails part-way
             await self.append(key, events)
+        return True
+
+    def _first_time(self, batch_id: str) -> bool:
+        """Remembers ``batch_id``; False when it was remembered already (within ``batch_ttl_s``)."""
+        now = self.clock()
+        while self._batches and (
+            now - next(iter(self._batches.values())) > self.batch_ttl_s or len(self._batches) >= self.max_batches
+        ):
+            self._batches.popitem(last=False)
+        digest = hashlib.sha256(batch_id.encode()).digest()[:16]
+        if digest in self._batches:
+            return False
+        self._batches[digest] = now
+        return True
 
     async def append(self, key: str, events: Sequence[common.Interaction]) -> None:
         session = self._get(key, create=True)

@@ -98,6 +98,12 @@ class GatewaySettings(ServiceSettings):
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the session store / event stream.")
     session_ttl_s: float = Field(1800, gt=0, le=30 * 86400, description="Idle time after which a session is dropped.")
+    event_batch_ttl_s: float = Field(
+        3600,
+        gt=0,
+        le=7 * 86400,
+        description="How long TrackEvents remembers a batch_id it stored: a retry within it stores nothing again.",
+    )
     session_max_events: int = Field(200, ge=1, le=10_000, description="Events kept per session.")
     session_max_exposed_items: int = Field(
         2000,

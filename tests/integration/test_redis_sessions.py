@@ -46,6 +46,22 @@ async def test_store_round_trip_bounds_and_exposures(redis_url):
     await store.close()
 
 
+async def test_a_batch_is_stored_once_in_one_script_with_its_marker(redis_url):
+    store = RedisSessionStore(redis_url, ttl_s=60, max_events=2, batch_ttl_s=30)
+    batches = {"a": [common.Interaction(item_id=f"a{i}") for i in range(3)], "b": [common.Interaction(item_id="b0")]}
+    assert await store.append_all(batches, "batch-1")
+    assert not await store.append_all(batches, "batch-1")  # a retry: nothing stored again
+    assert [e.item_id for e in await store.history("a")] == ["a1", "a2"]  # trimmed to max_events
+    assert [e.item_id for e in await store.history("b")] == ["b0"]
+    assert 0 < await store.client.pttl("aisle:session:b:events") <= 60_000
+    markers = [key async for key in store.client.scan_iter("aisle:track-batch:*")]
+    assert len(markers) == 1 and 0 < await store.client.pttl(markers[0]) <= 30_000
+    assert await store.append_all({"b": [common.Interaction(item_id="b1")]}, "batch-2")
+    assert await store.append_all({}, "batch-3") and not await store.append_all({}, "batch-3")
+    assert [e.item_id for e in await store.history("b")] == ["b0", "b1"]
+    await store.close()
+
+
 async def test_one_calls_events_are_appended_for_every_subject_in_one_transaction(redis_url):
     store = RedisSessionStore(redis_url, ttl_s=60, max_events=2)
     batches = {

@@ -100,6 +100,7 @@ def test_the_memory_settings_reach_the_caches_and_the_session_store(monkeypatch,
         session_max_sessions=456,
         session_max_bytes=7 * MIB,
         session_max_exposed_items=789,
+        event_batch_ttl_s=321,
         fallback_max_regions=9,
         fallback_regions="GB, DE",
     )
@@ -107,6 +108,7 @@ def test_the_memory_settings_reach_the_caches_and_the_session_store(monkeypatch,
     cache, deps = built["cache"], built["deps"]
     assert (cache.max_entries, cache.max_bytes) == (123, 5 * MIB)
     assert (deps.sessions.max_sessions, deps.sessions.max_bytes, deps.sessions.max_exposed_items) == (456, 7 * MIB, 789)
+    assert deps.sessions.batch_ttl_s == 321
     assert deps.popular_cache.max_regions == 9 and deps.popular_cache.keep == {"", "GB", "DE"}
     store = gateway_app.build_session_store(settings)
     assert isinstance(store, InMemorySessionStore) and (store.max_sessions, store.max_bytes) == (456, 7 * MIB)
@@ -153,6 +155,20 @@ async def test_a_session_counts_exposures_for_at_most_max_exposed_items_forgetti
     await store.add_exposures("s", ["d"])  # c and d were shown once each: c, shown first, is forgotten
     assert await store.exposures("s") == {"a": 3, "b": 2, "d": 1}
     assert store.bytes == SESSION_BYTES + sum(sys.getsizeof(item) + EXPOSURE_BYTES for item in "abd")
+
+
+async def test_the_batch_ids_remembered_are_bounded_in_number_and_time():
+    now = [0.0]
+    store = InMemorySessionStore(clock=lambda: now[0], batch_ttl_s=60, max_batches=3)
+    event = {"k": [common.Interaction(item_id="i1")]}
+    assert [await store.append_all(event, f"b{i}") for i in range(3)] == [True] * 3
+    assert not await store.append_all(event, "b1")  # remembered: not stored again
+    assert await store.append_all(event, "b3")  # a fourth: the oldest (b0) is forgotten
+    assert await store.append_all(event, "b0") and len(store._batches) == 3
+    now[0] = 61.0  # past the lifetime: every id is forgotten, b3 is stored again
+    assert await store.append_all(event, "b3") and len(store._batches) == 1
+    assert len(await store.history("k")) == 6
+    assert await store.append_all(event) and await store.append_all(event)  # no id: always stored
 
 
 async def test_one_session_showing_the_whole_catalog_does_not_push_out_the_others():

@@ -582,11 +582,11 @@ class FailsOnceSessions(InMemorySessionStore):
         super().__init__()
         self.failed = False
 
-    async def append_all(self, batches):
+    async def append_all(self, batches, batch_id=""):
         if not self.failed:
             self.failed = True
             raise ConnectionError("session store write timed out")
-        await super().append_all(batches)
+        return await super().append_all(batches, batch_id)
 
 
 async def test_a_retried_track_events_call_stores_each_shoppers_events_once():
@@ -606,6 +606,35 @@ async def test_a_retried_track_events_call_stores_each_shoppers_events_once():
     for user, item in (("alice", "i1"), ("bob", "i2")):
         history = await service.deps.sessions.history(subject_key(common.Subject(user_id=user), "aisle"))
         assert [e.item_id for e in history] == [item]
+
+
+async def test_a_batch_retried_after_it_was_stored_is_not_stored_or_counted_again():
+    """A TrackEvents reply lost after the events were stored (a timeout): the retry, with the same batch_id, gets
+    the same answer and stores nothing again; its log records carry the batch_id to drop the copy by."""
+    service = servicer()
+    service.deps.feedback.exposed(["i1"])
+    events = [
+        pb.TrackedEvent(
+            subject=common.Subject(user_id="alice"), item_id="i1", event_type=common.EVENT_TYPE_PURCHASE, consent=True
+        ),
+        pb.TrackedEvent(subject=common.Subject(user_id="bob"), item_id="i1", event_type=common.EVENT_TYPE_PURCHASE),
+    ]
+    request = pb.TrackEventsRequest(events=events, batch_id="b-42")
+    answers = [await service.TrackEvents(request, Context()) for _ in range(2)]
+    assert [(a.accepted_count, a.rejected_count) for a in answers] == [(2, 0), (2, 0)]
+    history = await service.deps.sessions.history(subject_key(common.Subject(user_id="alice"), "aisle"))
+    assert [e.item_id for e in history] == ["i1"]
+    assert service.deps.feedback.successes == {"i1": 2}  # both events of the first attempt, none of the retry
+    assert [r["batch_id"] for r in service.deps.events.records] == ["b-42", "b-42"]  # alice's, twice in the log
+    # Another batch, or none, is stored.
+    await service.TrackEvents(pb.TrackEventsRequest(events=events[:1], batch_id="b-43"), Context())
+    await service.TrackEvents(pb.TrackEventsRequest(events=events[:1]), Context())
+    await service.TrackEvents(pb.TrackEventsRequest(events=events[:1]), Context())
+    history = await service.deps.sessions.history(subject_key(common.Subject(user_id="alice"), "aisle"))
+    assert [e.item_id for e in history] == ["i1"] * 4
+    with pytest.raises(InvalidArgument) as refused:
+        await service.TrackEvents(pb.TrackEventsRequest(events=events, batch_id="x" * 300), Context())
+    assert "batch_id" in refused.value.violations
 
 
 async def test_tracked_events_keep_the_time_the_shop_gives_them():

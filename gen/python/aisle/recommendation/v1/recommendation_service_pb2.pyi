@@ -89,10 +89,12 @@ class TrackedEvent(_message.Message):
     def __init__(self, subject: _Optional[_Union[_common_pb2.Subject, _Mapping]] = ..., event_type: _Optional[_Union[_common_pb2.EventType, str]] = ..., item_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., quantity: _Optional[int] = ..., unit_price: _Optional[float] = ..., tracking_token: _Optional[str] = ..., context: _Optional[_Union[_common_pb2.RequestContext, _Mapping]] = ..., consent: _Optional[bool] = ...) -> None: ...
 
 class TrackEventsRequest(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "batch_id")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[TrackedEvent]
-    def __init__(self, events: _Optional[_Iterable[_Union[TrackedEvent, _Mapping]]] = ...) -> None: ...
+    batch_id: str
+    def __init__(self, events: _Optional[_Iterable[_Union[TrackedEvent, _Mapping]]] = ..., batch_id: _Optional[str] = ...) -> None: ...
 
 class TrackEventsResponse(_message.Message):
     __slots__ = ("accepted_count", "rejected_count")
