@@ -68,9 +68,14 @@ bench-e2e-triton: setup triton ## The same load with ranking on a local Triton s
 train: setup ## Train two-tower + sequence ranker on the synthetic shop into model_repository/ and artifacts/
 	$(BIN)/aisle train
 
-train-online-retail: setup ## Train on Online Retail ($$AISLE_ONLINE_RETAIL) into model_repository/sequence_ranker and artifacts/online_retail
+train-online-retail: setup ## Train on Online Retail ($$AISLE_ONLINE_RETAIL) into artifacts/online_retail (its own model repository beside its index)
 	@test -n "$$AISLE_ONLINE_RETAIL" || { echo "set AISLE_ONLINE_RETAIL to the Online Retail parquet file"; exit 2; }
-	$(BIN)/aisle train --data "$$AISLE_ONLINE_RETAIL" --out artifacts/online_retail --seed 0
+	@# Not model_repository/sequence_ranker, which `aisle train` (the synthetic shop) writes with artifacts/index: a
+	@# ranker served with another training's index knows none of its candidates.
+	mkdir -p artifacts/online_retail/model_repository/sequence_ranker
+	cp model_repository/sequence_ranker/config.pbtxt artifacts/online_retail/model_repository/sequence_ranker/
+	$(BIN)/aisle train --data "$$AISLE_ONLINE_RETAIL" --out artifacts/online_retail \
+	  --model-repository artifacts/online_retail/model_repository --seed 0
 
 evaluate: setup ## Offline evaluation of artifacts/online_retail (JSON, Markdown, plots)
 	$(BIN)/aisle evaluate --artifacts artifacts/online_retail --out artifacts/online_retail/evaluation.json

@@ -42,9 +42,11 @@ from services.ranking.model_config import (
     ModelContract,
     read_model_config,
 )
-from services.ranking.repository import next_version, retire
+from services.ranking.repository import check_new_version, next_version, one_writer, retire
 from services.retrieval.covisitation import CoVisitationTable
 from services.retrieval.index import save_index
+
+log = logging.getLogger(__name__)
 
 #: Largest |ONNX Runtime - torch| accepted on the parity check.
 PARITY_TOLERANCE = 1e-4
@@ -70,6 +72,12 @@ def export_ranker(
     ``model(history, candidates[, features])`` returns P(purchase), or (P(purchase), P(return)) when the config
     declares ``return_probability``. ``snapshot`` is required when the config declares ``candidate_features``.
     """
+    version = version if version is not None else next_version(model_dir)
+    final = model_dir / str(version)
+    try:  # a number used before (retired included) would reach a Triton pod that still holds that one's tokens
+        check_new_version(model_dir, version)
+    except ModelConfigError as exc:
+        raise ExportError(str(exc).replace("omit --version to publish", "export")) from None
     contract = _contract(model_dir, model.history_length)
     _check_item_ids(item_ids)
     with_features = FEATURES_INPUT in contract.inputs
@@ -77,10 +85,6 @@ def export_ranker(
         raise ExportError(f"{model_dir / 'config.pbtxt'} declares {FEATURES_INPUT!r}: pass the item feature snapshot")
     if with_features and snapshot is not None and len(snapshot) != len(item_ids):
         raise ExportError(f"the feature snapshot has {len(snapshot)} items, the vocabulary {len(item_ids)}")
-    version = version if version is not None else next_version(model_dir)
-    final = model_dir / str(version)
-    if final.exists():
-        raise ExportError(f"{final} already exists; versions are immutable, pick a new one")
     staging = staging_folder(model_dir, f".staging-{version}-")
     try:
         model.eval()
@@ -134,10 +138,11 @@ def _check_item_ids(item_ids: Sequence[str]) -> None:
 
 
 class Publication:
-    """What one training run has exported so far: the folders it wrote beside the ranker (index version, query
-    tower) and the ranker version once published. See :func:`published_together`."""
+    """What one training run has exported so far: the ranker's version number, the folders it wrote beside the
+    ranker (index version, query tower) and the ranker version once published. See :func:`published_together`."""
 
-    def __init__(self) -> None:
+    def __init__(self, version: int) -> None:
+        self.version = version
         self.folders: list[Path] = []
         self.ranker: Path | None = None
 
@@ -147,19 +152,22 @@ class Publication:
 
 
 @contextlib.contextmanager
-def published_together(model_dir: Path, version: int) -> Iterator[Publication]:
-    """Around the export of ranker ``version`` and what goes with it, the ranker published last: when the block
-    fails, the folders it wrote go and the ranker, if published, is retired (its number stays used), so a failed
-    run leaves no ranker version without its index."""
-    publication = Publication()
-    try:
-        yield publication
-    except BaseException:
-        if publication.ranker is not None:
-            retire(model_dir, version)
-        for folder in publication.folders:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
+def published_together(model_dir: Path) -> Iterator[Publication]:
+    """Around the export of the ranker and what goes with it, the ranker published last, as version
+    ``publication.version``: the next number, picked and kept under the model folder's writer lock until the block
+    ends (no publish or rollback may take it, or retire it, meanwhile; they wait). When the block fails, the
+    folders it wrote go and the ranker, if published, is retired (its number stays used), so a failed run leaves no
+    ranker version without its index."""
+    with one_writer(model_dir, "aisle train (exporting)", lambda message: log.warning("%s", message)):
+        publication = Publication(next_version(model_dir))
+        try:
+            yield publication
+        except BaseException:
+            if publication.ranker is not None:
+                retire(model_dir, publication.version)
+            for folder in publication.folders:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
 
 
 def prepare_out(out: Path) -> None:

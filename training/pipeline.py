@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from services.ranking.repository import next_version
 from services.retrieval.covisitation import CoVisitationTable
 from training.export import (
     check_ranker_contract,
@@ -70,8 +69,8 @@ def train_synthetic(
     baskets = session_baskets(shop.events)
     holding = np.bincount(np.concatenate(baskets), minlength=len(catalog)) if baskets else np.zeros(len(catalog))
     covisitation = CoVisitationTable.from_baskets(baskets, holding, COVISITATION_NEIGHBOURS)
-    version = next_version(model_dir)
-    with published_together(model_dir, version) as publication:
+    with published_together(model_dir) as publication:  # the ranker's number, kept until it is published
+        version = publication.version
         index_dir = publication.wrote(
             export_index(
                 result.model,

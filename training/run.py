@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from services.ranking.features import CANDIDATE_FEATURES
-from services.ranking.repository import next_version
 from services.retrieval.index import save_index
 from training.data.loaders import load_dataset
 from training.data.schema import Dataset
@@ -87,8 +86,6 @@ def train_and_export(
         "regions": regional.summary(),
         "versions": versions,
     }
-    # The repository's own numbering (retired numbers are never reused); the ranker is published last, under it.
-    version = next_version(model_dir)
     item_vectors = fitted.two_tower.all_item_vectors()
     index_args = dict(
         item_ids=catalog.item_ids,
@@ -97,7 +94,6 @@ def train_and_export(
         categories=catalog.categories,
         brands=catalog.brands,
         model_name=model_name,
-        model_version=str(version),
         covisitation=fitted.covisitation,
         # The trending source's counts, from the same baskets as the exported snapshot's log_trending rates.
         trending=fitted.export_sales.latest(),
@@ -107,9 +103,12 @@ def train_and_export(
         # as the live data is newer than the training catalog's lists.
         data_as_of=0.0,
     )
-    # Keyed by time too: a version number of another repository (or of one rebuilt) must not collide here.
-    query_tower_dir = out / "query_tower" / f"{version}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
-    with published_together(model_dir, version) as publication:
+    # The repository's own numbering (retired numbers are never reused), kept for this run until the ranker is
+    # published last under it.
+    with published_together(model_dir) as publication:
+        version = publication.version
+        # Keyed by time too: a version number of another repository (or of one rebuilt) must not collide here.
+        query_tower_dir = out / "query_tower" / f"{version}-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
         publication.wrote(
             export_query_tower(
                 QueryTower(fitted.two_tower),
@@ -120,7 +119,9 @@ def train_and_export(
         )
         # The retrieval index carries the query tower itself (checksummed with the rest of the version).
         index_dir = publication.wrote(
-            save_index(out / "index", query_tower=query_tower_dir / QUERY_TOWER_FILE, **index_args)
+            save_index(
+                out / "index", query_tower=query_tower_dir / QUERY_TOWER_FILE, model_version=str(version), **index_args
+            )
         )
         ranker_dir = publication.ranker = export_ranker(
             fitted.ranker, model_dir, catalog.item_ids, metadata, version=version, snapshot=fitted.snapshot

@@ -40,8 +40,18 @@ class RankingMetrics:
             ["reason"],
             registry=registry,
         )
+        self.candidates = Counter(
+            "aisle_ranking_candidates",
+            "Candidates scored, by whether the model knows them (an unknown one scores 0).",
+            ["known"],
+            registry=registry,
+        )
         #: The model version served (the primary backend's) and the versions each backend refused.
         self.artifacts = ArtifactMetrics(registry, "ranking")
+
+    def scored(self, known: int, unknown: int) -> None:
+        self.candidates.labels("true").inc(known)
+        self.candidates.labels("false").inc(unknown)
 
     def show_serving(self, backend: RankingBackend) -> None:
         self.artifacts.serving("model", backend.model_version)
@@ -128,7 +138,7 @@ def build_application(
 ) -> Application:
     metrics = RankingMetrics(registry) if registry is not None else None
     backend = backend if backend is not None else build_backend(settings, metrics)
-    servicer = RankingServicer(settings, backend)
+    servicer = RankingServicer(settings, backend, metrics.scored if metrics is not None else None)
     watch = ModelWatch(backend, settings.watch_interval_s, metrics)
 
     async def load() -> None:

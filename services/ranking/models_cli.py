@@ -46,17 +46,32 @@ def validate(path: Path) -> None:
     click.echo(f"{path}: valid")
 
 
-def _model_dir(repository: Path, model: str) -> Path:
-    model_dir = repository / model
-    if not (model_dir / "config.pbtxt").is_file():
-        raise click.UsageError(f"{model_dir / 'config.pbtxt'} not found: is --repository the model repository?")
-    return model_dir
+def _model_dir(repository: Path, model: str | None) -> Path:
+    """The model folder: ``--model``, or the repository's only one; a usage error naming the folders there."""
+    folders = (
+        sorted(p.name for p in repository.iterdir() if (p / "config.pbtxt").is_file()) if repository.is_dir() else []
+    )
+    if not folders:
+        raise click.UsageError(
+            f"{repository} holds no model folder (one with a config.pbtxt): is --repository the model repository?"
+        )
+    if model is None:
+        if len(folders) > 1:
+            raise click.UsageError(f"{repository} holds the models {', '.join(folders)}: pass --model")
+        model = folders[0]
+    if model not in folders:
+        raise click.UsageError(f"{repository} holds no model {model!r} (it holds {', '.join(folders)}): pass --model")
+    return repository / model
 
 
 @models.command()
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--repository", type=click.Path(path_type=Path), default=Path("model_repository"), show_default=True)
-@click.option("--model", default="ranker", show_default=True, help="Model folder in the repository.")
+@click.option(
+    "--model",
+    default=None,
+    help="Model folder in the repository [default: the only one; required when there are more].",
+)
 @click.option(
     "--version",
     type=click.IntRange(min=1),
@@ -65,18 +80,31 @@ def _model_dir(repository: Path, model: str) -> Path:
     "must be above the newest.",
 )
 @click.option("--triton", "triton_targets", multiple=True, metavar="HOST:PORT", help=_TRITON_HELP)
-def publish(source: Path, repository: Path, model: str, version: int | None, triton_targets: tuple[str, ...]) -> None:
+def publish(
+    source: Path, repository: Path, model: str | None, version: int | None, triton_targets: tuple[str, ...]
+) -> None:
     """Add SOURCE (a folder with model.onnx, item_vocabulary.txt, ...) as a new version.
 
     Copied into a hidden staging folder, validated there, renamed into place (atomic), then loaded by the given
     Triton servers. A version that fails validation is never renamed in; one a Triton server cannot load is
     retired again, so the previous version keeps serving.
     """
+    from services.ranking.repository import one_writer
+
+    model_dir = _model_dir(repository, model)
+    with one_writer(model_dir, f"aisle models publish {source}", _tell_waiting):
+        _publish(source, model_dir, model_dir.name, version, triton_targets)
+
+
+def _tell_waiting(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _publish(source: Path, model_dir: Path, model: str, version: int | None, triton_targets: tuple[str, ...]) -> None:
     from services.ranking.model_config import ModelConfigError
     from services.ranking.repository import publish as publish_version
     from services.ranking.repository import retire, tell_triton
 
-    model_dir = _model_dir(repository, model)
     try:
         published = publish_version(source, model_dir, version)
     except (ModelConfigError, OSError) as error:
@@ -101,21 +129,32 @@ def publish(source: Path, repository: Path, model: str, version: int | None, tri
 
 @models.command()
 @click.option("--repository", type=click.Path(path_type=Path), default=Path("model_repository"), show_default=True)
-@click.option("--model", default="ranker", show_default=True, help="Model folder in the repository.")
+@click.option(
+    "--model",
+    default=None,
+    help="Model folder in the repository [default: the only one; required when there are more].",
+)
 @click.option("--to", "to", type=click.IntRange(min=1), default=None, help="Version to serve (default: the previous).")
 @click.option("--triton", "triton_targets", multiple=True, metavar="HOST:PORT", help=_TRITON_HELP)
-def rollback(repository: Path, model: str, to: int | None, triton_targets: tuple[str, ...]) -> None:
+def rollback(repository: Path, model: str | None, to: int | None, triton_targets: tuple[str, ...]) -> None:
     """Serve an earlier version again: newer versions are retired (kept on disk as .retired-*), never deleted.
 
     Triton loads what the model folder holds, so the versions are retired first and the servers told then; when a
     server cannot load the earlier version, the retired versions are put back and the servers reloaded, so the
     repository and Triton both keep serving what they served before.
     """
+    from services.ranking.repository import one_writer
+
+    model_dir = _model_dir(repository, model)
+    with one_writer(model_dir, "aisle models rollback", _tell_waiting):
+        _rollback(model_dir, model_dir.name, to, triton_targets)
+
+
+def _rollback(model_dir: Path, model: str, to: int | None, triton_targets: tuple[str, ...]) -> None:
     from services.ranking.model_config import ModelConfigError
     from services.ranking.repository import rollback as roll_back
     from services.ranking.repository import tell_triton, undo
 
-    model_dir = _model_dir(repository, model)
     try:
         rolled = roll_back(model_dir, to)
     except (ModelConfigError, OSError) as error:

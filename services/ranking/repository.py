@@ -22,11 +22,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import shutil
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +51,7 @@ from services.ranking.model_config import (
     CANDIDATES_INPUT,
     CONFIG_FILE,
     CONFIGS_DIR,
+    METADATA_FILE,
     MODEL_FILE,
     PURCHASE_OUTPUT,
     RETURN_OUTPUT,
@@ -306,6 +310,35 @@ def _first_line(error: BaseException) -> str:
 
 
 # --- publish and rollback ---------------------------------------------------------------------------------------
+#: The model folder's writer lock (a file beside the versions, which servers and Triton ignore).
+LOCK_FILE = ".writer.lock"
+
+
+@contextlib.contextmanager
+def one_writer(model_dir: Path, who: str, waiting: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Holds the model folder's writer lock for the block: one publish, rollback or training export at a time, so
+    that none picks a version number, or decides what is newest, while another changes the folder (a rollback
+    that retired the versions it listed while a publish added one left the published one serving). An exclusive
+    ``flock`` on ``<model_dir>/.writer.lock``, released when the block ends or the process dies. ``waiting`` is told
+    who holds it, once, when another writer does."""
+    with open(model_dir / LOCK_FILE, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another writer"
+            (waiting or print)(f"{model_dir}: waiting for {holder} to finish with it")
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{who} (pid {os.getpid()})\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 @dataclass(frozen=True)
 class Published:
     version: int
@@ -369,6 +402,16 @@ def publish(source: Path, model_dir: Path, version: int | None = None) -> Publis
         for item in source.iterdir():
             if item.is_file():
                 shutil.copy2(item, staging / item.name)
+        if not (staging / METADATA_FILE).exists():
+            # Every published version has one: the artefact sync (k8s/base/config/sync-artifacts.sh) counts a
+            # version as complete, uploaded whole, only when it has, and would pass over one without.
+            (staging / METADATA_FILE).write_text(
+                json.dumps(
+                    {"model": model_dir.name, "version": version, "published_from": str(source.resolve())}, indent=2
+                )
+                + "\n",
+                encoding="utf-8",
+            )
         _sync(staging)
         try:
             checked = validate_version(model_dir, staging, contract)

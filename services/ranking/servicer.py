@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from aisle.common.v1 import common_pb2
@@ -22,11 +24,21 @@ from services.ranking.backends.base import ModelNotReady, NonFiniteScores, Ranki
 from services.ranking.settings import RankingSettings
 from services.ranking.wire import encode_scored_items
 
+#: Past this share of candidates the model does not know, the answer says so (DEGRADATION_REASON_UNKNOWN_CANDIDATES).
+UNKNOWN_SHARE_DEGRADED = 0.5
+
 
 class RankingServicer(pb_grpc.RankingServiceServicer):
-    def __init__(self, settings: RankingSettings, backend: RankingBackend):
+    def __init__(
+        self,
+        settings: RankingSettings,
+        backend: RankingBackend,
+        scored: Callable[[int, int], None] | None = None,
+    ):
         self.settings = settings
         self.backend = backend
+        #: Told (known, unknown) candidates per answer: the metrics.
+        self.scored = scored
 
     async def Rank(self, request: pb.RankRequest, context) -> pb.RankResponse:  # noqa: N802
         # One conversion of each repeated field: each pass over it would build every Python string again.
@@ -49,6 +61,17 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
                 reason=common_pb2.DEGRADATION_REASON_RANKING_FALLBACK_BACKEND,
                 stage="ranking",
                 detail=f"scored by the {ranking.backend} backend; the configured one failed: {ranking.fallback_reason}",
+            )
+        unknown = int(np.count_nonzero(ranking.unknown))
+        known = len(candidate_ids) - unknown
+        if self.scored is not None:
+            self.scored(known, unknown)
+        if unknown > UNKNOWN_SHARE_DEGRADED * len(candidate_ids):
+            response.degradations.add(
+                reason=common_pb2.DEGRADATION_REASON_UNKNOWN_CANDIDATES,
+                stage="ranking",
+                detail=f"model {ranking.model_name} version {ranking.model_version} knows {known} of "
+                f"{len(candidate_ids)} candidates (the others score 0): index and ranker from one training?",
             )
         if request.columnar:
             add_score_columns(response, ranking)

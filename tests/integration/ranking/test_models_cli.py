@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -318,6 +319,85 @@ def test_publish_refuses_a_version_number_used_before_or_below_the_newest(tmp_pa
     assert "version 6 is below the newest version 7" in line and line.endswith("publish as version 8")
     assert model_versions(model_dir) == [1, 2, 7]
     assert [p.name for p in model_dir.iterdir() if p.name.startswith(".staging-")] == [".staging-4-abc"]
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from services.ranking.repository import one_writer
+
+model_dir, released = Path(sys.argv[1]), Path(sys.argv[2])
+with one_writer(model_dir, "aisle models rollback"):
+    print("held", flush=True)
+    time.sleep(1.0)
+    released.write_text("released")
+"""
+
+
+def test_one_writer_at_a_time_a_publish_waits_for_a_rollback_in_progress(tmp_path):
+    """A rollback lists the versions, validates its target (seconds), then retires the newer ones: a publish in
+    between was left serving while the rollback said the target did. Publish, rollback and a training run's export
+    hold the model folder's writer lock: the publish waits, then publishes above what the rollback left."""
+    import subprocess
+    import sys
+
+    repository = tiny_repository(tmp_path, {1: {}, 2: {}})
+    model_dir = repository / "ranker"
+    released = tmp_path / "released"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(model_dir), str(released)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = aisle("publish", add_version(tmp_path, 9), "--repository", repository)
+        # It could not publish while the other writer held the folder, and said whom it waited for.
+        assert released.is_file()
+        assert result.exit_code == 0 and "published ranker version 3" in result.output, result.output
+        assert f"waiting for aisle models rollback (pid {holder.pid}) to finish with it" in result.output
+    finally:
+        holder.wait(timeout=10)
+    assert model_versions(model_dir) == [1, 2, 3]
+
+
+def test_a_training_export_keeps_its_number_until_it_publishes(tmp_path):
+    """`aisle train` picked its number early and exported under it much later: a publish (and a rollback) in
+    between took the number, and the export reused a retired number or failed. The number is picked under the
+    writer lock, held until the ranker is published, and an export refuses a number used before."""
+    from training.export import ExportError, export_ranker, published_together
+
+    repository = tiny_repository(tmp_path, {1: {}})
+    model_dir = repository / "ranker"
+    with published_together(model_dir) as publication:
+        assert publication.version == 2
+        assert (model_dir / ".writer.lock").read_text().startswith("aisle train (exporting)")
+    (model_dir / ".retired-5-1").mkdir()
+    with pytest.raises(ExportError, match="version 5 was used before"):
+        export_ranker(None, model_dir, ["i1"], {}, version=5)
+
+
+def test_a_version_published_without_metadata_gets_one_the_artefact_sync_counts_it_complete_by(tmp_path):
+    repository = tiny_repository(tmp_path, {1: {}})
+    source = add_version(tmp_path, 9)
+    (source / "metadata.json").unlink(missing_ok=True)
+    assert aisle("publish", source, "--repository", repository).exit_code == 0
+    metadata = json.loads((repository / "ranker" / "2" / "metadata.json").read_text())
+    assert metadata == {"model": "ranker", "version": 2, "published_from": str(source.resolve())}
+
+
+def test_which_model_folder_publish_and_rollback_act_on_is_said_not_guessed(tmp_path):
+    """`--model` defaulted to `ranker` where `aisle train` writes `sequence_ranker`: in a repository holding both, a
+    rollback rolled back the skeleton and said it had; in one holding only the other, the refusal blamed
+    --repository. The only model folder is the default; with more, --model is required, and a wrong one is named."""
+    repository = tiny_repository(tmp_path, {1: {}, 2: {}})
+    assert aisle("rollback", "--repository", repository).exit_code == 0  # the only model: ranker
+    shutil.copytree(repository / "ranker", repository / "sequence_ranker")
+    result = aisle("rollback", "--repository", repository)
+    assert result.exit_code == 2 and "holds the models ranker, sequence_ranker: pass --model" in result.output
+    result = aisle("rollback", "--repository", repository, "--model", "two_tower")
+    assert result.exit_code == 2 and "holds no model 'two_tower' (it holds ranker, sequence_ranker)" in result.output
+    assert model_versions(repository / "sequence_ranker") == [1]  # copied after the first rollback
+    result = aisle("publish", add_version(tmp_path, 9), "--repository", repository, "--model", "sequence_ranker")
+    assert result.exit_code == 0 and "published sequence_ranker version 3" in result.output, result.output
 
 
 def closed_port() -> int:

@@ -6,6 +6,7 @@ import grpc
 import numpy as np
 import pytest
 
+from aisle.common.v1 import common_pb2 as common
 from aisle.ranking.v1 import ranking_service_pb2 as pb
 from services.core.errors import MAX_MESSAGE_BYTES, InvalidArgument, NotFound, status_for
 from services.ranking.backends.base import NonFiniteScores, Ranking
@@ -60,6 +61,22 @@ async def test_a_return_probability_the_model_has_none_for_is_not_checked():
     answer = await rank(GivenScores([0.1, 0.0, 0.3], [0.2, NAN, 0.1], unknown=[False, True, False]))
     assert [s.HasField("return_probability") for s in answer.scored_items] == [True, False, True]
     assert [s.purchase_probability for s in answer.scored_items] == pytest.approx([0.1, 0.0, 0.3])
+
+
+@pytest.mark.parametrize(("unknown", "flagged"), [([False, True, False], False), ([True, True, False], True)])
+async def test_an_answer_where_the_model_knows_few_candidates_says_so_and_is_counted(unknown, flagged):
+    """An index and a ranker from different trainings: every candidate unknown, every score 0, an answer in
+    retrieval's order that nothing flagged. Past half unknown the answer is degraded; every call is counted."""
+    counted = []
+    servicer = RankingServicer(
+        RankingSettings(), GivenScores([0.1, 0.0, 0.3], unknown=unknown), lambda *c: counted.append(c)
+    )
+    answer = await servicer.Rank(pb.RankRequest(candidate_item_ids=["a", "b", "c"]), None)
+    reasons = [d.reason for d in answer.degradations]
+    assert reasons == ([common.DEGRADATION_REASON_UNKNOWN_CANDIDATES] if flagged else [])
+    if flagged:
+        assert "ranker version 3 knows 1 of 3 candidates" in answer.degradations[0].detail
+    assert counted == [(3 - sum(unknown), sum(unknown))]
 
 
 async def test_a_model_name_no_model_could_have_is_refused_by_field_not_quoted_in_a_not_found():

@@ -10,7 +10,7 @@ import torch
 from services.ranking.backends.onnxruntime import BatchingOptions, OnnxRuntimeBackend
 from services.ranking.features import ItemVocabulary
 from services.ranking.model_config import VOCABULARY_FILE, model_versions, read_model_config
-from services.ranking.repository import next_version
+from services.ranking.repository import LOCK_FILE
 from services.retrieval.index import index_versions, save_index
 from tests.integration.ranking.tiny_models import item_ids, tiny_repository
 from training.export import ExportError, export_ranker, published_together
@@ -43,14 +43,14 @@ def ranker(model_dir, together=False) -> TableRanker:
 
 
 def left_behind(model_dir) -> list[str]:
-    return sorted(p.name for p in model_dir.iterdir() if p.name not in ("1", "config.pbtxt"))
+    return sorted(p.name for p in model_dir.iterdir() if p.name not in ("1", "config.pbtxt", LOCK_FILE))
 
 
 def test_a_ranker_the_servers_would_refuse_is_not_published_and_its_run_leaves_nothing(model_dir, tmp_path):
     index_root = tmp_path / "index"
-    version = next_version(model_dir)
     with pytest.raises(ExportError, match=r"not published, the servers would refuse it: .*/ranker/2: a candidate's"):
-        with published_together(model_dir, version) as publication:  # as `aisle train` publishes
+        with published_together(model_dir) as publication:  # as `aisle train` publishes
+            version = publication.version
             publication.wrote(
                 save_index(
                     index_root,

@@ -71,6 +71,7 @@ class DegradationReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEGRADATION_REASON_RANKING_FALLBACK_BACKEND: _ClassVar[DegradationReason]
     DEGRADATION_REASON_SHORT_ANSWER: _ClassVar[DegradationReason]
     DEGRADATION_REASON_MIXED_INDEX_VERSIONS: _ClassVar[DegradationReason]
+    DEGRADATION_REASON_UNKNOWN_CANDIDATES: _ClassVar[DegradationReason]
 SURFACE_UNSPECIFIED: Surface
 SURFACE_HOME: Surface
 SURFACE_PRODUCT_PAGE: Surface
@@ -115,6 +116,7 @@ DEGRADATION_REASON_RETRIEVAL_UNAVAILABLE: DegradationReason
 DEGRADATION_REASON_RANKING_FALLBACK_BACKEND: DegradationReason
 DEGRADATION_REASON_SHORT_ANSWER: DegradationReason
 DEGRADATION_REASON_MIXED_INDEX_VERSIONS: DegradationReason
+DEGRADATION_REASON_UNKNOWN_CANDIDATES: DegradationReason
 
 class Subject(_message.Message):
     __slots__ = ("user_id", "session_id")
