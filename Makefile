@@ -73,7 +73,8 @@ train-online-retail: setup ## Train on Online Retail ($$AISLE_ONLINE_RETAIL) int
 	@# Not model_repository/sequence_ranker, which `aisle train` (the synthetic shop) writes with artifacts/index: a
 	@# ranker served with another training's index knows none of its candidates.
 	mkdir -p artifacts/online_retail/model_repository/sequence_ranker
-	cp model_repository/sequence_ranker/config.pbtxt artifacts/online_retail/model_repository/sequence_ranker/
+	cp -r model_repository/sequence_ranker/config.pbtxt model_repository/sequence_ranker/configs \
+	  artifacts/online_retail/model_repository/sequence_ranker/
 	$(BIN)/aisle train --data "$$AISLE_ONLINE_RETAIL" --out artifacts/online_retail \
 	  --model-repository artifacts/online_retail/model_repository --seed 0
 

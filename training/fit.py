@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from services.ranking.features import CANDIDATE_FEATURES, ItemFeatureSnapshot
 from services.retrieval.covisitation import CoVisitationTable
-from training.data.schema import DataError, Dataset
+from training.data.schema import DataError, Dataset, is_anonymous
 from training.data.splits import EvalCase, Split, split_dataset
 from training.evaluation.aisle import AisleRecommender, TwoTowerRetriever
 from training.evaluation.baselines import cooccurrence
@@ -216,6 +216,11 @@ def _fit(dataset: Dataset, config: FitConfig, progress: bool) -> FittedModels:
     rng = np.random.default_rng(config.seed)
     started = time.perf_counter()
     split = split_dataset(dataset)
+    if not split.validation and all(is_anonymous(user) for user in dataset.events.users):
+        raise DataError(
+            f"{dataset.name}: every shopper is anonymous (a session or a guest: no user_id), so there is no customer "
+            "whose next basket can be held out for validation and test: train on data with user ids"
+        )
     if not split.validation:
         raise DataError(
             f"{dataset.name}: no customer has 3 or more baskets, so nothing can be held out for validation and test: "

@@ -179,6 +179,7 @@ def build_session_store(settings: GatewaySettings) -> SessionStore:
         max_bytes=settings.session_max_bytes,
         max_exposed_items=settings.session_max_exposed_items,
         batch_ttl_s=settings.event_batch_ttl_s,
+        max_batches=settings.max_remembered_batches,
     )
 
 

@@ -20,7 +20,7 @@ import redis.asyncio as redis
 
 from aisle.common.v1 import common_pb2 as common
 from services.gateway.events import EventLogFull, without_forgotten
-from services.gateway.sessions import least_shown
+from services.gateway.sessions import Batch, least_shown
 
 EVENTS_STREAM = "aisle:events"
 
@@ -35,16 +35,23 @@ def _exposures_key(key: str) -> str:
     return f"aisle:session:{key}:exposures"
 
 
+_BATCH_OUTCOMES = {1: Batch.STORED, 0: Batch.REPEAT, -1: Batch.CONFLICT}
+
+
 def _batch_key(batch_id: str) -> str:
     return "aisle:track-batch:" + hashlib.sha256(batch_id.encode()).hexdigest()[:32]
 
 
 #: One TrackEvents batch, once: KEYS[1] the batch's marker, then each subject's events and exposures keys; ARGV the
-#: marker's and the session's lifetimes (ms), max_events, then per subject its event count and the events. Runs
-#: whole or not at all (a script is atomic), and stores nothing when the marker exists.
+#: marker's lifetime (ms), the batch's digest, the session's lifetime (ms), max_events, then per subject its event
+#: count and the events. Runs whole or not at all (a script is atomic); when the marker exists it stores nothing
+#: and answers 0 for the same digest (a retry), -1 for another (the id given to other events).
 _APPEND_ONCE = """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 0 end
-local session_ttl, max_events, at = tonumber(ARGV[2]), tonumber(ARGV[3]), 4
+if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[1]) then
+  if redis.call('GET', KEYS[1]) == ARGV[2] then return 0 end
+  return -1
+end
+local session_ttl, max_events, at = tonumber(ARGV[3]), tonumber(ARGV[4]), 5
 for k = 2, #KEYS, 2 do
   local count = tonumber(ARGV[at])
   for j = at + 1, at + count do redis.call('RPUSH', KEYS[k], ARGV[j]) end
@@ -85,18 +92,21 @@ class RedisSessionStore:
     async def append(self, key: str, events: Sequence[common.Interaction]) -> None:
         await self.append_all({key: events})
 
-    async def append_all(self, batches: Mapping[str, Sequence[common.Interaction]], batch_id: str = "") -> bool:
+    async def append_all(
+        self, batches: Mapping[str, Sequence[common.Interaction]], batch_id: str = "", digest: bytes = b""
+    ) -> Batch:
         """One transaction (MULTI/EXEC) for every subject of the call: all appended, or none; with a ``batch_id``,
-        one script that first sets the batch's marker and stores nothing when it was set already."""
+        one script that first sets the batch's marker (its value the batch's ``digest``) and stores nothing when it
+        was set already."""
         batches = {key: events for key, events in batches.items() if events}
         if batch_id:
-            keys, args = [_batch_key(batch_id)], [self.batch_ttl_ms, self.ttl_ms, self.max_events]
+            keys, args = [_batch_key(batch_id)], [self.batch_ttl_ms, digest, self.ttl_ms, self.max_events]
             for key, events in batches.items():
                 keys += [_events_key(key), _exposures_key(key)]
                 args += [len(events), *(event.SerializeToString() for event in events)]
-            return bool(await self._append_once(keys=keys, args=args))
+            return _BATCH_OUTCOMES[int(await self._append_once(keys=keys, args=args))]
         if not batches:
-            return True
+            return Batch.STORED
         async with self.client.pipeline(transaction=True) as pipe:
             for key, events in batches.items():
                 name = _events_key(key)
@@ -104,7 +114,7 @@ class RedisSessionStore:
                 pipe.ltrim(name, -self.max_events, -1)
                 self._touch(pipe, key)
             await pipe.execute()
-        return True
+        return Batch.STORED
 
     async def exposures(self, key: str) -> dict[str, int]:
         raw = await self.client.hgetall(_exposures_key(key))

@@ -27,7 +27,7 @@ from services.gateway.events import EventLogFull
 from services.gateway.pipeline import PipelineMetrics, RequestState, reason_name
 from services.gateway.policies import SURFACES, PolicySet
 from services.gateway.reasons import reasons_for
-from services.gateway.sessions import subject_key
+from services.gateway.sessions import Batch, RecentBatches, batch_digest, subject_key
 from services.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,17 @@ SURFACE_NAMES = {value: name for name, value in common.Surface.items()}
 EVENT_NAMES = {value: name for name, value in common.EventType.items()}
 #: Events that count as a success for the exploration bandit.
 SUCCESS_EVENTS = {common.EVENT_TYPE_CLICK, common.EVENT_TYPE_ADD_TO_CART, common.EVENT_TYPE_PURCHASE}
+BATCH_REUSED = (
+    "was given to other events within event_batch_ttl_s (an hour by default): give each batch its own id, and a "
+    "retry the same id with the same events"
+)
+
+
+def events_bytes(request: pb.TrackEventsRequest) -> bytes:
+    """A batch's events as bytes that a retry of it reproduces (deterministic serialization, the id left out)."""
+    return pb.TrackEventsRequest(events=request.events).SerializeToString(deterministic=True)
+
+
 #: Most bytes one history entry takes on the wire: an id of MAX_ID_LENGTH four-byte characters, its event type,
 #: quantity and time. The history sent on is the session store's and the request's, up to ``max_history`` entries.
 MAX_INTERACTION_BYTES = 4 * MAX_ID_LENGTH + 64
@@ -71,6 +82,8 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         self._salt = settings.subject_key_salt.get_secret_value()
         self._background: set[asyncio.Task] = set()
         self._outages = Throttled(log)  # a store outage would otherwise be a warning per request
+        #: The named TrackEvents batches this replica counted for the bandit (its counts are this replica's too).
+        self._counted_batches = RecentBatches(settings.event_batch_ttl_s, settings.max_remembered_batches)
 
     async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:  # noqa: N802
         started = time.perf_counter()
@@ -236,7 +249,9 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
             check.timestamp(f"events[{i}].event_time", event.event_time)
             check.context(f"events[{i}].context", event.context)
         check.raise_if_any()
-        consented = [e for e in request.events if e.consent]
+        batch_id = request.batch_id
+        # What a named batch is remembered by: a retry must carry the same events.
+        digest = batch_digest(events_bytes(request)) if batch_id else b""
         records = [
             {
                 "type": EVENT_NAMES[e.event_type].removeprefix("EVENT_TYPE_").lower(),
@@ -249,10 +264,13 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                 "unit_price": e.unit_price,
                 "tracking_token": e.tracking_token,
                 "region": e.context.region,
-                # The caller's batch (a retry's copy has the same): what a reader of the log drops duplicates by.
-                "batch_id": request.batch_id,
+                # The caller's batch and the event's place in it (a retry's copy has the same): what a reader of the
+                # log drops a retry's copies by, without taking two equal events of one batch for copies.
+                "batch_id": batch_id,
+                "batch_index": i,
             }
-            for e in consented
+            for i, e in enumerate(request.events)
+            if e.consent
         ]
         try:
             await self.deps.events.write(records)
@@ -261,7 +279,9 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                 f"event log cannot take events now ({error}); retry shortly", retry_after_s=1.0
             ) from None
         by_subject: dict[str, list[common.Interaction]] = {}
-        for event in consented:
+        for event in request.events:
+            if not event.consent:
+                continue
             interaction = common.Interaction(
                 item_id=event.item_id, event_type=event.event_type, quantity=event.quantity
             )
@@ -271,18 +291,25 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         try:
             # Every subject's, or (failing) none: a retry adds no twin; with a batch id, a batch stored already
             # (its reply lost) is not stored again.
-            stored = await self.deps.sessions.append_all(by_subject, request.batch_id)
+            stored = await self.deps.sessions.append_all(by_subject, batch_id, digest)
         except Exception as error:
             # The log already has the events: a retry may duplicate them there (at-least-once), never lose them.
             raise DependencyUnavailable(
                 f"session store unavailable ({type(error).__name__}); retry", reason="SESSIONS_UNAVAILABLE"
             ) from None
-        # Aggregate feedback for the bandit is kept with or without consent: it says nothing about the shopper. A
-        # batch stored before (a retry) was counted then.
-        for event in request.events if stored else ():
+        if stored is Batch.CONFLICT:
+            raise InvalidArgument({"batch_id": BATCH_REUSED})
+        # Aggregate feedback for the bandit is kept with or without consent: it says nothing about the shopper. It
+        # counts a call once the store took it (a failed call's retry counts it then), and a named batch once on
+        # this replica: also when the store had taken it on an attempt whose reply was lost.
+        if not batch_id or self._counted_batches.see(batch_id, digest) is Batch.STORED:
+            self._count_successes(request)
+        return pb.TrackEventsResponse(accepted_count=len(request.events), rejected_count=0)
+
+    def _count_successes(self, request: pb.TrackEventsRequest) -> None:
+        for event in request.events:
             if event.event_type in SUCCESS_EVENTS:
                 self.deps.feedback.succeeded(event.item_id)
-        return pb.TrackEventsResponse(accepted_count=len(request.events), rejected_count=0)
 
     def validate(self, request: pb.RecommendRequest) -> None:
         settings = self.settings

@@ -7,6 +7,7 @@ events per session and a time to live; in memory also the sessions and their app
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import heapq
 import sys
@@ -26,18 +27,60 @@ def subject_key(subject: common.Subject, salt: str = "aisle") -> str:
     return hashlib.sha256(f"{salt}:{which}:{value}".encode()).hexdigest()[:32]
 
 
+class Batch(enum.Enum):
+    """What a session store did with a TrackEvents batch that has a ``batch_id``."""
+
+    STORED = "stored"
+    #: Stored before with the same events (a retry): nothing stored again.
+    REPEAT = "repeat"
+    #: The id was given to other events before: nothing stored.
+    CONFLICT = "conflict"
+
+
+def batch_digest(events: bytes) -> bytes:
+    """What a batch's events are remembered by (16 bytes of their serialized form's sha256)."""
+    return hashlib.sha256(events).digest()[:16]
+
+
+class RecentBatches:
+    """Batch ids remembered with their events' digest for ``ttl_s``, at most ``max_ids`` (the oldest forgotten
+    first): about 250 bytes each in CPython (two 16-byte digests, their objects and the ordered dict's entry)."""
+
+    def __init__(self, ttl_s: float = 3600, max_ids: int = 100_000, clock=time.monotonic):
+        self.ttl_s, self.max_ids, self.clock = ttl_s, max_ids, clock
+        #: digest of the id -> (when, digest of the events), oldest first.
+        self._seen: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def see(self, batch_id: str, events: bytes) -> Batch:
+        now = self.clock()
+        while self._seen and (now - next(iter(self._seen.values()))[0] > self.ttl_s or len(self._seen) >= self.max_ids):
+            self._seen.popitem(last=False)
+        key = hashlib.sha256(batch_id.encode()).digest()[:16]
+        seen = self._seen.get(key)
+        if seen is not None:
+            return Batch.REPEAT if seen[1] == events else Batch.CONFLICT
+        self._seen[key] = (now, events)
+        return Batch.STORED
+
+
 class SessionStore(Protocol):
     async def history(self, key: str) -> list[common.Interaction]:
         """Recent events, oldest first."""
 
     async def append(self, key: str, events: Sequence[common.Interaction]) -> None: ...
 
-    async def append_all(self, batches: Mapping[str, Sequence[common.Interaction]], batch_id: str = "") -> bool:
+    async def append_all(
+        self, batches: Mapping[str, Sequence[common.Interaction]], batch_id: str = "", digest: bytes = b""
+    ) -> Batch:
         """Each subject's events appended to its session (one TrackEvents call's): all of them, or, when the store
         fails before taking them, none, so that the caller's retry does not store some twice. With a ``batch_id``
-        the store remembers it with the events (``batch_ttl_s``), and a retry of the same batch stores nothing and
-        returns False, its reply lost after the store took it included; without one, that retry stores them twice
-        (at-least-once). True when the events were stored."""
+        the store remembers it with the batch's ``digest`` (:func:`batch_digest`) for ``batch_ttl_s``: a retry of
+        the same batch stores nothing (``REPEAT``), its reply lost after the store took it included, and the id
+        given to other events stores nothing either (``CONFLICT``). Without one, that retry stores them twice
+        (at-least-once)."""
 
     async def exposures(self, key: str) -> dict[str, int]:
         """Times each item was shown to the subject within the exposure window."""
@@ -114,10 +157,9 @@ class InMemorySessionStore:
         self.max_bytes, self.max_exposed_items = max_bytes, max_exposed_items
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._bytes = 0
-        #: The batch ids stored (a 16-byte digest each, about 100 bytes with its entry) -> when, oldest first: at
-        #: most ``max_batches`` (the oldest forgotten first), each for ``batch_ttl_s``.
-        self.batch_ttl_s, self.max_batches = batch_ttl_s, max_batches
-        self._batches: OrderedDict[bytes, float] = OrderedDict()
+        #: The batch ids stored, each for ``batch_ttl_s``, at most ``max_batches`` (about 25 MB at 100,000).
+        self.batch_ttl_s = batch_ttl_s
+        self.batches = RecentBatches(batch_ttl_s, max_batches, clock)
 
     def _get(self, key: str, create: bool) -> _Session | None:
         now = self.clock()
@@ -152,25 +194,14 @@ class InMemorySessionStore:
         session = self._get(key, create=False)
         return [common.Interaction.FromString(event) for event in session.events] if session else []
 
-    async def append_all(self, batches: Mapping[str, Sequence[common.Interaction]], batch_id: str = "") -> bool:
-        if batch_id and not self._first_time(batch_id):
-            return False
+    async def append_all(
+        self, batches: Mapping[str, Sequence[common.Interaction]], batch_id: str = "", digest: bytes = b""
+    ) -> Batch:
+        if batch_id and (seen := self.batches.see(batch_id, digest)) is not Batch.STORED:
+            return seen
         for key, events in batches.items():  # in memory, nothing fails part-way
             await self.append(key, events)
-        return True
-
-    def _first_time(self, batch_id: str) -> bool:
-        """Remembers ``batch_id``; False when it was remembered already (within ``batch_ttl_s``)."""
-        now = self.clock()
-        while self._batches and (
-            now - next(iter(self._batches.values())) > self.batch_ttl_s or len(self._batches) >= self.max_batches
-        ):
-            self._batches.popitem(last=False)
-        digest = hashlib.sha256(batch_id.encode()).digest()[:16]
-        if digest in self._batches:
-            return False
-        self._batches[digest] = now
-        return True
+        return Batch.STORED
 
     async def append(self, key: str, events: Sequence[common.Interaction]) -> None:
         session = self._get(key, create=True)

@@ -104,6 +104,13 @@ class GatewaySettings(ServiceSettings):
         le=7 * 86400,
         description="How long TrackEvents remembers a batch_id it stored: a retry within it stores nothing again.",
     )
+    max_remembered_batches: int = Field(
+        100_000,
+        ge=1,
+        le=10_000_000,
+        description="Most batch ids a gateway remembers in memory (for the bandit's counts, and the in-memory "
+        "session store's retries), about 250 bytes each; the oldest are forgotten first.",
+    )
     session_max_events: int = Field(200, ge=1, le=10_000, description="Events kept per session.")
     session_max_exposed_items: int = Field(
         2000,

@@ -6,7 +6,9 @@ Exit codes: 0 done, 1 refused (the message says why; nothing changed), 2 usage e
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -89,15 +91,25 @@ def publish(
     Triton servers. A version that fails validation is never renamed in; one a Triton server cannot load is
     retired again, so the previous version keeps serving.
     """
-    from services.ranking.repository import one_writer
-
     model_dir = _model_dir(repository, model)
-    with one_writer(model_dir, f"aisle models publish {source}", _tell_waiting):
+    with _writing(model_dir, f"aisle models publish {source}"):
         _publish(source, model_dir, model_dir.name, version, triton_targets)
 
 
-def _tell_waiting(message: str) -> None:
-    click.echo(message, err=True)
+@contextlib.contextmanager
+def _writing(model_dir: Path, who: str) -> Iterator[None]:
+    """The model folder's writer lock (:func:`services.ranking.repository.one_writer`), or exit 1 saying why it
+    cannot be taken (a read-only repository, say)."""
+    from services.ranking.repository import one_writer
+
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(one_writer(model_dir, who, lambda message: click.echo(message, err=True)))
+    except OSError as error:
+        click.echo(f"refused: cannot lock {model_dir} for writing: {error}", err=True)
+        sys.exit(1)
+    with held:
+        yield
 
 
 def _publish(source: Path, model_dir: Path, model: str, version: int | None, triton_targets: tuple[str, ...]) -> None:
@@ -143,10 +155,8 @@ def rollback(repository: Path, model: str | None, to: int | None, triton_targets
     server cannot load the earlier version, the retired versions are put back and the servers reloaded, so the
     repository and Triton both keep serving what they served before.
     """
-    from services.ranking.repository import one_writer
-
     model_dir = _model_dir(repository, model)
-    with one_writer(model_dir, "aisle models rollback", _tell_waiting):
+    with _writing(model_dir, "aisle models rollback"):
         _rollback(model_dir, model_dir.name, to, triton_targets)
 
 

@@ -321,22 +321,26 @@ def one_writer(model_dir: Path, who: str, waiting: Callable[[str], None] | None 
     that retired the versions it listed while a publish added one left the published one serving). An exclusive
     ``flock`` on ``<model_dir>/.writer.lock``, released when the block ends or the process dies. ``waiting`` is told
     who holds it, once, when another writer does."""
-    with open(model_dir / LOCK_FILE, "a+", encoding="utf-8") as handle:
+    path = model_dir / LOCK_FILE
+    try:
+        # Writable by whoever may write the folder (0666 less the umask), as the version folders are; a lock file
+        # another user made and this one may not write is locked read-only (flock needs no write access).
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        descriptor = os.open(path, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another writer"
+            holder = os.pread(descriptor, 512, 0).decode("utf-8", "replace").strip() or "another writer"
             (waiting or print)(f"{model_dir}: waiting for {holder} to finish with it")
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{who} (pid {os.getpid()})\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):  # who holds it: for the next writer's message only
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{who} (pid {os.getpid()})\n".encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 @dataclass(frozen=True)

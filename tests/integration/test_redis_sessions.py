@@ -15,7 +15,7 @@ from aisle.recommendation.v1 import recommendation_service_pb2_grpc as pb_grpc
 from services.core.server import ServiceHost
 from services.gateway.app import build_application as build_gateway
 from services.gateway.redis_store import RedisSessionStore, RedisStreamEventSink, read_stream
-from services.gateway.sessions import InMemorySessionStore
+from services.gateway.sessions import Batch, InMemorySessionStore
 from services.ranking.app import build_application as build_ranking
 from services.retrieval.app import build_application as build_retrieval
 from tests.integration.conftest import (
@@ -49,15 +49,18 @@ async def test_store_round_trip_bounds_and_exposures(redis_url):
 async def test_a_batch_is_stored_once_in_one_script_with_its_marker(redis_url):
     store = RedisSessionStore(redis_url, ttl_s=60, max_events=2, batch_ttl_s=30)
     batches = {"a": [common.Interaction(item_id=f"a{i}") for i in range(3)], "b": [common.Interaction(item_id="b0")]}
-    assert await store.append_all(batches, "batch-1")
-    assert not await store.append_all(batches, "batch-1")  # a retry: nothing stored again
+    digest = b"\x00\xffdigest"  # bytes, as batch_digest gives
+    assert await store.append_all(batches, "batch-1", digest) is Batch.STORED
+    assert await store.append_all(batches, "batch-1", digest) is Batch.REPEAT  # a retry: nothing stored again
+    assert await store.append_all({"a": [common.Interaction(item_id="x")]}, "batch-1", b"other") is Batch.CONFLICT
     assert [e.item_id for e in await store.history("a")] == ["a1", "a2"]  # trimmed to max_events
     assert [e.item_id for e in await store.history("b")] == ["b0"]
     assert 0 < await store.client.pttl("aisle:session:b:events") <= 60_000
     markers = [key async for key in store.client.scan_iter("aisle:track-batch:*")]
     assert len(markers) == 1 and 0 < await store.client.pttl(markers[0]) <= 30_000
-    assert await store.append_all({"b": [common.Interaction(item_id="b1")]}, "batch-2")
-    assert await store.append_all({}, "batch-3") and not await store.append_all({}, "batch-3")
+    assert await store.append_all({"b": [common.Interaction(item_id="b1")]}, "batch-2", digest) is Batch.STORED
+    assert await store.append_all({}, "batch-3", digest) is Batch.STORED
+    assert await store.append_all({}, "batch-3", digest) is Batch.REPEAT
     assert [e.item_id for e in await store.history("b")] == ["b0", "b1"]
     await store.close()
 

@@ -24,7 +24,7 @@ from services.ranking.model_config import (
     model_versions,
     read_model_config,
 )
-from services.ranking.repository import PARITY_SAMPLE_FILE, sample_parity
+from services.ranking.repository import LOCK_FILE, PARITY_SAMPLE_FILE, one_writer, sample_parity
 from services.ranking.served_model import ServedModel
 from tests.integration.ranking.breakers import poison_weights, rename_input, truncate
 from tests.integration.ranking.conftest import FEATURES, copy_model_repository
@@ -357,6 +357,38 @@ def test_one_writer_at_a_time_a_publish_waits_for_a_rollback_in_progress(tmp_pat
     finally:
         holder.wait(timeout=10)
     assert model_versions(model_dir) == [1, 2, 3]
+
+
+def test_a_lock_file_another_user_made_is_locked_read_only_and_an_unlockable_folder_is_refused(tmp_path, monkeypatch):
+    """The first writer made the lock file 0644: another user who may write the folder could no longer publish
+    (the lock was opened for writing), and a repository nobody may write gave a traceback, not "refused". (The
+    other user is played by refusing the opens they would be refused: root passes every permission check.)"""
+    import errno
+
+    from services.ranking import repository as repo_module
+
+    repository = tiny_repository(tmp_path, {1: {}, 2: {}})
+    model_dir = repository / "ranker"
+    with one_writer(model_dir, "the first user's publish"):
+        pass
+    real_open = os.open
+
+    def as_another_user(path, flags, *mode):
+        if Path(path).name == LOCK_FILE and flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *mode)
+
+    monkeypatch.setattr(repo_module.os, "open", as_another_user)
+    result = aisle("rollback", "--repository", repository)
+    assert result.exit_code == 0 and model_versions(model_dir) == [1], result.output
+
+    def read_only_file_system(path, flags, *mode):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(repo_module.os, "open", read_only_file_system)
+    result = aisle("rollback", "--repository", repository)
+    assert result.exit_code == 1 and "refused: cannot lock" in result.output and "Read-only" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_a_training_export_keeps_its_number_until_it_publishes(tmp_path):

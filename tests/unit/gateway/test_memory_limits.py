@@ -18,7 +18,7 @@ from aisle.retrieval.v1 import retrieval_service_pb2 as retrieval_pb
 from services.gateway import app as gateway_app
 from services.gateway.components.sources import PopularCache
 from services.gateway.events import NullEventSink
-from services.gateway.sessions import EXPOSURE_BYTES, SESSION_BYTES, InMemorySessionStore
+from services.gateway.sessions import EXPOSURE_BYTES, SESSION_BYTES, Batch, InMemorySessionStore
 from services.gateway.settings import GatewaySettings
 from tests.unit.gateway.servicers import Context, servicer
 
@@ -139,14 +139,41 @@ def k8s_base_settings() -> dict[str, str]:
 def test_what_callers_can_fill_leaves_half_the_pods_memory_to_the_rest(source):
     """The in-memory sessions, the anonymous cache and the fallback cache are what callers fill; the process itself
     (about 100 MiB measured, docs/reliability.md), the catalog and in-flight messages need the rest."""
-    bounds = ("session_max_bytes", "anonymous_cache_max_bytes", "fallback_max_regions", "fallback_regions")
+    bounds = (
+        "session_max_bytes",
+        "anonymous_cache_max_bytes",
+        "fallback_max_regions",
+        "fallback_regions",
+        "max_remembered_batches",
+    )
     values = {k: v for k, v in k8s_base_settings().items() if k in bounds} if source == "k8s base" else {}
     settings = GatewaySettings(**values)
     # A region's list: the shipped policies' popular items (popularity 50 + cold_start 50) of ids up to 256
     # characters, about 300 bytes each.
     fallback = (settings.fallback_max_regions + 1 + len(settings.fallback_region_list)) * 100 * 300
-    filled = settings.session_max_bytes + settings.anonymous_cache_max_bytes + fallback
+    # Named TrackEvents batches: remembered for the bandit, and by the in-memory session store (measured below).
+    batches = 2 * settings.max_remembered_batches * BATCH_BYTES
+    filled = settings.session_max_bytes + settings.anonymous_cache_max_bytes + fallback + batches
     assert filled <= gateway_memory_limit() / 2, f"{filled / MIB:.0f} MiB"
+
+
+#: What one remembered batch id costs, at most (measured below).
+BATCH_BYTES = 300
+
+
+def test_a_remembered_batch_id_costs_what_the_memory_budget_counts():
+    import tracemalloc
+
+    from services.gateway.sessions import RecentBatches, batch_digest
+
+    batches = RecentBatches(max_ids=20_000)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(20_000):
+        batches.see(f"batch-{i:032d}", batch_digest(str(i).encode()))
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(batches) == 20_000 and 150 < grown / 20_000 <= BATCH_BYTES
 
 
 async def test_a_session_counts_exposures_for_at_most_max_exposed_items_forgetting_the_least_shown():
@@ -161,14 +188,17 @@ async def test_the_batch_ids_remembered_are_bounded_in_number_and_time():
     now = [0.0]
     store = InMemorySessionStore(clock=lambda: now[0], batch_ttl_s=60, max_batches=3)
     event = {"k": [common.Interaction(item_id="i1")]}
-    assert [await store.append_all(event, f"b{i}") for i in range(3)] == [True] * 3
-    assert not await store.append_all(event, "b1")  # remembered: not stored again
-    assert await store.append_all(event, "b3")  # a fourth: the oldest (b0) is forgotten
-    assert await store.append_all(event, "b0") and len(store._batches) == 3
+    same = b"digest"
+    assert [await store.append_all(event, f"b{i}", same) for i in range(3)] == [Batch.STORED] * 3
+    assert await store.append_all(event, "b1", same) is Batch.REPEAT  # remembered: not stored again
+    assert await store.append_all(event, "b1", b"other") is Batch.CONFLICT  # the id given to other events
+    assert await store.append_all(event, "b3", same) is Batch.STORED  # a fourth: the oldest (b0) is forgotten
+    assert await store.append_all(event, "b0", same) is Batch.STORED and len(store.batches) == 3
     now[0] = 61.0  # past the lifetime: every id is forgotten, b3 is stored again
-    assert await store.append_all(event, "b3") and len(store._batches) == 1
+    assert await store.append_all(event, "b3", same) is Batch.STORED and len(store.batches) == 1
     assert len(await store.history("k")) == 6
-    assert await store.append_all(event) and await store.append_all(event)  # no id: always stored
+    assert await store.append_all(event) is Batch.STORED  # no id: always stored
+    assert await store.append_all(event) is Batch.STORED
 
 
 async def test_one_session_showing_the_whole_catalog_does_not_push_out_the_others():

@@ -582,11 +582,26 @@ class FailsOnceSessions(InMemorySessionStore):
         super().__init__()
         self.failed = False
 
-    async def append_all(self, batches, batch_id=""):
+    async def append_all(self, batches, batch_id="", digest=b""):
         if not self.failed:
             self.failed = True
             raise ConnectionError("session store write timed out")
-        return await super().append_all(batches, batch_id)
+        return await super().append_all(batches, batch_id, digest)
+
+
+class StoresThenTimesOut(InMemorySessionStore):
+    """A store that takes one call's events, then its reply is lost (Redis past the client's 50 ms)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lost = False
+
+    async def append_all(self, batches, batch_id="", digest=b""):
+        outcome = await super().append_all(batches, batch_id, digest)
+        if not self.lost:
+            self.lost = True
+            raise TimeoutError("reply lost")
+        return outcome
 
 
 async def test_a_retried_track_events_call_stores_each_shoppers_events_once():
@@ -608,33 +623,66 @@ async def test_a_retried_track_events_call_stores_each_shoppers_events_once():
         assert [e.item_id for e in history] == [item]
 
 
-async def test_a_batch_retried_after_it_was_stored_is_not_stored_or_counted_again():
-    """A TrackEvents reply lost after the events were stored (a timeout): the retry, with the same batch_id, gets
-    the same answer and stores nothing again; its log records carry the batch_id to drop the copy by."""
-    service = servicer()
-    service.deps.feedback.exposed(["i1"])
+def purchases(*users: str, batch_id: str = "", item: str = "i1") -> pb.TrackEventsRequest:
     events = [
         pb.TrackedEvent(
-            subject=common.Subject(user_id="alice"), item_id="i1", event_type=common.EVENT_TYPE_PURCHASE, consent=True
-        ),
-        pb.TrackedEvent(subject=common.Subject(user_id="bob"), item_id="i1", event_type=common.EVENT_TYPE_PURCHASE),
+            subject=common.Subject(user_id=user), item_id=item, event_type=common.EVENT_TYPE_PURCHASE, consent=True
+        )
+        for user in users
     ]
-    request = pb.TrackEventsRequest(events=events, batch_id="b-42")
-    answers = [await service.TrackEvents(request, Context()) for _ in range(2)]
-    assert [(a.accepted_count, a.rejected_count) for a in answers] == [(2, 0), (2, 0)]
-    history = await service.deps.sessions.history(subject_key(common.Subject(user_id="alice"), "aisle"))
-    assert [e.item_id for e in history] == ["i1"]
-    assert service.deps.feedback.successes == {"i1": 2}  # both events of the first attempt, none of the retry
-    assert [r["batch_id"] for r in service.deps.events.records] == ["b-42", "b-42"]  # alice's, twice in the log
+    return pb.TrackEventsRequest(events=events, batch_id=batch_id)
+
+
+async def alices_history(service) -> list[str]:
+    return [e.item_id for e in await service.deps.sessions.history(subject_key(common.Subject(user_id="alice")))]
+
+
+@pytest.mark.parametrize("sessions", [InMemorySessionStore, StoresThenTimesOut])
+async def test_a_batch_retried_after_it_was_stored_is_not_stored_or_counted_again(sessions):
+    """A TrackEvents reply lost after the events were stored (a timeout): the retry, with the same batch_id, gets
+    the same answer and stores nothing again, and the bandit counts the batch once (also when the first attempt
+    failed after the store took it). The log's records carry the batch and each event's place in it."""
+    service = servicer(sessions=sessions())
+    service.deps.feedback.exposed(["i1"])
+    request = purchases("alice", "bob", batch_id="b-42")
+    request.events[1].consent = False  # bob's is counted for the bandit, not stored
+    answers = []
+    for _ in range(2):
+        try:
+            answers.append(await service.TrackEvents(request, Context()))
+        except DependencyUnavailable:
+            answers.append(None)
+    assert [(a.accepted_count, a.rejected_count) for a in answers if a] == [(2, 0)] * len([a for a in answers if a])
+    assert answers[-1] is not None
+    assert await alices_history(service) == ["i1"]
+    assert service.deps.feedback.successes == {"i1": 2}  # both events of the batch, once
+    records = service.deps.events.records
+    assert [(r["batch_id"], r["batch_index"]) for r in records] == [("b-42", 0), ("b-42", 0)]  # a copy per attempt
     # Another batch, or none, is stored.
-    await service.TrackEvents(pb.TrackEventsRequest(events=events[:1], batch_id="b-43"), Context())
-    await service.TrackEvents(pb.TrackEventsRequest(events=events[:1]), Context())
-    await service.TrackEvents(pb.TrackEventsRequest(events=events[:1]), Context())
-    history = await service.deps.sessions.history(subject_key(common.Subject(user_id="alice"), "aisle"))
-    assert [e.item_id for e in history] == ["i1"] * 4
+    await service.TrackEvents(purchases("alice", batch_id="b-43"), Context())
+    await service.TrackEvents(purchases("alice"), Context())
+    await service.TrackEvents(purchases("alice"), Context())
+    assert await alices_history(service) == ["i1"] * 4
     with pytest.raises(InvalidArgument) as refused:
-        await service.TrackEvents(pb.TrackEventsRequest(events=events, batch_id="x" * 300), Context())
+        await service.TrackEvents(purchases("alice", batch_id="x" * 300), Context())
     assert "batch_id" in refused.value.violations
+
+
+async def test_a_batch_id_given_to_other_events_is_refused_not_dropped_as_a_retry():
+    """Two producers numbering batches alike, or a counter that restarts: the second batch was answered accepted
+    and silently not stored."""
+    service = servicer()
+    await service.TrackEvents(purchases("alice", batch_id="7"), Context())
+    with pytest.raises(InvalidArgument) as refused:
+        await service.TrackEvents(purchases("alice", batch_id="7", item="i2"), Context())
+    assert "was given to other events" in refused.value.violations["batch_id"]
+    assert await alices_history(service) == ["i1"]
+    # Another replica saw the id first: the session store says so.
+    other = servicer(sessions=service.deps.sessions)
+    with pytest.raises(InvalidArgument):
+        await other.TrackEvents(purchases("alice", batch_id="7", item="i3"), Context())
+    assert (await other.TrackEvents(purchases("alice", batch_id="7"), Context())).accepted_count == 1
+    assert await alices_history(service) == ["i1"]
 
 
 async def test_tracked_events_keep_the_time_the_shop_gives_them():

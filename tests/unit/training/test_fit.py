@@ -79,3 +79,11 @@ def test_too_little_usable_data_is_a_data_error_with_the_fix(tmp_path):
     path.write_text("u1 a b\nu2 b c\n", encoding="utf-8")
     with pytest.raises(DataError, match="3 or more baskets.*train on more"):
         fit(load_sequences(path))
+    # Sessions only: however many baskets each has, no customer can be held out, and the message says why.
+    from training.data.loaders import load_events
+
+    events = tmp_path / "sessions.csv"
+    rows = [f"purchase,{1_700_000_000 + 4000 * b},,s{s},i{(s + b) % 7}" for s in range(3) for b in range(4)]
+    events.write_text("event_type,timestamp,user_id,session_id,item_id\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match="every shopper is anonymous"):
+        fit(load_events(events))
