@@ -15,6 +15,7 @@ from services.core.paths import current_umask
 from services.ranking.backends.onnxruntime import OnnxRuntimeBackend
 from services.ranking.features import ItemVocabulary
 from services.ranking.model_config import MODEL_FILE, ModelConfigError
+from services.ranking.repository import LOCK_FILE
 from services.retrieval.index import latest_version, load_index
 from tests.integration.ranking.breakers import rename_input
 from training.export import ExportError, export_ranker
@@ -39,7 +40,9 @@ def test_export_is_complete_and_matches_torch(trained):
     assert sorted(p.name for p in version.iterdir()) == ["item_vocabulary.txt", "metadata.json", "model.onnx"]
     metadata = json.loads((version / "metadata.json").read_text())
     assert metadata["parity_max_abs_diff"] <= 1e-4 and metadata["data"]["source"] == "synthetic"
-    assert not [p for p in (trained.model_repository / "ranker").iterdir() if p.name.startswith(".")]
+    # No staging folder left behind (the writer lock stays, as lock files do).
+    assert not [p for p in (trained.model_repository / "ranker").iterdir() if p.name.startswith(".staging")]
+    assert [p.name for p in (trained.model_repository / "ranker").iterdir() if p.name.startswith(".")] == [LOCK_FILE]
 
 
 def test_exported_versions_are_as_readable_as_a_plain_mkdir_makes_them(trained):

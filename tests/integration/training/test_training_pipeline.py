@@ -23,6 +23,7 @@ from services.ranking.features import (
     candidate_features,
     encode_history,
 )
+from services.ranking.repository import LOCK_FILE
 from services.retrieval.index import latest_version, load_index
 from services.retrieval.settings import RetrievalSettings
 from tests.support.tiny_training import SHOP, TINY
@@ -74,7 +75,7 @@ def test_export_layout_and_recorded_parity(trained):
     metadata = json.loads((version / "metadata.json").read_text())
     assert metadata["parity_max_abs_diff"] <= 1e-4
     assert metadata["data"]["fingerprint"] == "synthetic:300:120:4" and "validation" in metadata["training"]
-    assert not [p for p in version.parent.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in version.parent.iterdir() if p.name.startswith(".")] == [LOCK_FILE]  # no staging left
     query = json.loads((trained.run.query_tower_dir / "metadata.json").read_text())
     assert query["parity_max_abs_diff"] <= 1e-4 and (trained.run.query_tower_dir / QUERY_TOWER_FILE).is_file()
     index = load_index(latest_version(trained.root / "artifacts" / "index"))
