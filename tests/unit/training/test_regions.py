@@ -5,23 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.data.schema import KIND_CODES, PURCHASE, VIEW, Dataset, ItemCatalog, LoadReport, build_event_log
+from tests.support.tiny_training import plain_catalog
+from training.data.schema import KIND_CODES, PURCHASE, VIEW, Dataset, LoadReport, build_event_log
 from training.data.splits import split_dataset
 from training.regions import PRIOR_LINES, regional_data, user_regions
 
 
 def shop(rows, sold_in=None, items: int = 5) -> Dataset:
     """rows: (user, item row, kind, time, basket, region)."""
-    catalog = ItemCatalog(
-        item_ids=[f"i{n}" for n in range(items)],
-        titles=[f"item {n}" for n in range(items)],
-        categories=["c"] * items,
-        brands=["b"] * items,
-        prices=np.ones(items),
-        margins=np.full(items, 0.3),
-        stock=np.ones(items, dtype=np.int64),
-        regions=sold_in or [()] * items,
-    )
+    catalog = plain_catalog(items, sold_in)
     events = build_event_log(
         [r[0] for r in rows],
         np.array([r[1] for r in rows], dtype=np.int32),

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.support.tiny_training import plain_catalog
 from training.data.loaders import load_sequences, synthetic_dataset
-from training.data.schema import KIND_CODES, PURCHASE, RETURN, Dataset, ItemCatalog, LoadReport, build_event_log
+from training.data.schema import KIND_CODES, PURCHASE, RETURN, Dataset, LoadReport, build_event_log
 from training.data.splits import EvalCase, purchase_baskets, split_dataset
 from training.evaluation.baselines import BuyAgain, ItemToItem, Popularity, cooccurrence
 from training.evaluation.metrics import novelty
@@ -17,16 +18,7 @@ from training.features import DAY_S, RecentSales, item_snapshot
 
 def shop(rows: list[tuple[str, str, str, int, str]], items: int = 6) -> Dataset:
     """rows: (user, item row as text, kind, time, basket)."""
-    catalog = ItemCatalog(
-        item_ids=[f"i{n}" for n in range(items)],
-        titles=[f"item {n}" for n in range(items)],
-        categories=["c"] * items,
-        brands=["b"] * items,
-        prices=np.ones(items),
-        margins=np.full(items, 0.3),
-        stock=np.ones(items, dtype=np.int64),
-        regions=[()] * items,
-    )
+    catalog = plain_catalog(items)
     events = build_event_log(
         [r[0] for r in rows],
         np.array([int(r[1]) for r in rows], dtype=np.int32),
