@@ -88,6 +88,12 @@ def _cumulative(weights: np.ndarray) -> np.ndarray:
     return cdf
 
 
+def _sold_in(regions: tuple[str, ...]) -> tuple[str, ...]:
+    """An item sold in every region of the shop is sold everywhere (the catalog's empty list): a region the shop
+    opens later sells it too."""
+    return () if len(regions) == len(REGIONS) else regions
+
+
 def generate_shop(
     n_users: int = 2000,
     n_items: int = 1000,
@@ -118,7 +124,7 @@ def generate_shop(
         margins=np.round(rng.uniform(0.15, 0.55, size=n_items), 3),
         stock=rng.integers(0, 200, size=n_items) * (rng.random(n_items) > 0.05),
         return_rates=np.where(rng.random(n_items) < 0.1, rng.uniform(0.2, 0.5, n_items), rng.uniform(0, 0.05, n_items)),
-        regions=[tuple(r for r in REGIONS if rng.random() < 0.8) or ("GB",) for _ in range(n_items)],
+        regions=[_sold_in(tuple(r for r in REGIONS if rng.random() < 0.8) or ("GB",)) for _ in range(n_items)],
     )
     members = [np.flatnonzero(category_of == c) for c in range(n_categories)]
     # Each category's cumulative popularity, so a view draws its item by one binary search: the draw
