@@ -75,9 +75,9 @@ def export_ranker(
     version = version if version is not None else next_version(model_dir)
     final = model_dir / str(version)
     try:  # a number used before (retired included) would reach a Triton pod that still holds that one's tokens
-        check_new_version(model_dir, version)
+        check_new_version(model_dir, version, fix="export as version {next}")
     except ModelConfigError as exc:
-        raise ExportError(str(exc).replace("omit --version to publish", "export")) from None
+        raise ExportError(str(exc)) from None
     contract = _contract(model_dir, model.history_length)
     _check_item_ids(item_ids)
     with_features = FEATURES_INPUT in contract.inputs

@@ -96,7 +96,7 @@ def regional_data(dataset: Dataset, split: Split) -> RegionalData:
     regions = sorted(set(dataset.events.regions) | {r for item in catalog.regions for r in item})
     column = {region: j for j, region in enumerate(regions)}
     count = len(catalog)
-    sold_everywhere = np.array([not item for item in catalog.regions], dtype=bool).reshape(count)
+    sold_everywhere = np.array([not item for item in catalog.regions], dtype=bool)
     sold_in = np.zeros((count, len(regions)), dtype=bool)
     sold_in[sold_everywhere] = True
     for row, item in enumerate(catalog.regions):

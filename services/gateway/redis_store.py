@@ -42,17 +42,22 @@ def _batch_key(batch_id: str) -> str:
     return "aisle:track-batch:" + hashlib.sha256(batch_id.encode()).hexdigest()[:32]
 
 
-#: One TrackEvents batch, once: KEYS[1] the batch's marker, then each subject's events and exposures keys; ARGV the
-#: marker's lifetime (ms), the batch's digest, the session's lifetime (ms), max_events, then per subject its event
-#: count and the events. Runs whole or not at all (a script is atomic); when the marker exists it stores nothing
-#: and answers 0 for the same digest (a retry), -1 for another (the id given to other events).
-_APPEND_ONCE = """
-if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[1]) then
-  if redis.call('GET', KEYS[1]) == ARGV[2] then return 0 end
-  return -1
+#: One TrackEvents call's events, every subject's or none (a script is atomic). ARGV: the batch marker's lifetime
+#: (ms; 0: the call names no batch, and KEYS holds no marker), the batch's digest, the session's lifetime (ms),
+#: max_events, then per subject its event count and the events. KEYS: the batch's marker when there is one, then
+#: each subject's events and exposures keys. When the marker exists the script stores nothing and answers 0 for the
+#: same digest (a retry), -1 for another (the id given to other events); 1 when it stored the events.
+_APPEND = """
+local first = 1
+if tonumber(ARGV[1]) > 0 then
+  if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[1]) then
+    if redis.call('GET', KEYS[1]) == ARGV[2] then return 0 end
+    return -1
+  end
+  first = 2
 end
 local session_ttl, max_events, at = tonumber(ARGV[3]), tonumber(ARGV[4]), 5
-for k = 2, #KEYS, 2 do
+for k = first, #KEYS, 2 do
   local count = tonumber(ARGV[at])
   for j = at + 1, at + count do redis.call('RPUSH', KEYS[k], ARGV[j]) end
   at = at + count + 1
@@ -74,7 +79,7 @@ class RedisSessionStore:
         self.client = redis.Redis.from_url(url, socket_timeout=0.05, socket_connect_timeout=1.0)
         self.ttl_ms, self.max_events, self.max_exposed_items = int(ttl_s * 1000), max_events, max_exposed_items
         self.batch_ttl_ms = int(batch_ttl_s * 1000)
-        self._append_once = self.client.register_script(_APPEND_ONCE)
+        self._append = self.client.register_script(_APPEND)
 
     async def history(self, key: str) -> list[common.Interaction]:
         """The session's events, oldest first; the read is a use of the session (one round trip all the same)."""
@@ -95,26 +100,17 @@ class RedisSessionStore:
     async def append_all(
         self, batches: Mapping[str, Sequence[common.Interaction]], batch_id: str = "", digest: bytes = b""
     ) -> Batch:
-        """One transaction (MULTI/EXEC) for every subject of the call: all appended, or none; with a ``batch_id``,
-        one script that first sets the batch's marker (its value the batch's ``digest``) and stores nothing when it
-        was set already."""
-        batches = {key: events for key, events in batches.items() if events}
-        if batch_id:
-            keys, args = [_batch_key(batch_id)], [self.batch_ttl_ms, digest, self.ttl_ms, self.max_events]
-            for key, events in batches.items():
+        """One script (:data:`_APPEND`) for every subject of the call: all appended, or none; with a ``batch_id`` it
+        first sets the batch's marker (its value the batch's ``digest``) and stores nothing when it was set already."""
+        keys = [_batch_key(batch_id)] if batch_id else []
+        args: list[Any] = [self.batch_ttl_ms if batch_id else 0, digest, self.ttl_ms, self.max_events]
+        for key, events in batches.items():
+            if events:
                 keys += [_events_key(key), _exposures_key(key)]
                 args += [len(events), *(event.SerializeToString() for event in events)]
-            return _BATCH_OUTCOMES[int(await self._append_once(keys=keys, args=args))]
-        if not batches:
+        if not keys:
             return Batch.STORED
-        async with self.client.pipeline(transaction=True) as pipe:
-            for key, events in batches.items():
-                name = _events_key(key)
-                pipe.rpush(name, *[event.SerializeToString() for event in events])
-                pipe.ltrim(name, -self.max_events, -1)
-                self._touch(pipe, key)
-            await pipe.execute()
-        return Batch.STORED
+        return _BATCH_OUTCOMES[int(await self._append(keys=keys, args=args))]
 
     async def exposures(self, key: str) -> dict[str, int]:
         raw = await self.client.hgetall(_exposures_key(key))

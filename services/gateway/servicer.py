@@ -252,6 +252,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
         batch_id = request.batch_id
         # What a named batch is remembered by: a retry must carry the same events.
         digest = batch_digest(events_bytes(request)) if batch_id else b""
+        consented = [e for e in request.events if e.consent]
         records = [
             {
                 "type": EVENT_NAMES[e.event_type].removeprefix("EVENT_TYPE_").lower(),
@@ -279,9 +280,7 @@ class RecommendationServicer(pb_grpc.RecommendationServiceServicer):
                 f"event log cannot take events now ({error}); retry shortly", retry_after_s=1.0
             ) from None
         by_subject: dict[str, list[common.Interaction]] = {}
-        for event in request.events:
-            if not event.consent:
-                continue
+        for event in consented:
             interaction = common.Interaction(
                 item_id=event.item_id, event_type=event.event_type, quantity=event.quantity
             )

@@ -158,7 +158,6 @@ class InMemorySessionStore:
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._bytes = 0
         #: The batch ids stored, each for ``batch_ttl_s``, at most ``max_batches`` (about 25 MB at 100,000).
-        self.batch_ttl_s = batch_ttl_s
         self.batches = RecentBatches(batch_ttl_s, max_batches, clock)
 
     def _get(self, key: str, create: bool) -> _Session | None:

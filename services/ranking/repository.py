@@ -369,13 +369,14 @@ def next_version(model_dir: Path) -> int:
     return max(used_versions(model_dir), default=0) + 1
 
 
-def check_new_version(model_dir: Path, version: int) -> None:
-    """Refuses a version number given by hand that was used before or would not be served.
+def check_new_version(model_dir: Path, version: int, fix: str = "omit --version to publish as version {next}") -> None:
+    """Refuses a version number given by hand that was used before or would not be served; ``fix`` (with the next
+    free number for ``{next}``) ends the message.
 
     A number is never reused: a Triton-backed ranking pod that last saw the retired version of that number would
     keep its item tokens for the new weights. And a number at or below the newest version would never be served
     (every server serves the newest)."""
-    fix = f"omit --version to publish as version {next_version(model_dir)}"
+    fix = fix.format(next=next_version(model_dir))
     if (model_dir / str(version)).exists():
         raise ModelConfigError(f"{model_dir / str(version)} already exists; versions are immutable: {fix}")
     if version in used_versions(model_dir):

@@ -16,9 +16,10 @@ class UnlistedRegions:
     (``aisle_retrieval_unlisted_region_total{service}``) and says so in a warning at most once per interval. A shard
     router counts the calls it takes (``service="retrieval-router"``), and each of its shards the slice it answers.
 
-    Such a call is served, not refused: the shop sells there what it sells everywhere, and its popular items are
-    the shop's. A region new since the index's data (a shop that opens a country) keeps its recommendations until
-    the next build lists it; a misspelt region code shows here, and in the answers' empty ``popularity_region``.
+    Such a call is served, not refused: only the items sold everywhere, ranked by the whole shop's sales. A region
+    new since the index's data (a shop that opens a country) is served them until the next build lists it (none,
+    where every item lists its regions); a misspelt region code shows here, and in the answers' empty
+    ``popularity_region``.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, service_label: str = "retrieval"):
@@ -26,8 +27,8 @@ class UnlistedRegions:
         self._count = (
             Counter(
                 "aisle_retrieval_unlisted_region",
-                "Retrieve calls for a region the serving index has no column for (served the items sold "
-                "everywhere and the shop's popular items).",
+                "Retrieve calls for a region the serving index has no column for (served only the items sold "
+                "everywhere, ranked by the shop's sales).",
                 ["service"],
                 registry=registry,
             )
@@ -41,8 +42,8 @@ class UnlistedRegions:
             self._count.labels(self.service).inc()
         self._warnings.warning(
             "unlisted",
-            "region %r is not one of index version %s's regions: served the items sold everywhere and the shop's "
-            "popular items (a region new since the index's data, or a misspelt code)",
+            "region %r is not one of index version %s's regions: served only the items sold everywhere, ranked by "
+            "the shop's sales (a region new since the index's data, or a misspelt code)",
             region[:32],
             version,
         )

@@ -108,7 +108,7 @@ def test_the_memory_settings_reach_the_caches_and_the_session_store(monkeypatch,
     cache, deps = built["cache"], built["deps"]
     assert (cache.max_entries, cache.max_bytes) == (123, 5 * MIB)
     assert (deps.sessions.max_sessions, deps.sessions.max_bytes, deps.sessions.max_exposed_items) == (456, 7 * MIB, 789)
-    assert deps.sessions.batch_ttl_s == 321
+    assert deps.sessions.batches.ttl_s == 321
     assert deps.popular_cache.max_regions == 9 and deps.popular_cache.keep == {"", "GB", "DE"}
     store = gateway_app.build_session_store(settings)
     assert isinstance(store, InMemorySessionStore) and (store.max_sessions, store.max_bytes) == (456, 7 * MIB)
